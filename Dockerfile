@@ -1,0 +1,14 @@
+# The gateway on its embedded defaults; mount a config at /etc/gb28181/gateway.toml to change them.
+FROM python:3.11-slim
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+RUN pip install --no-cache-dir .
+
+# SIP signalling, UDP and TCP on one port. The store lives in /app/data.
+EXPOSE 5060/udp 5060/tcp
+VOLUME ["/app/data"]
+
+ENTRYPOINT ["gb28181-gateway"]
+CMD ["run"]

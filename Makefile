@@ -1,0 +1,48 @@
+# The two commands for a new user: `make run` and `make test`. Both work on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install run test lint typecheck pytest test-deps bench clean
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changes (or the venv is missing).
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# Starts the gateway on its embedded defaults (SIP on 0.0.0.0:5060 UDP+TCP, SQLite in ./data).
+# `make run CONFIG=gateway.toml` uses a configuration file instead.
+run: install
+	$(BIN)/gb28181-gateway run $(if $(CONFIG),--config $(CONFIG))
+
+# Debian packages the tests need: SIPp (sip-tester).
+test-deps:
+	@command -v sipp >/dev/null 2>&1 || { \
+		echo "installing sip-tester (SIPp)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq sip-tester >/dev/null; }
+
+lint: install
+	$(BIN)/ruff check gateway conformance tests bench
+
+typecheck: install
+	$(BIN)/mypy --strict gateway
+
+pytest: install test-deps
+	$(BIN)/pytest
+
+test: install test-deps lint typecheck pytest
+
+bench: install test-deps
+	$(BIN)/python bench/sip_codec.py
+	$(BIN)/python bench/register.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""GB/T 28181 conformance suite: simulated peers, scripted cases, reports."""

@@ -1,0 +1,157 @@
+"""The composition root: builds every part from the configuration, wires them, starts and stops.
+
+This is the only module that knows how the gateway is put together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+import structlog
+
+from gateway.config import Config
+from gateway.downlink.messages import MessageRouter
+from gateway.downlink.registrar import Registrar
+from gateway.events import EventBus
+from gateway.metrics import Metrics
+from gateway.sip.endpoint import Endpoint
+from gateway.sip.transaction import TimerConfig
+from gateway.sip.uri import SipUri
+from gateway.store import Store
+
+log = structlog.get_logger("gateway.app")
+
+
+def configure_logging(config: Config) -> None:
+    level = getattr(logging, config.log.level.upper())
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer(ensure_ascii=False)
+        if config.log.format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def open_store(config: Config) -> Store:
+    if config.store.backend == "memory":
+        from gateway.store.memory import MemoryStore
+
+        return MemoryStore()
+    from gateway.store.sqlite import SqliteStore
+
+    return SqliteStore(config.store.path, flush_interval=config.store.flush_interval)
+
+
+class Gateway:
+    """Everything running together. ``await start()``, then ``await close()``."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = Metrics()
+        self.events = EventBus()
+        self.store = store if store is not None else open_store(config)
+        self.endpoint: Endpoint | None = None
+        self.registrar: Registrar | None = None
+
+    def _serves(self, uri: SipUri) -> bool:
+        """Requests may name the gateway by ID, by domain, or by address alone."""
+        user = uri.user
+        return not user or user in (self.config.gateway.id, self.config.gateway.domain)
+
+    async def start(self) -> None:
+        cfg = self.config
+        sip = cfg.sip
+        self.endpoint = Endpoint(
+            metrics=self.metrics,
+            timers=TimerConfig(t1=sip.t1, t2=sip.t2, t4=sip.t4),
+            advertised_host=sip.advertised_host,
+            user_agent=sip.user_agent,
+            serves=self._serves,
+            tcp_idle_timeout=sip.tcp_idle_timeout,
+            max_connections_per_ip=sip.max_connections_per_ip,
+        )
+        self.registrar = Registrar(
+            config=cfg,
+            endpoint=self.endpoint,
+            store=self.store,
+            events=self.events,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+        self.registrar.install()
+        router = MessageRouter(endpoint=self.endpoint, metrics=self.metrics)
+        router.handle("Keepalive", self.registrar.on_keepalive)
+        router.install()
+        await self.store.start()
+        self.registrar.load()
+        await self.endpoint.start(sip.host, sip.port)
+        await self.registrar.start()
+        log.info(
+            "gateway.started",
+            id=cfg.gateway.id,
+            domain=cfg.gateway.domain,
+            host=sip.host,
+            port=self.endpoint.port,
+            store=cfg.store.backend,
+        )
+
+    @property
+    def port(self) -> int:
+        assert self.endpoint is not None
+        return self.endpoint.port
+
+    async def close(self) -> None:
+        if self.registrar is not None:
+            await self.registrar.close()
+        if self.endpoint is not None:
+            await self.endpoint.close()
+        await self.store.close()
+        log.info("gateway.stopped", metrics=self.metrics.snapshot())
+
+
+def install_event_loop_policy() -> None:
+    """uvloop on Linux when installed; the default loop elsewhere."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(config: Config) -> None:
+    gateway = Gateway(config)
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # pragma: no cover - not on Linux
+            pass
+    try:
+        await stop.wait()
+    finally:
+        await gateway.close()

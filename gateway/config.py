@@ -1,0 +1,168 @@
+"""Configuration: a TOML file validated by pydantic, with embedded defaults.
+
+Unknown keys and bad values are refused with a message naming the key (``sip.port: ...``).
+Every key is documented in README.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _gb_id(value: str) -> str:
+    if len(value) != 20 or not value.isdigit():
+        raise ValueError("must be a 20-digit GB/T 28181 ID")
+    return value
+
+
+class GatewaySection(_Section):
+    id: str = "34020000002000000001"
+    domain: str = "3402000000"
+    time_zone: str = "Asia/Shanghai"
+
+    _check_id = field_validator("id")(_gb_id)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in ".-" for c in value):
+            raise ValueError("must be a SIP domain such as 3402000000")
+        return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if value.upper() in ("UTC", "LOCAL") or value.startswith(("+", "-")):
+            return value
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
+class SipSection(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(5060, ge=0, le=65535)
+    advertised_host: str = ""
+    user_agent: str = "gb28181-gateway"
+    t1: float = Field(0.5, gt=0, le=10)
+    t2: float = Field(4.0, gt=0, le=60)
+    t4: float = Field(5.0, gt=0, le=60)
+    tcp_idle_timeout: float = Field(300.0, gt=0)
+    max_connections_per_ip: int = Field(1000, ge=1)
+
+
+class DevicePassword(_Section):
+    id: str
+    password: str = Field(min_length=1)
+
+    _check_id = field_validator("id")(_gb_id)
+
+
+class AuthSection(_Section):
+    password: str = Field("12345678", min_length=1)
+    unknown_devices: Literal["accept", "reject"] = "accept"
+    qop: bool = True
+    nonce_ttl: float = Field(300.0, gt=0)
+    devices: tuple[DevicePassword, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthSection:
+        seen: set[str] = set()
+        for entry in self.devices:
+            if entry.id in seen:
+                raise ValueError(f"device {entry.id} is listed twice in auth.devices")
+            seen.add(entry.id)
+        return self
+
+
+class RegistrarSection(_Section):
+    default_expires: int = Field(3600, ge=1)
+    min_expires: int = Field(60, ge=1)
+    max_expires: int = Field(86400, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RegistrarSection:
+        if not self.min_expires <= self.default_expires <= self.max_expires:
+            raise ValueError("need min_expires <= default_expires <= max_expires")
+        return self
+
+
+class KeepaliveSection(_Section):
+    interval: float = Field(60.0, gt=0)
+    timeout_count: int = Field(3, ge=1)
+    check_interval: float = Field(1.0, gt=0, le=60)
+
+
+class StoreSection(_Section):
+    backend: Literal["sqlite", "memory"] = "sqlite"
+    path: str = "data/gateway.db"
+    flush_interval: float = Field(0.2, gt=0, le=60)
+
+
+class LogSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["console", "json"] = "console"
+
+
+class Config(_Section):
+    gateway: GatewaySection = GatewaySection()
+    sip: SipSection = SipSection()
+    auth: AuthSection = AuthSection()
+    registrar: RegistrarSection = RegistrarSection()
+    keepalive: KeepaliveSection = KeepaliveSection()
+    store: StoreSection = StoreSection()
+    log: LogSection = LogSection()
+
+    def device_password(self, device_id: str) -> str | None:
+        """The password a device must use, or ``None`` when it may not register at all."""
+        for entry in self.auth.devices:
+            if entry.id == device_id:
+                return entry.password
+        return self.auth.password if self.auth.unknown_devices == "accept" else None
+
+
+def _format(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg}")
+    return "; ".join(lines)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a TOML file; ``None`` gives the embedded defaults."""
+    if path is None:
+        return Config()
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return config_from_dict(data)
+
+
+def config_from_dict(data: dict[str, object]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc)) from None

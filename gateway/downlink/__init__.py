@@ -1,0 +1,1 @@
+"""The device side: registrar, keepalive and offline detection, MESSAGE routing."""

@@ -1,0 +1,418 @@
+"""The device registrar: REGISTER with digest, keepalive, and online/offline state.
+
+GB/T 28181-2022 §9.1 (registration), §9.6 (keepalive); reference §2. RFC 3261 §10.3 for the
+registrar's ordering rules (same Call-ID needs a higher CSeq).
+
+* REGISTER: 401 challenge → 200 with Contact, Expires and ``Date: yyyy-MM-ddTHH:mm:ss.SSS``
+  (the GB time sync); 403 for a wrong password or an unknown device under ``reject``; 400 for a
+  malformed device ID; ``Expires: 0`` unregisters; Expires clamped to the configured bounds;
+  ``X-GB-Ver`` echoed.
+* Keepalive: a registered, online device gets 200 and its liveness is refreshed; anyone else
+  gets 404 so that it registers again.
+* Offline: when the registration expires, after ``interval × timeout_count`` seconds without a
+  keepalive, or when the TCP connection the device registered on drops.
+
+The device's address is the source of its last *authenticated* REGISTER. A keepalive from another
+address over UDP does not move it: keepalives are unauthenticated, and moving the address on one
+would let anyone who can forge a From header redirect the device's video and controls.
+
+Liveness costs O(1) per keepalive: devices sit in an insertion-ordered dict by last-seen time
+(a keepalive moves its device to the end), so the periodic check only looks at the front.
+Registration expiries sit in a heap with lazy deletion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+
+import structlog
+
+from gateway.config import Config
+from gateway.events import DeviceOffline, DeviceOnline, EventBus
+from gateway.metrics import Metrics
+from gateway.model import Device
+from gateway.sip.digest import Credentials, DigestServer, Verdict
+from gateway.sip.endpoint import Endpoint, ServerContext
+from gateway.sip.errors import ParseError
+from gateway.sip.message import Request, Response, make_response
+from gateway.sip.transport import Peer
+from gateway.store import Store
+
+log = structlog.get_logger("gateway.downlink.registrar")
+
+
+def is_gb_id(value: str | None) -> bool:
+    return value is not None and len(value) == 20 and value.isdigit()
+
+
+def make_tz(name: str) -> tzinfo:
+    """``Asia/Shanghai``-style names, ``UTC``, ``LOCAL`` or a fixed ``+08:00`` offset."""
+    upper = name.upper()
+    if upper == "UTC":
+        return UTC
+    if upper == "LOCAL":
+        local = datetime.now().astimezone().tzinfo
+        return local if local is not None else UTC
+    if name[:1] in "+-":
+        sign = -1 if name[0] == "-" else 1
+        hours, _, minutes = name[1:].partition(":")
+        return timezone(sign * timedelta(hours=int(hours), minutes=int(minutes or 0)))
+    try:
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(name)
+    except Exception:  # no tz database on this host: Beijing time is what devices expect
+        return timezone(timedelta(hours=8))
+
+
+def gb_date(now: float, tz: tzinfo) -> str:
+    """The ``Date`` value of GB/T 28181 §9.10: ``yyyy-MM-ddTHH:mm:ss.SSS``, local time, no zone."""
+    dt = datetime.fromtimestamp(now, tz)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}"
+
+
+class Registrar:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        endpoint: Endpoint,
+        store: Store,
+        events: EventBus,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+        digest: DigestServer | None = None,
+    ) -> None:
+        self.config = config
+        self.endpoint = endpoint
+        self.store = store
+        self.events = events
+        self.metrics = metrics
+        self.clock = clock
+        self.digest = digest or DigestServer(
+            config.gateway.domain,
+            qop=config.auth.qop,
+            nonce_ttl=config.auth.nonce_ttl,
+            clock=clock,
+        )
+        self.tz = make_tz(config.gateway.time_zone)
+        self.devices: dict[str, Device] = {}
+        # device_id -> last_seen, kept in last-seen order: the front is the stalest.
+        self._by_last_seen: dict[str, float] = {}
+        self._expiries: list[tuple[float, str]] = []
+        self._tcp_devices: dict[Peer, set[str]] = {}
+        self._timeout = config.keepalive.interval * config.keepalive.timeout_count
+        self._check_task: asyncio.Task[None] | None = None
+
+    # -- wiring ---------------------------------------------------------------------------
+    def install(self) -> None:
+        self.endpoint.route("REGISTER", self.on_register)
+        self.endpoint.on_connection_lost(self.on_connection_lost)
+
+    def load(self) -> None:
+        """Take back the devices the store knows. UDP devices whose registration has not
+        expired are online again, with a full keepalive period of grace; TCP devices lost their
+        connection with the restart, so they are offline until they register again."""
+        now = self.clock()
+        for dev in self.store.load_devices():
+            self.devices[dev.device_id] = dev
+            if not dev.online:
+                continue
+            if dev.expires_at <= now:
+                self._set_offline(dev, "expired")
+            elif dev.transport == "tcp":
+                self._set_offline(dev, "gateway restart")
+            else:
+                dev.last_seen = now
+                self._by_last_seen[dev.device_id] = now
+                heapq.heappush(self._expiries, (dev.expires_at, dev.device_id))
+        log.info(
+            "registrar.loaded",
+            devices=len(self.devices),
+            online=sum(1 for d in self.devices.values() if d.online),
+        )
+
+    async def start(self) -> None:
+        self._check_task = asyncio.create_task(self._check_loop())
+
+    async def close(self) -> None:
+        if self._check_task is not None:
+            self._check_task.cancel()
+            try:
+                await self._check_task
+            except asyncio.CancelledError:
+                pass
+
+    # -- REGISTER -------------------------------------------------------------------------
+    def on_register(self, req: Request, ctx: ServerContext) -> Response:
+        metrics = self.metrics
+        metrics.inc("register.received")
+        device_id = req.to.uri.user
+        extra: list[tuple[str, str]] = []
+        gb_ver = req.get_header("X-GB-Ver")
+        if gb_ver is not None:
+            extra.append(("X-GB-Ver", gb_ver))
+
+        def answer(
+            status: int, reason: str | None = None, more: tuple[tuple[str, str], ...] = ()
+        ) -> Response:
+            return make_response(
+                req, status, reason, to_tag=self.endpoint.tag(), headers=[*extra, *more]
+            )
+
+        if not is_gb_id(device_id):
+            metrics.inc("register.bad_id")
+            log.warning("register.bad_id", peer=str(ctx.peer), device_id=device_id)
+            return answer(400, "Bad Request (device ID must be 20 digits)")
+        assert device_id is not None
+        password = self.config.device_password(device_id)
+        if password is None:
+            metrics.inc("register.unknown_device")
+            log.warning("register.unknown_device", peer=str(ctx.peer), device_id=device_id)
+            return answer(403, "Forbidden (unknown device)")
+
+        auth = req.auth_params("Authorization")
+        creds = Credentials.from_params(*auth) if auth is not None else None
+        if auth is not None and creds is None:
+            metrics.inc("register.bad_credentials")
+            return answer(400, "Bad Request (malformed Authorization)")
+        if creds is None:
+            metrics.inc("register.challenged")
+            return answer(401, None, (("WWW-Authenticate", self.digest.challenge()),))
+        if creds.username != device_id:
+            metrics.inc("register.bad_credentials")
+            log.warning(
+                "register.username_mismatch",
+                peer=str(ctx.peer),
+                device_id=device_id,
+                username=creds.username,
+            )
+            return answer(403, "Forbidden (username is not the device ID)")
+        verdict = self.digest.verify(creds, "REGISTER", password)
+        if verdict is not Verdict.OK:
+            return self._auth_failed(verdict, device_id, ctx.peer, answer)
+
+        expires = self._requested_expires(req)
+        if expires == 0:
+            return self._unregister(req, device_id, ctx.peer, answer)
+        cfg = self.config.registrar
+        expires = max(cfg.min_expires, min(cfg.max_expires, expires))
+
+        dev = self.devices.get(device_id)
+        call_id = req.call_id
+        cseq = req.cseq.seq
+        if dev is not None and dev.call_id == call_id and cseq <= dev.cseq:
+            metrics.inc("register.out_of_order")
+            log.warning("register.out_of_order", device_id=device_id, cseq=cseq, last=dev.cseq)
+            return answer(500, "Server Internal Error (out-of-order CSeq for this Call-ID)")
+        self._bind(dev, device_id, req, ctx.peer, expires, gb_ver or "")
+        metrics.inc("register.ok")
+        contacts = req.contacts
+        contact = str(contacts[0].with_param("expires", str(expires))) if contacts else ""
+        more = [("Expires", str(expires)), ("Date", gb_date(self.clock(), self.tz))]
+        if contact:
+            more.insert(0, ("Contact", contact))
+        return answer(200, "OK", tuple(more))
+
+    def _requested_expires(self, req: Request) -> int:
+        if req.contact_star:
+            return 0
+        contacts = req.contacts
+        if contacts:
+            param = contacts[0].param("expires")
+            if param is not None:
+                if not param.isdigit():
+                    raise ParseError("Bad Contact", f"expires={param!r}")
+                return int(param)
+        value = req.expires
+        return self.config.registrar.default_expires if value is None else value
+
+    def _auth_failed(
+        self,
+        verdict: Verdict,
+        device_id: str,
+        peer: Peer,
+        answer: Callable[..., Response],
+    ) -> Response:
+        self.metrics.inc(f"register.auth.{verdict.name.lower()}")
+        log.warning(
+            "register.auth_failed", peer=str(peer), device_id=device_id, verdict=verdict.value
+        )
+        if verdict is Verdict.BAD_PASSWORD:
+            return answer(403, "Forbidden (wrong password)")
+        if verdict is Verdict.STALE:
+            return answer(
+                401,
+                "Unauthorized (stale nonce)",
+                (("WWW-Authenticate", self.digest.challenge(stale=True)),),
+            )
+        if verdict in (Verdict.UNKNOWN_NONCE, Verdict.REPLAY):
+            return answer(
+                401,
+                f"Unauthorized ({verdict.value})",
+                (("WWW-Authenticate", self.digest.challenge()),),
+            )
+        if verdict is Verdict.UNSUPPORTED:
+            return answer(403, "Forbidden (only MD5 digest with qop=auth or none)")
+        return answer(400, "Bad Request (malformed Authorization)")
+
+    def _bind(
+        self,
+        dev: Device | None,
+        device_id: str,
+        req: Request,
+        peer: Peer,
+        expires: int,
+        gb_ver: str,
+    ) -> None:
+        now = self.clock()
+        first_time = dev is None
+        if dev is None:
+            dev = Device(device_id)
+            self.devices[device_id] = dev
+        was_online = dev.online
+        moved = was_online and (dev.transport, dev.host, dev.port) != (
+            peer.transport,
+            peer.host,
+            peer.port,
+        )
+        if moved:
+            log.info(
+                "device.address_changed",
+                device_id=device_id,
+                old=f"{dev.transport}:{dev.host}:{dev.port}",
+                new=str(peer),
+            )
+        if dev.transport == "tcp" and (moved or not was_online):
+            self._untrack_tcp(dev)
+        dev.transport, dev.host, dev.port = peer.transport, peer.host, peer.port
+        contacts = req.contacts
+        dev.contact = str(contacts[0].uri) if contacts else ""
+        dev.expires = expires
+        dev.registered_at = now
+        dev.expires_at = now + expires
+        dev.last_seen = now
+        dev.online = True
+        dev.call_id = req.call_id
+        dev.cseq = req.cseq.seq
+        dev.user_agent = req.get_header("User-Agent") or ""
+        dev.gb_version = gb_ver
+        if peer.transport == "tcp":
+            self._tcp_devices.setdefault(peer, set()).add(device_id)
+        self._touch(device_id, now)
+        heapq.heappush(self._expiries, (dev.expires_at, device_id))
+        self.store.save_device(dev)
+        if not was_online:
+            log.info("device.registered", device_id=device_id, peer=str(peer), expires=expires)
+            self.events.publish(
+                DeviceOnline(device_id, peer.transport, peer.host, peer.port, first_time)
+            )
+        else:
+            log.debug("device.refreshed", device_id=device_id, expires=expires)
+
+    def _unregister(
+        self, req: Request, device_id: str, peer: Peer, answer: Callable[..., Response]
+    ) -> Response:
+        dev = self.devices.get(device_id)
+        if dev is not None:
+            if dev.online:
+                self._set_offline(dev, "unregistered")
+            dev.expires_at = self.clock()
+            dev.expires = 0
+            self.store.save_device(dev)
+        self.metrics.inc("register.unregistered")
+        log.info("device.unregistered", device_id=device_id, peer=str(peer))
+        return answer(200, "OK", (("Expires", "0"), ("Date", gb_date(self.clock(), self.tz))))
+
+    # -- keepalive ------------------------------------------------------------------------
+    def on_keepalive(self, req: Request, ctx: ServerContext, device_id: str | None) -> Response:
+        """A ``Notify/Keepalive`` MESSAGE (GB/T 28181-2022 §9.6). ``device_id`` comes from the
+        SIP From user; the body's DeviceID is not trusted over it."""
+        dev = self.devices.get(device_id) if device_id else None
+        if dev is None or not dev.online:
+            self.metrics.inc("keepalive.unregistered")
+            log.info("keepalive.unregistered", peer=str(ctx.peer), device_id=device_id)
+            return make_response(
+                req, 404, "Not Found (device not registered)", to_tag=self.endpoint.tag()
+            )
+        peer = ctx.peer
+        if dev.port != peer.port or dev.host != peer.host or dev.transport != peer.transport:
+            self.metrics.inc("keepalive.address_mismatch")
+            log.info(
+                "keepalive.address_mismatch",
+                device_id=device_id,
+                registered=f"{dev.transport}:{dev.host}:{dev.port}",
+                seen=str(peer),
+            )
+        self.metrics.inc("keepalive.ok")
+        self._touch(dev.device_id, self.clock())
+        return make_response(req, 200, "OK", to_tag=self.endpoint.tag())
+
+    def _touch(self, device_id: str, now: float) -> None:
+        order = self._by_last_seen
+        order.pop(device_id, None)
+        order[device_id] = now
+        dev = self.devices.get(device_id)
+        if dev is not None:
+            dev.last_seen = now
+
+    # -- offline detection ----------------------------------------------------------------
+    def on_connection_lost(self, peer: Peer) -> None:
+        for device_id in self._tcp_devices.pop(peer, set()):
+            dev = self.devices.get(device_id)
+            if dev is not None and dev.online and dev.transport == "tcp":
+                self._set_offline(dev, "connection lost")
+
+    def _untrack_tcp(self, dev: Device) -> None:
+        ids = self._tcp_devices.get(Peer("tcp", dev.host, dev.port))
+        if ids is not None:
+            ids.discard(dev.device_id)
+
+    def _set_offline(self, dev: Device, reason: str) -> None:
+        dev.online = False
+        self._by_last_seen.pop(dev.device_id, None)
+        if dev.transport == "tcp":
+            self._untrack_tcp(dev)
+        self.store.save_device(dev)
+        self.metrics.inc("device.offline")
+        log.info("device.offline", device_id=dev.device_id, reason=reason)
+        self.events.publish(DeviceOffline(dev.device_id, reason))
+
+    def check(self) -> None:
+        """Mark offline every device whose keepalives stopped or whose registration ran out."""
+        now = self.clock()
+        horizon = now - self._timeout
+        order = self._by_last_seen
+        stale: list[str] = []
+        for device_id, seen in order.items():
+            if seen > horizon:
+                break
+            stale.append(device_id)
+        for device_id in stale:
+            dev = self.devices.get(device_id)
+            if dev is not None and dev.online:
+                self._set_offline(dev, "keepalive timeout")
+            else:
+                order.pop(device_id, None)
+        heap = self._expiries
+        while heap and heap[0][0] <= now:
+            _, device_id = heapq.heappop(heap)
+            dev = self.devices.get(device_id)
+            if dev is not None and dev.online and dev.expires_at <= now:
+                self._set_offline(dev, "expired")
+
+    async def _check_loop(self) -> None:
+        period = self.config.keepalive.check_interval
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.check()
+            except Exception:
+                log.exception("registrar.check_failed")
+
+    def online_count(self) -> int:
+        return len(self._by_last_seen)

@@ -1,0 +1,265 @@
+"""HTTP Digest authentication for SIP (RFC 2617 with RFC 3261 §22), MD5 only.
+
+Server side: challenges with or without ``qop="auth"`` and verifies answers in either form
+(both occur among GB/T 28181 devices). Nonces are stateless:
+``<timestamp><HMAC(secret, timestamp)>``
+in hex, so any nonce the gateway issued can be checked without remembering it, and an expired one
+gets ``stale=true``. The only state is the highest ``nc`` seen per nonce, kept while the nonce
+lives, to refuse replays.
+
+Client side (the uplink registers to upper platforms): answer a 401/407 challenge.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+def md5_hex(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def compute_response(
+    *,
+    username: str,
+    realm: str,
+    password: str,
+    method: str,
+    uri: str,
+    nonce: str,
+    qop: str | None = None,
+    nc: str | None = None,
+    cnonce: str | None = None,
+) -> str:
+    """The ``response`` value of RFC 2617 §3.2.2.1 (MD5, qop absent or ``auth``)."""
+    ha1 = md5_hex(f"{username}:{realm}:{password}")
+    ha2 = md5_hex(f"{method}:{uri}")
+    if qop:
+        return md5_hex(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+    return md5_hex(f"{ha1}:{nonce}:{ha2}")
+
+
+class Verdict(enum.Enum):
+    OK = "ok"
+    BAD_PASSWORD = "bad password"
+    STALE = "stale nonce"
+    UNKNOWN_NONCE = "nonce not issued here"
+    REPLAY = "nonce count replayed"
+    MALFORMED = "malformed credentials"
+    UNSUPPORTED = "unsupported algorithm or qop"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The parameters of a ``Digest`` Authorization header."""
+
+    username: str
+    realm: str
+    nonce: str
+    uri: str
+    response: str
+    algorithm: str | None = None
+    qop: str | None = None
+    nc: str | None = None
+    cnonce: str | None = None
+    opaque: str | None = None
+
+    @classmethod
+    def from_params(cls, scheme: str, params: dict[str, str]) -> Credentials | None:
+        """``None`` unless the scheme is Digest and the mandatory parameters are present."""
+        if scheme.lower() != "digest":
+            return None
+        try:
+            return cls(
+                username=params["username"],
+                realm=params["realm"],
+                nonce=params["nonce"],
+                uri=params["uri"],
+                response=params["response"],
+                algorithm=params.get("algorithm"),
+                qop=params.get("qop"),
+                nc=params.get("nc"),
+                cnonce=params.get("cnonce"),
+                opaque=params.get("opaque"),
+            )
+        except KeyError:
+            return None
+
+
+class DigestServer:
+    """Issues challenges and verifies answers for one realm.
+
+    ``clock`` returns seconds (injected for tests). ``nonce_ttl`` bounds how long an issued nonce
+    is accepted; after that the client gets ``stale=true`` and retries without asking the user.
+    """
+
+    def __init__(
+        self,
+        realm: str,
+        *,
+        qop: bool = True,
+        nonce_ttl: float = 300.0,
+        secret: bytes | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.realm = realm
+        self.qop = qop
+        self.nonce_ttl = nonce_ttl
+        self._secret = secret if secret is not None else os.urandom(32)
+        self._clock = clock
+        self._nc_seen: dict[str, int] = {}
+        self._last_prune = clock()
+
+    def _mac(self, stamp: str) -> str:
+        return hmac.new(self._secret, stamp.encode("ascii"), hashlib.sha256).hexdigest()[:24]
+
+    def make_nonce(self) -> str:
+        # Millisecond stamp plus random salt keeps nonces unique even within one millisecond.
+        stamp = f"{int(self._clock() * 1000):012x}{os.urandom(4).hex()}"
+        return stamp + self._mac(stamp)
+
+    def challenge(self, *, stale: bool = False) -> str:
+        """The value of a ``WWW-Authenticate`` header."""
+        parts = [f'Digest realm="{self.realm}"', f'nonce="{self.make_nonce()}"']
+        if self.qop:
+            parts.append('qop="auth"')
+        parts.append("algorithm=MD5")
+        if stale:
+            parts.append("stale=true")
+        return ",".join(parts)
+
+    def check_nonce(self, nonce: str) -> Verdict:
+        if len(nonce) != 44:
+            return Verdict.UNKNOWN_NONCE
+        stamp, mac = nonce[:20], nonce[20:]
+        if not hmac.compare_digest(mac, self._mac(stamp)):
+            return Verdict.UNKNOWN_NONCE
+        try:
+            issued = int(stamp[:12], 16) / 1000.0
+        except ValueError:
+            return Verdict.UNKNOWN_NONCE
+        age = self._clock() - issued
+        if age > self.nonce_ttl or age < -5.0:
+            return Verdict.STALE
+        return Verdict.OK
+
+    def verify(self, creds: Credentials, method: str, password: str) -> Verdict:
+        """Check an answer. The nonce is checked before the password, so a stale nonce with a
+        right password gets ``STALE`` (re-challenge) and never ``BAD_PASSWORD``."""
+        if creds.algorithm is not None and creds.algorithm.upper() != "MD5":
+            return Verdict.UNSUPPORTED
+        nonce_state = self.check_nonce(creds.nonce)
+        if nonce_state is not Verdict.OK:
+            return nonce_state
+        qop = creds.qop.lower() if creds.qop else None
+        nc_value = 0
+        if qop is not None:
+            if qop != "auth":
+                return Verdict.UNSUPPORTED
+            if not creds.nc or not creds.cnonce or len(creds.nc) != 8:
+                return Verdict.MALFORMED
+            try:
+                nc_value = int(creds.nc, 16)
+            except ValueError:
+                return Verdict.MALFORMED
+        expected = compute_response(
+            username=creds.username,
+            realm=creds.realm,
+            password=password,
+            method=method,
+            uri=creds.uri,
+            nonce=creds.nonce,
+            qop=creds.qop,
+            nc=creds.nc,
+            cnonce=creds.cnonce,
+        )
+        if not hmac.compare_digest(expected, creds.response.lower()):
+            return Verdict.BAD_PASSWORD
+        if qop is not None:
+            if nc_value <= self._nc_seen.get(creds.nonce, 0):
+                return Verdict.REPLAY
+            self._prune()
+            self._nc_seen[creds.nonce] = nc_value
+        return Verdict.OK
+
+    def _prune(self) -> None:
+        now = self._clock()
+        if now - self._last_prune < self.nonce_ttl / 4:
+            return
+        self._last_prune = now
+        keep = {}
+        for nonce, nc in self._nc_seen.items():
+            if self.check_nonce(nonce) is Verdict.OK:
+                keep[nonce] = nc
+        self._nc_seen = keep
+
+
+class DigestClient:
+    """Answers challenges for one account, counting ``nc`` per nonce (RFC 2617 §3.2.2)."""
+
+    def __init__(self, username: str, password: str) -> None:
+        self.username = username
+        self.password = password
+        self._nonce = ""
+        self._nc = 0
+
+    def authorization(self, challenge: dict[str, str], method: str, uri: str) -> str:
+        """The value of an Authorization (or Proxy-Authorization) header answering ``challenge``
+        (the parameters of a WWW-Authenticate / Proxy-Authenticate header)."""
+        realm = challenge.get("realm", "")
+        nonce = challenge.get("nonce", "")
+        algorithm = challenge.get("algorithm", "MD5")
+        if algorithm.upper() != "MD5":
+            raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+        qops = [q.strip().lower() for q in challenge.get("qop", "").split(",") if q.strip()]
+        if qops and "auth" not in qops:
+            raise ValueError(f"unsupported qop {challenge.get('qop')!r}")
+        if nonce != self._nonce:
+            self._nonce, self._nc = nonce, 0
+        parts = [
+            f'username="{self.username}"',
+            f'realm="{realm}"',
+            f'nonce="{nonce}"',
+            f'uri="{uri}"',
+        ]
+        if qops:
+            self._nc += 1
+            nc = f"{self._nc:08x}"
+            cnonce = os.urandom(8).hex()
+            resp = compute_response(
+                username=self.username,
+                realm=realm,
+                password=self.password,
+                method=method,
+                uri=uri,
+                nonce=nonce,
+                qop="auth",
+                nc=nc,
+                cnonce=cnonce,
+            )
+            parts += [
+                f'response="{resp}"',
+                "algorithm=MD5",
+                "qop=auth",
+                f"nc={nc}",
+                f'cnonce="{cnonce}"',
+            ]
+        else:
+            resp = compute_response(
+                username=self.username,
+                realm=realm,
+                password=self.password,
+                method=method,
+                uri=uri,
+                nonce=nonce,
+            )
+            parts += [f'response="{resp}"', "algorithm=MD5"]
+        if "opaque" in challenge:
+            parts.append(f'opaque="{challenge["opaque"]}"')
+        return "Digest " + ",".join(parts)

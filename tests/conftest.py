@@ -1,0 +1,103 @@
+"""Shared fixtures: a gateway on 127.0.0.1 with an OS-picked port, and simulated devices."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance.peers.device import SimDevice
+from gateway.app import Gateway, configure_logging
+from gateway.config import Config, config_from_dict
+from gateway.metrics import Metrics
+from gateway.sip.endpoint import Endpoint
+from gateway.sip.transaction import TimerConfig
+from gateway.sip.transport import Peer
+
+# Logs go to stderr (pytest shows them for failing tests); stdout stays for what CLIs print.
+configure_logging(config_from_dict({"log": {"level": "info"}}))
+
+
+def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
+    data: dict[str, Any] = {
+        "sip": {"host": "127.0.0.1", "port": 0},
+        "store": {"backend": "sqlite", "path": str(tmp_path / "gw.db"), "flush_interval": 0.05},
+        "log": {"level": "warning"},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return config_from_dict(data)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    """Wait until ``predicate()`` holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
+    started: list[Gateway] = []
+
+    async def start(config: Config | None = None, **sections: dict[str, Any]) -> Gateway:
+        gw = Gateway(config or make_config(tmp_path, **sections))
+        await gw.start()
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        await gw.close()
+
+
+@pytest.fixture
+async def device_endpoint() -> AsyncIterator[Endpoint]:
+    ep = Endpoint(metrics=Metrics(), timers=TimerConfig(t1=0.1, t2=0.4, t4=0.5))
+    await ep.start("127.0.0.1", 0)
+    yield ep
+    await ep.close()
+
+
+def sim(ep: Endpoint, gw: Gateway, device_id: str, transport: str = "udp", **kw: Any) -> SimDevice:
+    return SimDevice(ep, device_id, Peer(transport, "127.0.0.1", gw.port), **kw)
+
+
+class RawUdp(asyncio.DatagramProtocol):
+    """A bare UDP socket for sending hand-made (or broken) bytes and reading the answers."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.queue.put_nowait(data)
+
+    def send(self, data: bytes, port: int) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data, ("127.0.0.1", port))
+
+    async def recv(self, timeout: float = 3.0) -> bytes:
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+
+@pytest.fixture
+async def raw_udp() -> AsyncIterator[RawUdp]:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(RawUdp, local_addr=("127.0.0.1", 0))
+    yield proto
+    transport.close()

@@ -1,0 +1,165 @@
+"""Digest (RFC 2617): the reference's vectors, both qop forms, stale nonces, nc replay."""
+
+from __future__ import annotations
+
+from gateway.sip.digest import Credentials, DigestClient, DigestServer, Verdict, compute_response
+from gateway.sip.headers import parse_auth_params
+
+URI = "sip:34020000002000000001@3402000000"
+USER = "34020000001320000001"
+
+
+def test_reference_vector_without_qop() -> None:
+    assert (
+        compute_response(
+            username=USER,
+            realm="3402000000",
+            password="12345678",
+            method="REGISTER",
+            uri=URI,
+            nonce="9bd055b1c0d5c8a7",
+        )
+        == "399ebdaa005171c436dc1b8bfbb5f042"
+    )
+
+
+def test_reference_vector_with_qop() -> None:
+    assert (
+        compute_response(
+            username=USER,
+            realm="3402000000",
+            password="12345678",
+            method="REGISTER",
+            uri=URI,
+            nonce="9bd055b1c0d5c8a7",
+            qop="auth",
+            nc="00000001",
+            cnonce="0a4f113b",
+        )
+        == "84c690570a1c85214bd55c5b5df6cb2a"
+    )
+
+
+def test_rfc2617_section_3_5_vector() -> None:
+    # The RFC's own example (qop=auth, GET).
+    assert (
+        compute_response(
+            username="Mufasa",
+            realm="testrealm@host.com",
+            password="Circle Of Life",
+            method="GET",
+            uri="/dir/index.html",
+            nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093",
+            qop="auth",
+            nc="00000001",
+            cnonce="0a4f113b",
+        )
+        == "6629fae49393a05397450978507c4ef1"
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _answer(
+    server: DigestServer, password: str = "12345678", *, qop: bool | None = None
+) -> Credentials:
+    _, challenge = parse_auth_params(server.challenge())
+    if qop is False:
+        challenge.pop("qop", None)
+    header = DigestClient(USER, password).authorization(challenge, "REGISTER", URI)
+    creds = Credentials.from_params(*parse_auth_params(header))
+    assert creds is not None
+    return creds
+
+
+def test_server_accepts_both_forms_and_refuses_wrong_password() -> None:
+    clock = Clock()
+    for qop in (True, False):
+        server = DigestServer("3402000000", qop=qop, clock=clock)
+        assert ('qop="auth"' in server.challenge()) is qop
+        assert server.verify(_answer(server), "REGISTER", "12345678") is Verdict.OK
+        assert (
+            server.verify(_answer(server, "wrong"), "REGISTER", "12345678") is Verdict.BAD_PASSWORD
+        )
+    # A client may answer a qop challenge the RFC 2069 way; devices do.
+    server = DigestServer("3402000000", qop=True, clock=clock)
+    assert server.verify(_answer(server, qop=False), "REGISTER", "12345678") is Verdict.OK
+
+
+def test_stale_nonce_is_detected_before_the_password() -> None:
+    clock = Clock()
+    server = DigestServer("3402000000", nonce_ttl=30, clock=clock)
+    creds = _answer(server)
+    clock.now += 31
+    assert server.verify(creds, "REGISTER", "12345678") is Verdict.STALE
+    assert "stale=true" in server.challenge(stale=True)
+
+
+def test_forged_or_foreign_nonce_is_unknown() -> None:
+    clock = Clock()
+    server = DigestServer("3402000000", clock=clock)
+    other = DigestServer("3402000000", clock=clock)  # another secret, e.g. before a restart
+    assert server.verify(_answer(other), "REGISTER", "12345678") is Verdict.UNKNOWN_NONCE
+    creds = _answer(server)
+    fields = {f: getattr(creds, f) for f in Credentials.__slots__}
+    fields["nonce"] = ("0" if creds.nonce[0] != "0" else "1") + creds.nonce[1:]
+    assert server.verify(Credentials(**fields), "REGISTER", "12345678") is Verdict.UNKNOWN_NONCE
+
+
+def test_replayed_nonce_count_is_refused() -> None:
+    server = DigestServer("3402000000", clock=Clock())
+    creds = _answer(server)
+    assert server.verify(creds, "REGISTER", "12345678") is Verdict.OK
+    assert server.verify(creds, "REGISTER", "12345678") is Verdict.REPLAY
+    # A higher nc on the same nonce is a legitimate reuse.
+    fields = {f: getattr(creds, f) for f in Credentials.__slots__}
+    fields["nc"] = "00000002"
+    fields["response"] = compute_response(
+        username=USER,
+        realm=creds.realm,
+        password="12345678",
+        method="REGISTER",
+        uri=URI,
+        nonce=creds.nonce,
+        qop="auth",
+        nc="00000002",
+        cnonce=creds.cnonce,
+    )
+    assert server.verify(Credentials(**fields), "REGISTER", "12345678") is Verdict.OK
+
+
+def test_unsupported_and_malformed() -> None:
+    server = DigestServer("3402000000", clock=Clock())
+    creds = _answer(server)
+    fields = {f: getattr(creds, f) for f in Credentials.__slots__}
+    assert (
+        server.verify(Credentials(**{**fields, "algorithm": "SHA-256"}), "REGISTER", "x")
+        is Verdict.UNSUPPORTED
+    )
+    assert (
+        server.verify(Credentials(**{**fields, "nc": "zz"}), "REGISTER", "x") is Verdict.MALFORMED
+    )
+    assert (
+        server.verify(Credentials(**{**fields, "qop": "auth-int"}), "REGISTER", "x")
+        is Verdict.UNSUPPORTED
+    )
+    assert Credentials.from_params("Basic", {"username": "a"}) is None
+    assert Credentials.from_params("Digest", {"username": "a"}) is None
+
+
+def test_client_counts_nc_per_nonce() -> None:
+    client = DigestClient(USER, "12345678")
+    challenge = {"realm": "3402000000", "nonce": "abc", "qop": "auth"}
+    first = parse_auth_params(client.authorization(challenge, "REGISTER", URI))[1]
+    second = parse_auth_params(client.authorization(challenge, "REGISTER", URI))[1]
+    assert (first["nc"], second["nc"]) == ("00000001", "00000002")
+    third = parse_auth_params(client.authorization({**challenge, "nonce": "new"}, "REGISTER", URI))[
+        1
+    ]
+    assert third["nc"] == "00000001"
