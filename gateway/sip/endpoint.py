@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,8 +40,13 @@ HandlerResult = Response | Awaitable[Response] | None
 Handler = Callable[[Request, "ServerContext"], HandlerResult]
 
 
+# Tags, branches and Call-IDs must be unique, not secret (RFC 3261 §19.3): the seeded PRNG
+# is enough and avoids a system call per message.
+_rng = random.Random(os.urandom(16))
+
+
 def random_token(nbytes: int = 8) -> str:
-    return os.urandom(nbytes).hex()
+    return f"{_rng.getrandbits(nbytes * 8):0{nbytes * 2}x}"
 
 
 class ServerContext:
@@ -210,10 +216,10 @@ class Endpoint:
     def _request_received(self, req: Request, peer: Peer) -> None:
         metrics = self.metrics
         try:
+            # From and To are parsed when a handler asks for them; a ParseError there still
+            # becomes a 400 (see _dispatch), so a keepalive pays only for what it uses.
             key = _server_key(req)
             cseq = req.cseq
-            req.from_  # noqa: B018 - validated now so handlers can trust it
-            req.to  # noqa: B018
             if cseq.method != req.method:
                 raise ParseError("CSeq Method Mismatch", f"{cseq.method} != {req.method}")
         except ParseError as exc:
@@ -345,27 +351,20 @@ class Endpoint:
     def _stamp_via(self, req: Request, peer: Peer) -> None:
         """RFC 3581 §4 / RFC 3261 §18.2.1: add ``received`` and fill ``rport``."""
         via = req.top_via
-        rport = via.param("rport")
-        if via.host == peer.host and rport is None:
-            return
-        params: list[tuple[str, str | None]] = []
-        for k, v in via.params:
+        params = via.params
+        has_rport = False
+        out: list[tuple[str, str | None]] = []
+        for k, v in params:
             low = k.lower()
             if low == "rport":
-                params.append((k, str(peer.port)))
+                has_rport = True
+                out.append((k, str(peer.port)))
             elif low != "received":
-                params.append((k, v))
-        params.append(("received", peer.host))
-        out = f"SIP/2.0/{via.transport} {via.sent_by}"
-        for k, v in params:
-            out += f";{k}" if v is None else f";{k}={v}"
-        values = req.get_headers("Via")
-        first = values[0]
-        comma = first.find(",")
-        new_first = out if comma < 0 else out + first[comma:]
-        req.remove_header("Via")
-        for value in reversed([new_first, *values[1:]]):
-            req.prepend_header("Via", value)
+                out.append((k, v))
+        if not has_rport and via.host == peer.host:
+            return
+        out.append(("received", peer.host))
+        req.replace_top_via(via._replace(params=tuple(out)))
 
     def _server_done(self, txn: ServerTransaction) -> None:
         try:

@@ -6,7 +6,8 @@ Every parser here is a single left-to-right scan, so hostile input costs linear 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from typing import NamedTuple
 
 from gateway.sip.errors import ParseError
 from gateway.sip.uri import parse_params
@@ -31,8 +32,53 @@ COMPACT_FORMS = {
 }
 
 
+_COMMON = (
+    "Via",
+    "From",
+    "To",
+    "Call-ID",
+    "CSeq",
+    "Contact",
+    "Max-Forwards",
+    "Expires",
+    "User-Agent",
+    "Content-Type",
+    "Content-Length",
+    "Authorization",
+    "WWW-Authenticate",
+    "Date",
+    "X-GB-Ver",
+    "Subject",
+    "Event",
+    "Route",
+    "Record-Route",
+    "Allow",
+    "Supported",
+    "Server",
+    "Subscription-State",
+    "Proxy-Authenticate",
+    "Proxy-Authorization",
+    "Call-Id",
+    "Cseq",
+)
+
+# Exact spellings seen on the wire -> lookup key; a constant table, so the hot path skips
+# lower() and the token check for names it already knows.
+KNOWN_NAMES: dict[str, str] = {}
+for _name in _COMMON:
+    for _spelling in (_name, _name.lower(), _name.upper()):
+        KNOWN_NAMES[_spelling] = _name.lower()
+for _short, _long in COMPACT_FORMS.items():
+    KNOWN_NAMES[_short] = _long
+    KNOWN_NAMES[_short.upper()] = _long
+del _name, _spelling, _short, _long
+
+
 def header_key(name: str) -> str:
     """The lookup key of a header name: lower case, compact form expanded."""
+    key = KNOWN_NAMES.get(name)
+    if key is not None:
+        return key
     key = name.lower()
     return COMPACT_FORMS.get(key, key)
 
@@ -66,8 +112,7 @@ def split_commas(value: str) -> list[str]:
     return [p for p in parts if p]
 
 
-@dataclass(frozen=True, slots=True)
-class Via:
+class Via(NamedTuple):
     transport: str  # "UDP", "TCP", ...
     host: str
     port: int | None
@@ -94,45 +139,61 @@ class Via:
         return out
 
 
+# What devices send: SIP/2.0/UDP host:port;params, single spaces, no quotes. Linear.
+_PLAIN_VIA = re.compile(
+    r'SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9.\-_]+)(?::([0-9]{1,5}))?((?:;[^;"\s]+)*)\Z'
+)
+
+
 def parse_via(value: str) -> Via:
-    """Parse one via-parm: ``SIP/2.0/UDP host:port;branch=...;rport``."""
+    """Parse one via-parm: ``SIP/2.0/UDP host:port;branch=...;rport``.
+
+    LWS is allowed around ``/`` and ``:`` (RFC 3261 §25.1 ``SLASH``/``COLON``).
+    """
     s = value.strip()
-    proto, sp, rest = s.partition(" ")
-    if not sp:
-        proto, sp, rest = s.partition("\t")
-    pieces = proto.split("/")
-    if len(pieces) != 3 or pieces[0].strip().upper() != "SIP" or not pieces[2].strip():
+    m = _PLAIN_VIA.match(s)
+    if m is not None:
+        transport, host, port_text, params_text = m.groups()
+        port = int(port_text) if port_text is not None else None
+        if port is None or port <= 65535:
+            return Via(transport.upper(), host, port, parse_params(params_text))
+    head, _, params_text = s.partition(";")
+    if "/" not in head:
         raise ParseError("Bad Via", f"bad protocol in {value!r}")
-    sent_by, _, params_text = rest.strip().partition(";")
-    sent_by = sent_by.strip()
-    if not sent_by:
+    pieces = head.split("/", 2)
+    if len(pieces) != 3 or pieces[0].strip().upper() != "SIP" or pieces[1].strip() != "2.0":
+        raise ParseError("Bad Via", f"bad protocol in {value!r}")
+    transport_and_host = pieces[2].strip().split(None, 1)
+    if len(transport_and_host) != 2:
         raise ParseError("Bad Via", f"no sent-by in {value!r}")
+    transport, sent_by = transport_and_host
     port: int | None = None
     if sent_by.startswith("["):
         end = sent_by.find("]")
         if end < 0:
             raise ParseError("Bad Via", f"bad IPv6 sent-by in {value!r}")
-        host, tail = sent_by[: end + 1], sent_by[end + 1 :]
-        port_text = tail[1:] if tail.startswith(":") else ""
+        host, tail = sent_by[: end + 1], sent_by[end + 1 :].strip()
+        port_text = tail[1:].strip() if tail.startswith(":") else ""
         if tail and not port_text:
             raise ParseError("Bad Via", f"bad sent-by in {value!r}")
     else:
         host, _, port_text = sent_by.partition(":")
+        host = host.strip()
+        port_text = port_text.strip()
     if port_text:
-        if not port_text.strip().isdigit() or int(port_text) > 65535:
+        if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
             raise ParseError("Bad Via", f"bad port in {value!r}")
         port = int(port_text)
-    if not host:
-        raise ParseError("Bad Via", f"no host in {value!r}")
+    if not host or " " in host or "\t" in host:
+        raise ParseError("Bad Via", f"bad host in {value!r}")
     try:
         params = parse_params(params_text)
     except ParseError as exc:
         raise ParseError("Bad Via", exc.detail) from None
-    return Via(pieces[2].strip().upper(), host, port, params)
+    return Via(transport.upper(), host, port, params)
 
 
-@dataclass(frozen=True, slots=True)
-class CSeq:
+class CSeq(NamedTuple):
     seq: int
     method: str
 
@@ -141,68 +202,73 @@ class CSeq:
 
 
 def parse_cseq(value: str) -> CSeq:
-    num, _, method = value.strip().partition(" ")
-    method = method.strip()
-    if not num.isdigit() or len(num) > 10 or not method or " " in method:
+    """``CSeq: 1 REGISTER``. The method keeps its case: methods are case-sensitive."""
+    parts = value.split()
+    if len(parts) != 2:
+        raise ParseError("Bad CSeq", repr(value))
+    num, method = parts
+    if not num.isdigit() or len(num) > 10:
         raise ParseError("Bad CSeq", repr(value))
     seq = int(num)
     if seq >= 2**31:
         raise ParseError("Bad CSeq", f"sequence number out of range: {value!r}")
-    return CSeq(seq, method.upper())
+    return CSeq(seq, method)
+
+
+# name = "quoted \"value\"" | name = token, separated by commas and/or whitespace. The quoted
+# alternative is the unrolled-loop form, so matching is linear in the input.
+_AUTH_PARAM = re.compile(r'([^=\s,"]+)[ \t]*=[ \t]*(?:"([^"\\]*(?:\\.[^"\\]*)*)"|([^\s,"]*))')
+# The whole list: parameters with at least one separator between them (none needed right after
+# a closing quote). A token value stops at a separator or quote and a name cannot contain one, so
+# each character has one reading and the match is linear. (With optional separators,
+# ``a=bc=d`` has two readings and a failing input backtracks exponentially.)
+_AUTH_SEP = r'(?:[\s,]+|(?<="))'
+_AUTH_LIST = re.compile(
+    r"[\s,]*(?:" + _AUTH_PARAM.pattern + r"(?:" + _AUTH_SEP + _AUTH_PARAM.pattern + r")*)?[\s,]*"
+)
+_UNESCAPE = re.compile(r"\\(.)")
+
+
+def _simple_auth_params(rest: str) -> dict[str, str] | None:
+    """The common shape, ``k="v",k=v``, split on commas; ``None`` for anything else (quoted
+    commas or escapes, missing commas, stray quotes), which the regular grammar then handles."""
+    params: dict[str, str] = {}
+    for piece in rest.split(","):
+        name, eq, val = piece.partition("=")
+        name = name.strip()
+        val = val.strip()
+        if not eq or not name or " " in name or "\t" in name or '"' in name:
+            return None
+        if val[:1] == '"':
+            if len(val) < 2 or val[-1] != '"' or '"' in val[1:-1] or "\\" in val:
+                return None
+            val = val[1:-1]
+        elif '"' in val or " " in val or "\t" in val:
+            return None
+        params[name.lower()] = val
+    return params
 
 
 def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
     """Parse ``Scheme k=v, k="v"`` into (scheme, {lower-case name: value}).
 
     Tolerates missing commas between parameters (some devices omit them) and whitespace
-    around ``=``. Raises :class:`ParseError` on unterminated quotes or nameless values.
+    around ``=``. Raises :class:`ParseError` on anything else between parameters, such as an
+    unterminated quote or a name without a value.
     """
     s = value.strip()
-    i = 0
-    n = len(s)
-    while i < n and not s[i].isspace():
-        i += 1
-    scheme = s[:i]
-    if not scheme:
+    scheme, _, rest = s.partition(" ")
+    if not scheme or "=" in scheme:
         raise ParseError("Bad Authorization", "no scheme")
+    simple = _simple_auth_params(rest)
+    if simple is not None:
+        return scheme, simple
+    if not _AUTH_LIST.fullmatch(rest):
+        raise ParseError("Bad Authorization", f"malformed parameters in {rest[:60]!r}")
     params: dict[str, str] = {}
-    while i < n:
-        while i < n and (s[i].isspace() or s[i] == ","):
-            i += 1
-        if i >= n:
-            break
-        start = i
-        while i < n and s[i] not in "=, \t":
-            i += 1
-        name = s[start:i].lower()
-        while i < n and s[i] in " \t":
-            i += 1
-        if not name or i >= n or s[i] != "=":
-            raise ParseError(
-                "Bad Authorization", f"parameter without value near {s[start : start + 20]!r}"
-            )
-        i += 1
-        while i < n and s[i] in " \t":
-            i += 1
-        if i < n and s[i] == '"':
-            i += 1
-            chunks: list[str] = []
-            seg = i
-            while i < n and s[i] != '"':
-                if s[i] == "\\" and i + 1 < n:
-                    chunks.append(s[seg:i])
-                    seg = i + 1
-                    i += 2
-                    continue
-                i += 1
-            if i >= n:
-                raise ParseError("Bad Authorization", f"unterminated quote in {name!r}")
-            chunks.append(s[seg:i])
-            params[name] = "".join(chunks)
-            i += 1
+    for name, quoted, token in _AUTH_PARAM.findall(rest):
+        if quoted:
+            params[name.lower()] = quoted if "\\" not in quoted else _UNESCAPE.sub(r"\1", quoted)
         else:
-            start = i
-            while i < n and s[i] not in ", \t":
-                i += 1
-            params[name] = s[start:i]
+            params[name.lower()] = token
     return scheme, params

@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.sip.errors import ParseError
 from gateway.sip.headers import (
+    KNOWN_NAMES,
     CSeq,
     Via,
     header_key,
@@ -79,7 +80,7 @@ class Message:
     def __init__(self, headers: Iterable[tuple[str, str]] = (), body: bytes = b"") -> None:
         self._items: list[tuple[str, str, str]] = [(header_key(n), n, v) for n, v in headers]
         self.body = body
-        self._cache: dict[str, Any] | None = None
+        self._cache: dict[str, Any] = {}
 
     # -- raw header access -------------------------------------------------------------
     def get_header(self, name: str) -> str | None:
@@ -105,39 +106,41 @@ class Message:
                 break
         else:
             items.append((key, name, value))
-        self._cache = None
+        self._cache = {}
 
     def add_header(self, name: str, value: str) -> None:
         self._items.append((header_key(name), name, value))
-        self._cache = None
+        self._cache = {}
 
     def prepend_header(self, name: str, value: str) -> None:
         self._items.insert(0, (header_key(name), name, value))
-        self._cache = None
+        self._cache = {}
 
     def remove_header(self, name: str) -> None:
         key = header_key(name)
         self._items = [it for it in self._items if it[0] != key]
-        self._cache = None
+        self._cache = {}
 
     def headers(self) -> Iterator[tuple[str, str]]:
         """Every header as (name as written, value), in order."""
         for _, n, v in self._items:
             yield n, v
 
+    def replace_top_via(self, via: Via) -> None:
+        """Put ``via`` in place of the topmost Via value (RFC 3581 stamping), in place."""
+        items = self._items
+        for i, (key, name, value) in enumerate(items):
+            if key == "via":
+                comma = value.find(",")
+                text = str(via) if comma < 0 else str(via) + value[comma:]
+                items[i] = (key, name, text)
+                break
+        else:
+            raise ParseError("Missing Via")
+        self._cache.pop("via", None)
+        self._cache["topvia"] = via
+
     # -- typed access, parsed once ------------------------------------------------------
-    def _cached(self, key: str) -> Any:
-        cache = self._cache
-        if cache is not None and key in cache:
-            return cache[key]
-        return _MISSING
-
-    def _store(self, key: str, value: Any) -> Any:
-        if self._cache is None:
-            self._cache = {}
-        self._cache[key] = value
-        return value
-
     def _required(self, name: str) -> str:
         value = self.get_header(name)
         if value is None:
@@ -146,34 +149,38 @@ class Message:
 
     @property
     def vias(self) -> list[Via]:
-        got = self._cached("via")
-        if got is not _MISSING:
+        got = self._cache.get("via")
+        if got is not None:
             return got  # type: ignore[no-any-return]
         out = [parse_via(part) for v in self.get_headers("via") for part in split_commas(v)]
-        return self._store("via", out)  # type: ignore[no-any-return]
+        got = self._cache["via"] = out
+        return got
 
     @property
     def top_via(self) -> Via:
-        got = self._cached("topvia")
-        if got is not _MISSING:
+        got = self._cache.get("topvia")
+        if got is not None:
             return got  # type: ignore[no-any-return]
         raw = self._required("Via")
         comma = raw.find(",")
-        return self._store("topvia", parse_via(raw if comma < 0 else split_commas(raw)[0]))  # type: ignore[no-any-return]
+        got = self._cache["topvia"] = parse_via(raw if comma < 0 else split_commas(raw)[0])
+        return got
 
     @property
     def from_(self) -> NameAddr:
-        got = self._cached("from")
-        if got is not _MISSING:
+        got = self._cache.get("from")
+        if got is not None:
             return got  # type: ignore[no-any-return]
-        return self._store("from", _name_addr(self._required("From"), "Bad From"))  # type: ignore[no-any-return]
+        got = self._cache["from"] = _name_addr(self._required("From"), "Bad From")
+        return got
 
     @property
     def to(self) -> NameAddr:
-        got = self._cached("to")
-        if got is not _MISSING:
+        got = self._cache.get("to")
+        if got is not None:
             return got  # type: ignore[no-any-return]
-        return self._store("to", _name_addr(self._required("To"), "Bad To"))  # type: ignore[no-any-return]
+        got = self._cache["to"] = _name_addr(self._required("To"), "Bad To")
+        return got
 
     @property
     def call_id(self) -> str:
@@ -184,17 +191,18 @@ class Message:
 
     @property
     def cseq(self) -> CSeq:
-        got = self._cached("cseq")
-        if got is not _MISSING:
+        got = self._cache.get("cseq")
+        if got is not None:
             return got  # type: ignore[no-any-return]
-        return self._store("cseq", parse_cseq(self._required("CSeq")))  # type: ignore[no-any-return]
+        got = self._cache["cseq"] = parse_cseq(self._required("CSeq"))
+        return got
 
     @property
     def contacts(self) -> list[NameAddr]:
         """Contact values; ``[]`` when absent. The wildcard ``*`` is not a NameAddr:
         see ``contact_star``."""
-        got = self._cached("contact")
-        if got is not _MISSING:
+        got = self._cache.get("contact")
+        if got is not None:
             return got  # type: ignore[no-any-return]
         out = [
             _name_addr(part, "Bad Contact")
@@ -202,7 +210,8 @@ class Message:
             for part in split_commas(v)
             if part != "*"
         ]
-        return self._store("contact", out)  # type: ignore[no-any-return]
+        got = self._cache["contact"] = out
+        return got
 
     @property
     def contact_star(self) -> bool:
@@ -277,10 +286,11 @@ class Request(Message):
 
     @property
     def request_uri(self) -> SipUri:
-        got = self._cached("ruri")
-        if got is not _MISSING:
+        got = self._cache.get("ruri")
+        if got is not None:
             return got  # type: ignore[no-any-return]
-        return self._store("ruri", parse_uri(self.uri))  # type: ignore[no-any-return]
+        got = self._cache["ruri"] = parse_uri(self.uri)
+        return got
 
     def start_line(self) -> str:
         return f"{self.method} {self.uri} {self.version}"
@@ -312,13 +322,6 @@ class Response(Message):
         return f"<Response {self.status} {self.reason}>"
 
 
-class _Missing:
-    pass
-
-
-_MISSING = _Missing()
-
-
 def _name_addr(value: str, reason: str) -> NameAddr:
     try:
         return parse_name_addr(value)
@@ -345,7 +348,8 @@ def parse(data: bytes) -> Request | Response:
     if start == n:
         raise ParseError("Empty Message")
     crlf = data.find(b"\r\n\r\n", start)
-    lf = data.find(b"\n\n", start)
+    # An LF-only header end can only come before the CRLF one; never scan the body for it.
+    lf = data.find(b"\n\n", start, crlf) if crlf >= 0 else data.find(b"\n\n", start)
     if lf >= 0 and (crlf < 0 or lf < crlf):
         head_end, body_start = lf, lf + 2
     elif crlf >= 0:
@@ -353,20 +357,45 @@ def parse(data: bytes) -> Request | Response:
     else:
         head_end = body_start = n
     text = _decode_head(data[start:head_end])
-    lines = text.split("\n")
-    first = lines[0].rstrip("\r")
+    nl = text.find("\n")
+    first = (text if nl < 0 else text[:nl]).rstrip("\r")
     if len(first) > MAX_HEADER_LINE:
         raise ParseError("Start Line Too Long")
+    items = _headers(text) if nl >= 0 else []
+    msg = _start_line(first)
+    msg._items = items
 
+    length_text = msg.get_header("content-length")
+    if length_text is None:
+        msg.body = data[body_start:]
+    else:
+        length_text = length_text.strip()
+        if not length_text.isdigit() or len(length_text) > 6:
+            raise ParseError("Bad Content-Length", repr(length_text[:20]))
+        length = int(length_text)
+        if body_start + length > n:
+            raise ParseError("Truncated Body", f"Content-Length {length}, {n - body_start} bytes")
+        msg.body = data[body_start : body_start + length]
+    return msg
+
+
+def _headers(text: str) -> list[tuple[str, str, str]]:
+    """The header lines after the start line, folded lines joined, names checked."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    lines = text.split("\n")
+    check_length = len(text) > MAX_HEADER_LINE  # else no single line can exceed it
     items: list[tuple[str, str, str]] = []
+    append = items.append
+    known = KNOWN_NAMES
     name = value = ""
-    for raw in lines[1:]:
-        line = raw[:-1] if raw.endswith("\r") else raw
-        if len(line) > MAX_HEADER_LINE:
-            raise ParseError("Header Too Long", f"{len(line)} characters")
+    for line in lines[1:]:
         if not line:
             continue
-        if line[0] in " \t":
+        if check_length and len(line) > MAX_HEADER_LINE:
+            raise ParseError("Header Too Long", f"{len(line)} characters")
+        first_char = line[0]
+        if first_char == " " or first_char == "\t":
             if not name:
                 raise ParseError("Bad Header", "continuation line without a header")
             value = f"{value} {line.strip()}"
@@ -374,17 +403,23 @@ def parse(data: bytes) -> Request | Response:
                 raise ParseError("Header Too Long", f"folded {name}")
             items[-1] = (items[-1][0], name, value)
             continue
-        colon = line.find(":")
-        if colon <= 0:
+        name, colon, rest = line.partition(":")
+        if not colon:
             raise ParseError("Bad Header", f"no colon in {line[:40]!r}")
-        name = line[:colon].rstrip()
-        if not _TOKEN_CHARS.issuperset(name):
-            raise ParseError("Bad Header", f"bad header name {name[:40]!r}")
-        value = line[colon + 1 :].strip()
-        items.append((header_key(name), name, value))
-        if len(items) > MAX_HEADERS:
-            raise ParseError("Too Many Headers", f"more than {MAX_HEADERS}")
+        key = known.get(name)
+        if key is None:
+            name = name.rstrip()
+            if not name or not _TOKEN_CHARS.issuperset(name):
+                raise ParseError("Bad Header", f"bad header name {name[:40]!r}")
+            key = header_key(name)
+        value = rest.strip()
+        append((key, name, value))
+    if len(items) > MAX_HEADERS:
+        raise ParseError("Too Many Headers", f"more than {MAX_HEADERS}")
+    return items
 
+
+def _start_line(first: str) -> Request | Response:
     msg: Request | Response
     if first.startswith("SIP/"):
         parts = first.split(" ", 2)
@@ -406,19 +441,6 @@ def parse(data: bytes) -> Request | Response:
         if ":" not in uri:
             raise ParseError("Bad Request Line", f"bad Request-URI {uri[:80]!r}")
         msg = Request(method, uri)
-    msg._items = items
-
-    length_text = msg.get_header("content-length")
-    if length_text is None:
-        msg.body = data[body_start:]
-    else:
-        length_text = length_text.strip()
-        if not length_text.isdigit() or len(length_text) > 6:
-            raise ParseError("Bad Content-Length", repr(length_text[:20]))
-        length = int(length_text)
-        if body_start + length > n:
-            raise ParseError("Truncated Body", f"Content-Length {length}, {n - body_start} bytes")
-        msg.body = data[body_start : body_start + length]
     return msg
 
 

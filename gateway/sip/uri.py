@@ -3,20 +3,21 @@
 GB/T 28181 URIs are ``sip:<20-digit ID>@<10-digit domain | IP:port>``: the host part of a GB
 URI is often all digits, which some SIP libraries refuse. This parser accepts any host made of
 URI-safe characters (hostname, IPv4, bracketed IPv6, or a numeric domain) and keeps parameters in
-order. Parsing is linear: no regular expression that can backtrack.
+order. Parsing is linear: no regular expression that can backtrack. Values are NamedTuples:
+immutable like frozen dataclasses, at a third of their construction cost on the hot path.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from typing import NamedTuple
 
 from gateway.sip.errors import ParseError
 
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
 
 
-@dataclass(frozen=True, slots=True)
-class SipUri:
+class SipUri(NamedTuple):
     """A ``sip:`` or ``sips:`` URI. ``params`` keeps ``;name=value`` pairs in order (value
     ``None`` for a flag)."""
 
@@ -64,9 +65,13 @@ def _parse_port(text: str, whole: str) -> int:
 
 
 def parse_params(text: str) -> tuple[tuple[str, str | None], ...]:
-    """Parse ``;a=b;c`` (the leading ``;`` optional) into ordered pairs."""
+    """Parse ``;a=b;c`` (the leading ``;`` optional) into ordered pairs.
+
+    A ``;`` inside a double-quoted value does not split it (RFC 3261 ``gen-value``).
+    """
+    parts = text.split(";") if '"' not in text else _split_outside_quotes(text, ";")
     out: list[tuple[str, str | None]] = []
-    for part in text.split(";"):
+    for part in parts:
         part = part.strip()
         if not part:
             continue
@@ -78,6 +83,31 @@ def parse_params(text: str) -> tuple[tuple[str, str | None], ...]:
     return tuple(out)
 
 
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    parts: list[str] = []
+    start = 0
+    in_quote = False
+    i = 0
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if in_quote:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                in_quote = False
+        elif ch == '"':
+            in_quote = True
+        elif ch == sep:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    if in_quote:
+        raise ParseError("Bad Header", f"unterminated quote in {text!r}")
+    parts.append(text[start:])
+    return parts
+
+
 def parse_uri(text: str) -> SipUri:
     """Parse a SIP URI; raise :class:`ParseError` if it is not one."""
     s = text.strip()
@@ -85,14 +115,15 @@ def parse_uri(text: str) -> SipUri:
     lscheme = scheme.lower()
     if not colon or lscheme not in ("sip", "sips"):
         raise ParseError("Bad URI", f"not a sip URI: {text!r}")
-    rest, _, headers = rest.partition("?")
     user: str | None = None
     password: str | None = None
-    at = rest.rfind("@")
+    # '@' cannot appear unescaped after the userinfo, while '?' may appear inside it.
+    at = rest.find("@")
     if at >= 0:
         userinfo, rest = rest[:at], rest[at + 1 :]
         user, pcolon, pw = userinfo.partition(":")
         password = pw if pcolon else None
+    rest, _, headers = rest.partition("?")
     hostport, semi, params_text = rest.partition(";")
     if not hostport:
         raise ParseError("Bad URI", f"no host in {text!r}")
@@ -124,13 +155,12 @@ def parse_uri(text: str) -> SipUri:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class NameAddr:
+class NameAddr(NamedTuple):
     """A From/To/Contact value: optional display name, URI, and header parameters (``tag``)."""
 
     uri: SipUri
     display: str | None = None
-    params: tuple[tuple[str, str | None], ...] = field(default=())
+    params: tuple[tuple[str, str | None], ...] = ()
 
     @property
     def tag(self) -> str | None:
@@ -149,10 +179,23 @@ class NameAddr:
         return NameAddr(self.uri, self.display, (*kept, (name, value)))
 
     def __str__(self) -> str:
-        head = f'"{self.display}" <{self.uri}>' if self.display else f"<{self.uri}>"
+        if self.display:
+            quoted = self.display.replace("\\", "\\\\").replace('"', '\\"')
+            head = f'"{quoted}" <{self.uri}>'
+        else:
+            head = f"<{self.uri}>"
         for k, v in self.params:
             head += f";{k}" if v is None else f";{k}={v}"
         return head
+
+
+# The form nearly every GB device sends: <sip:user@host[:port]>;params, with no display name,
+# no URI parameters and no quotes. Linear: no nested or overlapping repetition.
+_PLAIN_NAME_ADDR = re.compile(
+    r'<(sips?):([^@<>?;:"\s]+)@([A-Za-z0-9.\-_]+)(?::([0-9]{1,5}))?>'
+    r'(?:;tag=([^;"<>\s=]+)\Z|([^"<>]*)\Z)',
+    re.IGNORECASE,
+)
 
 
 def parse_name_addr(text: str) -> NameAddr:
@@ -161,18 +204,44 @@ def parse_name_addr(text: str) -> NameAddr:
     In the bare form RFC 3261 §20.10 gives every ``;param`` to the header, not the URI.
     """
     s = text.strip()
-    lt = s.find("<")
+    m = _PLAIN_NAME_ADDR.match(s)
+    if m is not None:
+        scheme, user, host, port_text, tag, tail = m.groups()
+        port = None
+        if port_text is not None:
+            port = int(port_text)
+            if port > 65535:
+                raise ParseError("Bad URI", f"port out of range in {text!r}")
+        uri = SipUri(host, user, port, scheme if scheme == "sip" else scheme.lower())
+        if tag is not None:
+            return NameAddr(uri, None, (("tag", tag),))
+        return NameAddr(uri, None, parse_params(tail) if tail else ())
+    display: str | None = None
+    rest = s
+    if s.startswith('"'):
+        i, n = 1, len(s)
+        chars: list[str] = []
+        while i < n and s[i] != '"':
+            if s[i] == "\\" and i + 1 < n:
+                i += 1
+            chars.append(s[i])
+            i += 1
+        if i >= n:
+            raise ParseError("Bad Header", f"unterminated display name in {text!r}")
+        display = "".join(chars)
+        rest = s[i + 1 :].lstrip()
+        if not rest.startswith("<"):
+            raise ParseError("Bad Header", f"display name without <URI> in {text!r}")
+    lt = rest.find("<")
     if lt >= 0:
-        gt = s.find(">", lt)
+        gt = rest.find(">", lt)
         if gt < 0:
             raise ParseError("Bad Header", f"unterminated '<' in {text!r}")
-        display = s[:lt].strip()
-        if display.startswith('"') and display.endswith('"') and len(display) >= 2:
-            display = display[1:-1]
-        uri = parse_uri(s[lt + 1 : gt])
-        tail = s[gt + 1 :].strip()
-        return NameAddr(uri, display or None, parse_params(tail))
-    addr, _, params = s.partition(";")
-    if "?" in addr:
+        if display is None:
+            display = rest[:lt].strip() or None
+        uri = parse_uri(rest[lt + 1 : gt])
+        return NameAddr(uri, display, parse_params(rest[gt + 1 :].strip()))
+    addr, _, params = rest.partition(";")
+    if "?" in addr.partition("@")[2]:
         raise ParseError("Bad Header", f"URI headers need angle brackets: {text!r}")
     return NameAddr(parse_uri(addr), None, parse_params(params))

@@ -293,3 +293,30 @@ def test_mutated_messages_only_raise_parse_error(
         msg.auth_params("Authorization")
     except ParseError:
         pass
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Digest a=" + "x=" * 5000 + '"',  # ambiguous token/name boundaries
+        'Digest a="' + "x" * 60000,  # unterminated quote
+        "Digest " + ", " * 30000 + "a",  # separators without parameters
+        "Digest " + "a=b " * 8000 + "!",
+    ],
+)
+def test_hostile_authorization_fails_fast(value: str) -> None:
+    with pytest.raises(ParseError):
+        from gateway.sip.headers import parse_auth_params
+
+        parse_auth_params(value)
+
+
+@pytest.mark.timeout(10)
+def test_hostile_header_blocks_fail_or_parse_fast() -> None:
+    spaces = b"OPTIONS sip:a@b SIP/2.0\r\nX:" + b" \t" * 4000 + b"x\r\n\r\n"
+    assert parse(spaces).get_header("X") == "x"
+    colons = b"OPTIONS sip:a@b SIP/2.0\r\n" + b"A:" * 4000 + b"\r\n\r\n"
+    assert parse(colons).get_header("A") == "A:" * 3999
+    with pytest.raises(ParseError):
+        parse(b"OPTIONS sip:a@b SIP/2.0\r\n" + b"A" * 8000 + b"\r\n\r\n")
