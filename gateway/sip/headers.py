@@ -154,9 +154,9 @@ def parse_via(value: str) -> Via:
     m = _PLAIN_VIA.match(s)
     if m is not None:
         transport, host, port_text, params_text = m.groups()
-        port = int(port_text) if port_text is not None else None
-        if port is None or port <= 65535:
-            return Via(transport.upper(), host, port, parse_params(params_text))
+        plain_port = int(port_text) if port_text is not None else None
+        if plain_port is None or plain_port <= 65535:
+            return Via(transport.upper(), host, plain_port, parse_params(params_text))
     head, _, params_text = s.partition(";")
     if "/" not in head:
         raise ParseError("Bad Via", f"bad protocol in {value!r}")
