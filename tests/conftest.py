@@ -101,3 +101,12 @@ async def raw_udp() -> AsyncIterator[RawUdp]:
     transport, proto = await loop.create_datagram_endpoint(RawUdp, local_addr=("127.0.0.1", 0))
     yield proto
     transport.close()
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Tests run on the loop production uses (uvloop on Linux), not only on asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - not on Linux
+        return {"asyncio": asyncio.new_event_loop}
+    return {"uvloop": uvloop.new_event_loop}
