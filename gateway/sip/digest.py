@@ -228,38 +228,17 @@ class DigestClient:
             f'nonce="{nonce}"',
             f'uri="{uri}"',
         ]
+        qop = nc = cnonce = None
         if qops:
             self._nc += 1
-            nc = f"{self._nc:08x}"
-            cnonce = os.urandom(8).hex()
-            resp = compute_response(
-                username=self.username,
-                realm=realm,
-                password=self.password,
-                method=method,
-                uri=uri,
-                nonce=nonce,
-                qop="auth",
-                nc=nc,
-                cnonce=cnonce,
-            )
-            parts += [
-                f'response="{resp}"',
-                "algorithm=MD5",
-                "qop=auth",
-                f"nc={nc}",
-                f'cnonce="{cnonce}"',
-            ]
-        else:
-            resp = compute_response(
-                username=self.username,
-                realm=realm,
-                password=self.password,
-                method=method,
-                uri=uri,
-                nonce=nonce,
-            )
-            parts += [f'response="{resp}"', "algorithm=MD5"]
+            qop, nc, cnonce = "auth", f"{self._nc:08x}", os.urandom(8).hex()
+        resp = compute_response(
+            username=self.username, realm=realm, password=self.password, method=method,
+            uri=uri, nonce=nonce, qop=qop, nc=nc, cnonce=cnonce,
+        )  # fmt: skip
+        parts += [f'response="{resp}"', "algorithm=MD5"]
+        if qop:
+            parts += [f"qop={qop}", f"nc={nc}", f'cnonce="{cnonce}"']
         if "opaque" in challenge:
             parts.append(f'opaque="{challenge["opaque"]}"')
         return "Digest " + ",".join(parts)

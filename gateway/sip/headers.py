@@ -10,7 +10,7 @@ import re
 from typing import NamedTuple
 
 from gateway.sip.errors import ParseError
-from gateway.sip.uri import parse_params
+from gateway.sip.uri import find_param, parse_params, split_unquoted
 
 # RFC 3261 §7.3.3 compact forms.
 COMPACT_FORMS = {
@@ -85,31 +85,10 @@ def header_key(name: str) -> str:
 
 def split_commas(value: str) -> list[str]:
     """Split a header value on commas that are outside double quotes and angle brackets."""
-    parts: list[str] = []
-    start = 0
-    in_quote = False
-    in_angle = False
-    i = 0
-    n = len(value)
-    while i < n:
-        ch = value[i]
-        if in_quote:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                in_quote = False
-        elif ch == '"':
-            in_quote = True
-        elif ch == "<":
-            in_angle = True
-        elif ch == ">":
-            in_angle = False
-        elif ch == "," and not in_angle:
-            parts.append(value[start:i].strip())
-            start = i + 1
-        i += 1
-    parts.append(value[start:].strip())
-    return [p for p in parts if p]
+    if "," not in value:
+        stripped = value.strip()
+        return [stripped] if stripped else []
+    return [p.strip() for p in split_unquoted(value, ",", angles=True) if p.strip()]
 
 
 class Via(NamedTuple):
@@ -119,10 +98,7 @@ class Via(NamedTuple):
     params: tuple[tuple[str, str | None], ...]
 
     def param(self, name: str) -> str | None:
-        for k, v in self.params:
-            if k.lower() == name:
-                return v if v is not None else ""
-        return None
+        return find_param(self.params, name)
 
     @property
     def branch(self) -> str | None:

@@ -17,6 +17,18 @@ from gateway.sip.errors import ParseError
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
 
 
+Params = tuple[tuple[str, str | None], ...]
+
+
+def find_param(params: Params, name: str) -> str | None:
+    """The value of parameter ``name`` (case-insensitive); ``""`` for a flag, ``None`` if absent."""
+    lname = name.lower()
+    for k, v in params:
+        if k.lower() == lname:
+            return v if v is not None else ""
+    return None
+
+
 class SipUri(NamedTuple):
     """A ``sip:`` or ``sips:`` URI. ``params`` keeps ``;name=value`` pairs in order (value
     ``None`` for a flag)."""
@@ -30,11 +42,7 @@ class SipUri(NamedTuple):
     headers: str = ""
 
     def param(self, name: str) -> str | None:
-        lname = name.lower()
-        for k, v in self.params:
-            if k.lower() == lname:
-                return v if v is not None else ""
-        return None
+        return find_param(self.params, name)
 
     @property
     def host_port(self) -> str:
@@ -69,7 +77,7 @@ def parse_params(text: str) -> tuple[tuple[str, str | None], ...]:
 
     A ``;`` inside a double-quoted value does not split it (RFC 3261 ``gen-value``).
     """
-    parts = text.split(";") if '"' not in text else _split_outside_quotes(text, ";")
+    parts = text.split(";") if '"' not in text else split_unquoted(text, ";")
     out: list[tuple[str, str | None]] = []
     for part in parts:
         part = part.strip()
@@ -83,10 +91,13 @@ def parse_params(text: str) -> tuple[tuple[str, str | None], ...]:
     return tuple(out)
 
 
-def _split_outside_quotes(text: str, sep: str) -> list[str]:
+def split_unquoted(text: str, sep: str, *, angles: bool = False) -> list[str]:
+    """Split on ``sep`` where it stands outside double quotes (and, with ``angles``, outside
+    ``<...>``). Backslash escapes inside quotes are honoured; an unterminated quote is an error."""
     parts: list[str] = []
     start = 0
     in_quote = False
+    in_angle = False
     i = 0
     n = len(text)
     while i < n:
@@ -98,12 +109,16 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
                 in_quote = False
         elif ch == '"':
             in_quote = True
-        elif ch == sep:
+        elif angles and ch == "<":
+            in_angle = True
+        elif angles and ch == ">":
+            in_angle = False
+        elif ch == sep and not in_angle:
             parts.append(text[start:i])
             start = i + 1
         i += 1
     if in_quote:
-        raise ParseError("Bad Header", f"unterminated quote in {text!r}")
+        raise ParseError("Bad Header", f"unterminated quote in {text[:60]!r}")
     parts.append(text[start:])
     return parts
 
@@ -167,11 +182,7 @@ class NameAddr(NamedTuple):
         return self.param("tag")
 
     def param(self, name: str) -> str | None:
-        lname = name.lower()
-        for k, v in self.params:
-            if k.lower() == lname:
-                return v if v is not None else ""
-        return None
+        return find_param(self.params, name)
 
     def with_param(self, name: str, value: str | None) -> NameAddr:
         lname = name.lower()
