@@ -52,12 +52,15 @@ def random_token(nbytes: int = 8) -> str:
 class ServerContext:
     """What a handler knows about an incoming request besides the request itself."""
 
-    __slots__ = ("_txn", "endpoint", "peer")
+    __slots__ = ("_txn", "endpoint", "peer", "request")
 
-    def __init__(self, endpoint: Endpoint, peer: Peer, txn: ServerTransaction) -> None:
+    def __init__(
+        self, endpoint: Endpoint, peer: Peer, txn: ServerTransaction, request: Request
+    ) -> None:
         self.endpoint = endpoint
         self.peer = peer
         self._txn = txn
+        self.request = request
 
     def respond(self, resp: Response) -> None:
         self._txn.respond(resp)
@@ -71,7 +74,7 @@ class ServerContext:
     ) -> None:
         self._txn.respond(
             make_response(
-                self._txn.request,
+                self.request,
                 status,
                 reason,
                 to_tag=self.endpoint.tag(),
@@ -256,8 +259,9 @@ class Endpoint:
             send=self._sender(peer),
             on_terminated=self._server_done,
         )
+        txn.key = key
         self._server_txns[key] = txn
-        ctx = ServerContext(self, peer, txn)
+        ctx = ServerContext(self, peer, txn, req)
         if method == "INVITE":
             txn.respond(make_response(req, 100))
         mf = req.max_forwards if req.get_header("Max-Forwards") is not None else None
@@ -326,7 +330,7 @@ class Endpoint:
 
     def _run_ack(self, handler: Handler, req: Request, peer: Peer) -> None:
         try:
-            result = handler(req, ServerContext(self, peer, _NullTxn(req)))  # type: ignore[arg-type]
+            result = handler(req, ServerContext(self, peer, _NullTxn(), req))  # type: ignore[arg-type]
             if result is not None and not isinstance(result, Response):
                 task = asyncio.ensure_future(result)
                 self._tasks.add(task)
@@ -345,7 +349,7 @@ class Endpoint:
         handler = self._handlers.get("CANCEL")
         if handler is not None:
             self._run_ack(handler, req, peer)
-        if target.state == "proceeding":
+        if target.state == "proceeding" and target.request is not None:
             target.respond(make_response(target.request, 487, to_tag=self.tag()))
 
     def _stamp_via(self, req: Request, peer: Peer) -> None:
@@ -367,10 +371,8 @@ class Endpoint:
         req.replace_top_via(via._replace(params=tuple(out)))
 
     def _server_done(self, txn: ServerTransaction) -> None:
-        try:
-            self._server_txns.pop(_server_key(txn.request), None)
-        except ParseError:
-            pass
+        if self._server_txns.get(txn.key) is txn:
+            del self._server_txns[txn.key]
 
     def _sender(self, peer: Peer) -> Callable[[bytes], None]:
         transports = self.transports
@@ -470,9 +472,6 @@ class Endpoint:
 
 class _NullTxn:
     """Stand-in transaction for ACK/CANCEL handlers: they never answer."""
-
-    def __init__(self, request: Request) -> None:
-        self.request = request
 
     def respond(self, resp: Response) -> None:  # pragma: no cover - ACK has no response
         pass

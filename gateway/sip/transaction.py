@@ -62,7 +62,6 @@ class _Base:
         "cfg",
         "on_terminated",
         "reliable",
-        "request",
         "sched",
         "send",
         "state",
@@ -70,7 +69,6 @@ class _Base:
 
     def __init__(
         self,
-        request: Request,
         *,
         reliable: bool,
         sched: Scheduler,
@@ -78,7 +76,6 @@ class _Base:
         send: Callable[[bytes], None],
         on_terminated: Callable[[Any], None] | None = None,
     ) -> None:
-        self.request = request
         self.reliable = reliable
         self.sched = sched
         self.cfg = cfg
@@ -146,7 +143,7 @@ class ClientTransaction(_Base):
     """Both client machines; ``invite`` selects which. The TU hears of responses through
     ``on_response`` and of timer B/F (or a transport error) through ``on_timeout``."""
 
-    __slots__ = ("_ack", "data", "invite", "on_response", "on_timeout")
+    __slots__ = ("_ack", "data", "invite", "on_response", "on_timeout", "request")
 
     def __init__(
         self,
@@ -162,8 +159,9 @@ class ClientTransaction(_Base):
         data: bytes | None = None,
     ) -> None:
         super().__init__(
-            request, reliable=reliable, sched=sched, cfg=cfg, send=send, on_terminated=on_terminated
+            reliable=reliable, sched=sched, cfg=cfg, send=send, on_terminated=on_terminated
         )
+        self.request = request
         self.invite = request.method == "INVITE"
         self.on_response = on_response
         self.on_timeout = on_timeout
@@ -261,7 +259,7 @@ class ServerTransaction(_Base):
     retransmitted requests to :meth:`receive_request` and the ACK to :meth:`receive_ack`.
     ``on_timeout`` is told when timer H fires (no ACK for a final response)."""
 
-    __slots__ = ("invite", "last_response", "on_timeout", "status")
+    __slots__ = ("invite", "key", "last_response", "on_timeout", "request", "status")
 
     def __init__(
         self,
@@ -275,8 +273,12 @@ class ServerTransaction(_Base):
         on_timeout: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(
-            request, reliable=reliable, sched=sched, cfg=cfg, send=send, on_terminated=on_terminated
+            reliable=reliable, sched=sched, cfg=cfg, send=send, on_terminated=on_terminated
         )
+        # The request is dropped once a final response is sent: from then on the transaction
+        # only resends bytes, and over UDP it lives 32 s (timer J) for every message answered.
+        self.request: Request | None = request
+        self.key: tuple[str, ...] = ()
         self.invite = request.method == "INVITE"
         self.state = PROCEEDING if self.invite else TRYING
         self.last_response: bytes | None = None
@@ -303,6 +305,7 @@ class ServerTransaction(_Base):
         if status < 200:
             self.state = PROCEEDING
             return
+        self.request = None
         if self.invite:
             if status < 300:
                 self.state = ACCEPTED
