@@ -27,8 +27,10 @@ DEVICES = 500
 
 pytestmark = [
     pytest.mark.sipp,
-    pytest.mark.skipif(SIPP is None, reason="sipp not installed (Debian package sip-tester; "
-                                            "`make test-deps` installs it)"),
+    pytest.mark.skipif(
+        SIPP is None,
+        reason="sipp not installed (Debian package sip-tester; `make test-deps` installs it)",
+    ),
 ]
 
 
@@ -81,29 +83,50 @@ def last_stats(path: Path) -> dict[str, str]:
     return dict(zip(rows[0], rows[-1], strict=False))
 
 
-async def run_sipp(workdir: Path, gw_port: int, transport: str, ids: list[str],
-                   rate: int = 200) -> SippRun:
+async def run_sipp(
+    workdir: Path, gw_port: int, transport: str, ids: list[str], rate: int = 200
+) -> SippRun:
     assert SIPP is not None
     inf = workdir / "devices.csv"
     write_injection_csv(inf, ids)
     stat = workdir / "stat.csv"
     local_port = free_port(socket.SOCK_DGRAM if transport.startswith("u") else socket.SOCK_STREAM)
     args = [
-        SIPP, f"127.0.0.1:{gw_port}",
-        "-sf", str(SCENARIO),
-        "-inf", str(inf),
-        "-t", transport,
-        "-i", "127.0.0.1", "-p", str(local_port),
-        "-auth_uri", SERVER_URI_FOR_DIGEST,
-        "-m", str(len(ids)), "-r", str(rate), "-l", str(len(ids)),
-        "-recv_timeout", "10000",
-        "-timeout", "60s", "-timeout_error",
+        SIPP,
+        f"127.0.0.1:{gw_port}",
+        "-sf",
+        str(SCENARIO),
+        "-inf",
+        str(inf),
+        "-t",
+        transport,
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(local_port),
+        "-auth_uri",
+        SERVER_URI_FOR_DIGEST,
+        "-m",
+        str(len(ids)),
+        "-r",
+        str(rate),
+        "-l",
+        str(len(ids)),
+        "-recv_timeout",
+        "10000",
+        "-timeout",
+        "60s",
+        "-timeout_error",
         # SIPp's default (50000 sockets) is refused when it exceeds `ulimit -n`; -t tn needs
         # one per call.
-        "-max_socket", str(len(ids) + 100),
+        "-max_socket",
+        str(len(ids) + 100),
         "-nostdin",
-        "-trace_stat", "-stf", str(stat),
-        "-trace_err", "-trace_screen",
+        "-trace_stat",
+        "-stf",
+        str(stat),
+        "-trace_err",
+        "-trace_screen",
     ]
     with (workdir / "sipp.stdout").open("wb") as out, (workdir / "sipp.stderr").open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
@@ -165,7 +188,10 @@ async def test_500_devices_register_and_keepalive_over_tcp(start_gateway, tmp_pa
     assert m.get("sip.tcp.refused_limit") == 0
     # SIPp has closed every connection by now; a device whose TCP connection drops is offline
     # (GB/T 28181-2022 §9.1 with TCP, reference §2.7).
-    await wait_for(lambda: registrar.online_count() == 0, timeout=10,
-                   what="every TCP device offline after SIPp closed its connections")
+    await wait_for(
+        lambda: registrar.online_count() == 0,
+        timeout=10,
+        what="every TCP device offline after SIPp closed its connections",
+    )
     assert not any(d.online for d in registrar.devices.values())
     assert m.get("device.offline") == DEVICES

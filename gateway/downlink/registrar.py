@@ -40,6 +40,7 @@ from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.errors import ParseError
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.transport import Peer
+from gateway.sip.uri import parse_uri
 from gateway.store import Store
 
 log = structlog.get_logger("gateway.downlink.registrar")
@@ -192,6 +193,16 @@ class Registrar:
                 username=creds.username,
             )
             return answer(403, "Forbidden (username is not the device ID)")
+        if not self._digest_uri_is_ours(creds.uri):
+            metrics.inc("register.bad_credentials")
+            log.warning(
+                "register.digest_uri_mismatch",
+                peer=str(ctx.peer),
+                device_id=device_id,
+                uri=creds.uri,
+            )
+            # RFC 2617 §3.2.2.5: credentials computed for another URI get 400.
+            return answer(400, "Bad Request (digest uri is not this server)")
         verdict = self.digest.verify(creds, "REGISTER", password)
         if verdict is not Verdict.OK:
             return self._auth_failed(verdict, device_id, ctx.peer, answer)
@@ -217,6 +228,17 @@ class Registrar:
         if contact:
             more.insert(0, ("Contact", contact))
         return answer(200, "OK", tuple(more))
+
+    def _digest_uri_is_ours(self, uri: str) -> bool:
+        """The digest ``uri`` must name this gateway: its ID, its domain, or no user at all
+        (``sip:IP:port``). Devices write the configured server ID@domain, whatever address
+        they send the REGISTER to, so the host part is not compared."""
+        try:
+            user = parse_uri(uri).user
+        except ParseError:
+            return False
+        gw = self.config.gateway
+        return not user or user in (gw.id, gw.domain)
 
     def _requested_expires(self, req: Request) -> int:
         if req.contact_star:
@@ -250,7 +272,7 @@ class Registrar:
                 "Unauthorized (stale nonce)",
                 (("WWW-Authenticate", self.digest.challenge(stale=True)),),
             )
-        if verdict in (Verdict.UNKNOWN_NONCE, Verdict.REPLAY):
+        if verdict in (Verdict.UNKNOWN_NONCE, Verdict.REPLAY, Verdict.WRONG_REALM):
             return answer(
                 401,
                 f"Unauthorized ({verdict.value})",

@@ -4,8 +4,8 @@ Server side: challenges with or without ``qop="auth"`` and verifies answers in e
 (both occur among GB/T 28181 devices). Nonces are stateless:
 ``<timestamp><HMAC(secret, timestamp)>``
 in hex, so any nonce the gateway issued can be checked without remembering it, and an expired one
-gets ``stale=true``. The only state is the highest ``nc`` seen per nonce, kept while the nonce
-lives, to refuse replays.
+gets ``stale=true``. The only state is the highest ``nc`` seen per nonce (and, for answers
+without qop, that the nonce was used), kept while the nonce lives, to refuse replays.
 
 Client side (the uplink registers to upper platforms): answer a 401/407 challenge.
 """
@@ -53,6 +53,7 @@ class Verdict(enum.Enum):
     REPLAY = "nonce count replayed"
     MALFORMED = "malformed credentials"
     UNSUPPORTED = "unsupported algorithm or qop"
+    WRONG_REALM = "credentials for another realm"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,8 @@ class DigestServer:
         right password gets ``STALE`` (re-challenge) and never ``BAD_PASSWORD``."""
         if creds.algorithm is not None and creds.algorithm.upper() != "MD5":
             return Verdict.UNSUPPORTED
+        if creds.realm != self.realm:
+            return Verdict.WRONG_REALM
         nonce_state = self.check_nonce(creds.nonce)
         if nonce_state is not Verdict.OK:
             return nonce_state
@@ -181,11 +184,17 @@ class DigestServer:
         )
         if not hmac.compare_digest(expected, creds.response.lower()):
             return Verdict.BAD_PASSWORD
+        seen = self._nc_seen.get(creds.nonce)
         if qop is not None:
-            if nc_value <= self._nc_seen.get(creds.nonce, 0):
+            if seen is not None and nc_value <= seen:
                 return Verdict.REPLAY
-            self._prune()
-            self._nc_seen[creds.nonce] = nc_value
+        elif seen is not None:
+            # Without qop nothing tells a reuse from a replay, so each nonce answers once: a
+            # captured REGISTER replayed from elsewhere would otherwise move the device's
+            # address. An honest client that reuses the nonce gets a fresh challenge.
+            return Verdict.REPLAY
+        self._prune()
+        self._nc_seen[creds.nonce] = nc_value
         return Verdict.OK
 
     def _prune(self) -> None:

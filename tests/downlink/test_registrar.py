@@ -367,3 +367,50 @@ async def test_request_helper_rejects_wrong_body_keepalive(start_gateway, device
     req: Request = dev.build_message(body)
     resp = await device_endpoint.request(req, dev.server)
     assert resp.status == 501 and "Alarm" in resp.reason
+
+
+async def test_digest_for_another_server_or_realm_is_refused(
+    start_gateway, device_endpoint
+) -> None:
+    from gateway.sip.digest import DigestClient
+
+    gw = await start_gateway(auth={"qop": False})
+    dev = sim(device_endpoint, gw, DEV)
+    challenge = await device_endpoint.request(dev.build_register(3600), dev.server)
+    params = challenge.auth_params("WWW-Authenticate")
+    assert params is not None
+    client = DigestClient(DEV, "12345678")
+    other = client.authorization(params[1], "REGISTER", "sip:34020000002000000999@3402000000")
+    resp = await device_endpoint.request(dev.build_register(3600, other), dev.server)
+    assert resp.status == 400 and "digest uri" in resp.reason
+    realm = client.authorization({**params[1], "realm": "elsewhere"}, "REGISTER", dev.server_uri)
+    resp = await device_endpoint.request(dev.build_register(3600, realm), dev.server)
+    assert resp.status == 401 and "realm" in resp.reason
+    # An address-only digest uri (sip:IP:port) is how some devices answer: accepted.
+    ip_uri = client.authorization(params[1], "REGISTER", f"sip:127.0.0.1:{gw.port}")
+    assert (
+        await device_endpoint.request(dev.build_register(3600, ip_uri), dev.server)
+    ).status == 200
+
+
+async def test_replayed_register_without_qop_cannot_move_the_device(
+    start_gateway, device_endpoint
+) -> None:
+    from gateway.sip.digest import DigestClient
+
+    gw = await start_gateway(auth={"qop": False})
+    dev = sim(device_endpoint, gw, DEV)
+    challenge = await device_endpoint.request(dev.build_register(3600), dev.server)
+    params = challenge.auth_params("WWW-Authenticate")
+    assert params is not None
+    auth = DigestClient(DEV, "12345678").authorization(params[1], "REGISTER", dev.server_uri)
+    assert (await device_endpoint.request(dev.build_register(3600, auth), dev.server)).status == 200
+    attacker = Endpoint(metrics=Metrics())
+    await attacker.start("127.0.0.1", 0)
+    try:
+        thief = SimDevice(attacker, DEV, dev.server, call_id="stolen")
+        resp = await attacker.request(thief.build_register(3600, auth), dev.server)
+        assert resp.status == 401 and "replayed" in resp.reason
+        assert gw.registrar.devices[DEV].port == device_endpoint.port
+    finally:
+        await attacker.close()

@@ -163,3 +163,21 @@ def test_client_counts_nc_per_nonce() -> None:
         1
     ]
     assert third["nc"] == "00000001"
+
+
+def test_wrong_realm_is_refused() -> None:
+    server = DigestServer("3402000000", clock=Clock())
+    _, challenge = parse_auth_params(server.challenge())
+    header = DigestClient(USER, "12345678").authorization(
+        {**challenge, "realm": "evil"}, "REGISTER", URI
+    )
+    creds = Credentials.from_params(*parse_auth_params(header))
+    assert creds is not None
+    assert server.verify(creds, "REGISTER", "12345678") is Verdict.WRONG_REALM
+
+
+def test_answer_without_qop_is_single_use() -> None:
+    server = DigestServer("3402000000", qop=False, clock=Clock())
+    creds = _answer(server)
+    assert server.verify(creds, "REGISTER", "12345678") is Verdict.OK
+    assert server.verify(creds, "REGISTER", "12345678") is Verdict.REPLAY
