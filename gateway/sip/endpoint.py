@@ -23,7 +23,7 @@ import structlog
 
 from gateway.metrics import Metrics
 from gateway.sip.errors import ParseError, TransactionTimeout, TransportError
-from gateway.sip.message import Request, Response, make_response, parse
+from gateway.sip.message import Request, Response, make_response, parse, salvage_request
 from gateway.sip.transaction import (
     ClientTransaction,
     ServerTransaction,
@@ -202,6 +202,10 @@ class Endpoint:
         except ParseError as exc:
             self.metrics.inc("sip.rx.parse_error")
             log.warning("sip.rx.parse_error", peer=str(peer), reason=str(exc), size=len(data))
+            # Tell the sender why, when enough of the request survives to address an answer.
+            salvaged = salvage_request(data)
+            if salvaged is not None and salvaged.method != "ACK":
+                self._reject(salvaged, peer, 400, exc.reason)
             return
         if isinstance(msg, Response):
             self._response_received(msg, peer)

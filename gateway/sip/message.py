@@ -444,6 +444,43 @@ def _start_line(first: str) -> Request | Response:
     return msg
 
 
+def salvage_request(data: bytes) -> Request | None:
+    """What can be read of a request that :func:`parse` refused, for answering it with 400.
+
+    Keeps the start line and every header line that is well formed, drops the rest; the body
+    is ignored. ``None`` unless it is a request with Via, From, To, Call-ID and CSeq, since a
+    response cannot be built without them. Never raises.
+    """
+    if len(data) > MAX_MESSAGE_SIZE:
+        return None
+    head = data.lstrip(b"\r\n")
+    for end in (head.find(b"\r\n\r\n"), head.find(b"\n\n")):
+        if end >= 0:
+            head = head[:end]
+            break
+    lines = _decode_head(head).replace("\r\n", "\n").split("\n")
+    try:
+        msg = _start_line(lines[0])
+    except ParseError:
+        return None
+    if not isinstance(msg, Request):
+        return None
+    items: list[tuple[str, str, str]] = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        name = name.strip()
+        if not colon or not name or len(line) > MAX_HEADER_LINE:
+            continue
+        if not _TOKEN_CHARS.issuperset(name) or len(items) >= MAX_HEADERS:
+            continue
+        items.append((header_key(name), name, value.strip()))
+    msg._items = items
+    needed = {"via", "from", "to", "call-id", "cseq"}
+    if not needed.issubset(k for k, _, _ in items):
+        return None
+    return msg
+
+
 def make_response(
     request: Request,
     status: int,

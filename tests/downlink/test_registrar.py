@@ -414,3 +414,21 @@ async def test_replayed_register_without_qop_cannot_move_the_device(
         assert gw.registrar.devices[DEV].port == device_endpoint.port
     finally:
         await attacker.close()
+
+
+async def test_request_with_a_broken_header_line_gets_400(start_gateway, raw_udp: RawUdp) -> None:
+    gw = await start_gateway()
+    raw = (
+        "REGISTER sip:34020000002000000001@3402000000 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{raw_udp.port};rport;branch=z9hG4bKbroken\r\n"
+        f"From: <sip:{DEV}@3402000000>;tag=1\r\nTo: <sip:{DEV}@3402000000>\r\n"
+        "Call-ID: broken@test\r\nCSeq: 1 REGISTER\r\nthis line has no colon\r\n"
+        "Expires: 3600\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    raw_udp.send(raw, gw.port)
+    resp = parse(await raw_udp.recv())
+    assert isinstance(resp, Response)
+    assert (resp.status, resp.reason) == (400, "Bad Header")
+    assert resp.call_id == "broken@test" and resp.cseq.seq == 1
+    assert gw.metrics.get("sip.rx.parse_error") == 1
+    assert gw.metrics.get("register.received") == 0

@@ -320,3 +320,27 @@ def test_hostile_header_blocks_fail_or_parse_fast() -> None:
     assert parse(colons).get_header("A") == "A:" * 3999
     with pytest.raises(ParseError):
         parse(b"OPTIONS sip:a@b SIP/2.0\r\n" + b"A" * 8000 + b"\r\n\r\n")
+
+
+def test_salvage_keeps_what_can_address_a_400() -> None:
+    from gateway.sip.message import salvage_request
+
+    broken = REGISTER.replace(b"User-Agent: IP Camera", b"this line has no colon")
+    with pytest.raises(ParseError):
+        parse(broken)
+    req = salvage_request(broken)
+    assert req is not None and req.method == "REGISTER"
+    assert req.call_id == "1011047669@192.168.1.64"
+    assert req.get_header("User-Agent") is None
+    assert salvage_request(broken.replace(b"Call-ID", b"Call-Id broken")) is None
+    assert salvage_request(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n") is None
+    assert salvage_request(b"\x00\x01garbage") is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048))
+def test_salvage_never_raises(data: bytes) -> None:
+    from gateway.sip.message import salvage_request
+
+    salvage_request(data)
+    salvage_request(REGISTER[: len(data) % len(REGISTER)] + data)
