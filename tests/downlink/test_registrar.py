@@ -10,6 +10,7 @@ from typing import Any
 from conformance.peers.device import SimDevice, keepalive_body
 from gateway.events import DeviceOffline, DeviceOnline
 from gateway.metrics import Metrics
+from gateway.sip.digest import DigestClient
 from gateway.sip.endpoint import Endpoint
 from gateway.sip.message import Request, Response, parse
 from gateway.sip.transport import Peer
@@ -25,6 +26,14 @@ def events_of(gw: Any) -> list[object]:
     gw.events.subscribe(DeviceOnline, seen.append)
     gw.events.subscribe(DeviceOffline, seen.append)
     return seen
+
+
+async def challenge_of(dev: SimDevice) -> dict[str, str]:
+    """Send an unauthenticated REGISTER and return the parameters of the 401's challenge."""
+    challenge = await dev.endpoint.request(dev.build_register(3600), dev.server)
+    params = challenge.auth_params("WWW-Authenticate")
+    assert challenge.status == 401 and params is not None
+    return params[1]
 
 
 async def test_register_with_qop_gets_date_contact_expires_and_version(
@@ -88,14 +97,9 @@ async def test_stale_nonce_gets_stale_challenge_then_succeeds(
 ) -> None:
     gw = await start_gateway(auth={"nonce_ttl": 0.3})
     dev = sim(device_endpoint, gw, DEV)
-    challenge = await device_endpoint.request(dev.build_register(3600), dev.server)
-    assert challenge.status == 401
+    params = await challenge_of(dev)
     await asyncio.sleep(0.5)
-    from gateway.sip.digest import DigestClient
-
-    params = challenge.auth_params("WWW-Authenticate")
-    assert params is not None
-    auth = DigestClient(DEV, "12345678").authorization(params[1], "REGISTER", dev.server_uri)
+    auth = DigestClient(DEV, "12345678").authorization(params, "REGISTER", dev.server_uri)
     stale = await device_endpoint.request(dev.build_register(3600, auth), dev.server)
     assert stale.status == 401
     assert "stale=true" in (stale.get_header("WWW-Authenticate") or "")
@@ -104,14 +108,10 @@ async def test_stale_nonce_gets_stale_challenge_then_succeeds(
 
 
 async def test_replayed_nonce_count_is_refused(start_gateway, device_endpoint) -> None:
-    from gateway.sip.digest import DigestClient
-
     gw = await start_gateway()
     dev = sim(device_endpoint, gw, DEV)
-    challenge = await device_endpoint.request(dev.build_register(3600), dev.server)
-    params = challenge.auth_params("WWW-Authenticate")
-    assert challenge.status == 401 and params is not None
-    auth = DigestClient(DEV, "12345678").authorization(params[1], "REGISTER", dev.server_uri)
+    params = await challenge_of(dev)
+    auth = DigestClient(DEV, "12345678").authorization(params, "REGISTER", dev.server_uri)
     first = await device_endpoint.request(dev.build_register(3600, auth), dev.server)
     assert first.status == 200
     # An eavesdropper replays the same Authorization (same nonce, same nc).
@@ -372,22 +372,18 @@ async def test_request_helper_rejects_wrong_body_keepalive(start_gateway, device
 async def test_digest_for_another_server_or_realm_is_refused(
     start_gateway, device_endpoint
 ) -> None:
-    from gateway.sip.digest import DigestClient
-
     gw = await start_gateway(auth={"qop": False})
     dev = sim(device_endpoint, gw, DEV)
-    challenge = await device_endpoint.request(dev.build_register(3600), dev.server)
-    params = challenge.auth_params("WWW-Authenticate")
-    assert params is not None
+    params = await challenge_of(dev)
     client = DigestClient(DEV, "12345678")
-    other = client.authorization(params[1], "REGISTER", "sip:34020000002000000999@3402000000")
+    other = client.authorization(params, "REGISTER", "sip:34020000002000000999@3402000000")
     resp = await device_endpoint.request(dev.build_register(3600, other), dev.server)
     assert resp.status == 400 and "digest uri" in resp.reason
-    realm = client.authorization({**params[1], "realm": "elsewhere"}, "REGISTER", dev.server_uri)
+    realm = client.authorization({**params, "realm": "elsewhere"}, "REGISTER", dev.server_uri)
     resp = await device_endpoint.request(dev.build_register(3600, realm), dev.server)
     assert resp.status == 401 and "realm" in resp.reason
     # An address-only digest uri (sip:IP:port) is how some devices answer: accepted.
-    ip_uri = client.authorization(params[1], "REGISTER", f"sip:127.0.0.1:{gw.port}")
+    ip_uri = client.authorization(params, "REGISTER", f"sip:127.0.0.1:{gw.port}")
     assert (
         await device_endpoint.request(dev.build_register(3600, ip_uri), dev.server)
     ).status == 200
@@ -396,14 +392,10 @@ async def test_digest_for_another_server_or_realm_is_refused(
 async def test_replayed_register_without_qop_cannot_move_the_device(
     start_gateway, device_endpoint
 ) -> None:
-    from gateway.sip.digest import DigestClient
-
     gw = await start_gateway(auth={"qop": False})
     dev = sim(device_endpoint, gw, DEV)
-    challenge = await device_endpoint.request(dev.build_register(3600), dev.server)
-    params = challenge.auth_params("WWW-Authenticate")
-    assert params is not None
-    auth = DigestClient(DEV, "12345678").authorization(params[1], "REGISTER", dev.server_uri)
+    params = await challenge_of(dev)
+    auth = DigestClient(DEV, "12345678").authorization(params, "REGISTER", dev.server_uri)
     assert (await device_endpoint.request(dev.build_register(3600, auth), dev.server)).status == 200
     attacker = Endpoint(metrics=Metrics())
     await attacker.start("127.0.0.1", 0)
