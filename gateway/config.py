@@ -22,7 +22,7 @@ class _Section(BaseModel):
 
 
 def _gb_id(value: str) -> str:
-    if len(value) != 20 or not value.isdigit():
+    if len(value) != 20 or not (value.isascii() and value.isdigit()):
         raise ValueError("must be a 20-digit GB/T 28181 ID")
     return value
 

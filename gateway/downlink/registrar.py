@@ -40,14 +40,14 @@ from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.errors import ParseError
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.transport import Peer
-from gateway.sip.uri import parse_uri
+from gateway.sip.uri import is_digits, parse_uri
 from gateway.store import Store
 
 log = structlog.get_logger("gateway.downlink.registrar")
 
 
 def is_gb_id(value: str | None) -> bool:
-    return value is not None and len(value) == 20 and value.isdigit()
+    return value is not None and len(value) == 20 and value.isascii() and value.isdigit()
 
 
 def make_tz(name: str) -> tzinfo:
@@ -130,7 +130,7 @@ class Registrar:
             else:
                 dev.last_seen = now
                 self._by_last_seen[dev.device_id] = now
-                heapq.heappush(self._expiries, (dev.expires_at, dev.device_id))
+                self._push_expiry(dev)
         log.info(
             "registrar.loaded",
             devices=len(self.devices),
@@ -216,7 +216,10 @@ class Registrar:
         dev = self.devices.get(device_id)
         call_id = req.call_id
         cseq = req.cseq.seq
-        if dev is not None and dev.call_id == call_id and cseq <= dev.cseq:
+        live = dev is not None and dev.online and dev.expires_at > self.clock()
+        # RFC 3261 §10.3 orders requests against an existing binding only: a device that went
+        # offline and rebooted may reuse its Call-ID with CSeq starting over.
+        if live and dev is not None and dev.call_id == call_id and cseq <= dev.cseq:
             metrics.inc("register.out_of_order")
             log.warning("register.out_of_order", device_id=device_id, cseq=cseq, last=dev.cseq)
             return answer(500, "Server Internal Error (out-of-order CSeq for this Call-ID)")
@@ -247,7 +250,7 @@ class Registrar:
         if contacts:
             param = contacts[0].param("expires")
             if param is not None:
-                if not param.isdigit():
+                if not is_digits(param):
                     raise ParseError("Bad Contact", f"expires={param!r}")
                 return int(param)
         value = req.expires
@@ -326,7 +329,7 @@ class Registrar:
         if peer.transport == "tcp":
             self._tcp_devices.setdefault(peer, set()).add(device_id)
         self._touch(device_id, now)
-        heapq.heappush(self._expiries, (dev.expires_at, device_id))
+        self._push_expiry(dev)
         self.store.save_device(dev)
         if not was_online:
             log.info("device.registered", device_id=device_id, peer=str(peer), expires=expires)
@@ -335,6 +338,18 @@ class Registrar:
             )
         else:
             log.debug("device.refreshed", device_id=device_id, expires=expires)
+
+    def _push_expiry(self, dev: Device) -> None:
+        """Every refresh adds an entry (old ones are skipped when due); rebuild the heap from
+        the online devices when stale entries outnumber live ones, so refreshes cannot grow it
+        without bound."""
+        heap = self._expiries
+        heapq.heappush(heap, (dev.expires_at, dev.device_id))
+        if len(heap) > 2 * len(self._by_last_seen) + 1024:
+            self._expiries = [
+                (d.expires_at, d.device_id) for d in self.devices.values() if d.online
+            ]
+            heapq.heapify(self._expiries)
 
     def _unregister(
         self, req: Request, device_id: str, peer: Peer, answer: Callable[..., Response]

@@ -136,7 +136,7 @@ class DigestServer:
         return ",".join(parts)
 
     def check_nonce(self, nonce: str) -> Verdict:
-        if len(nonce) != 44:
+        if len(nonce) != 44 or not nonce.isascii():
             return Verdict.UNKNOWN_NONCE
         stamp, mac = nonce[:20], nonce[20:]
         if not hmac.compare_digest(mac, self._mac(stamp)):
@@ -182,7 +182,9 @@ class DigestServer:
             nc=creds.nc,
             cnonce=creds.cnonce,
         )
-        if not hmac.compare_digest(expected, creds.response.lower()):
+        if not creds.response.isascii() or not hmac.compare_digest(
+            expected, creds.response.lower()
+        ):
             return Verdict.BAD_PASSWORD
         seen = self._nc_seen.get(creds.nonce)
         if qop is not None:

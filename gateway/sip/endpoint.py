@@ -128,6 +128,10 @@ class Endpoint:
         self._local_hosts: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers = TimerQueues(self.loop)
+        # INVITE server transactions by (Call-ID, CSeq number), for the ACK to a 2xx.
+        self._invites: dict[tuple[str, int], ServerTransaction] = {}
+        # RFC 3261 timer C: how long an INVITE may stay unanswered after a provisional.
+        self.invite_timeout = 180.0
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self, host: str, port: int) -> None:
@@ -201,6 +205,15 @@ class Endpoint:
 
     def message_received(self, data: bytes, peer: Peer) -> None:
         try:
+            self._message_received(data, peer)
+        except Exception:
+            # Last resort: whatever a peer sends must not reach the transport (a TCP
+            # connection would be torn down with every message queued behind it).
+            self.metrics.inc("sip.rx.internal_error")
+            log.exception("sip.rx.internal_error", peer=str(peer), size=len(data))
+
+    def _message_received(self, data: bytes, peer: Peer) -> None:
+        try:
             msg = parse(data)
         except ParseError as exc:
             self.metrics.inc("sip.rx.parse_error")
@@ -232,6 +245,7 @@ class Endpoint:
             cseq = req.cseq
             if cseq.method != req.method:
                 raise ParseError("CSeq Method Mismatch", f"{cseq.method} != {req.method}")
+            max_forwards = req.max_forwards
         except ParseError as exc:
             metrics.inc("sip.rx.bad_request")
             log.warning("sip.rx.bad_request", peer=str(peer), method=req.method, reason=str(exc))
@@ -250,6 +264,11 @@ class Endpoint:
             return
         method = req.method
         if method == "ACK":
+            # The ACK for a 2xx has a branch of its own (RFC 3261 §13.2.2.4): match it to the
+            # INVITE by Call-ID and CSeq number, so the 2xx retransmissions stop.
+            invite = self._invites.get((req.call_id, cseq.seq))
+            if invite is not None:
+                invite.receive_ack()
             handler = self._handlers.get("ACK")
             if handler is not None:
                 self._run_ack(handler, req, peer)
@@ -270,9 +289,10 @@ class Endpoint:
         self._server_txns[key] = txn
         ctx = ServerContext(self, peer, txn, req)
         if method == "INVITE":
+            txn.ack_key = (req.call_id, cseq.seq)
+            self._invites[txn.ack_key] = txn
             txn.respond(make_response(req, 100))
-        mf = req.max_forwards if req.get_header("Max-Forwards") is not None else None
-        if mf == 0:
+        if max_forwards == 0:
             ctx.reply(483, "Too Many Hops")
             return
         handler = self._handlers.get(method)
@@ -292,6 +312,17 @@ class Endpoint:
                 ctx.reply(404, "Not Found (no such user here)")
                 return
         self._dispatch(handler, req, ctx)
+        if txn.state in ("trying", "proceeding"):
+            # Answered later by a task or a callback. Should that never happen, answer for it
+            # rather than keep the transaction forever.
+            delay = self.timers.timeout if method != "INVITE" else self.invite_timeout
+            self._timers.call_later(delay, self._unanswered, txn, ctx)
+
+    def _unanswered(self, txn: ServerTransaction, ctx: ServerContext) -> None:
+        if txn.state in ("trying", "proceeding"):
+            self.metrics.inc("sip.rx.unanswered")
+            log.warning("sip.rx.unanswered", peer=str(ctx.peer), method=ctx.request.method)
+            ctx.reply(408 if ctx.request.method == "INVITE" else 500, "No answer in time")
 
     def _dispatch(self, handler: Handler, req: Request, ctx: ServerContext) -> None:
         try:
@@ -380,6 +411,8 @@ class Endpoint:
     def _server_done(self, txn: ServerTransaction) -> None:
         if self._server_txns.get(txn.key) is txn:
             del self._server_txns[txn.key]
+        if txn.ack_key is not None and self._invites.get(txn.ack_key) is txn:
+            del self._invites[txn.ack_key]
 
     def _sender(self, peer: Peer) -> Callable[[bytes], None]:
         return _Sender(self, peer)
@@ -405,6 +438,7 @@ class Endpoint:
         peer: Peer,
         *,
         on_provisional: Callable[[Response], None] | None = None,
+        timeout: float | None = None,
     ) -> Response:
         """Send ``req`` to ``peer`` in a new client transaction; return the final response.
 
@@ -460,10 +494,23 @@ class Endpoint:
             txn.transport_error()
             fut.exception()
             raise TransportError(f"cannot send {req.method} to {peer}")
+        # Timers B/F bound a transaction until its first provisional; after a 1xx an INVITE
+        # has no bound of its own (timer C is the TU's), so one applies here.
+        limit = (
+            timeout
+            if timeout is not None
+            else (self.invite_timeout if req.method == "INVITE" else None)
+        )
         try:
-            return await fut
+            if limit is None:
+                return await fut
+            return await asyncio.wait_for(fut, limit)
+        except TimeoutError:
+            raise TransactionTimeout(
+                f"{req.method} to {peer}: no final response in {limit} s"
+            ) from None
         finally:
-            if txn.state != "terminated" and fut.cancelled():
+            if txn.state != "terminated" and (fut.cancelled() or not fut.done()):
                 txn.transport_error()
 
     def send_response_stateless(self, resp: Response, peer: Peer) -> None:

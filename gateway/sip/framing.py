@@ -24,11 +24,14 @@ PING_EVENT = Ping()
 
 
 class StreamFramer:
-    __slots__ = ("_buf", "_max")
+    __slots__ = ("_buf", "_max", "_scanned")
 
     def __init__(self, max_message: int = MAX_MESSAGE_SIZE) -> None:
         self._buf = bytearray()
         self._max = max_message
+        # How far the current header block was already searched for its end, so a message
+        # arriving a byte at a time costs linear, not quadratic, time.
+        self._scanned = 0
 
     @property
     def pending(self) -> int:
@@ -49,14 +52,17 @@ class StreamFramer:
                 if buf.startswith(PING):
                     out.append(PING_EVENT)
                     del buf[:4]
+                    self._scanned = 0
                     continue
                 # Wait to see whether a lone CRLF grows into a ping.
                 if len(buf) < 4 and PING.startswith(bytes(buf)):
                     break
                 del buf[:1]
+                self._scanned = 0
                 continue
-            crlf = buf.find(b"\r\n\r\n")
-            lf = buf.find(b"\n\n")
+            start = max(0, self._scanned - 3)
+            crlf = buf.find(b"\r\n\r\n", start)
+            lf = buf.find(b"\n\n", start)
             if lf >= 0 and (crlf < 0 or lf < crlf):
                 head_end, body_start = lf, lf + 2
             elif crlf >= 0:
@@ -64,15 +70,18 @@ class StreamFramer:
             else:
                 if len(buf) > self._max:
                     raise ParseError("Message Too Large", "header block exceeds the limit")
+                self._scanned = len(buf)
                 break
             length = _content_length(bytes(buf[:head_end]))
             total = body_start + length
             if total > self._max:
                 raise ParseError("Message Too Large", f"{total} bytes > {self._max}")
+            self._scanned = head_end
             if len(buf) < total:
                 break
             out.append(bytes(buf[:total]))
             del buf[:total]
+            self._scanned = 0
         return out
 
 

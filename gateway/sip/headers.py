@@ -10,7 +10,7 @@ import re
 from typing import NamedTuple
 
 from gateway.sip.errors import ParseError
-from gateway.sip.uri import find_param, parse_params, split_unquoted
+from gateway.sip.uri import find_param, is_digits, parse_params, split_unquoted
 
 # RFC 3261 §7.3.3 compact forms.
 COMPACT_FORMS = {
@@ -157,7 +157,7 @@ def parse_via(value: str) -> Via:
         host = host.strip()
         port_text = port_text.strip()
     if port_text:
-        if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
+        if not is_digits(port_text) or len(port_text) > 5 or int(port_text) > 65535:
             raise ParseError("Bad Via", f"bad port in {value!r}")
         port = int(port_text)
     if not host or " " in host or "\t" in host:
@@ -183,7 +183,7 @@ def parse_cseq(value: str) -> CSeq:
     if len(parts) != 2:
         raise ParseError("Bad CSeq", repr(value))
     num, method = parts
-    if not num.isdigit() or len(num) > 10:
+    if not is_digits(num) or len(num) > 10:
         raise ParseError("Bad CSeq", repr(value))
     seq = int(num)
     if seq >= 2**31:

@@ -26,7 +26,7 @@ from gateway.sip.headers import (
     parse_via,
     split_commas,
 )
-from gateway.sip.uri import NameAddr, SipUri, parse_name_addr, parse_uri
+from gateway.sip.uri import NameAddr, SipUri, is_digits, parse_name_addr, parse_uri
 
 MAX_MESSAGE_SIZE = 64 * 1024
 MAX_HEADERS = 128
@@ -223,7 +223,7 @@ class Message:
         if value is None:
             return None
         value = value.strip()
-        if not value.isdigit() or len(value) > 10:
+        if not is_digits(value) or len(value) > 10:
             raise ParseError("Bad Expires", repr(value))
         return int(value)
 
@@ -238,7 +238,7 @@ class Message:
         if value is None:
             return None
         value = value.strip()
-        if not value.isdigit() or len(value) > 3:
+        if not is_digits(value) or len(value) > 3:
             raise ParseError("Bad Max-Forwards", repr(value))
         return int(value)
 
@@ -370,7 +370,7 @@ def parse(data: bytes) -> Request | Response:
         msg.body = data[body_start:]
     else:
         length_text = length_text.strip()
-        if not length_text.isdigit() or len(length_text) > 6:
+        if not is_digits(length_text) or len(length_text) > 6:
             raise ParseError("Bad Content-Length", repr(length_text[:20]))
         length = int(length_text)
         if body_start + length > n:
@@ -426,7 +426,7 @@ def _start_line(first: str) -> Request | Response:
         if len(parts) < 2 or parts[0].upper() != "SIP/2.0":
             raise ParseError("Bad Status Line", repr(first[:80]))
         code = parts[1]
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        if len(code) != 3 or not is_digits(code) or not 100 <= int(code) <= 699:
             raise ParseError("Bad Status Line", f"bad status code {code[:10]!r}")
         msg = Response(int(code), parts[2] if len(parts) == 3 else "", version="SIP/2.0")
     else:

@@ -259,7 +259,7 @@ class ServerTransaction(_Base):
     retransmitted requests to :meth:`receive_request` and the ACK to :meth:`receive_ack`.
     ``on_timeout`` is told when timer H fires (no ACK for a final response)."""
 
-    __slots__ = ("invite", "key", "last_response", "on_timeout", "request", "status")
+    __slots__ = ("ack_key", "invite", "key", "last_response", "on_timeout", "request", "status")
 
     def __init__(
         self,
@@ -279,6 +279,7 @@ class ServerTransaction(_Base):
         # only resends bytes, and over UDP it lives 32 s (timer J) for every message answered.
         self.request: Request | None = request
         self.key: tuple[str, ...] = ()
+        self.ack_key: tuple[str, int] | None = None  # (Call-ID, CSeq) for the ACK to a 2xx
         self.invite = request.method == "INVITE"
         self.state = PROCEEDING if self.invite else TRYING
         self.last_response: bytes | None = None

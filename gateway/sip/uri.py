@@ -14,6 +14,13 @@ from typing import NamedTuple
 
 from gateway.sip.errors import ParseError
 
+
+def is_digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts "²" and full-width digits, which
+    ``int()`` then refuses (or reads) as no SIP grammar allows."""
+    return text.isascii() and text.isdigit()
+
+
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
 
 
@@ -64,7 +71,7 @@ class SipUri(NamedTuple):
 
 
 def _parse_port(text: str, whole: str) -> int:
-    if not text.isdigit() or len(text) > 5:
+    if not is_digits(text) or len(text) > 5:
         raise ParseError("Bad URI", f"bad port in {whole!r}")
     port = int(text)
     if port > 65535:

@@ -101,6 +101,7 @@ class SqliteStore:
         self._db.executescript(SCHEMA)
         self._pending: dict[str, Row | None] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()
 
     def load_devices(self) -> list[Device]:
@@ -114,11 +115,15 @@ class SqliteStore:
         self._pending[device_id] = None
 
     async def start(self) -> None:
+        self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval)
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.flush_interval)
+            except TimeoutError:
+                pass
             try:
                 await self.flush()
             except Exception:
@@ -153,12 +158,11 @@ class SqliteStore:
             raise
 
     async def close(self) -> None:
+        """Stop the writer (never cancelled mid-write: its thread would still be using the
+        connection), write what is left, close."""
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            self._stopping.set()
+            await self._task
             self._task = None
         await self.flush()
         self._db.close()

@@ -424,3 +424,25 @@ async def test_request_with_a_broken_header_line_gets_400(start_gateway, raw_udp
     assert resp.call_id == "broken@test" and resp.cseq.seq == 1
     assert gw.metrics.get("sip.rx.parse_error") == 1
     assert gw.metrics.get("register.received") == 0
+
+
+async def test_rebooted_device_may_reuse_its_call_id(start_gateway, device_endpoint) -> None:
+    gw = await start_gateway()
+    dev = sim(device_endpoint, gw, DEV)
+    assert (await dev.register()).status == 200
+    assert (await dev.unregister()).status == 200
+    dev.cseq = 0  # rebooted: same Call-ID, CSeq starts over
+    assert (await dev.register()).status == 200
+    assert gw.registrar.devices[DEV].online
+
+
+async def test_refreshes_do_not_grow_the_expiry_heap(start_gateway, device_endpoint) -> None:
+    gw = await start_gateway(auth={"qop": False})
+    dev = sim(device_endpoint, gw, DEV)
+    for _ in range(40):
+        assert (await dev.register()).status == 200
+    registrar = gw.registrar
+    for _ in range(3000):  # what 3,000 more refreshes do to the heap
+        registrar._push_expiry(registrar.devices[DEV])
+    assert len(registrar._expiries) <= 2 * registrar.online_count() + 1024
+    assert min(registrar._expiries)[1] == DEV

@@ -181,3 +181,13 @@ def test_answer_without_qop_is_single_use() -> None:
     creds = _answer(server)
     assert server.verify(creds, "REGISTER", "12345678") is Verdict.OK
     assert server.verify(creds, "REGISTER", "12345678") is Verdict.REPLAY
+
+
+def test_non_ascii_values_get_a_verdict_not_an_exception() -> None:
+    server = DigestServer("3402000000", clock=Clock())
+    creds = _answer(server)
+    fields = {f: getattr(creds, f) for f in Credentials.__slots__}
+    bad_nonce = Credentials(**{**fields, "nonce": "摄" * 44})
+    assert server.verify(bad_nonce, "REGISTER", "12345678") is Verdict.UNKNOWN_NONCE
+    bad_response = Credentials(**{**fields, "response": "摄像机"})
+    assert server.verify(bad_response, "REGISTER", "12345678") is Verdict.BAD_PASSWORD

@@ -198,3 +198,79 @@ async def test_per_ip_connection_limit_and_idle_close() -> None:
             w.close()
     finally:
         await ep.close()
+
+
+async def test_bad_max_forwards_gets_400_and_leaves_no_transaction(
+    pair: tuple[Endpoint, Endpoint], raw_udp: RawUdp
+) -> None:
+    _, b = pair
+    b.route("MESSAGE", lambda r, c: make_response(r, 200))
+    template = (
+        "MESSAGE sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK{n}\r\n"
+        "From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: mf{n}\r\nCSeq: 1 MESSAGE\r\n"
+        "Max-Forwards: {mf}\r\nContent-Length: 0\r\n\r\n"
+    )
+    for n, mf in enumerate(["x", "²", "70"]):
+        raw_udp.send(template.format(n=n, mf=mf).encode(), b.port)
+        resp = parse(await raw_udp.recv())
+        assert isinstance(resp, Response)
+        assert resp.status == (200 if mf == "70" else 400)
+    assert not any(t.state in ("trying", "proceeding") for t in b._server_txns.values())
+    # Over TCP, a bad message does not take the connection (and what follows it) down.
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+    bad = template.format(n=7, mf="x").replace("UDP", "TCP")
+    good = template.format(n=8, mf="70").replace("UDP", "TCP")
+    writer.write((bad + good).encode())
+    await writer.drain()
+    statuses = []
+    for _ in range(2):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        statuses.append(int(head.split(b" ")[1]))
+    assert statuses == [400, 200]
+    writer.close()
+    assert b.metrics.get("sip.rx.internal_error") == 0
+
+
+async def test_ack_to_2xx_stops_its_retransmissions(
+    pair: tuple[Endpoint, Endpoint], raw_udp: RawUdp
+) -> None:
+    _, b = pair
+    b.route("INVITE", lambda r, c: make_response(r, 200, to_tag="t"))
+    invite = (
+        "INVITE sip:x@127.0.0.1 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{raw_udp.port};branch=z9hG4bKinv1\r\n"
+        "From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: ack2xx\r\nCSeq: 5 INVITE\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
+    raw_udp.send(invite.encode(), b.port)
+    statuses = [parse(await raw_udp.recv()) for _ in range(2)]
+    assert [r.status for r in statuses if isinstance(r, Response)] == [100, 200]
+    ack = (
+        "ACK sip:x@127.0.0.1 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{raw_udp.port};branch=z9hG4bKack1\r\n"
+        "From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=t\r\nCall-ID: ack2xx\r\nCSeq: 5 ACK\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
+    raw_udp.send(ack.encode(), b.port)
+    await asyncio.sleep(0.05)
+    while not raw_udp.queue.empty():  # at most a retransmission already in flight
+        raw_udp.queue.get_nowait()
+    await asyncio.sleep(0.6)  # timer G (T1 = 0.05 s) would have fired several times by now
+    assert raw_udp.queue.empty()
+
+
+async def test_invite_answered_only_provisionally_times_out_both_sides(
+    pair: tuple[Endpoint, Endpoint],
+) -> None:
+    a, b = pair
+    b.invite_timeout = 0.5
+    b.route("INVITE", lambda r, c: None)  # rings forever
+    invite = message(b.port, b"v=0\r\n")
+    invite.method = "INVITE"
+    invite.set_header("CSeq", "1 INVITE")
+    peer = Peer("udp", "127.0.0.1", b.port)
+    with pytest.raises(TransactionTimeout):
+        await a.request(invite, peer, timeout=0.3)
+    # The UAS side gives up too: its guard answers 408 instead of keeping the transaction.
+    await wait_for(lambda: b.metrics.get("sip.rx.unanswered") == 1, 3, "server guard")
+    assert not any(t.state == "proceeding" for t in b._server_txns.values())

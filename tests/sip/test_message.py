@@ -344,3 +344,61 @@ def test_salvage_never_raises(data: bytes) -> None:
 
     salvage_request(data)
     salvage_request(REGISTER[: len(data) % len(REGISTER)] + data)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "prop"),
+    [
+        (b"CSeq: 2 REGISTER", "CSeq: ²2 REGISTER", "cseq"),
+        (b"Expires: 3600", "Expires: ３６００", "expires"),
+        (b"Max-Forwards: 70", "Max-Forwards: ٧٠", "max_forwards"),
+        (b"192.168.1.64:5060;rport", "192.168.1.64:５０６０;rport", "top_via"),
+        (b"@192.168.1.64:5060>", "@192.168.1.64:²>", "contacts"),
+        (b"sip:34020000002000000001@3402000000 SIP", "sip:a@h:²² SIP", "request_uri"),
+    ],
+)
+def test_unicode_digits_are_not_numbers(old: bytes, new: str, prop: str) -> None:
+    msg = parse(REGISTER.replace(old, new.encode()))
+    with pytest.raises(ParseError):
+        getattr(msg, prop)
+
+
+def test_unicode_digits_in_framing_fields() -> None:
+    from gateway.sip.message import salvage_request
+
+    with pytest.raises(ParseError):
+        parse(REGISTER.replace(b"Content-Length: 0", "Content-Length: ０".encode()))
+    with pytest.raises(ParseError):
+        parse("SIP/2.0 ²²² OK\r\nCSeq: 1 A\r\n\r\n".encode())
+    assert salvage_request("SIP/2.0 ²²² OK\r\nno colon here\r\n\r\n".encode()) is None
+
+
+_numeric_fields = st.sampled_from(
+    [
+        "CSeq: {} MESSAGE",
+        "Expires: {}",
+        "Max-Forwards: {}",
+        "Content-Length: {}",
+        "Via: SIP/2.0/UDP h:{};branch=z9hG4bK1",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_numeric_fields, st.text(st.characters(categories=["Nd", "No"]), min_size=1, max_size=6))
+def test_any_digit_like_text_in_numeric_fields_gives_parse_error_only(
+    field: str, digits: str
+) -> None:
+    raw = (
+        "MESSAGE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h:5060;branch=z9hG4bK0\r\n"
+        f"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\n{field.format(digits)}\r\n\r\n"
+    ).encode()
+    try:
+        msg = parse(raw)
+        for prop in ("top_via", "cseq", "expires", "max_forwards", "request_uri"):
+            try:
+                getattr(msg, prop)
+            except ParseError:
+                pass
+    except ParseError:
+        pass

@@ -7,8 +7,6 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from gateway.sip.message import Request, Response, make_response, parse
 from gateway.sip.transaction import (
     ClientTransaction,
@@ -323,7 +321,20 @@ def test_invite_server_reliable_no_g_and_i_zero() -> None:
     assert rig.terminated
 
 
-@pytest.mark.parametrize("t1", [0.1, 0.5, 2.0])
-def test_timers_scale_with_t1(t1: float) -> None:
-    cfg = TimerConfig(t1=t1, t2=4.0, t4=5.0)
-    assert cfg.timeout == 64 * t1
+def test_timers_follow_a_configured_t1() -> None:
+    clock = FakeClock()
+    sent: list[float] = []
+    timeouts: list[int] = []
+    txn = ClientTransaction(
+        request("MESSAGE"),
+        reliable=False,
+        sched=clock,
+        cfg=TimerConfig(t1=0.1, t2=0.4, t4=5.0),
+        send=lambda d: sent.append(round(clock.now, 3)),
+        on_response=lambda r: None,
+        on_timeout=lambda: timeouts.append(1),
+    )
+    txn.start()
+    clock.advance(10)
+    assert sent[:5] == [0.0, 0.1, 0.3, 0.7, 1.1]  # E: T1 doubling, capped at T2 = 0.4
+    assert (6.4, "F") in clock.fired and timeouts == [1]  # F = 64·T1
