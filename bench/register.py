@@ -106,24 +106,26 @@ class Gateway:
         self.workdir = workdir
         self.port = free_port()
         self.config_path = workdir / "gateway.toml"
-        self.config_text = "\n".join([
-            "[sip]",
-            'host = "127.0.0.1"',
-            f"port = {self.port}",
-            "[store]",
-            'backend = "sqlite"',
-            f'path = "{workdir / "gateway.db"}"',
-            "[registrar]",
-            "default_expires = 3600",
-            "min_expires = 60",
-            "# a device must not be judged offline (interval x timeout_count) during the run",
-            "[keepalive]",
-            "interval = 600.0",
-            "timeout_count = 3",
-            "[log]",
-            'level = "warning"',
-            "",
-        ])
+        self.config_text = "\n".join(
+            [
+                "[sip]",
+                'host = "127.0.0.1"',
+                f"port = {self.port}",
+                "[store]",
+                'backend = "sqlite"',
+                f'path = "{workdir / "gateway.db"}"',
+                "[registrar]",
+                "default_expires = 3600",
+                "min_expires = 60",
+                "# a device must not be judged offline (interval x timeout_count) during the run",
+                "[keepalive]",
+                "interval = 600.0",
+                "timeout_count = 3",
+                "[log]",
+                'level = "warning"',
+                "",
+            ]
+        )
         self.config_path.write_text(self.config_text, encoding="utf-8")
         self.log_path = workdir / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -138,14 +140,21 @@ class Gateway:
 
     def start(self, timeout: float = 15.0) -> None:
         with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, cwd=self.workdir)
+            self.proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
         self.ps = psutil.Process(self.proc.pid)
         deadline = time.monotonic() + timeout
         while not self._answers_options():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n"
-                                   + self.log_path.read_text(errors="replace")[-2000:])
+                raise RuntimeError(
+                    f"gateway exited with {self.proc.returncode}:\n"
+                    + self.log_path.read_text(errors="replace")[-2000:]
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"gateway did not answer within {timeout} s")
 
@@ -324,13 +333,24 @@ class Step:
             end = t
         if end is None or end - start < 1:
             return None
-        return {"from_s": round(start, 1), "to_s": round(end, 1), "successful": ok,
-                "failed": failed, "achieved_rate": round(ok / (end - start), 1)}
+        return {
+            "from_s": round(start, 1),
+            "to_s": round(end, 1),
+            "successful": ok,
+            "failed": failed,
+            "achieved_rate": round(ok / (end - start), 1),
+        }
 
     def as_json(self) -> dict[str, Any]:
         last = self.last
-        kinds = {k[:-3]: _int(last, k) for k in last if k.startswith("Failed") and
-                 k.endswith("(C)") and k != "FailedCall(C)" and _int(last, k)}
+        kinds = {
+            k[:-3]: _int(last, k)
+            for k in last
+            if k.startswith("Failed")
+            and k.endswith("(C)")
+            and k != "FailedCall(C)"
+            and _int(last, k)
+        }
         out: dict[str, Any] = {
             "target_rate": self.target_rate,
             "calls": self.calls,
@@ -340,15 +360,20 @@ class Step:
             "failure_kinds": kinds,
             "retransmissions": _int(last, "Retransmissions(C)"),
             "retransmissions_per_100_calls": round(
-                100 * _int(last, "Retransmissions(C)") / self.calls, 2) if self.calls else None,
+                100 * _int(last, "Retransmissions(C)") / self.calls, 2
+            )
+            if self.calls
+            else None,
             "achieved_rate": round(self.achieved_rate, 1),
             "elapsed_s": round(self.elapsed_s, 3),
             "mean_call_ms": _duration_ms(last.get("CallLength(C)", "")),
             "gateway_cpu_s": round(self.gateway_cpu_s, 2),
             "gateway_cpu_pct": round(100 * self.gateway_cpu_s / self.elapsed_s, 1)
-            if self.elapsed_s else None,
+            if self.elapsed_s
+            else None,
             "gateway_cpu_us_per_call": round(1e6 * self.gateway_cpu_s / self.successful, 1)
-            if self.successful else None,
+            if self.successful
+            else None,
             "gateway_rss_after_mb": self.rss_after_mb,
             "sipp_cpu_s": round(self.sipp_cpu_s, 2),
             "sipp_exit": self.sipp_exit,
@@ -379,44 +404,85 @@ class Sipp:
             time.sleep(delay)
         return max(0.0, delay)
 
-    def run(self, kind: str, scenario: Path, inf: Path, calls: int, rate: int,
-            local_port: int, timeout_s: float) -> Step:
+    def run(
+        self,
+        kind: str,
+        scenario: Path,
+        inf: Path,
+        calls: int,
+        rate: int,
+        local_port: int,
+        timeout_s: float,
+    ) -> Step:
         self.runs += 1
         rundir = self.workdir / f"{self.runs:02d}-{kind}-{rate}"
         rundir.mkdir()
         stat = rundir / "stat.csv"
         args = [
-            self.exe, f"127.0.0.1:{self.gateway.port}",
-            "-sf", str(scenario), "-inf", str(inf),
-            "-t", "u1", "-i", "127.0.0.1", "-p", str(local_port),
-            "-auth_uri", AUTH_URI,
-            "-m", str(calls), "-r", str(rate),
+            self.exe,
+            f"127.0.0.1:{self.gateway.port}",
+            "-sf",
+            str(scenario),
+            "-inf",
+            str(inf),
+            "-t",
+            "u1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(local_port),
+            "-auth_uri",
+            AUTH_URI,
+            "-m",
+            str(calls),
+            "-r",
+            str(rate),
             # at most 2 s of calls in flight: SIPp slows down when the gateway falls behind
-            "-l", str(max(100, 2 * rate)),
-            "-recv_timeout", "5000",
-            "-buff_size", str(4 * MB),
-            "-timeout", f"{int(timeout_s)}s", "-timeout_error",
-            "-nostdin", "-trace_stat", "-stf", str(stat), "-fd", "1", "-trace_err",
+            "-l",
+            str(max(100, 2 * rate)),
+            "-recv_timeout",
+            "5000",
+            "-buff_size",
+            str(4 * MB),
+            "-timeout",
+            f"{int(timeout_s)}s",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_stat",
+            "-stf",
+            str(stat),
+            "-fd",
+            "1",
+            "-trace_err",
         ]
         cpu0, kids0 = self.gateway.cpu(), children_cpu()
         with (rundir / "sipp.out").open("wb") as out:
-            proc = subprocess.Popen(args, cwd=rundir, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                args, cwd=rundir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
             try:
                 code = proc.wait(timeout=timeout_s + 15)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 code = proc.wait(timeout=5)
         self.last_end = time.monotonic()
-        step = Step(kind=kind, target_rate=rate, calls=calls, command=shlex.join(args),
-                    sipp_exit=code, rows=read_rows(stat),
-                    gateway_cpu_s=self.gateway.cpu() - cpu0,
-                    sipp_cpu_s=children_cpu() - kids0,
-                    rss_after_mb=round(self.gateway.rss() / MB, 1))
-        log(f"{kind} @ {rate}/s: {step.successful}/{calls} ok, {step.failed} failed, "
+        step = Step(
+            kind=kind,
+            target_rate=rate,
+            calls=calls,
+            command=shlex.join(args),
+            sipp_exit=code,
+            rows=read_rows(stat),
+            gateway_cpu_s=self.gateway.cpu() - cpu0,
+            sipp_cpu_s=children_cpu() - kids0,
+            rss_after_mb=round(self.gateway.rss() / MB, 1),
+        )
+        log(
+            f"{kind} @ {rate}/s: {step.successful}/{calls} ok, {step.failed} failed, "
             f"achieved {step.achieved_rate:.0f}/s in {step.elapsed_s:.1f} s, gateway CPU "
             f"{100 * step.gateway_cpu_s / max(step.elapsed_s, 1e-9):.0f}%, "
-            f"RSS {step.rss_after_mb:.0f} MB, sustained={step.sustained}")
+            f"RSS {step.rss_after_mb:.0f} MB, sustained={step.sustained}"
+        )
         return step
 
 
@@ -444,8 +510,17 @@ class Load:
     grain: int
     skipped: list[str] = field(default_factory=list)
 
-    def run(self, sipp: Sipp, gw: Gateway, budget: Budget, rate: int, seconds: float,
-            label: str, *, clean: bool = False) -> Step | None:
+    def run(
+        self,
+        sipp: Sipp,
+        gw: Gateway,
+        budget: Budget,
+        rate: int,
+        seconds: float,
+        label: str,
+        *,
+        clean: bool = False,
+    ) -> Step | None:
         """One SIPp run; ``clean``: first wait until no transaction of earlier runs is left."""
         calls = int(rate * seconds)
         timeout = seconds * 2 + 15
@@ -457,12 +532,20 @@ class Load:
         if clean:
             sipp.wait_for_expiry()
         gw.wait_idle()
-        return sipp.run(f"{self.kind}-{label}", self.scenario, self.make_inf(calls), calls,
-                        rate, self.local_port, timeout)
+        return sipp.run(
+            f"{self.kind}-{label}",
+            self.scenario,
+            self.make_inf(calls),
+            calls,
+            rate,
+            self.local_port,
+            timeout,
+        )
 
 
-def ramp(load: Load, sipp: Sipp, gw: Gateway, budget: Budget, rates: list[int],
-         seconds: float) -> list[Step]:
+def ramp(
+    load: Load, sipp: Sipp, gw: Gateway, budget: Budget, rates: list[int], seconds: float
+) -> list[Step]:
     """Each rate for ``seconds`` of traffic, up, until one is not sustained. The ramp starts
     with no transaction left from earlier runs; within it, each step carries those of the steps
     before (a rising load)."""
@@ -509,8 +592,9 @@ class Descent:
         self.done = self.rate < grain
 
 
-def steady(descents: list[Descent], sipp: Sipp, gw: Gateway, budget: Budget, seconds: float,
-           tries: int) -> None:
+def steady(
+    descents: list[Descent], sipp: Sipp, gw: Gateway, budget: Budget, seconds: float, tries: int
+) -> None:
     """Take turns, so a short budget cuts both loads' descents alike."""
     if seconds <= 0:
         return
@@ -524,8 +608,9 @@ def best(steps: list[Step]) -> Step | None:
     return max(ok, key=lambda s: s.target_rate) if ok else None
 
 
-def summary(load: Load, ramp_steps: list[Step], steady_runs: list[Step], ramp_s: float,
-            steady_s: float) -> dict[str, Any]:
+def summary(
+    load: Load, ramp_steps: list[Step], steady_runs: list[Step], ramp_s: float, steady_s: float
+) -> dict[str, Any]:
     r, s = best(ramp_steps), best(steady_runs)
     pick, basis = (s, "steady") if steady_runs else (r, "ramp")
     return {
@@ -533,8 +618,9 @@ def summary(load: Load, ramp_steps: list[Step], steady_runs: list[Step], ramp_s:
         "max_sustained_rate": pick.target_rate if pick else 0,
         "achieved_rate": round(pick.achieved_rate, 1) if pick else 0.0,
         "basis": basis,
-        "target_met": bool(pick and pick.target_rate >= load.target
-                           and pick.achieved_rate >= 0.97 * load.target),
+        "target_met": bool(
+            pick and pick.target_rate >= load.target and pick.achieved_rate >= 0.97 * load.target
+        ),
         "ramp": {
             "step_seconds": ramp_s,
             "max_rate": r.target_rate if r else 0,
@@ -557,11 +643,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-rate", type=int, default=2000, help="their registration rate")
     p.add_argument("--settle", type=float, default=35.0, help="seconds to wait out timer J")
     p.add_argument("--register-rates", default="1000,2000,3000,4000,5000,6000,7000,8000,10000")
-    p.add_argument("--keepalive-rates",
-                   default="2000,4000,6000,8000,10000,12000,15000,18000,21000,25000")
+    p.add_argument(
+        "--keepalive-rates", default="2000,4000,6000,8000,10000,12000,15000,18000,21000,25000"
+    )
     p.add_argument("--step-seconds", type=float, default=5.0, help="traffic per ramp step")
-    p.add_argument("--steady-seconds", type=float, default=40.0,
-                   help="traffic per steady run, longer than timer J (0: no steady runs)")
+    p.add_argument(
+        "--steady-seconds",
+        type=float,
+        default=40.0,
+        help="traffic per steady run, longer than timer J (0: no steady runs)",
+    )
     p.add_argument("--steady-tries", type=int, default=4, help="steady runs per kind, at most")
     p.add_argument("--budget", type=float, default=570.0, help="whole run, seconds")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -587,14 +678,16 @@ def main(argv: list[str] | None = None) -> int:
         },
         "gateway": {"command": shlex.join(gw.command), "config": gw.config_text},
         "criterion": "a run is sustained when failed calls < 0.1 % and achieved rate >= 90 % "
-                     "of target, over the whole run and (steady runs) after timer J too; SIPp "
-                     "-t u1, -l 2*rate, -recv_timeout 5 s. target_met: a steady run sustained "
-                     "at the target rate or above, achieving >= 97 % of the target",
+        "of target, over the whole run and (steady runs) after timer J too; SIPp "
+        "-t u1, -l 2*rate, -recv_timeout 5 s. target_met: a steady run sustained "
+        "at the target rate or above, achieving >= 97 % of the target",
     }
     try:
         gw.start()
-        log(f"gateway pid {gw.proc.pid if gw.proc else '?'} on 127.0.0.1:{gw.port}, "
-            f"work dir {workdir}")
+        log(
+            f"gateway pid {gw.proc.pid if gw.proc else '?'} on 127.0.0.1:{gw.port}, "
+            f"work dir {workdir}"
+        )
         sipp = Sipp(exe, workdir, gw)
         device_port = free_port()  # every registered benchmark device lives at this address
 
@@ -604,8 +697,15 @@ def main(argv: list[str] | None = None) -> int:
         n = args.devices
         batch1 = write_injection_csv(workdir / "batch1.csv", device_ids(n, 1))
         reg_timeout = min(120.0, 3 * n / args.memory_rate + 20)
-        reg1 = sipp.run("memory-batch1", SCENARIOS / "register.xml", batch1, n,
-                        args.memory_rate, device_port, reg_timeout)
+        reg1 = sipp.run(
+            "memory-batch1",
+            SCENARIOS / "register.xml",
+            batch1,
+            n,
+            args.memory_rate,
+            device_port,
+            reg_timeout,
+        )
         rss_right_after = gw.rss()
         timeline = [(0.0, rss_right_after)]
         t0 = time.monotonic()
@@ -615,8 +715,15 @@ def main(argv: list[str] | None = None) -> int:
         rss_after = gw.rss()
         online1 = gw.online_in_store()
         batch2 = write_injection_csv(workdir / "batch2.csv", device_ids(n, n + 1))
-        reg2 = sipp.run("memory-batch2", SCENARIOS / "register.xml", batch2, n,
-                        args.memory_rate, device_port, reg_timeout)
+        reg2 = sipp.run(
+            "memory-batch2",
+            SCENARIOS / "register.xml",
+            batch2,
+            n,
+            args.memory_rate,
+            device_port,
+            reg_timeout,
+        )
         rss_batch2 = gw.rss()
         ok1, ok2 = reg1.successful or 1, reg2.successful or 1
         result["memory"] = {
@@ -629,23 +736,30 @@ def main(argv: list[str] | None = None) -> int:
             "settle_s": args.settle,
             "rss_per_device_bytes": round((rss_after - rss_before) / ok1),
             "rss_per_device_bytes_right_after_registration": round(
-                (rss_right_after - rss_before) / ok1),
+                (rss_right_after - rss_before) / ok1
+            ),
             "rss_timeline_after_registration_mb": [[t, round(r / MB, 2)] for t, r in timeline],
             "second_batch_registered": reg2.successful,
             "rss_after_second_batch_mb": round(rss_batch2 / MB, 2),
             "marginal_rss_per_device_bytes": round((rss_batch2 - rss_after) / ok2),
             "note": "RSS does not fall when transactions expire: the allocator keeps the "
-                    "memory and reuses it, so rss_per_device_bytes is mostly the peak of live "
-                    f"server transactions ({2 * n} in flight at the end of the burst, two per "
-                    "registration); marginal_rss_per_device_bytes is the second batch's "
-                    "growth once that memory is reused",
+            "memory and reuses it, so rss_per_device_bytes is mostly the peak of live "
+            f"server transactions ({2 * n} in flight at the end of the burst, two per "
+            "registration); marginal_rss_per_device_bytes is the second batch's "
+            "growth once that memory is reused",
             "runs": [reg1.as_json(), reg2.as_json()],
         }
         all_devices = write_injection_csv(workdir / "devices.csv", device_ids(2 * n, 1))
 
         # -- keepalives and registrations: ramps, then steady runs ----------------------------
-        keepalive = Load("keepalive", SCENARIOS / "keepalive.xml", lambda calls: all_devices,
-                         device_port, target=10_000, grain=500)
+        keepalive = Load(
+            "keepalive",
+            SCENARIOS / "keepalive.xml",
+            lambda calls: all_devices,
+            device_port,
+            target=10_000,
+            grain=500,
+        )
         rates = [int(r) for r in args.keepalive_rates.split(",") if r]
         ka_ramp = ramp(keepalive, sipp, gw, budget, rates, args.step_seconds)
 
@@ -656,17 +770,20 @@ def main(argv: list[str] | None = None) -> int:
             next_id[0] += calls
             return write_injection_csv(workdir / f"fresh-{first}.csv", device_ids(calls, first))
 
-        register = Load("register", SCENARIOS / "register.xml", fresh, free_port(),
-                        target=3_000, grain=250)
+        register = Load(
+            "register", SCENARIOS / "register.xml", fresh, free_port(), target=3_000, grain=250
+        )
         rates = [int(r) for r in args.register_rates.split(",") if r]
         reg_ramp = ramp(register, sipp, gw, budget, rates, args.step_seconds)
 
         ka_steady, reg_steady = Descent(keepalive, ka_ramp), Descent(register, reg_ramp)
         steady([ka_steady, reg_steady], sipp, gw, budget, args.steady_seconds, args.steady_tries)
-        result["keepalive"] = summary(keepalive, ka_ramp, ka_steady.runs, args.step_seconds,
-                                      args.steady_seconds)
-        result["register"] = summary(register, reg_ramp, reg_steady.runs, args.step_seconds,
-                                     args.steady_seconds)
+        result["keepalive"] = summary(
+            keepalive, ka_ramp, ka_steady.runs, args.step_seconds, args.steady_seconds
+        )
+        result["register"] = summary(
+            register, reg_ramp, reg_steady.runs, args.step_seconds, args.steady_seconds
+        )
         result["gateway"]["rss_end_mb"] = round(gw.rss() / MB, 2)
     except Exception as exc:  # report what was measured so far, and why it stopped
         result["error"] = f"{type(exc).__name__}: {exc}"

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conformance.samples import REGISTER_WITH_AUTH
 from gateway.sip.errors import ParseError
 from gateway.sip.message import (
     MAX_HEADERS,
@@ -15,23 +16,7 @@ from gateway.sip.message import (
     parse,
 )
 
-REGISTER = (
-    b"REGISTER sip:34020000002000000001@3402000000 SIP/2.0\r\n"
-    b"Via: SIP/2.0/UDP 192.168.1.64:5060;rport;branch=z9hG4bK2049013710\r\n"
-    b"From: <sip:34020000001320000001@3402000000>;tag=2043466181\r\n"
-    b"To: <sip:34020000001320000001@3402000000>\r\n"
-    b"Call-ID: 1011047669@192.168.1.64\r\n"
-    b"CSeq: 2 REGISTER\r\n"
-    b"Contact: <sip:34020000001320000001@192.168.1.64:5060>\r\n"
-    b'Authorization: Digest username="34020000001320000001",realm="3402000000",'
-    b'nonce="9bd055b1c0d5c8a7",uri="sip:34020000002000000001@3402000000",'
-    b'response="399ebdaa005171c436dc1b8bfbb5f042",algorithm=MD5\r\n'
-    b"Max-Forwards: 70\r\n"
-    b"User-Agent: IP Camera\r\n"
-    b"Expires: 3600\r\n"
-    b"X-GB-Ver: 3.0\r\n"
-    b"Content-Length: 0\r\n\r\n"
-)
+REGISTER = REGISTER_WITH_AUTH
 
 
 def test_gb_register_typed_access() -> None:
