@@ -1,25 +1,132 @@
-"""A simulated GB/T 28181 device (IPC/NVR): registers with digest, keeps alive, unregisters.
+"""A simulated GB/T 28181 device (IPC/NVR): the device side of every downlink test and benchmark.
 
-Many devices can share one :class:`~gateway.sip.endpoint.Endpoint` (one socket), so a single
-process can play thousands of them. This first version covers registration and keepalive
-(GB/T 28181-2022 §9.1, §9.6); queries, catalog and media arrive with the downlink issue.
+A :class:`SimDevice` registers with digest (GB/T 28181-2022 §9.1; reference §2), keeps alive
+(§9.6), re-registers when a keepalive gets 404 and after a remote reboot (``TeleBoot``), answers
+every query from a catalog it makes on demand (reference §3; :mod:`conformance.peers.catalog_gen`),
+obeys controls (§4), accepts subscriptions and sends NOTIFYs (RFC 6665; reference §5), and sends
+alarms and positions.
+
+Multi-part answers follow 2022 Annex M: the query's MESSAGE gets its 200 at once, then the
+``Response`` MESSAGEs go from the device to its server one at a time, each only after the
+previous one got its final response.
+
+Many devices share one :class:`~gateway.sip.endpoint.Endpoint` (one socket) through a
+:class:`DeviceHub`, which owns the endpoint's MESSAGE and SUBSCRIBE routes and hands each request
+to the device it is addressed to (Request-URI user, then To user, then the body's DeviceID; a
+channel ID finds the device that owns it). A device costs a few hundred bytes and no task unless
+its own keepalive loop is started; :meth:`DeviceHub.start_keepalive` runs one loop for them all.
+
+Misbehaviour switches (attributes, all off by default) let tests make the device break rules:
+``charset_lie``, ``drop_parts``, ``response_delay``, ``garbage``, ``wrong_sum_num``,
+``no_keepalive``, ``mute`` — see :class:`SimDevice`.
 """
 
 from __future__ import annotations
 
-import itertools
+import asyncio
+import dataclasses
 import os
-from dataclasses import dataclass, field
+import re
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from itertools import islice
+from typing import Any
 
+import structlog
+
+from conformance.peers.catalog_gen import (
+    BLOCK,
+    TIME_FORMAT,
+    channel_item,
+    channel_number,
+    default_channel_base,
+    generate_records,
+    group_ids,
+    group_items,
+    parse_time,
+    select_records,
+)
+from conformance.peers.catalog_gen import channel_id as make_channel_id
+from gateway.manscdp.errors import DecodeError
+from gateway.manscdp.messages import (
+    AlarmInfo,
+    AlarmNotify,
+    AlarmQuery,
+    AlarmResponse,
+    BasicParam,
+    CatalogItem,
+    CatalogNotify,
+    CatalogQuery,
+    CatalogResponse,
+    ConfigDownloadQuery,
+    ConfigDownloadResponse,
+    CruisePoint,
+    CruiseTrack,
+    CruiseTrackListQuery,
+    CruiseTrackListResponse,
+    CruiseTrackQuery,
+    CruiseTrackResponse,
+    Decoded,
+    DeviceConfig,
+    DeviceConfigResponse,
+    DeviceControl,
+    DeviceControlResponse,
+    DeviceInfoQuery,
+    DeviceInfoResponse,
+    DeviceStatusQuery,
+    DeviceStatusResponse,
+    HomePosition,
+    HomePositionQuery,
+    HomePositionResponse,
+    Message,
+    MobilePositionNotify,
+    MobilePositionQuery,
+    PositionItem,
+    Preset,
+    PresetQuery,
+    PresetQueryResponse,
+    PtzPositionQuery,
+    PtzPositionResponse,
+    RecordInfoQuery,
+    RecordInfoResponse,
+    RecordItem,
+    SDCard,
+    SDCardStatusQuery,
+    SDCardStatusResponse,
+    VideoParamOpt,
+    decode,
+    encode,
+)
+from gateway.manscdp.ptz import decode_ptz
+from gateway.manscdp.schema import Block
 from gateway.sip.digest import DigestClient
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.message import Request, Response
+from gateway.sip.endpoint import Endpoint, ServerContext
+from gateway.sip.errors import ParseError, TransactionTimeout, TransportError
+from gateway.sip.message import Request, Response, make_response
 from gateway.sip.transport import Peer
 
-_sn = itertools.count(1)
+log = structlog.get_logger("conformance.device")
+
+MANSCDP = "Application/MANSCDP+xml"
+# Body CmdTypes a SUBSCRIBE may carry (reference §5.1; PTZPosition is 2022).
+SUBSCRIBABLE = frozenset({"Catalog", "Alarm", "MobilePosition", "PTZPosition"})
+DEFAULT_PRESETS: tuple[Preset, ...] = (
+    Preset(preset_id=1, preset_name="大门"),
+    Preset(preset_id=2, preset_name="停车场"),
+)
+NOT_XML = b"this is not XML <Response>\r\n"
+_PTZ_RAW = re.compile(rb"<PTZCmd\s*>(.*?)</PTZCmd\s*>", re.DOTALL | re.IGNORECASE)
+_SEND_ERRORS = (TransactionTimeout, TransportError, OSError)
+
+EventSink = Callable[[str, str, str], None]
+"""Called with (device ID, event name, detail) for everything a device does or sees."""
 
 
 def keepalive_body(device_id: str, sn: int, status: str = "OK", extra: str = "") -> bytes:
+    """A Notify/Keepalive body (reference §2.8); ``extra`` is raw XML put before the end tag."""
     return (
         '<?xml version="1.0" encoding="GB2312"?>\r\n'
         "<Notify>\r\n"
@@ -32,8 +139,104 @@ def keepalive_body(device_id: str, sn: int, status: str = "OK", extra: str = "")
     ).encode("gb2312")
 
 
-@dataclass
+def _now_text() -> str:
+    return datetime.now().strftime(TIME_FORMAT)
+
+
+def _reason(text: str) -> str:
+    return " ".join(text.split())[:120]
+
+
+def _block(tag: str, text: str = "", *children: Block, num: bool = False) -> Block:
+    attrib = (("Num", str(len(children))),) if num else ()
+    return Block(tag=tag, text=text, children=children, attrib=attrib)
+
+
+def _leaves(**values: object) -> tuple[Block, ...]:
+    return tuple(Block(tag=k, text=str(v)) for k, v in values.items())
+
+
+# ConfigDownload blocks for the 2022 ConfigTypes (reference §3.7, §4.5), as (field, block).
+_STREAM_0 = _leaves(
+    StreamNumber=0, VideoFormat=2, Resolution=6, FrameRate=25, BitRateType=1, VideoBitRate=4096
+)
+_STREAM_1 = _leaves(
+    StreamNumber=1, VideoFormat=2, Resolution=5, FrameRate=25, BitRateType=1, VideoBitRate=1024
+)
+_OSD = _leaves(
+    Length=1920, Width=1080, TimeX=10, TimeY=10, TimeEnable=1, TimeType=0, TextEnable=1, SumNum=1
+)
+_CONFIG_BLOCKS: dict[str, tuple[str, Block]] = {
+    "videoparamattribute": (
+        "video_param_attribute",
+        _block(
+            "VideoParamAttribute",
+            "",
+            _block("Item", "", *_STREAM_0),
+            _block("Item", "", *_STREAM_1),
+            num=True,
+        ),
+    ),
+    "videorecordplan": (
+        "video_record_plan",
+        _block("VideoRecordPlan", "", *_leaves(RecordEnable=1, RecordScheduleSumNum=0)),
+    ),
+    "videoalarmrecord": (
+        "video_alarm_record",
+        _block("VideoAlarmRecord", "", *_leaves(RecordEnable=1, RecordTime=30, PreRecordTime=5)),
+    ),
+    "picturemask": ("picture_mask", _block("PictureMask", "", *_leaves(On=0, SumNum=0))),
+    "framemirror": ("frame_mirror", _block("FrameMirror", "0")),
+    "alarmreport": (
+        "alarm_report",
+        _block("AlarmReport", "", *_leaves(MotionDetection=1, FieldDetection=0)),
+    ),
+    "osdconfig": (
+        "osd_config",
+        _block("OSDConfig", "", *_OSD, _block("Item", "", *_leaves(Text="通道1", X=10, Y=1000))),
+    ),
+    "snapshotconfig": ("snap_shot", _block("SnapShot", "", *_leaves(SnapNum=1, Interval=1))),
+}
+
+
+@dataclass(slots=True)
+class Subscription:
+    """One SUBSCRIBE dialog this device is the notifier of (RFC 6665 §4.2; reference §5.1)."""
+
+    kind: str  # the body's CmdType: Catalog, Alarm, MobilePosition, PTZPosition
+    query: Message  # the SUBSCRIBE body
+    event: str  # the Event header as received, copied into every NOTIFY
+    call_id: str
+    local_tag: str  # our tag (To of the SUBSCRIBE's 200, From of our NOTIFYs)
+    remote_tag: str
+    local_uri: str  # the SUBSCRIBE's To URI
+    remote_uri: str  # the subscriber's From URI
+    target: str  # Request-URI of NOTIFYs: the subscriber's Contact, else its From URI
+    peer: Peer  # where NOTIFYs go: the SUBSCRIBE's source address (works behind NAT, on TCP)
+    expires_at: float  # time.monotonic()
+    remote_cseq: int
+    cseq: int = 0  # our NOTIFY CSeq space
+
+    def remaining(self) -> int:
+        return max(0, int(self.expires_at - time.monotonic()))
+
+
+@dataclass(slots=True)
 class SimDevice:
+    """A simulated IPC/NVR. Plain attributes configure it; the lists record what it saw.
+
+    Misbehaviour switches (default off):
+
+    * ``charset_lie``: declare GB2312 in the prolog but encode the body as UTF-8.
+    * ``charset``: how bodies are encoded normally (``GB2312``, ``GB18030`` or ``UTF-8``).
+    * ``drop_parts``: 0-based indices of Catalog/RecordInfo response MESSAGEs silently not sent.
+    * ``response_delay``: seconds to wait before sending any Response MESSAGE.
+    * ``garbage``: answer queries and controls with one MESSAGE whose body is not XML.
+    * ``wrong_sum_num``: report this SumNum in Catalog/RecordInfo answers instead of the truth.
+    * ``no_keepalive``: keepalive loops send no keepalives (registration is still refreshed).
+    * ``mute``: answer 200 to queries but never send the Response MESSAGEs.
+    """
+
     endpoint: Endpoint
     device_id: str
     server: Peer
@@ -41,14 +244,81 @@ class SimDevice:
     domain: str = "3402000000"
     password: str = "12345678"
     expires: int = 3600
-    gb_version: str | None = None
+    gb_version: str | None = None  # X-GB-Ver to send; "3.0" also selects 2022 catalog fields
     user_agent: str = "gb28181-sim IP Camera"
     call_id: str = field(default_factory=lambda: os.urandom(8).hex())
     from_tag: str = field(default_factory=lambda: os.urandom(4).hex())
     cseq: int = 0
     last_challenge: dict[str, str] | None = None
-    responses: list[Response] = field(default_factory=list)
+    responses: list[Response] = field(default_factory=list)  # every REGISTER's final response
 
+    # -- what the device is -----------------------------------------------------------------
+    channel_count: int = 1
+    channel_base: int | None = None  # channel serials start here (default: from device serial)
+    with_groups: bool = False  # one business group (215) and two virtual organisations (216)
+    catalog_extra_items: list[CatalogItem] = field(default_factory=list)
+    name: str | None = None  # DeviceName / BasicParam Name (default "NVR-<serial>")
+    manufacturer: str = "SimVision"
+    model: str = "SV-NVR7608"
+    channel_model: str = "SV-IPC2T47"
+    firmware: str = "V4.30.085"
+    records: list[RecordItem] | None = None  # RecordInfo answers; None = generate them
+    record_count: int = 3  # files generated between a query's StartTime and EndTime
+    presets: tuple[Preset, ...] = DEFAULT_PRESETS
+    basic_param: BasicParam | None = None  # set from the other fields when None
+    position: tuple[float, float] = (116.3974, 39.9087)  # longitude, latitude
+
+    # -- how it talks -----------------------------------------------------------------------
+    items_per_message: int | None = None  # None: 1 over UDP, 100 over TCP
+    reboot_delay: float = 0.5  # seconds between TeleBoot and the new REGISTER
+    subscription_expires: int = 600  # when a SUBSCRIBE has no Expires
+    keepalive_fail_limit: int = 3  # unanswered keepalives before registering again
+    request_timeout: float | None = None  # for our requests; None = transaction timers
+
+    # -- misbehaviour switches (see the class docstring) ----------------------------------
+    charset: str = "GB2312"
+    charset_lie: bool = False
+    drop_parts: AbstractSet[int] = frozenset()
+    response_delay: float = 0.0
+    garbage: bool = False
+    wrong_sum_num: int | None = None
+    no_keepalive: bool = False
+    mute: bool = False
+
+    # -- what it saw ------------------------------------------------------------------------
+    queries: list[Message] = field(default_factory=list)
+    controls: list[DeviceControl] = field(default_factory=list)
+    ptz_commands: list[str] = field(default_factory=list)  # PTZCmd text exactly as received
+    configs: list[DeviceConfig] = field(default_factory=list)
+    subscribes: list[Request] = field(default_factory=list)
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)  # by Call-ID
+    alarm_responses: list[AlarmResponse] = field(default_factory=list)
+    server_responses: list[Message] = field(default_factory=list)  # every Response MESSAGE
+
+    # -- state ------------------------------------------------------------------------------
+    sn: int = 0
+    registered: bool = False
+    reboots: int = 0
+    missed_keepalives: int = 0
+    recording: bool = False
+    guard: bool = False
+    ptz_position: tuple[float, float, float] = (0.0, 0.0, 1.0)  # pan, tilt, zoom
+    home_position: HomePosition | None = None
+    hub: DeviceHub | None = field(default=None, repr=False)
+    _refresh_at: float = field(default=0.0, init=False, repr=False)
+    _beating: bool = field(default=False, init=False, repr=False)
+    _overrides: dict[str, CatalogItem | None] = field(default_factory=dict, init=False, repr=False)
+    _keepalive_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.name is None:
+            self.name = f"NVR-{self.device_id[-6:]}"
+        if self.basic_param is None:
+            self.basic_param = BasicParam(
+                name=self.name, expiration=self.expires, heart_beat_interval=60, heart_beat_count=3
+            )
+
+    # -- addressing -------------------------------------------------------------------------
     @property
     def aor(self) -> str:
         return f"sip:{self.device_id}@{self.domain}"
@@ -57,6 +327,42 @@ class SimDevice:
     def server_uri(self) -> str:
         return f"sip:{self.server_id}@{self.domain}"
 
+    @property
+    def gb2022(self) -> bool:
+        return (self.gb_version or "").startswith("3")
+
+    @property
+    def civil_code(self) -> str:
+        return self.device_id[:6]
+
+    @property
+    def base(self) -> int:
+        return (
+            default_channel_base(self.device_id) if self.channel_base is None else self.channel_base
+        )
+
+    @property
+    def per_message(self) -> int:
+        if self.items_per_message is not None:
+            return max(1, self.items_per_message)
+        return 100 if self.server.reliable else 1
+
+    def _next_sn(self) -> int:
+        self.sn += 1
+        return self.sn
+
+    def _emit(self, event: str, detail: str = "") -> None:
+        hub = self.hub
+        if hub is not None and hub.on_event is not None:
+            hub.on_event(self.device_id, event, detail)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        if self.hub is not None:
+            self.hub.spawn(coro)
+        else:  # pragma: no cover - requests only reach installed devices
+            coro.close()
+
+    # -- registration and keepalive (reference §2) ---------------------------------------
     def build_register(self, expires: int, authorization: str | None = None) -> Request:
         self.cseq += 1
         headers = [
@@ -84,18 +390,38 @@ class SimDevice:
             resp = await self.endpoint.request(self.build_register(exp, authorization), self.server)
             self.responses.append(resp)
             if resp.status != 401:
-                return resp
+                break
             challenge = resp.auth_params("WWW-Authenticate")
             if challenge is None:
-                return resp
+                break
             self.last_challenge = challenge[1]
             authorization = client.authorization(challenge[1], "REGISTER", self.server_uri)
+        self._registered(resp, exp)
         return resp
+
+    def _registered(self, resp: Response, requested: int) -> None:
+        if resp.status != 200:
+            self.registered = False
+            self._emit("register-failed", f"status={resp.status} {resp.reason}")
+            return
+        try:
+            granted = resp.expires
+        except ParseError:
+            granted = None
+        granted = requested if granted is None else granted
+        self.registered = requested > 0 and granted > 0
+        self.missed_keepalives = 0
+        if self.registered:
+            self._refresh_at = time.monotonic() + granted * 0.8
+            self._emit("registered", f"expires={granted} call_id={self.call_id}")
+        else:
+            self._emit("unregistered")
 
     async def unregister(self) -> Response:
         return await self.register(0)
 
     def build_message(self, body: bytes) -> Request:
+        """An out-of-dialog MESSAGE from this device to its server (reference §3.1)."""
         return Request(
             "MESSAGE",
             self.server_uri,
@@ -104,7 +430,7 @@ class SimDevice:
                 ("To", f"<{self.server_uri}>"),
                 ("Call-ID", os.urandom(8).hex()),
                 ("CSeq", "20 MESSAGE"),
-                ("Content-Type", "Application/MANSCDP+xml"),
+                ("Content-Type", MANSCDP),
                 ("Max-Forwards", "70"),
                 ("User-Agent", self.user_agent),
             ],
@@ -112,5 +438,904 @@ class SimDevice:
         )
 
     async def keepalive(self, status: str = "OK", extra: str = "") -> Response:
-        body = keepalive_body(self.device_id, next(_sn), status, extra)
-        return await self.endpoint.request(self.build_message(body), self.server)
+        """Send one Notify/Keepalive and return the server's answer (nothing else happens)."""
+        body = keepalive_body(self.device_id, self._next_sn(), status, extra)
+        return await self.endpoint.request(
+            self.build_message(body), self.server, timeout=self.request_timeout
+        )
+
+    async def heartbeat(self) -> Response | None:
+        """One step of a keepalive loop: register when not registered or when the registration
+        is due for refresh, else send a keepalive; a 404 (the server forgot us) registers again
+        at once; ``keepalive_fail_limit`` unanswered keepalives make the next step register.
+        Never raises for network trouble; a step while the previous one still waits for its
+        answer does nothing (no pile-up while the server is away)."""
+        if self._beating:
+            return None
+        self._beating = True
+        try:
+            return await self._heartbeat()
+        finally:
+            self._beating = False
+
+    async def _heartbeat(self) -> Response | None:
+        try:
+            if not self.registered or time.monotonic() >= self._refresh_at:
+                return await self.register()
+            if self.no_keepalive:
+                return None
+            resp = await self.keepalive()
+            if resp.status == 404:
+                self._emit("keepalive-404", "registering again")
+                return await self.register()
+        except _SEND_ERRORS as exc:
+            self.missed_keepalives += 1
+            if self.missed_keepalives >= self.keepalive_fail_limit:
+                self.registered = False
+            self._emit("keepalive-failed", type(exc).__name__)
+            return None
+        if resp.status >= 300:
+            self.missed_keepalives += 1
+            if self.missed_keepalives >= self.keepalive_fail_limit:
+                self.registered = False
+        else:
+            self.missed_keepalives = 0
+        return resp
+
+    def start_keepalive(self, interval: float = 60.0) -> None:
+        """Run :meth:`heartbeat` every ``interval`` seconds in a task of this device's own (for
+        thousands of devices use :meth:`DeviceHub.start_keepalive` instead)."""
+        self.stop()
+        self._keepalive_task = asyncio.get_running_loop().create_task(self._beat(interval))
+
+    async def _beat(self, interval: float) -> None:
+        while True:
+            await self.heartbeat()
+            await asyncio.sleep(interval)
+
+    def stop(self) -> None:
+        """Stop this device's own keepalive loop."""
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+            self._keepalive_task = None
+
+    async def reboot(self, delay: float | None = None) -> Response | None:
+        """What a remote reboot does: wait, forget subscriptions, register with a new Call-ID."""
+        await asyncio.sleep(self.reboot_delay if delay is None else delay)
+        self.call_id = os.urandom(8).hex()
+        self.from_tag = os.urandom(4).hex()
+        self.cseq = 0
+        self.registered = False
+        self.subscriptions.clear()
+        self.reboots += 1
+        self._emit("rebooted", f"call_id={self.call_id}")
+        try:
+            return await self.register()
+        except _SEND_ERRORS as exc:
+            self._emit("register-failed", type(exc).__name__)
+            return None
+
+    def install(self) -> DeviceHub:
+        """Route the endpoint's requests to this device (a hub of one). For several devices on
+        one endpoint, make one :class:`DeviceHub` and ``add`` them all."""
+        if self.hub is None:
+            DeviceHub(self.endpoint).add(self)
+        assert self.hub is not None
+        return self.hub
+
+    # -- the catalog (reference §1.4, §3.2), made on demand ------------------------------
+    def channel_id(self, n: int) -> str:
+        """The ID of channel ``n`` (1-based)."""
+        return make_channel_id(self.device_id, self.base, n)
+
+    def channel_ids(self) -> Iterator[str]:
+        for n in range(1, self.channel_count + 1):
+            yield self.channel_id(n)
+
+    def group_ids(self) -> tuple[str, str, str]:
+        """(business group, virtual organisation 1, virtual organisation 2)."""
+        return group_ids(self.device_id, self.base)
+
+    def channel_item(self, n: int) -> CatalogItem:
+        parent = self.device_id
+        if self.with_groups:
+            _, vo1, vo2 = self.group_ids()
+            parent = f"{self.device_id}/{vo1 if n % 2 else vo2}"
+        return channel_item(
+            self.device_id,
+            self.channel_id(n),
+            n,
+            parent_id=parent,
+            civil_code=self.civil_code,
+            manufacturer=self.manufacturer,
+            model=self.channel_model,
+            gb2022=self.gb2022,
+        )
+
+    def _base_items(self) -> Iterator[CatalogItem]:
+        if self.with_groups:
+            yield from group_items(self.device_id, self.base, self.civil_code, self.gb2022)
+        for n in range(1, self.channel_count + 1):
+            yield self.channel_item(n)
+        yield from self.catalog_extra_items
+
+    def catalog_items(self) -> Iterator[CatalogItem]:
+        """Every item, groups first, with the changes :meth:`notify_catalog` applied."""
+        overrides = self._overrides
+        for item in self._base_items():
+            if overrides and item.device_id in overrides:
+                changed = overrides[item.device_id]
+                if changed is not None:
+                    yield changed
+            else:
+                yield item
+
+    def catalog_size(self) -> int:
+        if self._overrides:
+            return sum(1 for _ in self.catalog_items())
+        return self.channel_count + 3 * self.with_groups + len(self.catalog_extra_items)
+
+    def item(self, item_id: str) -> CatalogItem | None:
+        """The current catalog item with this ID, or None."""
+        if item_id in self._overrides:
+            return self._overrides[item_id]
+        n = channel_number(self.device_id, self.base, self.channel_count, item_id)
+        if n is not None:
+            return self.channel_item(n)
+        if self.with_groups and item_id in self.group_ids():
+            for it in group_items(self.device_id, self.base, self.civil_code, self.gb2022):
+                if it.device_id == item_id:
+                    return it
+        for it in self.catalog_extra_items:
+            if it.device_id == item_id:
+                return it
+        return None
+
+    def owns(self, item_id: str) -> bool:
+        """Whether requests for ``item_id`` are this device's to answer."""
+        return (
+            item_id == self.device_id
+            or channel_number(self.device_id, self.base, self.channel_count, item_id) is not None
+            or (self.with_groups and item_id in self.group_ids())
+            or any(it.device_id == item_id for it in self.catalog_extra_items)
+        )
+
+    def _name_of(self, item_id: str) -> str:
+        item = self.item(item_id) if item_id != self.device_id else None
+        return (item.name if item is not None else None) or self.name or item_id
+
+    # -- incoming MESSAGE --------------------------------------------------------------------
+    def on_message(
+        self, req: Request, ctx: ServerContext, decoded: Decoded | DecodeError
+    ) -> Response:
+        """Answer a MESSAGE addressed to this device; application answers follow later."""
+        tag = self.endpoint.tag()
+        if isinstance(decoded, DecodeError):
+            return make_response(req, 400, _reason(f"Bad MANSCDP: {decoded}"), to_tag=tag)
+        msg = decoded.message
+        if msg.ROOT == "Response":
+            self.server_responses.append(msg)
+            if isinstance(msg, AlarmResponse):
+                self.alarm_responses.append(msg)
+            result = getattr(msg, "result", None)
+            self._emit("response", f"{msg.CMD} sn={msg.sn} result={result}")
+        elif msg.ROOT == "Query":
+            self._on_query(msg)
+        elif isinstance(msg, DeviceControl):
+            self._on_control(msg, req.body)
+        elif isinstance(msg, DeviceConfig):
+            self._on_config(msg)
+        return make_response(req, 200, to_tag=tag)
+
+    def _on_query(self, msg: Message) -> None:
+        self.queries.append(msg)
+        entry = _ANSWERS.get(type(msg))
+        if entry is None:
+            self._emit("query", f"{msg.CMD} sn={msg.sn} (not answered)")
+            return
+        answer, split = entry
+        self._spawn(self._send_parts(msg, answer(self, msg), split))
+
+    async def _send_parts(self, request: Message, parts: Iterable[Message], split: bool) -> int:
+        """Send the answer MESSAGEs serially (2022 Annex M): each after the previous one's final
+        response. Returns how many were sent."""
+        if self.response_delay:
+            await asyncio.sleep(self.response_delay)
+        label = f"{request.CMD} sn={request.sn}"
+        if self.mute:
+            self._emit("answered", f"{label} messages=0 (mute)")
+            return 0
+        if self.garbage:
+            await self._send(self.build_message(NOT_XML))
+            self._emit("answered", f"{label} messages=1 (garbage)")
+            return 1
+        sent = total = 0
+        for i, part in enumerate(parts):
+            total += 1
+            if split and i in self.drop_parts:
+                continue
+            await self._send(self.build_message(self.encode(part)))
+            sent += 1
+        self._emit("answered", f"{label} messages={sent}/{total}")
+        return sent
+
+    async def _send(self, req: Request, peer: Peer | None = None) -> Response | None:
+        try:
+            return await self.endpoint.request(
+                req, peer or self.server, timeout=self.request_timeout
+            )
+        except _SEND_ERRORS as exc:
+            log.info("sim.send_failed", device_id=self.device_id, method=req.method, error=str(exc))
+            self._emit("send-failed", f"{req.method} {type(exc).__name__}")
+            return None
+
+    def encode(self, msg: Message) -> bytes:
+        """A body as this device writes it (charset, 2016/2022 spelling, ``charset_lie``)."""
+        if self.charset_lie:
+            return encode(msg, "UTF-8", declare="GB2312", gb2022=self.gb2022)
+        return encode(msg, self.charset, gb2022=self.gb2022)
+
+    # -- query answers (reference §3.2-§3.9) -----------------------------------------------
+    def _answer_catalog(self, q: CatalogQuery) -> Iterator[CatalogResponse]:
+        if (
+            q.device_id != self.device_id
+            and channel_number(self.device_id, self.base, self.channel_count, q.device_id)
+            is not None
+        ):
+            one = self.item(q.device_id)
+            return self._catalog_parts(q, iter([one] if one else []), 1 if one else 0)
+        return self._catalog_parts(q, self.catalog_items(), self.catalog_size())
+
+    def _catalog_parts(
+        self, q: CatalogQuery, items: Iterator[CatalogItem], total: int
+    ) -> Iterator[CatalogResponse]:
+        reported = total if self.wrong_sum_num is None else self.wrong_sum_num
+        per = self.per_message
+        chunk = tuple(islice(items, per))
+        if not chunk:
+            yield CatalogResponse(sn=q.sn, device_id=q.device_id, sum_num=reported)
+        while chunk:
+            yield CatalogResponse(sn=q.sn, device_id=q.device_id, sum_num=reported, items=chunk)
+            chunk = tuple(islice(items, per))
+
+    def _answer_record_info(self, q: RecordInfoQuery) -> Iterator[RecordInfoResponse]:
+        start, end = parse_time(q.start_time), parse_time(q.end_time)
+        name = self._name_of(q.device_id)
+        if self.records is not None:
+            found = list(select_records(self.records, start, end, q.type))
+        else:
+            if start is None or end is None:
+                today = datetime.now().replace(hour=0, minute=0, second=0, microsecond=0)
+                start, end = today, today.replace(hour=23, minute=59, second=59)
+            kind = q.type if q.type and q.type.lower() != "all" else "time"
+            found = list(generate_records(q.device_id, name, start, end, self.record_count, kind))
+        reported = len(found) if self.wrong_sum_num is None else self.wrong_sum_num
+        per = self.per_message
+        if not found:
+            yield RecordInfoResponse(sn=q.sn, device_id=q.device_id, name=name, sum_num=reported)
+        for i in range(0, len(found), per):
+            yield RecordInfoResponse(
+                sn=q.sn,
+                device_id=q.device_id,
+                name=name,
+                sum_num=reported,
+                items=tuple(found[i : i + per]),
+            )
+
+    def _answer_device_info(self, q: DeviceInfoQuery) -> list[Message]:
+        assert self.basic_param is not None
+        return [
+            DeviceInfoResponse(
+                sn=q.sn,
+                device_id=q.device_id,
+                device_name=self.basic_param.name or self.name,
+                result="OK",
+                manufacturer=self.manufacturer,
+                model=self.model,
+                firmware=self.firmware,
+                channel=self.channel_count,
+            )
+        ]
+
+    def _answer_device_status(self, q: DeviceStatusQuery) -> list[Message]:
+        return [
+            DeviceStatusResponse(
+                sn=q.sn,
+                device_id=q.device_id,
+                result="OK",
+                online="ONLINE",
+                status="OK",
+                encode="ON",
+                record="ON" if self.recording else "OFF",
+                device_time=_now_text(),
+            )
+        ]
+
+    def _answer_config_download(self, q: ConfigDownloadQuery) -> list[Message]:
+        """One Response per requested ConfigType (reference §3.7)."""
+        types = [t.strip() for t in (q.config_type or "BasicParam").split("/") if t.strip()]
+        return [self._config_response(q, t) for t in types]
+
+    def _config_response(self, q: ConfigDownloadQuery, config_type: str) -> Message:
+        ok = ConfigDownloadResponse(sn=q.sn, device_id=q.device_id, result="OK")
+        low = config_type.lower()
+        if low == "basicparam":
+            return replace(ok, basic_param=self.basic_param)
+        if low == "videoparamopt":
+            return replace(
+                ok, video_param_opt=VideoParamOpt(download_speed="1/2/4", resolution="5/6")
+            )
+        if low in _CONFIG_BLOCKS:
+            attr, blk = _CONFIG_BLOCKS[low]
+            changes: dict[str, Any] = {attr: blk}
+            return replace(ok, **changes)
+        return replace(ok, result="ERROR")  # SVAC and unknown types: not supported
+
+    def _answer_preset(self, q: PresetQuery) -> list[Message]:
+        return [
+            PresetQueryResponse(
+                sn=q.sn, device_id=q.device_id, sum_num=len(self.presets), items=self.presets
+            )
+        ]
+
+    def _answer_home_position(self, q: HomePositionQuery) -> list[Message]:
+        home = self.home_position or HomePosition(enabled=0, reset_time=60, preset_index=1)
+        return [
+            HomePositionResponse(sn=q.sn, device_id=q.device_id, result="OK", home_position=home)
+        ]
+
+    def _answer_cruise_list(self, q: CruiseTrackListQuery) -> list[Message]:
+        tracks = (CruiseTrack(number=0, name="巡航路线1"), CruiseTrack(number=1, name="巡航路线2"))
+        return [
+            CruiseTrackListResponse(
+                sn=q.sn, device_id=q.device_id, result="OK", sum_num=len(tracks), items=tracks
+            )
+        ]
+
+    def _answer_cruise(self, q: CruiseTrackQuery) -> list[Message]:
+        number = q.number or 0
+        points = tuple(
+            CruisePoint(preset_index=p.preset_id, stay_time=10, speed=5) for p in self.presets
+        )
+        return [
+            CruiseTrackResponse(
+                sn=q.sn,
+                device_id=q.device_id,
+                result="OK",
+                number=number,
+                name=f"巡航路线{number + 1}",
+                sum_num=len(points),
+                items=points,
+            )
+        ]
+
+    def _answer_ptz_position(self, q: PtzPositionQuery) -> list[Message]:
+        pan, tilt, zoom = self.ptz_position
+        return [
+            PtzPositionResponse(
+                sn=q.sn,
+                device_id=q.device_id,
+                result="OK",
+                pan=pan,
+                tilt=tilt,
+                zoom=zoom,
+                horizontal_field_angle=round(90.0 / max(zoom, 1.0), 2),
+                vertical_field_angle=round(50.0 / max(zoom, 1.0), 2),
+                max_view_distance=60.0,
+            )
+        ]
+
+    def _answer_sd_card(self, q: SDCardStatusQuery) -> list[Message]:
+        card = SDCard(
+            id=1,
+            hdd_name="SD1",
+            status="ok",
+            format_progress=100,
+            capacity=61440.0,
+            free_space=20480.0,
+        )
+        return [
+            SDCardStatusResponse(
+                sn=q.sn, device_id=q.device_id, result="OK", sum_num=1, items=(card,)
+            )
+        ]
+
+    def _answer_mobile_position(self, q: MobilePositionQuery) -> list[Message]:
+        return [self._position(q.device_id, q.sn, None, None, 0.0, 0.0, 0.0, "2016")]
+
+    def _answer_alarm_query(self, q: AlarmQuery) -> list[Message]:
+        return []  # no alarm history kept: only the 200
+
+    # -- controls (reference §4) ------------------------------------------------------------
+    def _on_control(self, msg: DeviceControl, body: bytes) -> None:
+        self.controls.append(msg)
+        details = list(msg.commands)
+        if msg.ptz_cmd is not None:
+            found = _PTZ_RAW.search(body)
+            raw = found.group(1).decode("latin-1") if found else msg.ptz_cmd
+            self.ptz_commands.append(raw)
+            details.append(f"PTZCmd={raw}")
+            self._apply_ptz(msg)
+        precise = msg.ptz_precise_ctrl
+        if precise is not None:
+            pan, tilt, zoom = self.ptz_position
+            self.ptz_position = (
+                pan if precise.pan is None else precise.pan,
+                tilt if precise.tilt is None else precise.tilt,
+                zoom if precise.zoom is None else precise.zoom,
+            )
+        if msg.home_position is not None:
+            self.home_position = msg.home_position
+        if msg.record_cmd is not None:
+            self.recording = msg.record_cmd.lower() == "record"
+        if msg.guard_cmd is not None:
+            self.guard = msg.guard_cmd.lower() == "setguard"
+        self._emit("control", f"{msg.device_id} " + " ".join(details))
+        if msg.tele_boot is not None:
+            self._spawn(self.reboot())
+        if msg.expects_response:
+            answer = DeviceControlResponse(sn=msg.sn, device_id=msg.device_id, result="OK")
+            self._spawn(self._send_parts(msg, [answer], False))
+
+    def _apply_ptz(self, msg: DeviceControl) -> None:
+        """Keep the preset list in step with set/delete preset commands."""
+        try:
+            cmd = decode_ptz(msg.ptz_cmd or "")
+        except (DecodeError, ValueError):
+            return
+        if cmd.kind == "preset_set":
+            label = msg.ptz_cmd_params.preset_name if msg.ptz_cmd_params else None
+            kept = tuple(p for p in self.presets if p.preset_id != cmd.preset)
+            new = Preset(preset_id=cmd.preset, preset_name=label or f"预置点{cmd.preset}")
+            self.presets = tuple(sorted((*kept, new), key=lambda p: p.preset_id or 0))
+        elif cmd.kind == "preset_delete":
+            self.presets = tuple(p for p in self.presets if p.preset_id != cmd.preset)
+
+    def _on_config(self, msg: DeviceConfig) -> None:
+        """DeviceConfig (reference §4.5): BasicParam is applied and shows in ConfigDownload."""
+        self.configs.append(msg)
+        if msg.basic_param is not None:
+            changes = {
+                f.name: getattr(msg.basic_param, f.name)
+                for f in dataclasses.fields(msg.basic_param)
+                if f.name != "extra" and getattr(msg.basic_param, f.name) is not None
+            }
+            assert self.basic_param is not None
+            self.basic_param = replace(self.basic_param, **changes)
+        self._emit("config", f"{msg.device_id} sn={msg.sn}")
+        answer = DeviceConfigResponse(sn=msg.sn, device_id=msg.device_id, result="OK")
+        self._spawn(self._send_parts(msg, [answer], False))
+
+    # -- subscriptions (RFC 6665; reference §5) ----------------------------------------------
+    def on_subscribe(
+        self, req: Request, ctx: ServerContext, decoded: Decoded | DecodeError | None
+    ) -> Response:
+        """Accept a Catalog/Alarm/MobilePosition/PTZPosition SUBSCRIBE, refresh or end one."""
+        self.subscribes.append(req)
+        expires = req.expires
+        if expires is None:
+            expires = self.subscription_expires
+        to_tag = req.to.tag
+        contact = ("Contact", f"<{self.endpoint.contact_uri(self.device_id, ctx.peer)}>")
+        if to_tag:  # in the dialog: refresh or unsubscribe (RFC 6665 §4.1.2.2-3)
+            sub = self.subscriptions.get(req.call_id)
+            if sub is None or sub.local_tag != to_tag:
+                return make_response(req, 481, "Subscription Does Not Exist")
+            sub.remote_cseq = req.cseq.seq
+            if expires == 0:
+                del self.subscriptions[req.call_id]
+                self._emit("unsubscribe", f"{sub.kind} call_id={sub.call_id}")
+            else:
+                sub.expires_at = time.monotonic() + expires
+                self._emit("subscribe-refresh", f"{sub.kind} expires={expires}")
+            return make_response(req, 200, headers=[contact, ("Expires", str(expires))])
+        if decoded is None:
+            return make_response(req, 400, "Missing Body", to_tag=self.endpoint.tag())
+        if isinstance(decoded, DecodeError):
+            return make_response(
+                req, 400, _reason(f"Bad MANSCDP: {decoded}"), to_tag=self.endpoint.tag()
+            )
+        query = decoded.message
+        if query.ROOT != "Query" or query.CMD not in SUBSCRIBABLE:
+            return make_response(req, 489, "Bad Event", to_tag=self.endpoint.tag())
+        local_tag = self.endpoint.tag()
+        contacts = req.contacts
+        if expires > 0:
+            self.subscriptions[req.call_id] = Subscription(
+                kind=query.CMD,
+                query=query,
+                event=req.get_header("Event") or query.CMD,
+                call_id=req.call_id,
+                local_tag=local_tag,
+                remote_tag=req.from_.tag or "",
+                local_uri=str(req.to.uri),
+                remote_uri=str(req.from_.uri),
+                target=str(contacts[0].uri if contacts else req.from_.uri),
+                peer=ctx.peer,
+                expires_at=time.monotonic() + expires,
+                remote_cseq=req.cseq.seq,
+            )
+        self._emit("subscribe", f"{query.CMD} expires={expires} event={req.get_header('Event')}")
+        headers = [contact, ("Expires", str(expires))]
+        body = b""
+        if query.CMD == "Catalog":
+            body = self.encode(CatalogResponse(sn=query.sn, device_id=query.device_id, result="OK"))
+            headers.append(("Content-Type", MANSCDP))
+        return make_response(req, 200, to_tag=local_tag, headers=headers, body=body)
+
+    def subscription(self, kind: str) -> Subscription | None:
+        """The newest unexpired subscription whose body CmdType is ``kind``."""
+        found = None
+        for call_id, sub in list(self.subscriptions.items()):
+            if sub.remaining() <= 0:
+                del self.subscriptions[call_id]
+            elif sub.kind.lower() == kind.lower():
+                found = sub
+        return found
+
+    def _require(self, kind: str) -> Subscription:
+        sub = self.subscription(kind)
+        if sub is None:
+            raise LookupError(f"{self.device_id} has no {kind} subscription")
+        return sub
+
+    async def notify(self, sub: Subscription, body: bytes) -> Response | None:
+        """A NOTIFY inside ``sub``'s dialog (reference §5.1)."""
+        sub.cseq += 1
+        to = f"<{sub.remote_uri}>" + (f";tag={sub.remote_tag}" if sub.remote_tag else "")
+        req = Request(
+            "NOTIFY",
+            sub.target,
+            [
+                ("From", f"<{sub.local_uri}>;tag={sub.local_tag}"),
+                ("To", to),
+                ("Call-ID", sub.call_id),
+                ("CSeq", f"{sub.cseq} NOTIFY"),
+                ("Contact", f"<{self.endpoint.contact_uri(self.device_id, sub.peer)}>"),
+                ("Event", sub.event),
+                ("Subscription-State", f"active;expires={sub.remaining()}"),
+                ("Content-Type", MANSCDP),
+                ("Max-Forwards", "70"),
+                ("User-Agent", self.user_agent),
+            ],
+            body,
+        )
+        return await self._send(req, sub.peer)
+
+    async def notify_catalog(
+        self, changes: Sequence[tuple[str, CatalogItem | str]], *, apply: bool = True
+    ) -> list[Response | None]:
+        """Send catalog changes in the Catalog subscription's dialog (reference §5.2), split by
+        ``items_per_message`` and sent serially, ``SumNum`` = ``Num`` in each NOTIFY. ON, OFF,
+        VLOST, DEFECT and DEL items carry only DeviceID and Event; ADD and UPDATE the full item
+        (give a CatalogItem, or the ID of one of ours). With ``apply`` the device's catalog
+        changes too (ON/OFF status, DEL, ADD, UPDATE), so later queries agree."""
+        sub = self._require("Catalog")
+        items = [self._change(event.upper(), what, apply) for event, what in changes]
+        out: list[Response | None] = []
+        per = self.per_message
+        for i in range(0, len(items), per):
+            chunk = tuple(items[i : i + per])
+            body = CatalogNotify(
+                sn=self._next_sn(), device_id=self.device_id, sum_num=len(chunk), items=chunk
+            )
+            out.append(await self.notify(sub, self.encode(body)))
+        self._emit("notify", f"Catalog items={len(items)} messages={len(out)}")
+        return out
+
+    def _change(self, event: str, what: CatalogItem | str, apply: bool) -> CatalogItem:
+        given = what if isinstance(what, CatalogItem) else None
+        item_id = what.device_id if isinstance(what, CatalogItem) else what
+        if event in ("ADD", "UPDATE"):
+            if given is None and self._overrides.get(item_id, 0) is None:
+                del self._overrides[item_id]  # re-adding a deleted item of ours
+            full = given or self.item(item_id)
+            if full is None:
+                raise ValueError(f"{event} {item_id}: not an item of ours; pass a CatalogItem")
+            full = replace(full, event=None)
+            if apply:
+                if event == "ADD" and not self.owns(item_id):
+                    self.catalog_extra_items.append(full)
+                else:
+                    self._overrides[item_id] = full
+            return replace(full, event=event)
+        if apply:
+            if event in ("ON", "OFF"):
+                current = self.item(item_id)
+                if current is not None:
+                    self._overrides[item_id] = replace(current, status=event)
+            elif event == "DEL":
+                self._overrides[item_id] = None
+        return CatalogItem(device_id=item_id, event=event)
+
+    # -- alarms and positions (reference §5.3, §5.4) ---------------------------------------
+    async def send_alarm(
+        self,
+        channel_id: str | None = None,
+        priority: int = 1,
+        method: int = 5,
+        alarm_type: int | None = 2,
+        description: str = "移动侦测报警",
+        via: str = "message",
+        *,
+        longitude: float | None = None,
+        latitude: float | None = None,
+    ) -> Response | None:
+        """A Notify/Alarm: by MESSAGE to the server (its ``Response/Alarm`` lands in
+        ``alarm_responses``) or, with ``via="notify"``, in the Alarm subscription's dialog."""
+        source = channel_id or (self.channel_id(1) if self.channel_count else self.device_id)
+        msg = AlarmNotify(
+            sn=self._next_sn(),
+            device_id=source,
+            alarm_priority=priority,
+            alarm_method=method,
+            alarm_time=_now_text(),
+            alarm_description=description,
+            longitude=longitude,
+            latitude=latitude,
+            info=AlarmInfo(alarm_type=alarm_type) if alarm_type is not None else None,
+        )
+        self._emit("alarm", f"{source} via={via} sn={msg.sn}")
+        if via == "notify":
+            return await self.notify(self._require("Alarm"), self.encode(msg))
+        return await self._send(self.build_message(self.encode(msg)))
+
+    def _position(
+        self,
+        device_id: str,
+        sn: int,
+        longitude: float | None,
+        latitude: float | None,
+        speed: float,
+        direction: float,
+        altitude: float,
+        form: str,
+    ) -> MobilePositionNotify:
+        lon = self.position[0] if longitude is None else longitude
+        lat = self.position[1] if latitude is None else latitude
+        now = _now_text()
+        if form == "2022":
+            item = PositionItem(
+                device_id=device_id,
+                capture_time=now,
+                longitude=lon,
+                latitude=lat,
+                speed=speed,
+                direction=direction,
+                altitude=altitude,
+                height=0.0,
+            )
+            return MobilePositionNotify(
+                sn=sn, device_id=device_id, time=now, sum_num=1, items=(item,)
+            )
+        return MobilePositionNotify(
+            sn=sn,
+            device_id=device_id,
+            time=now,
+            longitude=lon,
+            latitude=lat,
+            speed=speed,
+            direction=direction,
+            altitude=altitude,
+        )
+
+    async def send_position(
+        self,
+        longitude: float | None = None,
+        latitude: float | None = None,
+        *,
+        speed: float = 0.0,
+        direction: float = 0.0,
+        altitude: float = 0.0,
+        device_id: str | None = None,
+        form: str = "2016",
+        via: str = "auto",
+    ) -> Response | None:
+        """A Notify/MobilePosition, 2016 flat or 2022 list ``form``: NOTIFY in the
+        MobilePosition dialog when there is one (``via="auto"``), else a MESSAGE."""
+        if longitude is not None and latitude is not None:
+            self.position = (longitude, latitude)
+        msg = self._position(
+            device_id or self.device_id,
+            self._next_sn(),
+            longitude,
+            latitude,
+            speed,
+            direction,
+            altitude,
+            form,
+        )
+        sub = self.subscription("MobilePosition") if via != "message" else None
+        if via == "notify" and sub is None:
+            raise LookupError(f"{self.device_id} has no MobilePosition subscription")
+        if sub is not None:
+            return await self.notify(sub, self.encode(msg))
+        return await self._send(self.build_message(self.encode(msg)))
+
+
+# One table from query class to answer: (method, whether the answer is a multi-part list that
+# ``drop_parts`` applies to).
+_ANSWERS: dict[type[Message], tuple[Callable[[SimDevice, Any], Iterable[Message]], bool]] = {
+    CatalogQuery: (SimDevice._answer_catalog, True),
+    RecordInfoQuery: (SimDevice._answer_record_info, True),
+    DeviceInfoQuery: (SimDevice._answer_device_info, False),
+    DeviceStatusQuery: (SimDevice._answer_device_status, False),
+    ConfigDownloadQuery: (SimDevice._answer_config_download, False),
+    PresetQuery: (SimDevice._answer_preset, False),
+    HomePositionQuery: (SimDevice._answer_home_position, False),
+    CruiseTrackListQuery: (SimDevice._answer_cruise_list, False),
+    CruiseTrackQuery: (SimDevice._answer_cruise, False),
+    PtzPositionQuery: (SimDevice._answer_ptz_position, False),
+    SDCardStatusQuery: (SimDevice._answer_sd_card, False),
+    MobilePositionQuery: (SimDevice._answer_mobile_position, False),
+    AlarmQuery: (SimDevice._answer_alarm_query, False),
+}
+
+
+class DeviceHub:
+    """Many simulated devices on one endpoint: owns its MESSAGE and SUBSCRIBE routes and hands
+    each request to the device it is addressed to; runs one keepalive loop for all.
+
+    ``on_event(device_id, event, detail)`` is told everything the devices do (the CLI prints
+    it). Devices' channel blocks are indexed at :meth:`add`; IDs added later (extra items,
+    a changed ``channel_count``) are still found, by a scan."""
+
+    def __init__(self, endpoint: Endpoint, *, on_event: EventSink | None = None) -> None:
+        self.endpoint = endpoint
+        self.on_event = on_event
+        self.devices: dict[str, SimDevice] = {}
+        self._blocks: dict[tuple[str, int], SimDevice] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._keepalive_task: asyncio.Task[None] | None = None
+        endpoint.route("MESSAGE", self._on_message)
+        endpoint.route("SUBSCRIBE", self._on_subscribe)
+
+    def add(self, device: SimDevice) -> SimDevice:
+        if device.endpoint is not self.endpoint:
+            raise ValueError(f"{device.device_id} uses another endpoint")
+        if device.device_id in self.devices:
+            raise ValueError(f"{device.device_id} is already in the hub")
+        prefix, base = device.device_id[:10], device.base
+        last = base + max(device.channel_count, 2)  # channels, or the two group serials
+        blocks = [(prefix, b) for b in range(base // BLOCK, last // BLOCK + 1)]
+        for key in blocks:
+            other = self._blocks.get(key)
+            if other is not None:
+                raise ValueError(
+                    f"channel IDs of {device.device_id} and {other.device_id} overlap; "
+                    "give one of them another channel_base"
+                )
+        for key in blocks:
+            self._blocks[key] = device
+        self.devices[device.device_id] = device
+        device.hub = self
+        return device
+
+    def find(self, item_id: str) -> SimDevice | None:
+        """The device that answers for ``item_id`` (its own ID, a channel, a group, an extra)."""
+        device = self.devices.get(item_id)
+        if device is not None:
+            return device
+        if len(item_id) == 20 and item_id.isascii() and item_id.isdigit():
+            device = self._blocks.get((item_id[:10], int(item_id[13:]) // BLOCK))
+            if device is not None and device.owns(item_id):
+                return device
+        for device in self.devices.values():
+            if device.owns(item_id):
+                return device
+        return None
+
+    def resolve(self, req: Request, body_device_id: str | None = None) -> SimDevice | None:
+        """Request-URI user, then To user, then the body's DeviceID."""
+        for user in (req.request_uri.user, req.to.uri.user, body_device_id):
+            if user:
+                device = self.find(user)
+                if device is not None:
+                    return device
+        return None
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("sim.task_failed", exc_info=task.exception())
+
+    def _not_found(self, req: Request) -> Response:
+        return make_response(
+            req, 404, "Not Found (no such device here)", to_tag=self.endpoint.tag()
+        )
+
+    def _on_message(self, req: Request, ctx: ServerContext) -> Response:
+        decoded: Decoded | DecodeError
+        try:
+            decoded = decode(req.body)
+        except DecodeError as exc:
+            decoded = exc
+        body_id = decoded.message.device_id if isinstance(decoded, Decoded) else None
+        device = self.resolve(req, body_id)
+        if device is None:
+            return self._not_found(req)
+        return device.on_message(req, ctx, decoded)
+
+    def _on_subscribe(self, req: Request, ctx: ServerContext) -> Response:
+        decoded: Decoded | DecodeError | None = None
+        if req.body.strip():
+            try:
+                decoded = decode(req.body)
+            except DecodeError as exc:
+                decoded = exc
+        body_id = decoded.message.device_id if isinstance(decoded, Decoded) else None
+        device = self.resolve(req, body_id)
+        if device is None:
+            return self._not_found(req)
+        return device.on_subscribe(req, ctx, decoded)
+
+    # -- many devices at once ---------------------------------------------------------------
+    async def register_all(self, concurrency: int = 64) -> dict[str, int]:
+        """Register every device, ``concurrency`` at a time; device ID → final status (0 when
+        no answer came)."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(device: SimDevice) -> int:
+            async with gate:
+                try:
+                    return (await device.register()).status
+                except _SEND_ERRORS as exc:
+                    device._emit("register-failed", type(exc).__name__)
+                    return 0
+
+        devices = list(self.devices.values())
+        statuses = await asyncio.gather(*(one(d) for d in devices))
+        return {d.device_id: s for d, s in zip(devices, statuses, strict=True)}
+
+    async def unregister_all(self, concurrency: int = 64) -> None:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(device: SimDevice) -> None:
+            if not device.registered:
+                return
+            async with gate:
+                try:
+                    await device.unregister()
+                except _SEND_ERRORS:
+                    pass
+
+        await asyncio.gather(*(one(d) for d in list(self.devices.values())))
+
+    def start_keepalive(self, interval: float = 60.0) -> None:
+        """One loop for every device: each gets a :meth:`SimDevice.heartbeat` per ``interval``,
+        spread evenly over the interval so thousands do not arrive at once."""
+        self.stop_keepalive()
+        self._keepalive_task = asyncio.get_running_loop().create_task(self._keepalive(interval))
+
+    async def _keepalive(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            devices = list(self.devices.values())
+            gap = interval / max(1, len(devices))
+            for i, device in enumerate(devices):
+                delay = start + i * gap - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self.spawn(device.heartbeat())
+            rest = start + interval - loop.time()
+            await asyncio.sleep(max(rest, 0.0))
+
+    def stop_keepalive(self) -> None:
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+            self._keepalive_task = None
+
+    def stop(self) -> None:
+        """Stop the keepalive loops and every pending answer, NOTIFY or reboot."""
+        self.stop_keepalive()
+        for device in self.devices.values():
+            device.stop()
+        for task in list(self._tasks):
+            task.cancel()
