@@ -15,9 +15,13 @@ from collections.abc import Callable
 
 import structlog
 
+from gateway.catalog import Catalog
 from gateway.config import Config
+from gateway.downlink.downlink import Downlink
 from gateway.downlink.messages import MessageRouter
 from gateway.downlink.registrar import Registrar
+from gateway.downlink.subscriptions import Subscriptions
+from gateway.downlink.sync import CatalogSync
 from gateway.events import EventBus
 from gateway.metrics import Metrics
 from gateway.sip.endpoint import Endpoint
@@ -76,6 +80,16 @@ class Gateway:
         self.store = store if store is not None else open_store(config)
         self.endpoint: Endpoint | None = None
         self.registrar: Registrar | None = None
+        self.catalog = Catalog(
+            store=self.store,
+            events=self.events,
+            metrics=self.metrics,
+            gateway_id=config.gateway.id,
+            clock=clock,
+        )
+        self.downlink: Downlink | None = None
+        self.subscriptions: Subscriptions | None = None
+        self.sync: CatalogSync | None = None
 
     def _serves(self, uri: SipUri) -> bool:
         """Requests may name the gateway by ID, by domain, or by address alone."""
@@ -106,10 +120,41 @@ class Gateway:
         router = MessageRouter(endpoint=self.endpoint, metrics=self.metrics)
         router.handle("Keepalive", self.registrar.on_keepalive)
         router.install()
+        self.downlink = Downlink(
+            config=cfg,
+            endpoint=self.endpoint,
+            registrar=self.registrar,
+            catalog=self.catalog,
+            events=self.events,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+        self.downlink.install(router)
+        self.subscriptions = Subscriptions(
+            config=cfg,
+            endpoint=self.endpoint,
+            downlink=self.downlink,
+            catalog=self.catalog,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+        self.subscriptions.install()
+        self.sync = CatalogSync(
+            config=cfg,
+            downlink=self.downlink,
+            subscriptions=self.subscriptions,
+            catalog=self.catalog,
+            events=self.events,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+        self.sync.install()
         await self.store.start()
         self.registrar.load()
+        self.catalog.load()
         await self.endpoint.start(sip.host, sip.port)
         await self.registrar.start()
+        self.sync.start()
         log.info(
             "gateway.started",
             id=cfg.gateway.id,
@@ -125,6 +170,12 @@ class Gateway:
         return self.endpoint.port
 
     async def close(self) -> None:
+        if self.sync is not None:
+            await self.sync.close()
+        if self.subscriptions is not None:
+            await self.subscriptions.close()
+        if self.downlink is not None:
+            await self.downlink.close()
         if self.registrar is not None:
             await self.registrar.close()
         if self.endpoint is not None:

@@ -25,15 +25,54 @@ def _parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("devices", help="list the devices in the store, with online state")
     dev.add_argument("--config", metavar="FILE", help="TOML configuration file")
     dev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    cat = sub.add_parser(
+        "catalog", help="print the stored catalog (channels and tree nodes, every field)"
+    )
+    cat.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    cat.add_argument("--device", metavar="ID", help="only what this device (or channel) reported")
+    cat.add_argument("--json", action="store_true", help="print JSON with every field")
     return p
 
 
-def _devices(config: Config, as_json: bool) -> int:
-    if config.store.backend != "sqlite":
+def _sqlite_only(config: Config, command: str) -> bool:
+    if config.store.backend == "sqlite":
+        return True
+    print(
+        f"{command}: the memory store lives inside the gateway process; nothing to read",
+        file=sys.stderr,
+    )
+    return False
+
+
+def _catalog(config: Config, device: str | None, as_json: bool) -> int:
+    if not _sqlite_only(config, "catalog"):
+        return 2
+    from gateway.manscdp.gbid import item_kind
+    from gateway.manscdp.plain import to_plain
+    from gateway.store.sqlite import read_catalog
+
+    rows = read_catalog(config.store.path, device)
+    if as_json:
+        out = [
+            {"owner_id": owner, "kind": item_kind(item.device_id), **to_plain(item)}
+            for owner, item in rows
+        ]
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+        return 0
+    print(f"{'ITEM ID':<20}  {'KIND':<14}  {'STATUS':<6}  {'PARENT':<20}  {'DEVICE':<20}  NAME")
+    for owner, item in rows:
+        parent = item.parent_id or item.group_id or ""
         print(
-            "devices: the memory store lives inside the gateway process; nothing to read",
-            file=sys.stderr,
+            f"{item.device_id:<20}  {item_kind(item.device_id):<14}  {item.status or '':<6}  "
+            f"{parent[:20]:<20}  {owner:<20}  {item.name or ''}"
         )
+    channels = sum(1 for _, item in rows if item_kind(item.device_id) == "channel")
+    print(f"{len(rows)} items, {channels} channels")
+    return 0
+
+
+def _devices(config: Config, as_json: bool) -> int:
+    if not _sqlite_only(config, "devices"):
         return 2
     from gateway.store.sqlite import read_devices
 
@@ -51,6 +90,12 @@ def _devices(config: Config, as_json: bool) -> int:
                 "expires_in": max(0, int(d.expires_at - now)),
                 "user_agent": d.user_agent,
                 "gb_version": d.gb_version,
+                "name": d.name,
+                "manufacturer": d.manufacturer,
+                "model": d.model,
+                "firmware": d.firmware,
+                "channel_count": d.channel_count,
+                "charset": d.charset,
             }
         )
     if as_json:
@@ -79,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "devices":
         return _devices(config, args.json)
+    if args.command == "catalog":
+        return _catalog(config, args.device, args.json)
     from gateway.app import configure_logging, install_event_loop_policy, serve
 
     configure_logging(config)

@@ -109,6 +109,22 @@ class KeepaliveSection(_Section):
     check_interval: float = Field(1.0, gt=0, le=60)
 
 
+class DownlinkSection(_Section):
+    response_timeout: float = Field(10.0, gt=0)
+    idle_timeout: float = Field(5.0, gt=0)
+    max_queries_per_device: int = Field(4, ge=1)
+    max_concurrent_syncs: int = Field(64, ge=1)
+    sync_on_register: bool = True
+    catalog_subscription: bool = True
+    catalog_subscription_expires: int = Field(600, ge=60)
+    alarm_subscription: bool = False
+    alarm_subscription_expires: int = Field(3600, ge=60)
+    mobile_position_subscription: bool = False
+    mobile_position_interval: int = Field(5, ge=1)
+    mobile_position_expires: int = Field(3600, ge=60)
+    subscription_retry: float = Field(300.0, gt=0)
+
+
 class StoreSection(_Section):
     backend: Literal["sqlite", "memory"] = "sqlite"
     path: str = "data/gateway.db"
@@ -126,6 +142,7 @@ class Config(_Section):
     auth: AuthSection = AuthSection()
     registrar: RegistrarSection = RegistrarSection()
     keepalive: KeepaliveSection = KeepaliveSection()
+    downlink: DownlinkSection = DownlinkSection()
     store: StoreSection = StoreSection()
     log: LogSection = LogSection()
 

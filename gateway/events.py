@@ -10,9 +10,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
+
+if TYPE_CHECKING:
+    from gateway.manscdp.messages import CatalogItem, Message, PositionItem
+    from gateway.model import Alarm
 
 log = structlog.get_logger("gateway.events")
 
@@ -21,7 +25,9 @@ E = TypeVar("E")
 
 @dataclass(frozen=True, slots=True)
 class DeviceOnline:
-    """A device registered and is now online. ``first_time``: never seen before by this store."""
+    """A device registered and is now online, or registered anew while still online (a new
+    Call-ID: it rebooted and lost its subscriptions). ``first_time``: never seen before by this
+    store."""
 
     device_id: str
     transport: str
@@ -37,6 +43,62 @@ class DeviceOffline:
 
     device_id: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogChange:
+    """One catalog item changed, from a sync, a NOTIFY or the device going on/offline.
+
+    ``event`` uses the catalog NOTIFY vocabulary (reference §5.2): ``ADD``, ``DEL``,
+    ``UPDATE``, ``ON``, ``OFF``, ``VLOST``, ``DEFECT``. ``before``/``after`` are the stored item
+    before and after (``None`` for an ADD's before and a DEL's after). ``owner_id`` is the
+    registered device that reported the item.
+    """
+
+    owner_id: str
+    item_id: str
+    event: str
+    before: CatalogItem | None
+    after: CatalogItem | None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogSynced:
+    device_id: str
+    total: int
+    added: int
+    removed: int
+    changed: int
+    partial: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmReceived:
+    alarm: Alarm
+
+
+@dataclass(frozen=True, slots=True)
+class MobilePositionReceived:
+    device_id: str
+    positions: tuple[PositionItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MediaStatusReceived:
+    """``Notify/MediaStatus`` (121: end of file) inside an INVITE dialog, for the session layer."""
+
+    device_id: str
+    call_id: str
+    notify_type: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceNotification:
+    """Other device notifications (DeviceUpgradeResult, UploadSnapShotFinished,
+    VideoUploadNotify, PTZPosition) for whoever wants them."""
+
+    device_id: str
+    message: Message
 
 
 class EventBus:

@@ -28,3 +28,36 @@ class Device:
     cseq: int = 0
     user_agent: str = ""
     gb_version: str = ""
+    # What the device told us about itself (DeviceInfo, GB/T 28181-2022 §9.5.3).
+    name: str = ""
+    manufacturer: str = ""
+    model: str = ""
+    firmware: str = ""
+    channel_count: int = 0
+    # The charset its MANSCDP bodies really use and the one their prolog declares; we answer
+    # in kind. Empty until a non-ASCII body has been seen (reference §8.3).
+    charset: str = ""
+    declared_charset: str = ""
+    synced_at: float = 0.0
+
+
+@dataclass(slots=True)
+class Alarm:
+    """An alarm a device reported (GB/T 28181-2022 §9.4, reference §5.3).
+
+    ``device_id`` is the registered device it came from, ``channel_id`` the body's DeviceID
+    (the alarming channel or the device itself). ``time`` is the device's ``AlarmTime`` text.
+    """
+
+    device_id: str
+    channel_id: str
+    priority: int | None = None
+    method: int | None = None
+    alarm_type: int | None = None
+    event_type: int | None = None
+    time: str = ""
+    description: str = ""
+    longitude: float | None = None
+    latitude: float | None = None
+    received_at: float = 0.0
+    id: int | None = None

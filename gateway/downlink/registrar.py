@@ -300,6 +300,8 @@ class Registrar:
             dev = Device(device_id)
             self.devices[device_id] = dev
         was_online = dev.online
+        # A new Call-ID while online is a new registration (the device rebooted), not a refresh.
+        restarted = was_online and dev.call_id != req.call_id
         moved = was_online and (dev.transport, dev.host, dev.port) != (
             peer.transport,
             peer.host,
@@ -331,7 +333,7 @@ class Registrar:
         self._touch(device_id, now)
         self._push_expiry(dev)
         self.store.save_device(dev)
-        if not was_online:
+        if not was_online or restarted:
             log.info("device.registered", device_id=device_id, peer=str(peer), expires=expires)
             self.events.publish(
                 DeviceOnline(device_id, peer.transport, peer.host, peer.port, first_time)

@@ -739,7 +739,7 @@ class DeviceControl(Message):
     ``IFrameCmd`` the 2022 one; both are read, and ``encode(..., gb2022=True)`` writes the
     latter."""
 
-    ptz_cmd: str | None = text("PTZCmd", upper=True)
+    ptz_cmd: str | None = text("PTZCmd")
     ptz_cmd_params: PtzCmdParams | None = node("PTZCmdParams", PtzCmdParams)
     tele_boot: str | None = text("TeleBoot")
     record_cmd: str | None = text("RecordCmd")

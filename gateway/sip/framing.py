@@ -8,7 +8,7 @@ messages are skipped.
 from __future__ import annotations
 
 from gateway.sip.errors import ParseError
-from gateway.sip.message import MAX_MESSAGE_SIZE
+from gateway.sip.message import MAX_HEADER_BLOCK, MAX_MESSAGE_SIZE
 
 PING = b"\r\n\r\n"
 PONG = b"\r\n"
@@ -68,7 +68,7 @@ class StreamFramer:
             elif crlf >= 0:
                 head_end, body_start = crlf, crlf + 4
             else:
-                if len(buf) > self._max:
+                if len(buf) > min(self._max, MAX_HEADER_BLOCK):
                     raise ParseError("Message Too Large", "header block exceeds the limit")
                 self._scanned = len(buf)
                 break
@@ -93,7 +93,7 @@ def _content_length(head: bytes) -> int:
         key = name.strip().lower()
         if key == b"content-length" or key == b"l":
             text = value.strip()
-            if not text.isdigit() or len(text) > 6:
+            if not text.isdigit() or len(text) > 9:
                 raise ParseError("Bad Content-Length", repr(text[:20]))
             return int(text)
     return 0  # RFC 3261 §18.3: absent on a stream means no body

@@ -28,7 +28,10 @@ from gateway.sip.headers import (
 )
 from gateway.sip.uri import NameAddr, SipUri, is_digits, parse_name_addr, parse_uri
 
-MAX_MESSAGE_SIZE = 64 * 1024
+# Over TCP a catalog answer may carry hundreds of items per MESSAGE (GB/T 28181-2022 Annex M
+# allows up to 10,000 records); UDP datagrams cannot exceed 64 KiB anyway.
+MAX_MESSAGE_SIZE = 1024 * 1024
+MAX_HEADER_BLOCK = 64 * 1024
 MAX_HEADERS = 128
 MAX_HEADER_LINE = 8 * 1024
 

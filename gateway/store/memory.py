@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gateway.model import Device
+from gateway.manscdp.messages import CatalogItem
+from gateway.model import Alarm, Device
 
 
 class MemoryStore:
     def __init__(self) -> None:
         self.devices: dict[str, Device] = {}
+        self.items: dict[tuple[str, str], CatalogItem] = {}
+        self.alarms: list[Alarm] = []
 
     def load_devices(self) -> list[Device]:
         return [replace(d) for d in self.devices.values()]
@@ -19,6 +22,21 @@ class MemoryStore:
 
     def delete_device(self, device_id: str) -> None:
         self.devices.pop(device_id, None)
+
+    def load_items(self) -> list[tuple[str, CatalogItem]]:
+        return [(owner, item) for (owner, _), item in self.items.items()]
+
+    def save_item(self, owner_id: str, item: CatalogItem, now: float) -> None:
+        self.items[(owner_id, item.device_id)] = item
+
+    def delete_item(self, owner_id: str, item_id: str) -> None:
+        self.items.pop((owner_id, item_id), None)
+
+    def save_alarm(self, alarm: Alarm) -> None:
+        self.alarms.append(replace(alarm, id=len(self.alarms) + 1))
+
+    def load_alarms(self, *, limit: int = 100) -> list[Alarm]:
+        return list(reversed(self.alarms[-limit:]))
 
     async def flush(self) -> None:
         return None

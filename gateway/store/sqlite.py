@@ -1,21 +1,32 @@
 """SQLite store: WAL journal, one writer, batched writes in a worker thread.
 
-``save_device`` only records a row tuple in a dict keyed by device ID (so ten updates of one
-device between flushes cost one write); a background task swaps the dict out every
-``flush_interval`` seconds and writes it with ``executemany`` in a thread, keeping SQLite's I/O
-off the event loop. Readers (``gb28181-gateway devices``) open the file read-only while the
-gateway runs; WAL lets them read without blocking the writer.
+``save_*`` only record what to write, keyed so that ten updates of one row between flushes cost
+one write; a background task swaps the pending batch out every ``flush_interval`` seconds and
+writes it with ``executemany`` in a thread, keeping SQLite's I/O off the event loop. Readers
+(``gb28181-gateway devices``/``catalog``) open the file read-only while the gateway runs; WAL
+lets them read without blocking the writer.
+
+Tables: ``devices`` (registrations and what devices said about themselves), ``channels`` (every
+catalog item a device reported: channels and the tree nodes above them, civil regions, business
+groups, virtual organisations; every field is kept as JSON in ``fields``, the ones queries need
+are columns with indexes), ``alarms``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from gateway.model import Device
+from gateway.manscdp.gbid import item_kind
+from gateway.manscdp.messages import CatalogItem
+from gateway.manscdp.plain import from_plain, to_plain
+from gateway.model import Alarm, Device
 
 log = structlog.get_logger("gateway.store.sqlite")
 
@@ -37,7 +48,52 @@ CREATE TABLE IF NOT EXISTS devices (
     gb_version    TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS devices_online ON devices(online);
+CREATE TABLE IF NOT EXISTS channels (
+    owner_id          TEXT NOT NULL,
+    item_id           TEXT NOT NULL,
+    kind              TEXT NOT NULL,
+    name              TEXT,
+    parent_id         TEXT,
+    civil_code        TEXT,
+    business_group_id TEXT,
+    status            TEXT,
+    fields            TEXT NOT NULL,
+    updated_at        REAL NOT NULL,
+    PRIMARY KEY (owner_id, item_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS channels_item ON channels(item_id);
+CREATE INDEX IF NOT EXISTS channels_parent ON channels(parent_id);
+CREATE INDEX IF NOT EXISTS channels_group ON channels(business_group_id);
+CREATE INDEX IF NOT EXISTS channels_civil ON channels(civil_code);
+CREATE TABLE IF NOT EXISTS alarms (
+    id          INTEGER PRIMARY KEY,
+    device_id   TEXT NOT NULL,
+    channel_id  TEXT NOT NULL,
+    priority    INTEGER,
+    method      INTEGER,
+    alarm_type  INTEGER,
+    event_type  INTEGER,
+    time        TEXT NOT NULL,
+    description TEXT NOT NULL,
+    longitude   REAL,
+    latitude    REAL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alarms_channel ON alarms(channel_id, received_at);
+CREATE INDEX IF NOT EXISTS alarms_device ON alarms(device_id, received_at);
 """
+
+# Columns added to ``devices`` after the first release, with their defaults, for old files.
+_DEVICE_ADDED = {
+    "name": "TEXT NOT NULL DEFAULT ''",
+    "manufacturer": "TEXT NOT NULL DEFAULT ''",
+    "model": "TEXT NOT NULL DEFAULT ''",
+    "firmware": "TEXT NOT NULL DEFAULT ''",
+    "channel_count": "INTEGER NOT NULL DEFAULT 0",
+    "charset": "TEXT NOT NULL DEFAULT ''",
+    "declared_charset": "TEXT NOT NULL DEFAULT ''",
+    "synced_at": "REAL NOT NULL DEFAULT 0",
+}
 
 COLUMNS = (
     "device_id",
@@ -54,39 +110,112 @@ COLUMNS = (
     "cseq",
     "user_agent",
     "gb_version",
+    *_DEVICE_ADDED,
 )
 
 _UPSERT = (
     f"INSERT OR REPLACE INTO devices ({', '.join(COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in COLUMNS)})"
 )
+_ITEM_COLUMNS = (
+    "owner_id",
+    "item_id",
+    "kind",
+    "name",
+    "parent_id",
+    "civil_code",
+    "business_group_id",
+    "status",
+    "fields",
+    "updated_at",
+)
+_UPSERT_ITEM = (
+    f"INSERT OR REPLACE INTO channels ({', '.join(_ITEM_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _ITEM_COLUMNS)})"
+)
+_ALARM_COLUMNS = (
+    "device_id",
+    "channel_id",
+    "priority",
+    "method",
+    "alarm_type",
+    "event_type",
+    "time",
+    "description",
+    "longitude",
+    "latitude",
+    "received_at",
+)
+_INSERT_ALARM = (
+    f"INSERT INTO alarms ({', '.join(_ALARM_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _ALARM_COLUMNS)})"
+)
 
-Row = tuple[str, int, str, str, int, str, int, float, float, float, str, int, str, str]
+Row = tuple[Any, ...]
 
 
 def _row(d: Device) -> Row:
-    return (
-        d.device_id,
-        int(d.online),
-        d.transport,
-        d.host,
-        d.port,
-        d.contact,
-        d.expires,
-        d.registered_at,
-        d.expires_at,
-        d.last_seen,
-        d.call_id,
-        d.cseq,
-        d.user_agent,
-        d.gb_version,
-    )
+    return tuple(int(getattr(d, c)) if c == "online" else getattr(d, c) for c in COLUMNS)
 
 
 def device_from_row(row: sqlite3.Row | tuple[object, ...]) -> Device:
     values = dict(zip(COLUMNS, tuple(row), strict=True))
     values["online"] = bool(values["online"])
     return Device(**values)
+
+
+def item_row(owner_id: str, item: CatalogItem, updated_at: float) -> Row:
+    return (
+        owner_id,
+        item.device_id,
+        item_kind(item.device_id),
+        item.name,
+        item.parent_id,
+        item.civil_code,
+        item.group_id,
+        item.status,
+        json.dumps(to_plain(item), ensure_ascii=False, separators=(",", ":")),
+        updated_at,
+    )
+
+
+def item_from_fields(text: str) -> CatalogItem:
+    return from_plain(CatalogItem, json.loads(text))
+
+
+def _alarm_row(a: Alarm) -> Row:
+    return tuple(getattr(a, c) for c in _ALARM_COLUMNS)
+
+
+def alarm_from_row(row: tuple[Any, ...]) -> Alarm:
+    values = dict(zip(("id", *_ALARM_COLUMNS), row, strict=True))
+    return Alarm(**values)
+
+
+@dataclass
+class _Batch:
+    devices: dict[str, Row | None] = field(default_factory=dict)
+    # (owner, item ID) -> (item, time) to write, or None to delete.
+    items: dict[tuple[str, str], tuple[CatalogItem, float] | None] = field(default_factory=dict)
+    alarms: list[Alarm] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.devices or self.items or self.alarms)
+
+    def merge_older(self, older: _Batch) -> None:
+        """Put back a batch that failed to write, under anything newer queued since."""
+        for key, row in older.devices.items():
+            self.devices.setdefault(key, row)
+        for ikey, value in older.items.items():
+            self.items.setdefault(ikey, value)
+        self.alarms[:0] = older.alarms
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    have = {r[1] for r in db.execute("PRAGMA table_info(devices)")}
+    for name, decl in _DEVICE_ADDED.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE devices ADD COLUMN {name} {decl}")
 
 
 class SqliteStore:
@@ -99,21 +228,46 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
-        self._pending: dict[str, Row | None] = {}
+        _migrate(self._db)
+        self._pending = _Batch()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()
 
+    # -- devices ----------------------------------------------------------------------------
     def load_devices(self) -> list[Device]:
         cur = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM devices")
         return [device_from_row(r) for r in cur.fetchall()]
 
     def save_device(self, device: Device) -> None:
-        self._pending[device.device_id] = _row(device)
+        self._pending.devices[device.device_id] = _row(device)
 
     def delete_device(self, device_id: str) -> None:
-        self._pending[device_id] = None
+        self._pending.devices[device_id] = None
 
+    # -- catalog ----------------------------------------------------------------------------
+    def load_items(self) -> list[tuple[str, CatalogItem]]:
+        cur = self._db.execute("SELECT owner_id, fields FROM channels")
+        return [(owner, item_from_fields(text)) for owner, text in cur.fetchall()]
+
+    def save_item(self, owner_id: str, item: CatalogItem, now: float) -> None:
+        self._pending.items[(owner_id, item.device_id)] = (item, now)
+
+    def delete_item(self, owner_id: str, item_id: str) -> None:
+        self._pending.items[(owner_id, item_id)] = None
+
+    # -- alarms -----------------------------------------------------------------------------
+    def save_alarm(self, alarm: Alarm) -> None:
+        self._pending.alarms.append(alarm)
+
+    def load_alarms(self, *, limit: int = 100) -> list[Alarm]:
+        cur = self._db.execute(
+            f"SELECT id, {', '.join(_ALARM_COLUMNS)} FROM alarms ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [alarm_from_row(r) for r in cur.fetchall()]
+
+    # -- writing ----------------------------------------------------------------------------
     async def start(self) -> None:
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._run())
@@ -133,18 +287,21 @@ class SqliteStore:
         async with self._lock:
             if not self._pending:
                 return
-            batch, self._pending = self._pending, {}
+            batch, self._pending = self._pending, _Batch()
             try:
                 await asyncio.to_thread(self._write, batch)
             except Exception:
                 # Keep what was not written: newer saves win over the failed batch.
-                for key, row in batch.items():
-                    self._pending.setdefault(key, row)
+                self._pending.merge_older(batch)
                 raise
 
-    def _write(self, batch: dict[str, Row | None]) -> None:
-        upserts = [row for row in batch.values() if row is not None]
-        deletes = [(key,) for key, row in batch.items() if row is None]
+    def _write(self, batch: _Batch) -> None:
+        upserts = [row for row in batch.devices.values() if row is not None]
+        deletes = [(key,) for key, row in batch.devices.items() if row is None]
+        item_rows = [
+            item_row(owner, v[0], v[1]) for (owner, _), v in batch.items.items() if v is not None
+        ]
+        item_deletes = [key for key, v in batch.items.items() if v is None]
         db = self._db
         db.execute("BEGIN")
         try:
@@ -152,6 +309,14 @@ class SqliteStore:
                 db.executemany(_UPSERT, upserts)
             if deletes:
                 db.executemany("DELETE FROM devices WHERE device_id = ?", deletes)
+            if item_rows:
+                db.executemany(_UPSERT_ITEM, item_rows)
+            if item_deletes:
+                db.executemany(
+                    "DELETE FROM channels WHERE owner_id = ? AND item_id = ?", item_deletes
+                )
+            if batch.alarms:
+                db.executemany(_INSERT_ALARM, [_alarm_row(a) for a in batch.alarms])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -168,22 +333,56 @@ class SqliteStore:
         self._db.close()
 
 
-def read_devices(path: str | Path) -> list[Device]:
-    """Read the devices table without disturbing a running gateway (read-only connection)."""
+def _read_only(path: str | Path) -> sqlite3.Connection | None:
     p = Path(path)
     if not p.exists():
-        return []
+        return None
     db = sqlite3.connect(f"file:{p.resolve()}?mode=ro", uri=True)
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+def _missing_table(exc: sqlite3.OperationalError) -> bool:
+    return "no such table" in str(exc)
+
+
+def read_devices(path: str | Path) -> list[Device]:
+    """Read the devices table without disturbing a running gateway (read-only connection)."""
+    db = _read_only(path)
+    if db is None:
+        return []
     try:
-        db.execute("PRAGMA busy_timeout=5000")
         try:
             rows = db.execute(
                 f"SELECT {', '.join(COLUMNS)} FROM devices ORDER BY device_id"
             ).fetchall()
         except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
+            if _missing_table(exc):
                 return []
             raise
         return [device_from_row(r) for r in rows]
+    finally:
+        db.close()
+
+
+def read_catalog(path: str | Path, device_id: str | None = None) -> list[tuple[str, CatalogItem]]:
+    """(owner, item) for every stored catalog item, or only those of one device (its own items
+    and, when ``device_id`` is a channel, that channel), read-only."""
+    db = _read_only(path)
+    if db is None:
+        return []
+    try:
+        sql = "SELECT owner_id, fields FROM channels"
+        args: tuple[str, ...] = ()
+        if device_id:
+            sql += " WHERE owner_id = ? OR item_id = ?"
+            args = (device_id, device_id)
+        try:
+            rows = db.execute(sql + " ORDER BY owner_id, item_id", args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if _missing_table(exc):
+                return []
+            raise
+        return [(owner, item_from_fields(text)) for owner, text in rows]
     finally:
         db.close()

@@ -898,7 +898,7 @@ def test_ptz_control_and_wvp_info() -> None:
     assert msg.commands == ["PTZCmd"]
     assert not msg.expects_response
     wvp = decoded_as(PTZ_CONTROL_WVP, m.DeviceControl)
-    assert wvp.ptz_cmd == "A50F0101808000B6"  # upper-cased
+    assert wvp.ptz_cmd == "a50f0101808000b6"  # kept exactly as sent (forwarded unchanged)
     assert wvp.info is not None
     assert wvp.info.extra_text("ControlPriority") == "5"
     assert wvp.commands == ["PTZCmd"]

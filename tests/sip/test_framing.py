@@ -40,9 +40,11 @@ def test_compact_content_length() -> None:
 
 def test_oversize_and_bad_length_raise() -> None:
     with pytest.raises(ParseError, match="Message Too Large"):
-        StreamFramer().feed(b"MESSAGE sip:a@b SIP/2.0\r\nContent-Length: 70000\r\n\r\n")
+        StreamFramer().feed(b"MESSAGE sip:a@b SIP/2.0\r\nContent-Length: 2000000\r\n\r\n")
     with pytest.raises(ParseError, match="Message Too Large"):
         StreamFramer(max_message=1024).feed(b"MESSAGE sip:a@b SIP/2.0\r\nX: " + b"a" * 2000)
+    with pytest.raises(ParseError, match="header block"):
+        StreamFramer().feed(b"MESSAGE sip:a@b SIP/2.0\r\nX: " + b"a" * (70 * 1024))
     with pytest.raises(ParseError, match="Bad Content-Length"):
         StreamFramer().feed(b"MESSAGE sip:a@b SIP/2.0\r\nContent-Length: ten\r\n\r\n")
 

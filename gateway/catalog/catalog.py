@@ -1,0 +1,229 @@
+"""Every catalog item the devices reported, kept per device, with change events.
+
+GB/T 28181-2022 §9.5.2 (catalog query), §9.11 and Annex N (catalog change notification),
+reference §1.4 and §5.2. Items are the codec's :class:`CatalogItem` values: channels, and the
+tree nodes they hang under (civil regions, systems, business groups 215, virtual organisations
+216). The tree is in the items themselves: ``ParentID`` (several parents joined by ``/``) and the
+business group. A ``ParentID`` naming the gateway itself is dropped on the way in (the gateway is
+the root for everything below it).
+
+Items are kept per reporting device, so two NVRs that both report the civil region ``340200``
+do not overwrite each other, and a re-sync of one device is a diff against what that device
+reported before: added, removed and changed items are stored and each becomes one
+:class:`~gateway.events.CatalogChange` with the item before and after. A device going offline
+turns its channels ``OFF``; that too is a change per channel.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+
+import structlog
+
+from gateway.events import CatalogChange, EventBus
+from gateway.manscdp.gbid import item_kind
+from gateway.manscdp.messages import CatalogItem
+from gateway.metrics import Metrics
+from gateway.store import Store
+
+log = structlog.get_logger("gateway.catalog")
+
+# Kinds whose Status follows the device that reported them.
+_HAS_STATUS = frozenset({"channel", "device"})
+
+# What a NOTIFY status event sets Status to (reference §5.2). VLOST and DEFECT keep their own
+# event name on the change but the channel cannot stream, so it counts as OFF.
+_STATUS_OF_EVENT = {"ON": "ON", "OFF": "OFF", "VLOST": "OFF", "DEFECT": "OFF"}
+
+
+@dataclass(frozen=True, slots=True)
+class SyncDiff:
+    added: int
+    removed: int
+    changed: int
+    total: int
+
+
+class Catalog:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        events: EventBus,
+        metrics: Metrics,
+        gateway_id: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.events = events
+        self.metrics = metrics
+        self.gateway_id = gateway_id
+        self.clock = clock
+        self._by_owner: dict[str, dict[str, CatalogItem]] = {}
+        # item ID -> the device that reported it (the last one, for shared tree nodes).
+        self._owner: dict[str, str] = {}
+
+    # -- reading ----------------------------------------------------------------------------
+    def load(self) -> None:
+        for owner, item in self.store.load_items():
+            self._put(owner, item)
+        log.info("catalog.loaded", items=len(self._owner), devices=len(self._by_owner))
+
+    def items_of(self, owner_id: str) -> list[CatalogItem]:
+        return list(self._by_owner.get(owner_id, {}).values())
+
+    def get(self, item_id: str) -> CatalogItem | None:
+        owner = self._owner.get(item_id)
+        if owner is None:
+            return None
+        return self._by_owner[owner].get(item_id)
+
+    def owner_of(self, item_id: str) -> str | None:
+        """The registered device that reported ``item_id`` (where requests for it go)."""
+        return self._owner.get(item_id)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_owner.values())
+
+    def __iter__(self) -> Iterator[tuple[str, CatalogItem]]:
+        for owner, items in self._by_owner.items():
+            for item in items.values():
+                yield owner, item
+
+    def children(self, parent_id: str) -> list[CatalogItem]:
+        """Items whose ParentID (any of them) or business group is ``parent_id``."""
+        out = []
+        for _, item in self:
+            if parent_id in item.parent_ids or item.group_id == parent_id:
+                out.append(item)
+        return out
+
+    # -- writing ----------------------------------------------------------------------------
+    def _normalise(self, item: CatalogItem) -> CatalogItem:
+        """Drop the NOTIFY ``Event`` and a ParentID naming the gateway itself."""
+        changes: dict[str, object] = {}
+        if item.event is not None:
+            changes["event"] = None
+        if item.parent_id and self.gateway_id in item.parent_id:
+            parents = [p for p in item.parent_ids if p != self.gateway_id]
+            changes["parent_id"] = "/".join(parents) or None
+        return replace(item, **changes) if changes else item  # type: ignore[arg-type]
+
+    def _put(self, owner: str, item: CatalogItem) -> None:
+        self._by_owner.setdefault(owner, {})[item.device_id] = item
+        self._owner[item.device_id] = owner
+
+    def _drop(self, owner: str, item_id: str) -> None:
+        items = self._by_owner.get(owner)
+        if items is not None:
+            items.pop(item_id, None)
+            if not items:
+                del self._by_owner[owner]
+        if self._owner.get(item_id) == owner:
+            del self._owner[item_id]
+
+    def _changed(
+        self,
+        owner: str,
+        item_id: str,
+        event: str,
+        before: CatalogItem | None,
+        after: CatalogItem | None,
+        now: float,
+    ) -> None:
+        if after is None:
+            self._drop(owner, item_id)
+            self.store.delete_item(owner, item_id)
+        else:
+            self._put(owner, after)
+            self.store.save_item(owner, after, now)
+        self.metrics.inc(f"catalog.{event.lower()}")
+        self.events.publish(CatalogChange(owner, item_id, event, before, after))
+
+    def apply_sync(self, owner: str, items: Iterable[CatalogItem], *, partial: bool) -> SyncDiff:
+        """Make ``owner``'s items what a catalog query returned. A partial answer only adds
+        and changes: items it did not mention may simply have been lost on the way."""
+        now = self.clock()
+        old = self._by_owner.get(owner, {})
+        seen: set[str] = set()
+        added = changed = removed = 0
+        for raw in items:
+            item = self._normalise(raw)
+            item_id = item.device_id
+            seen.add(item_id)
+            before = old.get(item_id)
+            if before is None:
+                added += 1
+                self._changed(owner, item_id, "ADD", None, item, now)
+            elif before != item:
+                changed += 1
+                self._changed(owner, item_id, _diff_event(before, item), before, item, now)
+        if not partial:
+            for item_id in [i for i in old if i not in seen]:
+                removed += 1
+                self._changed(owner, item_id, "DEL", old[item_id], None, now)
+        total = len(self._by_owner.get(owner, {}))
+        return SyncDiff(added, removed, changed, total)
+
+    def apply_notify(self, owner: str, items: Iterable[CatalogItem]) -> int:
+        """Apply the items of a catalog NOTIFY (reference §5.2); returns how many changed."""
+        now = self.clock()
+        count = 0
+        for raw in items:
+            event = (raw.event or "").upper()
+            item_id = raw.device_id
+            before = self._by_owner.get(owner, {}).get(item_id)
+            if event in _STATUS_OF_EVENT:
+                if before is None:
+                    log.info("catalog.notify_unknown_item", device_id=owner, item=item_id)
+                    continue
+                status = _STATUS_OF_EVENT[event]
+                after = before if before.status == status else replace(before, status=status)
+                self._changed(owner, item_id, event, before, after, now)
+            elif event == "DEL":
+                if before is None:
+                    continue
+                self._changed(owner, item_id, "DEL", before, None, now)
+            elif event in ("ADD", "UPDATE"):
+                after = self._normalise(raw)
+                if before == after:
+                    continue
+                kind = "ADD" if before is None else "UPDATE"
+                self._changed(owner, item_id, kind, before, after, now)
+            else:
+                self.metrics.inc("catalog.notify_bad_event")
+                log.info(
+                    "catalog.notify_bad_event", device_id=owner, item=item_id, notify_event=event
+                )
+                continue
+            count += 1
+        return count
+
+    def set_device_status(self, owner: str, status: str) -> int:
+        """Channel status follows the device: every channel it reported goes ``status``
+        (``OFF`` when the device goes offline). Returns how many changed."""
+        now = self.clock()
+        count = 0
+        for item in list(self._by_owner.get(owner, {}).values()):
+            if item.status == status or item_kind(item.device_id) not in _HAS_STATUS:
+                continue
+            self._changed(owner, item.device_id, status, item, replace(item, status=status), now)
+            count += 1
+        return count
+
+    def forget_device(self, owner: str) -> int:
+        """Remove everything a device reported (the device was deleted)."""
+        now = self.clock()
+        items = list(self._by_owner.get(owner, {}).values())
+        for item in items:
+            self._changed(owner, item.device_id, "DEL", item, None, now)
+        return len(items)
+
+
+def _diff_event(before: CatalogItem, after: CatalogItem) -> str:
+    """A change that is only the status is ON/OFF; anything else is an UPDATE."""
+    if before.status != after.status and replace(before, status=after.status) == after:
+        return "ON" if (after.status or "").upper() == "ON" else "OFF"
+    return "UPDATE"

@@ -1,0 +1,307 @@
+"""Subscriptions to devices: catalog changes, alarms and mobile positions (RFC 6665).
+
+GB/T 28181-2022 §9.7, §9.11 and Annex N; reference §5.1–§5.4. The gateway SUBSCRIBEs with a
+``Query`` body naming what it wants (``Event: Catalog;id=n`` for the catalog; the standard
+fixes no package for alarms and positions, so ``presence`` is sent as most platforms do and the
+body's CmdType decides). The SUBSCRIBE/200 pair makes a dialog; refreshes go in that dialog at
+80 % of the granted time. A device that re-registers (it may have rebooted and forgotten us) is
+subscribed afresh; a device going offline drops its subscriptions. A refusal or a timeout is
+retried after ``downlink.subscription_retry`` seconds while the device stays online.
+
+NOTIFYs are matched to their subscription by Call-ID and answered 200; a NOTIFY from a
+registered device outside any known dialog is still applied (some devices open a new Call-ID)
+and counted; anything else gets 481.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from gateway.catalog import Catalog
+from gateway.config import Config
+from gateway.downlink.downlink import Downlink
+from gateway.manscdp.errors import DecodeError
+from gateway.manscdp.messages import (
+    AlarmNotify,
+    AlarmQuery,
+    CatalogNotify,
+    CatalogQuery,
+    Message,
+    MobilePositionNotify,
+    MobilePositionQuery,
+    decode,
+)
+from gateway.metrics import Metrics
+from gateway.model import Device
+from gateway.sip.endpoint import Endpoint, ServerContext
+from gateway.sip.errors import SipError
+from gateway.sip.message import Request, Response, make_response
+from gateway.sip.uri import find_param, parse_params
+
+log = structlog.get_logger("gateway.downlink.subscriptions")
+
+CATALOG, ALARM, POSITION = "Catalog", "Alarm", "MobilePosition"
+
+
+@dataclass(slots=True)
+class Subscription:
+    device_id: str
+    kind: str
+    event: str
+    expires: int
+    call_id: str = ""
+    local_tag: str = ""
+    remote_tag: str = ""
+    cseq: int = 0
+    active: bool = False
+    expires_at: float = 0.0
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    refreshes: int = 0
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class Subscriptions:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        endpoint: Endpoint,
+        downlink: Downlink,
+        catalog: Catalog,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.cfg = config.downlink
+        self.endpoint = endpoint
+        self.downlink = downlink
+        self.catalog = catalog
+        self.metrics = metrics
+        self.clock = clock
+        self._subs: dict[tuple[str, str], Subscription] = {}
+        self._by_call_id: dict[str, Subscription] = {}
+        self._event_ids = itertools.count(1000)
+        self._closed = False
+
+    def install(self) -> None:
+        self.endpoint.route("NOTIFY", self.on_notify)
+
+    def kinds(self) -> list[tuple[str, int]]:
+        """What to subscribe to on each device, with the Expires to ask for."""
+        out = []
+        if self.cfg.catalog_subscription:
+            out.append((CATALOG, self.cfg.catalog_subscription_expires))
+        if self.cfg.alarm_subscription:
+            out.append((ALARM, self.cfg.alarm_subscription_expires))
+        if self.cfg.mobile_position_subscription:
+            out.append((POSITION, self.cfg.mobile_position_expires))
+        return out
+
+    def get(self, device_id: str, kind: str) -> Subscription | None:
+        return self._subs.get((device_id, kind))
+
+    async def close(self) -> None:
+        self._closed = True
+        for sub in self._subs.values():
+            sub.cancel_timer()
+        self._subs.clear()
+        self._by_call_id.clear()
+
+    # -- lifecycle per device ---------------------------------------------------------------
+    def device_online(self, device_id: str) -> None:
+        """Subscribe afresh (old dialogs are forgotten: the device may have rebooted)."""
+        self.device_offline(device_id)
+        for kind, expires in self.kinds():
+            self.downlink.spawn(self.subscribe(device_id, kind, expires))
+
+    def device_offline(self, device_id: str) -> None:
+        for kind in (CATALOG, ALARM, POSITION):
+            sub = self._subs.pop((device_id, kind), None)
+            if sub is not None:
+                sub.cancel_timer()
+                self._by_call_id.pop(sub.call_id, None)
+
+    # -- SUBSCRIBE --------------------------------------------------------------------------
+    def _body(self, dev: Device, kind: str) -> Message:
+        sn = self.downlink.next_sn()
+        if kind == CATALOG:
+            return CatalogQuery(sn=sn, device_id=dev.device_id)
+        if kind == ALARM:
+            return AlarmQuery(
+                sn=sn,
+                device_id=dev.device_id,
+                start_alarm_priority=0,
+                end_alarm_priority=0,
+                alarm_method="0",
+            )
+        return MobilePositionQuery(
+            sn=sn, device_id=dev.device_id, interval=self.cfg.mobile_position_interval
+        )
+
+    async def subscribe(self, device_id: str, kind: str, expires: int) -> bool:
+        """Create (or refresh, when a dialog exists) a subscription. True when accepted."""
+        dev = self.downlink.device(device_id)
+        if dev is None or not dev.online or self._closed:
+            return False
+        sub = self._subs.get((device_id, kind))
+        if sub is None:
+            event = f"Catalog;id={next(self._event_ids)}" if kind == CATALOG else "presence"
+            sub = Subscription(device_id, kind, event, expires)
+            sub.call_id = self.endpoint.call_id()
+            sub.local_tag = self.endpoint.tag()
+            self._subs[(device_id, kind)] = sub
+            self._by_call_id[sub.call_id] = sub
+        sub.cancel_timer()
+        sub.cseq += 1
+        req = self._request(dev, sub, expires)
+        try:
+            resp = await self.endpoint.request(req, self.downlink.peer(dev))
+        except SipError as exc:
+            self.metrics.inc("subscribe.failed")
+            log.info("subscribe.no_answer", device_id=device_id, kind=kind, error=str(exc))
+            self._retry(sub)
+            return False
+        if self._subs.get((device_id, kind)) is not sub:
+            return False  # the device went offline or re-registered meanwhile
+        if resp.status >= 300:
+            self.metrics.inc("subscribe.refused")
+            log.info(
+                "subscribe.refused",
+                device_id=device_id,
+                kind=kind,
+                status=resp.status,
+                reason=resp.reason,
+            )
+            sub.active = False
+            if resp.status in (405, 489, 501):
+                return False  # not supported: ask again when it next registers
+            self._retry(sub)
+            return False
+        if expires == 0:
+            self._forget(sub)
+            return True
+        if not sub.remote_tag:
+            sub.remote_tag = resp.to.tag or ""
+        granted = resp.expires
+        sub.expires = granted if granted is not None and 0 < granted <= expires else expires
+        sub.active = True
+        sub.expires_at = self.clock() + sub.expires
+        self.metrics.inc("subscribe.ok")
+        log.info(
+            "subscribe.ok" if sub.refreshes == 0 else "subscribe.refreshed",
+            device_id=device_id,
+            kind=kind,
+            expires=sub.expires,
+        )
+        sub.refreshes += 1
+        loop = asyncio.get_running_loop()
+        sub.timer = loop.call_later(
+            sub.expires * 0.8,
+            lambda: self.downlink.spawn(self.subscribe(device_id, kind, sub.expires)),
+        )
+        return True
+
+    async def unsubscribe(self, device_id: str, kind: str) -> bool:
+        sub = self._subs.get((device_id, kind))
+        if sub is None:
+            return False
+        return await self.subscribe(device_id, kind, 0)
+
+    def _retry(self, sub: Subscription) -> None:
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        sub.timer = loop.call_later(
+            self.cfg.subscription_retry,
+            lambda: self.downlink.spawn(self.subscribe(sub.device_id, sub.kind, sub.expires)),
+        )
+
+    def _forget(self, sub: Subscription) -> None:
+        sub.cancel_timer()
+        if self._subs.get((sub.device_id, sub.kind)) is sub:
+            del self._subs[(sub.device_id, sub.kind)]
+        self._by_call_id.pop(sub.call_id, None)
+
+    def _request(self, dev: Device, sub: Subscription, expires: int) -> Request:
+        to = f"<sip:{dev.device_id}@{dev.host}:{dev.port}>"
+        if sub.remote_tag:
+            to += f";tag={sub.remote_tag}"
+        gw = self.config.gateway
+        body = self.downlink.body_for(dev, self._body(dev, sub.kind))
+        return Request(
+            "SUBSCRIBE",
+            f"sip:{dev.device_id}@{dev.host}:{dev.port}",
+            [
+                ("From", f"<sip:{gw.id}@{gw.domain}>;tag={sub.local_tag}"),
+                ("To", to),
+                ("Call-ID", sub.call_id),
+                ("CSeq", f"{sub.cseq} SUBSCRIBE"),
+                ("Contact", f"<{self.endpoint.contact_uri(gw.id, self.downlink.peer(dev))}>"),
+                ("Event", sub.event),
+                ("Expires", str(expires)),
+                ("Content-Type", "Application/MANSCDP+xml"),
+            ],
+            body,
+        )
+
+    # -- NOTIFY -----------------------------------------------------------------------------
+    def on_notify(self, req: Request, ctx: ServerContext) -> Response:
+        sub = self._by_call_id.get(req.call_id)
+        sender = req.from_.uri.user or ""
+        dev = self.downlink.device(sub.device_id if sub is not None else sender)
+        if dev is None:
+            self.metrics.inc("notify.unknown_dialog")
+            log.info("notify.unknown_dialog", peer=str(ctx.peer), sender=sender)
+            return self._reply(req, 481, "Subscription Does Not Exist")
+        if sub is None:
+            self.metrics.inc("notify.outside_dialog")
+        state = (req.get_header("Subscription-State") or "").strip()
+        if req.body.strip():
+            try:
+                decoded = decode(req.body)
+            except DecodeError as exc:
+                self.metrics.inc("notify.bad_body")
+                log.warning("notify.bad_body", device_id=dev.device_id, reason=exc.reason)
+                return self._reply(req, 400, f"Bad Request (MANSCDP: {exc.reason})")
+            self.downlink.note_charset(dev, decoded)
+            self._apply(dev, decoded.message)
+        if state.lower().startswith("terminated") and sub is not None:
+            reason = find_param(parse_params(state.partition(";")[2]), "reason")
+            log.info(
+                "subscription.terminated", device_id=dev.device_id, kind=sub.kind, reason=reason
+            )
+            self._forget(sub)
+            if dev.online and not self._closed and reason not in ("noresource", "rejected"):
+                fresh = Subscription(sub.device_id, sub.kind, sub.event, sub.expires)
+                fresh.call_id, fresh.local_tag = self.endpoint.call_id(), self.endpoint.tag()
+                self._subs[(sub.device_id, sub.kind)] = fresh
+                self._by_call_id[fresh.call_id] = fresh
+                self._retry(fresh)
+        return self._reply(req, 200, "OK")
+
+    def _apply(self, dev: Device, msg: Message) -> None:
+        self.metrics.inc(f"notify.{msg.CMD}")
+        if isinstance(msg, CatalogNotify):
+            changed = self.catalog.apply_notify(dev.device_id, msg.items)
+            log.info(
+                "catalog.notified", device_id=dev.device_id, items=len(msg.items), changed=changed
+            )
+        elif isinstance(msg, AlarmNotify):
+            self.downlink.alarm_received(dev, msg)
+        elif isinstance(msg, MobilePositionNotify):
+            self.downlink.position_received(dev, msg)
+        else:
+            log.info("notify.ignored", device_id=dev.device_id, cmd_type=msg.CMD)
+
+    def _reply(self, req: Request, status: int, reason: str) -> Response:
+        return make_response(req, status, reason, to_tag=self.endpoint.tag())

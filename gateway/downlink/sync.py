@@ -1,0 +1,162 @@
+"""Catalog sync: what happens when a device comes online or goes offline.
+
+GB/T 28181-2022 §9.5.2 and reference §1.4, §3.2–§3.3. When a device registers for the first
+time, comes back from offline, or registers anew after a reboot, the gateway asks its DeviceInfo
+(kept on the device record) and its Catalog, applies the answer to the stored catalog as a diff,
+then subscribes to catalog changes (and alarms and positions when configured). A partial answer
+is applied without removals and the sync is retried later. A device going offline cancels its
+sync, drops its subscriptions and turns its channels OFF.
+
+A global limit on concurrent syncs keeps a burst of 2,000 registrations (a power cut coming
+back) from flooding the gateway with 2,000 parallel catalog collections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+
+from gateway.catalog import Catalog
+from gateway.config import Config
+from gateway.downlink.downlink import Downlink, QueryError
+from gateway.downlink.subscriptions import Subscriptions
+from gateway.events import CatalogSynced, DeviceOffline, DeviceOnline, EventBus
+from gateway.manscdp.messages import CatalogItem
+from gateway.metrics import Metrics
+
+log = structlog.get_logger("gateway.downlink.sync")
+
+
+class CatalogSync:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        downlink: Downlink,
+        subscriptions: Subscriptions,
+        catalog: Catalog,
+        events: EventBus,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = config.downlink
+        self.downlink = downlink
+        self.subscriptions = subscriptions
+        self.catalog = catalog
+        self.events = events
+        self.metrics = metrics
+        self.clock = clock
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._limit = asyncio.Semaphore(self.cfg.max_concurrent_syncs)
+        self.retry_after = 60.0
+
+    def install(self) -> None:
+        self.events.subscribe(DeviceOnline, self.on_online)
+        self.events.subscribe(DeviceOffline, self.on_offline)
+
+    def start(self) -> None:
+        """After a gateway restart, devices still registered keep their stored catalog but
+        lost our subscriptions: subscribe again."""
+        for dev in list(self.downlink.registrar.devices.values()):
+            if dev.online:
+                self.subscriptions.device_online(dev.device_id)
+
+    async def close(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+
+    def on_online(self, event: DeviceOnline) -> None:
+        if not self.cfg.sync_on_register:
+            self.subscriptions.device_online(event.device_id)
+            return
+        self.schedule(event.device_id)
+
+    def on_offline(self, event: DeviceOffline) -> None:
+        task = self._running.pop(event.device_id, None)
+        if task is not None:
+            task.cancel()
+        self.subscriptions.device_offline(event.device_id)
+        changed = self.catalog.set_device_status(event.device_id, "OFF")
+        if changed:
+            log.info("catalog.device_offline", device_id=event.device_id, channels_off=changed)
+
+    def schedule(self, device_id: str, delay: float = 0.0) -> asyncio.Task[None]:
+        old = self._running.pop(device_id, None)
+        if old is not None:
+            old.cancel()
+        task = self.downlink.spawn(self._run(device_id, delay))
+        self._running[device_id] = task
+        task.add_done_callback(lambda t: self._done(device_id, t))
+        return task
+
+    def _done(self, device_id: str, task: asyncio.Task[None]) -> None:
+        if self._running.get(device_id) is task:
+            del self._running[device_id]
+
+    async def _run(self, device_id: str, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        async with self._limit:
+            partial = await self.sync(device_id)
+        self.subscriptions.device_online(device_id)
+        if partial:
+            # Parts were lost on the way: ask again later for the rest.
+            self.downlink.spawn(self._retry(device_id))
+
+    async def _retry(self, device_id: str) -> None:
+        await asyncio.sleep(self.retry_after)
+        dev = self.downlink.device(device_id)
+        if dev is not None and dev.online:
+            async with self._limit:
+                await self.sync(device_id)
+
+    async def sync(self, device_id: str) -> bool:
+        """DeviceInfo, then Catalog, applied as a diff. Returns True when the catalog answer
+        was partial (or missing)."""
+        dl = self.downlink
+        dev = dl.device(device_id)
+        if dev is None or not dev.online:
+            return False
+        try:
+            info = await dl.device_info(device_id)
+        except QueryError as exc:
+            log.info("sync.device_info_failed", device_id=device_id, error=str(exc))
+        else:
+            dev.name = info.device_name or dev.name
+            dev.manufacturer = info.manufacturer or dev.manufacturer
+            dev.model = info.model or dev.model
+            dev.firmware = info.firmware or dev.firmware
+            dev.channel_count = info.channel if info.channel is not None else dev.channel_count
+            dl.store.save_device(dev)
+        started = time.monotonic()
+        try:
+            result = await dl.catalog_query(device_id)
+        except QueryError as exc:
+            self.metrics.inc("sync.failed")
+            log.warning("sync.catalog_failed", device_id=device_id, error=str(exc))
+            return True
+        items: list[CatalogItem] = result.items
+        diff = self.catalog.apply_sync(device_id, items, partial=result.partial)
+        dev.synced_at = self.clock()
+        dl.store.save_device(dev)
+        self.metrics.inc("sync.partial" if result.partial else "sync.complete")
+        log.info(
+            "catalog.synced",
+            device_id=device_id,
+            items=len(items),
+            sum_num=result.sum_num,
+            partial=result.partial,
+            added=diff.added,
+            removed=diff.removed,
+            changed=diff.changed,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        self.events.publish(
+            CatalogSynced(
+                device_id, diff.total, diff.added, diff.removed, diff.changed, result.partial
+            )
+        )
+        return result.partial

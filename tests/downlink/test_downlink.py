@@ -1,0 +1,467 @@
+"""The downlink against the simulated NVR over real sockets: sync, queries, controls, alarms,
+subscriptions and NOTIFYs (GB/T 28181-2022 §9.3–§9.7, §9.11)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance.peers.device import SimDevice
+from gateway.app import Gateway
+from gateway.downlink.downlink import DeviceUnavailable, QueryTimeout
+from gateway.events import AlarmReceived, CatalogChange, CatalogSynced, MobilePositionReceived
+from gateway.manscdp import ptz
+from gateway.manscdp.messages import (
+    BasicParam,
+    CatalogItem,
+    ConfigDownloadResponse,
+    CruiseTrackListQuery,
+    CruiseTrackListResponse,
+    DeviceConfig,
+    DeviceControl,
+    DeviceInfoQuery,
+    HomePosition,
+    HomePositionQuery,
+    HomePositionResponse,
+    PtzPositionQuery,
+    PtzPositionResponse,
+    SDCardStatusQuery,
+    SDCardStatusResponse,
+    ZoomBox,
+)
+from gateway.sip.endpoint import Endpoint
+from tests.conftest import make_config, sim, wait_for
+
+NVR = "34020000001180000001"
+FAST = {"response_timeout": 3.0, "idle_timeout": 0.5}
+
+
+def nvr(ep: Endpoint, gw: Gateway, transport: str = "udp", **kw: Any) -> SimDevice:
+    dev = sim(ep, gw, kw.pop("device_id", NVR), transport, **kw)
+    dev.install()
+    return dev
+
+
+def synced(gw: Gateway) -> list[CatalogSynced]:
+    seen: list[CatalogSynced] = []
+    gw.events.subscribe(CatalogSynced, seen.append)
+    return seen
+
+
+def changes(gw: Gateway) -> list[CatalogChange]:
+    seen: list[CatalogChange] = []
+    gw.events.subscribe(CatalogChange, seen.append)
+    return seen
+
+
+def channels_of(gw: Gateway, owner: str = NVR) -> dict[str, CatalogItem]:
+    return {i.device_id: i for i in gw.catalog.items_of(owner) if i.device_id[10:13] == "131"}
+
+
+@pytest.mark.parametrize(
+    ("transport", "per_message", "messages"), [("udp", 1, 1000), ("tcp", 250, 4)]
+)
+async def test_1000_channels_sync_completely(
+    start_gateway, device_endpoint, transport: str, per_message: int, messages: int
+) -> None:
+    """UDP: one item per MESSAGE (Hikvision practice); TCP: 250 items per MESSAGE."""
+    gw = await start_gateway(downlink=FAST)
+    done = synced(gw)
+    dev = nvr(device_endpoint, gw, transport, channel_count=1000, items_per_message=per_message)
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: bool(done), 30, "catalog sync")
+    assert done[0].partial is False and done[0].added == 1000 and done[0].total == 1000
+    stored = channels_of(gw)
+    assert set(stored) == set(dev.channel_ids())
+    assert stored[dev.channel_id(7)].name == "通道7"
+    assert gw.metrics.get("message.stray_response") == 0
+    # Every part was answered 200 at once and counted once.
+    assert sum(1 for q in dev.queries if q.CMD == "Catalog") == 1
+    info = gw.registrar.devices[NVR]  # type: ignore[union-attr]
+    assert (info.name, info.manufacturer, info.channel_count) == (dev.name, dev.manufacturer, 1000)
+    await gw.store.flush()
+    assert len([k for k in gw.store.load_items() if k[0] == NVR]) == 1000
+    assert messages == -(-1000 // per_message)
+
+
+async def test_tree_nodes_are_stored_with_their_parents(start_gateway, device_endpoint) -> None:
+    gw = await start_gateway(downlink=FAST)
+    done = synced(gw)
+    dev = nvr(device_endpoint, gw, channel_count=4, with_groups=True)
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: bool(done), 10, "sync")
+    group, org1, org2 = dev.group_ids()
+    items = {i.device_id: i for i in gw.catalog.items_of(NVR)}
+    assert items[group].device_id[10:13] == "215"
+    assert items[org1].group_id == group and items[org2].parent_ids == (org1,)
+    in_org = [i for i in items.values() if len(i.parent_ids) == 2]
+    assert in_org and all(i.parent_ids[0] == NVR for i in in_org)
+    assert {i.device_id for i in gw.catalog.children(org1)} >= {org2}
+
+
+async def test_dropped_fragment_gives_a_partial_result(start_gateway, device_endpoint) -> None:
+    gw = await start_gateway(downlink=FAST)
+    done = synced(gw)
+    dev = nvr(device_endpoint, gw, channel_count=50, items_per_message=5, drop_parts={3})
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: bool(done), 10, "sync")
+    assert done[0].partial is True and done[0].total == 45
+    missing = {dev.channel_id(n) for n in range(16, 21)}
+    assert not missing & set(channels_of(gw))
+    assert gw.metrics.get("query.partial") == 1
+    # A later complete answer fills the gap (a partial one never removes anything).
+    dev.drop_parts = frozenset()
+    res = await gw.downlink.catalog_query(NVR)  # type: ignore[union-attr]
+    assert res.partial is False and len(res.items) == 50 and res.sum_num == 50
+
+
+async def test_wrong_sum_num_is_partial_and_repeats_do_not_count_twice(
+    start_gateway, device_endpoint
+) -> None:
+    gw = await start_gateway(downlink={**FAST, "sync_on_register": False})
+    dev = nvr(device_endpoint, gw, channel_count=10, items_per_message=3, wrong_sum_num=12)
+    assert (await dev.register()).status == 200
+    res = await gw.downlink.catalog_query(NVR)  # type: ignore[union-attr]
+    assert res.partial and len(res.items) == 10 and res.sum_num == 12
+
+
+async def test_notify_add_del_off_change_the_store_and_emit_events(
+    start_gateway, device_endpoint
+) -> None:
+    gw = await start_gateway(downlink=FAST)
+    done = synced(gw)
+    dev = nvr(device_endpoint, gw, channel_count=5)
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: bool(done) and dev.subscription("Catalog") is not None, 10, "sub")
+    sub = gw.subscriptions.get(NVR, "Catalog")  # type: ignore[union-attr]
+    assert sub is not None and sub.active and sub.event.startswith("Catalog;id=")
+    seen = changes(gw)
+    added = CatalogItem(
+        device_id="34020000001310009999", name="新增通道", parent_id=NVR, status="ON"
+    )
+    await dev.notify_catalog(
+        [("OFF", dev.channel_id(1)), ("DEL", dev.channel_id(2)), ("ADD", added)]
+    )
+    await wait_for(lambda: len(seen) == 3, 5, "three changes")
+    assert [(c.event, c.item_id) for c in seen] == [
+        ("OFF", dev.channel_id(1)),
+        ("DEL", dev.channel_id(2)),
+        ("ADD", added.device_id),
+    ]
+    assert seen[0].before is not None and seen[0].before.status == "ON"
+    stored = channels_of(gw)
+    assert stored[dev.channel_id(1)].status == "OFF"
+    assert dev.channel_id(2) not in stored
+    assert stored[added.device_id].name == "新增通道"
+    await gw.store.flush()
+    assert (NVR, added.device_id) in {(o, i.device_id) for o, i in gw.store.load_items()}
+
+
+async def test_subscription_is_refreshed_in_its_dialog_and_renewed_after_reboot(
+    start_gateway, device_endpoint
+) -> None:
+    gw = await start_gateway(downlink=FAST)
+    done = synced(gw)
+    dev = nvr(device_endpoint, gw, channel_count=2)
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: bool(done) and len(dev.subscribes) == 1, 10, "first subscribe")
+    subs = gw.subscriptions
+    assert subs is not None
+    assert await subs.subscribe(NVR, "Catalog", 2)  # a short Expires: refreshed at 80 %
+    await wait_for(lambda: len(dev.subscribes) >= 3, 5, "refresh")
+    call_ids = {r.call_id for r in dev.subscribes}
+    assert len(call_ids) == 1  # refreshes stay in the dialog
+    assert all(r.to.tag for r in dev.subscribes[1:])
+    # A reboot (new Call-ID while registered) means a fresh sync and a new subscription.
+    await dev.reboot(0)
+    await wait_for(lambda: len(done) == 2, 10, "second sync")
+    await wait_for(lambda: len({r.call_id for r in dev.subscribes}) == 2, 10, "new dialog")
+
+
+async def test_device_offline_turns_channels_off_and_coming_back_resyncs(
+    start_gateway, device_endpoint
+) -> None:
+    gw = await start_gateway(downlink=FAST)
+    done = synced(gw)
+    dev = nvr(device_endpoint, gw, channel_count=3)
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: bool(done), 10, "sync")
+    seen = changes(gw)
+    assert (await dev.unregister()).status == 200
+    await wait_for(lambda: len(seen) == 3, 5, "channels off")
+    assert {c.event for c in seen} == {"OFF"}
+    assert all(i.status == "OFF" for i in channels_of(gw).values())
+    assert gw.subscriptions.get(NVR, "Catalog") is None  # type: ignore[union-attr]
+    seen.clear()
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: len(done) == 2, 10, "resync")
+    assert [c.event for c in seen] == ["ON", "ON", "ON"]
+    assert done[1].added == 0 and done[1].changed == 3
+
+
+async def test_ptz_reaches_the_device_with_the_exact_bytes(start_gateway, device_endpoint) -> None:
+    gw = await start_gateway(downlink={**FAST, "sync_on_register": False})
+    dev = nvr(device_endpoint, gw, channel_count=2)
+    assert (await dev.register()).status == 200
+    gw.catalog.apply_sync(NVR, [dev.channel_item(1)], partial=False)
+    downlink = gw.downlink
+    assert downlink is not None
+    await downlink.ptz(dev.channel_id(1), ptz.ptz_move(pan=1, tilt=1, pan_speed=0x40))
+    await downlink.ptz(dev.channel_id(1), "a50f0100000000b5")  # sent exactly as given
+    await wait_for(lambda: len(dev.ptz_commands) == 2, 3, "PTZ")
+    # Up-right, pan speed 0x40, tilt speed 0x80: sum of bytes 1..7 = 0x17E.
+    assert dev.ptz_commands == ["A50F01094080007E", "a50f0100000000b5"]
+    control = dev.controls[0]
+    assert control.device_id == dev.channel_id(1)
+
+
+async def test_controls_with_and_without_an_answer(start_gateway, device_endpoint) -> None:
+    gw = await start_gateway(downlink={**FAST, "sync_on_register": False})
+    dev = nvr(device_endpoint, gw, channel_count=2)
+    assert (await dev.register()).status == 200
+    dl = gw.downlink
+    assert dl is not None
+    cam = dev.channel_id(1)
+    record = await dl.control(NVR, DeviceControl(sn=0, device_id=cam, record_cmd="Record"))
+    assert record is not None and record.result == "OK" and dev.recording
+    guard = await dl.control(NVR, DeviceControl(sn=0, device_id=NVR, guard_cmd="SetGuard"))
+    assert guard is not None and guard.result == "OK" and dev.guard
+    reset = await dl.control(NVR, DeviceControl(sn=0, device_id=NVR, alarm_cmd="ResetAlarm"))
+    assert reset is not None and reset.result == "OK"
+    home = HomePosition(enabled=1, reset_time=60, preset_index=2)
+    answered = await dl.control(NVR, DeviceControl(sn=0, device_id=cam, home_position=home))
+    assert answered is not None and dev.home_position == home
+    box = ZoomBox(length=1920, width=1080, mid_point_x=960, mid_point_y=540, length_x=320)
+    assert await dl.control(NVR, DeviceControl(sn=0, device_id=cam, drag_zoom_in=box)) is None
+    assert await dl.control(NVR, DeviceControl(sn=0, device_id=cam, iframe_cmd="Send")) is None
+    await wait_for(lambda: len(dev.controls) == 6, 3, "controls")
+    assert dev.controls[4].drag_zoom_in == box and dev.controls[5].iframe_cmd == "Send"
+    # DeviceConfig has a Response; the device applies it.
+    cfg = DeviceConfig(sn=0, device_id=NVR, basic_param=BasicParam(name="大门NVR", expiration=1800))
+    answer = await dl.configure(NVR, cfg)
+    assert answer.result == "OK" and dev.basic_param is not None
+    assert dev.basic_param.name == "大门NVR"
+    # TeleBoot has no answer; the device reboots and registers anew.
+    reboots = dev.reboots
+    assert await dl.control(NVR, DeviceControl(sn=0, device_id=NVR, tele_boot="Boot")) is None
+    await wait_for(lambda: dev.reboots == reboots + 1 and dev.registered, 5, "reboot")
+
+
+async def test_record_info_with_300_records_in_many_messages(
+    start_gateway, device_endpoint
+) -> None:
+    gw = await start_gateway(downlink={**FAST, "sync_on_register": False})
+    dev = nvr(device_endpoint, gw, channel_count=2, record_count=300, items_per_message=8)
+    assert (await dev.register()).status == 200
+    gw.catalog.apply_sync(NVR, list(dev.catalog_items()), partial=False)
+    dl = gw.downlink
+    assert dl is not None
+    cam = dev.channel_id(1)
+    res = await dl.record_info(cam, "2024-05-20T00:00:00", "2024-05-20T23:59:59")
+    assert not res.partial and res.sum_num == 300 and len(res.items) == 300
+    assert len(res.responses) == 38  # 300 records, 8 per message
+    query = next(q for q in dev.queries if q.CMD == "RecordInfo")
+    assert query.type == "all" and query.device_id == cam  # type: ignore[attr-defined]
+    starts = sorted(r.start_time for r in res.items)
+    assert starts[0] >= "2024-05-20T00:00:00" and starts[-1] <= "2024-05-20T23:59:59"
+
+
+async def test_other_queries_return_typed_results(start_gateway, device_endpoint) -> None:
+    gw = await start_gateway(downlink={**FAST, "sync_on_register": False})
+    dev = nvr(device_endpoint, gw, channel_count=2, gb_version="3.0")
+    assert (await dev.register()).status == 200
+    gw.catalog.apply_sync(NVR, list(dev.catalog_items()), partial=False)
+    dl = gw.downlink
+    assert dl is not None
+    cam = dev.channel_id(1)
+    status = await dl.device_status(NVR)
+    assert status.result == "OK" and status.online == "ONLINE"
+    info = await dl.device_info(NVR)
+    assert info.device_name == dev.name and info.channel == 2
+    cfg = await dl.config_download(NVR, "BasicParam/VideoParamOpt")
+    assert not cfg.partial and len(cfg.responses) == 2
+    basic = next(
+        r for r in cfg.responses if isinstance(r, ConfigDownloadResponse) and r.basic_param
+    )
+    assert basic.basic_param is not None and basic.basic_param.name == dev.name  # type: ignore[union-attr]
+    presets = await dl.preset_query(cam)
+    assert [p.preset_id for p in presets.items] == [p.preset_id for p in dev.presets]
+    home = await dl.query(cam, HomePositionQuery(sn=0, device_id=cam))
+    assert isinstance(home.response, HomePositionResponse)
+    tracks = await dl.query(cam, CruiseTrackListQuery(sn=0, device_id=cam))
+    assert isinstance(tracks.response, CruiseTrackListResponse)
+    pos = await dl.query(cam, PtzPositionQuery(sn=0, device_id=cam))
+    assert isinstance(pos.response, PtzPositionResponse) and pos.response.zoom is not None
+    sd = await dl.query(NVR, SDCardStatusQuery(sn=0, device_id=NVR))
+    assert isinstance(sd.response, SDCardStatusResponse) and sd.response.items
+
+
+async def test_alarm_arrives_as_an_event_is_answered_and_stored(
+    start_gateway, device_endpoint
+) -> None:
+    gw = await start_gateway(downlink={**FAST, "sync_on_register": False})
+    alarms: list[AlarmReceived] = []
+    gw.events.subscribe(AlarmReceived, alarms.append)
+    dev = nvr(device_endpoint, gw, channel_count=2)
+    assert (await dev.register()).status == 200
+    resp = await dev.send_alarm(dev.channel_id(2), priority=1, method=5, alarm_type=2)
+    assert resp is not None and resp.status == 200
+    await wait_for(lambda: bool(alarms) and bool(dev.alarm_responses), 3, "alarm + response")
+    alarm = alarms[0].alarm
+    assert (alarm.device_id, alarm.channel_id, alarm.priority, alarm.method, alarm.alarm_type) == (
+        NVR,
+        dev.channel_id(2),
+        1,
+        5,
+        2,
+    )
+    assert alarm.description == "移动侦测报警"
+    assert dev.alarm_responses[0].result == "OK"
+    await gw.store.flush()
+    assert gw.store.load_alarms()[0].channel_id == dev.channel_id(2)
+
+
+async def test_alarm_and_position_subscriptions(start_gateway, device_endpoint) -> None:
+    gw = await start_gateway(
+        downlink={**FAST, "alarm_subscription": True, "mobile_position_subscription": True}
+    )
+    alarms: list[AlarmReceived] = []
+    positions: list[MobilePositionReceived] = []
+    gw.events.subscribe(AlarmReceived, alarms.append)
+    gw.events.subscribe(MobilePositionReceived, positions.append)
+    dev = nvr(device_endpoint, gw, channel_count=1)
+    assert (await dev.register()).status == 200
+    await wait_for(
+        lambda: all(dev.subscription(k) for k in ("Catalog", "Alarm", "MobilePosition")), 10, "subs"
+    )
+    await dev.send_alarm(via="notify")
+    await dev.send_position(117.2275, 31.8207, form="2022", via="notify")
+    await dev.send_position(117.1, 31.1, form="2016", via="notify")
+    await wait_for(lambda: len(alarms) == 1 and len(positions) == 2, 3, "notifies")
+    assert positions[0].positions[0].longitude == 117.2275
+    assert positions[1].positions[0].latitude == 31.1
+    assert gw.metrics.get("notify.outside_dialog") == 0
+
+
+async def test_gb2312_declared_utf8_sent_is_stored_right_and_answered_in_kind(
+    start_gateway, device_endpoint
+) -> None:
+    gw = await start_gateway(downlink=FAST)
+    done = synced(gw)
+    dev = nvr(device_endpoint, gw, channel_count=3, charset_lie=True)
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: bool(done), 10, "sync")
+    assert channels_of(gw)[dev.channel_id(3)].name == "通道3"
+    record = gw.registrar.devices[NVR]  # type: ignore[union-attr]
+    assert (record.charset, record.declared_charset) == ("UTF-8", "GB2312")
+    dl = gw.downlink
+    assert dl is not None
+    body = dl.body_for(record, DeviceInfoQuery(sn=1, device_id="通道"))
+    assert body.startswith(b'<?xml version="1.0" encoding="GB2312"?>')
+    assert "通道".encode() in body  # UTF-8 bytes, as the device itself sends
+
+
+async def test_slow_device_gets_at_most_the_configured_queries_at_once(
+    start_gateway, device_endpoint
+) -> None:
+    gw = await start_gateway(
+        downlink={**FAST, "sync_on_register": False, "max_queries_per_device": 2}
+    )
+    dev = nvr(device_endpoint, gw, channel_count=1, response_delay=0.4)
+    assert (await dev.register()).status == 200
+    dl = gw.downlink
+    assert dl is not None
+    tasks = [asyncio.create_task(dl.device_status(NVR)) for _ in range(6)]
+    await asyncio.sleep(0.25)
+    assert len(dev.queries) == 2  # the others wait their turn
+    results = await asyncio.gather(*tasks)
+    assert all(r.result == "OK" for r in results) and len(dev.queries) == 6
+
+
+async def test_failures_are_clear_errors_and_garbage_is_refused(
+    start_gateway, device_endpoint
+) -> None:
+    gw = await start_gateway(downlink={**FAST, "sync_on_register": False})
+    dl = gw.downlink
+    assert dl is not None
+    with pytest.raises(DeviceUnavailable, match="unknown device"):
+        await dl.device_info(NVR)
+    dev = nvr(device_endpoint, gw, channel_count=1, mute=True)
+    assert (await dev.register()).status == 200
+    with pytest.raises(QueryTimeout, match="no answer"):
+        await dl.device_status(NVR)
+    dev.mute, dev.garbage = False, True
+    with pytest.raises(QueryTimeout):
+        await dl.device_status(NVR)
+    await wait_for(lambda: gw.metrics.get("message.bad_body") >= 1, 3, "garbage counted")
+    dev.garbage = False
+    assert (await dl.device_status(NVR)).result == "OK"  # and it keeps serving
+    assert (await dev.unregister()).status == 200
+    with pytest.raises(DeviceUnavailable, match="offline"):
+        await dl.device_status(NVR)
+
+
+async def test_catalog_cli_prints_the_stored_catalog_while_running(
+    start_gateway, device_endpoint, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, downlink=FAST)
+    gw = await start_gateway(config)
+    done = synced(gw)
+    dev = nvr(device_endpoint, gw, channel_count=3, with_groups=True)
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: bool(done), 10, "sync")
+    await gw.store.flush()
+    cfg_file = tmp_path / "gw.toml"
+    cfg_file.write_text(
+        f'[store]\nbackend = "sqlite"\npath = "{config.store.path}"\n', encoding="utf-8"
+    )
+    cmd = [sys.executable, "-m", "gateway.cli", "catalog", "--config", str(cfg_file)]
+    out = await asyncio.to_thread(
+        subprocess.run, [*cmd, "--json"], capture_output=True, text=True, timeout=30, check=True
+    )
+    rows = json.loads(out.stdout)
+    by_id = {r["DeviceID"]: r for r in rows}
+    assert by_id[dev.channel_id(2)]["Name"] == "通道2"
+    assert (
+        by_id[dev.channel_id(2)]["kind"] == "channel"
+        and by_id[dev.channel_id(2)]["owner_id"] == NVR
+    )
+    assert by_id[dev.group_ids()[0]]["kind"] == "business_group"
+    table = await asyncio.to_thread(
+        subprocess.run,
+        [*cmd, "--device", NVR],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "通道1" in table.stdout and "3 channels" in table.stdout
+
+
+async def test_restart_keeps_the_catalog_and_subscribes_again(
+    tmp_path: Path, device_endpoint
+) -> None:
+    config = make_config(tmp_path, downlink=FAST)
+    gw = Gateway(config)
+    await gw.start()
+    try:
+        done = synced(gw)
+        dev = nvr(device_endpoint, gw, channel_count=4)
+        assert (await dev.register()).status == 200
+        await wait_for(lambda: bool(done) and len(dev.subscribes) == 1, 10, "sync + sub")
+        port = gw.port
+    finally:
+        await gw.close()
+    again = Gateway(make_config(tmp_path, downlink=FAST, sip={"port": port}))
+    await again.start()
+    try:
+        assert set(channels_of(again)) == set(dev.channel_ids())
+        await wait_for(lambda: len({r.call_id for r in dev.subscribes}) == 2, 10, "resubscribe")
+    finally:
+        await again.close()
