@@ -102,7 +102,10 @@ def children_cpu() -> float:
 
 
 class Gateway:
-    def __init__(self, workdir: Path) -> None:
+    """The gateway under test, as a subprocess. ``downlink``: lines of its ``[downlink]``
+    section (by default no sync and no subscription: SIPp devices answer no MANSCDP)."""
+
+    def __init__(self, workdir: Path, downlink: list[str] | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.config_path = workdir / "gateway.toml"
@@ -121,10 +124,12 @@ class Gateway:
                 "[keepalive]",
                 "interval = 600.0",
                 "timeout_count = 3",
-                "# SIPp devices answer no MANSCDP queries: registration alone is measured",
                 "[downlink]",
-                "sync_on_register = false",
-                "catalog_subscription = false",
+                *(
+                    downlink
+                    if downlink is not None
+                    else ["sync_on_register = false", "catalog_subscription = false"]
+                ),
                 "[log]",
                 'level = "warning"',
                 "",

@@ -150,8 +150,9 @@ class Gateway:
         )
         self.sync.install()
         await self.store.start()
-        self.registrar.load()
+        # The catalog first: devices found expired while loading turn their channels OFF.
         self.catalog.load()
+        self.registrar.load()
         await self.endpoint.start(sip.host, sip.port)
         await self.registrar.start()
         self.sync.start()

@@ -112,8 +112,11 @@ class KeepaliveSection(_Section):
 class DownlinkSection(_Section):
     response_timeout: float = Field(10.0, gt=0)
     idle_timeout: float = Field(5.0, gt=0)
+    max_query_time: float = Field(300.0, gt=0)
+    max_items: int = Field(100_000, ge=1)
     max_queries_per_device: int = Field(4, ge=1)
-    max_concurrent_syncs: int = Field(64, ge=1)
+    max_queued_per_device: int = Field(64, ge=0)
+    max_concurrent_syncs: int = Field(128, ge=1)
     sync_on_register: bool = True
     catalog_subscription: bool = True
     catalog_subscription_expires: int = Field(600, ge=60)

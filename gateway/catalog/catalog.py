@@ -123,6 +123,12 @@ class Catalog:
                 del self._by_owner[owner]
         if self._owner.get(item_id) == owner:
             del self._owner[item_id]
+            if item_kind(item_id) not in _HAS_STATUS:
+                # A tree node (a civil region, a group) other devices may report too.
+                for other, their in self._by_owner.items():
+                    if item_id in their:
+                        self._owner[item_id] = other
+                        break
 
     def _changed(
         self,
@@ -175,11 +181,15 @@ class Catalog:
             event = (raw.event or "").upper()
             item_id = raw.device_id
             before = self._by_owner.get(owner, {}).get(item_id)
+            if event in ("", "NONE") and raw.name is not None:
+                event = "UPDATE"  # older stacks send full items without an Event
             if event in _STATUS_OF_EVENT:
                 if before is None:
                     log.info("catalog.notify_unknown_item", device_id=owner, item=item_id)
                     continue
                 status = _STATUS_OF_EVENT[event]
+                if before.status == status and event in ("ON", "OFF"):
+                    continue  # nothing changed (VLOST/DEFECT still say something new)
                 after = before if before.status == status else replace(before, status=status)
                 self._changed(owner, item_id, event, before, after, now)
             elif event == "DEL":

@@ -10,6 +10,11 @@ Response per requested ConfigType. When parts stop coming for ``idle_timeout`` t
 items are returned marked ``partial``. A per-device limit on concurrent queries keeps one slow
 NVR from holding the gateway's resources.
 
+An answer is only taken from the address the queried device registered from (a registered
+device cannot answer, or wipe, another's query), and SNs are random, unique while pending. A
+``SumNum`` that is negative, above ``downlink.max_items`` or smaller than the items actually
+sent makes the answer partial: a partial answer never removes anything from the catalog.
+
 Bodies to a device are written in the charset its own bodies really used, under the encoding
 name its prolog declared (reference §8.3).
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import random
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
@@ -44,6 +50,7 @@ from gateway.manscdp.messages import (
     CatalogNotify,
     CatalogQuery,
     ConfigDownloadQuery,
+    ConfigDownloadResponse,
     Decoded,
     DeviceConfig,
     DeviceConfigResponse,
@@ -62,7 +69,7 @@ from gateway.manscdp.messages import (
     encode,
 )
 from gateway.manscdp.ptz import PtzCommand
-from gateway.manscdp.schema import Node
+from gateway.manscdp.schema import BLOCK, NODE, Node
 from gateway.metrics import Metrics
 from gateway.model import Alarm, Device
 from gateway.sip.endpoint import Endpoint, ServerContext
@@ -136,6 +143,15 @@ class QueryResult:
         return self.responses[0]
 
 
+def _config_blocks(msg: Message) -> set[str]:
+    """The configuration blocks a ConfigDownload Response carries (lower-case tags)."""
+    return {
+        spec.tag.lower()
+        for spec in msg._specs
+        if spec.kind in (NODE, BLOCK) and getattr(msg, spec.attr) is not None
+    }
+
+
 class _Collector:
     """Gathers the Response MESSAGEs of one request."""
 
@@ -145,6 +161,9 @@ class _Collector:
         "item_key",
         "keys",
         "last",
+        "max_items",
+        "peer",
+        "pending_types",
         "result",
         "targets",
     )
@@ -153,19 +172,33 @@ class _Collector:
         self,
         result: QueryResult,
         targets: frozenset[str],
+        peer: Peer,
         loop: asyncio.AbstractEventLoop,
+        *,
         expected_parts: int = 1,
+        config_types: tuple[str, ...] = (),
+        max_items: int = 100_000,
     ) -> None:
         self.result = result
         self.targets = targets
+        self.peer = peer
         self.item_key = _ITEM_KEYS.get(result.cmd_type)
         self.keys: set[Hashable] = set()
         self.expected_parts = expected_parts
+        self.pending_types = {t.lower() for t in config_types}
+        self.max_items = max_items
         self.future: asyncio.Future[QueryResult] = loop.create_future()
         self.last = 0.0
 
-    def accepts(self, sender: str, device_id: str) -> bool:
+    def accepts(self, sender: str, device_id: str, peer: Peer) -> bool:
+        """From the queried device's registered address, naming the device or the target."""
+        if peer != self.peer:
+            return False
         return sender in self.targets or device_id in self.targets
+
+    def _finish(self, partial: bool = False) -> None:
+        self.result.partial = partial
+        self.future.set_result(self.result)
 
     def feed(self, msg: Message, now: float) -> None:
         if self.future.done():
@@ -174,21 +207,32 @@ class _Collector:
         res.responses.append(msg)
         self.last = now
         if self.item_key is None:
-            if len(res.responses) >= self.expected_parts:
-                self.future.set_result(res)
+            if self.pending_types and isinstance(msg, ConfigDownloadResponse):
+                # One Response per type, or several types in one: done when all were seen.
+                self.pending_types -= _config_blocks(msg)
+                if not self.pending_types or len(res.responses) >= self.expected_parts:
+                    self._finish()
+            elif len(res.responses) >= self.expected_parts:
+                self._finish()
             return
         sum_num = getattr(msg, "sum_num", None)
         if res.sum_num is None and sum_num is not None:
             res.sum_num = sum_num
+            if sum_num < 0 or sum_num > self.max_items:
+                self._finish(partial=True)  # an impossible count: keep what came, remove nothing
+                return
         key = self.item_key
         for item in getattr(msg, "items", ()):
             k = key(item)
             if k not in self.keys:
                 self.keys.add(k)
                 res.items.append(item)
-        # Without SumNum (seen on PresetQuery) there is no way to know more will come.
-        if res.sum_num is None or len(res.items) >= res.sum_num:
-            self.future.set_result(res)
+        total = res.sum_num
+        if len(res.items) > self.max_items or (total is not None and len(res.items) > total):
+            self._finish(partial=True)  # more than announced: the answer cannot be trusted whole
+        elif total is None or len(res.items) == total:
+            # Without SumNum (seen on PresetQuery) there is no way to know more will come.
+            self._finish()
 
 
 class _Limit:
@@ -223,11 +267,13 @@ class Downlink:
         self.metrics = metrics
         self.clock = clock
         self.gateway_id = config.gateway.id
-        self._sn = itertools.count(int.from_bytes(os.urandom(2), "big") + 1)
+        self._rng = random.Random(os.urandom(16))
         self._cseq = itertools.count(1)
         self._collectors: dict[tuple[str, int], _Collector] = {}
         self._limits: dict[str, _Limit] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        # The last position of each device or channel (only IDs the reporting device owns).
         self.positions: dict[str, Any] = {}
 
     # -- wiring -----------------------------------------------------------------------------
@@ -242,11 +288,12 @@ class Downlink:
         router.handle_typed("Notify", "PTZPosition", self.on_notification)
 
     async def close(self) -> None:
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         for c in self._collectors.values():
             if not c.future.done():
-                c.future.cancel()
+                c.future.set_exception(DeviceUnavailable("the gateway is shutting down"))
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -329,11 +376,8 @@ class Downlink:
         )
 
     def next_sn(self) -> int:
-        sn = next(self._sn)
-        if sn >= 2**31 - 1:
-            self._sn = itertools.count(1)
-            sn = next(self._sn)
-        return sn
+        """A random SN, so that nobody can predict another device's pending query."""
+        return self._rng.randrange(1, 2**31 - 1)
 
     # -- sending ----------------------------------------------------------------------------
     async def send(self, device_id: str, msg: Message) -> Response:
@@ -353,33 +397,57 @@ class Downlink:
         return resp
 
     async def query(
-        self, device_id: str, q: Message, *, timeout: float | None = None, expected_parts: int = 1
+        self,
+        device_id: str,
+        q: Message,
+        *,
+        timeout: float | None = None,
+        expected_parts: int = 1,
+        config_types: tuple[str, ...] = (),
     ) -> QueryResult:
         """Send query ``q`` (its SN is replaced by the gateway's own) to the device behind
         ``device_id`` and collect the answer. Raises :class:`QueryError` subclasses when
         nothing usable came back; a multi-response answer cut short is returned ``partial``."""
         dev = self._online(device_id)
+        if self._closing:
+            raise DeviceUnavailable("the gateway is shutting down")
         limit = self._limits.get(dev.device_id)
         if limit is None:
             limit = self._limits[dev.device_id] = _Limit(self.cfg.max_queries_per_device)
+        if limit.users >= self.cfg.max_queries_per_device + self.cfg.max_queued_per_device:
+            self.metrics.inc("query.queue_full")
+            raise QueryRejected(503, f"too many queries queued for {dev.device_id}")
         limit.users += 1
         try:
             async with limit.sem:
-                return await self._query(dev, q, timeout, expected_parts)
+                return await self._query(dev, q, timeout, expected_parts, config_types)
         finally:
             limit.users -= 1
             if limit.users == 0:
                 self._limits.pop(dev.device_id, None)
 
     async def _query(
-        self, dev: Device, q: Message, timeout: float | None, expected_parts: int
+        self,
+        dev: Device,
+        q: Message,
+        timeout: float | None,
+        expected_parts: int,
+        config_types: tuple[str, ...],
     ) -> QueryResult:
         loop = asyncio.get_running_loop()
         sn = self.next_sn()
+        while (q.CMD, sn) in self._collectors:
+            sn = self.next_sn()
         q = replace(q, sn=sn)
         result = QueryResult(dev.device_id, q.CMD, sn)
         collector = _Collector(
-            result, frozenset({dev.device_id, q.device_id}), loop, expected_parts
+            result,
+            frozenset({dev.device_id, q.device_id}),
+            self.peer(dev),
+            loop,
+            expected_parts=expected_parts,
+            config_types=config_types,
+            max_items=self.cfg.max_items,
         )
         key = (q.CMD, sn)
         self._collectors[key] = collector
@@ -388,35 +456,46 @@ class Downlink:
         sip.add_done_callback(_consume)
         self.metrics.inc(f"query.sent.{q.CMD}")
         try:
-            return await self._collect(collector, sip, timeout or self.cfg.response_timeout)
+            result = await self._collect(collector, sip, timeout or self.cfg.response_timeout)
         finally:
             self._collectors.pop(key, None)
             if not collector.future.done():
                 collector.future.cancel()
+            if not sip.done():
+                sip.cancel()  # the answer is in (or given up): stop retransmitting the MESSAGE
+        if result.partial:
+            self._log_partial(result)
+        return result
+
+    def _log_partial(self, res: QueryResult) -> None:
+        self.metrics.inc("query.partial")
+        log.warning(
+            "query.partial",
+            device_id=res.device_id,
+            cmd_type=res.cmd_type,
+            sn=res.sn,
+            got=len(res.items) or len(res.responses),
+            sum_num=res.sum_num,
+        )
 
     async def _collect(
         self, c: _Collector, sip: asyncio.Future[Response], first_timeout: float
     ) -> QueryResult:
         loop = asyncio.get_running_loop()
         res = c.result
-        deadline = loop.time() + first_timeout
+        start = loop.time()
+        deadline = start + first_timeout
+        # However fast a device trickles parts, one query ends after this long.
+        hard = start + self.cfg.max_query_time
         waiting: set[asyncio.Future[Any]] = {c.future, sip}
         while True:
             now = loop.time()
             # Before the first answer: the response timeout; after it: the idle timeout.
             remaining = (c.last + self.cfg.idle_timeout if res.responses else deadline) - now
+            remaining = min(remaining, hard - now)
             if remaining <= 0:
                 if res.responses:
                     res.partial = True
-                    self.metrics.inc("query.partial")
-                    log.warning(
-                        "query.partial",
-                        device_id=res.device_id,
-                        cmd_type=res.cmd_type,
-                        sn=res.sn,
-                        got=len(res.items) or len(res.responses),
-                        sum_num=res.sum_num,
-                    )
                     return res
                 self.metrics.inc("query.timeout")
                 raise QueryTimeout(f"{res.cmd_type} to {res.device_id}: no answer in time")
@@ -485,9 +564,9 @@ class Downlink:
 
     async def config_download(self, target_id: str, config_types: str) -> QueryResult:
         """ConfigDownload: one Response per ``/``-separated type is awaited."""
-        parts = len([t for t in config_types.split("/") if t.strip()])
+        types = tuple(t.strip() for t in config_types.split("/") if t.strip())
         q = ConfigDownloadQuery(sn=0, device_id=target_id, config_type=config_types)
-        return await self.query(target_id, q, expected_parts=max(parts, 1))
+        return await self.query(target_id, q, expected_parts=max(len(types), 1), config_types=types)
 
     async def preset_query(self, channel_id: str) -> QueryResult:
         return await self.query(channel_id, PresetQuery(sn=0, device_id=channel_id))
@@ -536,15 +615,22 @@ class Downlink:
         dev = self.device(sender)
         if dev is not None:
             self.note_charset(dev, decoded)
-        self.deliver(msg, sender)
+        self.deliver(msg, sender, ctx.peer)
         return self._ok(req)
 
-    def deliver(self, msg: Message, sender: str) -> bool:
+    def deliver(self, msg: Message, sender: str, peer: Peer) -> bool:
         """Hand an answer to the request waiting for it; False when none is."""
         c = self._collectors.get((msg.CMD, msg.sn))
-        if c is None or not c.accepts(sender, msg.device_id):
+        if c is None or not c.accepts(sender, msg.device_id, peer):
             self.metrics.inc("message.stray_response")
-            log.debug("message.stray_response", sender=sender, cmd_type=msg.CMD, sn=msg.sn)
+            log.info(
+                "message.stray_response",
+                sender=sender,
+                peer=str(peer),
+                cmd_type=msg.CMD,
+                sn=msg.sn,
+                expected=None if c is None else str(c.peer),
+            )
             return False
         c.feed(msg, asyncio.get_running_loop().time())
         return True
@@ -608,14 +694,16 @@ class Downlink:
         msg = cast(MobilePositionNotify, decoded.message)
         self.note_charset(dev, decoded)
         # A one-shot MobilePosition query is answered with this Notify.
-        self.deliver(msg, req.from_.uri.user or "")
+        self.deliver(msg, req.from_.uri.user or "", ctx.peer)
         self.position_received(dev, msg)
         return self._ok(req)
 
     def position_received(self, dev: Device, msg: MobilePositionNotify) -> None:
         positions = tuple(msg.positions())
         for p in positions:
-            self.positions[p.device_id or msg.device_id] = p
+            key = p.device_id or msg.device_id
+            if key == dev.device_id or self.catalog.owner_of(key) == dev.device_id:
+                self.positions[key] = p
         self.metrics.inc("position.received")
         self.events.publish(MobilePositionReceived(dev.device_id, positions))
 

@@ -6,17 +6,22 @@ fixes no package for alarms and positions, so ``presence`` is sent as most platf
 body's CmdType decides). The SUBSCRIBE/200 pair makes a dialog; refreshes go in that dialog at
 80 % of the granted time. A device that re-registers (it may have rebooted and forgotten us) is
 subscribed afresh; a device going offline drops its subscriptions. A refusal or a timeout is
-retried after ``downlink.subscription_retry`` seconds while the device stays online.
+retried after ``downlink.subscription_retry`` seconds while the device stays online; a refresh
+answered 481 (RFC 6665 §4.1.2.2: the dialog is gone) or failing after the subscription expired
+starts a new dialog. Refreshes are jittered so that thousands of subscriptions made in one burst
+do not all come due in the same second.
 
 NOTIFYs are matched to their subscription by Call-ID and answered 200; a NOTIFY from a
 registered device outside any known dialog is still applied (some devices open a new Call-ID)
-and counted; anything else gets 481.
+and counted; anything else gets 481. A NOTIFY whose body cannot be decoded is still answered
+200 (an error would make the device end the subscription, RFC 6665 §4.2.2) and is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +45,7 @@ from gateway.manscdp.messages import (
 from gateway.metrics import Metrics
 from gateway.model import Device
 from gateway.sip.endpoint import Endpoint, ServerContext
-from gateway.sip.errors import SipError
+from gateway.sip.errors import ParseError, SipError
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.uri import find_param, parse_params
 
@@ -63,6 +68,7 @@ class Subscription:
     expires_at: float = 0.0
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     refreshes: int = 0
+    ending: bool = False  # an Expires: 0 is on its way: never resubscribe from it
 
     def cancel_timer(self) -> None:
         if self.timer is not None:
@@ -163,16 +169,22 @@ class Subscriptions:
             self._by_call_id[sub.call_id] = sub
         sub.cancel_timer()
         sub.cseq += 1
+        if expires == 0:
+            sub.ending = True
         req = self._request(dev, sub, expires)
         try:
             resp = await self.endpoint.request(req, self.downlink.peer(dev))
         except SipError as exc:
             self.metrics.inc("subscribe.failed")
             log.info("subscribe.no_answer", device_id=device_id, kind=kind, error=str(exc))
-            self._retry(sub)
+            if self._subs.get((device_id, kind)) is sub and not sub.ending:
+                self._retry(self._fresh_if_dead(sub, 0))
             return False
         if self._subs.get((device_id, kind)) is not sub:
             return False  # the device went offline or re-registered meanwhile
+        if expires == 0:
+            self._forget(sub)
+            return resp.status < 300
         if resp.status >= 300:
             self.metrics.inc("subscribe.refused")
             log.info(
@@ -184,15 +196,17 @@ class Subscriptions:
             )
             sub.active = False
             if resp.status in (405, 489, 501):
+                self._forget(sub)
                 return False  # not supported: ask again when it next registers
-            self._retry(sub)
+            fresh = self._fresh_if_dead(sub, resp.status)
+            # A lost dialog is re-created at once; other refusals wait for the retry period.
+            self._retry(fresh, 1.0 if fresh is not sub else None)
             return False
-        if expires == 0:
-            self._forget(sub)
-            return True
-        if not sub.remote_tag:
-            sub.remote_tag = resp.to.tag or ""
-        granted = resp.expires
+        try:
+            sub.remote_tag = sub.remote_tag or resp.to.tag or ""
+            granted = resp.expires
+        except ParseError:
+            granted = None
         sub.expires = granted if granted is not None and 0 < granted <= expires else expires
         sub.active = True
         sub.expires_at = self.clock() + sub.expires
@@ -206,10 +220,22 @@ class Subscriptions:
         sub.refreshes += 1
         loop = asyncio.get_running_loop()
         sub.timer = loop.call_later(
-            sub.expires * 0.8,
+            sub.expires * random.uniform(0.7, 0.85),
             lambda: self.downlink.spawn(self.subscribe(device_id, kind, sub.expires)),
         )
         return True
+
+    def _fresh_if_dead(self, sub: Subscription, status: int) -> Subscription:
+        """After a 481, or a failed refresh past expiry, the dialog is gone: the next attempt
+        is an initial SUBSCRIBE in a new dialog."""
+        if sub.remote_tag and (status == 481 or self.clock() >= sub.expires_at):
+            self._forget(sub)
+            fresh = Subscription(sub.device_id, sub.kind, sub.event, sub.expires)
+            fresh.call_id, fresh.local_tag = self.endpoint.call_id(), self.endpoint.tag()
+            self._subs[(sub.device_id, sub.kind)] = fresh
+            self._by_call_id[fresh.call_id] = fresh
+            return fresh
+        return sub
 
     async def unsubscribe(self, device_id: str, kind: str) -> bool:
         sub = self._subs.get((device_id, kind))
@@ -217,12 +243,14 @@ class Subscriptions:
             return False
         return await self.subscribe(device_id, kind, 0)
 
-    def _retry(self, sub: Subscription) -> None:
+    def _retry(self, sub: Subscription, delay: float | None = None) -> None:
         if self._closed:
             return
+        sub.cancel_timer()
         loop = asyncio.get_running_loop()
+        wait = self.cfg.subscription_retry if delay is None else delay
         sub.timer = loop.call_later(
-            self.cfg.subscription_retry,
+            wait * random.uniform(0.9, 1.1),
             lambda: self.downlink.spawn(self.subscribe(sub.device_id, sub.kind, sub.expires)),
         )
 
@@ -272,10 +300,12 @@ class Subscriptions:
             except DecodeError as exc:
                 self.metrics.inc("notify.bad_body")
                 log.warning("notify.bad_body", device_id=dev.device_id, reason=exc.reason)
-                return self._reply(req, 400, f"Bad Request (MANSCDP: {exc.reason})")
-            self.downlink.note_charset(dev, decoded)
-            self._apply(dev, decoded.message)
-        if state.lower().startswith("terminated") and sub is not None:
+            else:
+                self.downlink.note_charset(dev, decoded)
+                self._apply(dev, decoded.message)
+        if state.lower().startswith("terminated") and sub is not None and sub.ending:
+            self._forget(sub)
+        elif state.lower().startswith("terminated") and sub is not None:
             reason = find_param(parse_params(state.partition(";")[2]), "reason")
             log.info(
                 "subscription.terminated", device_id=dev.device_id, kind=sub.kind, reason=reason

@@ -4,8 +4,9 @@ GB/T 28181-2022 §9.5.2 and reference §1.4, §3.2–§3.3. When a device regist
 time, comes back from offline, or registers anew after a reboot, the gateway asks its DeviceInfo
 (kept on the device record) and its Catalog, applies the answer to the stored catalog as a diff,
 then subscribes to catalog changes (and alarms and positions when configured). A partial answer
-is applied without removals and the sync is retried later. A device going offline cancels its
-sync, drops its subscriptions and turns its channels OFF.
+is applied without removals and the sync is retried later (up to four times, backing off from
+60 s). If no catalog comes at all the device's channels follow the device (ON). A device going
+offline cancels its sync, drops its subscriptions and turns its channels OFF.
 
 A global limit on concurrent syncs keeps a burst of 2,000 registrations (a power cut coming
 back) from flooding the gateway with 2,000 parallel catalog collections.
@@ -52,6 +53,7 @@ class CatalogSync:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._limit = asyncio.Semaphore(self.cfg.max_concurrent_syncs)
         self.retry_after = 60.0
+        self.max_retries = 4
 
     def install(self) -> None:
         self.events.subscribe(DeviceOnline, self.on_online)
@@ -59,10 +61,19 @@ class CatalogSync:
 
     def start(self) -> None:
         """After a gateway restart, devices still registered keep their stored catalog but
-        lost our subscriptions: subscribe again."""
-        for dev in list(self.downlink.registrar.devices.values()):
-            if dev.online:
-                self.subscriptions.device_online(dev.device_id)
+        lost our subscriptions: subscribe again, spread over a few seconds."""
+        online = [d.device_id for d in self.downlink.registrar.devices.values() if d.online]
+        if not online:
+            return
+        loop = asyncio.get_running_loop()
+        spread = min(30.0, len(online) / 200)
+        for i, device_id in enumerate(online):
+            loop.call_later(spread * i / len(online), self._resubscribe, device_id)
+
+    def _resubscribe(self, device_id: str) -> None:
+        dev = self.downlink.device(device_id)
+        if dev is not None and dev.online:
+            self.subscriptions.device_online(device_id)
 
     async def close(self) -> None:
         for task in list(self._running.values()):
@@ -70,6 +81,8 @@ class CatalogSync:
 
     def on_online(self, event: DeviceOnline) -> None:
         if not self.cfg.sync_on_register:
+            # No catalog answer will say otherwise: the channels follow the device.
+            self.catalog.set_device_status(event.device_id, "ON")
             self.subscriptions.device_online(event.device_id)
             return
         self.schedule(event.device_id)
@@ -102,16 +115,18 @@ class CatalogSync:
         async with self._limit:
             partial = await self.sync(device_id)
         self.subscriptions.device_online(device_id)
-        if partial:
-            # Parts were lost on the way: ask again later for the rest.
-            self.downlink.spawn(self._retry(device_id))
-
-    async def _retry(self, device_id: str) -> None:
-        await asyncio.sleep(self.retry_after)
-        dev = self.downlink.device(device_id)
-        if dev is not None and dev.online:
+        # Parts were lost on the way (or nothing came): ask again later, backing off.
+        wait = self.retry_after
+        for _ in range(self.max_retries):
+            if not partial:
+                return
+            await asyncio.sleep(wait)
+            wait *= 2
+            dev = self.downlink.device(device_id)
+            if dev is None or not dev.online:
+                return
             async with self._limit:
-                await self.sync(device_id)
+                partial = await self.sync(device_id)
 
     async def sync(self, device_id: str) -> bool:
         """DeviceInfo, then Catalog, applied as a diff. Returns True when the catalog answer
@@ -137,6 +152,8 @@ class CatalogSync:
         except QueryError as exc:
             self.metrics.inc("sync.failed")
             log.warning("sync.catalog_failed", device_id=device_id, error=str(exc))
+            # The device is online but its catalog did not come: its channels follow it.
+            self.catalog.set_device_status(device_id, "ON")
             return True
         items: list[CatalogItem] = result.items
         diff = self.catalog.apply_sync(device_id, items, partial=result.partial)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from gateway.manscdp import ptz
 from gateway.manscdp.messages import (
     BasicParam,
     CatalogItem,
+    CatalogResponse,
     ConfigDownloadResponse,
     CruiseTrackListQuery,
     CruiseTrackListResponse,
@@ -34,8 +36,11 @@ from gateway.manscdp.messages import (
     SDCardStatusQuery,
     SDCardStatusResponse,
     ZoomBox,
+    encode,
 )
+from gateway.metrics import Metrics
 from gateway.sip.endpoint import Endpoint
+from gateway.sip.transaction import TimerConfig
 from tests.conftest import make_config, sim, wait_for
 
 NVR = "34020000001180000001"
@@ -465,3 +470,119 @@ async def test_restart_keeps_the_catalog_and_subscribes_again(
         await wait_for(lambda: len({r.call_id for r in dev.subscribes}) == 2, 10, "resubscribe")
     finally:
         await again.close()
+
+
+# -- what a review found: each of these failed on the first version ---------------------------
+
+
+async def test_another_device_cannot_answer_or_wipe_a_pending_query(
+    start_gateway, device_endpoint
+) -> None:
+    """An answer is only taken from the queried device's registered address."""
+    gw = await start_gateway(downlink={**FAST, "sync_on_register": False})
+    victim = nvr(device_endpoint, gw, channel_count=3, mute=True)
+    assert (await victim.register()).status == 200
+    gw.catalog.apply_sync(NVR, list(victim.catalog_items()), partial=False)
+    other_ep = Endpoint(metrics=Metrics(), timers=TimerConfig(t1=0.1, t2=0.4, t4=0.5))
+    await other_ep.start("127.0.0.1", 0)
+    try:
+        attacker = nvr(other_ep, gw, device_id="34020000001180000002", channel_count=1)
+        assert (await attacker.register()).status == 200
+        dl = gw.downlink
+        assert dl is not None
+        query = asyncio.create_task(dl.catalog_query(NVR))
+        await wait_for(lambda: bool(dl._collectors), 3, "query pending")
+        ((_, sn),) = dl._collectors
+        forged = CatalogResponse(sn=sn, device_id=NVR, sum_num=0)
+        body = encode(forged)
+        req = attacker.build_message(body)
+        req.set_header("From", f"<sip:{NVR}@3402000000>;tag=forged")  # even claiming to be A
+        assert (await other_ep.request(req, attacker.server)).status == 200
+        with pytest.raises(QueryTimeout):
+            await query
+        assert gw.metrics.get("message.stray_response") == 1
+        assert len(channels_of(gw)) == 3  # nothing was removed
+    finally:
+        await other_ep.close()
+
+
+@pytest.mark.parametrize("sum_num", [-1, 10**9, 1])
+async def test_impossible_sum_num_is_partial_and_removes_nothing(
+    start_gateway, device_endpoint, sum_num: int
+) -> None:
+    gw = await start_gateway(downlink={**FAST, "sync_on_register": False, "max_items": 1000})
+    dev = nvr(device_endpoint, gw, channel_count=4, items_per_message=2, wrong_sum_num=sum_num)
+    assert (await dev.register()).status == 200
+    gw.catalog.apply_sync(NVR, list(dev.catalog_items()), partial=False)
+    dl = gw.downlink
+    assert dl is not None
+    res = await dl.catalog_query(NVR)
+    assert res.partial and res.sum_num == sum_num
+    assert gw.catalog.apply_sync(NVR, res.items, partial=res.partial).removed == 0
+
+
+async def test_restart_after_expiry_turns_the_channels_off(tmp_path: Path, device_endpoint) -> None:
+    config = make_config(tmp_path, downlink=FAST)
+    gw = Gateway(config)
+    await gw.start()
+    try:
+        done = synced(gw)
+        dev = nvr(device_endpoint, gw, channel_count=2, expires=60)
+        assert (await dev.register()).status == 200
+        await wait_for(lambda: bool(done), 10, "sync")
+    finally:
+        await gw.close()
+    later = Gateway(make_config(tmp_path, downlink=FAST), clock=lambda: time.time() + 3600)
+    await later.start()
+    try:
+        assert not later.registrar.devices[NVR].online  # type: ignore[union-attr]
+        assert {i.status for i in channels_of(later).values()} == {"OFF"}
+    finally:
+        await later.close()
+
+
+async def test_refresh_answered_481_starts_a_new_dialog(start_gateway, device_endpoint) -> None:
+    gw = await start_gateway(downlink=FAST)
+    done = synced(gw)
+    dev = nvr(device_endpoint, gw, channel_count=1)
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: bool(done) and len(dev.subscribes) == 1, 10, "subscribed")
+    first = dev.subscribes[0].call_id
+    dev.subscriptions.clear()  # the device forgot the dialog (it will answer 481)
+    subs = gw.subscriptions
+    assert subs is not None
+    assert not await subs.subscribe(NVR, "Catalog", 600)
+    await wait_for(lambda: dev.subscription("Catalog") is not None, 5, "new dialog")
+    assert dev.subscribes[-1].call_id != first and not dev.subscribes[-1].to.tag
+    fresh = subs.get(NVR, "Catalog")
+    assert fresh is not None and fresh.active
+
+
+async def test_undecodable_notify_is_still_answered_200(start_gateway, device_endpoint) -> None:
+    """An error would make the device drop the subscription (RFC 6665 §4.2.2)."""
+    gw = await start_gateway(downlink=FAST)
+    done = synced(gw)
+    dev = nvr(device_endpoint, gw, channel_count=1)
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: bool(done) and dev.subscription("Catalog") is not None, 10, "sub")
+    sub = dev.subscription("Catalog")
+    assert sub is not None
+    resp = await dev.notify(sub, b"<Notify><CmdType>Catalog</CmdType><SN>x")
+    assert resp is not None and resp.status == 200
+    assert gw.metrics.get("notify.bad_body") == 1
+
+
+async def test_unsubscribe_is_not_undone_by_a_terminating_notify(
+    start_gateway, device_endpoint
+) -> None:
+    gw = await start_gateway(downlink=FAST)
+    done = synced(gw)
+    dev = nvr(device_endpoint, gw, channel_count=1)
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: bool(done) and dev.subscription("Catalog") is not None, 10, "sub")
+    subs = gw.subscriptions
+    assert subs is not None
+    assert await subs.unsubscribe(NVR, "Catalog")
+    assert subs.get(NVR, "Catalog") is None
+    await asyncio.sleep(0.3)
+    assert subs.get(NVR, "Catalog") is None and dev.subscription("Catalog") is None
