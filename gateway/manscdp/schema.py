@@ -177,6 +177,10 @@ def compile_node(cls: T) -> T:
     for spec in specs:
         for name in (spec.tag, *spec.aliases, *((spec.tag_2022,) if spec.tag_2022 else ())):
             by_tag[name.lower()] = spec
+    # The standard's spelling too, so that the usual case needs no lower-casing.
+    for spec in specs:
+        for name in (spec.tag, *spec.aliases, *((spec.tag_2022,) if spec.tag_2022 else ())):
+            by_tag.setdefault(name, spec)
     cls._specs = tuple(specs)
     cls._by_tag = by_tag
     return cls
@@ -195,13 +199,12 @@ def _clean(raw: str | None, upper: bool) -> str:
 
 
 def _to_int(value: str) -> int | None:
-    if value[:1] in "+-":
-        sign, digits = value[0], value[1:]
-    else:
-        sign, digits = "", value
-    if not digits or not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
-        return None
-    return int(sign + digits)
+    if value.isdigit():
+        # str.isdigit() accepts "²" and other Unicode digits: only ASCII ones are numbers here.
+        return int(value) if value.isascii() and len(value) <= 18 else None
+    if value[:1] in "+-" and value[1:].isdigit() and value.isascii() and len(value) <= 19:
+        return int(value)
+    return None
 
 
 def _to_float(value: str) -> float | None:
@@ -232,7 +235,7 @@ def read_node(cls: type[N], el: Any, repairs: list[str]) -> N:
         tag = child.tag
         if not isinstance(tag, str):
             continue
-        spec = by_tag.get(tag.lower())
+        spec = by_tag.get(tag) or by_tag.get(tag.lower())
         if spec is None:
             extra.append((tag, _verbatim(child)))
             continue

@@ -150,14 +150,15 @@ def _short(exc: Exception) -> str:
     return str(exc).split("\n", 1)[0][:120]
 
 
+# Is there an element deeper than MAX_DEPTH? Evaluated in C: a Python walk of every element
+# cost as much as the parse itself.
+_TOO_DEEP = etree.XPath("boolean(/" + "/*" * (MAX_DEPTH + 1) + ")")
+
+
 def _depth_exceeds(root: Any, limit: int) -> bool:
-    stack = [(root, 1)]
-    while stack:
-        el, depth = stack.pop()
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in el)
-    return False
+    if limit == MAX_DEPTH:
+        return bool(_TOO_DEEP(root))
+    return bool(etree.XPath("boolean(/" + "/*" * (limit + 1) + ")")(root))
 
 
 def serialize(root: Any, charset: str = "GB2312", declare: str | None = None) -> bytes:
