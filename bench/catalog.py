@@ -5,10 +5,11 @@ Run: ``.venv/bin/python bench/catalog.py`` (defaults: 2,000 devices, 100 channel
 (one MESSAGE, and one 200 OK, per channel).
 
 The gateway runs as a subprocess on 127.0.0.1 with a fresh SQLite store and its default
-downlink settings (sync on register, at most 64 syncs at once, catalog subscription after each
-sync). The simulated NVRs (``conformance.peers.device``, one ``DeviceHub`` on one socket) run in
-a second process, so the gateway has a core of its own. From the moment the simulator starts
-registering, the store is polled read-only until every channel is there.
+downlink settings (sync on register, at most ``--max-syncs`` (128) syncs at once, catalog
+subscription after each sync). The simulated NVRs (``conformance.peers.device``, one
+``DeviceHub`` on one socket) run in a second process, so the gateway has a core of its own.
+From the moment the simulator starts registering, the store is polled read-only until every
+channel is there.
 
 Figures:
 

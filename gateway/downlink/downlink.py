@@ -51,6 +51,10 @@ from gateway.manscdp.messages import (
     CatalogQuery,
     ConfigDownloadQuery,
     ConfigDownloadResponse,
+    CruiseTrackListQuery,
+    CruiseTrackListResponse,
+    CruiseTrackQuery,
+    CruiseTrackResponse,
     Decoded,
     DeviceConfig,
     DeviceConfigResponse,
@@ -60,12 +64,18 @@ from gateway.manscdp.messages import (
     DeviceInfoResponse,
     DeviceStatusQuery,
     DeviceStatusResponse,
+    HomePositionQuery,
+    HomePositionResponse,
     MediaStatus,
     Message,
     MobilePositionNotify,
     PresetQuery,
+    PtzPositionQuery,
+    PtzPositionResponse,
     RecordInfoQuery,
     RecordItem,
+    SDCardStatusQuery,
+    SDCardStatusResponse,
     encode,
 )
 from gateway.manscdp.ptz import PtzCommand
@@ -526,14 +536,14 @@ class Downlink:
     # -- typed conveniences -----------------------------------------------------------------
     async def device_info(self, device_id: str) -> DeviceInfoResponse:
         dev = self._online(device_id)
-        res = await self.query(device_id, DeviceInfoQuery(sn=0, device_id=dev.device_id))
-        return cast(DeviceInfoResponse, res.response)
+        q = DeviceInfoQuery(sn=0, device_id=dev.device_id)
+        return await self._one(device_id, q, DeviceInfoResponse)
 
     async def device_status(
         self, device_id: str, target: str | None = None
     ) -> DeviceStatusResponse:
-        res = await self.query(device_id, DeviceStatusQuery(sn=0, device_id=target or device_id))
-        return cast(DeviceStatusResponse, res.response)
+        q = DeviceStatusQuery(sn=0, device_id=target or device_id)
+        return await self._one(device_id, q, DeviceStatusResponse)
 
     async def catalog_query(self, device_id: str) -> QueryResult:
         dev = self._online(device_id)
@@ -570,6 +580,33 @@ class Downlink:
 
     async def preset_query(self, channel_id: str) -> QueryResult:
         return await self.query(channel_id, PresetQuery(sn=0, device_id=channel_id))
+
+    async def _one(self, target_id: str, q: Message, kind: type[R]) -> R:
+        res = await self.query(target_id, q)
+        if not isinstance(res.response, kind):  # pragma: no cover - the registry decides
+            raise QueryError(f"{q.CMD} to {target_id}: unexpected {type(res.response).__name__}")
+        return res.response
+
+    async def home_position(self, channel_id: str) -> HomePositionResponse:
+        """2022 HomePositionQuery (reference §3.9)."""
+        q = HomePositionQuery(sn=0, device_id=channel_id)
+        return await self._one(channel_id, q, HomePositionResponse)
+
+    async def cruise_track_list(self, channel_id: str) -> CruiseTrackListResponse:
+        q = CruiseTrackListQuery(sn=0, device_id=channel_id)
+        return await self._one(channel_id, q, CruiseTrackListResponse)
+
+    async def cruise_track(self, channel_id: str, number: int = 0) -> CruiseTrackResponse:
+        q = CruiseTrackQuery(sn=0, device_id=channel_id, number=number)
+        return await self._one(channel_id, q, CruiseTrackResponse)
+
+    async def ptz_position(self, channel_id: str) -> PtzPositionResponse:
+        q = PtzPositionQuery(sn=0, device_id=channel_id)
+        return await self._one(channel_id, q, PtzPositionResponse)
+
+    async def sd_card_status(self, target_id: str) -> SDCardStatusResponse:
+        q = SDCardStatusQuery(sn=0, device_id=target_id)
+        return await self._one(target_id, q, SDCardStatusResponse)
 
     async def control(self, target_id: str, c: DeviceControl) -> DeviceControlResponse | None:
         """Send a DeviceControl to a channel or device. Sub-commands that have an application

@@ -4,7 +4,7 @@ GB/T 28181-2022 §9.7, §9.11 and Annex N; reference §5.1–§5.4. The gateway 
 ``Query`` body naming what it wants (``Event: Catalog;id=n`` for the catalog; the standard
 fixes no package for alarms and positions, so ``presence`` is sent as most platforms do and the
 body's CmdType decides). The SUBSCRIBE/200 pair makes a dialog; refreshes go in that dialog at
-80 % of the granted time. A device that re-registers (it may have rebooted and forgotten us) is
+70–85 % of the granted time. A device that re-registers (it may have rebooted and forgotten us) is
 subscribed afresh; a device going offline drops its subscriptions. A refusal or a timeout is
 retried after ``downlink.subscription_retry`` seconds while the device stays online; a refresh
 answered 481 (RFC 6665 §4.1.2.2: the dialog is gone) or failing after the subscription expired
@@ -301,6 +301,11 @@ class Subscriptions:
                 self.metrics.inc("notify.bad_body")
                 log.warning("notify.bad_body", device_id=dev.device_id, reason=exc.reason)
             else:
+                if decoded.repairs:
+                    self.metrics.inc("notify.repaired")
+                    log.info(
+                        "notify.repaired", device_id=dev.device_id, repairs=list(decoded.repairs)
+                    )
                 self.downlink.note_charset(dev, decoded)
                 self._apply(dev, decoded.message)
         if state.lower().startswith("terminated") and sub is not None and sub.ending:

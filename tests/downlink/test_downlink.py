@@ -16,31 +16,40 @@ import pytest
 from conformance.peers.device import SimDevice
 from gateway.app import Gateway
 from gateway.downlink.downlink import DeviceUnavailable, QueryTimeout
-from gateway.events import AlarmReceived, CatalogChange, CatalogSynced, MobilePositionReceived
+from gateway.downlink.messages import sniff_cmd_type
+from gateway.events import (
+    AlarmReceived,
+    CatalogChange,
+    CatalogSynced,
+    MediaStatusReceived,
+    MobilePositionReceived,
+)
 from gateway.manscdp import ptz
+from gateway.manscdp.gbid import item_kind
 from gateway.manscdp.messages import (
+    AlarmSelector,
     BasicParam,
     CatalogItem,
     CatalogResponse,
     ConfigDownloadResponse,
-    CruiseTrackListQuery,
     CruiseTrackListResponse,
+    CruiseTrackResponse,
     DeviceConfig,
     DeviceControl,
     DeviceInfoQuery,
     HomePosition,
-    HomePositionQuery,
     HomePositionResponse,
-    PtzPositionQuery,
+    MediaStatus,
     PtzPositionResponse,
-    SDCardStatusQuery,
     SDCardStatusResponse,
     ZoomBox,
     encode,
 )
 from gateway.metrics import Metrics
 from gateway.sip.endpoint import Endpoint
+from gateway.sip.message import Request, Response
 from gateway.sip.transaction import TimerConfig
+from gateway.sip.transport import Peer
 from tests.conftest import make_config, sim, wait_for
 
 NVR = "34020000001180000001"
@@ -51,6 +60,21 @@ def nvr(ep: Endpoint, gw: Gateway, transport: str = "udp", **kw: Any) -> SimDevi
     dev = sim(ep, gw, kw.pop("device_id", NVR), transport, **kw)
     dev.install()
     return dev
+
+
+def record_answers(ep: Endpoint) -> dict[str, list[int]]:
+    """The SIP status the gateway gave each MESSAGE sent from ``ep``, by the body's CmdType."""
+    seen: dict[str, list[int]] = {}
+    send = ep.request
+
+    async def recording(req: Request, peer: Peer, **kw: Any) -> Response:
+        resp = await send(req, peer, **kw)
+        if req.method == "MESSAGE":
+            seen.setdefault(sniff_cmd_type(req.body) or "?", []).append(resp.status)
+        return resp
+
+    ep.request = recording  # type: ignore[method-assign]
+    return seen
 
 
 def synced(gw: Gateway) -> list[CatalogSynced]:
@@ -79,6 +103,7 @@ async def test_1000_channels_sync_completely(
     gw = await start_gateway(downlink=FAST)
     done = synced(gw)
     dev = nvr(device_endpoint, gw, transport, channel_count=1000, items_per_message=per_message)
+    statuses = record_answers(device_endpoint)
     assert (await dev.register()).status == 200
     await wait_for(lambda: bool(done), 30, "catalog sync")
     assert done[0].partial is False and done[0].added == 1000 and done[0].total == 1000
@@ -92,17 +117,20 @@ async def test_1000_channels_sync_completely(
     assert (info.name, info.manufacturer, info.channel_count) == (dev.name, dev.manufacturer, 1000)
     await gw.store.flush()
     assert len([k for k in gw.store.load_items() if k[0] == NVR]) == 1000
-    assert messages == -(-1000 // per_message)
+    # The parts really were split so, and the gateway answered every one of them 200.
+    assert statuses["Catalog"] == [200] * messages
 
 
 async def test_tree_nodes_are_stored_with_their_parents(start_gateway, device_endpoint) -> None:
     gw = await start_gateway(downlink=FAST)
     done = synced(gw)
-    dev = nvr(device_endpoint, gw, channel_count=4, with_groups=True)
+    region = CatalogItem(device_id="340200", name="芜湖市")
+    dev = nvr(device_endpoint, gw, channel_count=4, with_groups=True, catalog_extra_items=[region])
     assert (await dev.register()).status == 200
     await wait_for(lambda: bool(done), 10, "sync")
     group, org1, org2 = dev.group_ids()
     items = {i.device_id: i for i in gw.catalog.items_of(NVR)}
+    assert items["340200"] == region and item_kind("340200") == "region"
     assert items[group].device_id[10:13] == "215"
     assert items[org1].group_id == group and items[org2].parent_ids == (org1,)
     in_org = [i for i in items.values() if len(i.parent_ids) == 2]
@@ -150,6 +178,9 @@ async def test_notify_add_del_off_change_the_store_and_emit_events(
     added = CatalogItem(
         device_id="34020000001310009999", name="新增通道", parent_id=NVR, status="ON"
     )
+    first = dev.subscribes[0]
+    assert first.get_header("Expires") == "600"  # GB/T 28181-2022 Annex N default
+    assert (first.get_header("Event") or "").startswith("Catalog;id=")
     await dev.notify_catalog(
         [("OFF", dev.channel_id(1)), ("DEL", dev.channel_id(2)), ("ADD", added)]
     )
@@ -166,6 +197,19 @@ async def test_notify_add_del_off_change_the_store_and_emit_events(
     assert stored[added.device_id].name == "新增通道"
     await gw.store.flush()
     assert (NVR, added.device_id) in {(o, i.device_id) for o, i in gw.store.load_items()}
+    # Back ON, a fault on another channel, and an ON that changes nothing (no event).
+    await dev.notify_catalog(
+        [("ON", dev.channel_id(1)), ("DEFECT", dev.channel_id(3)), ("ON", dev.channel_id(4))]
+    )
+    await wait_for(lambda: len(seen) == 5, 5, "two more changes")
+    assert [(c.event, c.item_id) for c in seen[3:]] == [
+        ("ON", dev.channel_id(1)),
+        ("DEFECT", dev.channel_id(3)),
+    ]
+    assert channels_of(gw)[dev.channel_id(1)].status == "ON"
+    assert channels_of(gw)[dev.channel_id(3)].status == "OFF"
+    await asyncio.sleep(0.1)
+    assert len(seen) == 5
 
 
 async def test_subscription_is_refreshed_in_its_dialog_and_renewed_after_reboot(
@@ -245,8 +289,22 @@ async def test_controls_with_and_without_an_answer(start_gateway, device_endpoin
     box = ZoomBox(length=1920, width=1080, mid_point_x=960, mid_point_y=540, length_x=320)
     assert await dl.control(NVR, DeviceControl(sn=0, device_id=cam, drag_zoom_in=box)) is None
     assert await dl.control(NVR, DeviceControl(sn=0, device_id=cam, iframe_cmd="Send")) is None
-    await wait_for(lambda: len(dev.controls) == 6, 3, "controls")
+    out = DeviceControl(sn=0, device_id=cam, drag_zoom_out=box)
+    assert await dl.control(NVR, out) is None
+    selective = DeviceControl(
+        sn=0, device_id=NVR, alarm_cmd="ResetAlarm", info=AlarmSelector(alarm_method="2")
+    )
+    assert (await dl.control(NVR, selective)) is not None
+    await wait_for(lambda: len(dev.controls) == 8, 3, "controls")
     assert dev.controls[4].drag_zoom_in == box and dev.controls[5].iframe_cmd == "Send"
+    assert dev.controls[6].drag_zoom_out == box
+    assert dev.controls[7].info is not None and dev.controls[7].info.alarm_method == "2"
+    # The I-frame command is spelt as the device's edition has it (2016 IFameCmd, 2022 IFrameCmd).
+    record = gw.registrar.devices[NVR]  # type: ignore[union-attr]
+    iframe = DeviceControl(sn=1, device_id=cam, iframe_cmd="Send")
+    assert b"<IFameCmd>" in dl.body_for(record, iframe)
+    record.gb_version = "3.0"
+    assert b"<IFrameCmd>" in dl.body_for(record, iframe)
     # DeviceConfig has a Response; the device applies it.
     cfg = DeviceConfig(sn=0, device_id=NVR, basic_param=BasicParam(name="大门NVR", expiration=1800))
     answer = await dl.configure(NVR, cfg)
@@ -297,14 +355,23 @@ async def test_other_queries_return_typed_results(start_gateway, device_endpoint
     assert basic.basic_param is not None and basic.basic_param.name == dev.name  # type: ignore[union-attr]
     presets = await dl.preset_query(cam)
     assert [p.preset_id for p in presets.items] == [p.preset_id for p in dev.presets]
-    home = await dl.query(cam, HomePositionQuery(sn=0, device_id=cam))
-    assert isinstance(home.response, HomePositionResponse)
-    tracks = await dl.query(cam, CruiseTrackListQuery(sn=0, device_id=cam))
-    assert isinstance(tracks.response, CruiseTrackListResponse)
-    pos = await dl.query(cam, PtzPositionQuery(sn=0, device_id=cam))
-    assert isinstance(pos.response, PtzPositionResponse) and pos.response.zoom is not None
-    sd = await dl.query(NVR, SDCardStatusQuery(sn=0, device_id=NVR))
-    assert isinstance(sd.response, SDCardStatusResponse) and sd.response.items
+    home = await dl.home_position(cam)
+    assert isinstance(home, HomePositionResponse) and home.result == "OK"
+    tracks = await dl.cruise_track_list(cam)
+    assert isinstance(tracks, CruiseTrackListResponse) and tracks.items
+    track = await dl.cruise_track(cam, tracks.items[0].number or 0)
+    assert isinstance(track, CruiseTrackResponse) and track.items
+    pos = await dl.ptz_position(cam)
+    assert isinstance(pos, PtzPositionResponse) and pos.zoom is not None
+    sd = await dl.sd_card_status(NVR)
+    assert isinstance(sd, SDCardStatusResponse) and sd.items
+    assert {q.CMD for q in dev.queries} >= {
+        "HomePositionQuery",
+        "CruiseTrackListQuery",
+        "CruiseTrackQuery",
+        "PTZPosition",
+        "SDCardStatus",
+    }
 
 
 async def test_alarm_arrives_as_an_event_is_answered_and_stored(
@@ -586,3 +653,46 @@ async def test_unsubscribe_is_not_undone_by_a_terminating_notify(
     assert subs.get(NVR, "Catalog") is None
     await asyncio.sleep(0.3)
     assert subs.get(NVR, "Catalog") is None and dev.subscription("Catalog") is None
+
+
+async def test_media_status_is_handed_to_the_session_layer(start_gateway, device_endpoint) -> None:
+    gw = await start_gateway(downlink={**FAST, "sync_on_register": False})
+    seen: list[MediaStatusReceived] = []
+    gw.events.subscribe(MediaStatusReceived, seen.append)
+    dev = nvr(device_endpoint, gw, channel_count=1)
+    assert (await dev.register()).status == 200
+    req = dev.build_message(encode(MediaStatus(sn=5, device_id=dev.channel_id(1), notify_type=121)))
+    req.set_header("Call-ID", "playback-dialog-1")  # MediaStatus travels inside the INVITE dialog
+    assert (await device_endpoint.request(req, dev.server)).status == 200
+    assert [(e.device_id, e.call_id, e.notify_type) for e in seen] == [
+        (NVR, "playback-dialog-1", 121)
+    ]
+
+
+async def test_gb28181_sim_command_against_the_gateway(start_gateway) -> None:
+    """The hand-run simulator: three NVRs register, sync and keep alive against the gateway."""
+    gw = await start_gateway(downlink=FAST)
+    done = synced(gw)
+    exe = Path(sys.executable).parent / "gb28181-sim"
+    cmd = [str(exe), "device", "--server", f"127.0.0.1:{gw.port}", "--count", "3"]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        "--channels",
+        "5",
+        "--groups",
+        "--keepalive",
+        "1",
+        "--duration",
+        "4",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await wait_for(lambda: len(done) == 3, 15, "three syncs")
+        assert sorted(d.added for d in done) == [8, 8, 8]  # 5 channels + 3 group nodes
+        await wait_for(lambda: gw.metrics.get("keepalive.ok") >= 3, 5, "keepalives")
+    finally:
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "34020000001180000001" in text and "Catalog" in text
