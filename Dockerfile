@@ -4,6 +4,7 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
+COPY conformance ./conformance
 RUN pip install --no-cache-dir .
 
 # SIP signalling, UDP and TCP on one port. The store lives in /app/data.
