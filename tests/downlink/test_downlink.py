@@ -77,6 +77,12 @@ def record_answers(ep: Endpoint) -> dict[str, list[int]]:
     return seen
 
 
+def subscribed(gw: Gateway, kind: str = "Catalog") -> bool:
+    """The gateway holds an accepted subscription of ``kind`` to the NVR."""
+    sub = gw.subscriptions.get(NVR, kind) if gw.subscriptions is not None else None
+    return sub is not None and sub.active
+
+
 def synced(gw: Gateway) -> list[CatalogSynced]:
     seen: list[CatalogSynced] = []
     gw.events.subscribe(CatalogSynced, seen.append)
@@ -171,7 +177,7 @@ async def test_notify_add_del_off_change_the_store_and_emit_events(
     done = synced(gw)
     dev = nvr(device_endpoint, gw, channel_count=5)
     assert (await dev.register()).status == 200
-    await wait_for(lambda: bool(done) and dev.subscription("Catalog") is not None, 10, "sub")
+    await wait_for(lambda: bool(done) and subscribed(gw), 10, "sub")
     sub = gw.subscriptions.get(NVR, "Catalog")  # type: ignore[union-attr]
     assert sub is not None and sub.active and sub.event.startswith("Catalog;id=")
     seen = changes(gw)
@@ -613,13 +619,18 @@ async def test_refresh_answered_481_starts_a_new_dialog(start_gateway, device_en
     done = synced(gw)
     dev = nvr(device_endpoint, gw, channel_count=1)
     assert (await dev.register()).status == 200
-    await wait_for(lambda: bool(done) and len(dev.subscribes) == 1, 10, "subscribed")
-    first = dev.subscribes[0].call_id
-    dev.subscriptions.clear()  # the device forgot the dialog (it will answer 481)
     subs = gw.subscriptions
     assert subs is not None
+
+    def active() -> bool:
+        sub = subs.get(NVR, "Catalog")
+        return sub is not None and sub.active
+
+    await wait_for(lambda: bool(done) and active(), 10, "subscribed")
+    first = dev.subscribes[0].call_id
+    dev.subscriptions.clear()  # the device forgot the dialog (it will answer 481)
     assert not await subs.subscribe(NVR, "Catalog", 600)
-    await wait_for(lambda: dev.subscription("Catalog") is not None, 5, "new dialog")
+    await wait_for(lambda: dev.subscription("Catalog") is not None and active(), 5, "new dialog")
     assert dev.subscribes[-1].call_id != first and not dev.subscribes[-1].to.tag
     fresh = subs.get(NVR, "Catalog")
     assert fresh is not None and fresh.active
@@ -631,7 +642,7 @@ async def test_undecodable_notify_is_still_answered_200(start_gateway, device_en
     done = synced(gw)
     dev = nvr(device_endpoint, gw, channel_count=1)
     assert (await dev.register()).status == 200
-    await wait_for(lambda: bool(done) and dev.subscription("Catalog") is not None, 10, "sub")
+    await wait_for(lambda: bool(done) and subscribed(gw), 10, "sub")
     sub = dev.subscription("Catalog")
     assert sub is not None
     resp = await dev.notify(sub, b"<Notify><CmdType>Catalog</CmdType><SN>x")
@@ -646,7 +657,7 @@ async def test_unsubscribe_is_not_undone_by_a_terminating_notify(
     done = synced(gw)
     dev = nvr(device_endpoint, gw, channel_count=1)
     assert (await dev.register()).status == 200
-    await wait_for(lambda: bool(done) and dev.subscription("Catalog") is not None, 10, "sub")
+    await wait_for(lambda: bool(done) and subscribed(gw), 10, "sub")
     subs = gw.subscriptions
     assert subs is not None
     assert await subs.unsubscribe(NVR, "Catalog")
