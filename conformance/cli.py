@@ -3,6 +3,11 @@
 ``gb28181-sim device --server HOST:PORT`` plays N devices (IPC/NVR) on one socket: they register
 with digest, keep alive, answer every query from a generated catalog, obey controls and accept
 subscriptions, and one line is printed for each thing they see, until Ctrl-C or ``--duration``.
+
+``gb28181-sim platform --port PORT`` plays an upper (city) platform: lower platforms (the gateway's
+uplink) and devices register to it with digest and keep alive; it can query each one's catalog
+(``--catalog-after``) and subscribe to it (``--subscribe``), and prints registrations, keepalives,
+offline lowers, NOTIFYs and alarms as they come.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import TextIO
 import structlog
 
 from conformance.peers.device import DeviceHub, SimDevice
+from conformance.peers.platform import Lower, SimPlatform
 from gateway.manscdp.gbid import is_gb_id
 from gateway.metrics import Metrics
 from gateway.sip.endpoint import Endpoint
@@ -42,6 +48,20 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text!r}")
+    return value
+
+
+def _interval(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
 
 
@@ -86,6 +106,37 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--items-per-message", type=_positive, help="default: 1 on UDP, 100 on TCP")
     d.add_argument("--bind", type=_host_port, default=("0.0.0.0", 0), metavar="HOST:PORT")
     d.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+
+    u = sub.add_parser(
+        "platform",
+        help="a simulated upper (city) platform that lower platforms and devices register to",
+        description=(
+            "Run an upper platform: accept REGISTER with digest, answer keepalives, mark silent "
+            "lowers offline, optionally query and subscribe to each lower's catalog, and print "
+            "one line per event (registrations, keepalives, offline, NOTIFYs, alarms)."
+        ),
+    )
+    u.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    u.add_argument("--port", type=int, default=5061, help="UDP and TCP port (default 5061)")
+    u.add_argument("--id", type=_gb_id, default="34010000002000000001", help="platform ID")
+    u.add_argument("--domain", help="SIP domain and realm (default: first 10 digits of --id)")
+    u.add_argument("--password", default="12345678")
+    u.add_argument("--no-qop", action="store_true", help='challenge without qop="auth"')
+    u.add_argument(
+        "--keepalive-interval",
+        type=_interval,
+        default=60.0,
+        metavar="SECONDS",
+        help="expected keepalive period; offline after 3 missed (default 60)",
+    )
+    u.add_argument(
+        "--catalog-after",
+        type=_non_negative,
+        metavar="SECONDS",
+        help="query each lower's catalog this long after it registers",
+    )
+    u.add_argument("--subscribe", action="store_true", help="subscribe to each lower's catalog")
+    u.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     return p
 
 
@@ -97,13 +148,35 @@ def device_ids(first: str, count: int) -> list[str]:
     return [f"{first[:14]}{serial + i:06d}" for i in range(count)]
 
 
+def _stamp() -> str:
+    return datetime.now().strftime("%H:%M:%S.%f")[:-3]
+
+
 class _Printer:
     def __init__(self, out: TextIO) -> None:
         self.out = out
 
     def __call__(self, device_id: str, event: str, detail: str) -> None:
-        stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
-        print(f"{stamp} {device_id} {event} {detail}".rstrip(), file=self.out, flush=True)
+        print(f"{_stamp()} {device_id} {event} {detail}".rstrip(), file=self.out, flush=True)
+
+
+class _LinePrinter:
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def __call__(self, line: str) -> None:
+        print(f"{_stamp()} {line}", file=self.out, flush=True)
+
+
+def _on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, add: bool) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            if add:
+                loop.add_signal_handler(sig, stop.set)
+            else:
+                loop.remove_signal_handler(sig)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Unix
+            pass
 
 
 async def run_devices(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -178,6 +251,78 @@ async def run_devices(args: argparse.Namespace, out: TextIO = sys.stdout) -> int
     return 0 if registered else 1
 
 
+async def run_platform(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    _on_signals(loop, stop, True)
+    endpoint = Endpoint(metrics=Metrics(), user_agent="gb28181-sim platform")
+    try:
+        await endpoint.start(args.host, args.port)
+    except OSError as exc:
+        _on_signals(loop, stop, False)
+        print(f"gb28181-sim: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    printer = _LinePrinter(out)
+    platform = SimPlatform(
+        endpoint,
+        platform_id=args.id,
+        domain=args.domain or args.id[:10],
+        password=args.password,
+        qop=not args.no_qop,
+        keepalive_interval=args.keepalive_interval,
+        on_event=printer,
+    )
+
+    async def catalog_later(lower_id: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            result = await platform.catalog(lower_id)
+        except LookupError:
+            printer(f"{lower_id} catalog not queried: no longer registered")
+            return
+        printer(
+            f"{lower_id} catalog items={len(result.items)} sum_num={result.sum_num}"
+            f" messages={len(result.responses)} status={result.status}"
+            + (" partial" if result.partial else "")
+        )
+
+    async def subscribe(lower_id: str) -> None:
+        try:
+            await platform.subscribe(lower_id, "Catalog")
+        except LookupError:
+            pass
+
+    def registered(lower: Lower) -> None:
+        if args.subscribe:
+            platform.spawn(subscribe(lower.lower_id))
+        if args.catalog_after is not None:
+            platform.spawn(catalog_later(lower.lower_id, args.catalog_after))
+
+    platform.on_registered = registered
+    platform.start()
+    print(
+        f"gb28181-sim: platform {platform.platform_id} domain {platform.domain} on "
+        f"{args.host}:{endpoint.port} (udp+tcp, qop={'auth' if platform.qop else 'none'})",
+        file=out,
+        flush=True,
+    )
+    try:
+        await asyncio.wait_for(stop.wait(), args.duration)
+    except TimeoutError:
+        pass
+    finally:
+        platform.stop()
+        await endpoint.close()
+        _on_signals(loop, stop, False)
+    online = sum(1 for lower in platform.lowers.values() if lower.online)
+    print(
+        f"gb28181-sim: stopped ({len(platform.lowers)} lowers seen, {online} online)",
+        file=out,
+        flush=True,
+    )
+    return 0
+
+
 def _configure_logging() -> None:
     structlog.configure(
         processors=[
@@ -201,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:  # pragma: no cover - not on Linux
         factory = asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
+        if args.command == "platform":
+            return runner.run(run_platform(args))
         return runner.run(run_devices(args))
 
 

@@ -28,6 +28,7 @@ import dataclasses
 import os
 import re
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
@@ -516,10 +517,13 @@ class SimDevice:
             return None
 
     def install(self) -> DeviceHub:
-        """Route the endpoint's requests to this device (a hub of one). For several devices on
-        one endpoint, make one :class:`DeviceHub` and ``add`` them all."""
+        """Route the endpoint's requests to this device: through the hub already serving the
+        endpoint, or a new one."""
         if self.hub is None:
-            DeviceHub(self.endpoint).add(self)
+            hub = _HUBS.get(self.endpoint)
+            if hub is None:
+                hub = DeviceHub(self.endpoint)
+            hub.add(self)
         assert self.hub is not None
         return self.hub
 
@@ -1172,6 +1176,10 @@ _ANSWERS: dict[type[Message], tuple[Callable[[SimDevice, Any], Iterable[Message]
 }
 
 
+# The hub serving each endpoint, so that devices installed one by one share it.
+_HUBS: weakref.WeakKeyDictionary[Endpoint, DeviceHub] = weakref.WeakKeyDictionary()
+
+
 class DeviceHub:
     """Many simulated devices on one endpoint: owns its MESSAGE and SUBSCRIBE routes and hands
     each request to the device it is addressed to; runs one keepalive loop for all.
@@ -1181,6 +1189,7 @@ class DeviceHub:
     a changed ``channel_count``) are still found, by a scan."""
 
     def __init__(self, endpoint: Endpoint, *, on_event: EventSink | None = None) -> None:
+        _HUBS[endpoint] = self
         self.endpoint = endpoint
         self.on_event = on_event
         self.devices: dict[str, SimDevice] = {}
