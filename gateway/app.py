@@ -28,6 +28,7 @@ from gateway.sip.endpoint import Endpoint
 from gateway.sip.transaction import TimerConfig
 from gateway.sip.uri import SipUri
 from gateway.store import Store
+from gateway.uplink.service import Uplink
 
 log = structlog.get_logger("gateway.app")
 
@@ -90,11 +91,19 @@ class Gateway:
         self.downlink: Downlink | None = None
         self.subscriptions: Subscriptions | None = None
         self.sync: CatalogSync | None = None
+        self.uplink: Uplink | None = None
 
     def _serves(self, uri: SipUri) -> bool:
-        """Requests may name the gateway by ID, by domain, or by address alone."""
+        """Requests may name the gateway by ID, by domain, or by address alone, or (from an
+        upper platform) one of the items it shares, by the ID that upper knows it by."""
         user = uri.user
-        return not user or user in (self.config.gateway.id, self.config.gateway.domain)
+        if not user or user in (self.config.gateway.id, self.config.gateway.domain):
+            return True
+        if self.catalog.owner_of(user) is not None:
+            return True
+        if self.registrar is not None and user in self.registrar.devices:
+            return True
+        return self.uplink is not None and self.uplink.knows(user)
 
     async def start(self) -> None:
         cfg = self.config
@@ -149,6 +158,18 @@ class Gateway:
             clock=self.clock,
         )
         self.sync.install()
+        self.uplink = Uplink(
+            config=cfg,
+            endpoint=self.endpoint,
+            catalog=self.catalog,
+            registrar=self.registrar,
+            downlink=self.downlink,
+            store=self.store,
+            events=self.events,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+        self.uplink.install(router)
         await self.store.start()
         # The catalog first: devices found expired while loading turn their channels OFF.
         self.catalog.load()
@@ -156,6 +177,7 @@ class Gateway:
         await self.endpoint.start(sip.host, sip.port)
         await self.registrar.start()
         self.sync.start()
+        self.uplink.start()
         log.info(
             "gateway.started",
             id=cfg.gateway.id,
@@ -171,6 +193,8 @@ class Gateway:
         return self.endpoint.port
 
     async def close(self) -> None:
+        if self.uplink is not None:
+            await self.uplink.close()
         if self.sync is not None:
             await self.sync.close()
         if self.subscriptions is not None:

@@ -31,7 +31,30 @@ def _parser() -> argparse.ArgumentParser:
     cat.add_argument("--config", metavar="FILE", help="TOML configuration file")
     cat.add_argument("--device", metavar="ID", help="only what this device (or channel) reported")
     cat.add_argument("--json", action="store_true", help="print JSON with every field")
+    idm = sub.add_parser(
+        "idmap", help="print the IDs items have for each upper platform (id_policy = recode)"
+    )
+    idm.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    idm.add_argument("--upper", metavar="ID", help="only this upper platform")
+    idm.add_argument("--json", action="store_true", help="print JSON")
     return p
+
+
+def _idmap(config: Config, upper: str | None, as_json: bool) -> int:
+    if not _sqlite_only(config, "idmap"):
+        return 2
+    from gateway.store.sqlite import read_id_map
+
+    rows = read_id_map(config.store.path, upper)
+    if as_json:
+        out = [{"upper_id": u, "local_id": loc, "upper_item_id": m} for u, loc, m in rows]
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{'UPPER':<20}  {'LOCAL ID':<20}  ID AT THE UPPER")
+    for u, loc, m in rows:
+        print(f"{u:<20}  {loc:<20}  {m}")
+    print(f"{len(rows)} mappings")
+    return 0
 
 
 def _sqlite_only(config: Config, command: str) -> bool:
@@ -126,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _devices(config, args.json)
     if args.command == "catalog":
         return _catalog(config, args.device, args.json)
+    if args.command == "idmap":
+        return _idmap(config, args.upper, args.json)
     from gateway.app import configure_logging, install_event_loop_policy, serve
 
     configure_logging(config)

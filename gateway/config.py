@@ -30,6 +30,8 @@ def _gb_id(value: str) -> str:
 class GatewaySection(_Section):
     id: str = "34020000002000000001"
     domain: str = "3402000000"
+    name: str = "GB28181 gateway"
+    civil_code: str = ""
     time_zone: str = "Asia/Shanghai"
 
     _check_id = field_validator("id")(_gb_id)
@@ -128,6 +130,71 @@ class DownlinkSection(_Section):
     subscription_retry: float = Field(300.0, gt=0)
 
 
+def _digits(value: str, lengths: tuple[int, ...], what: str) -> str:
+    if len(value) not in lengths or not (value.isascii() and value.isdigit()):
+        raise ValueError(f"must be {what}")
+    return value
+
+
+class UpperPlatform(_Section):
+    """One upper (city) platform the gateway registers to as a lower platform (reference §7)."""
+
+    id: str
+    domain: str
+    host: str
+    port: int = Field(5060, ge=1, le=65535)
+    transport: Literal["udp", "tcp"] = "udp"
+    password: str = Field(min_length=1)
+    name: str = ""
+    enabled: bool = True
+    register_expires: int = Field(3600, ge=60)
+    keepalive_interval: float = Field(60.0, gt=0)
+    keepalive_timeout_count: int = Field(3, ge=1)
+    retry_interval: float = Field(60.0, gt=0)
+    charset: Literal["GB2312", "UTF-8"] = "GB2312"
+    gb_version: Literal["2016", "2022"] = "2016"
+    share: Literal["all"] | tuple[str, ...] = "all"
+    id_policy: Literal["keep", "recode"] = "keep"
+    civil_code: str = ""
+    industry_code: str = "00"
+    catalog_batch_udp_bytes: int = Field(1300, ge=600, le=65000)
+    catalog_batch_tcp_items: int = Field(100, ge=1, le=10_000)
+
+    _check_id = field_validator("id")(_gb_id)
+
+    @field_validator("share")
+    @classmethod
+    def _share(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        if isinstance(value, tuple):
+            for item in value:
+                _gb_id(item)
+        return value
+
+    @field_validator("industry_code")
+    @classmethod
+    def _industry(cls, value: str) -> str:
+        return _digits(value, (2,), "a 2-digit industry code")
+
+    @model_validator(mode="after")
+    def _recode_needs_civil_code(self) -> UpperPlatform:
+        if self.civil_code:
+            _digits(self.civil_code, (2, 4, 6, 8), "a civil code of 2, 4, 6 or 8 digits")
+        elif self.id_policy == "recode":
+            raise ValueError("id_policy = recode needs civil_code (the upper's ID namespace)")
+        return self
+
+
+class UplinkSection(_Section):
+    platforms: tuple[UpperPlatform, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> UplinkSection:
+        ids = [p.id for p in self.platforms]
+        if len(ids) != len(set(ids)):
+            raise ValueError("two uplink.platforms have the same id")
+        return self
+
+
 class StoreSection(_Section):
     backend: Literal["sqlite", "memory"] = "sqlite"
     path: str = "data/gateway.db"
@@ -146,6 +213,7 @@ class Config(_Section):
     registrar: RegistrarSection = RegistrarSection()
     keepalive: KeepaliveSection = KeepaliveSection()
     downlink: DownlinkSection = DownlinkSection()
+    uplink: UplinkSection = UplinkSection()
     store: StoreSection = StoreSection()
     log: LogSection = LogSection()
 

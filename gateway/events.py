@@ -101,6 +101,21 @@ class DeviceNotification:
     message: Message
 
 
+@dataclass(frozen=True, slots=True)
+class UpperOnline:
+    """The gateway is registered at an upper platform."""
+
+    upper_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpperOffline:
+    """The gateway lost an upper platform; every session and subscription it had is over."""
+
+    upper_id: str
+    reason: str
+
+
 class EventBus:
     def __init__(self) -> None:
         self._subs: defaultdict[type, list[Callable[[Any], None]]] = defaultdict(list)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Config, ConfigError, config_from_dict, load_config
+from gateway.config import Config, ConfigError, UpperPlatform, config_from_dict, load_config
 
 CONTRACT = """
 [gateway]
@@ -88,3 +88,5 @@ def test_readme_documents_every_key() -> None:
         assert model is not None
         for key in model.model_fields:  # type: ignore[union-attr]
             assert f"`{section_name}.{key}`" in readme, f"README lacks {section_name}.{key}"
+    for key in UpperPlatform.model_fields:
+        assert f"`uplink.platforms[].{key}`" in readme, f"README lacks uplink.platforms[].{key}"

@@ -39,6 +39,13 @@ class Store(Protocol):
         """The newest alarms first."""
         ...
 
+    def load_id_map(self) -> list[tuple[str, str, str]]:
+        """(upper ID, local ID, the ID that upper knows the item by), oldest first."""
+        ...
+
+    def save_mapping(self, upper_id: str, local_id: str, upper_item: str, now: float) -> None:
+        """Record a recoded ID; mappings are never changed or removed once written."""
+
     async def flush(self) -> None:
         """Write everything queued so far."""
 

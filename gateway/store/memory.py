@@ -13,6 +13,7 @@ class MemoryStore:
         self.devices: dict[str, Device] = {}
         self.items: dict[tuple[str, str], CatalogItem] = {}
         self.alarms: list[Alarm] = []
+        self.id_map: list[tuple[str, str, str]] = []
 
     def load_devices(self) -> list[Device]:
         return [replace(d) for d in self.devices.values()]
@@ -37,6 +38,12 @@ class MemoryStore:
 
     def load_alarms(self, *, limit: int = 100) -> list[Alarm]:
         return list(reversed(self.alarms[-limit:]))
+
+    def load_id_map(self) -> list[tuple[str, str, str]]:
+        return list(self.id_map)
+
+    def save_mapping(self, upper_id: str, local_id: str, upper_item: str, now: float) -> None:
+        self.id_map.append((upper_id, local_id, upper_item))
 
     async def flush(self) -> None:
         return None

@@ -9,7 +9,8 @@ lets them read without blocking the writer.
 Tables: ``devices`` (registrations and what devices said about themselves), ``channels`` (every
 catalog item a device reported: channels and the tree nodes above them, civil regions, business
 groups, virtual organisations; every field is kept as JSON in ``fields``, the ones queries need
-are columns with indexes), ``alarms``.
+are columns with indexes), ``alarms``, and ``id_map`` (the ID each item has for each upper
+platform under ``id_policy = "recode"``; a row is never changed once written).
 """
 
 from __future__ import annotations
@@ -81,6 +82,14 @@ CREATE TABLE IF NOT EXISTS alarms (
 );
 CREATE INDEX IF NOT EXISTS alarms_channel ON alarms(channel_id, received_at);
 CREATE INDEX IF NOT EXISTS alarms_device ON alarms(device_id, received_at);
+CREATE TABLE IF NOT EXISTS id_map (
+    upper_id   TEXT NOT NULL,
+    local_id   TEXT NOT NULL,
+    upper_item TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (upper_id, local_id),
+    UNIQUE (upper_id, upper_item)
+) WITHOUT ROWID;
 """
 
 # Columns added to ``devices`` after the first release, with their defaults, for old files.
@@ -198,9 +207,10 @@ class _Batch:
     # (owner, item ID) -> (item, time) to write, or None to delete.
     items: dict[tuple[str, str], tuple[CatalogItem, float] | None] = field(default_factory=dict)
     alarms: list[Alarm] = field(default_factory=list)
+    mappings: list[tuple[str, str, str, float]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.devices or self.items or self.alarms)
+        return bool(self.devices or self.items or self.alarms or self.mappings)
 
     def merge_older(self, older: _Batch) -> None:
         """Put back a batch that failed to write, under anything newer queued since."""
@@ -209,6 +219,7 @@ class _Batch:
         for ikey, value in older.items.items():
             self.items.setdefault(ikey, value)
         self.alarms[:0] = older.alarms
+        self.mappings[:0] = older.mappings
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -267,6 +278,17 @@ class SqliteStore:
         )
         return [alarm_from_row(r) for r in cur.fetchall()]
 
+    # -- ID mapping for upper platforms -----------------------------------------------------
+    def load_id_map(self) -> list[tuple[str, str, str]]:
+        """(upper ID, local ID, the ID the upper knows it by), oldest first."""
+        cur = self._db.execute(
+            "SELECT upper_id, local_id, upper_item FROM id_map ORDER BY created_at"
+        )
+        return [(u, loc, m) for u, loc, m in cur.fetchall()]
+
+    def save_mapping(self, upper_id: str, local_id: str, upper_item: str, now: float) -> None:
+        self._pending.mappings.append((upper_id, local_id, upper_item, now))
+
     # -- writing ----------------------------------------------------------------------------
     async def start(self) -> None:
         self._stopping = asyncio.Event()
@@ -317,6 +339,12 @@ class SqliteStore:
                 )
             if batch.alarms:
                 db.executemany(_INSERT_ALARM, [_alarm_row(a) for a in batch.alarms])
+            if batch.mappings:
+                db.executemany(
+                    "INSERT OR IGNORE INTO id_map (upper_id, local_id, upper_item, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    batch.mappings,
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -384,5 +412,27 @@ def read_catalog(path: str | Path, device_id: str | None = None) -> list[tuple[s
                 return []
             raise
         return [(owner, item_from_fields(text)) for owner, text in rows]
+    finally:
+        db.close()
+
+
+def read_id_map(path: str | Path, upper_id: str | None = None) -> list[tuple[str, str, str]]:
+    """(upper ID, local ID, upper's ID) rows, read-only, for operators."""
+    db = _read_only(path)
+    if db is None:
+        return []
+    try:
+        sql = "SELECT upper_id, local_id, upper_item FROM id_map"
+        args: tuple[str, ...] = ()
+        if upper_id:
+            sql += " WHERE upper_id = ?"
+            args = (upper_id,)
+        try:
+            rows = db.execute(sql + " ORDER BY upper_id, local_id", args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if _missing_table(exc):
+                return []
+            raise
+        return [(u, loc, m) for u, loc, m in rows]
     finally:
         db.close()

@@ -1,0 +1,1 @@
+"""The upper-platform side: registration to each upper, answers, forwarding, NOTIFYs."""

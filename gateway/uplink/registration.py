@@ -1,0 +1,309 @@
+"""Registration and keepalive to one upper platform (GB/T 28181-2022 §9.1, §9.6; reference §7.1).
+
+The gateway behaves towards the upper like a device: REGISTER with its own ID, answering a
+401/407 digest challenge (with or without qop), refreshed at about 60 % of the granted time;
+a ``Keepalive`` MESSAGE every ``keepalive_interval``. The upper is *offline* after
+``keepalive_timeout_count`` keepalives in a row went unanswered, after a keepalive is refused
+(404/403: the upper forgot us, e.g. it restarted), after a failed refresh, or when the TCP
+connection drops; then the gateway registers again, first at once, then backing off from
+``retry_interval`` (doubling up to 8×) with random jitter, never faster than ``retry_interval``
+after a failure. A 302 (2022 §9.1.2.3) moves registration to the address in its Contact.
+``X-GB-Ver: 3.0`` is sent when the upper is configured for 2022. The ``Date`` of the 200 OK is
+the upper's clock (GB time sync); its offset from ours is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+import structlog
+
+from gateway.config import Config, UpperPlatform
+from gateway.manscdp.messages import Keepalive, encode
+from gateway.metrics import Metrics
+from gateway.sip.digest import DigestClient
+from gateway.sip.endpoint import Endpoint
+from gateway.sip.errors import ParseError, SipError
+from gateway.sip.message import Request, Response
+from gateway.sip.transport import Peer
+from gateway.sip.uri import parse_name_addr
+
+log = structlog.get_logger("gateway.uplink.registration")
+
+MAX_REDIRECTS = 3
+
+
+class UpperLink:
+    """The gateway's registration at one upper; ``online`` while it holds."""
+
+    def __init__(
+        self,
+        upper: UpperPlatform,
+        *,
+        config: Config,
+        endpoint: Endpoint,
+        metrics: Metrics,
+        on_online: Callable[[UpperLink], None],
+        on_offline: Callable[[UpperLink, str], None],
+        next_sn: Callable[[], int],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.upper = upper
+        self.gateway = config.gateway
+        self.endpoint = endpoint
+        self.metrics = metrics
+        self.on_online = on_online
+        self.on_offline = on_offline
+        self.next_sn = next_sn
+        self.clock = clock
+        self.peer = Peer(upper.transport, upper.host, upper.port)
+        self.online = False
+        self.expires = 0
+        self.registered_at = 0.0
+        self.clock_offset: float | None = None
+        self.failures = 0
+        self.registrations = 0
+        self.keepalive_misses = 0
+        self._call_id = endpoint.call_id()
+        self._tag = endpoint.tag()
+        self._cseq = 0
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._lost = False
+        self.log = log.bind(upper=upper.id)
+
+    @property
+    def aor(self) -> str:
+        return f"sip:{self.gateway.id}@{self.gateway.domain}"
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self, *, unregister: bool = True) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if unregister and self.online:
+            try:
+                await asyncio.wait_for(self.register(0), 2.0)
+            except (TimeoutError, SipError, OSError):
+                pass
+        self.online = False
+
+    def connection_lost(self, peer: Peer) -> None:
+        if peer == self.peer and self.online:
+            self._lost = True
+            self._wake.set()
+
+    # -- the loop ---------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            ok = False
+            try:
+                ok = await self.register(self.upper.register_expires)
+            except (SipError, OSError) as exc:
+                self.log.info("uplink.register_failed", error=str(exc))
+            if not ok:
+                await asyncio.sleep(self._backoff())
+                continue
+            self.failures = 0
+            await self._stay_registered()
+
+    def _backoff(self) -> float:
+        self.failures += 1
+        base = self.upper.retry_interval
+        return float(base * min(2 ** (self.failures - 1), 8) * random.uniform(1.0, 1.5))
+
+    async def _stay_registered(self) -> None:
+        """Keepalives until it is time to refresh; returns when the upper is lost."""
+        interval = self.upper.keepalive_interval
+        while True:
+            refresh_at = self.registered_at + self.expires * random.uniform(0.55, 0.65)
+            next_beat = self.clock() + interval
+            if refresh_at <= next_beat:
+                await self._sleep(max(0.0, refresh_at - self.clock()))
+                if self._lost:
+                    return self._went_offline("connection lost")
+                try:
+                    ok = await self.register(self.upper.register_expires)
+                except (SipError, OSError) as exc:
+                    self.log.info("uplink.refresh_failed", error=str(exc))
+                    ok = False
+                if not ok:
+                    return self._went_offline("refresh failed")
+                continue
+            await self._sleep(interval)
+            if self._lost:
+                return self._went_offline("connection lost")
+            verdict = await self.keepalive()
+            if verdict == "refused":
+                return self._went_offline("keepalive refused")
+            if verdict == "lost":
+                self.keepalive_misses += 1
+                if self.keepalive_misses >= self.upper.keepalive_timeout_count:
+                    return self._went_offline("keepalive timeout")
+            else:
+                self.keepalive_misses = 0
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    def _went_offline(self, reason: str) -> None:
+        self._lost = False
+        self.keepalive_misses = 0
+        if self.online:
+            self.online = False
+            self.metrics.inc("uplink.offline")
+            self.log.warning("uplink.offline", reason=reason)
+            self.on_offline(self, reason)
+        # A fresh registration (new Call-ID) after losing the upper.
+        self._call_id = self.endpoint.call_id()
+        self._cseq = 0
+
+    # -- REGISTER ---------------------------------------------------------------------------
+    def _request(self, expires: int, auth: tuple[str, str] | None) -> Request:
+        self._cseq += 1
+        headers = [
+            ("From", f"<{self.aor}>;tag={self._tag}"),
+            ("To", f"<{self.aor}>"),
+            ("Call-ID", self._call_id),
+            ("CSeq", f"{self._cseq} REGISTER"),
+            ("Contact", f"<{self.endpoint.contact_uri(self.gateway.id, self.peer)}>"),
+            ("Expires", str(expires)),
+        ]
+        if self.upper.gb_version == "2022":
+            headers.append(("X-GB-Ver", "3.0"))
+        if auth is not None:
+            headers.append(auth)
+        return Request("REGISTER", self._register_uri(), headers)
+
+    def _register_uri(self) -> str:
+        return f"sip:{self.upper.id}@{self.peer.host}:{self.peer.port}"
+
+    async def register(self, expires: int) -> bool:
+        """One registration (``expires`` 0 unregisters), answering challenges and following
+        redirects. True when the upper accepted it."""
+        client = DigestClient(self.gateway.id, self.upper.password)
+        auth: tuple[str, str] | None = None
+        redirects = 0
+        challenges = 0
+        while True:
+            resp = await self.endpoint.request(self._request(expires, auth), self.peer)
+            status = resp.status
+            if status in (401, 407) and challenges < 2:
+                challenges += 1
+                header = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
+                challenge = resp.auth_params(header)
+                if challenge is None:
+                    self.log.warning("uplink.bad_challenge", status=status)
+                    return False
+                try:
+                    value = client.authorization(challenge[1], "REGISTER", self._register_uri())
+                except ValueError as exc:
+                    self.log.warning("uplink.unsupported_challenge", error=str(exc))
+                    return False
+                name = "Authorization" if status == 401 else "Proxy-Authorization"
+                auth = (name, value)
+                continue
+            if status in (301, 302) and redirects < MAX_REDIRECTS:
+                target = self._redirect_target(resp)
+                if target is None:
+                    return False
+                redirects += 1
+                self.log.info("uplink.redirected", to=str(target))
+                self.metrics.inc("uplink.redirected")
+                self.peer = target
+                self._call_id, self._cseq, auth, challenges = self.endpoint.call_id(), 0, None, 0
+                client = DigestClient(self.gateway.id, self.upper.password)
+                continue
+            return self._registered(resp, expires)
+
+    def _redirect_target(self, resp: Response) -> Peer | None:
+        contact = resp.get_header("Contact")
+        if not contact:
+            return None
+        try:
+            uri = parse_name_addr(contact).uri
+        except ParseError:
+            return None
+        transport = (uri.param("transport") or self.peer.transport).lower()
+        if transport not in ("udp", "tcp"):
+            transport = self.peer.transport
+        return Peer(transport, uri.host, uri.port or 5060)
+
+    def _registered(self, resp: Response, expires: int) -> bool:
+        if resp.status >= 300:
+            self.metrics.inc("uplink.register_refused")
+            self.log.warning("uplink.register_refused", status=resp.status, reason=resp.reason)
+            return False
+        if expires == 0:
+            self.online = False
+            return True
+        try:
+            granted = resp.expires
+        except ParseError:
+            granted = None
+        self.expires = granted if granted and granted > 0 else expires
+        self.registered_at = self.clock()
+        self.registrations += 1
+        self._note_date(resp.get_header("Date"))
+        self.metrics.inc("uplink.registered")
+        if not self.online:
+            self.online = True
+            self.keepalive_misses = 0
+            self.log.info("uplink.online", expires=self.expires, peer=str(self.peer))
+            self.on_online(self)
+        return True
+
+    def _note_date(self, value: str | None) -> None:
+        """GB time sync: the upper's ``Date`` is ``yyyy-MM-ddTHH:mm:ss.SSS``, local time."""
+        if not value:
+            return
+        try:
+            theirs = datetime.fromisoformat(value.strip()).timestamp()
+        except ValueError:
+            return
+        self.clock_offset = theirs - self.clock()
+        if abs(self.clock_offset) > 5:
+            self.log.warning("uplink.clock_offset", seconds=round(self.clock_offset, 1))
+
+    # -- keepalive --------------------------------------------------------------------------
+    async def keepalive(self) -> str:
+        """``ok``, ``refused`` (an error status) or ``lost`` (no answer)."""
+        gw = self.gateway.id
+        body = encode(Keepalive(sn=self.next_sn(), device_id=gw, status="OK"), self.upper.charset)
+        req = Request(
+            "MESSAGE",
+            f"sip:{self.upper.id}@{self.peer.host}:{self.peer.port}",
+            [
+                ("From", f"<{self.aor}>;tag={self.endpoint.tag()}"),
+                ("To", f"<sip:{self.upper.id}@{self.upper.domain}>"),
+                ("Call-ID", self.endpoint.call_id()),
+                ("CSeq", "1 MESSAGE"),
+                ("Content-Type", "Application/MANSCDP+xml"),
+            ],
+            body,
+        )
+        try:
+            resp = await self.endpoint.request(req, self.peer)
+        except (SipError, OSError):
+            self.metrics.inc("uplink.keepalive_lost")
+            return "lost"
+        if resp.status >= 300:
+            self.metrics.inc("uplink.keepalive_refused")
+            self.log.info("uplink.keepalive_refused", status=resp.status, reason=resp.reason)
+            return "refused"
+        self.metrics.inc("uplink.keepalive_ok")
+        return "ok"

@@ -1,0 +1,860 @@
+"""The upper-platform side: answering and forwarding what each upper asks, and notifying it.
+
+GB/T 28181-2022 §9.3–§9.7, §9.11, Annexes M and N; reference §7.2–§7.5. One
+:class:`UpperSession` per configured upper holds its registration (:class:`UpperLink`), its ID
+map, what it may see (:class:`SharedView`) and the subscriptions it made.
+
+* Queries about the gateway itself (its ID or domain): Catalog (the shared tree), DeviceInfo,
+  DeviceStatus, RecordInfo (no central storage: an empty answer). About a shared channel or
+  device: forwarded to the device through the downlink (its own SN downwards, the upper's SN
+  upwards, IDs translated both ways), the answer relayed, multi-part answers included.
+* DeviceControl and DeviceConfig for a shared channel: forwarded (the PTZ string unchanged),
+  the device's Response relayed where the command has one.
+* Anything naming an ID the upper may not see: ``404``, logged and counted. A request from a
+  peer that is not a configured upper: ``403``.
+* Every request is answered ``200`` at once; the application answer is a separate MESSAGE.
+  Multi-part answers go out serially, each after the previous one's 200 (Annex M): under
+  ``catalog_batch_udp_bytes`` per message over UDP, ``catalog_batch_tcp_items`` items over TCP.
+* Subscriptions from the upper (Catalog, Alarm, MobilePosition): a dialog per kind, refreshed
+  in-dialog, ended by ``Expires: 0`` or expiry with a terminating NOTIFY. A catalog
+  subscription starts with a NOTIFY of the shared items that are offline (Annex N). Catalog
+  changes from the downlink become NOTIFYs to every upper allowed to see the item, gathered for
+  ``NOTIFY_DELAY`` seconds and batched. Alarms of shared channels go up in the alarm
+  subscription's dialog, or as a MESSAGE when the upper has none.
+* When an upper goes offline its subscriptions are dropped (it re-subscribes when it is back)
+  and :class:`~gateway.events.UpperOffline` tells the session layer to end its media.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import structlog
+from lxml import etree
+
+from gateway.catalog import Catalog
+from gateway.config import Config, UpperPlatform
+from gateway.downlink.downlink import Downlink, QueryError
+from gateway.downlink.messages import MessageRouter
+from gateway.downlink.registrar import Registrar, gb_date
+from gateway.events import (
+    AlarmReceived,
+    CatalogChange,
+    DeviceOffline,
+    DeviceOnline,
+    EventBus,
+    MobilePositionReceived,
+    UpperOffline,
+    UpperOnline,
+)
+from gateway.manscdp.errors import DecodeError
+from gateway.manscdp.gbid import item_kind
+from gateway.manscdp.messages import (
+    REGISTRY,
+    AlarmInfo,
+    AlarmNotify,
+    AlarmResponse,
+    AlarmTypeParam,
+    CatalogInfo,
+    CatalogItem,
+    CatalogNotify,
+    CatalogResponse,
+    ConfigDownloadQuery,
+    Decoded,
+    DeviceConfig,
+    DeviceControl,
+    DeviceInfoResponse,
+    DeviceStatusResponse,
+    Message,
+    MobilePositionNotify,
+    RecordInfoResponse,
+    decode,
+    encode,
+)
+from gateway.manscdp.schema import write_node
+from gateway.metrics import Metrics
+from gateway.sip.endpoint import Endpoint, ServerContext
+from gateway.sip.errors import ParseError, SipError
+from gateway.sip.message import Request, Response, make_response
+from gateway.store import Store
+from gateway.uplink.idmap import IdMap
+from gateway.uplink.registration import UpperLink
+from gateway.uplink.share import SharedView
+
+log = structlog.get_logger("gateway.uplink")
+
+NOTIFY_DELAY = 0.2
+# Room for the Via, Max-Forwards and User-Agent the endpoint adds to a request it sends.
+_SENT_HEADERS = 160
+# Queries forwarded to the device that answers them (reference §7.2).
+_FORWARDED = frozenset(
+    {
+        "DeviceInfo",
+        "DeviceStatus",
+        "RecordInfo",
+        "ConfigDownload",
+        "PresetQuery",
+        "HomePositionQuery",
+        "CruiseTrackListQuery",
+        "CruiseTrackQuery",
+        "PTZPosition",
+        "SDCardStatus",
+        "MobilePosition",
+    }
+)
+_KINDS = ("Catalog", "Alarm", "MobilePosition")
+
+
+@dataclass(slots=True)
+class InboundSubscription:
+    """A subscription an upper made to the gateway (we are the notifier)."""
+
+    kind: str
+    call_id: str
+    remote_tag: str
+    local_tag: str
+    remote_uri: str
+    target: str
+    event: str
+    expires_at: float
+    query: Message
+    cseq: int = 0
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    queue: list[tuple[str, CatalogItem]] = field(default_factory=list, repr=False)
+    flushing: bool = False
+    ended: bool = False
+
+    def remaining(self, now: float) -> int:
+        return max(0, int(self.expires_at - now))
+
+
+class UpperSession:
+    def __init__(self, upper: UpperPlatform, link: UpperLink, idmap: IdMap, view: SharedView):
+        self.upper = upper
+        self.link = link
+        self.idmap = idmap
+        self.view = view
+        self.subs: dict[str, InboundSubscription] = {}
+        self.log = log.bind(upper=upper.id)
+
+    @property
+    def reliable(self) -> bool:
+        return self.link.peer.reliable
+
+
+class Uplink:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        endpoint: Endpoint,
+        catalog: Catalog,
+        registrar: Registrar,
+        downlink: Downlink,
+        store: Store,
+        events: EventBus,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.gw = config.gateway
+        self.endpoint = endpoint
+        self.catalog = catalog
+        self.registrar = registrar
+        self.downlink = downlink
+        self.store = store
+        self.events = events
+        self.metrics = metrics
+        self.clock = clock
+        self.tz = registrar.tz
+        self.sessions: dict[str, UpperSession] = {}
+        self._sn = itertools.count(int.from_bytes(os.urandom(2), "big") + 1)
+        self._event_ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        for upper in config.uplink.platforms:
+            if not upper.enabled:
+                continue
+            idmap = IdMap(upper, store, self.gw.id, clock)
+            link = UpperLink(
+                upper,
+                config=config,
+                endpoint=endpoint,
+                metrics=metrics,
+                on_online=self._upper_online,
+                on_offline=self._upper_offline,
+                next_sn=self.next_sn,
+                clock=clock,
+            )
+            view = SharedView(upper, config, catalog, registrar.devices, idmap)
+            self.sessions[upper.id] = UpperSession(upper, link, idmap, view)
+
+    # -- wiring -----------------------------------------------------------------------------
+    def install(self, router: MessageRouter) -> None:
+        router.handle_typed("Query", None, self.on_query)
+        router.handle_typed("Control", None, self.on_control)
+        self.endpoint.route("SUBSCRIBE", self.on_subscribe)
+        self.endpoint.on_connection_lost(self._connection_lost)
+        self.events.subscribe(CatalogChange, self.on_catalog_change)
+        self.events.subscribe(DeviceOnline, self.on_device_online)
+        self.events.subscribe(DeviceOffline, self.on_device_offline)
+        self.events.subscribe(AlarmReceived, self.on_alarm)
+        self.events.subscribe(MobilePositionReceived, self.on_position)
+
+    def start(self) -> None:
+        rows = self.store.load_id_map()
+        for s in self.sessions.values():
+            s.idmap.load(rows)
+            s.link.start()
+        if self.sessions:
+            log.info("uplink.started", uppers=list(self.sessions))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for s in self.sessions.values():
+            for sub in s.subs.values():
+                if sub.timer is not None:
+                    sub.timer.cancel()
+            s.subs.clear()
+        await asyncio.gather(*(s.link.close() for s in self.sessions.values()))
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.warning("uplink.task_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def next_sn(self) -> int:
+        return next(self._sn) % (2**31 - 1) or 1
+
+    def knows(self, user: str) -> bool:
+        """Is ``user`` an ID some upper may use for a gateway item (a recoded one included)?"""
+        for s in self.sessions.values():
+            local = s.idmap.to_local(user)
+            if local is not None and (
+                self.catalog.owner_of(local) is not None or local in self.registrar.devices
+            ):
+                return True
+        return False
+
+    def _connection_lost(self, peer: Any) -> None:
+        for s in self.sessions.values():
+            s.link.connection_lost(peer)
+
+    def _upper_online(self, link: UpperLink) -> None:
+        self.events.publish(UpperOnline(link.upper.id))
+
+    def _upper_offline(self, link: UpperLink, reason: str) -> None:
+        s = self.sessions.get(link.upper.id)
+        if s is not None:
+            for sub in list(s.subs.values()):
+                self._end(s, sub, notify=False)
+        self.events.publish(UpperOffline(link.upper.id, reason))
+
+    # -- sending to an upper ----------------------------------------------------------------
+    def _message(self, s: UpperSession, body: bytes) -> Request:
+        gw, up, peer = self.gw, s.upper, s.link.peer
+        return Request(
+            "MESSAGE",
+            f"sip:{up.id}@{peer.host}:{peer.port}",
+            [
+                ("From", f"<sip:{gw.id}@{gw.domain}>;tag={self.endpoint.tag()}"),
+                ("To", f"<sip:{up.id}@{up.domain}>"),
+                ("Call-ID", self.endpoint.call_id()),
+                ("CSeq", "1 MESSAGE"),
+                ("Content-Type", "Application/MANSCDP+xml"),
+            ],
+            body,
+        )
+
+    def _encode(self, s: UpperSession, msg: Message) -> bytes:
+        return encode(msg, s.upper.charset, gb2022=s.upper.gb_version == "2022")
+
+    async def send(self, s: UpperSession, msg: Message) -> bool:
+        """One MESSAGE to the upper; True when it answered 2xx."""
+        try:
+            resp = await self.endpoint.request(self._message(s, self._encode(s, msg)), s.link.peer)
+        except (SipError, OSError) as exc:
+            s.log.info("uplink.send_failed", cmd_type=msg.CMD, error=str(exc))
+            self.metrics.inc("uplink.send_failed")
+            return False
+        if resp.status >= 300:
+            s.log.info("uplink.send_refused", cmd_type=msg.CMD, status=resp.status)
+            self.metrics.inc("uplink.send_refused")
+            return False
+        return True
+
+    def _batches(
+        self, s: UpperSession, items: Sequence[Any], empty: Message, overhead: int
+    ) -> list[Sequence[Any]]:
+        """Split ``items`` for messages whose envelope is ``empty``: by count over TCP; over UDP
+        so that each whole message stays within ``catalog_batch_udp_bytes`` (RFC 3261 §18.1.1),
+        slimming an item that does not fit even alone (:func:`slim`)."""
+        if not items:
+            return [()]
+        if s.reliable:
+            n = s.upper.catalog_batch_tcp_items
+            return [items[i : i + n] for i in range(0, len(items), n)]
+        budget = s.upper.catalog_batch_udp_bytes - overhead - len(self._encode(s, empty)) - 40
+        out: list[Sequence[Any]] = []
+        batch: list[Any] = []
+        used = 0
+        for item in items:
+            size = self._item_size(s, item)
+            if size > budget and isinstance(item, CatalogItem):
+                item, size = self._slimmed(s, item, budget)
+            if batch and used + size > budget:
+                out.append(batch)
+                batch, used = [], 0
+            batch.append(item)
+            used += size
+        out.append(batch)
+        return out
+
+    def _item_size(self, s: UpperSession, item: Any) -> int:
+        el = etree.Element("Item")
+        write_node(item, el, s.upper.gb_version == "2022")
+        etree.indent(el, space="")
+        codec = "utf-8" if s.upper.charset == "UTF-8" else "gb18030"
+        return len(etree.tostring(el, encoding="unicode").encode(codec)) + 2
+
+    def _slimmed(self, s: UpperSession, item: CatalogItem, budget: int) -> tuple[CatalogItem, int]:
+        size = self._item_size(s, item)
+        for step in slim(item):
+            item, size = step, self._item_size(s, step)
+            if size <= budget:
+                break
+        self.metrics.inc("uplink.items_slimmed")
+        return item, size
+
+    def _overhead(self, s: UpperSession, method: str = "MESSAGE") -> int:
+        return len(self._message(s, b"").to_bytes()) + _SENT_HEADERS
+
+    async def send_parts(
+        self,
+        s: UpperSession,
+        make: Callable[[Sequence[Any], int], Message],
+        items: Sequence[Any],
+    ) -> int:
+        """A multi-part answer: ``make(batch, total)`` builds each message; sent serially, each
+        after the previous one's 200 (Annex M). Returns how many messages went out."""
+        empty = make((), len(items))
+        sent = 0
+        for batch in self._batches(s, items, empty, self._overhead(s)):
+            if not await self.send(s, make(batch, len(items))):
+                s.log.warning("uplink.parts_abandoned", cmd_type=empty.CMD, sent=sent)
+                break
+            sent += 1
+        return sent
+
+    # -- requests from an upper -------------------------------------------------------------
+    def _session(self, req: Request, ctx: ServerContext) -> UpperSession | None:
+        s = self.sessions.get(req.from_.uri.user or "")
+        if s is None or ctx.peer.host != s.link.peer.host:
+            return None
+        return s
+
+    def _reply(self, req: Request, status: int, reason: str) -> Response:
+        return make_response(req, status, reason, to_tag=self.endpoint.tag())
+
+    def _refused(self, req: Request, ctx: ServerContext, what: str) -> Response:
+        self.metrics.inc("uplink.not_an_upper")
+        log.info("uplink.not_an_upper", peer=str(ctx.peer), sender=req.from_.uri.user, what=what)
+        return self._reply(req, 403, "Forbidden (not an upper platform of this gateway)")
+
+    def _not_shared(self, s: UpperSession, req: Request, target: str, what: str) -> Response:
+        self.metrics.inc("uplink.not_shared")
+        s.log.info("uplink.not_shared", target=target, what=what)
+        return self._reply(req, 404, "Not Found (not shared with this platform)")
+
+    def _is_gateway(self, target: str) -> bool:
+        return target in (self.gw.id, self.gw.domain)
+
+    def on_query(self, decoded: Decoded, req: Request, ctx: ServerContext) -> Response:
+        s = self._session(req, ctx)
+        msg = decoded.message
+        if s is None:
+            return self._refused(req, ctx, msg.CMD)
+        self.metrics.inc(f"uplink.query.{msg.CMD}")
+        target = msg.device_id
+        if msg.CMD == "Catalog":
+            if not self._is_gateway(target) and s.idmap.to_local(target) is None:
+                return self._not_shared(s, req, target, msg.CMD)
+            self.spawn(self._answer_catalog(s, msg, None if self._is_gateway(target) else target))
+            return self._reply(req, 200, "OK")
+        if self._is_gateway(target):
+            answer = self._about_gateway(s, msg)
+            if answer is None:
+                return self._reply(req, 404, f"Not Found ({msg.CMD} about the gateway itself)")
+            self.spawn(self.send(s, answer))
+            return self._reply(req, 200, "OK")
+        if msg.CMD not in _FORWARDED:
+            return self._reply(req, 501, f"Not Implemented ({msg.CMD} from an upper)")
+        found = s.view.resolve(target)
+        if found is None:
+            return self._not_shared(s, req, target, msg.CMD)
+        self.spawn(self._forward_query(s, msg, found[1]))
+        return self._reply(req, 200, "OK")
+
+    def _about_gateway(self, s: UpperSession, msg: Message) -> Message | None:
+        gw = self.gw
+        if msg.CMD == "DeviceInfo":
+            shared = sum(
+                1
+                for owner, item in self.catalog
+                if item_kind(item.device_id) not in ("region", "business_group", "virtual_org")
+                and s.view.channel_visible(owner, item.device_id)
+            )
+            from gateway import __version__
+
+            return DeviceInfoResponse(
+                sn=msg.sn,
+                device_id=gw.id,
+                device_name=gw.name,
+                result="OK",
+                manufacturer="gb28181-gateway",
+                model="gateway",
+                firmware=__version__,
+                channel=shared,
+            )
+        if msg.CMD == "DeviceStatus":
+            return DeviceStatusResponse(
+                sn=msg.sn,
+                device_id=gw.id,
+                result="OK",
+                online="ONLINE",
+                status="OK",
+                device_time=gb_date(self.clock(), self.tz)[:19],
+            )
+        if msg.CMD == "RecordInfo":  # no central storage here: nothing found
+            return RecordInfoResponse(sn=msg.sn, device_id=gw.id, name=gw.name, sum_num=0)
+        return None
+
+    async def _answer_catalog(self, s: UpperSession, msg: Message, target: str | None) -> None:
+        started = time.monotonic()
+        items = s.view.build(target)
+        answer_id = target or self.gw.id
+
+        def make(batch: Sequence[Any], total: int) -> Message:
+            return CatalogResponse(
+                sn=msg.sn, device_id=answer_id, sum_num=total, items=tuple(batch)
+            )
+
+        sent = await self.send_parts(s, make, items)
+        s.log.info(
+            "uplink.catalog_answered",
+            items=len(items),
+            messages=sent,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    async def _forward_query(self, s: UpperSession, msg: Message, local: str) -> None:
+        upper_target = msg.device_id
+        down = replace(msg, device_id=local)
+        kw: dict[str, Any] = {}
+        if isinstance(down, ConfigDownloadQuery) and down.config_type:
+            types = tuple(t for t in down.config_type.split("/") if t)
+            kw = {"expected_parts": max(1, len(types)), "config_types": types}
+        try:
+            res = await self.downlink.query(local, down, **kw)
+        except QueryError as exc:
+            s.log.info(
+                "uplink.forward_failed", cmd_type=msg.CMD, target=upper_target, error=str(exc)
+            )
+            self.metrics.inc("uplink.forward_failed")
+            failed = self._error_answer(msg, upper_target)
+            if failed is not None:
+                await self.send(s, failed)
+            return
+        self.metrics.inc("uplink.forwarded")
+        first = res.response
+        if hasattr(first, "items") and res.items is not None and msg.CMD != "ConfigDownload":
+            items = [self._up_item(s, i) for i in res.items]
+
+            def make(batch: Sequence[Any], total: int) -> Message:
+                fields: dict[str, Any] = {
+                    "sn": msg.sn,
+                    "device_id": upper_target,
+                    "items": tuple(batch),
+                }
+                if hasattr(first, "sum_num"):
+                    fields["sum_num"] = total
+                return replace(first, **fields)
+
+            await self.send_parts(s, make, items)
+            return
+        for r in res.responses:
+            await self.send(s, replace(r, sn=msg.sn, device_id=upper_target))
+
+    def _up_item(self, s: UpperSession, item: Any) -> Any:
+        """A relayed item (a record, a preset...) with a DeviceID in the upper's IDs."""
+        device_id = getattr(item, "device_id", None)
+        if not device_id:
+            return item
+        return replace(item, device_id=s.idmap.known_upper(device_id) or device_id)
+
+    @staticmethod
+    def _error_answer(msg: Message, target: str) -> Message | None:
+        cls = REGISTRY.get(("response", msg.CMD.lower()))
+        if cls is None or "result" not in {sp.attr for sp in cls._specs}:
+            return None
+        return cls(sn=msg.sn, device_id=target, result="ERROR")  # type: ignore[call-arg]
+
+    def on_control(self, decoded: Decoded, req: Request, ctx: ServerContext) -> Response:
+        s = self._session(req, ctx)
+        msg = decoded.message
+        if s is None:
+            return self._refused(req, ctx, msg.CMD)
+        self.metrics.inc(f"uplink.control.{msg.CMD}")
+        target = msg.device_id
+        if self._is_gateway(target):
+            return self._reply(req, 403, "Forbidden (controls go to channels, not the gateway)")
+        found = s.view.resolve(target)
+        if found is None:
+            return self._not_shared(s, req, target, msg.CMD)
+        if not isinstance(msg, DeviceControl | DeviceConfig):
+            return self._reply(req, 501, f"Not Implemented ({msg.CMD})")
+        self.spawn(self._forward_control(s, msg, found[1]))
+        return self._reply(req, 200, "OK")
+
+    async def _forward_control(
+        self, s: UpperSession, msg: DeviceControl | DeviceConfig, local: str
+    ) -> None:
+        try:
+            if isinstance(msg, DeviceControl):
+                answer: Message | None = await self.downlink.control(local, msg)
+            else:
+                answer = await self.downlink.configure(local, msg)
+        except QueryError as exc:
+            s.log.info(
+                "uplink.control_failed", cmd_type=msg.CMD, target=msg.device_id, error=str(exc)
+            )
+            self.metrics.inc("uplink.control_failed")
+            if isinstance(msg, DeviceConfig) or msg.expects_response:
+                failed = self._error_answer(msg, msg.device_id)
+                if failed is not None:
+                    await self.send(s, failed)
+            return
+        self.metrics.inc("uplink.control_forwarded")
+        if answer is not None:
+            await self.send(s, replace(answer, sn=msg.sn, device_id=msg.device_id))
+
+    # -- subscriptions from an upper --------------------------------------------------------
+    def on_subscribe(self, req: Request, ctx: ServerContext) -> Response:
+        s = self._session(req, ctx)
+        if s is None:
+            return self._refused(req, ctx, "SUBSCRIBE")
+        try:
+            expires = req.expires
+        except ParseError:
+            return self._reply(req, 400, "Bad Request (Expires)")
+        to_tag = req.to.tag
+        existing = next((x for x in s.subs.values() if x.call_id == req.call_id), None)
+        if to_tag and (existing is None or existing.local_tag != to_tag):
+            return self._reply(req, 481, "Subscription Does Not Exist")
+        if existing is not None:
+            return self._refresh(s, existing, req, expires)
+        if not req.body.strip():
+            return self._reply(req, 400, "Bad Request (SUBSCRIBE needs a MANSCDP Query body)")
+        try:
+            query = decode(req.body).message
+        except DecodeError as exc:
+            return self._reply(req, 400, f"Bad Request (MANSCDP: {exc.reason})"[:100])
+        if query.ROOT != "Query" or query.CMD not in _KINDS:
+            return self._reply(req, 489, f"Bad Event ({query.CMD} cannot be subscribed here)")
+        granted = 600 if expires is None else min(expires, 86400)
+        if granted == 0:
+            return self._reply(req, 200, "OK")
+        contact = req.contacts
+        sub = InboundSubscription(
+            kind=query.CMD,
+            call_id=req.call_id,
+            remote_tag=req.from_.tag or "",
+            local_tag=self.endpoint.tag(),
+            remote_uri=str(contact[0].uri) if contact else str(req.from_.uri),
+            target=query.device_id,
+            event=req.get_header("Event") or query.CMD,
+            expires_at=self.clock() + granted,
+            query=query,
+        )
+        old = s.subs.get(sub.kind)
+        if old is not None:
+            self._end(s, old, notify=False)
+        s.subs[sub.kind] = sub
+        self._arm_expiry(s, sub, granted)
+        self.metrics.inc(f"uplink.subscribed.{sub.kind}")
+        s.log.info("uplink.subscribed", kind=sub.kind, expires=granted, target=sub.target)
+        if sub.kind == "Catalog":
+            self.spawn(self._initial_catalog_notify(s, sub))
+        return self._subscribe_ok(req, sub, granted)
+
+    def _subscribe_ok(self, req: Request, sub: InboundSubscription, granted: int) -> Response:
+        body = b""
+        if sub.kind in ("Catalog", "Alarm"):
+            cls = CatalogResponse if sub.kind == "Catalog" else AlarmResponse
+            body = encode(cls(sn=sub.query.sn, device_id=sub.query.device_id, result="OK"))
+        headers = [
+            ("Expires", str(granted)),
+            ("Contact", f"<{self.endpoint.contact_uri(self.gw.id, self._peer_of(req))}>"),
+        ]
+        if body:
+            headers.append(("Content-Type", "Application/MANSCDP+xml"))
+        return make_response(req, 200, "OK", to_tag=sub.local_tag, headers=headers, body=body)
+
+    def _peer_of(self, req: Request) -> Any:
+        s = self.sessions.get(req.from_.uri.user or "")
+        return s.link.peer if s is not None else None
+
+    def _refresh(
+        self, s: UpperSession, sub: InboundSubscription, req: Request, expires: int | None
+    ) -> Response:
+        granted = 600 if expires is None else min(expires, 86400)
+        if granted == 0:
+            self._end(s, sub, notify=True, reason="timeout")
+            s.log.info("uplink.unsubscribed", kind=sub.kind)
+            return make_response(req, 200, "OK", to_tag=sub.local_tag, headers=[("Expires", "0")])
+        sub.expires_at = self.clock() + granted
+        self._arm_expiry(s, sub, granted)
+        self.metrics.inc("uplink.subscription_refreshed")
+        return self._subscribe_ok(req, sub, granted)
+
+    def _arm_expiry(self, s: UpperSession, sub: InboundSubscription, seconds: float) -> None:
+        if sub.timer is not None:
+            sub.timer.cancel()
+        loop = asyncio.get_running_loop()
+        sub.timer = loop.call_later(seconds, lambda: self._expired(s, sub))
+
+    def _expired(self, s: UpperSession, sub: InboundSubscription) -> None:
+        if s.subs.get(sub.kind) is sub:
+            s.log.info("uplink.subscription_expired", kind=sub.kind)
+            self._end(s, sub, notify=True, reason="timeout")
+
+    def _end(
+        self, s: UpperSession, sub: InboundSubscription, *, notify: bool, reason: str = ""
+    ) -> None:
+        sub.ended = True
+        if sub.timer is not None:
+            sub.timer.cancel()
+            sub.timer = None
+        if s.subs.get(sub.kind) is sub:
+            del s.subs[sub.kind]
+        if notify and s.link.online:
+            self.spawn(self._notify(s, sub, b"", state=f"terminated;reason={reason or 'timeout'}"))
+
+    async def _notify(
+        self, s: UpperSession, sub: InboundSubscription, body: bytes, *, state: str | None = None
+    ) -> bool:
+        sub.cseq += 1
+        gw = self.gw
+        headers = [
+            ("From", f"<sip:{gw.id}@{gw.domain}>;tag={sub.local_tag}"),
+            ("To", f"<sip:{s.upper.id}@{s.upper.domain}>;tag={sub.remote_tag}"),
+            ("Call-ID", sub.call_id),
+            ("CSeq", f"{sub.cseq} NOTIFY"),
+            ("Contact", f"<{self.endpoint.contact_uri(gw.id, s.link.peer)}>"),
+            ("Event", sub.event),
+            ("Subscription-State", state or f"active;expires={sub.remaining(self.clock())}"),
+        ]
+        if body:
+            headers.append(("Content-Type", "Application/MANSCDP+xml"))
+        req = Request("NOTIFY", sub.remote_uri, headers, body)
+        try:
+            resp = await self.endpoint.request(req, s.link.peer)
+        except (SipError, OSError) as exc:
+            self.metrics.inc("uplink.notify_failed")
+            s.log.info("uplink.notify_failed", kind=sub.kind, error=str(exc))
+            return False
+        if resp.status == 481 and not sub.ended:
+            s.log.info("uplink.subscription_gone", kind=sub.kind)
+            self._end(s, sub, notify=False)
+        if resp.status >= 300:
+            self.metrics.inc("uplink.notify_refused")
+            return False
+        self.metrics.inc("uplink.notify_sent")
+        return True
+
+    async def _send_catalog_notifies(
+        self, s: UpperSession, sub: InboundSubscription, items: Sequence[CatalogItem]
+    ) -> None:
+        """NOTIFYs with ``items`` (each carrying its Event), SumNum = Num in each (Annex N)."""
+
+        def make(batch: Sequence[CatalogItem], total: int) -> CatalogNotify:
+            return CatalogNotify(
+                sn=self.next_sn(), device_id=self.gw.id, sum_num=len(batch), items=tuple(batch)
+            )
+
+        empty = make((), 0)
+        overhead = self._overhead(s) + 200  # Event, Subscription-State, Contact, tags
+        for batch in self._batches(s, items, empty, overhead):
+            if sub.ended:
+                return
+            if not await self._notify(s, sub, self._encode(s, make(batch, 0))):
+                return
+
+    async def _initial_catalog_notify(self, s: UpperSession, sub: InboundSubscription) -> None:
+        """Annex N: right after the subscription, the shared items that are offline."""
+        await asyncio.sleep(0)
+        items = [
+            CatalogItem(device_id=i.device_id, event="OFF")
+            for i in s.view.build(None if self._is_gateway(sub.target) else sub.target)
+            if i.status == "OFF"
+        ]
+        await self._send_catalog_notifies(s, sub, items)
+
+    # -- downlink events → NOTIFYs ----------------------------------------------------------
+    def _queue(self, s: UpperSession, event: str, item: CatalogItem) -> None:
+        sub = s.subs.get("Catalog")
+        if sub is None or not s.link.online:
+            return
+        sub.queue.append((event, item))
+        if not sub.flushing:
+            sub.flushing = True
+            self.spawn(self._flush(s, sub))
+
+    async def _flush(self, s: UpperSession, sub: InboundSubscription) -> None:
+        try:
+            while sub.queue and not sub.ended:
+                await asyncio.sleep(NOTIFY_DELAY)  # gather what changes together
+                pending, sub.queue = sub.queue, []
+                items = [replace(item, event=event) for event, item in pending]
+                await self._send_catalog_notifies(s, sub, items)
+        finally:
+            sub.flushing = False
+
+    def on_catalog_change(self, change: CatalogChange) -> None:
+        kind = item_kind(change.item_id)
+        tree = kind in ("region", "business_group", "virtual_org", "system")
+        for s in self.sessions.values():
+            if "Catalog" not in s.subs:
+                continue
+            if tree:
+                if not s.view.share_all:
+                    continue
+            elif not s.view.channel_visible(change.owner_id, change.item_id):
+                continue
+            if change.event in ("ADD", "UPDATE") and change.after is not None:
+                item = s.view.translate(change.owner_id, change.after)
+            else:
+                mapped = s.idmap.known_upper(change.item_id)
+                if mapped is None:
+                    continue  # the upper never knew this item
+                item = CatalogItem(device_id=mapped)
+            self._queue(s, change.event, item)
+
+    def _device_event(self, device_id: str, event: str) -> None:
+        reported = self.catalog.owner_of(device_id) is not None
+        for s in self.sessions.values():
+            if "Catalog" in s.subs and not reported and s.view.device_visible(device_id):
+                self._queue(s, event, CatalogItem(device_id=s.idmap.to_upper(device_id)))
+
+    def on_device_online(self, event: DeviceOnline) -> None:
+        self._device_event(event.device_id, "ON")
+
+    def on_device_offline(self, event: DeviceOffline) -> None:
+        self._device_event(event.device_id, "OFF")
+
+    def on_alarm(self, event: AlarmReceived) -> None:
+        alarm = event.alarm
+        for s in self.sessions.values():
+            if not s.link.online:
+                continue
+            channel = alarm.channel_id
+            if channel == alarm.device_id:
+                if not s.view.device_visible(channel):
+                    continue
+            elif not s.view.channel_visible(alarm.device_id, channel):
+                continue
+            info = None
+            if alarm.alarm_type is not None:
+                param = (
+                    AlarmTypeParam(event_type=alarm.event_type)
+                    if alarm.event_type is not None
+                    else None
+                )
+                info = AlarmInfo(alarm_type=alarm.alarm_type, alarm_type_param=param)
+            msg = AlarmNotify(
+                sn=self.next_sn(),
+                device_id=s.idmap.to_upper(channel),
+                alarm_priority=alarm.priority,
+                alarm_method=alarm.method,
+                alarm_time=alarm.time or None,
+                alarm_description=alarm.description or None,
+                longitude=alarm.longitude,
+                latitude=alarm.latitude,
+                info=info,
+            )
+            sub = s.subs.get("Alarm")
+            self.metrics.inc("uplink.alarm_forwarded")
+            if sub is not None:
+                self.spawn(self._notify(s, sub, self._encode(s, msg)))
+            else:
+                self.spawn(self.send(s, msg))
+
+    def on_position(self, event: MobilePositionReceived) -> None:
+        for s in self.sessions.values():
+            sub = s.subs.get("MobilePosition")
+            if sub is None:
+                continue
+            for p in event.positions:
+                device_id = p.device_id or event.device_id
+                owner = self.catalog.owner_of(device_id) or event.device_id
+                visible = (
+                    s.view.device_visible(device_id)
+                    if device_id == owner
+                    else s.view.channel_visible(owner, device_id)
+                )
+                if not visible:
+                    continue
+                msg = MobilePositionNotify(
+                    sn=self.next_sn(),
+                    device_id=s.idmap.to_upper(device_id),
+                    time=p.capture_time,
+                    longitude=p.longitude,
+                    latitude=p.latitude,
+                    speed=p.speed,
+                    direction=p.direction,
+                    altitude=p.altitude,
+                )
+                self.spawn(self._notify(s, sub, self._encode(s, msg)))
+
+
+# Fields given up, in this order, when one catalog item alone would not fit a UDP datagram:
+# vendor extras, then what 2022 removed from the item, then the least useful extensions.
+_SLIM_STEPS: tuple[dict[str, Any], ...] = (
+    {"extra": ()},
+    {"owner": None, "safety_way": None, "cert_num": None, "certifiable": None, "err_code": None},
+    {"end_time": None, "block": None, "security_level_code": None},
+    {"info": "keep-ptz"},
+    {"ip_address": None, "port": None},
+    {"info": None},
+    {"address": None, "longitude": None, "latitude": None},
+)
+
+
+def slim(item: CatalogItem) -> list[CatalogItem]:
+    """Successively smaller versions of ``item`` (each step keeps the previous ones' cuts)."""
+    out = []
+    for step in _SLIM_STEPS:
+        changes = dict(step)
+        if changes.get("info") == "keep-ptz":
+            info = item.info
+            changes["info"] = (
+                None
+                if info is None
+                else CatalogInfo(ptz_type=info.ptz_type, download_speed=info.download_speed)
+            )
+        item = replace(item, **changes)
+        out.append(item)
+    return out

@@ -1,0 +1,386 @@
+"""The gateway as a lower platform: simulated NVRs below, the simulated city platform above,
+over real sockets (GB/T 28181-2022 §9 and reference §7)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance.peers.device import SimDevice
+from conformance.peers.platform import SimPlatform
+from gateway.app import Gateway
+from gateway.events import CatalogSynced
+from gateway.manscdp.gbid import is_gb_id, item_kind
+from gateway.manscdp.messages import CatalogItem, DeviceControl
+from gateway.metrics import Metrics
+from gateway.sip.endpoint import Endpoint
+from gateway.sip.transaction import TimerConfig
+from gateway.sip.transport import Peer
+from tests.conftest import make_config, wait_for
+
+GW = "34020000002000000001"
+UP = "34010000002000000001"
+UP2 = "34010000002000000002"
+NVR1, NVR2 = "34020000001180000001", "34020000001180000002"
+FAST_DOWN = {"response_timeout": 3.0, "idle_timeout": 0.5}
+
+
+def fast_timers() -> TimerConfig:
+    return TimerConfig(t1=0.1, t2=0.4, t4=0.5)
+
+
+@pytest.fixture
+async def upper_endpoint() -> AsyncIterator[Endpoint]:
+    ep = Endpoint(metrics=Metrics(), timers=fast_timers())
+    await ep.start("127.0.0.1", 0)
+    yield ep
+    await ep.close()
+
+
+def platform(ep: Endpoint, **kw: Any) -> SimPlatform:
+    kw.setdefault("platform_id", UP)
+    kw.setdefault("domain", UP[:10])
+    return SimPlatform(ep, **kw).start()
+
+
+def upper_config(ep: Endpoint, **kw: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "id": UP,
+        "domain": UP[:10],
+        "host": "127.0.0.1",
+        "port": ep.port,
+        "password": "12345678",
+        "keepalive_interval": 0.3,
+        "keepalive_timeout_count": 2,
+        "retry_interval": 0.2,
+    }
+    cfg.update(kw)
+    return cfg
+
+
+def nvr(ep: Endpoint, gw: Gateway, device_id: str = NVR1, **kw: Any) -> SimDevice:
+    dev = SimDevice(ep, device_id, Peer(kw.pop("transport", "udp"), "127.0.0.1", gw.port), **kw)
+    dev.install()
+    return dev
+
+
+Start = Callable[..., Awaitable[Gateway]]
+
+
+async def gateway_with(start_gateway: Start, *uppers: dict[str, Any], **sections: Any) -> Gateway:
+    sections.setdefault("downlink", FAST_DOWN)
+    return await start_gateway(
+        uplink={"platforms": list(uppers)},
+        gateway={"name": "测试网关", "civil_code": "340200"},
+        **sections,
+    )
+
+
+async def synced_nvr(gw: Gateway, dev: SimDevice) -> None:
+    done: list[CatalogSynced] = []
+    gw.events.subscribe(CatalogSynced, done.append)
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: any(d.device_id == dev.device_id for d in done), 15, "sync")
+
+
+async def online_at(p: SimPlatform, lower: str = GW, timeout: float = 5.0) -> None:
+    await wait_for(lambda: lower in p.lowers and p.lowers[lower].online, timeout, "registered")
+
+
+@pytest.mark.parametrize("qop", [True, False])
+async def test_registers_upward_with_digest_and_keeps_alive(
+    upper_endpoint, start_gateway, qop: bool
+) -> None:
+    p = platform(upper_endpoint, qop=qop)
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint, gb_version="2022"))
+    await online_at(p)
+    lower = p.lowers[GW]
+    assert lower.gb_version == "3.0"  # X-GB-Ver for an upper configured for 2022
+    await wait_for(lambda: p.lowers[GW].keepalives >= 2, 3, "keepalives")
+    assert gw.uplink is not None and gw.uplink.sessions[UP].link.online
+    register = p.registers[-1]
+    assert "Authorization" in {name for name, _ in register.headers()}
+
+
+async def test_wrong_password_retries_with_backoff_and_407_is_answered(
+    upper_endpoint, start_gateway
+) -> None:
+    p = platform(upper_endpoint, password="other", challenge_407=True)
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint))
+    await wait_for(lambda: gw.metrics.get("uplink.register_refused") >= 2, 5, "two refusals")
+    assert GW not in p.lowers or not p.lowers[GW].online
+    p.password = "12345678"
+    await online_at(p, timeout=8)
+    assert "Proxy-Authorization" in {name for name, _ in p.registers[-1].headers()}
+
+
+async def test_redirect_is_followed(upper_endpoint, start_gateway) -> None:
+    real = Endpoint(metrics=Metrics(), timers=fast_timers())
+    await real.start("127.0.0.1", 0)
+    try:
+        target = platform(real)
+        front = platform(upper_endpoint, redirect_to=("127.0.0.1", real.port))
+        gw = await gateway_with(start_gateway, upper_config(upper_endpoint))
+        await online_at(target)
+        assert GW not in front.lowers
+        assert gw.metrics.get("uplink.redirected") == 1
+        await wait_for(lambda: target.lowers[GW].keepalives >= 1, 3, "keepalive at the new place")
+    finally:
+        await real.close()
+
+
+async def test_upper_restart_or_silence_makes_the_gateway_register_again(
+    upper_endpoint, start_gateway
+) -> None:
+    p = platform(upper_endpoint)
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint))
+    await online_at(p)
+    p.restart()  # forgets us: the next keepalive gets 404
+    await online_at(p)
+    assert gw.metrics.get("uplink.offline") == 1
+    before = p.lowers[GW].registrations
+    p.drop_keepalives = True
+    await wait_for(lambda: gw.metrics.get("uplink.offline") == 2, 8, "offline after misses")
+    p.drop_keepalives = False
+    await wait_for(lambda: p.lowers[GW].registrations > before, 8, "registered again")
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_catalog_query_returns_exactly_the_shared_tree(
+    upper_endpoint, start_gateway, device_endpoint, transport: str
+) -> None:
+    p = platform(upper_endpoint)
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint, transport=transport))
+    dev = nvr(device_endpoint, gw, channel_count=40, with_groups=True)
+    await synced_nvr(gw, dev)
+    await online_at(p)
+    res = await p.catalog(GW)
+    assert not res.partial and res.sum_num == len(res.items)
+    ids = [i.device_id for i in res.items]
+    expected = {GW, NVR1, *dev.channel_ids(), *dev.group_ids()}
+    assert set(ids) == expected and len(ids) == len(expected)
+    root = next(i for i in res.items if i.device_id == GW)
+    assert root.name == "测试网关" and root.parent_id is None
+    by_id = {i.device_id: i for i in res.items}
+    assert by_id[dev.channel_id(3)].name == "通道3"
+    assert all(by_id[c].parent_ids[0] == NVR1 for c in dev.channel_ids())
+    if transport == "udp":
+        assert len(res.raw) > 10 and max(len(r) for r in res.raw) < 1300
+    else:
+        assert len(res.raw) == 1  # 43 items in one batch over TCP
+
+
+async def test_recode_ids_are_valid_in_the_uppers_namespace_and_stable_across_restart(
+    tmp_path: Path, upper_endpoint, device_endpoint
+) -> None:
+    p = platform(upper_endpoint)
+    up = upper_config(upper_endpoint, id_policy="recode", civil_code="3401", industry_code="08")
+    sections = {
+        "downlink": FAST_DOWN,
+        "uplink": {"platforms": [up]},
+        "gateway": {"civil_code": "340200"},
+    }
+    gw = Gateway(make_config(tmp_path, **sections))
+    await gw.start()
+    try:
+        dev = nvr(device_endpoint, gw, channel_count=6, with_groups=True)
+        await synced_nvr(gw, dev)
+        await online_at(p)
+        first = await p.catalog(GW)
+        port = gw.port
+    finally:
+        await gw.close()
+    ids = [i.device_id for i in first.items if i.device_id != GW]
+    assert len(ids) == len(set(ids)) == 6 + 3 + 1
+    assert all(is_gb_id(i) and i.startswith("3401000008") for i in ids)
+    assert {item_kind(i) for i in ids} == {"device", "channel", "business_group", "virtual_org"}
+    assert not set(ids) & {*dev.channel_ids(), NVR1}
+    sections["sip"] = {"port": port}
+    again = Gateway(make_config(tmp_path, **sections))
+    await again.start()
+    try:
+        p.restart()
+        await online_at(p)
+        second = await p.catalog(GW)
+    finally:
+        await again.close()
+    assert sorted(i.device_id for i in second.items) == sorted(i.device_id for i in first.items)
+    names = {i.device_id: i.name for i in first.items}
+    assert all(names[i.device_id] == i.name for i in second.items)
+    # Operators see the mapping with `gb28181-gateway idmap`.
+    cfg_file = tmp_path / "gw.toml"
+    cfg_file.write_text(f'[store]\npath = "{tmp_path / "gw.db"}"\n', encoding="utf-8")
+    cmd = [sys.executable, "-m", "gateway.cli", "idmap", "--config", str(cfg_file), "--json"]
+    out = await asyncio.to_thread(
+        subprocess.run, cmd, capture_output=True, text=True, timeout=30, check=True
+    )
+    rows = json.loads(out.stdout)
+    assert {r["upper_item_id"] for r in rows} == set(ids)
+    assert {r["local_id"] for r in rows} == {*dev.channel_ids(), *dev.group_ids(), NVR1}
+
+
+async def test_offline_and_added_channels_reach_the_upper_as_notifies(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    p = platform(upper_endpoint)
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint))
+    dev = nvr(device_endpoint, gw, channel_count=3)
+    other = nvr(device_endpoint, gw, NVR2, channel_count=2)
+    await synced_nvr(gw, dev)
+    await synced_nvr(gw, other)
+    await online_at(p)
+    (await other.unregister())  # offline before the subscription: reported in the first NOTIFY
+    sub = await p.subscribe(GW, "Catalog")
+    assert sub.active and sub.expires == 600
+    await wait_for(lambda: len(p.catalog_events) >= 3, 3, "initial report")
+    assert set(p.catalog_events) == {("OFF", NVR2), *(("OFF", c) for c in other.channel_ids())}
+    p.catalog_events.clear()
+    await wait_for(lambda: dev.subscription("Catalog") is not None, 5, "gateway subscribed down")
+    added = CatalogItem(
+        device_id="34020000001310009999", name="新通道", parent_id=NVR1, status="ON"
+    )
+    await dev.notify_catalog([("ADD", added)])
+    await wait_for(lambda: ("ADD", added.device_id) in p.catalog_events, 3, "ADD upward")
+    add_notify = next(m for _, m in p.notifies if m is not None and m.CMD == "Catalog"
+                      and any(i.device_id == added.device_id for i in m.items))  # type: ignore[attr-defined]  # fmt: skip
+    assert add_notify.items[0].name == "新通道"  # type: ignore[attr-defined]
+    assert add_notify.sum_num == len(add_notify.items)  # type: ignore[attr-defined]
+    (await dev.unregister())
+    await wait_for(lambda: ("OFF", NVR1) in p.catalog_events, 3, "device OFF upward")
+    offs = {d for e, d in p.catalog_events if e == "OFF"}
+    assert offs >= {NVR1, *dev.channel_ids(), added.device_id}
+    # Expires: 0 ends it with a terminating NOTIFY; nothing more comes.
+    await p.unsubscribe(sub)
+    assert gw.uplink is not None and "Catalog" not in gw.uplink.sessions[UP].subs
+    await wait_for(
+        lambda: any(
+            (r.get_header("Subscription-State") or "").startswith("terminated")
+            for r, _ in p.notifies
+        ),
+        3,
+        "terminating NOTIFY",
+    )
+
+
+async def test_ptz_and_record_info_are_forwarded_with_translated_ids(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    p = platform(upper_endpoint)
+    up = upper_config(upper_endpoint, id_policy="recode", civil_code="340100")
+    gw = await gateway_with(start_gateway, up)
+    dev = nvr(device_endpoint, gw, channel_count=3, record_count=30, items_per_message=8)
+    await synced_nvr(gw, dev)
+    await online_at(p)
+    catalog = await p.catalog(GW)
+    cam = next(i for i in catalog.items if i.name == "通道2")
+    assert cam.device_id != dev.channel_id(2)
+    await p.ptz(GW, cam.device_id, "A50F0101808000B6")
+    await wait_for(lambda: bool(dev.ptz_commands), 3, "PTZ at the NVR")
+    assert dev.ptz_commands == ["A50F0101808000B6"]
+    assert dev.controls[-1].device_id == dev.channel_id(2)
+    answer = await p.control(GW, DeviceControl(sn=0, device_id=cam.device_id, record_cmd="Record"))
+    assert answer is not None and answer.result == "OK" and answer.device_id == cam.device_id
+    res = await p.record_info(GW, cam.device_id, "2024-05-20T00:00:00", "2024-05-20T23:59:59")
+    assert not res.partial and res.sum_num == 30 and len(res.items) == 30
+    assert {r.device_id for r in res.items} == {cam.device_id}  # translated back up
+    status = await p.device_status(GW, cam.device_id)
+    assert status.responses and status.responses[0].device_id == cam.device_id
+    assert status.responses[0].result == "OK"  # type: ignore[attr-defined]
+
+
+async def test_ids_an_upper_may_not_see_get_404(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    p = platform(upper_endpoint)
+    dev_channel = f"{NVR1[:10]}131{NVR1[-3:]}0001"
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint, share=[NVR2]))
+    dev = nvr(device_endpoint, gw, channel_count=2)
+    await synced_nvr(gw, dev)
+    await online_at(p)
+    res = await p.device_status(GW, dev.channel_id(1), timeout=1)
+    assert res.status == 404 and not res.responses
+    with pytest.raises(Exception, match="404"):
+        await p.ptz(GW, dev.channel_id(1), "A50F0100000000B5")
+    assert not dev.ptz_commands and gw.metrics.get("uplink.not_shared") == 2
+    assert dev_channel  # the share list named only NVR2, which never registered here
+
+
+async def test_two_uppers_each_see_only_their_share(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    second_ep = Endpoint(metrics=Metrics(), timers=fast_timers())
+    await second_ep.start("127.0.0.1", 0)
+    try:
+        p1 = platform(upper_endpoint)
+        p2 = platform(second_ep, platform_id=UP2, domain=UP2[:10])
+        gw = await gateway_with(
+            start_gateway,
+            upper_config(upper_endpoint, share=[NVR1]),
+            upper_config(second_ep, id=UP2, domain=UP2[:10], share=[NVR2]),
+        )
+        one = nvr(device_endpoint, gw, NVR1, channel_count=3)
+        two = nvr(device_endpoint, gw, NVR2, channel_count=4)
+        await synced_nvr(gw, one)
+        await synced_nvr(gw, two)
+        await online_at(p1)
+        await online_at(p2)
+        seen1 = {i.device_id for i in (await p1.catalog(GW)).items}
+        seen2 = {i.device_id for i in (await p2.catalog(GW)).items}
+        assert seen1 == {GW, NVR1, *one.channel_ids()}
+        assert seen2 == {GW, NVR2, *two.channel_ids()}
+    finally:
+        await second_ep.close()
+
+
+async def test_gateway_answers_about_itself_and_forwards_alarms(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    p = platform(upper_endpoint)
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint))
+    dev = nvr(device_endpoint, gw, channel_count=2)
+    await synced_nvr(gw, dev)
+    await online_at(p)
+    info = await p.device_info(GW)
+    assert info.responses[0].device_name == "测试网关"  # type: ignore[attr-defined]
+    assert info.responses[0].channel == 2  # type: ignore[attr-defined]  # shared video channels
+    status = await p.device_status(GW)
+    assert status.responses[0].online == "ONLINE"  # type: ignore[attr-defined]
+    await dev.send_alarm(dev.channel_id(1), priority=2, method=5, alarm_type=2)
+    await wait_for(lambda: len(p.alarms) == 1, 3, "alarm by MESSAGE")
+    assert p.alarms[0].device_id == dev.channel_id(1) and p.alarms[0].alarm_priority == 2
+    sub = await p.subscribe(GW, "Alarm")
+    assert sub.active
+    await dev.send_alarm(dev.channel_id(2), priority=1)
+    await wait_for(lambda: len(p.alarms) == 2, 3, "alarm by NOTIFY")
+    assert any(m is not None and m.CMD == "Alarm" for _, m in p.notifies)
+
+
+async def test_subscriptions_are_refreshed_and_positions_go_up(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    p = platform(upper_endpoint)
+    positions_on = {**FAST_DOWN, "mobile_position_subscription": True}
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint), downlink=positions_on)
+    dev = nvr(device_endpoint, gw, channel_count=1)
+    await synced_nvr(gw, dev)
+    await online_at(p)
+    catalog = await p.subscribe(GW, "Catalog", expires=120)
+    await p.refresh(catalog, 300)
+    assert catalog.active and catalog.expires == 300 and catalog.cseq == 2
+    assert gw.uplink is not None
+    held = gw.uplink.sessions[UP].subs["Catalog"]
+    assert held.call_id == catalog.call_id and held.remaining(time.time()) > 250
+    positions = await p.subscribe(GW, "MobilePosition")
+    assert positions.active
+    await wait_for(lambda: dev.subscription("MobilePosition") is not None, 5, "position sub down")
+    await dev.send_position(117.2275, 31.8207, form="2022", via="notify")
+    await wait_for(lambda: bool(p.positions), 3, "position upward")
+    assert p.positions[0].device_id == NVR1 and p.positions[0].longitude == 117.2275

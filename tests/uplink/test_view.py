@@ -1,0 +1,157 @@
+"""What an upper sees: ID recoding and the shared tree, without sockets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.catalog import Catalog
+from gateway.config import Config, UpperPlatform, config_from_dict
+from gateway.events import EventBus
+from gateway.manscdp.gbid import is_gb_id, item_kind
+from gateway.manscdp.messages import CatalogInfo, CatalogItem
+from gateway.metrics import Metrics
+from gateway.model import Device
+from gateway.store.memory import MemoryStore
+from gateway.store.sqlite import SqliteStore, read_id_map
+from gateway.uplink.idmap import IdMap
+from gateway.uplink.share import SharedView
+
+GW = "34020000002000000001"
+UP = "34010000002000000001"
+NVR1, NVR2 = "34020000001180000001", "34020000001180000002"
+GROUP, ORG = "34020000002150000001", "34020000002160000001"
+
+
+def upper(**kw: object) -> UpperPlatform:
+    fields: dict[str, object] = {"id": UP, "domain": "3401000000", "host": "10.0.0.1"}
+    fields.update({"password": "x"})
+    fields.update(kw)
+    return UpperPlatform.model_validate(fields)
+
+
+def cam(owner: str, n: int, **kw: object) -> CatalogItem:
+    fields: dict[str, object] = {
+        "device_id": f"{owner[:10]}131{owner[-3:]}{n:04d}",
+        "name": f"通道{n}",
+        "parent_id": owner,
+        "civil_code": "340200",
+        "status": "ON",
+    }
+    fields.update(kw)
+    return CatalogItem(**fields)  # type: ignore[arg-type]
+
+
+def world() -> tuple[Config, Catalog, dict[str, Device]]:
+    config = config_from_dict({"gateway": {"name": "网关", "civil_code": "340200"}})
+    catalog = Catalog(store=MemoryStore(), events=EventBus(), metrics=Metrics(), gateway_id=GW)
+    region = CatalogItem(device_id="340200", name="芜湖市")
+    group = CatalogItem(device_id=GROUP, name="交通", parent_id=NVR1)
+    org = CatalogItem(device_id=ORG, name="路口", info=CatalogInfo(business_group_id=GROUP))
+    catalog.apply_sync(
+        NVR1,
+        [region, group, org, cam(NVR1, 1), cam(NVR1, 2, parent_id=f"{NVR1}/{ORG}")],
+        partial=False,
+    )
+    catalog.apply_sync(NVR2, [cam(NVR2, 1, status="OFF")], partial=False)
+    devices = {
+        NVR1: Device(NVR1, online=True, name="一号NVR", manufacturer="Hik"),
+        NVR2: Device(NVR2, online=False, name="二号NVR"),
+    }
+    return config, catalog, devices
+
+
+def view(**kw: object) -> tuple[SharedView, IdMap, MemoryStore]:
+    config, catalog, devices = world()
+    up = upper(**kw)
+    store = MemoryStore()
+    idmap = IdMap(up, store, GW)
+    return SharedView(up, config, catalog, devices, idmap), idmap, store
+
+
+def test_share_all_keeps_ids_and_builds_the_whole_tree_parents_first() -> None:
+    v, _, _ = view()
+    items = v.build()
+    ids = [i.device_id for i in items]
+    assert ids[0] == GW and items[0].parent_id is None  # the root: the gateway itself
+    assert items[0].name == "网关" and items[0].civil_code == "340200"
+    assert set(ids) == {
+        GW, "340200", GROUP, ORG, NVR1, NVR2, cam(NVR1, 1).device_id, cam(NVR1, 2).device_id,
+        cam(NVR2, 1).device_id,
+    }  # fmt: skip
+    order = [item_kind(i) for i in ids]
+    assert order.index("channel") > order.index("device") > order.index("virtual_org")
+    by_id = {i.device_id: i for i in items}
+    assert by_id[NVR1].parent_id == GW and by_id[NVR1].status == "ON"
+    assert by_id[NVR2].status == "OFF" and by_id[NVR2].name == "二号NVR"
+    assert by_id[GROUP].parent_id == GW  # a business group hangs under the system
+    assert by_id[ORG].info is not None and by_id[ORG].info.business_group_id == GROUP
+    assert by_id[cam(NVR1, 2).device_id].parent_ids == (NVR1, ORG)
+
+
+def test_share_list_by_device_or_channel_and_tree_nodes_only_when_needed() -> None:
+    v, _, _ = view(share=(NVR2,))
+    ids = {i.device_id for i in v.build()}
+    assert ids == {GW, "340200", NVR2, cam(NVR2, 1).device_id}
+    v, _, _ = view(share=(cam(NVR1, 2).device_id,))
+    ids = {i.device_id for i in v.build()}
+    assert ids == {GW, "340200", GROUP, ORG, NVR1, cam(NVR1, 2).device_id}
+    assert v.resolve(cam(NVR1, 2).device_id) == (NVR1, cam(NVR1, 2).device_id)
+    assert v.resolve(cam(NVR1, 1).device_id) is None  # not shared with this upper
+    assert v.resolve(NVR1) == (NVR1, NVR1)  # the device of a shared channel
+    assert v.resolve(NVR2) is None
+
+
+def test_recode_gives_valid_ids_in_the_uppers_namespace_and_keeps_regions() -> None:
+    v, idmap, store = view(id_policy="recode", civil_code="3401", industry_code="05")
+    items = v.build()
+    by_name = {i.name: i for i in items}
+    channel = by_name["通道2"]
+    assert is_gb_id(channel.device_id) and channel.device_id.startswith("3401000005131")
+    assert by_name["芜湖市"].device_id == "340200"  # civil regions are never recoded
+    assert items[0].device_id == GW
+    nvr = by_name["一号NVR"]
+    assert nvr.device_id.startswith("3401000005118")
+    assert channel.parent_ids == (nvr.device_id, by_name["路口"].device_id)
+    ids = [i.device_id for i in items]
+    assert len(ids) == len(set(ids))
+    assert idmap.to_local(channel.device_id) == cam(NVR1, 2).device_id
+    assert v.resolve(channel.device_id) == (NVR1, cam(NVR1, 2).device_id)
+    assert v.resolve(cam(NVR1, 2).device_id) is None  # the local ID means nothing upstairs
+    # Built again: the same IDs, no new allocations.
+    before = len(store.id_map)
+    assert [i.device_id for i in v.build()] == ids and len(store.id_map) == before
+
+
+async def test_recoded_ids_survive_a_restart_and_never_collide(tmp_path: Path) -> None:
+    up = upper(id_policy="recode", civil_code="340100")
+    store = SqliteStore(tmp_path / "m.db")
+    await store.start()
+    first = IdMap(up, store, GW)
+    a = first.to_upper("34020000001310000001")
+    b = first.to_upper("34020000001310000002")
+    second_upper = upper(id="34010000002000000002", id_policy="recode", civil_code="340100")
+    other = IdMap(second_upper, store, GW)
+    assert other.to_upper("34020000001310000002") == a  # each upper has its own namespace
+    await store.close()
+    assert a != b and a[:14] == b[:14] == "34010000001310"
+    again = SqliteStore(tmp_path / "m.db")
+    second = IdMap(up, again, GW)
+    second.load(again.load_id_map())
+    assert second.to_upper("34020000001310000002") == b
+    assert second.to_upper("34020000001310000001") == a
+    c = second.to_upper("34020000001310000003")
+    assert c not in (a, b)
+    await again.close()
+    rows = read_id_map(tmp_path / "m.db", UP)
+    assert [(r[1], r[2]) for r in rows] == [
+        ("34020000001310000001", a),
+        ("34020000001310000002", b),
+        ("34020000001310000003", c),
+    ]
+
+
+def test_recode_needs_a_civil_code() -> None:
+    with pytest.raises(ValueError, match="civil_code"):
+        upper(id_policy="recode")
