@@ -95,6 +95,23 @@ async def simulate(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if args.offline_on_signal:
+        # bench/uplink.py: SIGUSR1 unregisters the first N devices at once and prints, as one
+        # JSON line, when each unregistration was sent (CLOCK_MONOTONIC, shared by processes).
+        victims = list(hub.devices.values())[: args.offline_on_signal]
+
+        async def go_offline() -> None:
+            hub.stop_keepalive()
+            sent: dict[str, float] = {}
+
+            async def one(dev: SimDevice) -> None:
+                sent[dev.device_id] = time.monotonic()
+                await dev.unregister()
+
+            await asyncio.gather(*(one(d) for d in victims), return_exceptions=True)
+            print(json.dumps({"offline_sent": sent}), flush=True)
+
+        loop.add_signal_handler(signal.SIGUSR1, lambda: hub.spawn(go_offline()))
     try:
         await asyncio.wait_for(stop.wait(), args.budget)
     except TimeoutError:
@@ -104,8 +121,11 @@ async def simulate(args: argparse.Namespace) -> None:
 
 
 def run_simulator(args: argparse.Namespace) -> int:
-    from gateway.app import install_event_loop_policy
+    from gateway.app import configure_logging, install_event_loop_policy
+    from gateway.config import config_from_dict
 
+    # Logs to stderr, warnings only: stdout carries the READY line and the reports.
+    configure_logging(config_from_dict({"log": {"level": "warning"}}))
     install_event_loop_policy()
     asyncio.run(simulate(args))
     return 0
@@ -243,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=600.0, help="seconds the whole run may take")
     p.add_argument("--simulate", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--offline-on-signal", type=int, default=0, help=argparse.SUPPRESS)
     raw = sys.argv[1:] if argv is None else argv
     args = p.parse_args(raw)
     args.argv = raw

@@ -103,9 +103,12 @@ def children_cpu() -> float:
 
 class Gateway:
     """The gateway under test, as a subprocess. ``downlink``: lines of its ``[downlink]``
-    section (by default no sync and no subscription: SIPp devices answer no MANSCDP)."""
+    section (by default no sync and no subscription: SIPp devices answer no MANSCDP);
+    ``extra``: more TOML lines at the end (``[[uplink.platforms]]`` tables)."""
 
-    def __init__(self, workdir: Path, downlink: list[str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, downlink: list[str] | None = None, extra: list[str] | None = None
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.config_path = workdir / "gateway.toml"
@@ -132,6 +135,7 @@ class Gateway:
                 ),
                 "[log]",
                 'level = "warning"',
+                *(extra or []),
                 "",
             ]
         )

@@ -61,8 +61,13 @@ class _Udp(asyncio.DatagramProtocol):
         self.owner.metrics.inc("sip.udp.error")
 
 
+# Messages handled from one TCP read before the loop serves others: a peer that sends a
+# thousand requests in one segment must not hold the gateway for the time they all take.
+_BURST = 32
+
+
 class _TcpConnection(asyncio.Protocol):
-    __slots__ = ("framer", "last_active", "owner", "peer", "transport")
+    __slots__ = ("backlog", "framer", "last_active", "owner", "peer", "transport")
 
     def __init__(self, owner: Transports) -> None:
         self.owner = owner
@@ -70,6 +75,7 @@ class _TcpConnection(asyncio.Protocol):
         self.peer: Peer | None = None
         self.transport: asyncio.Transport | None = None
         self.last_active = 0.0
+        self.backlog: list[bytes | Ping] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -91,14 +97,36 @@ class _TcpConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
+        if self.backlog is not None:  # reading is paused, but a read may already be queued
+            self.backlog.extend(items)
+            return
+        self._deliver(items)
+
+    def _deliver(self, items: list[bytes | Ping]) -> None:
+        """Hand over up to ``_BURST`` messages; the rest wait for the next loop turn, with
+        reading paused so that their order is kept."""
         peer = self.peer
         assert peer is not None
-        for item in items:
+        listener = self.owner.listener
+        for item in items[:_BURST]:
             if isinstance(item, Ping):
                 if self.transport is not None:
                     self.transport.write(PONG)
             else:
-                owner.listener.message_received(item, peer)
+                listener.message_received(item, peer)
+        if len(items) > _BURST and self.transport is not None:
+            self.backlog = list(items[_BURST:])
+            self.transport.pause_reading()
+            self.owner.loop.call_soon(self._continue)
+
+    def _continue(self) -> None:
+        items, self.backlog = self.backlog or [], None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._deliver(items)
+        if self.backlog is None:
+            transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.framer.pending:

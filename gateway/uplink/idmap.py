@@ -33,6 +33,8 @@ class IdMap:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.upper_id = upper.id
+        # IDs that must never be handed out: the platforms' own (set by the uplink).
+        self.reserved: set[str] = {upper.id, gateway_id}
         self.recode = upper.id_policy == "recode"
         self.centre = upper.civil_code.ljust(8, "0")
         self.industry = upper.industry_code
@@ -93,7 +95,7 @@ class IdMap:
         serial = self._next.get(prefix, 1)
         while serial <= 999_999:
             candidate = f"{prefix}{serial:06d}"
-            if candidate not in self._down and candidate != self.gateway_id:
+            if candidate not in self._down and candidate not in self.reserved:
                 self._next[prefix] = serial + 1
                 return candidate
             serial += 1

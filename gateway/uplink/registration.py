@@ -4,10 +4,12 @@ The gateway behaves towards the upper like a device: REGISTER with its own ID, a
 401/407 digest challenge (with or without qop), refreshed at about 60 % of the granted time;
 a ``Keepalive`` MESSAGE every ``keepalive_interval``. The upper is *offline* after
 ``keepalive_timeout_count`` keepalives in a row went unanswered, after a keepalive is refused
-(404/403: the upper forgot us, e.g. it restarted), after a failed refresh, or when the TCP
-connection drops; then the gateway registers again, first at once, then backing off from
-``retry_interval`` (doubling up to 8×) with random jitter, never faster than ``retry_interval``
-after a failure. A 302 (2022 §9.1.2.3) moves registration to the address in its Contact.
+(any error status, typically 404: the upper forgot us, e.g. it restarted), after a failed
+refresh, or when the TCP connection drops; then the gateway registers again, first at once,
+then backing off from ``retry_interval`` (doubling up to 8×) with random jitter, never faster
+than ``retry_interval`` after a failure. A 302 (2022 §9.1.2.3) moves registration to the
+address and server ID in its Contact; when that server is lost or refuses, registration starts
+over at the configured address.
 ``X-GB-Ver: 3.0`` is sent when the upper is configured for 2022. The ``Date`` of the 200 OK is
 the upper's clock (GB time sync); its offset from ours is logged.
 """
@@ -60,7 +62,11 @@ class UpperLink:
         self.on_offline = on_offline
         self.next_sn = next_sn
         self.clock = clock
-        self.peer = Peer(upper.transport, upper.host, upper.port)
+        # Where registration starts; a 302 moves ``peer`` and ``server_id`` until the upper is
+        # lost or refuses, then it starts over here (2022 §9.1.2.3).
+        self.home = Peer(upper.transport, upper.host, upper.port)
+        self.peer = self.home
+        self.server_id = upper.id
         self.online = False
         self.expires = 0
         self.registered_at = 0.0
@@ -111,11 +117,23 @@ class UpperLink:
                 ok = await self.register(self.upper.register_expires)
             except (SipError, OSError) as exc:
                 self.log.info("uplink.register_failed", error=str(exc))
+            except Exception:  # never let the registration loop die silently
+                self.log.exception("uplink.register_crashed")
             if not ok:
+                self._go_home()
                 await asyncio.sleep(self._backoff())
                 continue
             self.failures = 0
-            await self._stay_registered()
+            try:
+                await self._stay_registered()
+            except Exception:
+                self.log.exception("uplink.keepalive_crashed")
+                self._went_offline("internal error")
+
+    def _go_home(self) -> None:
+        if self.peer != self.home or self.server_id != self.upper.id:
+            self.log.info("uplink.back_to_configured_address", peer=str(self.home))
+        self.peer, self.server_id = self.home, self.upper.id
 
     def _backoff(self) -> float:
         self.failures += 1
@@ -144,6 +162,8 @@ class UpperLink:
             if self._lost:
                 return self._went_offline("connection lost")
             verdict = await self.keepalive()
+            if self._lost:
+                return self._went_offline("connection lost")
             if verdict == "refused":
                 return self._went_offline("keepalive refused")
             if verdict == "lost":
@@ -168,9 +188,10 @@ class UpperLink:
             self.metrics.inc("uplink.offline")
             self.log.warning("uplink.offline", reason=reason)
             self.on_offline(self, reason)
-        # A fresh registration (new Call-ID) after losing the upper.
+        # A fresh registration (new Call-ID) after losing the upper, where it all started.
         self._call_id = self.endpoint.call_id()
         self._cseq = 0
+        self._go_home()
 
     # -- REGISTER ---------------------------------------------------------------------------
     def _request(self, expires: int, auth: tuple[str, str] | None) -> Request:
@@ -190,7 +211,7 @@ class UpperLink:
         return Request("REGISTER", self._register_uri(), headers)
 
     def _register_uri(self) -> str:
-        return f"sip:{self.upper.id}@{self.peer.host}:{self.peer.port}"
+        return f"sip:{self.server_id}@{self.peer.host}:{self.peer.port}"
 
     async def register(self, expires: int) -> bool:
         """One registration (``expires`` 0 unregisters), answering challenges and following
@@ -199,6 +220,7 @@ class UpperLink:
         auth: tuple[str, str] | None = None
         redirects = 0
         challenges = 0
+        min_expires_tried = False
         while True:
             resp = await self.endpoint.request(self._request(expires, auth), self.peer)
             status = resp.status
@@ -217,20 +239,28 @@ class UpperLink:
                 name = "Authorization" if status == 401 else "Proxy-Authorization"
                 auth = (name, value)
                 continue
+            if status == 423 and not min_expires_tried:  # RFC 3261 §10.2.8: ask for more
+                min_expires_tried = True
+                wanted = (resp.get_header("Min-Expires") or "").strip()
+                if wanted.isascii() and wanted.isdigit() and int(wanted) > expires > 0:
+                    expires = int(wanted)
+                    continue
             if status in (301, 302) and redirects < MAX_REDIRECTS:
-                target = self._redirect_target(resp)
-                if target is None:
+                found = self._redirect_target(resp)
+                if found is None:
                     return False
+                target, server_id = found
                 redirects += 1
-                self.log.info("uplink.redirected", to=str(target))
+                self.log.info("uplink.redirected", to=str(target), server_id=server_id)
                 self.metrics.inc("uplink.redirected")
-                self.peer = target
+                self.peer, self.server_id = target, server_id
                 self._call_id, self._cseq, auth, challenges = self.endpoint.call_id(), 0, None, 0
                 client = DigestClient(self.gateway.id, self.upper.password)
                 continue
             return self._registered(resp, expires)
 
-    def _redirect_target(self, resp: Response) -> Peer | None:
+    def _redirect_target(self, resp: Response) -> tuple[Peer, str] | None:
+        """Where a 302 sends us, and the ID of the server there (the Contact's user part)."""
         contact = resp.get_header("Contact")
         if not contact:
             return None
@@ -241,7 +271,7 @@ class UpperLink:
         transport = (uri.param("transport") or self.peer.transport).lower()
         if transport not in ("udp", "tcp"):
             transport = self.peer.transport
-        return Peer(transport, uri.host, uri.port or 5060)
+        return Peer(transport, uri.host, uri.port or 5060), uri.user or self.upper.id
 
     def _registered(self, resp: Response, expires: int) -> bool:
         if resp.status >= 300:
@@ -253,6 +283,12 @@ class UpperLink:
             return True
         try:
             granted = resp.expires
+            # A registrar may grant a shorter time only in our Contact's ;expires (RFC 3261
+            # §10.2.4); the shortest one given counts.
+            for contact in resp.contacts:
+                value = contact.param("expires")
+                if value and value.isascii() and value.isdigit():
+                    granted = min(int(value), granted) if granted else int(value)
         except ParseError:
             granted = None
         self.expires = granted if granted and granted > 0 else expires
@@ -286,10 +322,10 @@ class UpperLink:
         body = encode(Keepalive(sn=self.next_sn(), device_id=gw, status="OK"), self.upper.charset)
         req = Request(
             "MESSAGE",
-            f"sip:{self.upper.id}@{self.peer.host}:{self.peer.port}",
+            f"sip:{self.server_id}@{self.peer.host}:{self.peer.port}",
             [
                 ("From", f"<{self.aor}>;tag={self.endpoint.tag()}"),
-                ("To", f"<sip:{self.upper.id}@{self.upper.domain}>"),
+                ("To", f"<sip:{self.server_id}@{self.upper.domain}>"),
                 ("Call-ID", self.endpoint.call_id()),
                 ("CSeq", "1 MESSAGE"),
                 ("Content-Type", "Application/MANSCDP+xml"),

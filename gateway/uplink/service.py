@@ -31,7 +31,7 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -90,8 +90,6 @@ from gateway.uplink.share import SharedView
 log = structlog.get_logger("gateway.uplink")
 
 NOTIFY_DELAY = 0.2
-# Room for the Via, Max-Forwards and User-Agent the endpoint adds to a request it sends.
-_SENT_HEADERS = 160
 # Queries forwarded to the device that answers them (reference §7.2).
 _FORWARDED = frozenset(
     {
@@ -129,6 +127,9 @@ class InboundSubscription:
     queue: list[tuple[str, CatalogItem]] = field(default_factory=list, repr=False)
     flushing: bool = False
     ended: bool = False
+    # NOTIFYs of one dialog go one at a time, so their CSeqs arrive in order (RFC 3261
+    # §12.2.2) and nothing follows the terminating one.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def remaining(self, now: float) -> int:
         return max(0, int(self.expires_at - now))
@@ -141,6 +142,7 @@ class UpperSession:
         self.idmap = idmap
         self.view = view
         self.subs: dict[str, InboundSubscription] = {}
+        self.catalog_task: asyncio.Task[Any] | None = None
         self.log = log.bind(upper=upper.id)
 
     @property
@@ -208,7 +210,9 @@ class Uplink:
 
     def start(self) -> None:
         rows = self.store.load_id_map()
+        uppers = {up.id for up in self.config.uplink.platforms}
         for s in self.sessions.values():
+            s.idmap.reserved |= uppers
             s.idmap.load(rows)
             s.link.start()
         if self.sessions:
@@ -298,17 +302,20 @@ class Uplink:
 
     def _batches(
         self, s: UpperSession, items: Sequence[Any], empty: Message, overhead: int
-    ) -> list[Sequence[Any]]:
+    ) -> Iterator[Sequence[Any]]:
         """Split ``items`` for messages whose envelope is ``empty``: by count over TCP; over UDP
         so that each whole message stays within ``catalog_batch_udp_bytes`` (RFC 3261 §18.1.1),
-        slimming an item that does not fit even alone (:func:`slim`)."""
+        slimming an item that does not fit even alone (:func:`slim`). A generator: sizes are
+        worked out batch by batch, between the sends."""
         if not items:
-            return [()]
+            yield ()
+            return
         if s.reliable:
             n = s.upper.catalog_batch_tcp_items
-            return [items[i : i + n] for i in range(0, len(items), n)]
+            for i in range(0, len(items), n):
+                yield items[i : i + n]
+            return
         budget = s.upper.catalog_batch_udp_bytes - overhead - len(self._encode(s, empty)) - 40
-        out: list[Sequence[Any]] = []
         batch: list[Any] = []
         used = 0
         for item in items:
@@ -316,12 +323,11 @@ class Uplink:
             if size > budget and isinstance(item, CatalogItem):
                 item, size = self._slimmed(s, item, budget)
             if batch and used + size > budget:
-                out.append(batch)
+                yield batch
                 batch, used = [], 0
             batch.append(item)
             used += size
-        out.append(batch)
-        return out
+        yield batch
 
     def _item_size(self, s: UpperSession, item: Any) -> int:
         el = etree.Element("Item")
@@ -339,8 +345,17 @@ class Uplink:
         self.metrics.inc("uplink.items_slimmed")
         return item, size
 
-    def _overhead(self, s: UpperSession, method: str = "MESSAGE") -> int:
-        return len(self._message(s, b"").to_bytes()) + _SENT_HEADERS
+    def _overhead(self, s: UpperSession) -> int:
+        """Bytes of a MESSAGE to this upper without its body, with the headers the endpoint
+        adds when sending (Via with our address and branch, Max-Forwards, User-Agent)."""
+        added = (
+            len(f"Via: {self.endpoint.via(s.link.peer)}\r\n")
+            + len("Max-Forwards: 70\r\n")
+            + len(f"User-Agent: {self.endpoint.user_agent}\r\n")
+            + len("Content-Length: 100000\r\n")
+            + 16
+        )
+        return len(self._message(s, b"").to_bytes()) + added
 
     async def send_parts(
         self,
@@ -361,7 +376,12 @@ class Uplink:
 
     # -- requests from an upper -------------------------------------------------------------
     def _session(self, req: Request, ctx: ServerContext) -> UpperSession | None:
-        s = self.sessions.get(req.from_.uri.user or "")
+        """The upper a request comes from: its ID (or, after a redirect, the ID of the server
+        it sent us to) in From, from that server's host."""
+        user = req.from_.uri.user or ""
+        s = self.sessions.get(user)
+        if s is None:
+            s = next((x for x in self.sessions.values() if x.link.server_id == user), None)
         if s is None or ctx.peer.host != s.link.peer.host:
             return None
         return s
@@ -390,9 +410,15 @@ class Uplink:
         self.metrics.inc(f"uplink.query.{msg.CMD}")
         target = msg.device_id
         if msg.CMD == "Catalog":
-            if not self._is_gateway(target) and s.idmap.to_local(target) is None:
+            if not self._is_gateway(target) and not self._node_visible(s, target):
                 return self._not_shared(s, req, target, msg.CMD)
-            self.spawn(self._answer_catalog(s, msg, None if self._is_gateway(target) else target))
+            # One catalog answer per upper at a time: a new query replaces one still going.
+            if s.catalog_task is not None and not s.catalog_task.done():
+                s.catalog_task.cancel()
+                s.log.info("uplink.catalog_answer_replaced")
+            s.catalog_task = self.spawn(
+                self._answer_catalog(s, msg, None if self._is_gateway(target) else target)
+            )
             return self._reply(req, 200, "OK")
         if self._is_gateway(target):
             answer = self._about_gateway(s, msg)
@@ -407,6 +433,16 @@ class Uplink:
             return self._not_shared(s, req, target, msg.CMD)
         self.spawn(self._forward_query(s, msg, found[1]))
         return self._reply(req, 200, "OK")
+
+    def _node_visible(self, s: UpperSession, target: str) -> bool:
+        """May the upper ask the catalog of ``target``: something it sees, or a tree node
+        (all of which it sees with ``share = "all"``)."""
+        if s.view.resolve(target) is not None:
+            return True
+        local = s.idmap.to_local(target)
+        if local is None or self.catalog.get(local) is None:
+            return False
+        return s.view.share_all or local in s.view.shared
 
     def _about_gateway(self, s: UpperSession, msg: Message) -> Message | None:
         gw = self.gw
@@ -444,7 +480,10 @@ class Uplink:
 
     async def _answer_catalog(self, s: UpperSession, msg: Message, target: str | None) -> None:
         started = time.monotonic()
-        items = s.view.build(target)
+        mapped = len(s.idmap)
+        items = await s.view.build_async(target)
+        if len(s.idmap) != mapped:
+            await self.store.flush()  # new recoded IDs are stored before the upper sees them
         answer_id = target or self.gw.id
 
         def make(batch: Sequence[Any], total: int) -> Message:
@@ -481,7 +520,7 @@ class Uplink:
         self.metrics.inc("uplink.forwarded")
         first = res.response
         if hasattr(first, "items") and res.items is not None and msg.CMD != "ConfigDownload":
-            items = [self._up_item(s, i) for i in res.items]
+            items = [self._up_item(s, i, upper_target) for i in res.items]
 
             def make(batch: Sequence[Any], total: int) -> Message:
                 fields: dict[str, Any] = {
@@ -496,14 +535,17 @@ class Uplink:
             await self.send_parts(s, make, items)
             return
         for r in res.responses:
+            if isinstance(r, DeviceStatusResponse) and r.alarm_status:
+                r = replace(r, alarm_status=tuple(self._up_item(s, a) for a in r.alarm_status))
             await self.send(s, replace(r, sn=msg.sn, device_id=upper_target))
 
-    def _up_item(self, s: UpperSession, item: Any) -> Any:
-        """A relayed item (a record, a preset...) with a DeviceID in the upper's IDs."""
+    def _up_item(self, s: UpperSession, item: Any, fallback: str | None = None) -> Any:
+        """A relayed item (a record, an alarm input...) with its DeviceID in the upper's IDs;
+        an ID the upper does not know becomes ``fallback`` (or is left out)."""
         device_id = getattr(item, "device_id", None)
         if not device_id:
             return item
-        return replace(item, device_id=s.idmap.known_upper(device_id) or device_id)
+        return replace(item, device_id=s.idmap.known_upper(device_id) or fallback)
 
     @staticmethod
     def _error_answer(msg: Message, target: str) -> Message | None:
@@ -526,6 +568,11 @@ class Uplink:
             return self._not_shared(s, req, target, msg.CMD)
         if not isinstance(msg, DeviceControl | DeviceConfig):
             return self._reply(req, 501, f"Not Implemented ({msg.CMD})")
+        if isinstance(msg, DeviceControl) and msg.device_id2:
+            second = s.view.resolve(msg.device_id2)
+            if second is None:
+                return self._not_shared(s, req, msg.device_id2, msg.CMD)
+            msg = replace(msg, device_id2=second[1])
         self.spawn(self._forward_control(s, msg, found[1]))
         return self._reply(req, 200, "OK")
 
@@ -614,7 +661,10 @@ class Uplink:
         return make_response(req, 200, "OK", to_tag=sub.local_tag, headers=headers, body=body)
 
     def _peer_of(self, req: Request) -> Any:
-        s = self.sessions.get(req.from_.uri.user or "")
+        user = req.from_.uri.user or ""
+        s = self.sessions.get(user) or next(
+            (x for x in self.sessions.values() if x.link.server_id == user), None
+        )
         return s.link.peer if s is not None else None
 
     def _refresh(
@@ -655,6 +705,14 @@ class Uplink:
 
     async def _notify(
         self, s: UpperSession, sub: InboundSubscription, body: bytes, *, state: str | None = None
+    ) -> bool:
+        async with sub.lock:
+            if sub.ended and state is None:
+                return False
+            return await self._send_notify(s, sub, body, state)
+
+    async def _send_notify(
+        self, s: UpperSession, sub: InboundSubscription, body: bytes, state: str | None
     ) -> bool:
         sub.cseq += 1
         gw = self.gw
@@ -706,11 +764,8 @@ class Uplink:
     async def _initial_catalog_notify(self, s: UpperSession, sub: InboundSubscription) -> None:
         """Annex N: right after the subscription, the shared items that are offline."""
         await asyncio.sleep(0)
-        items = [
-            CatalogItem(device_id=i.device_id, event="OFF")
-            for i in s.view.build(None if self._is_gateway(sub.target) else sub.target)
-            if i.status == "OFF"
-        ]
+        view = await s.view.build_async(None if self._is_gateway(sub.target) else sub.target)
+        items = [CatalogItem(device_id=i.device_id, event="OFF") for i in view if i.status == "OFF"]
         await self._send_catalog_notifies(s, sub, items)
 
     # -- downlink events → NOTIFYs ----------------------------------------------------------
@@ -729,6 +784,10 @@ class Uplink:
                 await asyncio.sleep(NOTIFY_DELAY)  # gather what changes together
                 pending, sub.queue = sub.queue, []
                 items = [replace(item, event=event) for event, item in pending]
+                # Devices first: when a site loses power, the upper hears which NVRs went
+                # before it hears about each of their channels (the order within one item's
+                # own events is kept: the sort is stable).
+                items.sort(key=lambda i: item_kind(i.device_id) != "device")
                 await self._send_catalog_notifies(s, sub, items)
         finally:
             sub.flushing = False
@@ -771,6 +830,9 @@ class Uplink:
             if not s.link.online:
                 continue
             channel = alarm.channel_id
+            owner = self.catalog.owner_of(channel)
+            if owner != alarm.device_id:
+                channel = alarm.device_id  # not a channel of its own: the alarm is the device's
             if channel == alarm.device_id:
                 if not s.view.device_visible(channel):
                     continue
@@ -809,7 +871,9 @@ class Uplink:
                 continue
             for p in event.positions:
                 device_id = p.device_id or event.device_id
-                owner = self.catalog.owner_of(device_id) or event.device_id
+                if self.catalog.owner_of(device_id) != event.device_id:
+                    device_id = event.device_id  # an ID it does not own: report the device
+                owner = event.device_id
                 visible = (
                     s.view.device_visible(device_id)
                     if device_id == owner

@@ -12,6 +12,7 @@ upper cannot see is dropped, and an item left without one hangs under the gatewa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
@@ -23,6 +24,7 @@ from gateway.model import Device
 from gateway.uplink.idmap import IdMap
 
 TREE_KINDS = frozenset({"region", "business_group", "virtual_org", "system"})
+_CHUNK = 5000
 _ORDER = {"system": 0, "region": 1, "business_group": 2, "virtual_org": 3, "device": 4}
 
 
@@ -65,7 +67,10 @@ class SharedView:
         if owner is not None and item_kind(local) not in TREE_KINDS:
             return (owner, local) if self.channel_visible(owner, local) else None
         if local in self.devices:
-            return (local, local) if self.device_visible(local) else None
+            # The device itself (TeleBoot, DeviceConfig, its whole status) only for an upper
+            # that shares it whole: sharing one of its channels shows it as a tree node only.
+            whole = self.share_all or local in self.shared
+            return (local, local) if whole else None
         return None
 
     # -- items ------------------------------------------------------------------------------
@@ -139,10 +144,26 @@ class SharedView:
     def build(self, target: str | None = None) -> list[CatalogItem]:
         """The shared catalog in the upper's IDs, parents before children. ``target`` (an ID
         the upper used, other than the gateway's): only that node and what hangs under it."""
+        out: list[CatalogItem] = []
+        for _ in self._build(target, out):
+            pass
+        return out
+
+    async def build_async(self, target: str | None = None) -> list[CatalogItem]:
+        """:meth:`build`, letting the event loop serve others every few thousand items (the
+        whole view of 200,000 channels takes over a second)."""
+        out: list[CatalogItem] = []
+        for _ in self._build(target, out):
+            await asyncio.sleep(0)
+        return out
+
+    def _build(self, target: str | None, out: list[CatalogItem]) -> Iterator[None]:
         channels: list[tuple[str, CatalogItem]] = []
         owners: dict[str, None] = {}
         wanted_nodes: dict[str, None] = {}
-        for owner, item in self.catalog:
+        for n, (owner, item) in enumerate(list(self.catalog)):
+            if n % _CHUNK == _CHUNK - 1:
+                yield
             kind = item_kind(item.device_id)
             if kind in TREE_KINDS or not self.channel_visible(owner, item.device_id):
                 continue
@@ -156,21 +177,24 @@ class SharedView:
             if item.civil_code:
                 wanted_nodes[item.civil_code] = None
         nodes = self._with_ancestors(wanted_nodes)
-        out: list[CatalogItem] = [self.system_item()]
+        view: list[CatalogItem] = [self.system_item()]
         tree = sorted(
             (self.translate(owner, node) for owner, node in nodes),
             key=lambda i: (_ORDER.get(item_kind(i.device_id), 5), i.device_id),
         )
-        out.extend(tree)
+        view.extend(tree)
         reported = {item.device_id for _, item in channels}
         for owner in owners:
             dev = self.devices.get(owner)
             if dev is not None and owner not in reported:
-                out.append(self.device_item(dev))
-        out.extend(self.translate(owner, item) for owner, item in channels)
+                view.append(self.device_item(dev))
+        for n, (owner, item) in enumerate(channels):
+            if n % _CHUNK == _CHUNK - 1:
+                yield
+            view.append(self.translate(owner, item))
         if target is not None and target != self.gateway.id:
-            return list(_subtree(out, target))
-        return out
+            view = list(_subtree(view, target))
+        out.extend(view)
 
     def _with_ancestors(self, wanted: dict[str, None]) -> list[tuple[str, CatalogItem]]:
         """The stored tree nodes named in ``wanted``, with their parents and groups, once."""

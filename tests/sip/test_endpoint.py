@@ -274,3 +274,42 @@ async def test_invite_answered_only_provisionally_times_out_both_sides(
     # The UAS side gives up too: its guard answers 408 instead of keeping the transaction.
     await wait_for(lambda: b.metrics.get("sip.rx.unanswered") == 1, 3, "server guard")
     assert not any(t.state == "proceeding" for t in b._server_txns.values())
+
+
+async def test_a_burst_on_one_tcp_connection_lets_the_loop_serve_others(
+    pair: tuple[Endpoint, Endpoint],
+) -> None:
+    """200 requests in one TCP segment are handled in order, a few dozen per loop turn."""
+    _, b = pair
+    seen: list[str] = []
+    turns: list[int] = []
+    loop = asyncio.get_running_loop()
+
+    def handler(req: Request, ctx: ServerContext) -> Response:
+        seen.append(req.call_id)
+        if len(seen) == 1:
+            loop.call_soon(lambda: turns.append(len(seen)))  # runs at the next loop turn
+        return make_response(req, 200, "OK", to_tag="t")
+
+    b.route("MESSAGE", handler)
+    _, writer = await asyncio.open_connection("127.0.0.1", b.port)
+    ids = [f"burst-{i}" for i in range(200)]
+    burst = b"".join(
+        (
+            f"MESSAGE sip:34020000001320000001@127.0.0.1:{b.port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bK{i}x\r\n"
+            "From: <sip:34020000002000000001@3402000000>;tag=a\r\n"
+            "To: <sip:34020000001320000001@3402000000>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+        for i, call_id in enumerate(ids)
+    )
+    writer.write(burst)
+    await writer.drain()
+    try:
+        await wait_for(lambda: len(seen) == 200, 5, "every request")
+        assert seen == ids  # in order
+        assert turns and turns[0] < 200  # the loop ran before the whole burst was handled
+    finally:
+        writer.close()

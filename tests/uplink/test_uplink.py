@@ -122,17 +122,29 @@ async def test_wrong_password_retries_with_backoff_and_407_is_answered(
     assert "Proxy-Authorization" in {name for name, _ in p.registers[-1].headers()}
 
 
-async def test_redirect_is_followed(upper_endpoint, start_gateway) -> None:
+async def test_redirect_is_followed_and_registration_starts_over_when_lost(
+    upper_endpoint, start_gateway
+) -> None:
+    """The 302's Contact names another server (its own ID); when that one is lost the gateway
+    goes back to the configured address."""
     real = Endpoint(metrics=Metrics(), timers=fast_timers())
     await real.start("127.0.0.1", 0)
     try:
-        target = platform(real)
-        front = platform(upper_endpoint, redirect_to=("127.0.0.1", real.port))
+        target = platform(real, platform_id=UP2, domain=UP[:10])
+        front = platform(
+            upper_endpoint, platform_id=UP2, domain=UP[:10], redirect_to=("127.0.0.1", real.port)
+        )
         gw = await gateway_with(start_gateway, upper_config(upper_endpoint))
         await online_at(target)
         assert GW not in front.lowers
         assert gw.metrics.get("uplink.redirected") == 1
+        assert target.registers[-1].request_uri.user == UP2
         await wait_for(lambda: target.lowers[GW].keepalives >= 1, 3, "keepalive at the new place")
+        res = await target.device_info(GW)  # the redirected-to server is served as the upper
+        assert res.status == 200 and res.responses
+        target.refuse_keepalives = True
+        await online_at(front, timeout=8)  # back where it started (no redirect this time)
+        assert gw.metrics.get("uplink.offline") == 1
     finally:
         await real.close()
 
@@ -361,6 +373,10 @@ async def test_gateway_answers_about_itself_and_forwards_alarms(
     await dev.send_alarm(dev.channel_id(2), priority=1)
     await wait_for(lambda: len(p.alarms) == 2, 3, "alarm by NOTIFY")
     assert any(m is not None and m.CMD == "Alarm" for _, m in p.notifies)
+    # An alarm naming an ID the device never reported goes up as the device's own.
+    await dev.send_alarm("34020000001340009999", priority=3)
+    await wait_for(lambda: len(p.alarms) == 3, 3, "third alarm")
+    assert p.alarms[2].device_id == NVR1
 
 
 async def test_subscriptions_are_refreshed_and_positions_go_up(

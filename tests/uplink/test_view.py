@@ -99,8 +99,10 @@ def test_share_list_by_device_or_channel_and_tree_nodes_only_when_needed() -> No
     assert ids == {GW, "340200", GROUP, ORG, NVR1, cam(NVR1, 2).device_id}
     assert v.resolve(cam(NVR1, 2).device_id) == (NVR1, cam(NVR1, 2).device_id)
     assert v.resolve(cam(NVR1, 1).device_id) is None  # not shared with this upper
-    assert v.resolve(NVR1) == (NVR1, NVR1)  # the device of a shared channel
-    assert v.resolve(NVR2) is None
+    # The NVR shows as the channel's parent, but it is not shared itself: no TeleBoot for it.
+    assert v.resolve(NVR1) is None and v.resolve(NVR2) is None
+    v, _, _ = view(share=(NVR1,))
+    assert v.resolve(NVR1) == (NVR1, NVR1)
 
 
 def test_recode_gives_valid_ids_in_the_uppers_namespace_and_keeps_regions() -> None:
@@ -155,3 +157,11 @@ async def test_recoded_ids_survive_a_restart_and_never_collide(tmp_path: Path) -
 def test_recode_needs_a_civil_code() -> None:
     with pytest.raises(ValueError, match="civil_code"):
         upper(id_policy="recode")
+
+
+def test_recode_never_hands_out_a_platforms_own_id() -> None:
+    """A lower platform registered as a device (type 200) must not get the upper's ID."""
+    up = upper(id_policy="recode", civil_code="340100")
+    idmap = IdMap(up, MemoryStore(), GW)
+    first = idmap.to_upper("34020000002000000009")
+    assert first != UP and first == "34010000002000000002"
