@@ -43,6 +43,9 @@ test: install test-deps lint typecheck pytest
 bench: install test-deps
 	$(BIN)/python bench/sip_codec.py
 	$(BIN)/python bench/register.py
+	$(BIN)/python bench/catalog.py
+	$(BIN)/python bench/catalog.py --transport udp
+	$(BIN)/python bench/uplink.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
