@@ -158,7 +158,7 @@ class UpperPlatform(_Section):
     civil_code: str = ""
     industry_code: str = "00"
     catalog_batch_udp_bytes: int = Field(1300, ge=1000, le=65000)
-    catalog_batch_tcp_items: int = Field(100, ge=1, le=10_000)
+    catalog_batch_tcp_items: int = Field(50, ge=1, le=10_000)
 
     _check_id = field_validator("id")(_gb_id)
 

@@ -631,9 +631,18 @@ class Downlink:
         return cast(DeviceConfigResponse, res.response)
 
     # -- incoming MESSAGEs ------------------------------------------------------------------
-    def _sender(self, req: Request) -> Device | None:
+    def _sender(self, req: Request, peer: Peer | None = None) -> Device | None:
+        """The registered, online device a notification comes from: named in From (by its
+        own ID or a channel's) and sent from the host it registered from."""
         user = req.from_.uri.user
-        return self.device(user) if user else None
+        dev = self.device(user) if user else None
+        if dev is None or not dev.online:
+            return None
+        if peer is not None and peer.host != dev.host:
+            self.metrics.inc("message.address_mismatch")
+            log.info("message.address_mismatch", device_id=dev.device_id, peer=str(peer))
+            return None
+        return dev
 
     def _ok(self, req: Request) -> Response:
         return make_response(req, 200, "OK", to_tag=self.endpoint.tag())
@@ -673,7 +682,7 @@ class Downlink:
         return True
 
     def on_alarm(self, decoded: Decoded, req: Request, ctx: ServerContext) -> Response:
-        dev = self._sender(req)
+        dev = self._sender(req, ctx.peer)
         if dev is None:
             return self._not_registered(req, ctx, "Alarm")
         self.note_charset(dev, decoded)
@@ -725,7 +734,7 @@ class Downlink:
         return alarm
 
     def on_position(self, decoded: Decoded, req: Request, ctx: ServerContext) -> Response:
-        dev = self._sender(req)
+        dev = self._sender(req, ctx.peer)
         if dev is None:
             return self._not_registered(req, ctx, "MobilePosition")
         msg = cast(MobilePositionNotify, decoded.message)
@@ -746,7 +755,7 @@ class Downlink:
 
     def on_media_status(self, decoded: Decoded, req: Request, ctx: ServerContext) -> Response:
         msg = cast(MediaStatus, decoded.message)
-        dev = self._sender(req)
+        dev = self._sender(req, ctx.peer)
         device_id = dev.device_id if dev is not None else (req.from_.uri.user or "")
         self.metrics.inc("media_status.received")
         self.events.publish(MediaStatusReceived(device_id, req.call_id, msg.notify_type))
@@ -754,7 +763,7 @@ class Downlink:
 
     def on_catalog_message(self, decoded: Decoded, req: Request, ctx: ServerContext) -> Response:
         """A catalog change sent as a MESSAGE instead of a NOTIFY (seen on some NVRs)."""
-        dev = self._sender(req)
+        dev = self._sender(req, ctx.peer)
         if dev is None:
             return self._not_registered(req, ctx, "Catalog notify")
         self.note_charset(dev, decoded)
@@ -762,7 +771,7 @@ class Downlink:
         return self._ok(req)
 
     def on_notification(self, decoded: Decoded, req: Request, ctx: ServerContext) -> Response:
-        dev = self._sender(req)
+        dev = self._sender(req, ctx.peer)
         if dev is None:
             return self._not_registered(req, ctx, decoded.message.CMD)
         self.metrics.inc(f"notification.{decoded.message.CMD}")

@@ -69,6 +69,7 @@ class Subscription:
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     refreshes: int = 0
     ending: bool = False  # an Expires: 0 is on its way: never resubscribe from it
+    in_flight: bool = False  # a SUBSCRIBE of this dialog awaits its answer
 
     def cancel_timer(self) -> None:
         if self.timer is not None:
@@ -167,19 +168,24 @@ class Subscriptions:
             sub.local_tag = self.endpoint.tag()
             self._subs[(device_id, kind)] = sub
             self._by_call_id[sub.call_id] = sub
+        if sub.in_flight and expires != 0:
+            return sub.active  # one request at a time in a dialog; the answer decides
         sub.cancel_timer()
         sub.cseq += 1
         if expires == 0:
             sub.ending = True
         req = self._request(dev, sub, expires)
+        sub.in_flight = True
         try:
             resp = await self.endpoint.request(req, self.downlink.peer(dev))
         except SipError as exc:
+            sub.in_flight = False
             self.metrics.inc("subscribe.failed")
             log.info("subscribe.no_answer", device_id=device_id, kind=kind, error=str(exc))
             if self._subs.get((device_id, kind)) is sub and not sub.ending:
                 self._retry(self._fresh_if_dead(sub, 0))
             return False
+        sub.in_flight = False
         if self._subs.get((device_id, kind)) is not sub:
             return False  # the device went offline or re-registered meanwhile
         if expires == 0:

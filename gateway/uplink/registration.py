@@ -333,7 +333,9 @@ class UpperLink:
             body,
         )
         try:
-            resp = await self.endpoint.request(req, self.peer)
+            # An answer later than the next keepalive is as good as none (timer F is 32 s).
+            wait = min(self.upper.keepalive_interval, 32.0)
+            resp = await self.endpoint.request(req, self.peer, timeout=wait)
         except (SipError, OSError):
             self.metrics.inc("uplink.keepalive_lost")
             return "lost"

@@ -353,7 +353,7 @@ async def test_keepalive_200_404_after_restart_refuse_and_drop(
 async def test_offline_after_missed_keepalives(
     make_upper: Callable[..., Awaitable[SimPlatform]],
 ) -> None:
-    upper = await make_upper(keepalive_interval=0.15)  # offline after 3 × 0.15 s of silence
+    upper = await make_upper(keepalive_interval=0.3)  # offline after 3 × 0.3 s of silence
     stub = LowerStub(await _endpoint(), upper.endpoint.port)
     try:
         await registered(upper, stub)
@@ -362,7 +362,7 @@ async def test_offline_after_missed_keepalives(
             assert (await stub.keepalive()).status == 200
             await asyncio.sleep(0.1)
         assert state.online
-        await wait_for(lambda: not state.online, 2, "offline")
+        await wait_for(lambda: not state.online, 4, "offline")
         assert state.registered  # the registration itself has not expired
         assert any(f"{LOWER} offline: no keepalive" in e for e in upper.events)
         assert (await stub.keepalive()).status == 200 and state.online

@@ -153,14 +153,16 @@ async def test_upper_restart_or_silence_makes_the_gateway_register_again(
     upper_endpoint, start_gateway
 ) -> None:
     p = platform(upper_endpoint)
-    gw = await gateway_with(start_gateway, upper_config(upper_endpoint))
+    # A short T1: an unanswered keepalive is given up after 64·T1 = 1.3 s, not 32 s.
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint), sip={"t1": 0.02})
     await online_at(p)
     p.restart()  # forgets us: the next keepalive gets 404
     await online_at(p)
     assert gw.metrics.get("uplink.offline") == 1
     before = p.lowers[GW].registrations
     p.drop_keepalives = True
-    await wait_for(lambda: gw.metrics.get("uplink.offline") == 2, 8, "offline after misses")
+    await wait_for(lambda: gw.metrics.get("uplink.offline") == 2, 15, "offline after misses")
+    assert gw.metrics.get("uplink.keepalive_lost") >= 2  # silence, counted miss by miss
     p.drop_keepalives = False
     await wait_for(lambda: p.lowers[GW].registrations > before, 8, "registered again")
 
@@ -348,6 +350,7 @@ async def test_two_uppers_each_see_only_their_share(
         seen2 = {i.device_id for i in (await p2.catalog(GW)).items}
         assert seen1 == {GW, NVR1, *one.channel_ids()}
         assert seen2 == {GW, NVR2, *two.channel_ids()}
+        await gw.close()  # while both uppers still answer its goodbye REGISTERs
     finally:
         await second_ep.close()
 
