@@ -23,6 +23,8 @@ from gateway.downlink.registrar import Registrar
 from gateway.downlink.subscriptions import Subscriptions
 from gateway.downlink.sync import CatalogSync
 from gateway.events import EventBus
+from gateway.media.relay import make_relay
+from gateway.media.sessions import MediaSessions
 from gateway.metrics import Metrics
 from gateway.sip.endpoint import Endpoint
 from gateway.sip.transaction import TimerConfig
@@ -92,6 +94,7 @@ class Gateway:
         self.subscriptions: Subscriptions | None = None
         self.sync: CatalogSync | None = None
         self.uplink: Uplink | None = None
+        self.media: MediaSessions | None = None
 
     def _serves(self, uri: SipUri) -> bool:
         """Requests may name the gateway by ID, by domain, or by address alone, or (from an
@@ -170,10 +173,32 @@ class Gateway:
             clock=self.clock,
         )
         self.uplink.install(router)
+        media_cfg = cfg.media
+        relay = make_relay(
+            workers=media_cfg.workers,
+            host=media_cfg.host,
+            port_min=media_cfg.port_min,
+            port_max=media_cfg.port_max,
+            on_event=self._relay_event,
+            metrics=self.metrics,
+        )
+        self.media = MediaSessions(
+            config=cfg,
+            endpoint=self.endpoint,
+            registrar=self.registrar,
+            downlink=self.downlink,
+            uplink=self.uplink,
+            relay=relay,
+            events=self.events,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+        self.media.install(router)
         await self.store.start()
         # The catalog first: devices found expired while loading turn their channels OFF.
         self.catalog.load()
         self.registrar.load()
+        await self.media.start()
         await self.endpoint.start(sip.host, sip.port)
         await self.registrar.start()
         self.sync.start()
@@ -192,7 +217,13 @@ class Gateway:
         assert self.endpoint is not None
         return self.endpoint.port
 
+    def _relay_event(self, stream_id: str, output_id: str | None, event: str) -> None:
+        if self.media is not None:
+            self.media.on_relay_event(stream_id, output_id, event)
+
     async def close(self) -> None:
+        if self.media is not None:
+            await self.media.close()
         if self.uplink is not None:
             await self.uplink.close()
         if self.sync is not None:

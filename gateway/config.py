@@ -195,6 +195,32 @@ class UplinkSection(_Section):
         return self
 
 
+MediaTransport = Literal["udp", "tcp-passive", "tcp-active"]
+
+
+class MediaSection(_Section):
+    """RTP relay and media sessions (reference §6, §7.4)."""
+
+    host: str = "0.0.0.0"
+    advertised_host: str = ""
+    port_min: int = Field(30000, ge=1024, le=65534)
+    port_max: int = Field(39999, ge=1024, le=65535)
+    workers: int = Field(0, ge=0, le=64)
+    device_transport: MediaTransport = "udp"
+    device_transports: dict[str, MediaTransport] = Field(default_factory=dict)
+    rtp_timeout: float = Field(10.0, gt=0)
+    invite_timeout: float = Field(15.0, gt=0)
+    generate_ssrc: bool = True
+
+    @model_validator(mode="after")
+    def _range(self) -> MediaSection:
+        if self.port_max <= self.port_min:
+            raise ValueError("port_max must be above port_min")
+        for key in self.device_transports:
+            _gb_id(key)
+        return self
+
+
 class StoreSection(_Section):
     backend: Literal["sqlite", "memory"] = "sqlite"
     path: str = "data/gateway.db"
@@ -214,6 +240,7 @@ class Config(_Section):
     keepalive: KeepaliveSection = KeepaliveSection()
     downlink: DownlinkSection = DownlinkSection()
     uplink: UplinkSection = UplinkSection()
+    media: MediaSection = MediaSection()
     store: StoreSection = StoreSection()
     log: LogSection = LogSection()
 

@@ -16,9 +16,18 @@ to the device it is addressed to (Request-URI user, then To user, then the body'
 channel ID finds the device that owns it). A device costs a few hundred bytes and no task unless
 its own keepalive loop is started; :meth:`DeviceHub.start_keepalive` runs one loop for them all.
 
+Media (reference §6): an INVITE to a channel is answered with the device's own SDP and, once
+the ACK is in, an H.264 clip in PS over RTP goes to the offer's address (UDP, or TCP in either
+role, Annex D): looped for live view, ``t=``-long for playback and download, which end with an
+in-dialog ``MediaStatus`` 121. MANSRTSP INFOs (Annex B) pause, resume, seek and change speed.
+A ``Notify/Broadcast`` to one of its voice outputs (type 137, ``audio_outputs``) makes the device
+INVITE the source for audio (§9.12). Every session is kept in ``media_sessions`` /
+``broadcast_sessions`` for tests to read.
+
 Misbehaviour switches (attributes, all off by default) let tests make the device break rules:
 ``charset_lie``, ``drop_parts``, ``response_delay``, ``garbage``, ``wrong_sum_num``,
-``no_keepalive``, ``mute`` — see :class:`SimDevice`.
+``no_keepalive``, ``mute``; for media ``invite_delay``, ``invite_refuse``, ``invite_mute``,
+``wrong_ssrc``, ``media_mute`` — see :class:`SimDevice`.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import os
 import re
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -49,8 +58,31 @@ from conformance.peers.catalog_gen import (
     group_items,
     parse_time,
     select_records,
+    sub_id,
 )
 from conformance.peers.catalog_gen import channel_id as make_channel_id
+from conformance.peers.mansrtsp import CONTENT_TYPE as MANSRTSP
+from conformance.peers.mansrtsp import RtspError, RtspRequest, parse_request
+from conformance.peers.mansrtsp import answer as rtsp_answer
+from conformance.peers.media_session import (
+    DISCARD_PORT,
+    SDP_TYPE,
+    TRANSPORTS,
+    BroadcastSession,
+    MediaSession,
+    answer_role,
+    close_quietly,
+    kind_of,
+    make_ssrc,
+    new_receiver,
+    new_sender,
+    parse_subject,
+    ps_size,
+    start_sender,
+    subject,
+    valid_ssrc,
+    video_clip,
+)
 from gateway.manscdp.errors import DecodeError
 from gateway.manscdp.messages import (
     AlarmInfo,
@@ -58,6 +90,8 @@ from gateway.manscdp.messages import (
     AlarmQuery,
     AlarmResponse,
     BasicParam,
+    BroadcastNotify,
+    BroadcastResponse,
     CatalogItem,
     CatalogNotify,
     CatalogQuery,
@@ -82,6 +116,7 @@ from gateway.manscdp.messages import (
     HomePosition,
     HomePositionQuery,
     HomePositionResponse,
+    MediaStatus,
     Message,
     MobilePositionNotify,
     MobilePositionQuery,
@@ -103,10 +138,12 @@ from gateway.manscdp.messages import (
 )
 from gateway.manscdp.ptz import decode_ptz
 from gateway.manscdp.schema import Block
+from gateway.media.sdp import Sdp, SdpError, answer_setup, offer_setup, parse_sdp
+from gateway.sip.dialog import Dialog, InviteFailed, OutgoingInvite, send_bye
 from gateway.sip.digest import DigestClient
 from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.errors import ParseError, TransactionTimeout, TransportError
-from gateway.sip.message import Request, Response, make_response
+from gateway.sip.message import REASONS, Request, Response, make_response
 from gateway.sip.transport import Peer
 
 log = structlog.get_logger("conformance.device")
@@ -121,6 +158,8 @@ DEFAULT_PRESETS: tuple[Preset, ...] = (
 NOT_XML = b"this is not XML <Response>\r\n"
 _PTZ_RAW = re.compile(rb"<PTZCmd\s*>(.*?)</PTZCmd\s*>", re.DOTALL | re.IGNORECASE)
 _SEND_ERRORS = (TransactionTimeout, TransportError, OSError)
+VOICE_OUTPUT = 137  # catalog type of a voice output channel (reference §6.8)
+VIDEO_TYPES = frozenset({"131", "132"})  # camera, network camera: what an INVITE may name
 
 EventSink = Callable[[str, str, str], None]
 """Called with (device ID, event name, detail) for everything a device does or sees."""
@@ -146,6 +185,11 @@ def _now_text() -> str:
 
 def _reason(text: str) -> str:
     return " ".join(text.split())[:120]
+
+
+def _host_port(peer: Peer) -> str:
+    host = f"[{peer.host}]" if ":" in peer.host else peer.host
+    return f"{host}:{peer.port}"
 
 
 def _block(tag: str, text: str = "", *children: Block, num: bool = False) -> Block:
@@ -236,6 +280,24 @@ class SimDevice:
     * ``wrong_sum_num``: report this SumNum in Catalog/RecordInfo answers instead of the truth.
     * ``no_keepalive``: keepalive loops send no keepalives (registration is still refreshed).
     * ``mute``: answer 200 to queries but never send the Response MESSAGEs.
+
+    Media (reference §6; sessions in ``media_sessions`` by Call-ID):
+
+    * ``live_frames``: live streams stop after this many frames (None: loop for ever).
+    * ``playback_frames``: the most frames a playback/download sends (``t=`` span × ``fps``
+      otherwise); then ``MediaStatus`` 121 goes in the dialog and the device waits for the BYE.
+    * ``audio_outputs``: voice output channels (type 137) in the catalog, for broadcasts;
+      ``broadcast_transport`` (``udp``, ``tcp-passive`` = we listen, ``tcp-active``) for their
+      audio leg.
+
+    Media misbehaviour switches (default off):
+
+    * ``invite_delay``: seconds between the 100 Trying and the answer (time for a CANCEL).
+    * ``invite_refuse``: answer every INVITE with this status (e.g. 486).
+    * ``invite_mute``: never answer an INVITE (the caller's timeout gives it 408).
+    * ``wrong_ssrc``: echo ``y=`` in the answer but put another SSRC in the RTP; with
+      ``"answer"`` the answer's ``y=`` names that other SSRC too.
+    * ``media_mute``: answer and accept the ACK, but send no RTP.
     """
 
     endpoint: Endpoint
@@ -286,6 +348,19 @@ class SimDevice:
     no_keepalive: bool = False
     mute: bool = False
 
+    # -- media (reference §6) ---------------------------------------------------------------
+    fps: int = 25
+    live_frames: int | None = None
+    playback_frames: int = 50
+    audio_outputs: int = 0
+    broadcast_transport: str = "udp"
+    invite_timeout: float = 10.0  # for the broadcast INVITE we send
+    invite_delay: float = 0.0
+    invite_refuse: int | None = None
+    invite_mute: bool = False
+    wrong_ssrc: bool | str = False
+    media_mute: bool = False
+
     # -- what it saw ------------------------------------------------------------------------
     queries: list[Message] = field(default_factory=list)
     controls: list[DeviceControl] = field(default_factory=list)
@@ -295,6 +370,10 @@ class SimDevice:
     subscriptions: dict[str, Subscription] = field(default_factory=dict)  # by Call-ID
     alarm_responses: list[AlarmResponse] = field(default_factory=list)
     server_responses: list[Message] = field(default_factory=list)  # every Response MESSAGE
+    invites: list[Request] = field(default_factory=list)  # every INVITE, answered or not
+    media_sessions: dict[str, MediaSession] = field(default_factory=dict)  # by Call-ID
+    broadcasts: list[BroadcastNotify] = field(default_factory=list)
+    broadcast_sessions: dict[str, BroadcastSession] = field(default_factory=dict)  # by Call-ID
 
     # -- state ------------------------------------------------------------------------------
     sn: int = 0
@@ -310,6 +389,7 @@ class SimDevice:
     _beating: bool = field(default=False, init=False, repr=False)
     _overrides: dict[str, CatalogItem | None] = field(default_factory=dict, init=False, repr=False)
     _keepalive_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _ssrc_serial: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.name is None:
@@ -561,6 +641,8 @@ class SimDevice:
             yield from group_items(self.device_id, self.base, self.civil_code, self.gb2022)
         for n in range(1, self.channel_count + 1):
             yield self.channel_item(n)
+        for n in range(1, self.audio_outputs + 1):
+            yield self.audio_output_item(n)
         yield from self.catalog_extra_items
 
     def catalog_items(self) -> Iterator[CatalogItem]:
@@ -577,7 +659,12 @@ class SimDevice:
     def catalog_size(self) -> int:
         if self._overrides:
             return sum(1 for _ in self.catalog_items())
-        return self.channel_count + 3 * self.with_groups + len(self.catalog_extra_items)
+        return (
+            self.channel_count
+            + 3 * self.with_groups
+            + self.audio_outputs
+            + len(self.catalog_extra_items)
+        )
 
     def item(self, item_id: str) -> CatalogItem | None:
         """The current catalog item with this ID, or None."""
@@ -590,6 +677,9 @@ class SimDevice:
             for it in group_items(self.device_id, self.base, self.civil_code, self.gb2022):
                 if it.device_id == item_id:
                     return it
+        n = self._audio_output_number(item_id)
+        if n is not None:
+            return self.audio_output_item(n)
         for it in self.catalog_extra_items:
             if it.device_id == item_id:
                 return it
@@ -601,7 +691,41 @@ class SimDevice:
             item_id == self.device_id
             or channel_number(self.device_id, self.base, self.channel_count, item_id) is not None
             or (self.with_groups and item_id in self.group_ids())
+            or self._audio_output_number(item_id) is not None
             or any(it.device_id == item_id for it in self.catalog_extra_items)
+        )
+
+    def audio_output_id(self, n: int) -> str:
+        """The ID of voice output ``n`` (1-based; type 137, same serials as the channels)."""
+        return sub_id(self.device_id, VOICE_OUTPUT, self.base + n)
+
+    def audio_output_ids(self) -> list[str]:
+        return [self.audio_output_id(n) for n in range(1, self.audio_outputs + 1)]
+
+    def _audio_output_number(self, item_id: str) -> int | None:
+        if not self.audio_outputs or len(item_id) != 20 or item_id[10:13] != f"{VOICE_OUTPUT}":
+            return None
+        if item_id[:10] != self.device_id[:10] or not item_id[13:].isdigit():
+            return None
+        n = int(item_id[13:]) - self.base
+        return n if 1 <= n <= self.audio_outputs else None
+
+    def audio_output_item(self, n: int) -> CatalogItem:
+        """A voice output (reference §6.8): its ParentID is the device that owns it."""
+        return CatalogItem(
+            device_id=self.audio_output_id(n),
+            name=f"语音输出{n}",
+            manufacturer=self.manufacturer,
+            model=self.channel_model,
+            owner=None if self.gb2022 else "Owner",
+            civil_code=self.civil_code,
+            address=f"北京路{n}号",
+            parental=0,
+            parent_id=self.device_id,
+            safety_way=None if self.gb2022 else 0,
+            register_way=1,
+            secrecy=0,
+            status="ON",
         )
 
     def _name_of(self, item_id: str) -> str:
@@ -629,6 +753,9 @@ class SimDevice:
             self._on_control(msg, req.body)
         elif isinstance(msg, DeviceConfig):
             self._on_config(msg)
+        elif isinstance(msg, BroadcastNotify):
+            self.broadcasts.append(msg)
+            self._spawn(self._broadcast(msg))
         return make_response(req, 200, to_tag=tag)
 
     def _on_query(self, msg: Message) -> None:
@@ -1156,6 +1283,436 @@ class SimDevice:
             return await self.notify(sub, self.encode(msg))
         return await self._send(self.build_message(self.encode(msg)))
 
+    # -- media sessions (reference §6.2–§6.7) ------------------------------------------------
+    def on_invite(self, req: Request, ctx: ServerContext) -> Response | Awaitable[Response] | None:
+        """An INVITE for one of our video channels: 404 for anything else, 488 for an SDP we
+        cannot serve, else (after ``invite_delay``) 200 with our SDP; media starts at the ACK."""
+        self.invites.append(req)
+        tag = self.endpoint.tag()
+        channel = req.request_uri.user or req.to.uri.user or ""
+
+        def refuse(status: int, reason: str) -> Response:
+            self._emit("invite-refused", f"{channel} {status} {reason}")
+            return make_response(req, status, _reason(reason), to_tag=tag)
+
+        if not self._is_video_channel(channel):
+            return refuse(404, f"Not Found (no video channel {channel} here)")
+        if req.to.tag:
+            return refuse(488, "Not Acceptable Here (re-INVITE not supported)")
+        try:
+            offer = parse_sdp(req.body)
+        except SdpError as exc:
+            return refuse(488, f"Not Acceptable Here (bad SDP: {exc.reason})")
+        kind = kind_of(offer.session)
+        if kind is None:
+            return refuse(488, f"Not Acceptable Here (s={offer.session} not supported)")
+        if offer.media != "video":
+            return refuse(488, f"Not Acceptable Here (m={offer.media}: a channel sends video)")
+        if offer.port == 0 and offer.transport != "tcp-active":
+            return refuse(488, "Not Acceptable Here (no receive port in m=)")
+        if offer.ssrc is not None and not valid_ssrc(offer.ssrc):
+            return refuse(488, f"Not Acceptable Here (bad y={offer.ssrc[:12]})")
+        session = MediaSession(
+            call_id=req.call_id,
+            channel_id=channel,
+            kind=kind,
+            offer=offer,
+            invite=req,
+            subject=req.get_header("Subject"),
+            role=answer_role(offer),
+        )
+        self.media_sessions[req.call_id] = session
+        self._track(req.call_id)
+        self._emit(
+            "invite",
+            f"{channel} s={kind} {offer.proto} setup={offer.setup or '-'} y={offer.ssrc or '-'}"
+            f" to {offer.host}:{offer.port} call_id={req.call_id}",
+        )
+        if self.invite_mute:
+            return None  # never answered: the caller times out (408), or CANCELs
+        if self.invite_refuse:
+            status = self.invite_refuse
+            session.status = status
+            self._finish(session, "refused")
+            return refuse(status, f"{REASONS.get(status, 'Refused')} (invite_refuse)")
+        self._replace_same_subject(session)
+        return self._answer_invite(session, ctx, tag)
+
+    def _is_video_channel(self, item_id: str) -> bool:
+        return (
+            len(item_id) == 20
+            and item_id[10:13] in VIDEO_TYPES
+            and item_id != self.device_id
+            and self.item(item_id) is not None
+        )
+
+    def _replace_same_subject(self, session: MediaSession) -> None:
+        """Reference §6.9: a new INVITE naming the stream (sender ID and serial) we already
+        send drops the old one."""
+        mine = parse_subject(session.subject)
+        if mine is None or mine[0][1] in ("", "0"):
+            return
+        for old in self.media_sessions.values():
+            if old is session or old.ended or not old.answered:
+                continue
+            theirs = parse_subject(old.subject)
+            if theirs is not None and theirs[0] == mine[0]:
+                old.replaced = True
+                self._finish(old, "device")
+                if old.dialog is not None:
+                    self._spawn(send_bye(self.endpoint, old.dialog, self.request_timeout))
+
+    async def _answer_invite(self, session: MediaSession, ctx: ServerContext, tag: str) -> Response:
+        req, offer = session.invite, session.offer
+        host = self.endpoint.local_host(ctx.peer)
+        # An offer without y= leaves the SSRC to us (reference §6.4, foreign-domain streams).
+        ssrc = offer.ssrc if offer.ssrc is not None else self._new_ssrc(session.history)
+        rtp_ssrc = int(ssrc)
+        if self.wrong_ssrc:
+            rtp_ssrc = (rtp_ssrc + 1) % 2**32
+            if self.wrong_ssrc == "answer":
+                ssrc = f"{rtp_ssrc:010d}"
+        session.ssrc, session.rtp_ssrc = ssrc, rtp_ssrc
+        frames, loop, limit, size = self._media_plan(session)
+        if session.kind == "Download":
+            session.file_size = size
+        sender = new_sender(
+            frames,
+            ssrc=rtp_ssrc,
+            transport=session.role,
+            local_host=host,
+            fps=float(self.fps),
+            loop=loop,
+            limit=limit,
+            on_end=lambda: self._media_ended(session),
+        )
+        session.sender = sender
+        try:
+            port = await sender.bind()
+            if self.invite_delay > 0 and not session.cancelled:
+                try:  # a CANCEL (which ends the session) cuts the wait short
+                    await asyncio.wait_for(session.done.wait(), self.invite_delay)
+                except TimeoutError:
+                    pass
+        except BaseException:
+            self._finish(session, "error")
+            raise
+        if session.cancelled:  # the endpoint has answered 487 already; this goes nowhere
+            return make_response(req, 487, to_tag=tag)
+        if session.kind == "Download" and offer.download_speed:
+            sender.set_scale(float(min(max(offer.download_speed, 1), 8)))
+        answer = Sdp(
+            origin_user=session.channel_id,
+            origin_host=host,
+            session=session.kind,
+            uri=offer.uri,
+            host=host,
+            start=offer.start,
+            stop=offer.stop,
+            media="video",
+            port=port or DISCARD_PORT,
+            proto=offer.proto,
+            formats=[96],
+            rtpmap={96: "PS/90000"},
+            direction="sendonly",
+            setup=answer_setup(offer),
+            connection_new=offer.tcp,
+            ssrc=ssrc,
+            media_info=f"v/2/5/{self.fps}/1/2048a///",
+            file_size=session.file_size,
+        )
+        session.answer = answer
+        session.dialog = Dialog.as_uas(req, tag, ctx.peer)
+        session.answered = True
+        session.status = 200
+        self._emit(
+            "answered",
+            f"{session.channel_id} {session.kind} port={answer.port} y={ssrc}"
+            f" role={session.role} call_id={session.call_id}",
+        )
+        contact = f"<{self.endpoint.contact_uri(session.channel_id, ctx.peer)}>"
+        return make_response(
+            req,
+            200,
+            to_tag=tag,
+            headers=[
+                ("Contact", contact),
+                ("Content-Type", SDP_TYPE),
+                ("User-Agent", self.user_agent),
+            ],
+            body=answer.to_bytes(),
+        )
+
+    def _new_ssrc(self, history: bool) -> str:
+        self._ssrc_serial += 1
+        return make_ssrc(self.domain, self._ssrc_serial, history=history)
+
+    def _media_plan(self, session: MediaSession) -> tuple[Sequence[Any], bool, int | None, int]:
+        """(frames, loop, limit, bytes) of what the session will send: the clip looped for
+        live view; ``t=`` × fps frames (at most ``playback_frames``) for history."""
+        clip = video_clip()
+        if session.kind == "Play":
+            return clip, True, self.live_frames, 0
+        span = session.offer.stop - session.offer.start
+        count = self.playback_frames if span <= 0 else min(self.playback_frames, span * self.fps)
+        count = max(1, count)
+        size = ps_size(clip, count)
+        if count <= len(clip):
+            return clip[:count], False, None, size
+        return clip, True, count, size
+
+    def on_ack(self, req: Request, ctx: ServerContext) -> None:
+        """The ACK for our 200: the media starts (not with ``media_mute``)."""
+        session = self.media_sessions.get(req.call_id)
+        if session is None or not session.answered or session.acked:
+            return
+        session.acked = True
+        self._emit("ack", f"{session.channel_id} call_id={session.call_id}")
+        if session.ended or session.torn_down or self.media_mute or session.sender is None:
+            return
+        try:
+            start_sender(session.sender, session.role, session.offer)
+        except (RuntimeError, ValueError) as exc:
+            self._emit("media-failed", f"{session.channel_id} {exc}")
+
+    def on_cancel(self, req: Request, ctx: ServerContext) -> None:
+        """CANCEL of an INVITE not answered yet (the endpoint sends the 487)."""
+        session = self.media_sessions.get(req.call_id)
+        if session is None or session.answered or session.ended:
+            return
+        session.cancelled = True
+        session.status = 487
+        self._finish(session, "cancel")
+
+    def on_bye(self, req: Request, ctx: ServerContext) -> Response:
+        """BYE from the other side of a media or broadcast dialog: stop, 200."""
+        session = self.media_sessions.get(req.call_id)
+        if session is not None and session.dialog is not None and not session.ended:
+            if req.to.tag != session.dialog.local_tag:
+                return make_response(req, 481, "Call/Transaction Does Not Exist (wrong tag)")
+            self._finish(session, "remote")
+            return make_response(req, 200)
+        broadcast = self.broadcast_sessions.get(req.call_id)
+        if broadcast is not None and broadcast.dialog is not None and not broadcast.ended:
+            self._finish_broadcast(broadcast, "remote")
+            return make_response(req, 200)
+        return make_response(req, 481, "Call/Transaction Does Not Exist")
+
+    def on_info(self, req: Request, ctx: ServerContext) -> Response:
+        """MANSRTSP playback control in the dialog (reference §6.6)."""
+        session = self.media_sessions.get(req.call_id)
+        if session is None or not session.answered or session.ended:
+            return make_response(req, 481, "Call/Transaction Does Not Exist")
+        if (req.content_type or "").partition(";")[0].strip() != MANSRTSP.lower():
+            return make_response(req, 415, f"Unsupported Media Type (want {MANSRTSP})")
+        try:
+            rtsp = parse_request(req.body)
+        except RtspError as exc:
+            return make_response(req, 400, _reason(f"Bad Request ({exc.reason})"))
+        session.infos.append(rtsp)
+        problem = self._apply_rtsp(session, rtsp)
+        self._emit("info", f"{session.channel_id} {rtsp.method} cseq={rtsp.cseq} {problem or ''}")
+        status, reason = (551, f"Option not supported ({problem})") if problem else (200, "OK")
+        answer = rtsp_answer(rtsp, status, reason)
+        return make_response(req, 200, headers=[("Content-Type", MANSRTSP)], body=answer.to_bytes())
+
+    def _apply_rtsp(self, session: MediaSession, rtsp: RtspRequest) -> str | None:
+        """Act on one request; a problem the RTSP answer reports, or None."""
+        sender = session.sender
+        if sender is None or session.torn_down:
+            return "stream stopped"
+        if rtsp.method == "PAUSE":
+            sender.pause()
+        elif rtsp.method == "TEARDOWN":
+            session.torn_down = True
+            self._spawn(close_quietly(sender))
+        else:  # PLAY
+            if rtsp.scale is not None:
+                try:
+                    sender.set_scale(rtsp.scale)
+                except ValueError:
+                    return f"Scale {rtsp.scale}"
+            if rtsp.range is not None and rtsp.range.start is not None:
+                sender.seek(rtsp.range.start)
+            if rtsp.range is not None or rtsp.scale is None:
+                sender.resume()
+        return None
+
+    def _media_ended(self, session: MediaSession) -> None:
+        """The sender ran out of frames: for history, ``MediaStatus`` 121, then wait for BYE."""
+        session.end_reached.set()
+        self._emit("media-end", f"{session.channel_id} {session.kind} call_id={session.call_id}")
+        if session.kind != "Play" and not session.ended and not session.torn_down:
+            self._spawn(self.send_media_status(session.call_id))
+
+    async def send_media_status(self, call_id: str, notify_type: int = 121) -> Response | None:
+        """An in-dialog ``Notify/MediaStatus`` (reference §6.6: same Call-ID and tags)."""
+        session = self.media_sessions[call_id]
+        dialog = session.dialog
+        if dialog is None:
+            raise LookupError(f"session {call_id} has no dialog")
+        msg = MediaStatus(sn=self._next_sn(), device_id=session.channel_id, notify_type=notify_type)
+        req = dialog.request(
+            "MESSAGE",
+            body=self.encode(msg),
+            content_type=MANSCDP,
+            headers=[("User-Agent", self.user_agent)],
+        )
+        session.media_status_sent.append(notify_type)
+        resp = await self._send(req, dialog.peer)
+        session.media_status_answers.append(resp.status if resp is not None else 0)
+        return resp
+
+    async def bye(self, call_id: str) -> Response | None:
+        """End a media or broadcast session from the device's side (BYE in its dialog)."""
+        session = self.media_sessions.get(call_id)
+        dialog: Dialog | None
+        if session is not None:
+            dialog = session.dialog
+            if dialog is None or session.ended:
+                return None
+            self._finish(session, "device")
+        else:
+            broadcast = self.broadcast_sessions.get(call_id)
+            if broadcast is None:
+                raise LookupError(f"{self.device_id} has no session {call_id}")
+            dialog = broadcast.dialog
+            if dialog is None or broadcast.ended:
+                return None
+            self._finish_broadcast(broadcast, "device")
+        return await send_bye(self.endpoint, dialog, self.request_timeout)
+
+    def _finish(self, session: MediaSession, by: str) -> None:
+        if session.ended:
+            return
+        session.ended = True
+        session.ended_by = by
+        session.done.set()
+        self._untrack(session.call_id)
+        if session.sender is not None:
+            self._spawn(close_quietly(session.sender))
+        self._emit("session-ended", f"{session.channel_id} by={by} call_id={session.call_id}")
+
+    def _finish_broadcast(self, session: BroadcastSession, by: str) -> None:
+        if session.ended:
+            return
+        session.ended = True
+        session.ended_by = by
+        self._untrack(session.call_id)
+        self._spawn(close_quietly(session.receiver))
+        self._emit("broadcast-ended", f"{session.target_id} by={by} packets={session.packets}")
+
+    def _track(self, call_id: str) -> None:
+        if self.hub is not None:
+            self.hub.calls[call_id] = self
+
+    def _untrack(self, call_id: str) -> None:
+        if self.hub is not None and self.hub.calls.get(call_id) is self:
+            del self.hub.calls[call_id]
+
+    async def close_media(self) -> None:
+        """Close every sender and receiver (no BYEs): for the end of a test or a run."""
+        things: list[Any] = []
+        for session in self.media_sessions.values():
+            if not session.ended:
+                session.ended, session.ended_by = True, "closed"
+                session.done.set()
+                self._untrack(session.call_id)
+            things.append(session.sender)
+        for broadcast in self.broadcast_sessions.values():
+            if not broadcast.ended:
+                broadcast.ended, broadcast.ended_by = True, "closed"
+                self._untrack(broadcast.call_id)
+            things.append(broadcast.receiver)
+        await asyncio.gather(*(close_quietly(t) for t in things))
+
+    # -- voice broadcast (reference §6.8) ----------------------------------------------------
+    async def _broadcast(self, msg: BroadcastNotify) -> None:
+        """Answer a ``Notify/Broadcast`` with ``Response/Broadcast``; when the target is one of
+        our voice outputs (or the device itself, meaning all of them), INVITE the source."""
+        source, target = msg.source_id or "", msg.target_id or ""
+        outputs = self.audio_output_ids()
+        ok = bool(outputs) and bool(source) and (target in outputs or target == self.device_id)
+        if self.response_delay:
+            await asyncio.sleep(self.response_delay)
+        answer = BroadcastResponse(
+            sn=msg.sn, device_id=target or self.device_id, result="OK" if ok else "ERROR"
+        )
+        await self._send(self.build_message(self.encode(answer)))
+        self._emit("broadcast", f"{source} -> {target}: {answer.result}")
+        if ok:
+            await self.invite_broadcast(source, target)
+
+    async def invite_broadcast(
+        self, source_id: str, target_id: str, *, transport: str | None = None
+    ) -> BroadcastSession:
+        """INVITE the broadcast source for audio (step 3 of reference §6.8): ``m=audio``,
+        ``a=recvonly``, PCMA, on a receiver bound first; the 2xx is ACKed. The session is
+        returned whatever the outcome (``status``, ``reason``)."""
+        transport = transport or self.broadcast_transport
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
+        server = self.server
+        host = self.endpoint.local_host(server)
+        receiver = new_receiver(transport=transport, local_host=host, decode=False)
+        port = await receiver.bind()
+        serial = self._new_ssrc(False)
+        offer = Sdp(
+            origin_user=target_id,
+            origin_host=host,
+            session="Play",
+            host=host,
+            media="audio",
+            port=port or DISCARD_PORT,
+            proto="RTP/AVP" if transport == "udp" else "TCP/RTP/AVP",
+            formats=[8],
+            rtpmap={8: "PCMA/8000"},
+            direction="recvonly",
+            setup=offer_setup(transport),  # type: ignore[arg-type]
+            connection_new=transport != "udp",
+        )
+        uri = f"sip:{source_id}@{_host_port(server)}"
+        call_id = self.endpoint.call_id()
+        req = Request(
+            "INVITE",
+            uri,
+            [
+                ("From", f"<sip:{target_id}@{self.domain}>;tag={self.endpoint.tag()}"),
+                ("To", f"<{uri}>"),
+                ("Call-ID", call_id),
+                ("CSeq", "1 INVITE"),
+                ("Contact", f"<{self.endpoint.contact_uri(target_id, server)}>"),
+                ("Subject", subject(source_id, serial, target_id)),
+                ("Content-Type", SDP_TYPE),
+                ("User-Agent", self.user_agent),
+            ],
+            offer.to_bytes(),
+        )
+        session = BroadcastSession(call_id, source_id, target_id, offer, receiver, transport)
+        self.broadcast_sessions[call_id] = session
+        self._track(call_id)
+        invite = OutgoingInvite(self.endpoint, req, server)
+        try:
+            resp = await invite.send(self.invite_timeout)
+        except InviteFailed as exc:
+            session.status, session.reason = exc.status, exc.reason
+            self._finish_broadcast(session, "refused")
+            return session
+        session.status, session.reason, session.response = resp.status, resp.reason, resp
+        session.dialog = invite.dialog
+        try:
+            answer = parse_sdp(resp.body)
+        except SdpError as exc:
+            session.reason = f"bad SDP answer: {exc.reason}"
+            self._finish_broadcast(session, "device")
+            await invite.bye(self.request_timeout)
+            return session
+        session.answer = answer
+        if transport == "tcp-active":
+            receiver.connect((answer.host, answer.port))
+        self._emit("broadcast-up", f"{target_id} from {answer.host}:{answer.port} y={answer.ssrc}")
+        return session
+
 
 # One table from query class to answer: (method, whether the answer is a multi-part list that
 # ``drop_parts`` applies to).
@@ -1194,10 +1751,16 @@ class DeviceHub:
         self.on_event = on_event
         self.devices: dict[str, SimDevice] = {}
         self._blocks: dict[tuple[str, int], SimDevice] = {}
+        self.calls: dict[str, SimDevice] = {}  # Call-ID of a live media dialog -> its device
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keepalive_task: asyncio.Task[None] | None = None
         endpoint.route("MESSAGE", self._on_message)
         endpoint.route("SUBSCRIBE", self._on_subscribe)
+        endpoint.route("INVITE", self._on_invite)
+        endpoint.route("ACK", self._on_ack)
+        endpoint.route("BYE", self._on_bye)
+        endpoint.route("INFO", self._on_info)
+        endpoint.route("CANCEL", self._on_cancel)
 
     def add(self, device: SimDevice) -> SimDevice:
         if device.endpoint is not self.endpoint:
@@ -1205,7 +1768,8 @@ class DeviceHub:
         if device.device_id in self.devices:
             raise ValueError(f"{device.device_id} is already in the hub")
         prefix, base = device.device_id[:10], device.base
-        last = base + max(device.channel_count, 2)  # channels, or the two group serials
+        # Channels and voice outputs, or the two group serials.
+        last = base + max(device.channel_count, device.audio_outputs, 2)
         blocks = [(prefix, b) for b in range(base // BLOCK, last // BLOCK + 1)]
         for key in blocks:
             other = self._blocks.get(key)
@@ -1284,6 +1848,37 @@ class DeviceHub:
             return self._not_found(req)
         return device.on_subscribe(req, ctx, decoded)
 
+    # -- media dialogs: INVITE by Request-URI, the rest by Call-ID -------------------------
+    def _on_invite(self, req: Request, ctx: ServerContext) -> Response | Awaitable[Response] | None:
+        device = self.resolve(req)
+        if device is None:
+            return make_response(
+                req, 404, "Not Found (no such channel here)", to_tag=self.endpoint.tag()
+            )
+        return device.on_invite(req, ctx)
+
+    def _on_ack(self, req: Request, ctx: ServerContext) -> None:
+        device = self.calls.get(req.call_id)
+        if device is not None:
+            device.on_ack(req, ctx)
+
+    def _on_cancel(self, req: Request, ctx: ServerContext) -> None:
+        device = self.calls.get(req.call_id)
+        if device is not None:
+            device.on_cancel(req, ctx)
+
+    def _on_bye(self, req: Request, ctx: ServerContext) -> Response:
+        device = self.calls.get(req.call_id)
+        if device is None:
+            return make_response(req, 481, "Call/Transaction Does Not Exist")
+        return device.on_bye(req, ctx)
+
+    def _on_info(self, req: Request, ctx: ServerContext) -> Response:
+        device = self.calls.get(req.call_id)
+        if device is None:
+            return make_response(req, 481, "Call/Transaction Does Not Exist")
+        return device.on_info(req, ctx)
+
     # -- many devices at once ---------------------------------------------------------------
     async def register_all(self, concurrency: int = 64) -> dict[str, int]:
         """Register every device, ``concurrency`` at a time; device ID → final status (0 when
@@ -1348,3 +1943,8 @@ class DeviceHub:
             device.stop()
         for task in list(self._tasks):
             task.cancel()
+
+    async def close(self) -> None:
+        """:meth:`stop`, and close every media socket of every device (no BYEs are sent)."""
+        self.stop()
+        await asyncio.gather(*(d.close_media() for d in self.devices.values()))

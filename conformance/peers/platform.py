@@ -10,6 +10,12 @@ controls the lower (reference §3, §4, §7.2, §7.5) and collects multi-part an
 Annex M), subscribes to its catalog, alarms and positions and records the NOTIFYs (RFC 6665;
 reference §5, §7.3), and acknowledges alarms with ``Response/Alarm`` (§5.3).
 
+Media (reference §6, §7.4): :meth:`SimPlatform.invite` asks a lower for live view, playback or
+download over UDP or TCP (either role) into a receiver that decodes the H.264 it gets; the call
+answers BYE, in-dialog ``MediaStatus`` and MANSRTSP INFOs (:class:`PlatformCall`).
+:meth:`SimPlatform.broadcast` starts a voice broadcast and answers the lower's INVITE with audio
+(:class:`BroadcastCall`); any other INVITE from a lower is refused.
+
 Misbehaviour switches (attributes, all off by default): ``drop_keepalives``,
 ``refuse_keepalives``, ``challenge_407``, ``redirect_to``; :meth:`SimPlatform.restart` forgets
 every lower. Incoming NOTIFYs cost one decode and a few appends: no task per NOTIFY.
@@ -20,19 +26,41 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from conformance.peers import mansrtsp
+from conformance.peers.mansrtsp import CONTENT_TYPE as MANSRTSP
+from conformance.peers.mansrtsp import RtspRequest
+from conformance.peers.media_session import (
+    DISCARD_PORT,
+    KINDS,
+    PCMA_PT,
+    SDP_TYPE,
+    TRANSPORTS,
+    answer_role,
+    close_quietly,
+    make_ssrc,
+    new_receiver,
+    new_sender,
+    parse_subject,
+    pcma_frames,
+    start_sender,
+    subject,
+    valid_ssrc,
+)
 from gateway.manscdp.errors import DecodeError
 from gateway.manscdp.gbid import is_gb_id
 from gateway.manscdp.messages import (
     AlarmNotify,
     AlarmQuery,
     AlarmResponse,
+    BroadcastNotify,
+    BroadcastResponse,
     CatalogItem,
     CatalogNotify,
     CatalogQuery,
@@ -44,6 +72,7 @@ from gateway.manscdp.messages import (
     DeviceInfoQuery,
     DeviceStatusQuery,
     Keepalive,
+    MediaStatus,
     Message,
     MobilePositionNotify,
     MobilePositionQuery,
@@ -53,12 +82,17 @@ from gateway.manscdp.messages import (
     decode,
     encode,
 )
+from gateway.media.sdp import Sdp, SdpError, answer_setup, offer_setup, parse_sdp
+from gateway.sip.dialog import Dialog, InviteFailed, OutgoingInvite, send_bye
 from gateway.sip.digest import Credentials, DigestServer, Verdict
 from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.errors import ParseError, TransactionTimeout, TransportError
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.transport import Peer
 from gateway.sip.uri import is_digits
+
+if TYPE_CHECKING:
+    from conformance.media.stream import MediaReceiver, MediaSender
 
 log = structlog.get_logger("conformance.platform")
 
@@ -257,6 +291,151 @@ class _RawTap:
         self.endpoint.connection_lost(peer)
 
 
+@dataclass(slots=True, eq=False)
+class PlatformCall:
+    """One INVITE the platform sent to a lower (reference §6.2–§6.7, §7.4) and the media that
+    came back. ``ended`` is set when the dialog ends (``ended_by``: ``"lower"`` for its BYE,
+    ``"platform"`` for ours); ``media_status`` lists the NotifyTypes of in-dialog
+    ``MediaStatus`` MESSAGEs; ``infos`` holds (request, SIP status, answer body) per INFO."""
+
+    platform: SimPlatform = field(repr=False)
+    call_id: str
+    lower_id: str
+    channel_id: str
+    kind: str
+    transport: str  # our role: udp, tcp-passive (we listen), tcp-active (we connect)
+    offer: Sdp
+    request: Request = field(repr=False)
+    receiver: MediaReceiver = field(repr=False)
+    offered_ssrc: str | None = None
+    status: int = 0
+    reason: str = ""
+    response: Response | None = field(default=None, repr=False)
+    answer: Sdp | None = None
+    ssrc: str | None = None  # the answer's y= (the offer's when the answer has none)
+    dialog: Dialog | None = field(default=None, repr=False)
+    ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    ended_by: str | None = None
+    media_status: list[int] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)  # every in-dialog MESSAGE body
+    infos: list[tuple[str, int, str]] = field(default_factory=list)
+    provisional: list[int] = field(default_factory=list)  # 1xx statuses seen
+    rtsp_cseq: int = 0
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The 2xx's headers as (name, value), in order (``X-RoutePath`` checks)."""
+        return list(self.response.headers()) if self.response is not None else []
+
+    def header(self, name: str) -> str | None:
+        return self.response.get_header(name) if self.response is not None else None
+
+    @property
+    def ssrc_int(self) -> int | None:
+        return int(self.ssrc) if valid_ssrc(self.ssrc) else None  # type: ignore[arg-type]
+
+    def _end(self, by: str) -> None:
+        if self.ended.is_set():
+            return
+        self.ended_by = by
+        self.ended.set()
+        self.platform.spawn(close_quietly(self.receiver))
+
+    async def bye(self, timeout: float | None = None) -> Response | None:
+        """End the call with an in-dialog BYE; ``None`` if it had ended or got no answer."""
+        if self.dialog is None or self.ended.is_set():
+            return None
+        self._end("platform")
+        self.platform._emit(f"{self.lower_id} BYE {self.channel_id} call_id={self.call_id}")
+        return await send_bye(self.platform.endpoint, self.dialog, timeout)
+
+    async def info(
+        self, rtsp: str | bytes | RtspRequest, timeout: float | None = None
+    ) -> tuple[int, str]:
+        """An in-dialog INFO with a MANSRTSP body (reference §6.6): (SIP status, answer body)."""
+        if self.dialog is None:
+            raise LookupError(f"call {self.call_id} has no dialog")
+        if isinstance(rtsp, RtspRequest):
+            body = rtsp.to_bytes()
+        else:
+            body = rtsp.encode() if isinstance(rtsp, str) else rtsp
+        req = self.dialog.request("INFO", body=body, content_type=MANSRTSP)
+        resp = await self.platform.endpoint.request(req, self.dialog.peer, timeout=timeout)
+        text = resp.body.decode("utf-8", "replace")
+        self.infos.append((body.decode("utf-8", "replace"), resp.status, text))
+        return resp.status, text
+
+    def _cseq(self) -> int:
+        self.rtsp_cseq += 1
+        return self.rtsp_cseq
+
+    async def play(
+        self, range: str | float | None = None, scale: float | None = None
+    ) -> tuple[int, str]:
+        """PLAY: ``range`` seconds from the start (seek) or ``"now"`` (resume); ``scale``."""
+        return await self.info(mansrtsp.play(self._cseq(), range, scale))
+
+    async def pause(self) -> tuple[int, str]:
+        return await self.info(mansrtsp.pause(self._cseq()))
+
+    async def teardown(self) -> tuple[int, str]:
+        return await self.info(mansrtsp.teardown(self._cseq()))
+
+
+@dataclass(slots=True, eq=False)
+class BroadcastCall:
+    """The audio leg of a voice broadcast (reference §6.8): the lower's INVITE that followed our
+    ``Notify/Broadcast``, answered ``a=sendonly``; audio flows from ``sender`` after the ACK."""
+
+    platform: SimPlatform = field(repr=False)
+    call_id: str
+    lower_id: str
+    target_id: str
+    transport: str  # our role
+    offer: Sdp
+    answer: Sdp
+    request: Request = field(repr=False)
+    sender: MediaSender = field(repr=False)
+    dialog: Dialog = field(repr=False)
+    acked: bool = False
+    ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    ended_by: str | None = None
+    messages: list[Message] = field(default_factory=list)
+
+    @property
+    def packets_sent(self) -> int:
+        return self.sender.packets_sent
+
+    def _end(self, by: str) -> None:
+        if self.ended.is_set():
+            return
+        self.ended_by = by
+        self.ended.set()
+        self.platform.spawn(close_quietly(self.sender))
+
+    async def bye(self, timeout: float | None = None) -> Response | None:
+        if self.ended.is_set():
+            return None
+        self._end("platform")
+        return await send_bye(self.platform.endpoint, self.dialog, timeout)
+
+
+@dataclass(slots=True)
+class _AwaitedBroadcast:
+    """A ``Notify/Broadcast`` sent, its INVITE not yet come."""
+
+    lower_id: str
+    target_id: str
+    transport: str
+    future: asyncio.Future[BroadcastCall]
+
+    def fail(self, status: int, reason: str) -> None:
+        if not self.future.done():
+            self.future.set_exception(
+                RequestFailed(f"Broadcast INVITE for {self.target_id}", status, reason)
+            )
+
+
 @dataclass(slots=True)
 class SimPlatform:
     """A simulated upper platform on one endpoint. Plain attributes configure it; the lists
@@ -306,6 +485,8 @@ class SimPlatform:
     stray: list[Message] = field(default_factory=list)  # Responses matching no pending query
     messages: list[Message] = field(default_factory=list)  # any other MESSAGE body
     events: list[str] = field(default_factory=list)
+    calls: dict[str, PlatformCall] = field(default_factory=dict)  # INVITEs we sent, by Call-ID
+    broadcast_calls: dict[str, BroadcastCall] = field(default_factory=dict)  # by Call-ID
 
     _digest: DigestServer = field(init=False, repr=False)
     _pending: dict[tuple[str, int], _Pending] = field(default_factory=dict, init=False, repr=False)
@@ -316,6 +497,8 @@ class SimPlatform:
     _installed: bool = field(default=False, init=False, repr=False)
     _check_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set, init=False, repr=False)
+    _awaiting: dict[str, _AwaitedBroadcast] = field(default_factory=dict, init=False, repr=False)
+    _ssrc_serial: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.realm:
@@ -326,13 +509,17 @@ class SimPlatform:
 
     # -- lifecycle --------------------------------------------------------------------------
     def install(self) -> SimPlatform:
-        """Route the endpoint's REGISTER, MESSAGE and NOTIFY here (SUBSCRIBE is not served)."""
+        """Route the endpoint's REGISTER, MESSAGE, NOTIFY and the media dialogs' INVITE, ACK
+        and BYE here (SUBSCRIBE is not served)."""
         if self._installed:
             return self
         ep = self.endpoint
         ep.route("REGISTER", self._on_register)
         ep.route("MESSAGE", self._on_message)
         ep.route("NOTIFY", self._on_notify)
+        ep.route("INVITE", self._on_invite)
+        ep.route("ACK", self._on_ack)
+        ep.route("BYE", self._on_bye)
         ep.on_connection_lost(self._on_connection_lost)
         listener = ep.transports.listener
         if isinstance(listener, _RawTap):
@@ -555,6 +742,11 @@ class SimPlatform:
 
     # -- incoming MESSAGE ---------------------------------------------------------------------
     def _on_message(self, req: Request, ctx: ServerContext) -> Response | None:
+        call: PlatformCall | BroadcastCall | None = self.calls.get(req.call_id)
+        if call is None:
+            call = self.broadcast_calls.get(req.call_id)
+        if call is not None:
+            return self._in_dialog_message(call, req)
         sender = req.from_.uri.user or ""
         try:
             msg = decode(req.body).message
@@ -642,7 +834,13 @@ class SimPlatform:
         return await self._exchange(lower_id, msg, _expected_responses(msg), timeout, idle)
 
     async def _exchange(
-        self, lower_id: str, msg: Message, expect: int, timeout: float, idle: float
+        self,
+        lower_id: str,
+        msg: Message,
+        expect: int,
+        timeout: float,
+        idle: float,
+        target: str | None = None,
     ) -> QueryResult:
         lower = self.lower(lower_id)
         msg = replace(msg, sn=self._next_sn())
@@ -651,7 +849,7 @@ class SimPlatform:
         pending = self._pending[key] = _Pending(msg.CMD, expect, start)
         try:
             body = encode(msg, self.charset, gb2022=lower.gb2022)
-            resp = await self._send(msg.device_id, lower.peer, body, timeout)
+            resp = await self._send(target or msg.device_id, lower.peer, body, timeout)
             status = resp.status if resp is not None else 0
             if 200 <= status < 300:
                 deadline = start + timeout
@@ -759,6 +957,392 @@ class SimPlatform:
             raise RequestFailed(f"DeviceConfig to {msg.device_id}", result.status)
         first = result.responses[0] if result.responses else None
         return first if isinstance(first, DeviceConfigResponse) else None
+
+    # -- media sessions (reference §6.2–§6.7, §7.4) ------------------------------------------
+    def _next_ssrc(self, history: bool) -> str:
+        self._ssrc_serial += 1
+        return make_ssrc(self.domain, self._ssrc_serial, history=history)
+
+    async def _prepare_call(
+        self,
+        lower_id: str,
+        channel_id: str,
+        kind: str,
+        transport: str,
+        start: int,
+        stop: int,
+        download_speed: int | None,
+        ssrc: str | None,
+        headers: Iterable[tuple[str, str]],
+        on_provisional: Callable[[Response], None] | None = None,
+    ) -> tuple[PlatformCall, OutgoingInvite]:
+        """Bind the receiver, build the INVITE with its offer; nothing is sent yet."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
+        lower = self.lower(lower_id)
+        peer = lower.peer
+        host = self.endpoint.local_host(peer)
+        history = kind != "Play"
+        if ssrc == "auto":
+            ssrc = self._next_ssrc(history)
+        receiver = new_receiver(transport=transport, local_host=host, keep=kind == "Download")
+        port = await receiver.bind()
+        offer = Sdp(
+            origin_user=self.platform_id,
+            origin_host=host,
+            session=kind,
+            uri=f"{channel_id}:0" if history else None,
+            host=host,
+            start=start if history else 0,
+            stop=stop if history else 0,
+            media="video",
+            port=port or DISCARD_PORT,
+            proto="RTP/AVP" if transport == "udp" else "TCP/RTP/AVP",
+            formats=[96, 98],
+            rtpmap={96: "PS/90000", 98: "H264/90000"},
+            direction="recvonly",
+            setup=offer_setup(transport),  # type: ignore[arg-type]
+            connection_new=transport != "udp",
+            ssrc=ssrc,
+            download_speed=download_speed if kind == "Download" else None,
+        )
+        uri = f"sip:{channel_id}@{_host_port(peer)}"
+        call_id = self.endpoint.call_id()
+        req = Request(
+            "INVITE",
+            uri,
+            [
+                ("From", f"<sip:{self.platform_id}@{self.domain}>;tag={self.endpoint.tag()}"),
+                ("To", f"<{uri}>"),
+                ("Call-ID", call_id),
+                ("CSeq", "1 INVITE"),
+                ("Contact", f"<{self.endpoint.contact_uri(self.platform_id, peer)}>"),
+                ("Subject", subject(channel_id, ssrc or "0", self.platform_id)),
+                *headers,
+                ("Content-Type", SDP_TYPE),
+            ],
+            offer.to_bytes(),
+        )
+        call = PlatformCall(
+            platform=self,
+            call_id=call_id,
+            lower_id=lower_id,
+            channel_id=channel_id,
+            kind=kind,
+            transport=transport,
+            offer=offer,
+            request=req,
+            receiver=receiver,
+            offered_ssrc=ssrc,
+        )
+
+        def provisional(resp: Response) -> None:
+            call.provisional.append(resp.status)
+            if on_provisional is not None:
+                on_provisional(resp)
+
+        # Known before the INVITE leaves: a BYE or MediaStatus may follow the 200 closely.
+        self.calls[call_id] = call
+        return call, OutgoingInvite(self.endpoint, req, peer, on_provisional=provisional)
+
+    async def invite(
+        self,
+        lower_id: str,
+        channel_id: str,
+        *,
+        kind: str = "Play",
+        transport: str = "udp",
+        start: int = 0,
+        stop: int = 0,
+        download_speed: int | None = None,
+        ssrc: str | None = "auto",
+        timeout: float = 10.0,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> PlatformCall:
+        """INVITE a channel of a registered lower (reference §6.2): live ``Play``, ``Playback``
+        or ``Download`` of ``start``..``stop`` (UNIX seconds), media to a receiver of ours over
+        ``transport`` (our role). ``ssrc``: ``"auto"`` makes a ``y=`` from our domain, None
+        offers none, else the given string. A non-2xx (or none in ``timeout``: 408) raises
+        :class:`RequestFailed` with the status and reason; extra ``headers`` go as given."""
+        call, invite = await self._prepare_call(
+            lower_id, channel_id, kind, transport, start, stop, download_speed, ssrc, headers
+        )
+        try:
+            resp = await invite.send(timeout)
+        except InviteFailed as exc:
+            self._call_failed(call, exc.status, exc.reason)
+            if exc.status == 408:
+                invite.cancel()  # stop the lower's transaction too (RFC 3261 timer C)
+            raise RequestFailed(f"INVITE {channel_id}", exc.status, exc.reason) from None
+        except BaseException:
+            self._call_failed(call, 0, "abandoned")
+            raise
+        return await self._established(call, invite, resp)
+
+    def _call_failed(self, call: PlatformCall, status: int, reason: str) -> None:
+        call.status, call.reason = status, reason
+        self.calls.pop(call.call_id, None)
+        self.spawn(close_quietly(call.receiver))
+        self._emit(f"{call.lower_id} INVITE {call.channel_id} {call.kind}: {status} {reason}")
+
+    async def _established(
+        self, call: PlatformCall, invite: OutgoingInvite, resp: Response
+    ) -> PlatformCall:
+        call.status, call.reason, call.response = resp.status, resp.reason, resp
+        call.dialog = invite.dialog
+        try:
+            answer = parse_sdp(resp.body)
+        except SdpError as exc:
+            call._end("platform")
+            await invite.bye()
+            raise RequestFailed(
+                f"INVITE {call.channel_id}", resp.status, f"bad SDP answer: {exc.reason}"
+            ) from None
+        call.answer = answer
+        call.ssrc = answer.ssrc if answer.ssrc is not None else call.offered_ssrc
+        if call.transport == "tcp-active":
+            call.receiver.connect((answer.host, answer.port))
+        self._emit(
+            f"{call.lower_id} INVITE {call.channel_id} {call.kind} {call.transport}: 200"
+            f" media from {answer.host}:{answer.port} y={call.ssrc} call_id={call.call_id}"
+        )
+        return call
+
+    async def invite_cancel(
+        self,
+        lower_id: str,
+        channel_id: str,
+        *,
+        delay: float = 0.0,
+        timeout: float = 10.0,
+        kind: str = "Play",
+        transport: str = "udp",
+        start: int = 0,
+        stop: int = 0,
+        ssrc: str | None = "auto",
+    ) -> int:
+        """Send an INVITE and CANCEL it once a provisional response came (and ``delay`` more
+        seconds passed); return the INVITE's final status (487 expected; 200 when the answer
+        beat the CANCEL, in which case the call is ended with BYE)."""
+        came = asyncio.Event()
+        call, invite = await self._prepare_call(
+            lower_id, channel_id, kind, transport, start, stop, None, ssrc, (),
+            on_provisional=lambda resp: came.set(),
+        )  # fmt: skip
+        sending = asyncio.ensure_future(invite.send(timeout))
+        waiting = asyncio.ensure_future(came.wait())
+        try:
+            await asyncio.wait({sending, waiting}, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            waiting.cancel()
+        if not sending.done():
+            if delay:
+                await asyncio.sleep(delay)
+            invite.cancel()
+        try:
+            resp = await sending
+        except InviteFailed as exc:
+            self._call_failed(call, exc.status, exc.reason)
+            return exc.status
+        await self._established(call, invite, resp)
+        await call.bye()
+        return resp.status
+
+    def _in_dialog_message(self, call: PlatformCall | BroadcastCall, req: Request) -> Response:
+        """A MESSAGE in a call's dialog: ``MediaStatus`` (121: end of file, reference §6.6)."""
+        try:
+            msg = decode(req.body).message
+        except DecodeError as exc:
+            return self._answer(req, 400, _reason(f"Bad MANSCDP: {exc}"))
+        call.messages.append(msg)
+        if isinstance(msg, MediaStatus) and isinstance(call, PlatformCall):
+            call.media_status.append(msg.notify_type or 0)
+        self._emit(f"{call.lower_id} in-dialog {msg.ROOT}/{msg.CMD} call_id={call.call_id}")
+        return self._answer(req, 200)
+
+    def _on_bye(self, req: Request, ctx: ServerContext) -> Response:
+        call: PlatformCall | BroadcastCall | None = self.calls.get(req.call_id)
+        if call is None:
+            call = self.broadcast_calls.get(req.call_id)
+        if call is None or call.dialog is None or call.ended.is_set():
+            return self._answer(req, 481, "Call/Transaction Does Not Exist")
+        if req.to.tag != call.dialog.local_tag:
+            return self._answer(req, 481, "Call/Transaction Does Not Exist (wrong tag)")
+        call._end("lower")
+        self._emit(f"{call.lower_id} BYE from the lower call_id={call.call_id}")
+        return self._answer(req, 200)
+
+    def _on_ack(self, req: Request, ctx: ServerContext) -> None:
+        call = self.broadcast_calls.get(req.call_id)
+        if call is None or call.acked or call.ended.is_set():
+            return
+        call.acked = True
+        try:
+            start_sender(call.sender, call.transport, call.offer)
+        except (RuntimeError, ValueError) as exc:
+            self._emit(f"{call.lower_id} broadcast audio failed: {exc}")
+
+    # -- voice broadcast (reference §6.8) ------------------------------------------------------
+    async def broadcast(
+        self,
+        lower_id: str,
+        target_channel_id: str,
+        *,
+        transport: str = "udp",
+        timeout: float = 10.0,
+    ) -> BroadcastCall:
+        """``Notify/Broadcast`` (SourceID = us, TargetID = the voice output) to a lower, wait
+        for ``Response/Broadcast``, then for its INVITE, which is answered ``a=sendonly`` with
+        PCMA-ish audio (PT 8, 20 ms packets) from a sender of ours. ``transport`` is the role we
+        accept for the audio leg (``"any"``: whatever the offer implies); an offer for another
+        is refused 488. Failures raise :class:`RequestFailed`."""
+        if transport not in (*TRANSPORTS, "any"):
+            raise ValueError(f"transport must be one of {TRANSPORTS} or 'any', not {transport!r}")
+        self.lower(lower_id)
+        target = target_channel_id
+        awaited = _AwaitedBroadcast(
+            lower_id, target, transport, asyncio.get_running_loop().create_future()
+        )
+        self._awaiting[target] = awaited
+        try:
+            msg = BroadcastNotify(sn=0, source_id=self.platform_id, target_id=target)
+            result = await self._exchange(lower_id, msg, 1, timeout, timeout, target=target)
+            what = f"Broadcast to {target}"
+            if not 200 <= result.status < 300:
+                raise RequestFailed(what, result.status)
+            answer = result.responses[0] if result.responses else None
+            if not isinstance(answer, BroadcastResponse):
+                raise RequestFailed(what, result.status, "no Response/Broadcast")
+            if (answer.result or "").upper() != "OK":
+                raise RequestFailed(what, result.status, f"Result {answer.result}")
+            try:
+                return await asyncio.wait_for(asyncio.shield(awaited.future), timeout)
+            except TimeoutError:
+                raise RequestFailed(what, 408, "no INVITE from the lower") from None
+        finally:
+            if self._awaiting.get(target) is awaited:
+                del self._awaiting[target]
+            if not awaited.future.done():
+                awaited.future.cancel()
+
+    def _on_invite(self, req: Request, ctx: ServerContext) -> Response | Awaitable[Response] | None:
+        """An INVITE from a lower: only the audio leg of a broadcast we started is accepted."""
+        tag = self.endpoint.tag()
+
+        def refuse(status: int, reason: str) -> Response:
+            self._emit(f"INVITE from {ctx.peer} refused: {status} {reason}")
+            return self._answer(req, status, _reason(reason))
+
+        if req.to.tag:
+            return refuse(488, "Not Acceptable Here (re-INVITE not supported)")
+        callee = req.request_uri.user or req.to.uri.user or ""
+        if callee != self.platform_id:
+            return refuse(404, f"Not Found ({callee} is not this platform)")
+        named = parse_subject(req.get_header("Subject"))
+        candidates = [named[1][0]] if named is not None else []
+        candidates.append(req.from_.uri.user or "")
+        awaited = next((self._awaiting[c] for c in candidates if c in self._awaiting), None)
+        if awaited is None or awaited.future.done():
+            return refuse(403, f"Forbidden (no broadcast pending for {candidates[0]})")
+
+        def fail(status: int, reason: str) -> Response:
+            awaited.fail(status, reason)
+            return refuse(status, reason)
+
+        try:
+            offer = parse_sdp(req.body)
+        except SdpError as exc:
+            return fail(488, f"Not Acceptable Here (bad SDP: {exc.reason})")
+        if offer.media != "audio":
+            return fail(488, f"Not Acceptable Here (m={offer.media}: broadcast is audio)")
+        role = answer_role(offer)
+        if awaited.transport not in ("any", role):
+            return fail(488, f"Not Acceptable Here (audio over {role}, want {awaited.transport})")
+        return self._accept_broadcast(req, ctx, tag, awaited, offer, role)
+
+    async def _accept_broadcast(
+        self,
+        req: Request,
+        ctx: ServerContext,
+        tag: str,
+        awaited: _AwaitedBroadcast,
+        offer: Sdp,
+        role: str,
+    ) -> Response:
+        host = self.endpoint.local_host(ctx.peer)
+        ssrc = offer.ssrc if valid_ssrc(offer.ssrc) else self._next_ssrc(False)
+        assert ssrc is not None
+        sender = new_sender(
+            pcma_frames(),
+            ssrc=int(ssrc),
+            transport=role,
+            local_host=host,
+            fps=1000 / 20,
+            loop=True,
+            payload_type=PCMA_PT,
+        )
+        try:
+            port = await sender.bind()
+        except OSError as exc:
+            awaited.fail(500, f"cannot bind: {exc}")
+            return self._answer(req, 500, "Server Internal Error (no media port)")
+        answer = Sdp(
+            origin_user=self.platform_id,
+            origin_host=host,
+            session="Play",
+            host=host,
+            media="audio",
+            port=port or DISCARD_PORT,
+            proto=offer.proto,
+            formats=[PCMA_PT],
+            rtpmap={PCMA_PT: "PCMA/8000"},
+            direction="sendonly",
+            setup=answer_setup(offer),
+            connection_new=offer.tcp,
+            ssrc=ssrc,
+            media_info="v/////a/1/8/1",
+        )
+        call = BroadcastCall(
+            platform=self,
+            call_id=req.call_id,
+            lower_id=awaited.lower_id,
+            target_id=awaited.target_id,
+            transport=role,
+            offer=offer,
+            answer=answer,
+            request=req,
+            sender=sender,
+            dialog=Dialog.as_uas(req, tag, ctx.peer),
+        )
+        if awaited.future.done():  # the broadcast() caller gave up meanwhile
+            await close_quietly(sender)
+            return self._answer(req, 480, "Temporarily Unavailable (broadcast abandoned)")
+        self.broadcast_calls[call.call_id] = call
+        awaited.future.set_result(call)
+        self._emit(
+            f"{call.lower_id} broadcast INVITE for {call.target_id} answered:"
+            f" audio to {offer.host}:{offer.port} over {role} y={ssrc}"
+        )
+        return make_response(
+            req,
+            200,
+            to_tag=tag,
+            headers=[
+                ("Contact", f"<{self.endpoint.contact_uri(self.platform_id, ctx.peer)}>"),
+                ("Content-Type", SDP_TYPE),
+            ],
+            body=answer.to_bytes(),
+        )
+
+    async def close(self) -> None:
+        """:meth:`stop`, and close every media socket (no BYEs are sent). The endpoint stays
+        the caller's to close."""
+        self.stop()
+        things: list[Any] = [c.receiver for c in self.calls.values()]
+        things += [c.sender for c in self.broadcast_calls.values()]
+        await asyncio.gather(*(close_quietly(t) for t in things))
 
     # -- subscriptions (RFC 6665; reference §5.1–§5.4, §7.3) ---------------------------------
     async def subscribe(

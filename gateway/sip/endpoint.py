@@ -438,17 +438,25 @@ class Endpoint:
         peer: Peer,
         *,
         on_provisional: Callable[[Response], None] | None = None,
+        on_2xx_retransmission: Callable[[Response], None] | None = None,
         timeout: float | None = None,
+        keep_via: bool = False,
     ) -> Response:
         """Send ``req`` to ``peer`` in a new client transaction; return the final response.
 
         A Via with a fresh branch is put on top (callers never write Via), and Max-Forwards and
-        User-Agent are added when missing.
+        User-Agent are added when missing. ``keep_via`` sends the request with the Via it has
+        (a CANCEL carries its INVITE's, RFC 3261 §9.1). ``on_2xx_retransmission`` hears the
+        copies of an INVITE's 2xx that arrive after the first (the UAC re-sends its ACK for
+        each, RFC 3261 §13.2.2.4).
         """
-        branch = self.branch()
         if peer.reliable and not self.transports.is_connected(peer):
             await self.transports.connect(peer)
-        req.prepend_header("Via", self.via(peer, branch))
+        if keep_via:
+            branch = req.top_via.branch or self.branch()
+        else:
+            branch = self.branch()
+            req.prepend_header("Via", self.via(peer, branch))
         if req.get_header("Max-Forwards") is None:
             req.add_header("Max-Forwards", "70")
         if req.get_header("User-Agent") is None:
@@ -462,6 +470,8 @@ class Endpoint:
                     on_provisional(resp)
             elif not fut.done():
                 fut.set_result(resp)
+            elif on_2xx_retransmission is not None and resp.status < 300:
+                on_2xx_retransmission(resp)
 
         def on_timeout() -> None:
             if not fut.done():
@@ -512,6 +522,14 @@ class Endpoint:
         finally:
             if txn.state != "terminated" and (fut.cancelled() or not fut.done()):
                 txn.transport_error()
+
+    def send_stateless(self, req: Request, peer: Peer) -> bool:
+        """Send a request outside any transaction: the ACK for a 2xx (RFC 3261 §13.2.2.4),
+        which the UAC core sends itself. A fresh Via branch goes on top."""
+        req.prepend_header("Via", self.via(peer, self.branch()))
+        if req.get_header("Max-Forwards") is None:
+            req.add_header("Max-Forwards", "70")
+        return self.transports.send(peer, req.to_bytes())
 
     def send_response_stateless(self, resp: Response, peer: Peer) -> None:
         self.transports.send(peer, resp.to_bytes())

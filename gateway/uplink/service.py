@@ -283,6 +283,13 @@ class Uplink:
             body,
         )
 
+    def upper_for(self, req: Request, ctx: ServerContext) -> UpperSession | None:
+        """The upper a request comes from, or ``None`` (for the media sessions)."""
+        return self._session(req, ctx)
+
+    def encode_for(self, s: UpperSession, msg: Message) -> bytes:
+        return self._encode(s, msg)
+
     def _encode(self, s: UpperSession, msg: Message) -> bytes:
         return encode(msg, s.upper.charset, gb2022=s.upper.gb_version == "2022")
 
