@@ -46,6 +46,7 @@ bench: install test-deps
 	$(BIN)/python bench/catalog.py
 	$(BIN)/python bench/catalog.py --transport udp
 	$(BIN)/python bench/uplink.py
+	$(BIN)/python bench/relay.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -686,3 +686,50 @@ async def test_worker_relay_relays_reports_idle_and_stops_its_processes(
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     assert r.worker_pids() == []
+
+
+async def test_tcp_output_holds_packets_until_its_receiver_connects(
+    relay: LocalRelay, cleanup: Callable[[Any], Any]
+) -> None:
+    """The upper connects to a tcp-passive output only after our answer, by which time the
+    device may be sending: the first packets (the key frame) are held, not dropped."""
+    src = cleanup(await Source.open(relay, "s", "udp"))
+    port = await relay.add_output("s", "o", "tcp-passive", remote=None, ssrc=0xABCDEF01)
+    sent = [rtp(seq) for seq in range(1, 11)]
+    await src.send(sent)
+    await wait_for_packets(relay, "s", 10)
+    stats = await relay.stats("s")
+    assert stats.outputs[0].dropped == 0 and not stats.outputs[0].connected
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        got = []
+        async with asyncio.timeout(5):
+            while len(got) < 10:
+                size = int.from_bytes(await reader.readexactly(2), "big")
+                got.append(await reader.readexactly(size))
+        assert [g[:8] + g[12:] for g in got] == [p[:8] + p[12:] for p in sent]
+        assert {g[8:12] for g in got} == {(0xABCDEF01).to_bytes(4, "big")}
+        assert (await relay.stats("s")).outputs[0].packets == 10
+    finally:
+        writer.close()
+
+
+async def test_tcp_output_hold_is_bounded(
+    relay: LocalRelay, cleanup: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_module, "PENDING_LIMIT", 5_000)
+    src = cleanup(await Source.open(relay, "s", "udp"))
+    await relay.add_output("s", "o", "tcp-passive", remote=None, ssrc=1)
+    for seq in range(1, 11):  # 1,000-byte packets, one read each
+        await src.send([rtp(seq, bytes(988))])
+        await wait_for_packets(relay, "s", seq)
+    out = (await relay.stats("s")).outputs[0]
+    assert out.dropped == 6  # four framed packets fit in 5,000 bytes
+
+
+async def wait_for_packets(relay: LocalRelay, stream_id: str, n: int) -> None:
+    deadline = time.monotonic() + 5
+    while (await relay.stats(stream_id)).input.packets < n:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{stream_id} never got {n} packets")
+        await asyncio.sleep(0.01)

@@ -409,3 +409,18 @@ async def test_voice_broadcast_from_the_upper_reaches_the_device(rig_factory) ->
     assert session.receiver.ssrcs  # the gateway's SSRC on the device side
     await call.bye()
     await rig.at_rest()
+
+
+# -- the scaled-out relay ----------------------------------------------------------------------
+async def test_relay_in_worker_processes(rig_factory) -> None:
+    rig = await rig_factory(media={"workers": 2}, live_frames=None)
+    first = await rig.invite()
+    second = await rig.invite(channel=rig.nvr.channel_id(2), transport="tcp-passive")
+    assert await first.receiver.wait_frames(FRAMES) == FRAMES
+    assert await second.receiver.wait_frames(FRAMES) == FRAMES
+    assert first.receiver.ssrcs == {int(first.offered_ssrc)}
+    pids = rig.media.relay.worker_pids()  # type: ignore[attr-defined]
+    assert len(pids) == 2
+    await first.bye()
+    await second.bye()
+    await rig.at_rest()
