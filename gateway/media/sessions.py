@@ -90,6 +90,7 @@ class Leg:
     ready: asyncio.Future[None] | None = None  # the far end answered
     setup: asyncio.Task[None] | None = None
     ended: bool = False
+    end_reason: str = ""
     started_at: float = 0.0
     idle_early: bool = False
 
@@ -123,6 +124,14 @@ class LocalSession:
     port: int
     ssrc: str
     transport: Transport
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An INVITE being set up; ``upper_id`` when an upper sent it."""
+
+    task: asyncio.Task[None]
+    upper_id: str | None
 
 
 @dataclass(slots=True)
@@ -165,7 +174,7 @@ class MediaSessions:
         self.legs_by_call: dict[str, Leg] = {}
         self.outputs_by_call: dict[str, Output] = {}
         self.local: dict[str, Output] = {}
-        self._pending: dict[str, asyncio.Task[Any]] = {}  # upper INVITEs not yet answered
+        self._pending: dict[str, _Pending] = {}  # INVITEs not yet answered, by Call-ID
         self._broadcasts: dict[str, _PendingBroadcast] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -188,8 +197,8 @@ class MediaSessions:
 
     async def close(self) -> None:
         self._closing = True
-        for task in list(self._pending.values()):
-            task.cancel()
+        for pending in list(self._pending.values()):
+            pending.task.cancel()
         ends = [self._end_leg(leg, "gateway stopping") for leg in list(self.legs.values())]
         await asyncio.gather(*(t for t in ends if t is not None), return_exceptions=True)
         for task in list(self._tasks):
@@ -246,32 +255,71 @@ class MediaSessions:
         return per.get(channel_id) or per.get(device_id) or self.cfg.device_transport
 
     # -- INVITE -----------------------------------------------------------------------------
-    def on_invite(self, req: Request, ctx: ServerContext) -> Response | Any:
+    def on_invite(self, req: Request, ctx: ServerContext) -> Response | None:
         if self._closing:
             return self._reply(req, 503, "Service Unavailable (shutting down)")
         if req.to.tag:
-            return self._reinvite(req)
+            return self._reinvite(req, ctx)
+        call_id = req.call_id
+        if call_id in self._pending or call_id in self.outputs_by_call:
+            return self._fail(req, 400, "Bad Request (Call-ID already in use)")
         upper = self.uplink.upper_for(req, ctx)
         if upper is not None:
-            return self._pending_task(req, self._upper_invite(upper, req, ctx))
+            if not upper.link.online:
+                return self._fail(req, 403, "Forbidden (upper platform not registered)")
+            self._answer_later(req, ctx, self._upper_invite(upper, req, ctx), upper.upper.id)
+            return None
         dev = self.downlink._sender(req, ctx.peer)
         if dev is not None:
-            return self._pending_task(req, self._broadcast_invite(dev, req, ctx))
+            self._answer_later(req, ctx, self._broadcast_invite(dev, req, ctx), None)
+            return None
         self.metrics.inc("media.invite.refused.403")
         log.info("invite.refused", peer=str(ctx.peer), sender=req.from_.uri.user, status=403)
         return self._reply(req, 403, "Forbidden (not an upper platform or registered device)")
 
-    def _pending_task(self, req: Request, coro: Any) -> asyncio.Task[Response]:
-        task: asyncio.Task[Response] = asyncio.ensure_future(coro)
+    def _answer_later(
+        self, req: Request, ctx: ServerContext, coro: Any, upper_id: str | None
+    ) -> None:
+        """Run an INVITE's set-up in a task that sends its own final response the moment it is
+        ready: a CANCEL either stops the task before that, or comes too late to undo it (the
+        endpoint answers 487 only while the INVITE is unanswered)."""
         call_id = req.call_id
-        self._pending[call_id] = task
-        task.add_done_callback(lambda _t: self._pending.pop(call_id, None))
-        return task
 
-    def _reinvite(self, req: Request) -> Response:
-        """A re-INVITE (session refresh) in a known session gets the same answer again."""
+        async def run() -> None:
+            try:
+                resp = await coro
+            except asyncio.CancelledError:
+                # After a CANCEL the endpoint has answered 487 already and this is dropped;
+                # cancelled for another reason (the upper went offline, shutdown) it is sent.
+                ctx.respond(self._reply(req, 487, "Request Terminated"))
+                raise
+            except Exception:
+                self.metrics.inc("media.invite.error")
+                log.exception("invite.error", call_id=call_id)
+                resp = self._reply(req, 500, "Server Internal Error")
+            ctx.respond(resp)
+
+        task = asyncio.ensure_future(run())
+        self._pending[call_id] = _Pending(task, upper_id)
+
+        def done(t: asyncio.Task[None]) -> None:
+            pending = self._pending.get(call_id)
+            if pending is not None and pending.task is t:
+                del self._pending[call_id]
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("invite.task_failed", call_id=call_id, error=str(t.exception()))
+
+        task.add_done_callback(done)
+
+    def _reinvite(self, req: Request, ctx: ServerContext) -> Response:
+        """A re-INVITE in a known session: the media cannot change, so it is refused."""
         out = self.outputs_by_call.get(req.call_id)
-        if out is None or out.dialog is None or not out.dialog.accepts(req):
+        if (
+            out is None
+            or out.dialog is None
+            or not out.dialog.matches(req, ctx.peer)
+            or not out.dialog.accepts(req)
+        ):
             return self._reply(req, 481, "Call/Transaction Does Not Exist")
         return self._reply(req, 488, "Not Acceptable Here (re-INVITE: media cannot change)")
 
@@ -386,6 +434,10 @@ class MediaSessions:
             await asyncio.shield(leg.opened)
             out = await self._add_output(leg, transport, remote, want_ssrc, history=kind != PLAY)
             await asyncio.shield(leg.ready)
+            if out.ended or leg.ended:
+                raise MediaError(
+                    486, f"Busy Here (the stream ended: {leg.end_reason or 'receiver lost'})"
+                )
             return out
         except BaseException:
             if out is not None:
@@ -407,7 +459,7 @@ class MediaSessions:
         device_id: str | None = None,
     ) -> Output:
         if leg.ended:
-            raise MediaError(410, "Gone (the stream ended)")
+            raise MediaError(486, f"Busy Here (the stream ended: {leg.end_reason})")
         owned = want_ssrc is None
         try:
             ssrc = want_ssrc if want_ssrc is not None else self.ssrcs.take(history=history)
@@ -432,9 +484,14 @@ class MediaSessions:
         except (RelayError, OSError) as exc:
             self._release(out)
             raise MediaError(500, f"Server Internal Error (relay: {exc})") from None
+        except BaseException:  # cancelled while the relay worked: it may have made the output
+            self._release(out)
+            if not leg.ended:
+                self.spawn(self._remove_output(leg.key, out.output_id))
+            raise
         if leg.ended:  # ended while the relay worked
             self._release(out)
-            raise MediaError(410, "Gone (the stream ended)")
+            raise MediaError(486, f"Busy Here (the stream ended: {leg.end_reason})")
         leg.outputs[out.output_id] = out
         return out
 
@@ -472,8 +529,14 @@ class MediaSessions:
             _fail_leg(leg, exc)
             return
         except asyncio.CancelledError:
-            _fail_leg(leg, MediaError(487, "Request Terminated"))
+            _fail_leg(leg, MediaError(486, f"Busy Here (the stream ended: {leg.end_reason})"))
             raise
+        except Exception as exc:
+            self.metrics.inc("media.setup_error")
+            log.exception("media.setup_error", key=leg.key, device_id=leg.device_id)
+            self._end_leg(leg, f"setup failed: {type(exc).__name__}")
+            _fail_leg(leg, MediaError(502, "Bad Gateway (the device's answer could not be used)"))
+            return
         if not leg.ready.done():
             leg.ready.set_result(None)
         if leg.idle_early:
@@ -599,6 +662,7 @@ class MediaSessions:
         if leg.ended:
             return None
         leg.ended = True
+        leg.end_reason = reason
         self.legs.pop(leg.key, None)
         if self.live.get(leg.source_id) is leg:
             del self.live[leg.source_id]
@@ -669,25 +733,28 @@ class MediaSessions:
             pass
 
     def on_bye(self, req: Request, ctx: ServerContext) -> Response:
+        """A BYE ends a session only when it comes from the other end of its dialog (Call-ID,
+        both tags, the dialog's host; RFC 3261 §12.2.2): anyone else gets 481."""
         call_id = req.call_id
         out = self.outputs_by_call.get(call_id)
-        if out is not None:
+        if out is not None and out.dialog is not None and out.dialog.matches(req, ctx.peer):
             self._end_output(out, "BYE from the receiver", bye=False)
             return self._reply(req, 200, "OK")
         leg = self.legs_by_call.get(call_id)
-        if leg is not None:
+        if leg is not None and leg.dialog is not None and leg.dialog.matches(req, ctx.peer):
             self._end_leg(leg, "BYE from the sender", bye=False)
             return self._reply(req, 200, "OK")
         self.metrics.inc("media.bye.unknown")
+        log.info("media.bye_unknown", call_id=call_id, peer=str(ctx.peer))
         return self._reply(req, 481, "Call/Transaction Does Not Exist")
 
     def on_cancel(self, req: Request, ctx: ServerContext) -> None:
         """The endpoint has answered 487 already; stop the work behind the INVITE."""
-        task = self._pending.get(req.call_id)
-        if task is not None and not task.done():
+        pending = self._pending.get(req.call_id)
+        if pending is not None and not pending.task.done():
             log.info("invite.cancelled", call_id=req.call_id)
             self.metrics.inc("media.invite.cancelled")
-            task.cancel()
+            pending.task.cancel()
 
     def on_ack(self, req: Request, ctx: ServerContext) -> None:
         """ACKs are hop by hop (RFC 3261 §13.2.2.4): absorbed; the endpoint matched them."""
@@ -700,6 +767,8 @@ class MediaSessions:
             self._end_output(out, f"device offline ({event.reason})", bye=False)
 
     def on_upper_offline(self, event: UpperOffline) -> None:
+        for pending in [p for p in self._pending.values() if p.upper_id == event.upper_id]:
+            pending.task.cancel()
         for out in [o for o in self.outputs_by_call.values() if o.upper_id == event.upper_id]:
             self._end_output(out, f"upper offline ({event.reason})", bye=False)
         for leg in [x for x in self.legs.values() if x.upper_id == event.upper_id]:
@@ -726,11 +795,12 @@ class MediaSessions:
     # -- playback control and end of file ---------------------------------------------------
     def on_info(self, req: Request, ctx: ServerContext) -> Response | Any:
         out = self.outputs_by_call.get(req.call_id)
-        if out is None:
-            if req.call_id in self.legs_by_call:
-                return self._reply(req, 200, "OK")
+        if out is None or out.dialog is None or not out.dialog.matches(req, ctx.peer):
+            leg = self.legs_by_call.get(req.call_id)
+            if leg is not None and leg.dialog is not None and leg.dialog.matches(req, ctx.peer):
+                return self._reply(req, 200, "OK")  # a device's INFO: nothing to do with it
             return self._reply(req, 481, "Call/Transaction Does Not Exist")
-        if out.dialog is not None and not out.dialog.accepts(req):
+        if not out.dialog.accepts(req):
             return self._reply(req, 500, "Server Internal Error (out-of-order CSeq)")
         leg = out.leg
         if leg.kind not in (PLAYBACK, DOWNLOAD):
@@ -739,15 +809,18 @@ class MediaSessions:
             return self._reply(req, 415, "Unsupported Media Type (expected Application/MANSRTSP)")
         if leg.dialog is None:
             return self._reply(req, 491, "Request Pending (the device has not answered yet)")
-        return self._forward_info(req, leg.dialog)
+        return self._forward_info(req, leg, leg.dialog)
 
-    async def _forward_info(self, req: Request, dialog: Dialog) -> Response:
+    async def _forward_info(self, req: Request, leg: Leg, dialog: Dialog) -> Response:
         fwd = dialog.request("INFO", body=req.body, content_type=req.content_type or "")
         try:
             resp = await self.endpoint.request(fwd, dialog.peer)
         except SipError:
             self.metrics.inc("media.info.timeout")
             return self._reply(req, 408, "Request Timeout (the device did not answer the INFO)")
+        if resp.status == 481:
+            # The device has lost the dialog: the session is over on both legs.
+            self._end_leg(leg, "the device lost the dialog (481 to INFO)", bye=False)
         self.metrics.inc("media.info.forwarded")
         headers = []
         ctype = resp.content_type
@@ -876,6 +949,10 @@ class MediaSessions:
                     device_id=dev.device_id,
                 )
                 await self._invite_upper(leg, s, pending, offer)
+                assert leg.ready is not None
+                leg.ready.set_result(None)
+                if leg.idle_early:
+                    self.spawn(self._check_idle(leg))
             except MediaError as exc:
                 self._end_leg(leg, f"setup failed: {exc.reason}")
                 return self._fail(req, exc.status, exc.reason)

@@ -46,14 +46,20 @@ class Dialog:
     def as_uac(cls, invite: Request, answer: Response, peer: Peer) -> Dialog:
         """The dialog a 2xx to our INVITE creates (§12.1.2)."""
         target = invite.uri
-        contacts = answer.contacts if answer.get_header("Contact") else []
+        try:
+            contacts = answer.contacts if answer.get_header("Contact") else []
+        except ParseError:
+            contacts = []  # a broken Contact: the Request-URI still reaches the far end
         if contacts:
             target = str(contacts[0].uri)
-        from_, to = invite.from_, answer.to
+        try:
+            remote_tag = answer.to.tag or ""
+        except ParseError:
+            remote_tag = ""
         return cls(
             call_id=invite.call_id,
-            local_tag=from_.tag or "",
-            remote_tag=to.tag or "",
+            local_tag=invite.from_.tag or "",
+            remote_tag=remote_tag,
             local=_without_tag(invite.get_header("From") or ""),
             remote=_without_tag(invite.get_header("To") or ""),
             target=target,
@@ -120,6 +126,20 @@ class Dialog:
             items.append(("Content-Type", content_type))
         return Request(method, self.target, items, body)
 
+    def matches(self, req: Request, peer: Peer) -> bool:
+        """Is ``req`` from the other end of this dialog: its Call-ID, both tags the right way
+        round (§12.2.2), from the host the dialog was set up with?"""
+        try:
+            from_tag, to_tag = req.from_.tag or "", req.to.tag or ""
+        except ParseError:
+            return False
+        return (
+            req.call_id == self.call_id
+            and from_tag == self.remote_tag
+            and to_tag == self.local_tag
+            and peer.host == self.peer.host
+        )
+
     def accepts(self, req: Request) -> bool:
         """Is ``req`` a new in-dialog request in order (§12.2.2)? Updates the remote CSeq."""
         seq = req.cseq.seq
@@ -175,17 +195,22 @@ class OutgoingInvite:
         self._bg: set[asyncio.Future[Any]] = set()
 
     async def send(self, timeout: float) -> Response:
+        """Wait ``timeout`` seconds for the final answer. When none came, the INVITE is
+        CANCELled (RFC 3261 timer C) and a 2xx still arriving is ACKed and BYEd."""
         self._task = asyncio.ensure_future(
             self.endpoint.request(
                 self.request,
                 self.peer,
                 on_provisional=self._provisional_received,
                 on_2xx_retransmission=self._ack_again,
-                timeout=timeout,
             )
         )
         try:
-            resp = await asyncio.shield(self._task)
+            resp = await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
+            self._task.add_done_callback(self._late_answer)
+            self.cancel()
+            raise InviteFailed(408, "Request Timeout (no answer)") from None
         except TransactionTimeout:
             raise InviteFailed(408, "Request Timeout (no answer)") from None
         except asyncio.CancelledError:
@@ -222,7 +247,7 @@ class OutgoingInvite:
         if task.cancelled() or task.exception() is not None:
             return
         resp = task.result()
-        if 200 <= resp.status < 300:
+        if 200 <= resp.status < 300 and self.dialog is None:
             self.dialog = Dialog.as_uac(self.request, resp, self.peer)
             self.endpoint.send_stateless(self.dialog.ack(), self.peer)
             self._background(self.bye())

@@ -424,3 +424,54 @@ async def test_relay_in_worker_processes(rig_factory) -> None:
     await first.bye()
     await second.bye()
     await rig.at_rest()
+
+
+# -- from the review: strangers, late answers ---------------------------------------------------
+async def test_bye_from_outside_the_dialog_is_refused(rig_factory, nvr_endpoint) -> None:
+    from gateway.sip.message import Request
+
+    rig = await rig_factory(live_frames=None)
+    call = await rig.invite()
+    await call.receiver.wait_frames(5)
+    dialog = call.dialog
+    # The NVR (a registered peer, another host:port) forges the upper's BYE: same Call-ID, but
+    # it is not the other end of that dialog.
+    forged = Request(
+        "BYE",
+        f"sip:{GW}@127.0.0.1:{rig.gw.port}",
+        [
+            ("From", f"<sip:{UP}@{UP[:10]}>;tag=forged"),
+            ("To", f"<sip:{rig.channel}@{GW[:10]}>;tag={dialog.remote_tag}"),
+            ("Call-ID", call.call_id),
+            ("CSeq", "99 BYE"),
+        ],
+    )
+    resp = await nvr_endpoint.request(forged, Peer("udp", "127.0.0.1", rig.gw.port))
+    assert resp.status == 481
+    before = call.receiver.decoded
+    await call.receiver.wait_frames(before + 5)  # still streaming
+    assert not call.ended.is_set()
+    await call.bye()
+    await rig.at_rest()
+
+
+async def test_device_answering_after_the_timeout_is_cancelled(rig_factory) -> None:
+    rig = await rig_factory(invite_delay=2.5, media={"invite_timeout": 1.0})
+    with pytest.raises(RequestFailed) as info:
+        await rig.invite()
+    assert info.value.status == 408
+    dev = device_session(rig)
+    # Timer C: the gateway CANCELs, so the device never streams to a port already freed.
+    await wait_for(lambda: dev.cancelled or dev.ended, 5, "device INVITE withdrawn")
+    await rig.at_rest()
+    assert dev.sender is None or dev.sender.frames_sent == 0
+
+
+async def test_broadcast_without_audio_times_out(rig_factory) -> None:
+    rig = await rig_factory(audio_outputs=1, media={"rtp_timeout": 1.0})
+    call = await rig.platform.broadcast(GW, rig.nvr.audio_output_id(1), transport="any")
+    await wait_for(lambda: call.acked, 5, "ACK from the gateway")
+    await call.sender.close()  # the upper stops sending audio
+    await asyncio.wait_for(call.ended.wait(), 8)
+    assert call.ended_by == "lower"
+    await rig.at_rest()

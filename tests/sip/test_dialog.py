@@ -103,13 +103,17 @@ async def test_failure_raises_with_status(pair: tuple[Endpoint, Endpoint]) -> No
     assert call.dialog is None
 
 
-async def test_no_answer_is_408(pair: tuple[Endpoint, Endpoint]) -> None:
+async def test_no_answer_is_408_and_the_invite_is_cancelled(
+    pair: tuple[Endpoint, Endpoint],
+) -> None:
     a, b = pair
-    Callee(b, delay=5.0)
+    callee = Callee(b, delay=5.0)
     call = OutgoingInvite(a, invite(b.port), Peer("udp", "127.0.0.1", b.port))
     with pytest.raises(InviteFailed) as info:
         await call.send(0.3)
     assert info.value.status == 408
+    # RFC 3261 timer C: the far end is told to stop ringing, it does not stream to nobody.
+    await wait_for(lambda: len(callee.cancels) == 1, what="CANCEL after the timeout")
 
 
 async def test_cancel_before_answer_gets_487(pair: tuple[Endpoint, Endpoint]) -> None:
@@ -152,6 +156,27 @@ async def test_caller_giving_up_still_ends_a_late_call(pair: tuple[Endpoint, End
     await wait_for(
         lambda: callee.cancels or (callee.acks and callee.byes), timeout=3.0, what="ended"
     )
+
+
+def test_matches_checks_tags_and_host() -> None:
+    inv = invite(5060)
+    dlg = Dialog.as_uas(inv, "b9", Peer("udp", "127.0.0.1", 5070))
+    good = Request(
+        "BYE",
+        "sip:x@127.0.0.1",
+        [
+            ("From", "<sip:34020000002000000001@3402000000>;tag=a1"),
+            ("To", "<sip:34020000001310000001@127.0.0.1>;tag=b9"),
+            ("Call-ID", inv.call_id),
+            ("CSeq", "8 BYE"),
+        ],
+    )
+    assert dlg.matches(good, Peer("udp", "127.0.0.1", 5999))
+    assert not dlg.matches(good, Peer("udp", "10.0.0.9", 5070))  # another host
+    forged = Request(
+        "BYE", good.uri, [(k, v.replace("tag=a1", "tag=zz")) for k, v in good.headers()]
+    )
+    assert not dlg.matches(forged, Peer("udp", "127.0.0.1", 5070))
 
 
 async def test_send_bye_without_answer_returns_none(pair: tuple[Endpoint, Endpoint]) -> None:
