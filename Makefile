@@ -22,12 +22,17 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/gb28181-gateway run $(if $(CONFIG),--config $(CONFIG))
 
-# Debian packages the tests need: SIPp (sip-tester).
+# Debian packages the tests need: SIPp (sip-tester) and chromium (the conformance report is
+# looked at in a real browser; Playwright drives this binary and downloads none).
 test-deps:
-	@command -v sipp >/dev/null 2>&1 || { \
-		echo "installing sip-tester (SIPp)"; \
+	@missing=""; \
+	command -v sipp >/dev/null 2>&1 || missing="$$missing sip-tester"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq sip-tester >/dev/null; }
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 lint: install
 	$(BIN)/ruff check gateway conformance tests bench

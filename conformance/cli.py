@@ -23,53 +23,17 @@ from typing import TextIO
 
 import structlog
 
+from conformance.argtypes import count as _count
+from conformance.argtypes import gb_id as _gb_id
+from conformance.argtypes import host_port as _host_port
+from conformance.argtypes import non_negative_seconds as _non_negative
+from conformance.argtypes import positive as _positive
+from conformance.argtypes import seconds as _interval
 from conformance.peers.device import DeviceHub, SimDevice
 from conformance.peers.platform import Lower, SimPlatform
-from gateway.manscdp.gbid import is_gb_id
 from gateway.metrics import Metrics
 from gateway.sip.endpoint import Endpoint
 from gateway.sip.transport import Peer
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
-
-
-def _gb_id(text: str) -> str:
-    if not is_gb_id(text):
-        raise argparse.ArgumentTypeError(f"expected a 20-digit GB ID, got {text!r}")
-    return text
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text!r}")
-    return value
-
-
-def _interval(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text!r}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:

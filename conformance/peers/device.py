@@ -26,8 +26,8 @@ INVITE the source for audio (§9.12). Every session is kept in ``media_sessions`
 
 Misbehaviour switches (attributes, all off by default) let tests make the device break rules:
 ``charset_lie``, ``drop_parts``, ``response_delay``, ``garbage``, ``wrong_sum_num``,
-``no_keepalive``, ``mute``; for media ``invite_delay``, ``invite_refuse``, ``invite_mute``,
-``wrong_ssrc``, ``media_mute`` — see :class:`SimDevice`.
+``no_keepalive``, ``mute``, ``wrong_ptz_checksum``; for media ``invite_delay``,
+``invite_refuse``, ``invite_mute``, ``wrong_ssrc``, ``media_mute`` — see :class:`SimDevice`.
 """
 
 from __future__ import annotations
@@ -158,6 +158,9 @@ DEFAULT_PRESETS: tuple[Preset, ...] = (
 NOT_XML = b"this is not XML <Response>\r\n"
 _PTZ_RAW = re.compile(rb"<PTZCmd\s*>(.*?)</PTZCmd\s*>", re.DOTALL | re.IGNORECASE)
 _SEND_ERRORS = (TransactionTimeout, TransportError, OSError)
+MAX_REDIRECTS = 3  # 302s followed in one registration
+UDP_LIMIT = 1300  # RFC 3261 §18.1.1: a larger request goes over TCP when the MTU is unknown
+VIA_ALLOWANCE = 120  # the Via, Max-Forwards and Content-Length the endpoint adds
 VOICE_OUTPUT = 137  # catalog type of a voice output channel (reference §6.8)
 VIDEO_TYPES = frozenset({"131", "132"})  # camera, network camera: what an INVITE may name
 
@@ -177,6 +180,34 @@ def keepalive_body(device_id: str, sn: int, status: str = "OK", extra: str = "")
         f"{extra}"
         "</Notify>\r\n"
     ).encode("gb2312")
+
+
+def _wrong_sum_problem(text: str) -> str | None:
+    """The ``wrong_ptz_checksum`` device's check: byte 8 must be the sum of bytes 2–7 (the
+    ``A5`` start byte left out, unlike Appendix A.3). None when the command passes it."""
+    s = text.strip()
+    try:
+        b = bytes.fromhex(s)
+    except ValueError:
+        return "PTZCmd is not hexadecimal"
+    if len(b) != 8:
+        return f"PTZCmd must be 8 bytes, got {len(b)}"
+    wanted = sum(b[1:7]) & 0xFF
+    if b[7] != wanted:
+        return f"checksum 0x{b[7]:02X} expected 0x{wanted:02X}"
+    return None
+
+
+def _with_true_sum(text: str) -> str:
+    """``text`` with byte 8 replaced by the Appendix A.3 checksum (sum of bytes 1–7)."""
+    try:
+        b = bytearray(bytes.fromhex(text.strip()))
+    except ValueError:
+        return text
+    if len(b) != 8:
+        return text
+    b[7] = sum(b[:7]) & 0xFF
+    return b.hex().upper()
 
 
 def _now_text() -> str:
@@ -280,6 +311,13 @@ class SimDevice:
     * ``wrong_sum_num``: report this SumNum in Catalog/RecordInfo answers instead of the truth.
     * ``no_keepalive``: keepalive loops send no keepalives (registration is still refreshed).
     * ``mute``: answer 200 to queries but never send the Response MESSAGEs.
+    * ``wrong_ptz_checksum``: check the PTZCmd checksum (byte 8) with a wrong sum, bytes 2–7
+      without the ``A5`` start byte (a firmware bug): correctly summed commands are refused with
+      ``400``, commands carrying that wrong sum are obeyed.
+
+    Registration follows a ``302`` (2022 §9.1.2.3; reference §2.5) to the server its Contact
+    names; a registration refused there, or one that gets no answer, starts over at the server
+    the device was configured with (``redirect_home``).
 
     Media (reference §6; sessions in ``media_sessions`` by Call-ID):
 
@@ -333,6 +371,9 @@ class SimDevice:
 
     # -- how it talks -----------------------------------------------------------------------
     items_per_message: int | None = None  # None: 1 over UDP, 100 over TCP
+    # Send an answer MESSAGE larger than UDP_LIMIT bytes over TCP even when registered over UDP
+    # (RFC 3261 §18.1.1; 2022 Annex M). Off: the whole datagram goes, as most devices do.
+    large_over_tcp: bool = False
     reboot_delay: float = 0.5  # seconds between TeleBoot and the new REGISTER
     subscription_expires: int = 600  # when a SUBSCRIBE has no Expires
     keepalive_fail_limit: int = 3  # unanswered keepalives before registering again
@@ -347,6 +388,7 @@ class SimDevice:
     wrong_sum_num: int | None = None
     no_keepalive: bool = False
     mute: bool = False
+    wrong_ptz_checksum: bool = False
 
     # -- media (reference §6) ---------------------------------------------------------------
     fps: int = 25
@@ -370,15 +412,20 @@ class SimDevice:
     subscriptions: dict[str, Subscription] = field(default_factory=dict)  # by Call-ID
     alarm_responses: list[AlarmResponse] = field(default_factory=list)
     server_responses: list[Message] = field(default_factory=list)  # every Response MESSAGE
+    # Every Response MESSAGE this device sent: (CmdType, SN, final status; 0 when none came).
+    answer_statuses: list[tuple[str, int, int]] = field(default_factory=list)
     invites: list[Request] = field(default_factory=list)  # every INVITE, answered or not
     media_sessions: dict[str, MediaSession] = field(default_factory=dict)  # by Call-ID
     broadcasts: list[BroadcastNotify] = field(default_factory=list)
     broadcast_sessions: dict[str, BroadcastSession] = field(default_factory=dict)  # by Call-ID
 
     # -- state ------------------------------------------------------------------------------
+    paused: bool = False  # keepalive loops leave the device alone (a test drives it by hand)
     sn: int = 0
     registered: bool = False
     reboots: int = 0
+    redirects: int = 0  # 302s followed
+    redirect_home: tuple[Peer, str] | None = None  # (server, server_id) before a 302 moved us
     missed_keepalives: int = 0
     recording: bool = False
     guard: bool = False
@@ -463,12 +510,28 @@ class SimDevice:
         return Request("REGISTER", self.server_uri, headers)
 
     async def register(self, expires: int | None = None, *, max_challenges: int = 2) -> Response:
-        """REGISTER, answering up to ``max_challenges`` 401s; return the last response."""
+        """REGISTER, answering up to ``max_challenges`` 401s and following a ``302`` to the
+        server its Contact names; return the last response."""
         exp = self.expires if expires is None else expires
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                resp = await self._register_here(exp, max_challenges)
+                if resp.status not in (301, 302) or exp == 0 or not self._follow(resp):
+                    break
+        except _SEND_ERRORS:
+            self._go_home()
+            raise
+        if resp.status != 200:
+            self._go_home()
+        self._registered(resp, exp)
+        return resp
+
+    async def _register_here(self, expires: int, max_challenges: int) -> Response:
         client = DigestClient(self.device_id, self.password)
         authorization: str | None = None
         for _ in range(max_challenges + 1):
-            resp = await self.endpoint.request(self.build_register(exp, authorization), self.server)
+            req = self.build_register(expires, authorization)
+            resp = await self.endpoint.request(req, self.server)
             self.responses.append(resp)
             if resp.status != 401:
                 break
@@ -477,8 +540,41 @@ class SimDevice:
                 break
             self.last_challenge = challenge[1]
             authorization = client.authorization(challenge[1], "REGISTER", self.server_uri)
-        self._registered(resp, exp)
         return resp
+
+    def _follow(self, resp: Response) -> bool:
+        """Move to the server a 302's Contact names (2022 §9.1.2.3); False if it names none."""
+        contacts = resp.contacts
+        if not contacts:
+            return False
+        uri = contacts[0].uri
+        if not uri.host:
+            return False
+        transport = (uri.param("transport") or self.server.transport).lower()
+        if transport not in ("udp", "tcp"):
+            transport = self.server.transport
+        if self.redirect_home is None:
+            self.redirect_home = (self.server, self.server_id)
+        self.server = Peer(transport, uri.host, uri.port or 5060)
+        self.server_id = uri.user or self.server_id
+        # A registration at another server is a new one: new Call-ID and tag, CSeq from 1.
+        self.call_id = os.urandom(8).hex()
+        self.from_tag = os.urandom(4).hex()
+        self.cseq = 0
+        self.redirects += 1
+        self._emit("redirected", f"to {_host_port(self.server)} server_id={self.server_id}")
+        return True
+
+    def _go_home(self) -> None:
+        """After a failure at the server a 302 sent us to, start over where we began."""
+        if self.redirect_home is None:
+            return
+        self.server, self.server_id = self.redirect_home
+        self.redirect_home = None
+        self.call_id = os.urandom(8).hex()
+        self.from_tag = os.urandom(4).hex()
+        self.cseq = 0
+        self._emit("redirect-home", f"back to {_host_port(self.server)}")
 
     def _registered(self, resp: Response, requested: int) -> None:
         if resp.status != 200:
@@ -531,7 +627,7 @@ class SimDevice:
         at once; ``keepalive_fail_limit`` unanswered keepalives make the next step register.
         Never raises for network trouble; a step while the previous one still waits for its
         answer does nothing (no pile-up while the server is away)."""
-        if self._beating:
+        if self._beating or self.paused:
             return None
         self._beating = True
         try:
@@ -750,6 +846,11 @@ class SimDevice:
         elif msg.ROOT == "Query":
             self._on_query(msg)
         elif isinstance(msg, DeviceControl):
+            if msg.ptz_cmd is not None and self.wrong_ptz_checksum:
+                problem = _wrong_sum_problem(msg.ptz_cmd)
+                if problem is not None:
+                    self._emit("control-refused", f"{msg.device_id} PTZCmd={msg.ptz_cmd} {problem}")
+                    return make_response(req, 400, _reason(f"Bad PTZCmd ({problem})"), to_tag=tag)
             self._on_control(msg, req.body)
         elif isinstance(msg, DeviceConfig):
             self._on_config(msg)
@@ -785,7 +886,13 @@ class SimDevice:
             total += 1
             if split and i in self.drop_parts:
                 continue
-            await self._send(self.build_message(self.encode(part)))
+            req = self.build_message(self.encode(part))
+            peer = None
+            large = len(req.to_bytes()) + VIA_ALLOWANCE > UDP_LIMIT
+            if self.large_over_tcp and not self.server.reliable and large:
+                peer = Peer("tcp", self.server.host, self.server.port)
+            resp = await self._send(req, peer)
+            self.answer_statuses.append((part.CMD, part.sn, resp.status if resp else 0))
             sent += 1
         self._emit("answered", f"{label} messages={sent}/{total}")
         return sent
@@ -1010,8 +1117,11 @@ class SimDevice:
 
     def _apply_ptz(self, msg: DeviceControl) -> None:
         """Keep the preset list in step with set/delete preset commands."""
+        text = msg.ptz_cmd or ""
+        if self.wrong_ptz_checksum:
+            text = _with_true_sum(text)  # it passed our wrong check: obey it
         try:
-            cmd = decode_ptz(msg.ptz_cmd or "")
+            cmd = decode_ptz(text)
         except (DecodeError, ValueError):
             return
         if cmd.kind == "preset_set":
@@ -1761,6 +1871,18 @@ class DeviceHub:
         endpoint.route("BYE", self._on_bye)
         endpoint.route("INFO", self._on_info)
         endpoint.route("CANCEL", self._on_cancel)
+
+    def remove(self, device: SimDevice) -> None:
+        """Take a device out of the hub (its keepalives stop; requests for it get 404)."""
+        if self.devices.get(device.device_id) is not device:
+            raise ValueError(f"{device.device_id} is not in the hub")
+        device.stop()
+        del self.devices[device.device_id]
+        for key in [k for k, d in self._blocks.items() if d is device]:
+            del self._blocks[key]
+        for call_id in [c for c, d in self.calls.items() if d is device]:
+            del self.calls[call_id]
+        device.hub = None
 
     def add(self, device: SimDevice) -> SimDevice:
         if device.endpoint is not self.endpoint:

@@ -17,8 +17,9 @@ answers BYE, in-dialog ``MediaStatus`` and MANSRTSP INFOs (:class:`PlatformCall`
 (:class:`BroadcastCall`); any other INVITE from a lower is refused.
 
 Misbehaviour switches (attributes, all off by default): ``drop_keepalives``,
-``refuse_keepalives``, ``challenge_407``, ``redirect_to``; :meth:`SimPlatform.restart` forgets
-every lower. Incoming NOTIFYs cost one decode and a few appends: no task per NOTIFY.
+``refuse_keepalives``, ``challenge_407``, ``redirect_to``, ``no_date``, ``grant_expires``;
+:meth:`SimPlatform.restart` forgets every lower, :meth:`SimPlatform.forget_nonces` every nonce.
+Incoming NOTIFYs cost one decode and a few appends: no task per NOTIFY.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -104,6 +106,7 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 # Answers split over several MESSAGEs and collected up to SumNum distinct items (Annex M).
 MULTI_RESPONSE = frozenset({"Catalog", "RecordInfo"})
 SUBSCRIPTION_KINDS = ("Catalog", "Alarm", "MobilePosition")
+LOG_SIZE = 10_000  # entries kept in register_answers and keepalive_log
 _SEND_ERRORS = (TransactionTimeout, TransportError, OSError)
 
 EventSink = Callable[[str], None]
@@ -445,10 +448,14 @@ class SimPlatform:
     Switches (default off):
 
     * ``challenge_407``: challenge with ``407`` / ``Proxy-Authenticate`` instead of ``401``.
-    * ``redirect_to``: answer the next REGISTER with ``302`` to this (host, port), then clear it.
+    * ``redirect_to``: answer the next REGISTER with ``302`` to this (host, port), then clear it;
+      the Contact names ``redirect_server_id`` there (default: our own ID).
     * ``drop_keepalives``: never answer keepalives (the endpoint itself answers ``500`` to an
       unanswered request after 64·T1, by which time the sender has given up).
     * ``refuse_keepalives``: answer keepalives ``404``.
+    * ``no_date``: leave ``Date`` out of the ``200`` to REGISTER (no time sync, reference §2.4).
+    * ``grant_expires``: grant this many seconds to every registration, whatever was asked
+      (below the usual 60 s minimum too: a quick refresh for tests).
 
     A lower marked offline for silence whose registration still holds is back online with its
     next keepalive (as wvp does); one whose registration expired gets ``404`` and must register.
@@ -470,12 +477,24 @@ class SimPlatform:
     # -- switches ---------------------------------------------------------------------------
     challenge_407: bool = False
     redirect_to: tuple[str, int] | None = None
+    redirect_server_id: str | None = None
     drop_keepalives: bool = False
     refuse_keepalives: bool = False
+    no_date: bool = False
+    grant_expires: int | None = None
 
     # -- what it saw ------------------------------------------------------------------------
     lowers: dict[str, Lower] = field(default_factory=dict)
     registers: list[Request] = field(default_factory=list)
+    # The latest REGISTERs with their answers and arrival times (``time.monotonic()``).
+    register_answers: deque[tuple[float, Request, Response]] = field(
+        default_factory=lambda: deque(maxlen=LOG_SIZE)
+    )
+    # The latest keepalives: (arrival time, sender ID, request, body, status answered; 0 when
+    # dropped).
+    keepalive_log: deque[tuple[float, str, Request, Keepalive, int]] = field(
+        default_factory=lambda: deque(maxlen=LOG_SIZE)
+    )
     subscriptions: dict[str, Subscription] = field(default_factory=dict)  # by Call-ID
     notifies: list[tuple[Request, Message | None]] = field(default_factory=list)
     catalog_events: list[tuple[str, str]] = field(default_factory=list)  # (Event, DeviceID)
@@ -552,6 +571,11 @@ class SimPlatform:
         self.subscriptions.clear()
         self._emit("platform restarted: every lower forgotten")
 
+    def forget_nonces(self) -> None:
+        """Every nonce issued so far becomes unknown: the next authenticated REGISTER of each
+        lower (a refresh reusing its nonce, say) is challenged again."""
+        self._digest = DigestServer(self.realm, qop=self.qop)
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` in a task that :meth:`stop` cancels."""
         task = asyncio.get_running_loop().create_task(coro)
@@ -580,6 +604,11 @@ class SimPlatform:
     # -- REGISTER (reference §2.1–§2.6, §7.1) ------------------------------------------------
     def _on_register(self, req: Request, ctx: ServerContext) -> Response:
         self.registers.append(req)
+        resp = self._register(req, ctx)
+        self.register_answers.append((time.monotonic(), req, resp))
+        return resp
+
+    def _register(self, req: Request, ctx: ServerContext) -> Response:
         lower_id = req.to.uri.user or ""
         gb_ver = req.get_header("X-GB-Ver")
         extra = [("X-GB-Ver", gb_ver)] if gb_ver is not None else []
@@ -596,7 +625,7 @@ class SimPlatform:
             return answer(
                 302,
                 "Moved Temporarily",
-                ("Contact", f"<sip:{self.platform_id}@{host}:{port}>"),
+                ("Contact", f"<sip:{self.redirect_server_id or self.platform_id}@{host}:{port}>"),
                 ("Expires", str(granted)),
             )
         if not is_gb_id(lower_id):
@@ -623,12 +652,15 @@ class SimPlatform:
             return answer(403, "Forbidden (only MD5 digest with qop=auth or none)")
         if verdict is not Verdict.OK:
             return answer(400, f"Bad Request (malformed {auth_header})")
+        date = [] if self.no_date else [("Date", gb_date())]
         if expires == 0:
             self._unregister(lower_id, ctx.peer)
-            return answer(200, "OK", ("Expires", "0"), ("Date", gb_date()))
+            return answer(200, "OK", ("Expires", "0"), *date)
         granted = max(MIN_EXPIRES, min(MAX_EXPIRES, expires))
+        if self.grant_expires is not None and self.grant_expires > 0:
+            granted = self.grant_expires
         self._bind(lower_id, req, ctx.peer, granted, gb_ver)
-        more = [("Expires", str(granted)), ("Date", gb_date())]
+        more = [("Expires", str(granted)), *date]
         contacts = req.contacts
         if contacts:
             more.insert(0, ("Contact", str(contacts[0].with_param("expires", str(granted)))))
@@ -754,7 +786,10 @@ class SimPlatform:
             self._emit(f"{sender} bad MANSCDP from {ctx.peer}: {exc}")
             return self._answer(req, 400, _reason(f"Bad MANSCDP: {exc}"))
         if isinstance(msg, Keepalive):
-            return self._on_keepalive(req, ctx, sender)
+            resp = self._on_keepalive(req, ctx, sender)
+            status = resp.status if resp is not None else 0
+            self.keepalive_log.append((time.monotonic(), sender, req, msg, status))
+            return resp
         if msg.ROOT == "Response":
             pending = self._pending.get((msg.CMD, msg.sn))
             if pending is not None:
@@ -975,6 +1010,7 @@ class SimPlatform:
         ssrc: str | None,
         headers: Iterable[tuple[str, str]],
         on_provisional: Callable[[Response], None] | None = None,
+        offer_hook: Callable[[Sdp], Sdp] | None = None,
     ) -> tuple[PlatformCall, OutgoingInvite]:
         """Bind the receiver, build the INVITE with its offer; nothing is sent yet."""
         if kind not in KINDS:
@@ -1008,6 +1044,9 @@ class SimPlatform:
             ssrc=ssrc,
             download_speed=download_speed if kind == "Download" else None,
         )
+        if offer_hook is not None:
+            offer = offer_hook(offer)
+            ssrc = offer.ssrc
         uri = f"sip:{channel_id}@{_host_port(peer)}"
         call_id = self.endpoint.call_id()
         req = Request(
@@ -1060,15 +1099,19 @@ class SimPlatform:
         ssrc: str | None = "auto",
         timeout: float = 10.0,
         headers: Iterable[tuple[str, str]] = (),
+        offer_hook: Callable[[Sdp], Sdp] | None = None,
     ) -> PlatformCall:
         """INVITE a channel of a registered lower (reference §6.2): live ``Play``, ``Playback``
         or ``Download`` of ``start``..``stop`` (UNIX seconds), media to a receiver of ours over
         ``transport`` (our role). ``ssrc``: ``"auto"`` makes a ``y=`` from our domain, None
         offers none, else the given string. A non-2xx (or none in ``timeout``: 408) raises
-        :class:`RequestFailed` with the status and reason; extra ``headers`` go as given."""
+        :class:`RequestFailed` with the status and reason; extra ``headers`` go as given.
+        ``offer_hook`` may change the offer before it leaves (a port that is not listening
+        yet, an odd attribute): what it returns is sent."""
         call, invite = await self._prepare_call(
-            lower_id, channel_id, kind, transport, start, stop, download_speed, ssrc, headers
-        )
+            lower_id, channel_id, kind, transport, start, stop, download_speed, ssrc, headers,
+            offer_hook=offer_hook,
+        )  # fmt: skip
         try:
             resp = await invite.send(timeout)
         except InviteFailed as exc:

@@ -1,0 +1,514 @@
+"""What GB/T 28181-2022 added: protocol version header, registration redirect, presets, home
+position, drag zoom, the 2022 catalog fields, the catalog subscription's initial report, TCP
+media reconnection.
+
+GB/T 28181-2022 Annex I (``X-GB-Ver``), §9.1.2.3 (redirect), §9.3 and A.3 (presets, home
+position, drag zoom), A.2 (catalog fields), Annex N (catalog subscription), Annex D (RTP
+over TCP: the client retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+import time
+from dataclasses import replace
+from typing import Any
+
+from conformance.suite.case import case
+from conformance.suite.cases.common import (
+    control,
+    end_call,
+    fail_problems,
+    frames,
+    invite,
+    item_2022_problems,
+    list_num_problem,
+    query_one,
+    sip_body,
+    until,
+)
+from conformance.suite.context import Context
+from conformance.suite.harness import is_video_channel
+from gateway.manscdp.messages import (
+    CatalogNotify,
+    DeviceControl,
+    HomePosition,
+    HomePositionQuery,
+    HomePositionResponse,
+    PresetQuery,
+    PresetQueryResponse,
+    PtzCmdParams,
+    ZoomBox,
+)
+from gateway.manscdp.ptz import preset_call, preset_delete, preset_set
+from gateway.media.sdp import Sdp
+
+V2022 = ("2022",)
+TARGET_DEVICE = ("device", "gateway")
+VERSION = re.compile(r"^\d+\.\d+$")
+CATALOG_EVENTS = ("ON", "OFF", "VLOST", "DEFECT", "ADD", "DEL", "UPDATE")
+
+
+def _channel(ctx: Context) -> str:
+    channel = ctx.harness.first_channel()
+    if channel is None:
+        ctx.skip("the target lists no video channel")
+    return str(channel)
+
+
+@case(
+    "N-VER-01",
+    "Device side: X-GB-Ver 3.0 on REGISTER",
+    grade="2022",
+    clause_2016="",
+    clause_2022="Annex I",
+    roles=TARGET_DEVICE,
+    editions=V2022,
+)
+async def version_on_register(ctx: Context) -> None:
+    """Steps: the REGISTERs the target sent to the suite's platform since the run began.
+
+    Pass: every REGISTER carries ``X-GB-Ver`` (name case-insensitive) with the value ``3.0``
+    (m.n; 3.0 = GB/T 28181-2022)."""
+    h = ctx.harness
+    regs = h.registers_from(h.lower_id)
+    ctx.check(bool(regs), "no REGISTER from the target was seen")
+    values = [r[1].get_header("X-GB-Ver") for r in regs]
+    ctx.step(f"{len(regs)} REGISTERs, X-GB-Ver {sorted({str(v) for v in values})}")
+    ctx.check(all(v is not None for v in values), "a REGISTER has no X-GB-Ver",
+              seen=values)  # fmt: skip
+    ctx.check(all((v or "").strip() == "3.0" for v in values),
+              "X-GB-Ver of a 2022 target is 3.0", expected="3.0", seen=values)  # fmt: skip
+
+
+@case(
+    "N-VER-02",
+    "Platform side: X-GB-Ver on REGISTER responses",
+    grade="2022",
+    clause_2016="",
+    clause_2022="Annex I",
+    roles=("platform", "gateway"),
+    editions=V2022,
+)
+async def version_on_responses(ctx: Context) -> None:
+    """Steps: the suite devices' REGISTERs carried ``X-GB-Ver: 3.0``; their answers are read.
+
+    Pass: the 401 and the 200 each carry ``X-GB-Ver`` with an m.n value (Annex I: all
+    responses to REGISTER)."""
+    h = ctx.harness
+    dev = h.devices[0]
+    answers = dev.responses[:2]
+    values = [r.get_header("X-GB-Ver") for r in answers]
+    ctx.step(f"answers {[r.status for r in answers]}: X-GB-Ver {values}")
+    for r, v in zip(answers, values, strict=True):
+        ctx.check(v is not None and bool(VERSION.match(v.strip())),
+                  f"the {r.status} to REGISTER has no X-GB-Ver m.n", seen=v)  # fmt: skip
+
+
+@case(
+    "N-REDIR-01",
+    "Device side: registration redirect (302)",
+    grade="2022",
+    clause_2016="",
+    clause_2022="9.1.2.3",
+    roles=TARGET_DEVICE,
+    editions=V2022,
+)
+async def redirect(ctx: Context) -> None:
+    """Steps: the suite's platform forgets the target and answers its next REGISTER with
+    ``302`` whose Contact names a second suite platform (another ID, another port); later the
+    second platform refuses the target (keepalive 404, registration 403).
+
+    Pass: the target registers at the second platform (digest, 200) with its ID in the
+    Request-URI and keeps alive there; once refused there it comes back to the first platform
+    (2022 §9.1.2.3: start over at the redirect server). The case waits at most the case
+    timeout (run with a timeout above the target's heartbeat interval)."""
+    h = ctx.harness
+    platform = h.need_platform()
+    o = ctx.options
+    other_id = o.suite_platform_id[:-1] + str((int(o.suite_platform_id[-1]) + 1) % 10)
+    other = await h.extra_platform(other_id, "redirected")
+    limit = max(3.0, (o.case_timeout - 4) / 2)
+    try:
+        host, port = o.local_host, other.endpoint.port
+        platform.redirect_to = (host, port)
+        platform.redirect_server_id = other_id
+        platform.restart()
+        ctx.step(f"first platform forgot the target; its next REGISTER is sent to {host}:{port}")
+
+        def there() -> bool:
+            lower = other.lowers.get(h.lower_id)
+            return lower is not None and lower.registered
+
+        await ctx.wait_for(there, limit, "the target to register at the server the 302 named")
+        reg = next(r for _, r, a in other.register_answers if a.status == 200)
+        ctx.expect_equal(reg.request_uri.user, other_id, "Request-URI user at the new server")
+        ctx.step("registered at the second platform")
+        await ctx.wait_for(lambda: other.lowers[h.lower_id].keepalives > 0, limit,
+                           "a keepalive at the second platform")  # fmt: skip
+    finally:
+        platform.redirect_to = platform.redirect_server_id = None
+        other.refuse_keepalives = True
+        other.password = o.password + "-changed"
+        back = await until(h.registered, limit)
+        await h.close_extra(other)
+    ctx.check(back, "refused at the server it was sent to, the target did not come back to the "
+              "redirect server (2022 §9.1.2.3)")  # fmt: skip
+    ctx.step("refused at the second platform; back at the first")
+
+
+@case(
+    "N-PRESET-01",
+    "Device side: presets set, called, queried and deleted",
+    grade="2022",
+    clause_2016="A.3, A.2",
+    clause_2022="9.3, A.3, A.2",
+    roles=TARGET_DEVICE,
+    editions=V2022,
+)
+async def presets(ctx: Context) -> None:
+    """Steps: to the first video channel: set preset 77 (PTZCmd 81 with ``PTZCmdParams``
+    ``PresetName``), ``PresetQuery``, call preset 77 (82), delete it (83), ``PresetQuery``.
+
+    Pass: every control is answered 200; the first query lists preset 77 with its name, the
+    second does not; each answer has our SN, the channel's ID, ``SumNum`` equal to the
+    ``PresetList Num``. Below a gateway: the device got the three commands unchanged."""
+    h = ctx.harness
+    channel = _channel(ctx)
+    below = h.device_for(channel) if h.role == "gateway" else None
+    name = "测试预置位"
+
+    async def listed() -> list[Any]:
+        answer, res = await query_one(ctx, PresetQuery(sn=0, device_id=channel), "PresetQuery")
+        assert isinstance(answer, PresetQueryResponse)
+        problem = list_num_problem(sip_body(res.raw[0]), "PresetList") if res.raw else None
+        ctx.check(problem is None, "PresetQuery answer", seen=problem)
+        if answer.sum_num is not None:
+            ctx.expect_equal(answer.sum_num, len(answer.items), "SumNum of PresetQuery")
+        return list(answer.items)
+
+    commands = []
+    cmd = preset_set(77).encode()
+    commands.append(cmd)
+    await control(ctx, DeviceControl(sn=0, device_id=channel, ptz_cmd=cmd,
+                                     ptz_cmd_params=PtzCmdParams(preset_name=name)),
+                  "set preset 77")  # fmt: skip
+    items = await listed()
+    found = [p for p in items if p.preset_id == 77]
+    ctx.step(f"presets after set: {[p.preset_id for p in items]}")
+    ctx.check(bool(found), "preset 77 is not listed after it was set")
+    ctx.expect_equal(found[0].preset_name, name, "PresetName of preset 77")
+    for label, value in (("call", preset_call(77)), ("delete", preset_delete(77))):
+        cmd = value.encode()
+        commands.append(cmd)
+        await control(ctx, DeviceControl(sn=0, device_id=channel, ptz_cmd=cmd),
+                      f"{label} preset 77")  # fmt: skip
+    items = await listed()
+    ctx.step(f"presets after delete: {[p.preset_id for p in items]}")
+    ctx.check(all(p.preset_id != 77 for p in items), "preset 77 is still listed after delete")
+    if below is not None:
+        got = [c.upper() for c in below[0].ptz_commands[-3:]]
+        ctx.expect_equal(got, commands, "preset commands at the device")
+
+
+@case(
+    "N-HOME-01",
+    "Device side: home position set and queried",
+    grade="2022",
+    clause_2016="A.2",
+    clause_2022="9.3, A.2",
+    roles=TARGET_DEVICE,
+    editions=V2022,
+)
+async def home_position(ctx: Context) -> None:
+    """Steps: ``DeviceControl`` ``HomePosition`` (Enabled 1, ResetTime 60, PresetIndex 1) to
+    the first video channel, ``HomePositionQuery``, then Enabled 0 again.
+
+    Pass: each control gets 200 and ``Response/DeviceControl Result OK`` with our SN; the query
+    answers our SN and the channel's ID with the HomePosition that was set. Below a gateway:
+    the device holds that home position."""
+    h = ctx.harness
+    channel = _channel(ctx)
+    below = h.device_for(channel) if h.role == "gateway" else None
+    home = HomePosition(enabled=1, reset_time=60, preset_index=1)
+    try:
+        await control(ctx, DeviceControl(sn=0, device_id=channel, home_position=home),
+                      "HomePosition")  # fmt: skip
+        if below is not None:
+            ctx.expect_equal(below[0].home_position, home, "home position at the device")
+        answer, _ = await query_one(ctx, HomePositionQuery(sn=0, device_id=channel),
+                                    "HomePositionQuery")  # fmt: skip
+        assert isinstance(answer, HomePositionResponse)
+        ctx.step(f"HomePositionQuery: {answer.home_position}")
+        ctx.expect_equal(answer.home_position, home, "HomePosition after setting it")
+    finally:
+        off = HomePosition(enabled=0, reset_time=60, preset_index=1)
+        await control(ctx, DeviceControl(sn=0, device_id=channel, home_position=off),
+                      "HomePosition off")  # fmt: skip
+
+
+@case(
+    "N-DRAG-01",
+    "Device side: drag zoom in and out",
+    grade="2022",
+    clause_2016="A.2",
+    clause_2022="9.3, A.2",
+    roles=TARGET_DEVICE,
+    editions=V2022,
+)
+async def drag_zoom(ctx: Context) -> None:
+    """Steps: ``DeviceControl`` ``DragZoomIn`` then ``DragZoomOut`` (window 1920x1080, box
+    centre 960,540, box 320x180) to the first video channel.
+
+    Pass: each is answered 200 (no application answer). Below a gateway: the device got both
+    boxes unchanged for its channel."""
+    h = ctx.harness
+    channel = _channel(ctx)
+    below = h.device_for(channel) if h.role == "gateway" else None
+    box = ZoomBox(length=1920, width=1080, mid_point_x=960, mid_point_y=540, length_x=320,
+                  length_y=180)  # fmt: skip
+    for label, msg in (
+        ("DragZoomIn", DeviceControl(sn=0, device_id=channel, drag_zoom_in=box)),
+        ("DragZoomOut", DeviceControl(sn=0, device_id=channel, drag_zoom_out=box)),
+    ):
+        before = len(below[0].controls) if below else 0
+        await control(ctx, msg, label)
+        ctx.step(f"{label}: 200")
+        if below is not None:
+            dev, local = below
+            ok = await until(lambda d=dev, b=before: len(d.controls) > b, 5.0)
+            ctx.check(ok, f"{label} did not reach the device")
+            last = dev.controls[-1]
+            got = last.drag_zoom_in if label == "DragZoomIn" else last.drag_zoom_out
+            ctx.expect_equal((last.device_id, got), (local, box), f"{label} at the device")
+
+
+@case(
+    "N-CAT-01",
+    "Device side: the 2022 catalog fields",
+    grade="2022",
+    clause_2016="",
+    clause_2022="A.2",
+    roles=TARGET_DEVICE,
+    editions=V2022,
+)
+async def catalog_2022(ctx: Context) -> None:
+    """Steps: the suite's platform reads the catalog.
+
+    Pass: camera items (types 131/132) carry none of the fields 2022 removed (Owner, SafetyWay,
+    CertNum, Certifiable, ErrCode, EndTime, Info/PositionType, Info/UseType), an
+    ``Info/GrassrootsCode`` of 6 digits (mandatory), and valid 2022 values where present
+    (PointType, MAC, StreamNumberList, SupplyLightType); virtual organisations carry
+    ``BusinessGroupID`` at item level, not in ``Info``."""
+    h = ctx.harness
+    res = await h.catalog()
+    ctx.check(res.ok, "the catalog answer did not complete", seen=f"{len(res.items)} items")
+    cameras = [i for i in res.items if is_video_channel(i.device_id)]
+    ctx.step(f"{len(cameras)} camera items of {len(res.items)}")
+    ctx.check(bool(cameras), "no camera item in the catalog")
+    problems = [p for item in cameras for p in item_2022_problems(item)]
+    for item in res.items:
+        if item.device_id[10:13] == "216" and item.info and item.info.business_group_id:
+            problems.append(f"item {item.device_id}: BusinessGroupID inside Info (2016 place)")
+    fail_problems(ctx, "2022 catalog fields", problems)
+
+
+@case(
+    "N-SUB-01",
+    "Device side: catalog subscription, its initial report and its end",
+    grade="2022",
+    clause_2016="9.11, Annex P",
+    clause_2022="9.11, Annex N",
+    roles=TARGET_DEVICE,
+    editions=V2022,
+)
+async def catalog_subscription(ctx: Context) -> None:
+    """Steps: (below a gateway, the last suite device unregisters first, so that something is
+    offline); the suite's platform SUBSCRIBEs to the target's catalog (``Event: Catalog;id=n``,
+    Expires 600) and collects the NOTIFYs for a moment; (the device registers again); the
+    subscription is ended with Expires 0.
+
+    Pass: 200 with a To tag and the granted Expires (at most 600); every NOTIFY is in the dialog
+    with our Event (id included), ``Subscription-State: active`` with an expires, a
+    ``Notify/Catalog`` body whose SumNum equals its items (Annex N) and item Events from the
+    standard's list. Below a gateway: the initial report lists the offline device and its
+    channels OFF; the device coming back is reported ON. The un-SUBSCRIBE gets 200."""
+    h = ctx.harness
+    platform = h.need_platform()
+    dev = h.devices[-1] if h.role == "gateway" else None
+    mark = len(platform.notifies)
+    async with contextlib.AsyncExitStack() as stack:
+        if dev is not None:
+            await stack.enter_async_context(h.manual(dev))
+            await dev.unregister()
+            ctx.step(f"{dev.device_id} unregistered before subscribing")
+        sub = await platform.subscribe(h.lower_id, "Catalog", expires=600, timeout=10.0)
+        ctx.step(f"SUBSCRIBE Catalog ({sub.event}): {sub.status}, expires {sub.expires}")
+        try:
+            ctx.expect_equal(sub.status, 200, "the catalog SUBSCRIBE")
+            ctx.check(bool(sub.remote_tag), "the 200 to SUBSCRIBE has no To tag (no dialog)")
+            ctx.check(0 < sub.expires <= 600, "the granted Expires", expected="1..600",
+                      seen=sub.expires)  # fmt: skip
+            if dev is not None:
+                wanted = {dev.device_id, *dev.channel_ids()}
+
+                def offs() -> set[str]:
+                    return {e[1] for e in _events(platform, sub, mark) if e[0] == "OFF"}
+
+                ok = await until(lambda: wanted <= offs(), 5.0)
+                ctx.check(ok, "the initial report does not list the offline device and its "
+                          "channels OFF (Annex N)", seen=sorted(offs()))  # fmt: skip
+                await dev.register()
+                ok = await until(
+                    lambda: any(e == ("ON", dev.device_id) for e in _events(platform, sub, mark)),
+                    5.0,
+                )
+                ctx.check(ok, f"{dev.device_id} coming back was not reported ON")
+            else:
+                await until(lambda: False, 0.5)
+            problems = _notify_problems(platform, sub, mark)
+            fail_problems(ctx, "catalog NOTIFYs", problems)
+            ctx.step(f"{len([n for n in platform.notifies[mark:] if n[0].call_id == sub.call_id])}"
+                     " NOTIFYs checked")  # fmt: skip
+        finally:
+            await platform.unsubscribe(sub, timeout=10.0)
+        ctx.expect_equal(sub.status, 200, "the un-SUBSCRIBE (Expires: 0)")
+
+
+def _events(platform: Any, sub: Any, mark: int) -> list[tuple[str, str]]:
+    out = []
+    for req, msg in platform.notifies[mark:]:
+        if req.call_id == sub.call_id and isinstance(msg, CatalogNotify):
+            out += [(i.event or "", i.device_id) for i in msg.items]
+    return out
+
+
+def _notify_problems(platform: Any, sub: Any, mark: int) -> list[str]:
+    out = []
+    for req, msg in platform.notifies[mark:]:
+        if req.call_id != sub.call_id:
+            continue
+        if req.get_header("Event") != sub.event:
+            out.append(f"Event {req.get_header('Event')!r}, the SUBSCRIBE's was {sub.event!r}")
+        state = req.get_header("Subscription-State") or ""
+        kind = state.split(";")[0].strip().lower()
+        if kind == "active" and "expires=" not in state:
+            out.append(f"Subscription-State {state!r} has no expires")
+        elif kind not in ("active", "terminated", "pending"):
+            out.append(f"Subscription-State {state!r}")
+        if req.from_.tag != sub.remote_tag:
+            out.append("a NOTIFY's From tag is not the dialog's")
+        if msg is None:
+            if kind != "terminated":
+                out.append("a NOTIFY without a body")
+            continue
+        if not isinstance(msg, CatalogNotify):
+            out.append(f"a NOTIFY body is {msg.ROOT}/{msg.CMD}, expected Notify/Catalog")
+            continue
+        if msg.sum_num != len(msg.items):
+            out.append(f"SumNum {msg.sum_num} with {len(msg.items)} items (Annex N: equal)")
+        bad = [i.event for i in msg.items if (i.event or "") not in CATALOG_EVENTS]
+        if bad:
+            out.append(f"item Events {bad}")
+    return out
+
+
+class _Relay(asyncio.Protocol):
+    """One connection of the late listener: bytes go on to our real receiver."""
+
+    def __init__(self, target: tuple[str, int], accepted: list[float]) -> None:
+        self.target = target
+        self.accepted = accepted
+        self.out: asyncio.Transport | None = None
+        self.pending: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.accepted.append(time.monotonic())
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.create_connection(asyncio.Protocol, *self.target))
+        task.add_done_callback(self._connected)
+
+    def _connected(self, task: Any) -> None:
+        if task.cancelled() or task.exception() is not None:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.out = task.result()[0]
+        for data in self.pending:
+            self.out.write(data)
+        self.pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.out is not None:
+            self.out.write(data)
+        else:
+            self.pending.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.out is not None:
+            self.out.close()
+
+
+@case(
+    "N-TCP-01",
+    "Device side: the TCP media client retries a refused connection",
+    grade="2022",
+    clause_2016="Annex L",
+    clause_2022="Annex D",
+    roles=TARGET_DEVICE,
+    editions=V2022,
+    media=True,
+)
+async def tcp_retry(ctx: Context) -> None:
+    """Steps: the suite INVITEs the first video channel for live view over TCP with
+    ``a=setup:passive`` (the target connects), announcing a port where nothing listens yet;
+    the suite starts listening there 1.5 s after the 200 OK.
+
+    Pass: the target's connection attempts are refused at first; it retries (Annex D: at
+    intervals of at least 1 s, at least 3 times) and connects once we listen, and the video
+    decodes."""
+    if "tcp-passive" not in ctx.options.media_transports:
+        ctx.skip("tcp-passive media is not among the run's media transports")
+    channel = _channel(ctx)
+    host = ctx.options.local_host
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    late_port = sock.getsockname()[1]
+    accepted: list[float] = []
+    server: asyncio.AbstractServer | None = None
+
+    def hook(offer: Sdp) -> Sdp:
+        return replace(offer, port=late_port)
+
+    try:
+        call = await invite(ctx, channel, transport="tcp-passive", offer_hook=hook)
+        answered = time.monotonic()
+        try:
+            ctx.step(f"INVITE with m= port {late_port}, nobody listening: 200")
+            await until(lambda: False, 1.5)
+            loop = asyncio.get_running_loop()
+            sock.listen(8)
+            target = (host, call.receiver.local_port)
+            server = await loop.create_server(lambda: _Relay(target, accepted), sock=sock)
+            listening = time.monotonic()
+            ctx.step(f"listening at {late_port} {listening - answered:.1f} s after the 200")
+            got = await until(lambda: bool(accepted), 5.0)
+            ctx.check(got, "the target did not connect again after its first attempts were "
+                      "refused (Annex D: retry at least 3 times)")  # fmt: skip
+            ctx.step(f"connected {accepted[0] - listening:.1f} s after we listened")
+            n = await frames(ctx, call, 10, "live view over the retried TCP connection")
+            ctx.record_media(frames_decoded=n, ssrc=call.ssrc, transport="tcp-passive",
+                             connected_after=round(accepted[0] - answered, 2))  # fmt: skip
+        finally:
+            await end_call(call)
+    finally:
+        if server is not None:
+            server.close()
+        else:
+            sock.close()

@@ -1,0 +1,76 @@
+"""What one run of the conformance suite is pointed at and how it plays its part.
+
+The target's role decides which side the suite takes (reference §1.1): for a ``device`` target the
+suite is the platform the device registers to; for a ``platform`` target it is devices (and a
+lower platform) below it and an upper platform above it; for a ``gateway`` target it is both. The
+edition (GB/T 28181-2016 or -2022) decides which cases apply and which fields are checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+ROLES = ("device", "platform", "gateway")
+EDITIONS = ("2016", "2022")
+SIP_TRANSPORTS = ("udp", "tcp")
+# Our side of a media session (reference §6.5): RTP over UDP, TCP where we listen, TCP where we
+# connect.
+MEDIA_TRANSPORTS = ("udp", "tcp-passive", "tcp-active")
+
+
+@dataclass(slots=True)
+class Options:
+    target_role: str  # "device" | "platform" | "gateway"
+    target_host: str = "127.0.0.1"
+    target_port: int = 5060
+    target_id: str = ""  # device role: the device's ID; platform/gateway: the platform's ID
+    target_domain: str = ""  # platform/gateway: its SIP domain (realm)
+    password: str = "12345678"
+    transport: str = "udp"  # SIP
+    media_transports: tuple[str, ...] = MEDIA_TRANSPORTS
+    edition: str = "2022"
+    local_host: str = "127.0.0.1"  # the suite's SIP address
+    local_port: int = 0  # 0: the OS picks
+    suite_platform_id: str = "34020000002000000001"  # the suite as platform / upper
+    suite_domain: str = "3402000000"
+    suite_device_ids: tuple[str, ...] = ("34020000001180000101",)  # platform/gateway roles
+    channels: int = 4  # channels per simulated device
+    register_timeout: float = 30.0
+    case_timeout: float = 60.0
+    # -k style expressions matched on "ID title"; a case must match every one.
+    select: tuple[str, ...] = ()
+    grades: tuple[str, ...] = ()  # empty: every grade
+    report_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.target_role not in ROLES:
+            raise ValueError(f"target_role must be one of {', '.join(ROLES)}: {self.target_role!r}")
+        if self.edition not in EDITIONS:
+            raise ValueError(f"edition must be one of {', '.join(EDITIONS)}: {self.edition!r}")
+        if self.transport not in SIP_TRANSPORTS:
+            raise ValueError(f"transport must be udp or tcp: {self.transport!r}")
+        self.media_transports = tuple(self.media_transports)
+        for name in self.media_transports:
+            if name not in MEDIA_TRANSPORTS:
+                raise ValueError(
+                    f"media transports are {', '.join(MEDIA_TRANSPORTS)}: got {name!r}"
+                )
+        self.suite_device_ids = tuple(self.suite_device_ids)
+        self.select = tuple(self.select)
+        self.grades = tuple(self.grades)
+        if self.case_timeout <= 0 or self.register_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+
+    def public(self) -> dict[str, Any]:
+        """The options as plain values for reports, the password masked: reports are handed
+        over, the password is not."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "password":
+                value = "********" if value else ""
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
