@@ -74,9 +74,18 @@ def _width(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
+def _printable(text: str, newline: str = " ") -> str:
+    """Text from the network made safe for a terminal: control characters (escape sequences)
+    become ``\\xNN``; line breaks become ``newline``."""
+    lines = text.split("\n")
+    return newline.join(
+        "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in line) for line in lines
+    )
+
+
 def _fit(text: str, width: int, right: bool = False) -> str:
     """``text`` cut (with …) or padded to ``width`` terminal columns."""
-    text = " ".join(text.split())
+    text = _printable(" ".join(text.split()))
     if _width(text) > width:
         out, used = [], 0
         for ch in text:
@@ -115,11 +124,11 @@ def summary_table(run: RunResult, *, title_width: int = 48, note_width: int = 60
     if bad:
         lines += ["", "Failures and errors:"]
         for r in bad:
-            lines.append(f"  {r.info.id} {r.verdict}: {r.reason}")
+            lines.append(f"  {r.info.id} {r.verdict}: {_printable(r.reason)}")
             if r.expected is not None:
-                lines.append("    expected: " + r.expected.replace("\n", "\n              "))
+                lines.append("    expected: " + _printable(r.expected, "\n              "))
             if r.seen is not None:
-                lines.append("    seen:     " + r.seen.replace("\n", "\n              "))
+                lines.append("    seen:     " + _printable(r.seen, "\n              "))
     if run.interrupted:
         lines += ["", "The run was interrupted."]
     return "\n".join(lines)

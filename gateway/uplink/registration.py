@@ -78,6 +78,7 @@ class UpperLink:
         self._tag = endpoint.tag()
         self._cseq = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._wake = asyncio.Event()
         self._lost = False
         self.log = log.bind(upper=upper.id)
@@ -90,6 +91,10 @@ class UpperLink:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self, *, unregister: bool = True) -> None:
+        # The flag as well as the cancel: on Python 3.11 a cancel that lands while
+        # asyncio.wait_for's inner connect is failing can be lost (the connect error is raised
+        # instead); the loop sees the flag and stops anyway.
+        self._stopping = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -111,7 +116,7 @@ class UpperLink:
 
     # -- the loop ---------------------------------------------------------------------------
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             ok = False
             try:
                 ok = await self.register(self.upper.register_expires)
@@ -119,6 +124,8 @@ class UpperLink:
                 self.log.info("uplink.register_failed", error=str(exc))
             except Exception:  # never let the registration loop die silently
                 self.log.exception("uplink.register_crashed")
+            if self._stopping:
+                return
             if not ok:
                 self._go_home()
                 await asyncio.sleep(self._backoff())

@@ -95,6 +95,8 @@ class SharedView:
             name=dev.name or dev.device_id,
             manufacturer=dev.manufacturer or None,
             model=dev.model or None,
+            # Owner is mandatory for devices in 2016 (A.2.4.5): the unit the gateway serves.
+            owner=self.gateway.name or "0",
             civil_code=self.gateway.civil_code or dev.device_id[:6],
             address="",
             parental=1,

@@ -100,9 +100,10 @@ async def version_on_responses(ctx: Context) -> None:
     responses to REGISTER)."""
     h = ctx.harness
     dev = h.devices[0]
-    answers = dev.responses[:2]
+    answers = list(dev.responses)
     values = [r.get_header("X-GB-Ver") for r in answers]
     ctx.step(f"answers {[r.status for r in answers]}: X-GB-Ver {values}")
+    ctx.check(len(answers) >= 2, "the registration's 401 and 200 were seen", seen=len(answers))
     for r, v in zip(answers, values, strict=True):
         ctx.check(v is not None and bool(VERSION.match(v.strip())),
                   f"the {r.status} to REGISTER has no X-GB-Ver m.n", seen=v)  # fmt: skip
@@ -318,11 +319,13 @@ async def catalog_2022(ctx: Context) -> None:
 
 @case(
     "N-SUB-01",
-    "Device side: catalog subscription, its initial report and its end",
+    "Gateway: catalog subscription, its initial report and its end",
     grade="2022",
     clause_2016="9.11, Annex P",
     clause_2022="9.11, Annex N",
-    roles=TARGET_DEVICE,
+    # Only where something can be made offline first: with a bare device target the initial
+    # report may rightly be empty, and a case that cannot see it must not pass for it.
+    roles=("gateway",),
     editions=V2022,
 )
 async def catalog_subscription(ctx: Context) -> None:
@@ -338,10 +341,10 @@ async def catalog_subscription(ctx: Context) -> None:
     channels OFF; the device coming back is reported ON. The un-SUBSCRIBE gets 200."""
     h = ctx.harness
     platform = h.need_platform()
-    dev = h.devices[-1] if h.role == "gateway" else None
+    dev = h.devices[-1]
     mark = len(platform.notifies)
     async with contextlib.AsyncExitStack() as stack:
-        if dev is not None:
+        if dev is not None:  # always, in the gateway role
             await stack.enter_async_context(h.manual(dev))
             await dev.unregister()
             ctx.step(f"{dev.device_id} unregistered before subscribing")
@@ -367,8 +370,6 @@ async def catalog_subscription(ctx: Context) -> None:
                     5.0,
                 )
                 ctx.check(ok, f"{dev.device_id} coming back was not reported ON")
-            else:
-                await until(lambda: False, 0.5)
             problems = _notify_problems(platform, sub, mark)
             fail_problems(ctx, "catalog NOTIFYs", problems)
             ctx.step(f"{len([n for n in platform.notifies[mark:] if n[0].call_id == sub.call_id])}"
@@ -469,9 +470,9 @@ async def tcp_retry(ctx: Context) -> None:
     ``a=setup:passive`` (the target connects), announcing a port where nothing listens yet;
     the suite starts listening there 1.5 s after the 200 OK.
 
-    Pass: the target's connection attempts are refused at first; it retries (Annex D: at
-    intervals of at least 1 s, at least 3 times) and connects once we listen, and the video
-    decodes."""
+    Pass: the target keeps retrying after its first attempts were refused (Annex D) and
+    connects once we listen 1.5 s later, and the video decodes. (The number of refused attempts
+    and their spacing are not measured.)"""
     if "tcp-passive" not in ctx.options.media_transports:
         ctx.skip("tcp-passive media is not among the run's media transports")
     channel = _channel(ctx)

@@ -204,6 +204,12 @@ async def playback(ctx: Context) -> None:
             session = list(below[0].media_sessions.values())[-1]
             ctx.expect_equal((session.offer.start, session.offer.stop), (start, stop),
                              "t= at the device")  # fmt: skip
+            ctx.check(
+                (session.offer.uri or "").startswith(f"{below[1]}:"),
+                "u= at the device names the device's own channel",
+                expected=f"{below[1]}:<type>",
+                seen=session.offer.uri,
+            )
         r = call.receiver
 
         async def rtsp(what: str, send: Any) -> None:

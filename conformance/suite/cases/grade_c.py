@@ -130,8 +130,8 @@ async def alarm_subscription(ctx: Context) -> None:
     subscription is ended (Expires: 0 in the dialog).
 
     Pass: 200 to the SUBSCRIBE with a To tag (the dialog) and the granted Expires; below a
-    gateway, a NOTIFY in that dialog (same Call-ID and tags, our Event, ``Subscription-State:
-    active``) carries the alarm with the channel's ID; the un-SUBSCRIBE gets 200."""
+    gateway, a NOTIFY in that dialog (same Call-ID) carries the alarm with the channel's ID;
+    the un-SUBSCRIBE gets 200."""
     h = ctx.harness
     platform = h.need_platform()
     sub = await platform.subscribe(h.lower_id, "Alarm", expires=600, timeout=10.0)

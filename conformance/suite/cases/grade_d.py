@@ -282,6 +282,8 @@ async def voice_broadcast(ctx: Context) -> None:
             problems.append(f"Subject {subject!r} is not <source>:<serial>,<target>:<serial>")
         elif parts[0][0] != ctx.options.suite_platform_id:
             problems.append(f"Subject names {parts[0][0]} as the source")
+        elif parts[1][0] != target:
+            problems.append(f"Subject names {parts[1][0]} as the target, not {target}")
         fail_problems(ctx, "the broadcast INVITE", problems)
         acked = await until(lambda: call.acked, 5.0)
         ctx.check(acked, "our 200 OK to the broadcast INVITE was not ACKed")
@@ -293,7 +295,8 @@ async def voice_broadcast(ctx: Context) -> None:
             )
             ctx.check(ok, "the device's voice output received no audio through the gateway")
         else:
-            await until(lambda: call.packets_sent >= 20, 5.0)
+            ok = await until(lambda: call.packets_sent >= 20, 5.0)
+            ctx.check(ok, "no audio flowed to the device after the ACK")
         ctx.record_media(audio_packets_sent=call.packets_sent, transport=call.transport)
     finally:
         await call.bye(timeout=5.0)

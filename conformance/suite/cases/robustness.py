@@ -377,7 +377,13 @@ async def large_catalog(ctx: Context) -> None:
         except TimeoutError as exc:
             ctx.fail(str(exc))
         parts = [s for c, sn, s in spare.answer_statuses if c == "Catalog" and sn == q.sn]
-        ctx.step(f"the target read {LARGE} channels in {len(parts)} MESSAGEs, all answered 200")
+        ctx.step(f"the target read {LARGE} channels in {len(parts)} MESSAGEs")
+        ctx.check(
+            bool(parts) and all(s == 200 for s in parts),
+            "every catalog Response MESSAGE is answered 200",
+            expected="200 to each part",
+            seen=parts,
+        )
         if h.role != "gateway":
             return
         res = await h.catalog(timeout=15.0, idle=3.0)
