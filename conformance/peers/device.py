@@ -314,6 +314,8 @@ class SimDevice:
     * ``wrong_ptz_checksum``: check the PTZCmd checksum (byte 8) with a wrong sum, bytes 2–7
       without the ``A5`` start byte (a firmware bug): correctly summed commands are refused with
       ``400``, commands carrying that wrong sum are obeyed.
+    * ``ptz_checksum_unchecked``: never check the PTZCmd checksum: every command is obeyed,
+      whatever byte 8 says.
 
     Registration follows a ``302`` (2022 §9.1.2.3; reference §2.5) to the server its Contact
     names; a registration refused there, or one that gets no answer, starts over at the server
@@ -389,6 +391,7 @@ class SimDevice:
     no_keepalive: bool = False
     mute: bool = False
     wrong_ptz_checksum: bool = False
+    ptz_checksum_unchecked: bool = False
 
     # -- media (reference §6) ---------------------------------------------------------------
     fps: int = 25
@@ -1118,8 +1121,8 @@ class SimDevice:
     def _apply_ptz(self, msg: DeviceControl) -> None:
         """Keep the preset list in step with set/delete preset commands."""
         text = msg.ptz_cmd or ""
-        if self.wrong_ptz_checksum:
-            text = _with_true_sum(text)  # it passed our wrong check: obey it
+        if self.wrong_ptz_checksum or self.ptz_checksum_unchecked:
+            text = _with_true_sum(text)  # it passed our (wrong or missing) check: obey it
         try:
             cmd = decode_ptz(text)
         except (DecodeError, ValueError):

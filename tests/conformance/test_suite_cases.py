@@ -314,6 +314,13 @@ async def test_wrong_ptz_checksum_fails_the_ptz_case(run_device: RunDevice) -> N
     assert failed.seen is not None and "400" in failed.seen and "checksum" in failed.seen
 
 
+async def test_unchecked_ptz_checksum_fails_the_bad_checksum_case(run_device: RunDevice) -> None:
+    """The device obeys a PTZCmd whatever its checksum says: A-PTZ-02 sees the preset appear."""
+    run = await run_device("A-PTZ", ptz_checksum_unchecked=True)
+    assert verdicts(run) == {"A-PTZ-01": "pass", "A-PTZ-02": "fail"}
+    assert "wrong checksum was obeyed" in by_id(run)["A-PTZ-02"].reason
+
+
 @pytest.mark.timeout(30)
 async def test_missing_date_fails_the_time_sync_case(tmp_path: Path) -> None:
     """A platform target (the simulated platform, ``no_date``) whose REGISTER 200 has no

@@ -353,6 +353,8 @@ async def catalog_subscription(ctx: Context) -> None:
         try:
             ctx.expect_equal(sub.status, 200, "the catalog SUBSCRIBE")
             ctx.check(bool(sub.remote_tag), "the 200 to SUBSCRIBE has no To tag (no dialog)")
+            granted = sub.responses[0].get_header("Expires") if sub.responses else None
+            ctx.check(granted is not None, "the 200 to SUBSCRIBE carries Expires (RFC 6665)")
             ctx.check(0 < sub.expires <= 600, "the granted Expires", expected="1..600",
                       seen=sub.expires)  # fmt: skip
             if dev is not None:

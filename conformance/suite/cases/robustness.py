@@ -30,6 +30,7 @@ from gateway.sip.transport import Peer
 BOTH = ("2016", "2022")
 LARGE = 500  # channels of the large device
 ANSWER_WAIT = 0.5  # seconds to wait for an answer to a malformed message
+VIA_PORT = 65001  # stands for the sending socket's port until it is known
 
 
 def _malformed(
@@ -85,13 +86,18 @@ def _status(data: bytes) -> int | None:
 async def _send_raw(
     peer: Peer, host: str, messages: list[tuple[str, bytes]]
 ) -> list[tuple[str, list[int]]]:
-    """Send each message from a fresh socket; the statuses of what came back."""
+    """Send each message from a fresh socket; the statuses of what came back. The Via names
+    that socket's real port (the messages are built with ``VIA_PORT``), so a target that
+    ignores ``rport`` still answers where we listen."""
     loop = asyncio.get_running_loop()
     out = []
+    placeholder = f":{VIA_PORT};".encode()
     for label, data in messages:
         if peer.transport == "udp":
             transport, proto = await loop.create_datagram_endpoint(_Collect, local_addr=(host, 0))
             try:
+                local = transport.get_extra_info("sockname")[1]
+                data = data.replace(placeholder, f":{local};".encode(), 1)
                 transport.sendto(data, (peer.host, peer.port))
                 await asyncio.sleep(ANSWER_WAIT)
                 got = list(proto.got)
@@ -105,7 +111,8 @@ async def _send_raw(
                 out.append((label, [-1]))
                 continue
             try:
-                writer.write(data)
+                local = writer.get_extra_info("sockname")[1]
+                writer.write(data.replace(placeholder, f":{local};".encode(), 1))
                 await writer.drain()
                 with contextlib.suppress(TimeoutError, OSError):
                     chunk = await asyncio.wait_for(reader.read(65536), ANSWER_WAIT)
@@ -153,7 +160,7 @@ async def malformed_sip(ctx: Context) -> None:
     peer = h.target_peer
     proto = "UDP" if peer.transport == "udp" else "TCP"
     host = ctx.options.local_host
-    messages = _malformed(ctx, h.lower_id, peer, host, 5060, proto)
+    messages = _malformed(ctx, h.lower_id, peer, host, VIA_PORT, proto)
     results = await _send_raw(peer, host, messages)
     for label, statuses in results:
         ctx.step(f"{label}: {statuses or 'no answer'}")
