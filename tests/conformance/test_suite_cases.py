@@ -171,9 +171,10 @@ async def gateways(tmp_path: Path) -> AsyncIterator[Gateways]:
 
 # -- a conformant gateway, device and platform pass ------------------------------------------
 @pytest.mark.timeout(120)
-async def test_gateway_passes_every_applicable_case(gateways: Gateways) -> None:
+@pytest.mark.parametrize("edition", ["2022", "2016"])
+async def test_gateway_passes_every_applicable_case(gateways: Gateways, edition: str) -> None:
     upper = free_port()
-    gw = await gateways.start(upper)
+    gw = await gateways.start(upper, edition)
     options = Options(
         target_role="gateway",
         target_port=gw.port,
@@ -185,14 +186,13 @@ async def test_gateway_passes_every_applicable_case(gateways: Gateways) -> None:
         suite_device_ids=NVRS,
         register_timeout=20,
         case_timeout=30,
-        edition="2022",
+        edition=edition,
     )
     run = await run_suite(options, harness_factory=gateways.harness(gw))
     assert_all_applicable_pass(run, "gateway")
     results = by_id(run)
     assert all(results[f"A-LIVE-0{n}"].verdict == "pass" for n in (1, 2, 3))
     assert results["A-LIVE-02"].media["transport"] == "tcp-passive"
-    assert run.duration < 120  # the whole gateway run is well under 5 minutes
 
 
 @pytest.mark.timeout(60)
