@@ -86,6 +86,7 @@ from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.errors import SipError
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.transport import Peer
+from gateway.tasks import TaskSet
 
 log = structlog.get_logger("gateway.downlink")
 
@@ -281,7 +282,7 @@ class Downlink:
         self._cseq = itertools.count(1)
         self._collectors: dict[tuple[str, int], _Collector] = {}
         self._limits: dict[str, _Limit] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "downlink.task_failed")
         self._closing = False
         # The last position of each device or channel (only IDs the reporting device owns).
         self.positions: dict[str, Any] = {}
@@ -299,23 +300,13 @@ class Downlink:
 
     async def close(self) -> None:
         self._closing = True
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
         for c in self._collectors.values():
             if not c.future.done():
                 c.future.set_exception(DeviceUnavailable("the gateway is shutting down"))
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            log.warning("downlink.task_failed", error=f"{type(exc).__name__}: {exc}")
+        return self._tasks.spawn(coro)
 
     # -- devices and addressing -------------------------------------------------------------
     def device(self, device_or_item_id: str) -> Device | None:

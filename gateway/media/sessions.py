@@ -44,6 +44,7 @@ from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.errors import SipError
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.transport import Peer
+from gateway.tasks import TaskSet
 from gateway.uplink.service import Uplink, UpperSession
 
 log = structlog.get_logger("gateway.media.sessions")
@@ -177,7 +178,7 @@ class MediaSessions:
         self._pending: dict[str, _Pending] = {}  # INVITEs not yet answered, by Call-ID
         self._broadcasts: dict[str, _PendingBroadcast] = {}
         self._ids = itertools.count(1)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "media.task_failed")
         self._closing = False
 
     # -- wiring -----------------------------------------------------------------------------
@@ -201,22 +202,11 @@ class MediaSessions:
             pending.task.cancel()
         ends = [self._end_leg(leg, "gateway stopping") for leg in list(self.legs.values())]
         await asyncio.gather(*(t for t in ends if t is not None), return_exceptions=True)
-        for task in list(self._tasks):
-            if not task.done():
-                task.cancel()
+        self._tasks.cancel_all()
         await self.relay.close()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            log.warning("media.task_failed", error=f"{type(exc).__name__}: {exc}")
+        return self._tasks.spawn(coro)
 
     def _reply(
         self,

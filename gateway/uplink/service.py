@@ -83,6 +83,7 @@ from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.errors import ParseError, SipError
 from gateway.sip.message import Request, Response, make_response
 from gateway.store import Store
+from gateway.tasks import TaskSet
 from gateway.uplink.idmap import IdMap
 from gateway.uplink.registration import UpperLink
 from gateway.uplink.share import SharedView
@@ -178,7 +179,7 @@ class Uplink:
         self.sessions: dict[str, UpperSession] = {}
         self._sn = itertools.count(int.from_bytes(os.urandom(2), "big") + 1)
         self._event_ids = itertools.count(1)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "uplink.task_failed")
         for upper in config.uplink.platforms:
             if not upper.enabled:
                 continue
@@ -219,8 +220,7 @@ class Uplink:
             log.info("uplink.started", uppers=list(self.sessions))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
         for s in self.sessions.values():
             for sub in s.subs.values():
                 if sub.timer is not None:
@@ -229,16 +229,7 @@ class Uplink:
         await asyncio.gather(*(s.link.close() for s in self.sessions.values()))
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            log.warning("uplink.task_failed", error=f"{type(exc).__name__}: {exc}")
+        return self._tasks.spawn(coro)
 
     def next_sn(self) -> int:
         return next(self._sn) % (2**31 - 1) or 1
