@@ -99,13 +99,19 @@ class CaseInfo:
     func: Callable[[Context], Awaitable[None]]
     doc: str  # steps and pass criteria
     media: bool = False
+    operator: int = 0  # how many actions the case asks of an operator (0: none needed)
 
     def not_applicable(self, options: Options) -> str:
         """Why the case does not apply to this run ("" when it does)."""
-        if options.target_role not in self.roles:
+        # A cascading platform has the suite's devices below and its upper above, as a
+        # gateway does: the gateway's cases apply to it too.
+        cascading = options.cascade and "gateway" in self.roles
+        if options.target_role not in self.roles and not cascading:
             return (
                 f"not for a {options.target_role} target "
-                f"(applies to: {', '.join(sorted(self.roles))})"
+                f"(applies to: {', '.join(sorted(self.roles))}"
+                + ("; with --cascade also to a platform" if "gateway" in self.roles else "")
+                + ")"
             )
         if options.edition not in self.editions:
             return (
@@ -245,6 +251,7 @@ class Registry:
         roles: Iterable[str],
         editions: Iterable[str] = EDITIONS,
         media: bool = False,
+        operator: int = 0,
     ) -> Callable[[F], F]:
         """Declare the decorated coroutine function a case of this registry."""
 
@@ -260,6 +267,7 @@ class Registry:
                     roles=roles,
                     editions=editions,
                     media=media,
+                    operator=operator,
                 )
             )
             return func
@@ -278,6 +286,7 @@ def make_case_info(
     roles: Iterable[str],
     editions: Iterable[str] = EDITIONS,
     media: bool = False,
+    operator: int = 0,
 ) -> CaseInfo:
     """Check a declaration and build its :class:`CaseInfo` (``ValueError`` when it is wrong)."""
     where = _where(func)
@@ -295,6 +304,8 @@ def make_case_info(
         raise ValueError(f"{where}: case {id} editions {sorted(edition_set)} not within {EDITIONS}")
     if not clause_2016 and not clause_2022:
         raise ValueError(f"{where}: case {id} names no clause")
+    if operator < 0:
+        raise ValueError(f"{where}: case {id} asks a negative number of actions")
     doc = inspect.cleandoc(func.__doc__ or "")
     if not doc:
         raise ValueError(f"{where}: case {id} needs a docstring with its steps and pass criteria")
@@ -309,6 +320,7 @@ def make_case_info(
         func=func,
         doc=doc,
         media=media,
+        operator=operator,
     )
 
 
@@ -335,8 +347,10 @@ def case(
     roles: Iterable[str],
     editions: Iterable[str] = EDITIONS,
     media: bool = False,
+    operator: int = 0,
 ) -> Callable[[F], F]:
-    """Declare a case in :data:`REGISTRY`::
+    """Declare a case in :data:`REGISTRY` (``operator``: how many actions it asks of someone
+    at the target, :mod:`conformance.suite.operator`)::
 
     @case("A-REG-01", "Registration with digest", grade="A", clause_2016="9.1.2",
           clause_2022="9.1.2", roles=("device",))
@@ -352,6 +366,7 @@ def case(
         roles=roles,
         editions=editions,
         media=media,
+        operator=operator,
     )
 
 

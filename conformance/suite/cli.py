@@ -133,6 +133,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a simulated device's ID (repeatable; default 34020000001180000101)",
     )
     s.add_argument("--channels", type=_count, default=4, help="channels per simulated device")
+    s.add_argument(
+        "--cascade",
+        action="store_true",
+        help="platform role: the platform also registers to the suite's upper platform "
+        "(--local-host/--local-port as --suite-platform-id) and shares the suite's devices "
+        "there; the gateway role's cases then apply to it too",
+    )
 
     c = r.add_argument_group("cases and reports")
     _add_selection(c)
@@ -145,6 +152,30 @@ def _parser() -> argparse.ArgumentParser:
         help="longest a case may take (default 60)",
     )  # fmt: skip
     c.add_argument("--report", metavar="DIR", help="write junit.xml, report.html, results.json")
+
+    w = r.add_argument_group(
+        "the operator",
+        "Some cases need the target itself to act: a platform that opens a live view or turns a "
+        "camera, a device that unregisters or raises an alarm. Without an operator they are "
+        "skipped.",
+    )
+    w.add_argument(
+        "--operator",
+        choices=("none", "prompt"),
+        default=None,
+        help="prompt: print each instruction here and wait for its effect (a person acts at "
+        "the target); none (default): skip those cases",
+    )
+    w.add_argument(
+        "--operator-hook",
+        metavar="CMD",
+        help="run CMD through the shell for each action, the action as JSON on stdin and in "
+        "$GB28181_ACTION (also $GB28181_ACTION_NAME, $GB28181_ACTION_TARGET); it must exit 0",
+    )
+    w.add_argument(
+        "--operator-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+        help="how long to wait for each action's effect (default 60)",
+    )  # fmt: skip
     return p
 
 
@@ -152,6 +183,9 @@ def options_from_args(args: argparse.Namespace) -> Options:
     media: tuple[str, ...] = tuple(dict.fromkeys(args.media_transports or MEDIA_TRANSPORTS))
     if args.no_media:
         media = ()
+    if args.operator_hook and args.operator == "prompt":
+        raise ValueError("--operator prompt and --operator-hook exclude each other")
+    operator = "hook" if args.operator_hook else (args.operator or "none")
     return Options(
         target_role=args.target_role,
         target_host=args.target_host,
@@ -168,11 +202,15 @@ def options_from_args(args: argparse.Namespace) -> Options:
         suite_domain=args.suite_domain or args.suite_platform_id[:10],
         suite_device_ids=tuple(dict.fromkeys(args.device_ids or ("34020000001180000101",))),
         channels=args.channels,
+        cascade=args.cascade,
         register_timeout=args.register_timeout,
         case_timeout=args.case_timeout,
         select=tuple(args.select),
         grades=tuple(dict.fromkeys(args.grades)),
         report_dir=args.report,
+        operator=operator,
+        operator_hook=args.operator_hook or "",
+        operator_timeout=args.operator_timeout,
     )
 
 
@@ -196,7 +234,7 @@ def list_cases(args: argparse.Namespace, registry: Registry, out: TextIO) -> int
             clause_text(c.clause_2016),
             clause_text(c.clause_2022),
             ",".join(sorted(c.roles)),
-            c.title + (" [media]" if c.media else ""),
+            c.title + (" [media]" if c.media else "") + (" [operator]" if c.operator else ""),
         )
         for c in cases
     ]
@@ -274,6 +312,9 @@ def main(
         options = options_from_args(args) if args.command == "run" else None
     except SystemExit as exc:  # bad usage (2) or --help (0)
         return exc.code if isinstance(exc.code, int) else 2
+    except ValueError as exc:  # options that exclude each other, or a bad combination
+        print(f"gb28181-conformance: {exc}", file=sys.stderr)
+        return 2
     if registry is None:
         load_cases()
         registry = REGISTRY

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from conformance.suite.case import UNSET, CaseFailed, CaseInfo, CaseSkipped
+from conformance.suite.operator import NO_OPERATOR, Action, Operator
 from conformance.suite.options import Options
 from conformance.suite.trace import Trace, TraceEntry
 
@@ -31,8 +32,16 @@ class Context:
     """One case's view of the run. ``harness`` is the role's harness (duck-typed: its
     ``platform`` and ``devices`` are what cases drive)."""
 
-    def __init__(self, options: Options, harness: Any, trace: Trace, case: CaseInfo) -> None:
+    def __init__(
+        self,
+        options: Options,
+        harness: Any,
+        trace: Trace,
+        case: CaseInfo,
+        operator: Operator | None = None,
+    ) -> None:
         self.options = options
+        self.operator = operator
         self.harness = harness
         self.trace = trace
         self.case = case
@@ -69,6 +78,23 @@ class Context:
 
     def skip(self, reason: str) -> NoReturn:
         raise CaseSkipped(reason)
+
+    # -- the operator ---------------------------------------------------------------------------
+    async def ask(self, name: str, target: str, **params: Any) -> Action:
+        """Ask the operator to make the target do ``name`` (a key of
+        :data:`~conformance.suite.operator.ACTIONS`) about ``target``; recorded as a step.
+        Skips the case when the run has no operator; the case then waits for the effect."""
+        if self.operator is None:
+            self.skip(NO_OPERATOR)
+        action = Action(name, target, params, case=self.case.id)
+        self.step(f"asked the operator to {action.text}")
+        await self.operator(action)
+        return action
+
+    @property
+    def operator_timeout(self) -> float:
+        """How long to wait for the effect of an action asked of the operator."""
+        return self.options.operator_timeout
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         """Wait until ``predicate()`` holds; fail the case with ``what`` after ``timeout``

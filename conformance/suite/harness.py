@@ -9,7 +9,9 @@
   (``channels`` channels each), registering to (``target_host``, ``target_port``) with
   ``server_id = target_id`` and ``domain = target_domain``, keeping alive every
   :data:`KEEPALIVE_INTERVAL` seconds. A simulated upper platform also listens on
-  (``local_host``, ``local_port``) for a target that registers upward; nobody waits for it.
+  (``local_host``, ``local_port``) for a target that registers upward; nobody waits for it,
+  unless the run's ``cascade`` says the platform registers there: it is then played as a
+  gateway.
 * ``gateway``: both. The devices register to the gateway, the gateway registers to the suite's
   platform on (``local_host``, ``local_port``) (configure it so, with ``target_id`` as its ID);
   :meth:`Harness.start` waits for both registrations and for the gateway to have read every
@@ -77,7 +79,8 @@ class Harness:
         makes the devices below a gateway misbehave); the run itself passes only options."""
         self.options = options
         self.device_settings = dict(device_settings or {})
-        self.role = options.target_role
+        # A cascading platform is played as a gateway is: devices below, an upper above.
+        self.role = "gateway" if options.cascade else options.target_role
         self.trace: Any = None  # the runner's trace: endpoints are tapped as they start
         self.endpoints: list[tuple[Endpoint, str]] = []
         self.platform: SimPlatform | None = None
@@ -147,7 +150,8 @@ class Harness:
         await self._start_platform()
         await self._start_devices(deadline)
         if self.role == "gateway":
-            await self._wait_registered(deadline, "the gateway (to the suite's upper platform)")
+            who = "the platform" if o.cascade else "the gateway"
+            await self._wait_registered(deadline, f"{who} (to the suite's upper platform)")
             await self._wait_synced(deadline)
 
     async def _start_platform(self) -> None:

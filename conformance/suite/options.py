@@ -35,6 +35,10 @@ class Options:
     suite_platform_id: str = "34020000002000000001"  # the suite as platform / upper
     suite_domain: str = "3402000000"
     suite_device_ids: tuple[str, ...] = ("34020000001180000101",)  # platform/gateway roles
+    # Platform role: the target also registers to the suite's upper platform (on local_host,
+    # local_port, as suite_platform_id) and shares the suite's devices there: it is then
+    # judged as a gateway is, as well as a platform.
+    cascade: bool = False
     channels: int = 4  # channels per simulated device
     register_timeout: float = 30.0
     case_timeout: float = 60.0
@@ -42,6 +46,11 @@ class Options:
     select: tuple[str, ...] = ()
     grades: tuple[str, ...] = ()  # empty: every grade
     report_dir: str | None = None
+    # Who acts at the target when a case needs it (conformance.suite.operator): "none" (those
+    # cases are skipped), "prompt" (a person, told on the terminal) or "hook" (a program).
+    operator: str = "none"
+    operator_hook: str = ""  # the shell command of the "hook" operator
+    operator_timeout: float = 60.0  # how long a case waits for each action's effect
 
     def __post_init__(self) -> None:
         if self.target_role not in ROLES:
@@ -59,7 +68,13 @@ class Options:
         self.suite_device_ids = tuple(self.suite_device_ids)
         self.select = tuple(self.select)
         self.grades = tuple(self.grades)
-        if self.case_timeout <= 0 or self.register_timeout <= 0:
+        if self.cascade and self.target_role != "platform":
+            raise ValueError("cascade is for a platform target (a gateway always registers up)")
+        if self.operator not in ("none", "prompt", "hook"):
+            raise ValueError(f"operator must be none, prompt or hook: {self.operator!r}")
+        if self.operator == "hook" and not self.operator_hook.strip():
+            raise ValueError("the hook operator needs a command (operator_hook)")
+        if self.case_timeout <= 0 or self.register_timeout <= 0 or self.operator_timeout <= 0:
             raise ValueError("timeouts must be positive")
 
     def public(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from conformance.suite.case import (
     load_cases,
 )
 from conformance.suite.context import Context, Step
+from conformance.suite.operator import NO_OPERATOR, Operator, make_operator
 from conformance.suite.options import Options
 from conformance.suite.trace import Trace, TraceEntry
 
@@ -147,11 +148,25 @@ async def _close_harness(harness: Any) -> None:
         log.exception("conformance.harness_close_failed")
 
 
-async def run_case(info: CaseInfo, options: Options, harness: Any, trace: Trace) -> CaseResult:
-    """Run one applicable case under ``options.case_timeout`` and judge how it ended."""
-    ctx = Context(options, harness, trace, info)
+def case_timeout(info: CaseInfo, options: Options) -> float:
+    """``case_timeout``, plus ``operator_timeout`` for each action the case asks of an
+    operator (a person may take that long for each)."""
+    return options.case_timeout + info.operator * options.operator_timeout
+
+
+async def run_case(
+    info: CaseInfo,
+    options: Options,
+    harness: Any,
+    trace: Trace,
+    operator: Operator | None = None,
+) -> CaseResult:
+    """Run one applicable case under its timeout (:func:`case_timeout`) and judge how it
+    ended."""
+    ctx = Context(options, harness, trace, info, operator)
     result = CaseResult(info, "pass", started=ctx.started)
-    scope = asyncio.timeout(options.case_timeout)
+    limit = case_timeout(info, options)
+    scope = asyncio.timeout(limit)
     try:
         async with scope:
             await info.func(ctx)
@@ -169,7 +184,7 @@ async def run_case(info: CaseInfo, options: Options, harness: Any, trace: Trace)
     except Exception as exc:
         result.verdict = "error"
         if isinstance(exc, TimeoutError) and scope.expired():
-            result.reason = f"no verdict within the case timeout ({options.case_timeout:g} s)"
+            result.reason = f"no verdict within the case timeout ({limit:g} s)"
         else:
             result.reason = _describe(exc)
         result.traceback = "".join(traceback.format_exception(exc))
@@ -187,12 +202,15 @@ async def run_suite(
     registry: Registry | None = None,
     harness_factory: HarnessFactory | None = None,
     on_result: Callable[[CaseResult], None] | None = None,
+    operator: Operator | None = None,
 ) -> RunResult:
     """Run the cases ``options`` selects from ``registry`` (default: the suite's own, loaded)
     against the target; write the reports when ``options.report_dir`` is set.
 
     ``harness_factory(options)`` builds the harness (default: ``conformance.suite.harness``'s
-    ``Harness``). ``on_result`` hears each case's result as it is known.
+    ``Harness``). ``on_result`` hears each case's result as it is known. ``operator`` acts at
+    the target when a case asks (default: the one ``options.operator`` names; with none, the
+    cases that need one are skipped).
     """
     from conformance.suite.report import write_reports
 
@@ -203,6 +221,14 @@ async def run_suite(
     trace = Trace()
     run = RunResult(options=options, started_at=datetime.now().astimezone())
     harness: Any = None
+    if operator is None:
+        operator = make_operator(options)
+
+    def why_not(info: CaseInfo) -> str:
+        reason = info.not_applicable(options)
+        if not reason and info.operator and operator is None:
+            reason = NO_OPERATOR
+        return reason
 
     def done(result: CaseResult) -> None:
         run.results.append(result)
@@ -210,14 +236,14 @@ async def run_suite(
             on_result(result)
 
     try:
-        if any(not c.not_applicable(options) for c in selected):
+        if any(not why_not(c) for c in selected):
             harness = await _start_harness(
                 options, harness_factory or default_harness_factory, trace, run
             )
         for info in selected:
-            why_not = info.not_applicable(options)
-            if why_not:
-                done(CaseResult(info, "skip", started=trace.now(), reason=why_not))
+            reason = why_not(info)
+            if reason:
+                done(CaseResult(info, "skip", started=trace.now(), reason=reason))
             elif run.run_error:
                 done(
                     CaseResult(
@@ -231,7 +257,7 @@ async def run_suite(
             else:
                 _tap_harness(trace, harness)  # endpoints the harness added meanwhile
                 log.info("conformance.case_started", case=info.id)
-                result = await run_case(info, options, harness, trace)
+                result = await run_case(info, options, harness, trace, operator)
                 log.info("conformance.case_done", case=info.id, verdict=result.verdict)
                 done(result)
     except asyncio.CancelledError:
