@@ -60,6 +60,8 @@ from tests.conformance.test_suite_cases import (
 
 PLATFORM_CASES = (
     "A-PLIVE-01",
+    "A-PLIVE-02",
+    "A-PLIVE-03",
     "A-PPTZ-01",
     "B-PREC-01",
     "B-PRECQ-01",
@@ -201,6 +203,7 @@ class UpperOperator:
         self.calls: dict[str, PlatformCall] = {}
         self.wrong: dict[str, str] = kw.get("wrong", {})
         self.ignore: set[str] = set(kw.get("ignore", ()))
+        self.transport: str | None = kw.get("transport")  # whatever the case asks
         self.done: list[str] = []
         self.tasks: set[asyncio.Task[Any]] = set()
 
@@ -219,7 +222,11 @@ class UpperOperator:
         up = self.upper
         await self._known(target)
         if name == "live-start":
-            self.calls[target] = await up.invite(GW, target, kind="Play")
+            # As a user sets a camera's stream transport in the platform: the gateway's leg to
+            # the device, and the city platform's own offer, both use it.
+            transport = self.transport or p.get("transport", "udp")
+            self.gw.media.cfg.device_transports[target] = transport
+            self.calls[target] = await up.invite(GW, target, kind="Play", transport=transport)
         elif name in ("live-stop", "playback-stop"):
             await self.calls.pop(target).bye()
         elif name == "ptz":
@@ -342,19 +349,28 @@ async def test_gateway_acting_as_a_platform_passes_every_platform_acting_case(
     results = by_id(run)
     assert {r.info.id for r in run.results} == set(PLATFORM_CASES)
     assert all(r.verdict == "pass" for r in run.results), summary(run)
-    live = results["A-PLIVE-01"]
-    assert live.media["ssrc"].startswith("0" + DOMAIN[3:8]) and live.media["packets_sent"] > 0
+    for n, transport in enumerate(("udp", "tcp-passive", "tcp-active"), start=1):
+        live = results[f"A-PLIVE-0{n}"]
+        assert live.media["transport"] == transport
+        assert live.media["ssrc"].startswith("0" + DOMAIN[3:8]) and live.media["packets_sent"] > 0
     assert results["B-PPLAY-01"].media["ssrc"].startswith("1")
     assert operator.done.count("ptz") == 7
+    assert operator.done.count("playback-scale") == 2
     assert any("PTZCmd A50F01" in s.text for s in results["A-PPTZ-01"].steps)
 
 
 @pytest.mark.timeout(60)
-async def test_a_platform_turning_the_wrong_way_or_never_closing_fails(
+async def test_a_platform_turning_the_wrong_way_never_closing_or_ignoring_tcp_fails(
     run_platform: RunPlatform,
 ) -> None:
     run, _ = await run_platform(
-        "A-PPTZ-01", "A-PLIVE-01", wrong={"up": "down"}, ignore={"live-stop"}, operator_timeout=2.0
+        "A-PPTZ-01",
+        "A-PLIVE-01",
+        "A-PLIVE-02",
+        wrong={"up": "down"},
+        ignore={"live-stop"},
+        transport="udp",
+        operator_timeout=2.0,
     )
     results = by_id(run)
     ptz = results["A-PPTZ-01"]
@@ -364,6 +380,9 @@ async def test_a_platform_turning_the_wrong_way_or_never_closing_fails(
     live = results["A-PLIVE-01"]
     assert live.verdict == "fail"
     assert "waiting for the platform's BYE (closing the live view)" in live.reason
+    tcp = results["A-PLIVE-02"]
+    assert tcp.verdict == "fail" and "the media transport the platform offered" in tcp.reason
+    assert tcp.expected == "'tcp-passive'" and tcp.seen == "'udp'"
 
 
 # -- device mode: a simulated device, driven by hand ---------------------------------------

@@ -167,36 +167,66 @@ async def _ended_by_platform(ctx: Context, session: MediaSession, what: str) -> 
     ctx.step(f"BYE from the platform ended the {session.kind} session")
 
 
-@case(
-    "A-PLIVE-01",
-    "Platform side: live view opened and closed by the platform [operator]",
-    grade="A",
-    clause_2016="9.2, Annexes F, L",
-    clause_2022="9.2, Annexes G, L",
-    roles=PLATFORM,
-    editions=BOTH,
-    media=True,
-    operator=2,
-)
-async def platform_opens_live_view(ctx: Context) -> None:
-    """Steps: the operator opens the live view of the suite device's first channel in the
-    platform; the device answers the INVITE and streams; the operator closes it.
+# The platform's side of the media: RTP over UDP, TCP where the platform listens
+# (``a=setup:passive``: the device connects), TCP where the platform connects.
+_LIVE_TRANSPORTS = ("udp", "tcp-passive", "tcp-active")
+_TRANSPORT_TEXT = {
+    "udp": "RTP over UDP",
+    "tcp-passive": "RTP over TCP, the platform listening (a=setup:passive)",
+    "tcp-active": "RTP over TCP, the platform connecting (a=setup:active)",
+}
 
-    Pass: the INVITE's Request-URI is the channel; ``Subject`` is ``channel:0…,receiver:…``;
-    the SDP has ``s=Play``, a ``c=`` address, ``m=video`` with ``a=recvonly`` and
-    ``a=rtpmap:… PS/90000``, and ``y=`` with 10 digits, first 0, digits 2–6 the digits 4–8 of
-    the target's domain (§6.4); the platform ACKs the 200; closing sends BYE in that dialog."""
-    dev, channel = _acted_on(ctx)
-    before = len(dev.invites)
-    await ctx.ask("live-start", channel, device=dev.device_id)
-    session = await _media_invite(ctx, dev, channel, before, "Play")
-    sender = session.sender
-    if sender is not None:
-        await until(lambda: sender.packets_sent > 0 or session.ended, ANSWER_WAIT)
-        ctx.record_media(packets_sent=sender.packets_sent, frames_sent=sender.frames_sent)
-        ctx.step(f"the device sent {sender.packets_sent} RTP packets")
-    await ctx.ask("live-stop", channel, device=dev.device_id)
-    await _ended_by_platform(ctx, session, "closing the live view")
+
+def _live_case(n: int, transport: str) -> Callable[[Context], Any]:
+    async def live_view(ctx: Context) -> None:
+        if transport not in ctx.options.media_transports:
+            ctx.skip(f"{transport} is not among the run's media transports")
+        dev, _ = _acted_on(ctx)
+        channel = dev.channel_id((n - 1) % max(1, dev.channel_count) + 1)
+        before = len(dev.invites)
+        await ctx.ask("live-start", channel, device=dev.device_id, transport=transport)
+        session = await _media_invite(ctx, dev, channel, before, "Play")
+        ctx.expect_equal(
+            session.offer.transport, transport, "the media transport the platform offered"
+        )
+        sender = session.sender
+        if sender is not None:
+            await until(lambda: sender.packets_sent > 0 or session.ended, ANSWER_WAIT)
+            ctx.record_media(packets_sent=sender.packets_sent, frames_sent=sender.frames_sent)
+            ctx.step(f"the device sent {sender.packets_sent} RTP packets ({session.role})")
+            ctx.check(
+                sender.packets_sent > 0,
+                f"no RTP could be sent ({_TRANSPORT_TEXT[transport]}: no connection?)",
+            )
+        await ctx.ask("live-stop", channel, device=dev.device_id)
+        await _ended_by_platform(ctx, session, "closing the live view")
+
+    live_view.__doc__ = f"""Steps: the operator opens the live view of suite channel {n} in the
+        platform with {_TRANSPORT_TEXT[transport]}; the device answers the INVITE and streams;
+        the operator closes the view.
+
+        Pass: the INVITE's Request-URI is the channel; ``Subject`` is
+        ``channel:0…,receiver:…``; the SDP has ``s=Play``, a ``c=`` address, ``m=video`` with
+        ``a=recvonly`` and ``a=rtpmap:… PS/90000``, the asked transport, and ``y=`` with 10
+        digits, first 0, digits 2–6 the digits 4–8 of the target's domain (§6.4); the
+        platform ACKs the 200 and the RTP goes out (over TCP: the connection is made);
+        closing sends BYE in that dialog."""
+    live_view.__qualname__ = live_view.__name__ = f"platform_live_{transport.replace('-', '_')}"
+    return live_view
+
+
+for _n, _t in enumerate(_LIVE_TRANSPORTS, start=1):
+    case(
+        f"A-PLIVE-0{_n}",
+        f"Platform side: live view opened and closed by the platform, {_t} [operator]",
+        grade="A",
+        clause_2016="9.2, Annexes F, L",
+        clause_2022="9.2, Annexes D, G, L",
+        roles=PLATFORM,
+        editions=BOTH,
+        media=True,
+        operator=2,
+    )(_live_case(_n, _t))
 
 
 # -- PTZ ---------------------------------------------------------------------------------
@@ -379,24 +409,25 @@ async def _next_info(
 
 @case(
     "B-PPLAY-01",
-    "Platform side: playback with pause, resume and speed from the platform [operator]",
+    "Platform side: playback with pause, resume, fast and slow from the platform [operator]",
     grade="B",
     clause_2016="9.8, Annex B",
     clause_2022="9.8, Annex B",
     roles=PLATFORM,
     editions=BOTH,
     media=True,
-    operator=5,
+    operator=6,
 )
 async def platform_plays_back(ctx: Context) -> None:
     """Steps: the operator plays back the suite device's first channel over the last hour,
-    pauses, resumes, plays at double speed, and stops.
+    pauses, resumes, plays at double speed, then at half speed, and stops.
 
     Pass: the INVITE has ``s=Playback``, ``u=<channel>:…``, ``t=`` with the start before the
     end, ``y=`` with first digit 1 and the target's domain digits, a Subject naming the
     channel; the platform ACKs; pausing sends an in-dialog INFO
     (``Application/MANSRTSP``) ``PAUSE``, resuming a ``PLAY``, the speed a ``PLAY`` with
-    ``Scale: 2``, with CSeq increasing; stopping sends BYE in the dialog."""
+    ``Scale: 2``, the slow one a ``PLAY`` with ``Scale: 0.5``, with CSeq increasing; stopping
+    sends BYE in the dialog."""
     dev, channel = _acted_on(ctx)
     start, end = _window()
     kept = dev.playback_frames
@@ -412,15 +443,17 @@ async def platform_plays_back(ctx: Context) -> None:
         ("playback-pause", "PAUSE", {}),
         ("playback-resume", "PLAY", {}),
         ("playback-scale", "PLAY", {"scale": 2}),
+        ("playback-scale", "PLAY", {"scale": 0.5}),
     ):
         mark = len(session.infos)
         await ctx.ask(action, channel, device=dev.device_id, **extra)
         rtsp = await _next_info(ctx, session, mark, method, action)
         cseqs.append(rtsp.cseq)
         if extra:
+            scale = float(extra["scale"])
             ctx.check(
-                rtsp.scale is not None and abs(rtsp.scale - 2.0) < 1e-6,
-                "the speed change carries no Scale: 2",
+                rtsp.scale is not None and abs(rtsp.scale - scale) < 1e-6,
+                f"the speed change carries no Scale: {scale:g}",
                 seen=rtsp.scale,
             )
     ctx.check(
