@@ -11,7 +11,9 @@ items are returned marked ``partial``. A per-device limit on concurrent queries 
 NVR from holding the gateway's resources.
 
 An answer is only taken from the address the queried device registered from (a registered
-device cannot answer, or wipe, another's query), and SNs are random, unique while pending. A
+device cannot answer, or wipe, another's query), or over TCP from the host it registered from
+(a device registered over UDP sends an answer too large for a datagram over TCP, RFC 3261
+§18.1.1, from a port of its kernel's choosing); SNs are random, unique while pending. A
 ``SumNum`` that is negative, above ``downlink.max_items`` or smaller than the items actually
 sent makes the answer partial: a partial answer never removes anything from the catalog.
 
@@ -202,8 +204,10 @@ class _Collector:
         self.last = 0.0
 
     def accepts(self, sender: str, device_id: str, peer: Peer) -> bool:
-        """From the queried device's registered address, naming the device or the target."""
-        if peer != self.peer:
+        """From the queried device's registered address, or over TCP from its host (any port:
+        a large answer, RFC 3261 §18.1.1), naming the device or the target. A UDP answer from
+        another port is refused: a datagram's source is the device's own SIP port."""
+        if peer != self.peer and not (peer.reliable and peer.host == self.peer.host):
             return False
         return sender in self.targets or device_id in self.targets
 

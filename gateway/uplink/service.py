@@ -13,8 +13,14 @@ map, what it may see (:class:`SharedView`) and the subscriptions it made.
 * Anything naming an ID the upper may not see: ``404``, logged and counted. A request from a
   peer that is not a configured upper: ``403``.
 * Every request is answered ``200`` at once; the application answer is a separate MESSAGE.
-  Multi-part answers go out serially, each after the previous one's 200 (Annex M): under
-  ``catalog_batch_udp_bytes`` per message over UDP, ``catalog_batch_tcp_items`` items over TCP.
+  Multi-part answers go out serially, each after the previous one's 200 (Annex M): over TCP
+  ``catalog_batch_tcp_items`` items per message; over UDP batches under
+  ``catalog_batch_udp_bytes``, but an item too large for that goes over TCP, whole.
+* Size and transport (RFC 3261 §18.1.1; 2022 Annex M): to an upper reached over UDP, any
+  MESSAGE or NOTIFY larger than ``catalog_batch_udp_bytes`` goes over TCP to the same host and
+  port. Nothing is ever cut to fit: when TCP fails (refused, timed out), the items go over UDP
+  whole (counted as ``uplink.udp_oversize``), and TCP is not tried again for ``TCP_RETRY_AFTER``
+  seconds.
 * Subscriptions from the upper (Catalog, Alarm, MobilePosition): a dialog per kind, refreshed
   in-dialog, ended by ``Expires: 0`` or expiry with a terminating NOTIFY. A catalog
   subscription starts with a NOTIFY of the shared items that are offline (Annex N). Catalog
@@ -31,7 +37,7 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -61,7 +67,6 @@ from gateway.manscdp.messages import (
     AlarmNotify,
     AlarmResponse,
     AlarmTypeParam,
-    CatalogInfo,
     CatalogItem,
     CatalogNotify,
     CatalogResponse,
@@ -80,8 +85,9 @@ from gateway.manscdp.messages import (
 from gateway.manscdp.schema import write_node
 from gateway.metrics import Metrics
 from gateway.sip.endpoint import Endpoint, ServerContext
-from gateway.sip.errors import ParseError, SipError
+from gateway.sip.errors import ParseError, SipError, TransactionTimeout, TransportError
 from gateway.sip.message import Request, Response, make_response
+from gateway.sip.transport import Peer
 from gateway.store import Store
 from gateway.tasks import TaskSet
 from gateway.uplink.idmap import IdMap
@@ -91,6 +97,9 @@ from gateway.uplink.share import SharedView
 log = structlog.get_logger("gateway.uplink")
 
 NOTIFY_DELAY = 0.2
+# After TCP to an upper reached over UDP failed, large requests go over UDP (whole) for this
+# long before TCP is tried again: a firewall that drops SYNs must not cost each one a timeout.
+TCP_RETRY_AFTER = 60.0
 # Queries forwarded to the device that answers them (reference §7.2).
 _FORWARDED = frozenset(
     {
@@ -108,6 +117,11 @@ _FORWARDED = frozenset(
     }
 )
 _KINDS = ("Catalog", "Alarm", "MobilePosition")
+
+
+class _TcpFailed(Exception):
+    """TCP to an upper reached over UDP failed for a request whose content the caller can send
+    in smaller requests (raised instead of sending it whole over UDP)."""
 
 
 @dataclass(slots=True)
@@ -144,6 +158,8 @@ class UpperSession:
         self.view = view
         self.subs: dict[str, InboundSubscription] = {}
         self.catalog_task: asyncio.Task[Any] | None = None
+        # Over a UDP link: until when large requests skip TCP (it failed); 0: TCP is tried.
+        self.tcp_retry_at = 0.0
         self.log = log.bind(upper=upper.id)
 
     @property
@@ -285,9 +301,14 @@ class Uplink:
         return encode(msg, s.upper.charset, gb2022=s.upper.gb_version == "2022")
 
     async def send(self, s: UpperSession, msg: Message) -> bool:
-        """One MESSAGE to the upper; True when it answered 2xx."""
+        """One MESSAGE to the upper; True when it answered 2xx. Over a UDP link one too large
+        for a datagram goes over TCP (:meth:`_request`)."""
+        return await self._send_message(s, msg, split=False)
+
+    async def _send_message(self, s: UpperSession, msg: Message, *, split: bool) -> bool:
+        body = self._encode(s, msg)
         try:
-            resp = await self.endpoint.request(self._message(s, self._encode(s, msg)), s.link.peer)
+            resp = await self._request(s, lambda: self._message(s, body), split=split)
         except (SipError, OSError) as exc:
             s.log.info("uplink.send_failed", cmd_type=msg.CMD, error=str(exc))
             self.metrics.inc("uplink.send_failed")
@@ -298,13 +319,82 @@ class Uplink:
             return False
         return True
 
+    async def _request(
+        self, s: UpperSession, build: Callable[[], Request], *, split: bool = False
+    ) -> Response:
+        """Send ``build()`` to the upper; its final response.
+
+        Over a UDP link a request larger than ``catalog_batch_udp_bytes`` goes over TCP to the
+        upper's host and port (RFC 3261 §18.1.1: above 1300 bytes when the path MTU is unknown,
+        a congestion-controlled transport; 2022 Annex M). When TCP fails (refused, timed out,
+        reset) the request goes over UDP whole, logged and counted as ``uplink.udp_oversize``,
+        and TCP is left alone for ``TCP_RETRY_AFTER`` seconds. With ``split`` the caller can
+        send the content in smaller requests instead: :class:`_TcpFailed` says so. ``build``
+        makes the request afresh for each attempt (fresh Call-ID, or the next CSeq)."""
+        peer = s.link.peer
+        req = build()
+        size = self._wire_size(s, req)
+        limit = s.upper.catalog_batch_udp_bytes
+        if peer.reliable or size <= limit:
+            return await self.endpoint.request(req, peer)
+        if self._tcp_usable(s):
+            tcp = Peer("tcp", peer.host, peer.port)
+            try:
+                resp = await self.endpoint.request(req, tcp)
+            except (TransportError, TransactionTimeout, OSError) as exc:
+                s.tcp_retry_at = self.clock() + TCP_RETRY_AFTER
+                self.metrics.inc("uplink.tcp_failed")
+                s.log.warning(
+                    "uplink.tcp_failed",
+                    peer=str(tcp),
+                    method=req.method,
+                    size=size,
+                    error=str(exc),
+                    retry_after=TCP_RETRY_AFTER,
+                )
+            else:
+                self.metrics.inc("uplink.sent_over_tcp")
+                return resp
+            if split:
+                raise _TcpFailed
+            req = build()
+        elif split:
+            raise _TcpFailed
+        self.metrics.inc("uplink.udp_oversize")
+        s.log.warning("uplink.udp_oversize", method=req.method, size=size, limit=limit)
+        return await self.endpoint.request(req, peer)
+
+    def _tcp_usable(self, s: UpperSession) -> bool:
+        return self.clock() >= s.tcp_retry_at
+
+    def _added(self, s: UpperSession) -> int:
+        """Bytes of the headers the endpoint adds to a request when sending it (Via with our
+        address and branch, Max-Forwards, User-Agent); a TCP Via is as long as a UDP one."""
+        return (
+            len(f"Via: {self.endpoint.via(s.link.peer)}\r\n")
+            + len("Max-Forwards: 70\r\n")
+            + len(f"User-Agent: {self.endpoint.user_agent}\r\n")
+        )
+
+    def _wire_size(self, s: UpperSession, req: Request) -> int:
+        return len(req.to_bytes()) + self._added(s)
+
+    def _overhead(self, s: UpperSession) -> int:
+        """Bytes of a MESSAGE to this upper without its body, as sent (with room for a long
+        Content-Length)."""
+        room = len("Content-Length: 100000\r\n") + 16
+        return len(self._message(s, b"").to_bytes()) + self._added(s) + room
+
+    def _udp_budget(self, s: UpperSession, empty: Message, overhead: int) -> int:
+        """Bytes of items that fit a message whose envelope is ``empty`` within
+        ``catalog_batch_udp_bytes``."""
+        return s.upper.catalog_batch_udp_bytes - overhead - len(self._encode(s, empty)) - 40
+
     def _batches(
         self, s: UpperSession, items: Sequence[Any], empty: Message, overhead: int
     ) -> Iterator[Sequence[Any]]:
-        """Split ``items`` for messages whose envelope is ``empty``: by count over TCP; over UDP
-        so that each whole message stays within ``catalog_batch_udp_bytes`` (RFC 3261 §18.1.1),
-        slimming an item that does not fit even alone (:func:`slim`). A generator: sizes are
-        worked out batch by batch, between the sends."""
+        """Split ``items`` for messages whose envelope is ``empty``: by count
+        (``catalog_batch_tcp_items``) over TCP; over UDP, see :meth:`_udp_batches`."""
         if not items:
             yield ()
             return
@@ -313,19 +403,31 @@ class Uplink:
             for i in range(0, len(items), n):
                 yield items[i : i + n]
             return
-        budget = s.upper.catalog_batch_udp_bytes - overhead - len(self._encode(s, empty)) - 40
+        yield from self._udp_batches(s, items, self._udp_budget(s, empty, overhead))
+
+    def _udp_batches(
+        self, s: UpperSession, items: Sequence[Any], budget: int
+    ) -> Iterator[list[Any]]:
+        """Batches for a UDP link: as many items as fit ``budget`` bytes (each whole message
+        within ``catalog_batch_udp_bytes``, RFC 3261 §18.1.1). An item too large for that even
+        alone makes its message one for TCP (:meth:`_request`); while TCP is usable, such a
+        message also takes the items around it, up to ``catalog_batch_tcp_items``; otherwise
+        the item goes alone, whole. A generator: sizes are worked out batch by batch, between
+        the sends, and so is whether TCP is usable."""
+        per_tcp = s.upper.catalog_batch_tcp_items
         batch: list[Any] = []
         used = 0
         for item in items:
             size = self._item_size(s, item)
-            if size > budget and isinstance(item, CatalogItem):
-                item, size = self._slimmed(s, item, budget)
             if batch and used + size > budget:
-                yield batch
-                batch, used = [], 0
+                over_tcp = used > budget or size > budget
+                if not (over_tcp and len(batch) < per_tcp and self._tcp_usable(s)):
+                    yield batch
+                    batch, used = [], 0
             batch.append(item)
             used += size
-        yield batch
+        if batch:
+            yield batch
 
     def _item_size(self, s: UpperSession, item: Any) -> int:
         el = etree.Element("Item")
@@ -334,26 +436,31 @@ class Uplink:
         codec = "utf-8" if s.upper.charset == "UTF-8" else "gb18030"
         return len(etree.tostring(el, encoding="unicode").encode(codec)) + 2
 
-    def _slimmed(self, s: UpperSession, item: CatalogItem, budget: int) -> tuple[CatalogItem, int]:
-        size = self._item_size(s, item)
-        for step in slim(item):
-            item, size = step, self._item_size(s, step)
-            if size <= budget:
-                break
-        self.metrics.inc("uplink.items_slimmed")
-        return item, size
-
-    def _overhead(self, s: UpperSession) -> int:
-        """Bytes of a MESSAGE to this upper without its body, with the headers the endpoint
-        adds when sending (Via with our address and branch, Max-Forwards, User-Agent)."""
-        added = (
-            len(f"Via: {self.endpoint.via(s.link.peer)}\r\n")
-            + len("Max-Forwards: 70\r\n")
-            + len(f"User-Agent: {self.endpoint.user_agent}\r\n")
-            + len("Content-Length: 100000\r\n")
-            + 16
-        )
-        return len(self._message(s, b"").to_bytes()) + added
+    async def _send_batches(
+        self,
+        s: UpperSession,
+        items: Sequence[Any],
+        empty: Message,
+        overhead: int,
+        send: Callable[[Sequence[Any], bool], Awaitable[bool]],
+    ) -> tuple[int, bool]:
+        """Send ``items`` serially, batch by batch (:meth:`_batches`), each with
+        ``send(batch, split)``; a batch of several items whose TCP attempt failed goes again in
+        messages for UDP. Stops at the first message not accepted. Returns how many messages
+        went out and whether all did."""
+        sent = 0
+        budget = self._udp_budget(s, empty, overhead)
+        for batch in self._batches(s, items, empty, overhead):
+            try:
+                if not await send(batch, len(batch) > 1):
+                    return sent, False
+                sent += 1
+            except _TcpFailed:
+                for part in self._udp_batches(s, batch, budget):
+                    if not await send(part, False):
+                        return sent, False
+                    sent += 1
+        return sent, True
 
     async def send_parts(
         self,
@@ -364,12 +471,13 @@ class Uplink:
         """A multi-part answer: ``make(batch, total)`` builds each message; sent serially, each
         after the previous one's 200 (Annex M). Returns how many messages went out."""
         empty = make((), len(items))
-        sent = 0
-        for batch in self._batches(s, items, empty, self._overhead(s)):
-            if not await self.send(s, make(batch, len(items))):
-                s.log.warning("uplink.parts_abandoned", cmd_type=empty.CMD, sent=sent)
-                break
-            sent += 1
+
+        async def send(batch: Sequence[Any], split: bool) -> bool:
+            return await self._send_message(s, make(batch, len(items)), split=split)
+
+        sent, complete = await self._send_batches(s, items, empty, self._overhead(s), send)
+        if not complete:
+            s.log.warning("uplink.parts_abandoned", cmd_type=empty.CMD, sent=sent)
         return sent
 
     # -- requests from an upper -------------------------------------------------------------
@@ -702,32 +810,47 @@ class Uplink:
             self.spawn(self._notify(s, sub, b"", state=f"terminated;reason={reason or 'timeout'}"))
 
     async def _notify(
-        self, s: UpperSession, sub: InboundSubscription, body: bytes, *, state: str | None = None
+        self,
+        s: UpperSession,
+        sub: InboundSubscription,
+        body: bytes,
+        *,
+        state: str | None = None,
+        split: bool = False,
     ) -> bool:
         async with sub.lock:
             if sub.ended and state is None:
                 return False
-            return await self._send_notify(s, sub, body, state)
+            return await self._send_notify(s, sub, body, state, split)
 
     async def _send_notify(
-        self, s: UpperSession, sub: InboundSubscription, body: bytes, state: str | None
+        self,
+        s: UpperSession,
+        sub: InboundSubscription,
+        body: bytes,
+        state: str | None,
+        split: bool,
     ) -> bool:
-        sub.cseq += 1
         gw = self.gw
-        headers = [
-            ("From", f"<sip:{gw.id}@{gw.domain}>;tag={sub.local_tag}"),
-            ("To", f"<sip:{s.upper.id}@{s.upper.domain}>;tag={sub.remote_tag}"),
-            ("Call-ID", sub.call_id),
-            ("CSeq", f"{sub.cseq} NOTIFY"),
-            ("Contact", f"<{self.endpoint.contact_uri(gw.id, s.link.peer)}>"),
-            ("Event", sub.event),
-            ("Subscription-State", state or f"active;expires={sub.remaining(self.clock())}"),
-        ]
-        if body:
-            headers.append(("Content-Type", "Application/MANSCDP+xml"))
-        req = Request("NOTIFY", sub.remote_uri, headers, body)
+
+        def build() -> Request:
+            sub.cseq += 1  # each attempt (a retry over UDP after TCP failed) a CSeq of its own
+            headers = [
+                ("From", f"<sip:{gw.id}@{gw.domain}>;tag={sub.local_tag}"),
+                ("To", f"<sip:{s.upper.id}@{s.upper.domain}>;tag={sub.remote_tag}"),
+                ("Call-ID", sub.call_id),
+                ("CSeq", f"{sub.cseq} NOTIFY"),
+                # The dialog's transport stays that of the link, even for a NOTIFY over TCP.
+                ("Contact", f"<{self.endpoint.contact_uri(gw.id, s.link.peer)}>"),
+                ("Event", sub.event),
+                ("Subscription-State", state or f"active;expires={sub.remaining(self.clock())}"),
+            ]
+            if body:
+                headers.append(("Content-Type", "Application/MANSCDP+xml"))
+            return Request("NOTIFY", sub.remote_uri, headers, body)
+
         try:
-            resp = await self.endpoint.request(req, s.link.peer)
+            resp = await self._request(s, build, split=split)
         except (SipError, OSError) as exc:
             self.metrics.inc("uplink.notify_failed")
             s.log.info("uplink.notify_failed", kind=sub.kind, error=str(exc))
@@ -746,18 +869,18 @@ class Uplink:
     ) -> None:
         """NOTIFYs with ``items`` (each carrying its Event), SumNum = Num in each (Annex N)."""
 
-        def make(batch: Sequence[CatalogItem], total: int) -> CatalogNotify:
+        def make(batch: Sequence[CatalogItem]) -> CatalogNotify:
             return CatalogNotify(
                 sn=self.next_sn(), device_id=self.gw.id, sum_num=len(batch), items=tuple(batch)
             )
 
-        empty = make((), 0)
-        overhead = self._overhead(s) + 200  # Event, Subscription-State, Contact, tags
-        for batch in self._batches(s, items, empty, overhead):
+        async def send(batch: Sequence[Any], split: bool) -> bool:
             if sub.ended:
-                return
-            if not await self._notify(s, sub, self._encode(s, make(batch, 0))):
-                return
+                return False
+            return await self._notify(s, sub, self._encode(s, make(batch)), split=split)
+
+        overhead = self._overhead(s) + 200  # Event, Subscription-State, Contact, tags
+        await self._send_batches(s, items, make(()), overhead, send)
 
     async def _initial_catalog_notify(self, s: UpperSession, sub: InboundSubscription) -> None:
         """Annex N: right after the subscription, the shared items that are offline."""
@@ -890,33 +1013,3 @@ class Uplink:
                     altitude=p.altitude,
                 )
                 self.spawn(self._notify(s, sub, self._encode(s, msg)))
-
-
-# Fields given up, in this order, when one catalog item alone would not fit a UDP datagram:
-# vendor extras, then what 2022 removed from the item, then the least useful extensions.
-_SLIM_STEPS: tuple[dict[str, Any], ...] = (
-    {"extra": ()},
-    {"owner": None, "safety_way": None, "cert_num": None, "certifiable": None, "err_code": None},
-    {"end_time": None, "block": None, "security_level_code": None},
-    {"info": "keep-ptz"},
-    {"ip_address": None, "port": None},
-    {"info": None},
-    {"address": None, "longitude": None, "latitude": None},
-)
-
-
-def slim(item: CatalogItem) -> list[CatalogItem]:
-    """Successively smaller versions of ``item`` (each step keeps the previous ones' cuts)."""
-    out = []
-    for step in _SLIM_STEPS:
-        changes = dict(step)
-        if changes.get("info") == "keep-ptz":
-            info = item.info
-            changes["info"] = (
-                None
-                if info is None
-                else CatalogInfo(ptz_type=info.ptz_type, download_speed=info.download_speed)
-            )
-        item = replace(item, **changes)
-        out.append(item)
-    return out

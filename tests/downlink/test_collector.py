@@ -72,5 +72,15 @@ async def test_answers_only_from_the_registered_address() -> None:
     assert c.accepts(DEV, DEV, PEER)
     assert c.accepts("34020000001310000001", DEV, PEER)  # a channel ID in From, body names DEV
     assert not c.accepts(DEV, DEV, Peer("udp", "10.0.0.2", 5061))
-    assert not c.accepts(DEV, DEV, Peer("tcp", "10.0.0.2", 5060))
+    assert not c.accepts(DEV, DEV, Peer("udp", "10.0.0.3", 5060))
     assert not c.accepts("34020000001180000002", "34020000001180000002", PEER)
+
+
+async def test_a_large_answer_over_tcp_from_the_registered_host_is_taken() -> None:
+    """RFC 3261 §18.1.1: a device registered over UDP sends a large answer over TCP, from
+    whatever port its kernel picks; from another host it is still refused."""
+    c = collector("Catalog")
+    assert c.accepts(DEV, DEV, Peer("tcp", "10.0.0.2", 5060))
+    assert c.accepts(DEV, DEV, Peer("tcp", "10.0.0.2", 41234))
+    assert not c.accepts(DEV, DEV, Peer("tcp", "10.0.0.3", 41234))
+    assert not c.accepts("34020000001180000002", DEV[:-1] + "2", Peer("tcp", "10.0.0.2", 41234))

@@ -729,3 +729,98 @@ async def test_alarm_from_an_offline_device_or_another_host_is_refused(
     resp = await dev.send_alarm(dev.channel_id(1))
     assert resp is not None and resp.status == 404
     assert gw.metrics.get("alarm.received") == 0
+
+
+# -- RFC 3261 §18.1.1: large answers over TCP from a device registered over UDP ---------------
+
+
+def record_transports(ep: Endpoint) -> list[tuple[str, str, int, int]]:
+    """(CmdType, transport, bytes, SIP status) of each MESSAGE sent from ``ep``."""
+    seen: list[tuple[str, str, int, int]] = []
+    send = ep.request
+
+    async def recording(req: Request, peer: Peer, **kw: Any) -> Response:
+        size = len(req.to_bytes())
+        resp = await send(req, peer, **kw)
+        if req.method == "MESSAGE":
+            seen.append((sniff_cmd_type(req.body) or "?", peer.transport, size, resp.status))
+        return resp
+
+    ep.request = recording  # type: ignore[method-assign]
+    return seen
+
+
+@pytest.mark.parametrize("per_message", [1, 5])
+async def test_udp_device_sending_large_catalog_parts_over_tcp_is_fully_synced(
+    start_gateway, device_endpoint, per_message: int
+) -> None:
+    """A device registered over UDP sends each catalog part above 1300 bytes over TCP (2022
+    items with every Info field, one with a long name and address): every part is taken, from
+    a port that is not the registered one, and every field arrives."""
+    gw = await start_gateway(downlink=FAST)
+    done = synced(gw)
+    long_one = CatalogItem(
+        device_id="34020000001310009999",
+        name="东门停车场入口枪机" * 12,
+        address="北京市海淀区中关村大街" * 40,
+        parent_id=NVR,
+        civil_code="340200",
+        status="ON",
+    )
+    dev = nvr(
+        device_endpoint,
+        gw,
+        channel_count=12,
+        with_groups=True,
+        gb_version="3.0",
+        large_over_tcp=True,
+        items_per_message=per_message,
+        catalog_extra_items=[long_one],
+    )
+    sent = record_transports(device_endpoint)
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: bool(done), 15, "catalog sync")
+    assert not done[0].partial and done[0].total == dev.catalog_size() == 12 + 3 + 1
+    parts = [(t, size, status) for cmd, t, size, status in sent if cmd == "Catalog"]
+    assert {t for t, size, _ in parts if size > 1300} == {"tcp"}  # really sent over TCP
+    assert all(status == 200 for _, _, status in parts)
+    stored = {i.device_id: i for i in gw.catalog.items_of(NVR)}
+    for item in dev.catalog_items():
+        assert stored[item.device_id] == item, item.device_id
+    assert stored[dev.channel_id(1)].info.grassroots_code == "340200"  # type: ignore[union-attr]
+    assert gw.metrics.get("message.stray_response") == 0
+    # The device is still where it registered: a TCP answer does not move it.
+    info = gw.registrar.devices[NVR]
+    assert info.online and info.transport == "udp" and info.port == device_endpoint.port
+
+
+async def test_answer_over_tcp_from_another_host_is_refused(start_gateway, device_endpoint) -> None:
+    """TCP answers are taken from the queried device's host only: a forged one over TCP from
+    another host (claiming to be the device, with the right SN) is a stray and wipes nothing."""
+    gw = await start_gateway(downlink={**FAST, "sync_on_register": False})
+    victim = nvr(device_endpoint, gw, channel_count=3, mute=True)
+    assert (await victim.register()).status == 200
+    gw.catalog.apply_sync(NVR, list(victim.catalog_items()), partial=False)
+    dl = gw.downlink
+    assert dl is not None
+    query = asyncio.create_task(dl.catalog_query(NVR))
+    await wait_for(lambda: bool(dl._collectors), 3, "query pending")
+    ((_, sn),) = dl._collectors
+    # A connection from another host on the loopback network (an Endpoint would dial from
+    # 127.0.0.1 whatever address it listens on).
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", gw.port, local_addr=("127.0.0.2", 0)
+    )
+    try:
+        port = writer.get_extra_info("sockname")[1]
+        req = victim.build_message(encode(CatalogResponse(sn=sn, device_id=NVR, sum_num=0)))
+        req.prepend_header("Via", f"SIP/2.0/TCP 127.0.0.2:{port};branch=z9hG4bKforged1")
+        writer.write(req.to_bytes())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        assert head.startswith(b"SIP/2.0 200 ")
+        with pytest.raises(QueryTimeout):
+            await query
+    finally:
+        writer.close()
+    assert gw.metrics.get("message.stray_response") == 1
+    assert len(channels_of(gw)) == 3  # nothing was removed

@@ -16,12 +16,14 @@ import pytest
 
 from conformance.peers.device import SimDevice
 from conformance.peers.platform import SimPlatform
+from conformance.suite.cases.common import item_differences
 from gateway.app import Gateway
 from gateway.events import CatalogSynced
 from gateway.manscdp.gbid import is_gb_id, item_kind
 from gateway.manscdp.messages import CatalogItem, DeviceControl
 from gateway.metrics import Metrics
 from gateway.sip.endpoint import Endpoint
+from gateway.sip.message import parse
 from gateway.sip.transaction import TimerConfig
 from gateway.sip.transport import Peer
 from tests.conftest import make_config, wait_for
@@ -186,8 +188,16 @@ async def test_catalog_query_returns_exactly_the_shared_tree(
     by_id = {i.device_id: i for i in res.items}
     assert by_id[dev.channel_id(3)].name == "通道3"
     assert all(by_id[c].parent_ids[0] == NVR1 for c in dev.channel_ids())
+    for c in dev.channel_ids():  # every field as the NVR sent it, over either transport
+        sent = dev.item(c)
+        assert sent is not None and not item_differences(sent, by_id[c]), c
     if transport == "udp":
-        assert len(res.raw) > 10 and max(len(r) for r in res.raw) < 1300
+        # RFC 3261 §18.1.1: no MESSAGE over UDP above 1300 bytes; the channels (each too large
+        # for one with the envelope and headers) went over TCP, batched.
+        sizes = [(via_transport(r), len(r)) for r in res.raw]
+        assert sizes[0][0] == "UDP" and max(n for t, n in sizes if t == "UDP") <= 1300
+        assert {t for t, n in sizes if n > 1300} == {"TCP"}
+        assert gw.metrics.get("uplink.udp_oversize") == 0
     else:
         assert len(res.raw) == 1  # 43 items in one batch over TCP
 
@@ -403,3 +413,113 @@ async def test_subscriptions_are_refreshed_and_positions_go_up(
     await dev.send_position(117.2275, 31.8207, form="2022", via="notify")
     await wait_for(lambda: bool(p.positions), 3, "position upward")
     assert p.positions[0].device_id == NVR1 and p.positions[0].longitude == 117.2275
+
+
+# -- RFC 3261 §18.1.1 / 2022 Annex M: a MESSAGE too large for UDP goes over TCP, whole ----------
+LONG = CatalogItem(
+    device_id="34020000001310009999",
+    name="东门停车场入口枪机" * 12,
+    address="北京市海淀区中关村大街" * 40,
+    parent_id=NVR1,
+    civil_code="340200",
+    status="ON",
+)
+
+
+def via_transport(raw: bytes) -> str:
+    return parse(raw).top_via.transport.upper()
+
+
+def stop_listening_on_tcp(ep: Endpoint) -> None:
+    """The upper keeps UDP but no longer accepts TCP connections (refused, as from a platform
+    that listens on UDP only)."""
+    server = ep.transports._server
+    assert server is not None
+    server.close()
+
+
+def large_nvr(ep: Endpoint, gw: Gateway) -> SimDevice:
+    """2022 channels (each item with every 2022 Info field is over 1300 bytes in a MESSAGE),
+    a small custom tree, and one item with a long name and address."""
+    return nvr(
+        ep, gw, channel_count=6, with_groups=True, gb_version="3.0", catalog_extra_items=[LONG]
+    )
+
+
+def assert_whole(dev: SimDevice, items: list[CatalogItem]) -> None:
+    seen = {i.device_id: i for i in items}
+    for sent in dev.catalog_items():
+        # The gateway hangs the business group under itself (reference §7.2).
+        ignore = ["parent_id"] if item_kind(sent.device_id) == "business_group" else []
+        assert not item_differences(sent, seen[sent.device_id], ignore), sent.device_id
+    assert seen[dev.channel_id(1)].info.grassroots_code == "340200"  # type: ignore[union-attr]
+
+
+async def test_large_catalog_items_go_up_over_tcp_with_every_field(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    p = platform(upper_endpoint)
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint, gb_version="2022"))
+    dev = large_nvr(device_endpoint, gw)
+    await synced_nvr(gw, dev)
+    await online_at(p)
+    res = await p.catalog(GW)
+    assert not res.partial and res.sum_num == len(res.items) == 1 + 1 + dev.catalog_size()
+    assert_whole(dev, res.items)
+    sizes = [(via_transport(r), len(r)) for r in res.raw]
+    assert all(size <= 1300 for t, size in sizes if t == "UDP")
+    assert any(t == "UDP" for t, _ in sizes)  # the small items still go in UDP batches
+    big = [size for t, size in sizes if t == "TCP"]
+    assert big and min(big) > 1300
+    assert len(res.raw) < dev.catalog_size()  # the large items share their TCP MESSAGEs
+    assert gw.metrics.get("uplink.sent_over_tcp") == len(big)
+    assert gw.metrics.get("uplink.udp_oversize") == gw.metrics.get("uplink.tcp_failed") == 0
+    # The registration stays on UDP; the TCP connection was only for the large MESSAGEs.
+    assert p.lowers[GW].peer.transport == "udp" and p.lowers[GW].online
+
+
+async def test_large_catalog_items_go_whole_over_udp_when_tcp_is_refused(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    p = platform(upper_endpoint)
+    stop_listening_on_tcp(upper_endpoint)
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint, gb_version="2022"))
+    dev = large_nvr(device_endpoint, gw)
+    await synced_nvr(gw, dev)
+    await online_at(p)
+    res = await p.catalog(GW)
+    assert not res.partial and res.sum_num == len(res.items) == 1 + 1 + dev.catalog_size()
+    assert_whole(dev, res.items)
+    assert {via_transport(r) for r in res.raw} == {"UDP"}
+    oversize = [len(r) for r in res.raw if len(r) > 1300]
+    assert len(oversize) == 7  # the 6 channels and the long item, each alone and whole
+    assert gw.metrics.get("uplink.udp_oversize") == 7
+    # TCP was tried once; after that the upper's TCP is left alone for a while.
+    assert gw.metrics.get("uplink.tcp_failed") == 1
+    assert gw.metrics.get("uplink.sent_over_tcp") == 0
+
+
+async def test_large_catalog_notify_goes_up_over_tcp_in_its_dialog(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    p = platform(upper_endpoint)
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint, gb_version="2022"))
+    dev = nvr(device_endpoint, gw, channel_count=1)
+    await synced_nvr(gw, dev)
+    await online_at(p)
+    sub = await p.subscribe(GW, "Catalog")
+    assert sub.active
+    await wait_for(lambda: dev.subscription("Catalog") is not None, 5, "gateway subscribed down")
+    await dev.notify_catalog([("ADD", LONG)])
+    await wait_for(lambda: ("ADD", LONG.device_id) in p.catalog_events, 3, "ADD upward")
+    req, msg = next(
+        (r, m) for r, m in p.notifies if m is not None and m.CMD == "Catalog"
+        and any(i.device_id == LONG.device_id for i in m.items)  # type: ignore[attr-defined]
+    )  # fmt: skip
+    assert req.top_via.transport.upper() == "TCP" and len(req.to_bytes()) > 1300
+    assert req.call_id == sub.call_id
+    contact = req.get_header("Contact") or ""
+    assert "transport=tcp" not in contact  # the dialog itself stays on UDP
+    got = next(i for i in msg.items if i.device_id == LONG.device_id)  # type: ignore[attr-defined]
+    assert (got.name, got.address) == (LONG.name, LONG.address)
+    assert gw.metrics.get("uplink.sent_over_tcp") == 1
