@@ -360,14 +360,17 @@ class Harness:
             for d, paused, no_keepalive in saved:
                 d.paused, d.no_keepalive = paused, no_keepalive
 
-    def spare_device(self, n: int, *, install: bool = False, **kw: Any) -> SimDevice:
-        """A device of the suite's that is not among the run's devices (an IPC, type 132, with
-        serial :data:`SPARE_BASE` + ``n``), for cases that need a fresh registration; installed
-        (answering queries) when ``install``. :meth:`drop_spare` takes it away again."""
+    def spare_device(
+        self, n: int, *, install: bool = False, type_code: str = "132", **kw: Any
+    ) -> SimDevice:
+        """A device of the suite's that is not among the run's devices (an IPC, type 132, or
+        ``type_code``, e.g. 200 for a lower platform; serial :data:`SPARE_BASE` + ``n``), for
+        cases that need a fresh registration; installed (answering queries) when ``install``.
+        :meth:`drop_spare` takes it away again."""
         if self.device_endpoint is None:
             raise HarnessError("the suite has no devices in this role")
         base = (self.options.suite_device_ids or (self.options.target_id,))[0]
-        device_id = f"{base[:10]}132{SPARE_BASE + n:07d}"
+        device_id = f"{base[:10]}{type_code}{SPARE_BASE + n:07d}"
         existing = self.device_by_id(device_id)
         if existing is not None:
             self.spares.remove(existing)

@@ -31,6 +31,7 @@ from conformance.suite.cases.common import (
     short,
     ssrc_problems,
     until,
+    via_transport,
 )
 from conformance.suite.context import Context
 from gateway.manscdp.gbid import item_kind
@@ -745,7 +746,7 @@ async def catalog_mtu(ctx: Context) -> None:
     res = await h.catalog()
     if res.transport != "udp":
         ctx.skip(f"the target is reached over {res.transport}")
-    over_udp = [len(r) for r in res.raw if _via_transport(r) == "UDP"]
+    over_udp = [len(r) for r in res.raw if via_transport(r) == "UDP"]
     ctx.step(
         f"{len(res.raw)} MESSAGEs, {len(over_udp)} over UDP, largest of those "
         f"{max(over_udp, default=0)} bytes"
@@ -753,16 +754,6 @@ async def catalog_mtu(ctx: Context) -> None:
     big = [s for s in over_udp if s > MAX_UDP_REQUEST]
     ctx.check(not big, f"{len(big)} catalog MESSAGEs over UDP exceed {MAX_UDP_REQUEST} bytes",
               expected=f"<= {MAX_UDP_REQUEST}", seen=max(over_udp, default=0))  # fmt: skip
-
-
-def _via_transport(raw: bytes) -> str:
-    from gateway.sip.message import parse
-
-    try:
-        msg = parse(raw)
-        return msg.top_via.transport.upper()
-    except (ParseError, ValueError):
-        return "?"
 
 
 @case(
