@@ -191,6 +191,45 @@ async def test_without_operator_the_cases_are_skipped_and_timeouts_grow() -> Non
     ]
 
 
+def test_cli_runs_the_hook_for_each_action(tmp_path: Path) -> None:
+    """``--operator-hook`` from the command line reaches the cases: the hook sees the action."""
+    registry = Registry()
+
+    @registry.case("X-OP-02", "asks twice", grade="A", clause_2016="9.1", clause_2022="9.1",
+                   roles=("device",), operator=2)  # fmt: skip
+    async def asks_twice(ctx: Context) -> None:
+        """Steps: ask for an alarm, then a TeleBoot. Pass: the hook ran."""
+        await ctx.ask("alarm", DEVICE)
+        await ctx.ask("teleboot", DEVICE)
+
+    class NoHarness:
+        async def start(self) -> None:
+            pass
+
+        async def close(self) -> None:
+            pass
+
+    log = tmp_path / "actions"
+    out = io.StringIO()
+    code = cli_main(
+        ["run", "--target-role", "device", "--target-id", DEVICE, "--operator-hook",
+         f'echo "$GB28181_ACTION_NAME $GB28181_ACTION_TARGET" >> {log}'],
+        registry=registry,
+        harness_factory=lambda o: NoHarness(),
+        out=out,
+    )  # fmt: skip
+    assert code == 0, out.getvalue()
+    assert log.read_text().splitlines() == [f"alarm {DEVICE}", f"teleboot {DEVICE}"]
+    code = cli_main(
+        ["run", "--target-role", "device", "--target-id", DEVICE, "--operator-hook", "exit 7"],
+        registry=registry,
+        harness_factory=lambda o: NoHarness(),
+        out=out,
+    )  # fmt: skip
+    assert code == 1
+    assert "error X-OP-02" in out.getvalue() and "exit status 7" in out.getvalue()
+
+
 # -- platform mode: the gateway, driven from a city platform above it --------------------------
 class UpperOperator:
     """Does each action through a city platform (SimPlatform) the gateway registered to, as
