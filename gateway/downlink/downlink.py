@@ -4,8 +4,11 @@ GB/T 28181-2022 §9.3 (control), §9.4 (alarm), §9.5 (query), Annex M (multi-re
 §3–§5. A query is a ``MESSAGE`` out and one or more ``Response`` MESSAGEs back, matched on
 (CmdType, SN) — SNs are the gateway's own, unique while pending — and checked against the
 device or channel asked. Every incoming Response is answered 200 at once and fed to its
-collector. Catalog, RecordInfo and PresetQuery answers are collected item by item (distinct
-items, so a repeated part does not count twice) until ``SumNum``; ConfigDownload answers one
+collector. Every answer with a list (``SumNum`` and items: Catalog, RecordInfo, PresetQuery,
+CruiseTrackListQuery, CruiseTrackQuery, SDCardStatus, the 2022 MobilePosition list form) is
+collected item by item until ``SumNum``, across as many messages as the device splits it into;
+a repeated part does not count twice (distinct items where an item has an identity, else
+distinct parts: a cruise track may pass the same preset twice). ConfigDownload answers one
 Response per requested ConfigType. When parts stop coming for ``idle_timeout`` the collected
 items are returned marked ``partial``. A per-device limit on concurrent queries keeps one slow
 NVR from holding the gateway's resources.
@@ -46,6 +49,7 @@ from gateway.events import (
     MobilePositionReceived,
 )
 from gateway.manscdp.messages import (
+    REGISTRY,
     AlarmNotify,
     AlarmResponse,
     CatalogItem,
@@ -53,6 +57,7 @@ from gateway.manscdp.messages import (
     CatalogQuery,
     ConfigDownloadQuery,
     ConfigDownloadResponse,
+    CruiseTrack,
     CruiseTrackListQuery,
     CruiseTrackListResponse,
     CruiseTrackQuery,
@@ -71,17 +76,19 @@ from gateway.manscdp.messages import (
     MediaStatus,
     Message,
     MobilePositionNotify,
+    PositionItem,
     PresetQuery,
     PtzPositionQuery,
     PtzPositionResponse,
     RecordInfoQuery,
     RecordItem,
+    SDCard,
     SDCardStatusQuery,
     SDCardStatusResponse,
     encode,
 )
 from gateway.manscdp.ptz import PtzCommand
-from gateway.manscdp.schema import BLOCK, NODE, Node
+from gateway.manscdp.schema import BLOCK, LIST, NODE, Node
 from gateway.metrics import Metrics
 from gateway.model import Alarm, Device
 from gateway.sip.endpoint import Endpoint, ServerContext
@@ -129,19 +136,47 @@ def _preset_key(item: Node) -> Hashable:
     return getattr(item, "preset_id", None)
 
 
-# Answers collected item by item until SumNum (reference §3.3), and how an item is identified.
+def _track_key(item: Node) -> Hashable:
+    return cast(CruiseTrack, item).number
+
+
+def _card_key(item: Node) -> Hashable:
+    return cast(SDCard, item).id
+
+
+def _position_key(item: Node) -> Hashable:
+    p = cast(PositionItem, item)
+    return (p.device_id, p.capture_time, p.longitude, p.latitude)
+
+
+# How an item of a list answer (reference §3.3) is identified, where it has an identity: a
+# repeated item is counted once. Other lists (CruiseTrackQuery's points) count every item.
 _ITEM_KEYS: dict[str, Callable[[Node], Hashable]] = {
     "Catalog": _catalog_key,
     "RecordInfo": _record_key,
     "PresetQuery": _preset_key,
+    "CruiseTrackListQuery": _track_key,
+    "SDCardStatus": _card_key,
+    "MobilePosition": _position_key,
 }
+
+
+def _has_list(cls: type[Message]) -> bool:
+    attrs = {spec.attr: spec.kind for spec in cls._specs}
+    return attrs.get("items") == LIST and "sum_num" in attrs
+
+
+# The messages that answer with a list: ``SumNum`` and the ``items`` it counts.
+_LIST_ANSWERS: frozenset[type[Message]] = frozenset(c for c in REGISTRY.values() if _has_list(c))
 
 
 @dataclass(slots=True)
 class QueryResult:
     """What came back. ``responses``: every Response message, in arrival order; ``items``:
-    the distinct items of a multi-response answer; ``partial``: parts stopped coming before
-    ``SumNum`` (or before every requested ConfigType) was reached."""
+    the items of a list answer, from every part; ``sum_num``: its ``SumNum``; ``listed``: the
+    answer is a list (a ``SumNum`` or items came: an answer of a list type without either, a
+    2016 flat MobilePosition or a bare ``Result ERROR``, is not); ``partial``: parts stopped
+    coming before ``SumNum`` (or before every requested ConfigType) was reached."""
 
     device_id: str
     cmd_type: str
@@ -150,10 +185,21 @@ class QueryResult:
     items: list[Any] = field(default_factory=list)
     sum_num: int | None = None
     partial: bool = False
+    listed: bool = False
 
     @property
     def response(self) -> Message:
         return self.responses[0]
+
+    @property
+    def answer(self) -> Message:
+        """The answer as one message: the first Response, holding every item collected when
+        the answer is a list."""
+        first = self.responses[0]
+        if not self.listed:
+            return first
+        changes: dict[str, Any] = {"items": tuple(self.items)}
+        return replace(first, **changes)
 
 
 def _config_blocks(msg: Message) -> set[str]:
@@ -175,6 +221,7 @@ class _Collector:
         "keys",
         "last",
         "max_items",
+        "parts",
         "peer",
         "pending_types",
         "result",
@@ -197,6 +244,7 @@ class _Collector:
         self.peer = peer
         self.item_key = _ITEM_KEYS.get(result.cmd_type)
         self.keys: set[Hashable] = set()
+        self.parts: set[str] = set()  # the parts seen, for items without an identity
         self.expected_parts = expected_parts
         self.pending_types = {t.lower() for t in config_types}
         self.max_items = max_items
@@ -221,7 +269,7 @@ class _Collector:
         res = self.result
         res.responses.append(msg)
         self.last = now
-        if self.item_key is None:
+        if type(msg) not in _LIST_ANSWERS:
             if self.pending_types and isinstance(msg, ConfigDownloadResponse):
                 # One Response per type, or several types in one: done when all were seen.
                 self.pending_types -= _config_blocks(msg)
@@ -231,17 +279,26 @@ class _Collector:
                 self._finish()
             return
         sum_num = getattr(msg, "sum_num", None)
+        items: tuple[Any, ...] = getattr(msg, "items", ())
+        if sum_num is not None or items:
+            res.listed = True
         if res.sum_num is None and sum_num is not None:
             res.sum_num = sum_num
             if sum_num < 0 or sum_num > self.max_items:
                 self._finish(partial=True)  # an impossible count: keep what came, remove nothing
                 return
         key = self.item_key
-        for item in getattr(msg, "items", ()):
-            k = key(item)
-            if k not in self.keys:
-                self.keys.add(k)
-                res.items.append(item)
+        if key is not None:
+            for item in items:
+                k = key(item)
+                if k not in self.keys:
+                    self.keys.add(k)
+                    res.items.append(item)
+        elif items:
+            part = repr(items)
+            if part not in self.parts:  # a part sent twice counts once
+                self.parts.add(part)
+                res.items.extend(items)
         total = res.sum_num
         if len(res.items) > self.max_items or (total is not None and len(res.items) > total):
             self._finish(partial=True)  # more than announced: the answer cannot be trusted whole
@@ -577,10 +634,12 @@ class Downlink:
         return await self.query(channel_id, PresetQuery(sn=0, device_id=channel_id))
 
     async def _one(self, target_id: str, q: Message, kind: type[R]) -> R:
+        """The answer to ``q`` as one message (a list answer in several parts: merged)."""
         res = await self.query(target_id, q)
-        if not isinstance(res.response, kind):  # pragma: no cover - the registry decides
-            raise QueryError(f"{q.CMD} to {target_id}: unexpected {type(res.response).__name__}")
-        return res.response
+        answer = res.answer
+        if not isinstance(answer, kind):  # pragma: no cover - the registry decides
+            raise QueryError(f"{q.CMD} to {target_id}: unexpected {type(answer).__name__}")
+        return answer
 
     async def home_position(self, channel_id: str) -> HomePositionResponse:
         """2022 HomePositionQuery (reference §3.9)."""
@@ -734,8 +793,10 @@ class Downlink:
             return self._not_registered(req, ctx, "MobilePosition")
         msg = cast(MobilePositionNotify, decoded.message)
         self.note_charset(dev, decoded)
-        # A one-shot MobilePosition query is answered with this Notify.
-        self.deliver(msg, req.from_.uri.user or "", ctx.peer)
+        # A one-shot MobilePosition query is answered with this Notify; the reports of a
+        # subscription are not answers (and no stray ones) while no such query is pending.
+        if (msg.CMD, msg.sn) in self._collectors:
+            self.deliver(msg, req.from_.uri.user or "", ctx.peer)
         self.position_received(dev, msg)
         return self._ok(req)
 

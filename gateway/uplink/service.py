@@ -26,7 +26,11 @@ map, what it may see (:class:`SharedView`) and the subscriptions it made.
   subscription starts with a NOTIFY of the shared items that are offline (Annex N). Catalog
   changes from the downlink become NOTIFYs to every upper allowed to see the item, gathered for
   ``NOTIFY_DELAY`` seconds and batched. Alarms of shared channels go up in the alarm
-  subscription's dialog, or as a MESSAGE when the upper has none.
+  subscription's dialog, or as a MESSAGE when the upper has none. A subscription covers what
+  the DeviceID of its body names (in the upper's IDs; :meth:`SharedView.covers`): the gateway
+  (its ID or domain) every shared item, a device itself and its channels, a channel itself, a
+  tree node what hangs under it. Positions and catalog changes outside it are not sent in it;
+  an alarm outside it goes as a MESSAGE, as to an upper without an alarm subscription.
 * When an upper goes offline its subscriptions are dropped (it re-subscribes when it is back)
   and :class:`~gateway.events.UpperOffline` tells the session layer to end its media.
 """
@@ -625,29 +629,33 @@ class Uplink:
             return
         self.metrics.inc("uplink.forwarded")
         first = res.response
-        if hasattr(first, "items") and res.items is not None and msg.CMD != "ConfigDownload":
+        if res.listed:
+            # Every item of every part the device sent, in our own parts (Annex M), SumNum
+            # the items relayed; the other fields (Result, Name, Number...) the first part's.
             items = [self._up_item(s, i, upper_target) for i in res.items]
 
             def make(batch: Sequence[Any], total: int) -> Message:
                 fields: dict[str, Any] = {
                     "sn": msg.sn,
                     "device_id": upper_target,
+                    "sum_num": total,
                     "items": tuple(batch),
                 }
-                if hasattr(first, "sum_num"):
-                    fields["sum_num"] = total
                 return replace(first, **fields)
 
             await self.send_parts(s, make, items)
             return
+        # No list (or a list type answered without one: a 2016 flat MobilePosition, a bare
+        # Result ERROR): relayed as the device wrote it, nothing added.
         for r in res.responses:
             if isinstance(r, DeviceStatusResponse) and r.alarm_status:
                 r = replace(r, alarm_status=tuple(self._up_item(s, a) for a in r.alarm_status))
             await self.send(s, replace(r, sn=msg.sn, device_id=upper_target))
 
     def _up_item(self, s: UpperSession, item: Any, fallback: str | None = None) -> Any:
-        """A relayed item (a record, an alarm input...) with its DeviceID in the upper's IDs;
-        an ID the upper does not know becomes ``fallback`` (or is left out)."""
+        """A relayed item (a record, an alarm input, a position...) with its DeviceID in the
+        upper's IDs; an ID the upper does not know becomes ``fallback`` (or is left out). Items
+        without one (cruise tracks and points, SD cards, presets) go as they are."""
         device_id = getattr(item, "device_id", None)
         if not device_id:
             return item
@@ -917,12 +925,16 @@ class Uplink:
         kind = item_kind(change.item_id)
         tree = kind in ("region", "business_group", "virtual_org", "system")
         for s in self.sessions.values():
-            if "Catalog" not in s.subs:
+            sub = s.subs.get("Catalog")
+            if sub is None:
                 continue
             if tree:
                 if not s.view.share_all:
                     continue
             elif not s.view.channel_visible(change.owner_id, change.item_id):
+                continue
+            stored = change.after or change.before
+            if not self._covered(s, sub, change.owner_id, change.item_id, stored):
                 continue
             if change.event in ("ADD", "UPDATE") and change.after is not None:
                 item = s.view.translate(change.owner_id, change.after)
@@ -936,8 +948,32 @@ class Uplink:
     def _device_event(self, device_id: str, event: str) -> None:
         reported = self.catalog.owner_of(device_id) is not None
         for s in self.sessions.values():
-            if "Catalog" in s.subs and not reported and s.view.device_visible(device_id):
+            sub = s.subs.get("Catalog")
+            if (
+                sub is not None
+                and not reported
+                and s.view.device_visible(device_id)
+                and self._covered(s, sub, device_id, device_id)
+            ):
                 self._queue(s, event, CatalogItem(device_id=s.idmap.to_upper(device_id)))
+
+    def _covered(
+        self,
+        s: UpperSession,
+        sub: InboundSubscription,
+        owner: str,
+        item_id: str,
+        item: CatalogItem | None = None,
+    ) -> bool:
+        """Is ``item_id`` (reported by ``owner``; the device itself when the same) inside what
+        the subscription's DeviceID names: everything for the gateway (its ID or domain),
+        else what that ID covers in the upper's view (:meth:`SharedView.covers`: a device and
+        its channels, a channel, a node of the tree and what hangs under it). The DeviceID is
+        the upper's: mapped back to ours first. Visibility is checked by the caller."""
+        if self._is_gateway(sub.target):
+            return True
+        local = s.idmap.to_local(sub.target)
+        return local is not None and s.view.covers(local, owner, item_id, item)
 
     def on_device_online(self, event: DeviceOnline) -> None:
         self._device_event(event.device_id, "ON")
@@ -979,6 +1015,9 @@ class Uplink:
                 info=info,
             )
             sub = s.subs.get("Alarm")
+            if sub is not None and not self._covered(s, sub, alarm.device_id, channel):
+                # Not what the subscription names: as to an upper without one, by MESSAGE.
+                sub = None
             self.metrics.inc("uplink.alarm_forwarded")
             if sub is not None:
                 self.spawn(self._notify(s, sub, self._encode(s, msg)))
@@ -1000,7 +1039,7 @@ class Uplink:
                     if device_id == owner
                     else s.view.channel_visible(owner, device_id)
                 )
-                if not visible:
+                if not visible or not self._covered(s, sub, owner, device_id):
                     continue
                 msg = MobilePositionNotify(
                     sn=self.next_sn(),

@@ -7,13 +7,20 @@ shared channels hang under (civil regions, business groups 215, virtual organisa
 their own ancestors), the devices that own shared channels (NVRs, built from what the registrar
 and DeviceInfo know), and the channels. Every ID goes through the upper's :class:`IdMap`, and
 every ``ParentID`` is rewritten so that the tree is whole from the upper's side: a parent the
-upper cannot see is dropped, and an item left without one hangs under the gateway.
+upper cannot see is dropped, and an item left without one hangs under the gateway. A parent the
+upper sees is kept: the reporting device, another shared device, a stored tree node, or an item
+of the visible catalog itself (a lower platform's NVR, type 118, above its cameras).
+
+What an ID the upper names covers (a Catalog query or subscription for a node, a MobilePosition
+or Alarm subscription for a device or channel) is decided in one place, :meth:`SharedView.covers`:
+the item itself, everything whose visible ParentIDs or business group lead up to it, and, for a
+registered device, every channel and device item it reported.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from gateway.catalog import Catalog
@@ -110,10 +117,7 @@ class SharedView:
         """A stored item in the upper's IDs, with ParentID and the business group rewritten."""
         kind = item_kind(item.device_id)
         gw = self.gateway.id
-        parents: list[str] = []
-        for p in item.parent_ids:
-            if self._parent_seen(owner, p):
-                parents.append(self.idmap.to_upper(p))
+        parents = [self.idmap.to_upper(p) for p in self._parents(owner, item)]
         if kind == "business_group":
             parents = [gw]  # its owning system, from the upper's side: the gateway
         elif not parents and kind != "virtual_org" and kind != "region":
@@ -132,15 +136,81 @@ class SharedView:
             info=info,
         )
 
+    def _parents(self, owner: str, item: CatalogItem) -> list[str]:
+        """The ParentIDs of ``item`` (reported by ``owner``) that this upper sees, local IDs."""
+        return [p for p in item.parent_ids if self._parent_seen(owner, p)]
+
     def _parent_seen(self, owner: str, parent: str) -> bool:
         """Is ``parent`` something this upper sees: the reporting device, another shared
-        device, or a stored tree node?"""
+        device, a stored tree node (a system, type 200, included: it is in the view whenever
+        something shared hangs under it), or an item of the catalog this upper may see (an NVR
+        a lower platform reported above its cameras)?"""
         if parent == owner or (parent in self.devices and self.device_visible(parent)):
             return True
-        return item_kind(parent) in TREE_KINDS and self.catalog.get(parent) is not None
+        reported_by = self.catalog.owner_of(parent)
+        if reported_by is None:
+            return False
+        return item_kind(parent) in TREE_KINDS or self.channel_visible(reported_by, parent)
 
     def _node(self, local: str) -> str | None:
         return self.idmap.to_upper(local) if self.catalog.get(local) is not None else None
+
+    # -- what an ID covers ------------------------------------------------------------------
+    def _links(self, owner: str, item: CatalogItem) -> list[str]:
+        """What ``item`` hangs under from this upper's side (local IDs), as :meth:`translate`
+        writes it: its visible ParentIDs (none for a business group: the gateway is its
+        system) and its business group."""
+        links = [] if item_kind(item.device_id) == "business_group" else self._parents(owner, item)
+        group = item.group_id
+        if group and self.catalog.get(group) is not None:
+            links.append(group)
+        return links
+
+    def covers(
+        self,
+        target: str,
+        owner: str,
+        item_id: str,
+        item: CatalogItem | None = None,
+        memo: dict[str, bool] | None = None,
+    ) -> bool:
+        """Does ``target`` (a local ID an upper named, not the gateway's) cover ``item_id``,
+        reported by ``owner`` (``item_id == owner``: the registered device itself)? Yes for the
+        item itself; for a registered device, every channel and device item it reported; and
+        for anything whose visible ParentIDs or business group lead up to ``target`` (a civil
+        region, a business group, a virtual organisation, an NVR item of a lower platform).
+        ``item``: the item when it is no longer stored (a deletion); ``memo``: answers for
+        intermediate nodes, shared by calls with the same ``target``. Visibility is not
+        checked here."""
+        if item_id == target:
+            return True
+        if owner == target and item_kind(item_id) not in TREE_KINDS:
+            return True
+        if item is None:
+            item = self.catalog.get(item_id)
+            if item is None:
+                return False  # a registered device the catalog does not list: under the gateway
+        return self._reaches(owner, item, target, {} if memo is None else memo, {item_id})
+
+    def _reaches(
+        self, owner: str, item: CatalogItem, target: str, memo: dict[str, bool], path: set[str]
+    ) -> bool:
+        for link in self._links(owner, item):
+            if link == target:
+                return True
+            hit = memo.get(link)
+            if hit is None:
+                node = self.catalog.get(link)
+                if link in path or node is None:
+                    continue  # a loop in the tree, or a registered device: nothing above
+                path.add(link)
+                hit = memo[link] = self._reaches(
+                    self.catalog.owner_of(link) or owner, node, target, memo, path
+                )
+                path.discard(link)
+            if hit:
+                return True
+        return False
 
     # -- the whole view ---------------------------------------------------------------------
     def build(self, target: str | None = None) -> list[CatalogItem]:
@@ -179,24 +249,46 @@ class SharedView:
             if item.civil_code:
                 wanted_nodes[item.civil_code] = None
         nodes = self._with_ancestors(wanted_nodes)
-        view: list[CatalogItem] = [self.system_item()]
+        inside = self._scope(target)
+        view: list[CatalogItem] = [self.system_item()] if inside is None else []
         tree = sorted(
-            (self.translate(owner, node) for owner, node in nodes),
+            (
+                self.translate(owner, node)
+                for owner, node in nodes
+                if inside is None or inside(owner, node.device_id)
+            ),
             key=lambda i: (_ORDER.get(item_kind(i.device_id), 5), i.device_id),
         )
         view.extend(tree)
         reported = {item.device_id for _, item in channels}
+        reported.update(node.device_id for _, node in nodes)
         for owner in owners:
             dev = self.devices.get(owner)
-            if dev is not None and owner not in reported:
+            if (
+                dev is not None
+                and owner not in reported
+                and (inside is None or inside(owner, owner))
+            ):
                 view.append(self.device_item(dev))
         for n, (owner, item) in enumerate(channels):
             if n % _CHUNK == _CHUNK - 1:
                 yield
-            view.append(self.translate(owner, item))
-        if target is not None and target != self.gateway.id:
-            view = list(_subtree(view, target))
+            if inside is None or inside(owner, item.device_id):
+                view.append(self.translate(owner, item))
         out.extend(view)
+
+    def _scope(self, target: str | None) -> Callable[[str, str], bool] | None:
+        """For a view of ``target`` (an ID the upper used): whether an item (owner, local ID)
+        is in it (:meth:`covers`); ``None`` for the whole view (no target, or the gateway)."""
+        if target is None or target == self.gateway.id:
+            return None
+        local = self.idmap.to_local(target)
+        memo: dict[str, bool] = {}
+
+        def inside(owner: str, item_id: str) -> bool:
+            return local is not None and self.covers(local, owner, item_id, memo=memo)
+
+        return inside
 
     def _with_ancestors(self, wanted: dict[str, None]) -> list[tuple[str, CatalogItem]]:
         """The stored tree nodes named in ``wanted``, with their parents and groups, once."""
@@ -215,27 +307,3 @@ class SharedView:
             if item.group_id:
                 queue.append(item.group_id)
         return list(found.values())
-
-
-def _subtree(items: Iterable[CatalogItem], target: str) -> Iterator[CatalogItem]:
-    """``target`` and everything whose ParentID chain or business group reaches it."""
-    members = {target}
-    chosen: list[CatalogItem] = []
-    pending = list(items)
-    changed = True
-    while changed:
-        changed = False
-        rest = []
-        for item in pending:
-            if (
-                item.device_id in members
-                or members.intersection(item.parent_ids)
-                or (item.group_id in members)
-            ):
-                members.add(item.device_id)
-                chosen.append(item)
-                changed = True
-            else:
-                rest.append(item)
-        pending = rest
-    yield from chosen

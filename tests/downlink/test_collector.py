@@ -10,7 +10,15 @@ from gateway.manscdp.messages import (
     CatalogItem,
     CatalogResponse,
     ConfigDownloadResponse,
+    CruisePoint,
+    CruiseTrack,
+    CruiseTrackListResponse,
+    CruiseTrackResponse,
+    MobilePositionNotify,
+    PositionItem,
     PresetQueryResponse,
+    SDCard,
+    SDCardStatusResponse,
     VideoParamOpt,
 )
 from gateway.sip.transport import Peer
@@ -84,3 +92,68 @@ async def test_a_large_answer_over_tcp_from_the_registered_host_is_taken() -> No
     assert c.accepts(DEV, DEV, Peer("tcp", "10.0.0.2", 41234))
     assert not c.accepts(DEV, DEV, Peer("tcp", "10.0.0.3", 41234))
     assert not c.accepts("34020000001180000002", DEV[:-1] + "2", Peer("tcp", "10.0.0.2", 41234))
+
+
+# -- every answer with a list is collected until SumNum (reference §3.3, 2022 Annex M) --------
+def card(n: int) -> SDCard:
+    return SDCard(id=n, hdd_name=f"SD{n}", status="ok", capacity=100.0, free_space=50.0)
+
+
+async def test_sd_cards_and_cruise_tracks_are_collected_across_parts() -> None:
+    c = collector("SDCardStatus")
+    c.feed(SDCardStatusResponse(sn=7, device_id=DEV, result="OK", sum_num=2, items=(card(1),)), 1)
+    assert not c.future.done()
+    c.feed(SDCardStatusResponse(sn=7, device_id=DEV, result="OK", sum_num=2, items=(card(1),)), 2)
+    assert not c.future.done()  # the same card again counts once
+    c.feed(SDCardStatusResponse(sn=7, device_id=DEV, result="OK", sum_num=2, items=(card(2),)), 3)
+    res = c.future.result()
+    assert not res.partial and res.listed and res.sum_num == 2
+    assert [i.id for i in res.items] == [1, 2]
+    merged = res.answer
+    assert isinstance(merged, SDCardStatusResponse) and len(merged.items) == 2
+    tracks = collector("CruiseTrackListQuery")
+    one = CruiseTrack(number=0, name="A")
+    two = CruiseTrack(number=1, name="B")
+    tracks.feed(CruiseTrackListResponse(sn=7, device_id=DEV, sum_num=2, items=(one, two)), 1)
+    assert [t.name for t in tracks.future.result().items] == ["A", "B"]
+
+
+async def test_cruise_points_may_repeat_but_a_repeated_part_counts_once() -> None:
+    """A track may pass the same preset twice with the same stay and speed: points have no
+    identity, so only a whole part sent again is left out."""
+    c = collector("CruiseTrackQuery")
+    p1, p2 = CruisePoint(preset_index=1, stay_time=5, speed=3), CruisePoint(preset_index=2)
+
+    def part(*points: CruisePoint) -> CruiseTrackResponse:
+        return CruiseTrackResponse(sn=7, device_id=DEV, number=0, sum_num=4, items=points)
+
+    c.feed(part(p1, p2), 1)
+    c.feed(part(p1, p2), 2)  # sent twice
+    assert not c.future.done() and len(c.result.items) == 2
+    c.feed(part(p1, p2), 3)
+    assert not c.future.done()
+    c.feed(part(p1, CruisePoint(preset_index=3)), 4)
+    res = c.future.result()
+    assert not res.partial
+    assert [p.preset_index for p in res.items] == [1, 2, 1, 3]
+
+
+async def test_a_flat_position_is_no_list_and_a_2022_list_is_one() -> None:
+    flat = collector("MobilePosition")
+    flat.feed(MobilePositionNotify(sn=7, device_id=DEV, longitude=117.0, latitude=31.0), 1)
+    res = flat.future.result()
+    assert not res.listed and res.sum_num is None and not res.items
+    assert res.answer is res.response  # nothing merged, nothing added
+    listed = collector("MobilePosition")
+    item = PositionItem(device_id=DEV, capture_time="2024-05-20T10:00:00", longitude=117.0,
+                        latitude=31.0)  # fmt: skip
+    listed.feed(MobilePositionNotify(sn=7, device_id=DEV, sum_num=1, items=(item,)), 1)
+    res = listed.future.result()
+    assert res.listed and res.items == [item] and not res.partial
+
+
+async def test_a_list_type_answered_with_a_bare_error_is_no_list() -> None:
+    c = collector("SDCardStatus")
+    c.feed(SDCardStatusResponse(sn=7, device_id=DEV, result="ERROR"), 1)
+    res = c.future.result()
+    assert not res.listed and not res.partial and res.sum_num is None

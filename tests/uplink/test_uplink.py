@@ -20,7 +20,23 @@ from conformance.suite.cases.common import item_differences
 from gateway.app import Gateway
 from gateway.events import CatalogSynced
 from gateway.manscdp.gbid import is_gb_id, item_kind
-from gateway.manscdp.messages import CatalogItem, DeviceControl
+from gateway.manscdp.messages import (
+    AlarmNotify,
+    CatalogItem,
+    CruisePoint,
+    CruiseTrackListQuery,
+    CruiseTrackListResponse,
+    CruiseTrackQuery,
+    CruiseTrackResponse,
+    DeviceControl,
+    Message,
+    MobilePositionNotify,
+    MobilePositionQuery,
+    PositionItem,
+    SDCard,
+    SDCardStatusQuery,
+    SDCardStatusResponse,
+)
 from gateway.metrics import Metrics
 from gateway.sip.endpoint import Endpoint
 from gateway.sip.message import parse
@@ -523,3 +539,251 @@ async def test_large_catalog_notify_goes_up_over_tcp_in_its_dialog(
     got = next(i for i in msg.items if i.device_id == LONG.device_id)  # type: ignore[attr-defined]
     assert (got.name, got.address) == (LONG.name, LONG.address)
     assert gw.metrics.get("uplink.sent_over_tcp") == 1
+
+
+# -- relayed answers with a list keep every item (reference §3.3, §3.9; 2022 Annex M) ----------
+def upper_ids(gw: Gateway) -> Callable[[str], str]:
+    assert gw.uplink is not None
+    idmap = gw.uplink.sessions[UP].idmap
+    return idmap.to_upper
+
+
+async def ask(p: SimPlatform, msg: Message) -> Message:
+    res = await p.query(GW, msg, timeout=5.0)
+    assert res.status == 200 and len(res.responses) == 1, res
+    return res.responses[0]
+
+
+async def one_shot_position(p: SimPlatform, target: str) -> MobilePositionNotify:
+    """Query/MobilePosition by MESSAGE: the answer is a Notify/MobilePosition MESSAGE."""
+    before = len(p.positions)
+    task = asyncio.ensure_future(p.query(GW, MobilePositionQuery(sn=0, device_id=target)))
+    try:
+        await wait_for(lambda: len(p.positions) > before, 5, "position answer")
+    finally:
+        task.cancel()
+    return p.positions[before]
+
+
+async def test_relayed_cruise_sd_card_and_position_answers_are_the_devices(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    """The answers go up as the device gave them: every track and point, the card, and a
+    2016 flat position without a SumNum the device never sent (IDs in the upper's space)."""
+    p = platform(upper_endpoint)
+    up = upper_config(upper_endpoint, id_policy="recode", civil_code="340100", gb_version="2022")
+    gw = await gateway_with(start_gateway, up)
+    dev = nvr(device_endpoint, gw, channel_count=2, gb_version="3.0")
+    await synced_nvr(gw, dev)
+    await online_at(p)
+    await p.catalog(GW)
+    to_upper = upper_ids(gw)
+    cam, nvr_up = to_upper(dev.channel_id(1)), to_upper(NVR1)
+    assert cam != dev.channel_id(1)
+    tracks = await ask(p, CruiseTrackListQuery(sn=0, device_id=cam))
+    assert isinstance(tracks, CruiseTrackListResponse) and tracks.device_id == cam
+    assert tracks.result == "OK" and tracks.sum_num == 2
+    assert [(t.number, t.name) for t in tracks.items] == [(0, "巡航路线1"), (1, "巡航路线2")]
+    track = await ask(p, CruiseTrackQuery(sn=0, device_id=cam, number=1))
+    assert isinstance(track, CruiseTrackResponse)
+    assert (track.number, track.name, track.sum_num) == (1, "巡航路线2", len(dev.presets))
+    assert [p.preset_index for p in track.items] == [p.preset_id for p in dev.presets]
+    sd = await ask(p, SDCardStatusQuery(sn=0, device_id=nvr_up))
+    assert isinstance(sd, SDCardStatusResponse) and sd.device_id == nvr_up and sd.sum_num == 1
+    assert [(c.id, c.hdd_name, c.capacity) for c in sd.items] == [(1, "SD1", 61440.0)]
+    assert [q.device_id for q in dev.queries if q.CMD == "SDCardStatus"] == [NVR1]
+    pos = await one_shot_position(p, nvr_up)
+    assert pos.device_id == nvr_up and pos.sum_num is None and not pos.items
+    assert (pos.longitude, pos.latitude) == dev.position
+
+
+CARDS = (
+    SDCard(id=1, hdd_name="SD1", status="ok", format_progress=100, capacity=64.0, free_space=8.0),
+    SDCard(id=2, hdd_name="SD2", status="idle", format_progress=0, capacity=32.0, free_space=32.0),
+)
+# A track that goes back to where it started: preset 1 twice, alike.
+POINTS = tuple(CruisePoint(preset_index=i, stay_time=5, speed=3) for i in (1, 2, 3, 1))
+
+
+class SplittingDevice(SimDevice):
+    """Answers in several MESSAGEs: SDCardStatus one card each, CruiseTrackQuery two points
+    each; a MobilePosition query in the 2022 list form, the device's and a channel's."""
+
+    def _on_query(self, msg: Message) -> None:
+        parts: list[Message]
+        if isinstance(msg, SDCardStatusQuery):
+            parts = [SDCardStatusResponse(sn=msg.sn, device_id=msg.device_id, result="OK",
+                                          sum_num=2, items=(c,)) for c in CARDS]  # fmt: skip
+        elif isinstance(msg, CruiseTrackQuery):
+            parts = [CruiseTrackResponse(sn=msg.sn, device_id=msg.device_id, result="OK",
+                                         number=msg.number, name="往返", sum_num=len(POINTS),
+                                         items=POINTS[i : i + 2]) for i in (0, 2)]  # fmt: skip
+        elif isinstance(msg, MobilePositionQuery):
+            items = tuple(PositionItem(device_id=i, capture_time="2024-05-20T10:00:00",
+                                       longitude=117.2, latitude=31.8) for i in
+                          (self.device_id, self.channel_id(2)))  # fmt: skip
+            parts = [MobilePositionNotify(sn=msg.sn, device_id=msg.device_id,
+                                          time="2024-05-20T10:00:00", sum_num=2,
+                                          items=items)]  # fmt: skip
+        else:
+            super()._on_query(msg)
+            return
+        self.queries.append(msg)
+        self._spawn(self._send_parts(msg, parts, True))
+
+
+async def test_list_answers_in_several_parts_are_collected_and_relayed_whole(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    p = platform(upper_endpoint)
+    up = upper_config(upper_endpoint, id_policy="recode", civil_code="340100", gb_version="2022")
+    gw = await gateway_with(start_gateway, up)
+    dev = SplittingDevice(device_endpoint, NVR1, Peer("udp", "127.0.0.1", gw.port),
+                          channel_count=2, gb_version="3.0")  # fmt: skip
+    dev.install()
+    await synced_nvr(gw, dev)
+    await online_at(p)
+    await p.catalog(GW)
+    to_upper = upper_ids(gw)
+    nvr_up, cam_up = to_upper(NVR1), to_upper(dev.channel_id(2))
+    sd = await ask(p, SDCardStatusQuery(sn=0, device_id=nvr_up))
+    assert isinstance(sd, SDCardStatusResponse) and sd.sum_num == 2
+    assert [c.hdd_name for c in sd.items] == ["SD1", "SD2"]
+    assert [a for a in dev.answer_statuses if a[0] == "SDCardStatus"][-1][2] == 200
+    track = await ask(p, CruiseTrackQuery(sn=0, device_id=cam_up, number=3))
+    assert isinstance(track, CruiseTrackResponse) and (track.number, track.name) == (3, "往返")
+    assert track.sum_num == 4 and [p.preset_index for p in track.items] == [1, 2, 3, 1]
+    pos = await one_shot_position(p, nvr_up)
+    assert pos.device_id == nvr_up and pos.sum_num == 2
+    assert [i.device_id for i in pos.items] == [nvr_up, cam_up]  # the upper's IDs inside too
+
+
+# -- a subscription covers what its DeviceID names (RFC 6665; reference §5.1, §7.4) -----------
+async def position_from(gw: Gateway, dev: SimDevice, lon: float, item: str | None = None) -> None:
+    """``dev`` reports a position by MESSAGE and the gateway has handled it."""
+    before = gw.metrics.get("position.received")
+    await dev.send_position(lon, 31.5, device_id=item, via="message")
+    await wait_for(lambda: gw.metrics.get("position.received") > before, 3, "position in")
+
+
+async def test_a_position_subscription_carries_only_what_its_device_id_names(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    """SUBSCRIBE for NVR 1 (by its recoded ID): NVR 2's positions stay out; for a channel:
+    only that channel's; for the gateway: everyone's. A position that is left out goes before
+    the one awaited, in the same dialog, so it would have arrived first."""
+    p = platform(upper_endpoint)
+    up = upper_config(upper_endpoint, id_policy="recode", civil_code="340100")
+    gw = await gateway_with(start_gateway, up)
+    one = nvr(device_endpoint, gw, NVR1, channel_count=2)
+    two = nvr(device_endpoint, gw, NVR2, channel_count=1)
+    await synced_nvr(gw, one)
+    await synced_nvr(gw, two)
+    await online_at(p)
+    await p.catalog(GW)
+    to_upper = upper_ids(gw)
+
+    async def reported(*moves: tuple[SimDevice, float, str | None]) -> list[tuple[str, float]]:
+        """Each move sent in turn; the positions that came up (DeviceID, longitude) once the
+        last one did."""
+        start = len(p.positions)
+        for dev, lon, item in moves:
+            await position_from(gw, dev, lon, item)
+        last = moves[-1][1]
+        await wait_for(lambda: any(m.longitude == last for m in p.positions[start:]), 3, "up")
+        return [(m.device_id, m.longitude or 0.0) for m in p.positions[start:]]
+
+    sub = await p.subscribe(GW, "MobilePosition", target=to_upper(NVR1))
+    assert sub.active
+    seen = await reported((two, 100.5, None), (one, 117.1, None), (one, 117.2, one.channel_id(1)))
+    assert seen == [(to_upper(NVR1), 117.1), (to_upper(one.channel_id(1)), 117.2)]
+    sub = await p.subscribe(GW, "MobilePosition", target=to_upper(one.channel_id(2)))
+    seen = await reported((one, 117.3, None), (one, 117.4, one.channel_id(1)),
+                          (one, 117.5, one.channel_id(2)))  # fmt: skip
+    assert seen == [(to_upper(one.channel_id(2)), 117.5)]
+    sub = await p.subscribe(GW, "MobilePosition", target=GW)
+    seen = await reported((two, 100.6, None), (one, 117.6, None))
+    assert seen == [(to_upper(NVR2), 100.6), (to_upper(NVR1), 117.6)]
+
+
+async def test_an_alarm_subscription_for_one_device_gets_only_its_alarms(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    """Another device's alarm does not go in the subscription's dialog: it goes by MESSAGE,
+    as to an upper without an alarm subscription."""
+    p = platform(upper_endpoint)
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint))
+    one = nvr(device_endpoint, gw, NVR1, channel_count=1)
+    two = nvr(device_endpoint, gw, NVR2, channel_count=1)
+    await synced_nvr(gw, one)
+    await synced_nvr(gw, two)
+    await online_at(p)
+    sub = await p.subscribe(GW, "Alarm", target=NVR1)
+    assert sub.active
+    await two.send_alarm(two.channel_id(1), priority=2)
+    await one.send_alarm(one.channel_id(1), priority=1)
+    await wait_for(lambda: len(p.alarms) == 2, 3, "both alarms")
+    notified = [m.device_id for r, m in p.notifies if isinstance(m, AlarmNotify)]
+    assert notified == [one.channel_id(1)]
+    assert {a.device_id for a in p.alarms} == {one.channel_id(1), two.channel_id(1)}
+
+
+async def test_a_catalog_subscription_for_one_device_gets_only_its_changes(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    p = platform(upper_endpoint)
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint))
+    one = nvr(device_endpoint, gw, NVR1, channel_count=1)
+    two = nvr(device_endpoint, gw, NVR2, channel_count=1)
+    await synced_nvr(gw, one)
+    await synced_nvr(gw, two)
+    await online_at(p)
+    sub = await p.subscribe(GW, "Catalog", target=NVR1)
+    assert sub.active
+    await wait_for(lambda: all(d.subscription("Catalog") for d in (one, two)), 5, "subscribed")
+    added = [
+        CatalogItem(device_id=f"{dev.device_id[:10]}131{dev.device_id[-3:]}0099", name="新通道",
+                    parent_id=dev.device_id, status="ON") for dev in (two, one)
+    ]  # fmt: skip
+    await two.notify_catalog([("ADD", added[0])])
+    await one.notify_catalog([("ADD", added[1])])
+    await wait_for(lambda: ("ADD", added[1].device_id) in p.catalog_events, 3, "ADD upward")
+    assert ("ADD", added[0].device_id) not in p.catalog_events
+
+
+# -- a lower platform registered as a device: its tree keeps its shape upward ----------------
+LOWER = "34020000002000000007"
+
+
+def lower_tree() -> list[CatalogItem]:
+    """Two NVR items (ParentID the lower platform) with two cameras each (ParentID the NVR)."""
+    items = []
+    for k in (1, 2):
+        nvr_id = f"{LOWER[:10]}118995000{k}"
+        items.append(CatalogItem(device_id=nvr_id, name=f"下级平台NVR{k}", parent_id=LOWER,
+                                 civil_code="340200", status="ON"))  # fmt: skip
+        items += [CatalogItem(device_id=f"{LOWER[:10]}131996{k}{n:03d}", name=f"摄像机{k}-{n}",
+                              parent_id=nvr_id, civil_code="340200", status="ON")
+                  for n in (1, 2)]  # fmt: skip
+    return items
+
+
+@pytest.mark.parametrize("id_policy", ["keep", "recode"])
+async def test_a_lower_platforms_cameras_stay_under_their_nvrs_upward(
+    upper_endpoint, start_gateway, device_endpoint, id_policy: str
+) -> None:
+    p = platform(upper_endpoint)
+    up = upper_config(upper_endpoint, id_policy=id_policy, civil_code="340100")
+    gw = await gateway_with(start_gateway, up)
+    tree = lower_tree()
+    lower = nvr(device_endpoint, gw, LOWER, channel_count=0, catalog_extra_items=tree,
+                name="下级平台")  # fmt: skip
+    await synced_nvr(gw, lower)
+    await online_at(p)
+    res = await p.catalog(GW)
+    to_upper = upper_ids(gw)
+    by_id = {i.device_id: i for i in res.items}
+    assert by_id[to_upper(LOWER)].parent_id == GW
+    for item in tree:
+        got = by_id[to_upper(item.device_id)]
+        assert got.parent_id == to_upper(item.parent_id or ""), item.device_id

@@ -165,3 +165,90 @@ def test_recode_never_hands_out_a_platforms_own_id() -> None:
     idmap = IdMap(up, MemoryStore(), GW)
     first = idmap.to_upper("34020000002000000009")
     assert first != UP and first == "34010000002000000002"
+
+
+# -- a lower platform (type 200) registered as a device: its tree keeps its shape -------------
+LOWER = "34020000002000000007"
+LOWER_NVR = "34020000001189950001"
+OTHER_NVR = "34020000001189950002"
+
+
+def lower_cam(nvr: str, n: int) -> CatalogItem:
+    return CatalogItem(
+        device_id=f"{nvr[:10]}131996{nvr[-1]}{n:03d}",
+        name=f"摄像机{nvr[-1]}-{n}",
+        parent_id=nvr,
+        civil_code="340200",
+        status="ON",
+    )
+
+
+def lower_view(**kw: object) -> tuple[SharedView, IdMap]:
+    """NVR 1's world plus a lower platform that reported two NVR items (ParentID the
+    platform) with two cameras each (ParentID the NVR)."""
+    config, catalog, devices = world()
+    items: list[CatalogItem] = []
+    for nvr in (LOWER_NVR, OTHER_NVR):
+        items.append(CatalogItem(device_id=nvr, name=f"NVR{nvr[-1]}", parent_id=LOWER))
+        items += [lower_cam(nvr, 1), lower_cam(nvr, 2)]
+    catalog.apply_sync(LOWER, items, partial=False)
+    devices[LOWER] = Device(LOWER, online=True, name="下级平台")
+    up = upper(**kw)
+    idmap = IdMap(up, MemoryStore(), GW)
+    return SharedView(up, config, catalog, devices, idmap), idmap
+
+
+def test_a_lower_platforms_cameras_stay_under_their_nvr_items() -> None:
+    v, _ = lower_view()
+    by_id = {i.device_id: i for i in v.build()}
+    assert by_id[LOWER].parent_id == GW  # the registered platform hangs under the gateway
+    assert by_id[LOWER_NVR].parent_id == LOWER
+    assert by_id[lower_cam(LOWER_NVR, 2).device_id].parent_id == LOWER_NVR
+    assert by_id[lower_cam(OTHER_NVR, 1).device_id].parent_id == OTHER_NVR
+    # Shared by the platform's ID: the same shape.
+    v, _ = lower_view(share=(LOWER,))
+    by_id = {i.device_id: i for i in v.build()}
+    assert by_id[lower_cam(LOWER_NVR, 1).device_id].parent_id == LOWER_NVR
+
+
+def test_a_camera_shared_without_its_nvr_item_hangs_under_the_gateway() -> None:
+    cam1 = lower_cam(LOWER_NVR, 1).device_id
+    v, _ = lower_view(share=(cam1,))
+    by_id = {i.device_id: i for i in v.build()}
+    assert set(by_id) == {GW, "340200", LOWER, cam1}
+    assert by_id[cam1].parent_id == GW  # the NVR item is not this upper's to see
+    v, _ = lower_view(share=(cam1, LOWER_NVR))
+    by_id = {i.device_id: i for i in v.build()}
+    assert by_id[cam1].parent_id == LOWER_NVR
+
+
+def test_recoded_parents_of_a_lower_platforms_tree_are_the_uppers_ids() -> None:
+    v, idmap = lower_view(id_policy="recode", civil_code="3401", industry_code="05")
+    items = v.build()
+    by_local = {idmap.to_local(i.device_id): i for i in items}
+    nvr = by_local[LOWER_NVR]
+    assert nvr.device_id != LOWER_NVR and nvr.parent_id == idmap.to_upper(LOWER)
+    assert by_local[lower_cam(LOWER_NVR, 1).device_id].parent_id == nvr.device_id
+
+
+def test_what_an_id_covers_device_channel_and_tree_node() -> None:
+    """One scope rule for subscriptions and catalog queries (SharedView.covers)."""
+    v, idmap = lower_view()
+    cam1, cam2 = cam(NVR1, 1).device_id, cam(NVR1, 2).device_id
+    lcam = lower_cam(LOWER_NVR, 1).device_id
+    assert v.covers(NVR1, NVR1, NVR1) and v.covers(NVR1, NVR1, cam1)  # a device: its channels
+    assert not v.covers(NVR1, NVR2, cam(NVR2, 1).device_id)  # ...not another's
+    assert v.covers(cam1, NVR1, cam1) and not v.covers(cam1, NVR1, cam2)  # a channel: itself
+    assert not v.covers(cam1, NVR1, NVR1)
+    assert v.covers(ORG, NVR1, cam2) and not v.covers(ORG, NVR1, cam1)  # a virtual org
+    assert v.covers(GROUP, NVR1, cam2) and v.covers(GROUP, NVR1, ORG)  # ...its business group
+    assert v.covers(LOWER_NVR, LOWER, lcam) and not v.covers(OTHER_NVR, LOWER, lcam)
+    assert v.covers(LOWER, LOWER, lcam)
+    # The catalog of a node, as a query or subscription for it sees it: the same rule.
+    assert {i.device_id for i in v.build(LOWER_NVR)} == {
+        LOWER_NVR, lcam, lower_cam(LOWER_NVR, 2).device_id,
+    }  # fmt: skip
+    assert {i.device_id for i in v.build(ORG)} == {ORG, cam2}
+    assert {i.device_id for i in v.build(NVR2)} == {NVR2, cam(NVR2, 1).device_id}
+    assert v.build("34020000001319999999") == []  # names nothing
+    assert idmap.to_local(GW) == GW
