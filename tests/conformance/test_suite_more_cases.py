@@ -6,7 +6,7 @@ N-SD-01), precise PTZ (N-PPTZ-01) and the snapshot configuration (N-SNAP-01).
   subscription every Interval seconds (:class:`ReportingDevice`; the plain SimDevice only
   reports when told to): every case passes, in 2022 and (the position cases) in 2016.
 * ``gateway`` mode against an in-process :class:`~gateway.app.Gateway` with two simulated NVRs
-  below it: every case passes, except where the gateway is wrong (``xfail``, strict).
+  below it: every case passes.
 * Misbehaving devices (:class:`Misbehaving`, one switch per case family) make their case fail
   with a message naming the problem; a device that says it lacks a feature (489, 501, Result
   ERROR) makes the case skip.
@@ -15,20 +15,15 @@ N-SD-01), precise PTZ (N-PPTZ-01) and the snapshot configuration (N-SNAP-01).
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from conformance.peers.device import SimDevice, Subscription
-from conformance.suite.harness import Harness
 from conformance.suite.options import Options
-from conformance.suite.runner import CaseResult, RunResult, run_suite
-from gateway.app import Gateway
+from conformance.suite.runner import RunResult, run_suite
 from gateway.manscdp.errors import DecodeError
 from gateway.manscdp.messages import (
     ConfigDownloadResponse,
@@ -45,13 +40,19 @@ from gateway.manscdp.schema import Block
 from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.transport import Peer
-from tests.conftest import make_config
+from tests.conformance.test_suite_cases import (
+    DEVICE,
+    DOMAIN,
+    GW,
+    NVRS,
+    UP,
+    Gateways,
+    by_id,
+    free_port,
+    summary,
+    verdicts,
+)
 
-DEVICE = "34020000001320000001"
-GW = "34020000002000000001"
-DOMAIN = "3402000000"
-UP = "34010000002000000001"
-NVRS = ("34020000001180000101", "34020000001180000102")
 MORE = ("D-POS-01", "D-POS-02", "N-CRUISE-01", "N-PPTZ-01", "N-PTZPOS-01", "N-SD-01", "N-SNAP-01")
 SELECT = "D-POS or N-CRUISE or N-PTZPOS or N-PPTZ or N-SD-01 or N-SNAP"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
@@ -59,22 +60,6 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 _REPORTERS: set[asyncio.Task[None]] = set()
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (the suite's platform listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port")
-
-
-# -- simulated devices -----------------------------------------------------------------------
 class ReportingDevice(SimDevice):
     """A SimDevice that, like a real mobile device, sends its position in every MobilePosition
     subscription every ``Interval`` seconds (5 when the body gives none) while it holds; in the
@@ -182,25 +167,6 @@ class Misbehaving(ReportingDevice):
 
 
 # -- running the suite --------------------------------------------------------------------------
-def by_id(run: RunResult) -> dict[str, CaseResult]:
-    assert not run.run_error, run.run_error
-    return {r.info.id: r for r in run.results}
-
-
-def verdicts(run: RunResult) -> dict[str, str]:
-    return {
-        r.info.id: r.verdict for r in by_id(run).values() if not r.info.not_applicable(run.options)
-    }
-
-
-def summary(run: RunResult) -> str:
-    return "\n".join(
-        f"{r.info.id} {r.verdict}: {r.reason} (expected {r.expected}, seen {r.seen})"
-        for r in run.results
-        if r.verdict != "pass"
-    )
-
-
 RunDevice = Callable[..., Awaitable[RunResult]]
 
 
@@ -299,51 +265,13 @@ async def test_a_missing_feature_skips(run_device: RunDevice) -> None:
 
 
 # -- gateway mode -----------------------------------------------------------------------------
-def gateway_config(tmp_path: Path, upper_port: int) -> Any:
-    upper = {
-        "id": UP,
-        "domain": UP[:10],
-        "host": "127.0.0.1",
-        "port": upper_port,
-        "transport": "tcp",
-        "password": "12345678",
-        "keepalive_interval": 0.5,
-        "keepalive_timeout_count": 3,
-        "retry_interval": 0.3,
-        "gb_version": "2022",
-    }
-    return make_config(
-        tmp_path,
-        gateway={"id": GW, "domain": DOMAIN, "name": "测试网关", "civil_code": "340200"},
-        keepalive={"interval": 1.0, "timeout_count": 3, "check_interval": 0.2},
-        downlink={"response_timeout": 3.0, "idle_timeout": 0.5},
-        uplink={"platforms": [upper]},
-        media={"host": "127.0.0.1", "port_min": 47600, "port_max": 47699},
-    )
-
-
-async def run_gateway(tmp_path: Path, select: str) -> RunResult:
-    """The suite in gateway mode against an in-process gateway (2022, uplink over TCP) with
-    two suite NVRs below it; the gateway is closed before the suite's upper platform goes (a
-    gateway dialling an upper that is gone can take long to close)."""
+@pytest.mark.timeout(60)
+async def test_gateway_passes_every_case(gateways: Gateways) -> None:
+    """The cases against an in-process gateway (2022, uplink over TCP) with two suite NVRs
+    below it: what the devices answer reaches the upper whole, and a position subscription
+    carries only the device it names."""
     upper = free_port()
-    gw = Gateway(gateway_config(tmp_path, upper))
-    await gw.start()
-    closed = False
-
-    async def close_gateway() -> None:
-        nonlocal closed
-        if not closed:
-            closed = True
-            await asyncio.wait_for(gw.close(), 15.0)
-
-    class GatewayFirst(Harness):
-        async def close(self) -> None:
-            try:
-                await close_gateway()
-            finally:
-                await super().close()
-
+    gw = await gateways.start(upper)
     options = Options(
         target_role="gateway",
         target_port=gw.port,
@@ -355,63 +283,7 @@ async def run_gateway(tmp_path: Path, select: str) -> RunResult:
         suite_device_ids=NVRS,
         register_timeout=20,
         case_timeout=20,
-        select=(select,),
+        select=(SELECT,),
     )
-    try:
-        return await run_suite(options, harness_factory=GatewayFirst)
-    finally:
-        await close_gateway()
-
-
-_GATEWAY_RUN: dict[str, RunResult] = {}
-
-
-async def gateway_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    """One gateway-mode run of every case of the module, shared by the tests below."""
-    if "run" not in _GATEWAY_RUN:
-        _GATEWAY_RUN["run"] = await run_gateway(tmp_path_factory.mktemp("gateway"), SELECT)
-    return _GATEWAY_RUN["run"]
-
-
-# What the gateway gets wrong (reported, not fixed here): the case fails with this message.
-DEFECTS = {
-    "D-POS-01": "which was not subscribed to, came in the subscription to",
-    "D-POS-02": "SumNum 0 but one position in the flat form",
-    "N-CRUISE-01": "CruiseTrackList relayed by the gateway is not the device's",
-    "N-SD-01": "SDCardStatus relayed by the gateway is not the device's",
-}
-POSITION_LEAK = (
-    "gateway defect: UplinkService.on_position relays the positions of every visible device "
-    "into an upper's MobilePosition subscription, whatever DeviceID the SUBSCRIBE body named"
-)
-LIST_DROPPED = (
-    "gateway defect: an answer relayed up whose CmdType the downlink collector keeps no items "
-    "for (anything but Catalog/RecordInfo/PresetQuery) goes up with SumNum 0 and no items "
-    "(UplinkService._forward_query rebuilds it from QueryResult.items, empty for these): "
-    "CruiseTrackList, CruiseTrack and SDCardStatus lose their lists, a flat MobilePosition "
-    "answer gains SumNum 0"
-)
-
-
-def gateway_param(case_id: str) -> Any:
-    if case_id not in DEFECTS:
-        return case_id
-    reason = POSITION_LEAK if case_id == "D-POS-01" else LIST_DROPPED
-    return pytest.param(
-        case_id, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason)
-    )
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("case_id", [gateway_param(c) for c in MORE])
-async def test_gateway_passes(tmp_path_factory: pytest.TempPathFactory, case_id: str) -> None:
-    """Each case against the gateway (one shared run). Where the gateway is known to be wrong
-    the case must fail for that reason alone (xfail); failing for another reason is an error
-    of this test, not the expected failure."""
-    result = by_id(await gateway_run(tmp_path_factory))[case_id]
-    defect = DEFECTS.get(case_id)
-    if defect is not None and result.verdict != "pass" and defect not in result.reason:
-        raise RuntimeError(f"{case_id} {result.verdict} for another reason: {result.reason}")
-    assert result.verdict == "pass", (
-        f"{result.reason} (expected {result.expected}, seen {result.seen})"
-    )
+    run = await run_suite(options, harness_factory=gateways.harness(gw))
+    assert verdicts(run) == dict.fromkeys(MORE, "pass"), summary(run)
