@@ -4,7 +4,8 @@ A :class:`SimDevice` registers with digest (GB/T 28181-2022 §9.1; reference §2
 (§9.6), re-registers when a keepalive gets 404 and after a remote reboot (``TeleBoot``), answers
 every query from a catalog it makes on demand (reference §3; :mod:`conformance.peers.catalog_gen`),
 obeys controls (§4), accepts subscriptions and sends NOTIFYs (RFC 6665; reference §5), and sends
-alarms and positions.
+alarms and positions. A new catalog subscription gets at once the initial report of 2022 Annex N:
+the items in its scope that are not ON (none at all when every item is ON).
 
 Multi-part answers follow 2022 Annex M: the query's MESSAGE gets its 200 at once, then the
 ``Response`` MESSAGEs go from the device to its server one at a time, each only after the
@@ -26,8 +27,9 @@ INVITE the source for audio (§9.12). Every session is kept in ``media_sessions`
 
 Misbehaviour switches (attributes, all off by default) let tests make the device break rules:
 ``charset_lie``, ``drop_parts``, ``response_delay``, ``garbage``, ``wrong_sum_num``,
-``no_keepalive``, ``mute``, ``wrong_ptz_checksum``; for media ``invite_delay``,
-``invite_refuse``, ``invite_mute``, ``wrong_ssrc``, ``media_mute`` — see :class:`SimDevice`.
+``no_keepalive``, ``mute``, ``wrong_ptz_checksum``, ``no_initial_report``; for media
+``invite_delay``, ``invite_refuse``, ``invite_mute``, ``wrong_ssrc``, ``media_mute``,
+``tcp_retries``, ``tcp_retry_interval`` — see :class:`SimDevice`.
 """
 
 from __future__ import annotations
@@ -182,6 +184,22 @@ def keepalive_body(device_id: str, sn: int, status: str = "OK", extra: str = "")
     ).encode("gb2312")
 
 
+ONLINE_STATUSES = frozenset({"ON", "ONLINE"})  # catalog Status values that mean online
+ABNORMAL_EVENTS = frozenset({"VLOST", "DEFECT"})  # catalog events of a faulty, reachable item
+
+
+def is_online(status: str | None) -> bool:
+    """A catalog item's Status says online (``ON``; ``ONLINE`` seen in practice), or says
+    nothing (groups, organisations)."""
+    return status is None or status.strip().upper() in ONLINE_STATUSES
+
+
+def offline_event(status: str | None) -> str:
+    """The catalog Event that reports an item with this Status as not online (Annex N)."""
+    value = (status or "").strip().upper()
+    return value if value in ABNORMAL_EVENTS else "OFF"
+
+
 def _wrong_sum_problem(text: str) -> str | None:
     """The ``wrong_ptz_checksum`` device's check: byte 8 must be the sum of bytes 2–7 (the
     ``A5`` start byte left out, unlike Appendix A.3). None when the command passes it."""
@@ -316,6 +334,8 @@ class SimDevice:
       ``400``, commands carrying that wrong sum are obeyed.
     * ``ptz_checksum_unchecked``: never check the PTZCmd checksum: every command is obeyed,
       whatever byte 8 says.
+    * ``no_initial_report``: a new catalog subscription gets no initial NOTIFY, although items
+      in its scope are not ON (2022 Annex N asks for one; see :meth:`set_status`).
 
     Registration follows a ``302`` (2022 §9.1.2.3; reference §2.5) to the server its Contact
     names; a registration refused there, or one that gets no answer, starts over at the server
@@ -338,6 +358,10 @@ class SimDevice:
     * ``wrong_ssrc``: echo ``y=`` in the answer but put another SSRC in the RTP; with
       ``"answer"`` the answer's ``y=`` names that other SSRC too.
     * ``media_mute``: answer and accept the ACK, but send no RTP.
+    * ``tcp_retries`` / ``tcp_retry_interval``: as the TCP client of a stream (the offer says
+      ``a=setup:passive``), retry a refused connect this many times, this many seconds apart.
+      The defaults, 3 and 1.0, are 2022 Annex D's minimum; 0 retries (give up at once), fewer,
+      or a shorter interval break it.
     """
 
     endpoint: Endpoint
@@ -392,6 +416,7 @@ class SimDevice:
     mute: bool = False
     wrong_ptz_checksum: bool = False
     ptz_checksum_unchecked: bool = False
+    no_initial_report: bool = False
 
     # -- media (reference §6) ---------------------------------------------------------------
     fps: int = 25
@@ -405,6 +430,8 @@ class SimDevice:
     invite_mute: bool = False
     wrong_ssrc: bool | str = False
     media_mute: bool = False
+    tcp_retries: int = 3
+    tcp_retry_interval: float = 1.0
 
     # -- what it saw ------------------------------------------------------------------------
     queries: list[Message] = field(default_factory=list)
@@ -1184,8 +1211,9 @@ class SimDevice:
             return make_response(req, 489, "Bad Event", to_tag=self.endpoint.tag())
         local_tag = self.endpoint.tag()
         contacts = req.contacts
+        new: Subscription | None = None
         if expires > 0:
-            self.subscriptions[req.call_id] = Subscription(
+            new = self.subscriptions[req.call_id] = Subscription(
                 kind=query.CMD,
                 query=query,
                 event=req.get_header("Event") or query.CMD,
@@ -1205,7 +1233,42 @@ class SimDevice:
         if query.CMD == "Catalog":
             body = self.encode(CatalogResponse(sn=query.sn, device_id=query.device_id, result="OK"))
             headers.append(("Content-Type", MANSCDP))
+            if new is not None and not self.no_initial_report:
+                # A task: it runs once the endpoint has sent this 200.
+                self._spawn(self._initial_report(new))
         return make_response(req, 200, to_tag=local_tag, headers=headers, body=body)
+
+    async def _initial_report(self, sub: Subscription) -> None:
+        """2022 Annex N: once a catalog subscription succeeds the subscriber takes everything
+        in its scope as online, so the notifier at once reports the items that are not: Event
+        ``OFF`` for an item whose Status is OFF (or anything else but ON), ``VLOST`` / ``DEFECT``
+        for an item whose Status says so. Nothing is sent when every item is ON."""
+        items = [
+            CatalogItem(device_id=item.device_id, event=offline_event(item.status))
+            for item in self.catalog_items()
+            if self._in_scope(item, sub.query.device_id) and not is_online(item.status)
+        ]
+        if not items or self.subscriptions.get(sub.call_id) is not sub:
+            return
+        out = await self._notify_items(sub, items)
+        self._emit("notify", f"Catalog initial report items={len(items)} messages={len(out)}")
+
+    def _in_scope(self, item: CatalogItem, scope: str) -> bool:
+        """Whether a subscription to ``scope`` (the SUBSCRIBE body's DeviceID) covers ``item``:
+        the device, or anything that is not ours (a system or region code), covers all; one of
+        our items covers itself and what names it as parent or business group."""
+        if scope == self.device_id or not self.owns(scope):
+            return True
+        return item.device_id == scope or scope in item.parent_ids or item.group_id == scope
+
+    def set_status(self, item_id: str, status: str) -> None:
+        """Give an item of ours another catalog ``Status`` without notifying anyone (it was so
+        before anyone subscribed): queries report it, and the next catalog subscription's
+        initial report names it unless it is ON (2022 Annex N)."""
+        current = self.item(item_id)
+        if current is None:
+            raise KeyError(f"{item_id} is not an item of {self.device_id}")
+        self._overrides[item_id] = replace(current, status=status.upper())
 
     def subscription(self, kind: str) -> Subscription | None:
         """The newest unexpired subscription whose body CmdType is ``kind``."""
@@ -1256,6 +1319,15 @@ class SimDevice:
         changes too (ON/OFF status, DEL, ADD, UPDATE), so later queries agree."""
         sub = self._require("Catalog")
         items = [self._change(event.upper(), what, apply) for event, what in changes]
+        out = await self._notify_items(sub, items)
+        self._emit("notify", f"Catalog items={len(items)} messages={len(out)}")
+        return out
+
+    async def _notify_items(
+        self, sub: Subscription, items: Sequence[CatalogItem]
+    ) -> list[Response | None]:
+        """``items`` in NOTIFYs of ``items_per_message`` each, sent serially, ``SumNum`` =
+        ``Num`` in each (Annex N)."""
         out: list[Response | None] = []
         per = self.per_message
         for i in range(0, len(items), per):
@@ -1264,7 +1336,6 @@ class SimDevice:
                 sn=self._next_sn(), device_id=self.device_id, sum_num=len(chunk), items=chunk
             )
             out.append(await self.notify(sub, self.encode(body)))
-        self._emit("notify", f"Catalog items={len(items)} messages={len(out)}")
         return out
 
     def _change(self, event: str, what: CatalogItem | str, apply: bool) -> CatalogItem:
@@ -1498,6 +1569,8 @@ class SimDevice:
             loop=loop,
             limit=limit,
             on_end=lambda: self._media_ended(session),
+            retries=self.tcp_retries,
+            retry_interval=self.tcp_retry_interval,
         )
         session.sender = sender
         try:
