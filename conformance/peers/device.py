@@ -27,7 +27,8 @@ INVITE the source for audio (§9.12). Every session is kept in ``media_sessions`
 
 Misbehaviour switches (attributes, all off by default) let tests make the device break rules:
 ``charset_lie``, ``drop_parts``, ``response_delay``, ``garbage``, ``wrong_sum_num``,
-``no_keepalive``, ``mute``, ``wrong_ptz_checksum``, ``no_initial_report``; for media
+``no_keepalive``, ``mute``, ``wrong_ptz_checksum``, ``no_initial_report``,
+``no_position_reports``, ``reports_after_end``; for media
 ``invite_delay``, ``invite_refuse``, ``invite_mute``, ``wrong_ssrc``, ``media_mute``,
 ``tcp_retries``, ``tcp_retry_interval`` — see :class:`SimDevice`.
 """
@@ -336,6 +337,9 @@ class SimDevice:
       whatever byte 8 says.
     * ``no_initial_report``: a new catalog subscription gets no initial NOTIFY, although items
       in its scope are not ON (2022 Annex N asks for one; see :meth:`set_status`).
+    * ``no_position_reports``: a MobilePosition subscription is accepted but no position is
+      ever sent in it (a mobile device reports every ``Interval`` seconds, §9.11).
+    * ``reports_after_end``: position NOTIFYs go on after the subscription ended.
 
     Registration follows a ``302`` (2022 §9.1.2.3; reference §2.5) to the server its Contact
     names; a registration refused there, or one that gets no answer, starts over at the server
@@ -417,6 +421,8 @@ class SimDevice:
     wrong_ptz_checksum: bool = False
     ptz_checksum_unchecked: bool = False
     no_initial_report: bool = False
+    no_position_reports: bool = False
+    reports_after_end: bool = False
 
     # -- media (reference §6) ---------------------------------------------------------------
     fps: int = 25
@@ -1236,7 +1242,26 @@ class SimDevice:
             if new is not None and not self.no_initial_report:
                 # A task: it runs once the endpoint has sent this 200.
                 self._spawn(self._initial_report(new))
+        elif query.CMD == "MobilePosition" and new is not None and not self.no_position_reports:
+            self._spawn(self._report_positions(new))
         return make_response(req, 200, to_tag=local_tag, headers=headers, body=body)
+
+    async def _report_positions(self, sub: Subscription) -> None:
+        """§9.11: while a MobilePosition subscription holds, a NOTIFY every ``Interval``
+        seconds (5 when the body names none), the device moving a little each time; 2022 list
+        form when the device speaks 2022, else the 2016 flat form."""
+        interval = float(getattr(sub.query, "interval", None) or 5)
+        form = "2022" if self.gb2022 else "2016"
+        lon, lat = self.position
+        n = 0
+        while self.reports_after_end or self.subscriptions.get(sub.call_id) is sub:
+            msg = self._position(
+                self.device_id, self._next_sn(), lon + n * 0.0002, lat + n * 0.0001,
+                12.5, 270.0, 45.0, form,
+            )  # fmt: skip
+            await self.notify(sub, self.encode(msg))
+            n += 1
+            await asyncio.sleep(interval)
 
     async def _initial_report(self, sub: Subscription) -> None:
         """2022 Annex N: once a catalog subscription succeeds the subscriber takes everything

@@ -25,9 +25,12 @@ Programs embedding the suite pass any ``async`` callable taking an :class:`Actio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -133,22 +136,29 @@ class HookOperator:
             GB28181_ACTION_NAME=action.name,
             GB28181_ACTION_TARGET=action.target,
         )
-        proc = await asyncio.create_subprocess_shell(
-            self.command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-        )
-        try:
-            async with asyncio.timeout(self.timeout):
-                output, _ = await proc.communicate(payload.encode())
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise OperatorError(
-                f"the operator hook did not finish {action.name} in {self.timeout:g} s"
-            ) from None
+        # Standard input from a file, not a pipe: a hook that never reads it, or exits early,
+        # cannot make the write fail.
+        with tempfile.TemporaryFile() as stdin:
+            stdin.write(payload.encode())
+            stdin.seek(0)
+            proc = await asyncio.create_subprocess_shell(
+                self.command,
+                stdin=stdin,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # its own process group: a timeout stops all of it
+            )
+            try:
+                async with asyncio.timeout(self.timeout):
+                    output, _ = await proc.communicate()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+                raise OperatorError(
+                    f"the operator hook did not finish {action.name} in {self.timeout:g} s"
+                ) from None
         if proc.returncode != 0:
             text = output.decode("utf-8", "replace").strip()[-HOOK_OUTPUT_LIMIT:]
             raise OperatorError(

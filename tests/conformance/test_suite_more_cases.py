@@ -2,9 +2,9 @@
 D-POS-02), the 2022 cruise, PTZ position and SD card queries (N-CRUISE-01, N-PTZPOS-01,
 N-SD-01), precise PTZ (N-PPTZ-01) and the snapshot configuration (N-SNAP-01).
 
-* ``device`` mode against a simulated device that reports its position in a MobilePosition
-  subscription every Interval seconds (:class:`ReportingDevice`; the plain SimDevice only
-  reports when told to): every case passes, in 2022 and (the position cases) in 2016.
+* ``device`` mode against a simulated device (which reports its position in a MobilePosition
+  subscription every Interval seconds): every case passes, in 2022 and (the position cases)
+  in 2016.
 * ``gateway`` mode against an in-process :class:`~gateway.app.Gateway` with two simulated NVRs
   below it: every case passes.
 * Misbehaving devices (:class:`Misbehaving`, one switch per case family) make their case fail
@@ -14,14 +14,12 @@ N-SD-01), precise PTZ (N-PPTZ-01) and the snapshot configuration (N-SNAP-01).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from datetime import datetime
 
 import pytest
 
-from conformance.peers.device import SimDevice, Subscription
+from conformance.peers.device import SimDevice
 from conformance.suite.options import Options
 from conformance.suite.runner import RunResult, run_suite
 from gateway.manscdp.errors import DecodeError
@@ -31,7 +29,6 @@ from gateway.manscdp.messages import (
     Decoded,
     Message,
     MobilePositionNotify,
-    PositionItem,
     PtzPositionResponse,
     SDCard,
     SDCardStatusResponse,
@@ -57,56 +54,13 @@ MORE = ("D-POS-01", "D-POS-02", "N-CRUISE-01", "N-PPTZ-01", "N-PTZPOS-01", "N-SD
 SELECT = "D-POS or N-CRUISE or N-PTZPOS or N-PPTZ or N-SD-01 or N-SNAP"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
-_REPORTERS: set[asyncio.Task[None]] = set()
 
-
-class ReportingDevice(SimDevice):
-    """A SimDevice that, like a real mobile device, sends its position in every MobilePosition
-    subscription every ``Interval`` seconds (5 when the body gives none) while it holds; in the
-    2022 list form when the device speaks 2022, else the 2016 flat form."""
-
-    def on_subscribe(
-        self, req: Request, ctx: ServerContext, decoded: Decoded | DecodeError | None
-    ) -> Response:
-        resp = super().on_subscribe(req, ctx, decoded)
-        sub = self.subscriptions.get(req.call_id)
-        new = resp.status == 200 and not req.to.tag
-        if new and sub is not None and sub.kind == "MobilePosition":
-            task = asyncio.get_running_loop().create_task(self.report(sub))
-            _REPORTERS.add(task)
-            task.add_done_callback(_REPORTERS.discard)
-        return resp
-
-    def holds(self, sub: Subscription) -> bool:
-        return self.subscriptions.get(sub.call_id) is sub
-
-    async def report(self, sub: Subscription) -> None:
-        interval = float(getattr(sub.query, "interval", None) or 5)
-        n = 0
-        while self.holds(sub):
-            await self.notify(sub, self.encode(self.position_body(n)))
-            n += 1
-            await asyncio.sleep(interval)
-
-    def position_body(self, n: int) -> MobilePositionNotify:
-        lon, lat = 116.3974 + n * 0.0002, 39.9087 + n * 0.0001
-        now = datetime.now().strftime(TIME_FORMAT)
-        if self.gb2022:
-            item = PositionItem(device_id=self.device_id, capture_time=now, longitude=lon,
-                                latitude=lat, speed=12.5, direction=270.0, altitude=45.0,
-                                height=3.0)  # fmt: skip
-            return MobilePositionNotify(sn=self._next_sn(), device_id=self.device_id, time=now,
-                                        sum_num=1, items=(item,))  # fmt: skip
-        return MobilePositionNotify(sn=self._next_sn(), device_id=self.device_id, time=now,
-                                    longitude=lon, latitude=lat, speed=12.5, direction=270.0,
-                                    altitude=45.0)  # fmt: skip
-
-
-class Misbehaving(ReportingDevice):
-    """A reporting device with one misbehaviour per case family, chosen by ``breaks``:
+class Misbehaving(SimDevice):
+    """A simulated device with one misbehaviour per case family, chosen by ``breaks``:
 
     * ``latitude``: positions (subscription and one-shot answers) at Latitude 95.
     * ``notify_after_end``: keeps sending position NOTIFYs after the un-SUBSCRIBE.
+    * ``no_reports``: accepts the MobilePosition subscription but never reports.
     * ``cruise_sum``: CruiseTrackList answers with SumNum one above the tracks listed.
     * ``pan``: PTZPosition answers Pan 400.
     * ``ignore_precise``: accepts PTZPreciseCtrl (200) but does not move.
@@ -140,9 +94,6 @@ class Misbehaving(ReportingDevice):
         if "ignore_precise" in self.breaks:
             self.ptz_position = position
         return resp
-
-    def holds(self, sub: Subscription) -> bool:
-        return "notify_after_end" in self.breaks or super().holds(sub)
 
     def encode(self, msg: Message) -> bytes:
         b = self.breaks
@@ -183,11 +134,13 @@ async def run_device(device_endpoint: Endpoint) -> AsyncIterator[RunDevice]:
         case_timeout: float = 20.0,
     ) -> RunResult:
         port = free_port()
-        cls = Misbehaving if breaks else ReportingDevice
+        cls = Misbehaving if breaks else SimDevice
         dev = cls(device_endpoint, DEVICE, Peer("udp", "127.0.0.1", port), channel_count=2,
                   gb_version="3.0" if edition == "2022" else None)  # fmt: skip
         if isinstance(dev, Misbehaving):
             dev.breaks = breaks
+            dev.reports_after_end = "notify_after_end" in breaks
+            dev.no_position_reports = "no_reports" in breaks
         hub = dev.install()
         dev.start_keepalive(0.5)
         options = Options(
@@ -205,9 +158,6 @@ async def run_device(device_endpoint: Endpoint) -> AsyncIterator[RunDevice]:
             await hub.close()
 
     yield run
-    for task in list(_REPORTERS):
-        task.cancel()
-    await asyncio.gather(*_REPORTERS, return_exceptions=True)
 
 
 @pytest.mark.timeout(30)
@@ -234,6 +184,7 @@ async def test_2016_flat_answer_passes_and_2022_cases_do_not_apply(run_device: R
         ("latitude", "D-POS", {"D-POS-01", "D-POS-02"}, "Latitude 95.0 outside -90..90"),
         ("notify_after_end", "D-POS-01", {"D-POS-01"},
          "a NOTIFY came after the subscription was ended"),
+        ("no_reports", "D-POS-01", {"D-POS-01"}, "no NOTIFY within"),
         ("cruise_sum", "N-CRUISE", {"N-CRUISE-01"}, "SumNum 3 with 2 items in <CruiseTrackList>"),
         ("pan", "N-PTZPOS", {"N-PTZPOS-01"}, "Pan 400.0 outside 0..360"),
         ("ignore_precise", "N-PPTZ or N-PTZPOS", {"N-PPTZ-01"},
