@@ -101,6 +101,25 @@ def gateway_config(
     )
 
 
+def gateway_options(gw: Gateway, upper: int, **kw: Any) -> Options:
+    """A gateway-mode run against ``gw``, the suite's upper platform on port ``upper``, the
+    two suite NVRs below; ``kw`` overrides."""
+    settings: dict[str, Any] = {
+        "target_role": "gateway",
+        "target_port": gw.port,
+        "target_id": GW,
+        "target_domain": DOMAIN,
+        "local_port": upper,
+        "suite_platform_id": UP,
+        "suite_domain": UP[:10],
+        "suite_device_ids": NVRS,
+        "register_timeout": 20,
+        "case_timeout": 30,
+    }
+    settings.update(kw)
+    return Options(**settings)
+
+
 def summary(run: RunResult) -> str:
     lines = [run.run_error] if run.run_error else []
     for r in run.results:
@@ -177,17 +196,9 @@ class Gateways:
 async def test_gateway_passes_every_applicable_case(gateways: Gateways, edition: str) -> None:
     upper = free_port()
     gw = await gateways.start(upper, edition)
-    options = Options(
-        target_role="gateway",
-        target_port=gw.port,
-        target_id=GW,
-        target_domain=DOMAIN,
-        local_port=upper,
-        suite_platform_id=UP,
-        suite_domain=UP[:10],
-        suite_device_ids=NVRS,
-        register_timeout=20,
-        case_timeout=30,
+    options = gateway_options(
+        gw,
+        upper,
         edition=edition,
     )
     run = await run_suite(options, harness_factory=gateways.harness(gw))
@@ -202,18 +213,10 @@ async def test_gateway_over_tcp_registration_keepalive_and_catalog(gateways: Gat
     """The suite's devices reach the gateway over TCP (one item per MESSAGE, and batched)."""
     upper = free_port()
     gw = await gateways.start(upper)
-    options = Options(
-        target_role="gateway",
-        target_port=gw.port,
-        target_id=GW,
-        target_domain=DOMAIN,
+    options = gateway_options(
+        gw,
+        upper,
         transport="tcp",
-        local_port=upper,
-        suite_platform_id=UP,
-        suite_domain=UP[:10],
-        suite_device_ids=NVRS,
-        register_timeout=20,
-        case_timeout=30,
         select=("A-REG or A-CAT or A-KA or A-DATE or R-LARGE or A-LIVE-01",),
     )
     run = await run_suite(options, harness_factory=gateways.harness(gw))
@@ -378,14 +381,9 @@ async def test_missing_catalog_item_below_a_gateway_is_seen_from_above(
     lacks that item, and the case names it."""
     upper = free_port()
     gw = await gateways.start(upper)
-    options = Options(
-        target_role="gateway",
-        target_port=gw.port,
-        target_id=GW,
-        target_domain=DOMAIN,
-        local_port=upper,
-        suite_platform_id=UP,
-        suite_domain=UP[:10],
+    options = gateway_options(
+        gw,
+        upper,
         suite_device_ids=NVRS[:1],
         register_timeout=5,
         case_timeout=15,

@@ -15,46 +15,26 @@ endpoint; gateway mode against an in-process gateway below the suite's upper pla
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conformance.peers.device import SimDevice
 from conformance.suite.cases import gb2022
-from conformance.suite.harness import Harness
 from conformance.suite.options import Options
 from conformance.suite.runner import CaseResult, RunResult, run_suite
-from gateway.app import Gateway
 from gateway.metrics import Metrics
 from gateway.sip.endpoint import Endpoint
 from gateway.sip.transaction import TimerConfig
 from gateway.sip.transport import Peer
-from tests.conftest import make_config
-
-GW = "34020000002000000001"
-DOMAIN = "3402000000"
-UP = "34010000002000000001"
-NVRS = ("34020000001180000101", "34020000001180000102")
-DEVICE = "34020000001320000001"
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (the suite's platform listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port")
+from tests.conformance.test_suite_cases import (
+    DEVICE,
+    Gateways,
+    free_port,
+    gateway_options,
+)
 
 
 def result(run: RunResult, case_id: str) -> CaseResult:
@@ -240,80 +220,17 @@ async def test_tcp_retry_without_syn_timing_judges_the_late_connection(
 
 
 # -- gateway mode: the gateway's relay is the TCP client ---------------------------------------
-def gateway_config(tmp_path: Path, upper_port: int) -> Any:
-    upper = {
-        "id": UP,
-        "domain": UP[:10],
-        "host": "127.0.0.1",
-        "port": upper_port,
-        "transport": "tcp",
-        "password": "12345678",
-        "keepalive_interval": 0.5,
-        "keepalive_timeout_count": 3,
-        "retry_interval": 0.3,
-        "gb_version": "2022",
-    }
-    return make_config(
-        tmp_path,
-        gateway={"id": GW, "domain": DOMAIN, "name": "测试网关", "civil_code": "340200"},
-        registrar={"min_expires": 1},
-        keepalive={"interval": 1.0, "timeout_count": 3, "check_interval": 0.2},
-        downlink={"response_timeout": 3.0, "idle_timeout": 0.5},
-        uplink={"platforms": [upper]},
-        media={
-            "host": "127.0.0.1",
-            "port_min": 47600,
-            "port_max": 47799,
-            "rtp_timeout": 3.0,
-            "invite_timeout": 5.0,
-        },
-    )
-
-
 @pytest.fixture
-async def gateway_run(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[RunResult]]]:
-    """Run the suite in gateway mode against an in-process gateway; the harness closes the
-    gateway before its own endpoints (a gateway dialling a vanished upper can hang on close)."""
-    started: list[Gateway] = []
-    closed: set[int] = set()
-
-    async def close(gw: Gateway) -> None:
-        if id(gw) not in closed:
-            closed.add(id(gw))
-            await asyncio.wait_for(gw.close(), 15.0)
+def gateway_run(gateways: Gateways) -> Callable[..., Awaitable[RunResult]]:
+    """Run the suite in gateway mode (2022) against an in-process gateway."""
 
     async def run(*select: str) -> RunResult:
         upper = free_port()
-        gw = Gateway(gateway_config(tmp_path, upper))
-        await gw.start()
-        started.append(gw)
+        gw = await gateways.start(upper)
+        options = gateway_options(gw, upper, edition="2022", select=tuple(select))
+        return await run_suite(options, harness_factory=gateways.harness(gw))
 
-        class GatewayFirst(Harness):
-            async def close(self) -> None:
-                try:
-                    await close(gw)
-                finally:
-                    await super().close()
-
-        options = Options(
-            target_role="gateway",
-            target_port=gw.port,
-            target_id=GW,
-            target_domain=DOMAIN,
-            local_port=upper,
-            suite_platform_id=UP,
-            suite_domain=UP[:10],
-            suite_device_ids=NVRS,
-            register_timeout=20,
-            case_timeout=30,
-            edition="2022",
-            select=tuple(select),
-        )
-        return await run_suite(options, harness_factory=lambda o: GatewayFirst(o))
-
-    yield run
-    for gw in started:
-        await close(gw)
+    return run
 
 
 @needs_raw

@@ -39,13 +39,10 @@ from gateway.sip.message import Request, Response, make_response
 from gateway.sip.transport import Peer
 from tests.conformance.test_suite_cases import (
     DEVICE,
-    DOMAIN,
-    GW,
-    NVRS,
-    UP,
     Gateways,
     by_id,
     free_port,
+    gateway_options,
     summary,
     verdicts,
 )
@@ -223,16 +220,9 @@ async def test_gateway_passes_every_case(gateways: Gateways) -> None:
     carries only the device it names."""
     upper = free_port()
     gw = await gateways.start(upper)
-    options = Options(
-        target_role="gateway",
-        target_port=gw.port,
-        target_id=GW,
-        target_domain=DOMAIN,
-        local_port=upper,
-        suite_platform_id=UP,
-        suite_domain=UP[:10],
-        suite_device_ids=NVRS,
-        register_timeout=20,
+    options = gateway_options(
+        gw,
+        upper,
         case_timeout=20,
         select=(SELECT,),
     )

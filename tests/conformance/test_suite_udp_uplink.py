@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.suite.options import Options
 from conformance.suite.runner import run_suite
 from tests.conformance.test_suite_cases import (
-    DOMAIN,
-    GW,
-    NVRS,
-    UP,
     Gateways,
     free_port,
+    gateway_options,
     summary,
 )
 
@@ -31,15 +27,9 @@ SELECTED = {"A-CAT-01", "A-CAT-02", "A-CAT-03", "N-CAT-01", "R-LARGE-01"}
 async def test_catalog_cases_pass_over_a_udp_uplink(gateways: Gateways) -> None:
     upper = free_port()
     gw = await gateways.start(upper, uplink="udp")
-    options = Options(
-        target_role="gateway",
-        target_port=gw.port,
-        target_id=GW,
-        target_domain=DOMAIN,
-        local_port=upper,
-        suite_platform_id=UP,
-        suite_domain=UP[:10],
-        suite_device_ids=NVRS,
+    options = gateway_options(
+        gw,
+        upper,
         register_timeout=10,
         case_timeout=20,
         edition="2022",
