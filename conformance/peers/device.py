@@ -338,7 +338,8 @@ class SimDevice:
     * ``no_initial_report``: a new catalog subscription gets no initial NOTIFY, although items
       in its scope are not ON (2022 Annex N asks for one; see :meth:`set_status`).
     * ``no_position_reports``: a MobilePosition subscription is accepted but no position is
-      ever sent in it (a mobile device reports every ``Interval`` seconds, §9.11).
+      sent in it while the switch is on (a mobile device reports every ``Interval`` seconds,
+      §9.11).
     * ``reports_after_end``: position NOTIFYs go on after the subscription ended.
 
     Registration follows a ``302`` (2022 §9.1.2.3; reference §2.5) to the server its Contact
@@ -1242,24 +1243,28 @@ class SimDevice:
             if new is not None and not self.no_initial_report:
                 # A task: it runs once the endpoint has sent this 200.
                 self._spawn(self._initial_report(new))
-        elif query.CMD == "MobilePosition" and new is not None and not self.no_position_reports:
+        elif query.CMD == "MobilePosition" and new is not None:
             self._spawn(self._report_positions(new))
         return make_response(req, 200, to_tag=local_tag, headers=headers, body=body)
 
     async def _report_positions(self, sub: Subscription) -> None:
-        """§9.11: while a MobilePosition subscription holds, a NOTIFY every ``Interval``
-        seconds (5 when the body names none), the device moving a little each time; 2022 list
-        form when the device speaks 2022, else the 2016 flat form."""
-        interval = float(getattr(sub.query, "interval", None) or 5)
+        """§9.11: while a MobilePosition subscription holds (not ended, not expired), a NOTIFY
+        every ``Interval`` seconds (5 when the body names none; at least 0.2), the device
+        moving a little each time; 2022 list form when the device speaks 2022, else the 2016
+        flat form. ``no_position_reports`` holds them back while it is set."""
+        interval = max(0.2, float(getattr(sub.query, "interval", None) or 5))
         form = "2022" if self.gb2022 else "2016"
         lon, lat = self.position
         n = 0
-        while self.reports_after_end or self.subscriptions.get(sub.call_id) is sub:
-            msg = self._position(
-                self.device_id, self._next_sn(), lon + n * 0.0002, lat + n * 0.0001,
-                12.5, 270.0, 45.0, form,
-            )  # fmt: skip
-            await self.notify(sub, self.encode(msg))
+        while self.reports_after_end or (
+            self.subscriptions.get(sub.call_id) is sub and sub.remaining() > 0
+        ):
+            if not self.no_position_reports:
+                msg = self._position(
+                    self.device_id, self._next_sn(), lon + n * 0.0002, lat + n * 0.0001,
+                    12.5, 270.0, 45.0, form,
+                )  # fmt: skip
+                await self.notify(sub, self.encode(msg))
             n += 1
             await asyncio.sleep(interval)
 

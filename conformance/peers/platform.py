@@ -104,7 +104,10 @@ MAX_EXPIRES = 86_400
 DEFAULT_EXPIRES = 3600
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 # Answers split over several MESSAGEs and collected up to SumNum distinct items (Annex M).
-MULTI_RESPONSE = frozenset({"Catalog", "RecordInfo"})
+# Answers that may come in several MESSAGEs, SumNum telling how many items in all (2022 Annex M).
+MULTI_RESPONSE = frozenset(
+    {"Catalog", "RecordInfo", "CruiseTrackListQuery", "CruiseTrackQuery", "SDCardStatus"}
+)
 SUBSCRIPTION_KINDS = ("Catalog", "Alarm", "MobilePosition")
 LOG_SIZE = 10_000  # entries kept in register_answers and keepalive_log
 _SEND_ERRORS = (TransactionTimeout, TransportError, OSError)
@@ -187,6 +190,8 @@ class QueryResult:
     sum_num: int | None = None
     partial: bool = True
     raw: list[bytes] = field(default_factory=list)
+    # The transport each of ``raw`` arrived over ("udp", "tcp"), whatever its Via says.
+    arrived_over: list[str] = field(default_factory=list)
     elapsed: float = 0.0
 
     @property
@@ -197,13 +202,24 @@ class QueryResult:
 class _Pending:
     """Collects the Response MESSAGEs of one query (matched on CmdType and SN)."""
 
-    __slots__ = ("done", "expect", "items", "last", "multi", "raw", "responses", "sum_num")
+    __slots__ = (
+        "arrived_over",
+        "done",
+        "expect",
+        "items",
+        "last",
+        "multi",
+        "raw",
+        "responses",
+        "sum_num",
+    )
 
     def __init__(self, cmd: str, expect: int, now: float) -> None:
         self.multi = cmd in MULTI_RESPONSE
         self.expect = expect
         self.responses: list[Message] = []
         self.raw: list[bytes] = []
+        self.arrived_over: list[str] = []
         self.items: dict[Any, Any] = {}
         self.sum_num: int | None = None
         self.last = now
@@ -211,9 +227,10 @@ class _Pending:
         if expect == 0:
             self.done.set()
 
-    def feed(self, msg: Message, raw: bytes, now: float) -> None:
+    def feed(self, msg: Message, raw: bytes, now: float, transport: str = "") -> None:
         self.responses.append(msg)
         self.raw.append(raw)
+        self.arrived_over.append(transport)
         self.last = now
         sum_num = getattr(msg, "sum_num", None)
         if self.sum_num is None and isinstance(sum_num, int):
@@ -277,18 +294,19 @@ class _RawTap:
     """Between the transports and the endpoint: keeps the bytes of the message being handled, so
     a synchronous handler can record a Response MESSAGE exactly as it came off the wire."""
 
-    __slots__ = ("endpoint", "last")
+    __slots__ = ("endpoint", "last", "last_transport")
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.last = b""
+        self.last_transport = ""
 
     def message_received(self, data: bytes, peer: Peer) -> None:
-        self.last = data
+        self.last, self.last_transport = data, peer.transport
         try:
             self.endpoint.message_received(data, peer)
         finally:
-            self.last = b""
+            self.last, self.last_transport = b"", ""
 
     def connection_lost(self, peer: Peer) -> None:
         self.endpoint.connection_lost(peer)
@@ -795,7 +813,8 @@ class SimPlatform:
             if pending is not None:
                 tap = self._tap
                 raw = tap.last if tap is not None and tap.last else req.to_bytes()
-                pending.feed(msg, raw, time.monotonic())
+                over = tap.last_transport if tap is not None and tap.last else ctx.peer.transport
+                pending.feed(msg, raw, time.monotonic(), over)
             else:
                 self.stray.append(msg)
                 self._emit(f"{sender} stray Response/{msg.CMD} sn={msg.sn}")
@@ -909,6 +928,7 @@ class SimPlatform:
             sum_num=pending.sum_num,
             partial=not (200 <= status < 300 and pending.complete),
             raw=pending.raw,
+            arrived_over=pending.arrived_over,
             elapsed=time.monotonic() - start,
         )
         self._emit(

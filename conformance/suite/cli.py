@@ -183,9 +183,12 @@ def options_from_args(args: argparse.Namespace) -> Options:
     media: tuple[str, ...] = tuple(dict.fromkeys(args.media_transports or MEDIA_TRANSPORTS))
     if args.no_media:
         media = ()
-    if args.operator_hook and args.operator == "prompt":
-        raise ValueError("--operator prompt and --operator-hook exclude each other")
-    operator = "hook" if args.operator_hook else (args.operator or "none")
+    hook = args.operator_hook
+    if hook is not None and not hook.strip():
+        raise ValueError("--operator-hook needs a command")
+    if hook is not None and args.operator is not None:
+        raise ValueError(f"--operator {args.operator} and --operator-hook exclude each other")
+    operator = "hook" if hook is not None else (args.operator or "none")
     return Options(
         target_role=args.target_role,
         target_host=args.target_host,

@@ -15,8 +15,9 @@ Who acts (``Options.operator``):
 * ``hook``: a program. ``Options.operator_hook`` is run through the shell once per action with
   the action as JSON on its standard input and in ``GB28181_ACTION``, plus ``GB28181_ACTION_NAME``
   and ``GB28181_ACTION_TARGET``; it must do the action (e.g. call the platform's HTTP API) and
-  exit 0 within ``operator_timeout`` seconds. A failing hook makes the case an error, not a
-  verdict on the target.
+  exit 0 within ``operator_timeout`` seconds (what it leaves running in the background is
+  stopped with it when it overruns). A failing hook makes the case an error, not a verdict on
+  the target; its output (the last 2000 characters) goes into the error.
 
 Programs embedding the suite pass any ``async`` callable taking an :class:`Action` to
 :func:`~conformance.suite.runner.run_suite` instead.
@@ -29,6 +30,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
@@ -44,7 +46,7 @@ HOOK_OUTPUT_LIMIT = 2000  # characters of a failing hook's output kept in the er
 # something to a channel or device of the suite's. Device targets (the suite is the platform):
 # the device does something on its own.
 ACTIONS: Mapping[str, str] = {
-    "live-start": "open the live view of channel {target}",
+    "live-start": "open the live view of channel {target}{transport}",
     "live-stop": "close the live view of channel {target}",
     "ptz": "PTZ on channel {target}: {direction}",
     "record-start": "start recording on channel {target} (manual record)",
@@ -68,11 +70,28 @@ ACTIONS: Mapping[str, str] = {
 }
 
 
+# How a person sets the stream transport in a platform's client (our names are the platform's
+# side of the media, as in a=setup).
+TRANSPORT_TEXT: Mapping[str, str] = {
+    "udp": ", media over UDP",
+    "tcp-passive": ", media over TCP with the platform listening (TCP passive)",
+    "tcp-active": ", media over TCP with the platform connecting (TCP active)",
+}
+
+
+class _Blank(dict[str, Any]):
+    """Format values where a parameter the instruction names was not given: left out."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
     """One thing the target is asked to do. ``name`` is a key of :data:`ACTIONS`, ``target``
     the ID it concerns (as the target knows it); ``params`` say more (``direction``,
-    ``start``/``end`` as MANSCDP times, ``scale``, ``device``)."""
+    ``start``/``end`` as MANSCDP times, ``scale``, ``device``, ``transport`` for a live view:
+    ``udp``, ``tcp-passive`` or ``tcp-active``, the platform's side of the media)."""
 
     name: str
     target: str
@@ -86,12 +105,12 @@ class Action:
     @property
     def text(self) -> str:
         """The instruction for a person."""
-        values = {k: v for k, v in self.params.items()}
+        values = _Blank(self.params)
         values["target"] = self.target
-        try:
-            return ACTIONS[self.name].format(**values)
-        except (KeyError, IndexError):
-            return f"{ACTIONS[self.name]} {dict(self.params)}".replace("{target}", self.target)
+        if "transport" in values:
+            transport = str(values["transport"])
+            values["transport"] = TRANSPORT_TEXT.get(transport, f", media {transport}")
+        return ACTIONS[self.name].format_map(values)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -111,14 +130,17 @@ class OperatorError(RuntimeError):
 
 
 class PromptOperator:
-    """A person at the suite's terminal: each action is printed; nothing is read back."""
+    """A person at the suite's terminal: each action is printed with how long the suite waits
+    for its effect; nothing is read back."""
 
-    def __init__(self, out: TextIO | None = None) -> None:
+    def __init__(self, out: TextIO | None = None, wait: float | None = None) -> None:
         self.out = out
+        self.wait = wait
 
     async def __call__(self, action: Action) -> None:
         out = self.out or sys.stderr
-        print(f"\n>>> {action.case}: please {action.text} now", file=out, flush=True)
+        within = f" (the suite waits {self.wait:g} s for it)" if self.wait else ""
+        print(f"\n>>> {action.case}: please {action.text} now{within}", file=out, flush=True)
 
 
 class HookOperator:
@@ -136,29 +158,33 @@ class HookOperator:
             GB28181_ACTION_NAME=action.name,
             GB28181_ACTION_TARGET=action.target,
         )
-        # Standard input from a file, not a pipe: a hook that never reads it, or exits early,
-        # cannot make the write fail.
-        with tempfile.TemporaryFile() as stdin:
+        # Standard input and output are files, not pipes: a hook that never reads its input,
+        # or leaves a background child behind (a player it started), cannot block on them.
+        with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out:
             stdin.write(payload.encode())
             stdin.seek(0)
             proc = await asyncio.create_subprocess_shell(
                 self.command,
                 stdin=stdin,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 env=env,
-                start_new_session=True,  # its own process group: a timeout stops all of it
+                start_new_session=True,  # its own process group, stopped whole on a timeout
             )
             try:
                 async with asyncio.timeout(self.timeout):
-                    output, _ = await proc.communicate()
+                    await proc.wait()
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
                 raise OperatorError(
                     f"the operator hook did not finish {action.name} in {self.timeout:g} s"
                 ) from None
+            finally:
+                if proc.returncode is None:  # timed out, or the run was cancelled
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    await asyncio.shield(proc.wait())
+            out.seek(0)
+            output = out.read()
         if proc.returncode != 0:
             text = output.decode("utf-8", "replace").strip()[-HOOK_OUTPUT_LIMIT:]
             raise OperatorError(
@@ -170,7 +196,7 @@ class HookOperator:
 def make_operator(options: Options, out: TextIO | None = None) -> Operator | None:
     """The operator ``options`` name (None for ``none``)."""
     if options.operator == "prompt":
-        return PromptOperator(out)
+        return PromptOperator(out, options.operator_timeout)
     if options.operator == "hook":
         return HookOperator(options.operator_hook, options.operator_timeout)
     return None

@@ -78,12 +78,12 @@ class Options:
             raise ValueError("timeouts must be positive")
 
     def public(self) -> dict[str, Any]:
-        """The options as plain values for reports, the password masked: reports are handed
-        over, the password is not."""
+        """The options as plain values for reports, the password and the operator hook (which
+        may carry an API's credentials) masked: reports are handed over, secrets are not."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "password":
+            if f.name in ("password", "operator_hook"):  # a hook may hold API credentials
                 value = "********" if value else ""
             elif isinstance(value, tuple):
                 value = list(value)

@@ -149,9 +149,10 @@ async def _close_harness(harness: Any) -> None:
 
 
 def case_timeout(info: CaseInfo, options: Options) -> float:
-    """``case_timeout``, plus ``operator_timeout`` for each action the case asks of an
-    operator (a person may take that long for each)."""
-    return options.case_timeout + info.operator * options.operator_timeout
+    """``case_timeout``, plus twice ``operator_timeout`` for each action the case asks of an
+    operator: a hook may take that long to run, and the case waits that long again for the
+    action's effect."""
+    return options.case_timeout + 2 * info.operator * options.operator_timeout
 
 
 async def run_case(

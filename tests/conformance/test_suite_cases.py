@@ -66,10 +66,14 @@ def free_port() -> int:
 
 
 def gateway_config(
-    tmp_path: Path, upper_port: int | None, edition: str = "2022", uplink: str = "tcp"
+    tmp_path: Path,
+    upper_port: int | None,
+    edition: str = "2022",
+    uplink: str = "tcp",
+    **more: dict[str, Any],
 ) -> Any:
     """The gateway under test; ``upper_port``: where the suite's upper platform listens (None:
-    no uplink, for platform mode), reached over ``uplink``."""
+    no uplink, for platform mode), reached over ``uplink``; ``more``: keys added per section."""
     uppers = [] if upper_port is None else [
                 {
                     "id": UP,
@@ -89,7 +93,7 @@ def gateway_config(
         gateway={"id": GW, "domain": DOMAIN, "name": "测试网关", "civil_code": "340200"},
         registrar={"min_expires": 1},  # A-REG-07 asks for a 2 s registration
         keepalive={"interval": 1.0, "timeout_count": 3, "check_interval": 0.2},
-        downlink={"response_timeout": 3.0, "idle_timeout": 0.5},
+        downlink={"response_timeout": 3.0, "idle_timeout": 0.5, **more.pop("downlink", {})},
         uplink={"platforms": uppers},
         media={
             "host": "127.0.0.1",
@@ -98,6 +102,7 @@ def gateway_config(
             "rtp_timeout": 3.0,
             "invite_timeout": 5.0,
         },
+        **more,
     )
 
 
@@ -163,9 +168,13 @@ class Gateways:
         self.closed: set[int] = set()
 
     async def start(
-        self, upper_port: int | None, edition: str = "2022", uplink: str = "tcp"
+        self,
+        upper_port: int | None,
+        edition: str = "2022",
+        uplink: str = "tcp",
+        **more: dict[str, Any],
     ) -> Gateway:
-        gw = Gateway(gateway_config(self.tmp_path, upper_port, edition, uplink))
+        gw = Gateway(gateway_config(self.tmp_path, upper_port, edition, uplink, **more))
         await gw.start()
         self.started.append(gw)
         return gw

@@ -211,7 +211,8 @@ async def test_tcp_retry_without_syn_timing_judges_the_late_connection(
     monkeypatch.setattr(gb2022._SynWatch, "open", classmethod(lambda cls, *a: None))
     run, _ = await run_device("N-TCP-01")
     r = result(run, "N-TCP-01")
-    assert r.verdict == "pass", (r.reason, steps(r))
+    assert r.verdict == "skip", (r.reason, steps(r))
+    assert "could not be measured" in r.reason
     assert r.media["retries_measured"] is False and r.media["connected_after"] >= 2.5
     assert "number and spacing of retries are not measured" in steps(r)
     run, _ = await run_device("N-TCP-01", tcp_retries=0)

@@ -39,6 +39,7 @@ from gateway.sip.message import Request, Response, make_response
 from gateway.sip.transport import Peer
 from tests.conformance.test_suite_cases import (
     DEVICE,
+    NVRS,
     Gateways,
     by_id,
     free_port,
@@ -228,3 +229,17 @@ async def test_gateway_passes_every_case(gateways: Gateways) -> None:
     )
     run = await run_suite(options, harness_factory=gateways.harness(gw))
     assert verdicts(run) == dict.fromkeys(MORE, "pass"), summary(run)
+
+
+@pytest.mark.timeout(60)
+async def test_d_pos_01_through_a_gateway_that_subscribes_to_positions(
+    gateways: Gateways,
+) -> None:
+    """The gateway holds position subscriptions to the devices below, which report by
+    themselves: the case still judges what the moving device sent, and the gateway passes."""
+    upper = free_port()
+    gw = await gateways.start(upper, downlink={"mobile_position_subscription": True})
+    options = gateway_options(gw, upper, select=("D-POS-01",))
+    run = await run_suite(options, harness_factory=gateways.harness(gw))
+    assert verdicts(run) == {"D-POS-01": "pass"}, summary(run)
+    assert gw.metrics.get("subscribe.ok") >= 2 * len(NVRS)  # catalog and position, each NVR

@@ -97,6 +97,11 @@ def test_action_text_and_json() -> None:
     assert data["case"] == "A-PPTZ-01" and data["text"] == a.text
     # A parameter the instruction names but the case left out still gives a readable text.
     assert "34020000001320000001" in Action("playback-start", "34020000001320000001").text
+    live = Action("live-start", "34020000001320000001", {"transport": "tcp-active"})
+    assert live.text == (
+        "open the live view of channel 34020000001320000001, media over TCP with the platform "
+        "connecting (TCP active)"
+    )
     with pytest.raises(ValueError, match="unknown operator action"):
         Action("dance", "x")
 
@@ -121,6 +126,30 @@ async def test_hook_operator_gets_the_action_as_json(tmp_path: Path) -> None:
     assert json.loads(data)["target"] == "34020000001180000101"
 
 
+async def test_a_hook_leaving_a_child_behind_is_done_when_it_exits(tmp_path: Path) -> None:
+    """A hook that starts something in the background (a player) and exits 0 is done at once;
+    a hook that overruns is stopped with everything it started."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await HookOperator("sleep 3 &", 10.0)(Action("live-start", "x"))
+    assert loop.time() - started < 2.0
+    pid_file = tmp_path / "pid"
+    with pytest.raises(OperatorError, match="did not finish"):
+        await HookOperator(f"sleep 30 & echo $! > {pid_file}; wait", 0.5)(Action("alarm", "x"))
+    pid = int(pid_file.read_text())
+    await asyncio.sleep(0.1)
+    assert _state(pid) in ("gone", "Z"), "the hook's background child still runs"
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (Z: killed, waiting to be reaped), or "gone"."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
 async def test_failing_or_slow_hook_is_an_operator_error() -> None:
     with pytest.raises(OperatorError, match=r"exit status 3\): no such camera"):
         await HookOperator("echo no such camera; exit 3", 10.0)(Action("alarm", "x"))
@@ -138,12 +167,11 @@ def test_options_and_cli_name_the_operator() -> None:
     with pytest.raises(ValueError, match="cascade is for a platform"):
         Options(target_role="gateway", cascade=True)
     out = io.StringIO()
-    code = cli_main(
-        ["run", "--target-role", "device", "--target-id", DEVICE, "--operator", "prompt",
-         "--operator-hook", "true"],
-        out=out,
-    )  # fmt: skip
-    assert code == 2
+    for clash in (["--operator", "none", "--operator-hook", "true"], ["--operator-hook", " "]):
+        code = cli_main(["run", "--target-role", "device", "--target-id", DEVICE, *clash], out=out)
+        assert code == 2
+    hooked = Options(target_role="device", operator="hook", operator_hook="curl -u me:secret x")
+    assert hooked.public()["operator_hook"] == "********"
 
 
 def test_list_marks_operator_cases() -> None:
@@ -243,6 +271,7 @@ class UpperOperator:
         self.wrong: dict[str, str] = kw.get("wrong", {})
         self.ignore: set[str] = set(kw.get("ignore", ()))
         self.transport: str | None = kw.get("transport")  # whatever the case asks
+        self.release_stop: bool = kw.get("release_stop", False)  # stop after each move
         self.done: list[str] = []
         self.tasks: set[asyncio.Task[Any]] = set()
 
@@ -271,6 +300,9 @@ class UpperOperator:
         elif name == "ptz":
             move = _MOVES[self.wrong.get(p["direction"], p["direction"])]
             await up.ptz(GW, target, move.encode())
+            if self.release_stop:  # a client's button: move on press, stop on release
+                task = asyncio.ensure_future(up.ptz(GW, target, ptz_stop().encode()))
+                self.tasks.add(task)
         elif name in ("record-start", "record-stop"):
             cmd = "Record" if name == "record-start" else "StopRecord"
             await up.control(GW, DeviceControl(sn=0, device_id=target, record_cmd=cmd))
@@ -374,7 +406,8 @@ def run_platform(gateways: Gateways) -> RunPlatform:
 async def test_gateway_acting_as_a_platform_passes_every_platform_acting_case(
     run_platform: RunPlatform,
 ) -> None:
-    run, operator = await run_platform(*PLATFORM_CASES)
+    # Its PTZ buttons stop on release: each move is followed by a stop.
+    run, operator = await run_platform(*PLATFORM_CASES, release_stop=True)
     assert not run.run_error, run.run_error
     assert run.ok, summary(run)
     results = by_id(run)

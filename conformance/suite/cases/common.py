@@ -130,15 +130,6 @@ def sip_body(raw: bytes) -> bytes:
         return body
 
 
-def via_transport(raw: bytes) -> str:
-    """The transport (``UDP``, ``TCP``) in the top Via of a raw SIP message; ``?`` when it
-    cannot be read."""
-    try:
-        return parse(raw).top_via.transport.upper()
-    except (ParseError, ValueError):
-        return "?"
-
-
 def charset_problem(body: bytes) -> str | None:
     """The declared charset against the bytes (reference §8.3): a GB declaration over UTF-8
     bytes, or bytes that are neither."""

@@ -17,6 +17,7 @@ from conformance.suite.cases.common import (
     short,
 )
 from conformance.suite.context import Context
+from conformance.suite.harness import HarnessError
 from gateway.manscdp.messages import CatalogItem
 
 BOTH = ("2016", "2022")
@@ -108,10 +109,16 @@ async def lower_platform(ctx: Context) -> None:
     try:
         try:
             q = await h.resync(lower, timeout)
-        except TimeoutError as exc:
-            ctx.fail(str(exc))
+        except (TimeoutError, HarnessError) as exc:
+            ctx.fail(f"the lower platform {lower_id}: {exc}")
         statuses = [r.status for r in lower.responses]
         ctx.step(f"lower platform {lower_id} registered: {statuses}")
+        ctx.check(
+            statuses[-2:] == [401, 200],
+            "the lower platform's registration was not challenged with digest, then accepted",
+            expected="401, then 200",
+            seen=statuses,
+        )
         ctx.expect_equal(q.device_id, lower_id, "DeviceID of the target's Catalog query")
         parts = [s for c, sn, s in lower.answer_statuses if c == "Catalog" and sn == q.sn]
         ctx.step(f"the target read {len(items)} items in {len(parts)} MESSAGEs")

@@ -32,7 +32,7 @@ import itertools
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from conformance.peers.platform import QueryResult
@@ -141,6 +141,9 @@ async def _ask(
         "the feature answers 501 or Result ERROR)",
     )
     answer = res.responses[0]
+    if len(res.responses) > 1 and hasattr(answer, "items"):
+        # An answer in several MESSAGEs (2022 Annex M): judged as one, every part's items.
+        answer = replace(answer, items=tuple(res.items))
     ctx.expect_equal(answer.sn, res.request.sn, f"{what}: SN of the Response")
     ctx.expect_equal(answer.device_id, msg.device_id, f"{what}: DeviceID of the Response")
     problem = charset_problem(sip_body(res.raw[0])) if res.raw else None
@@ -542,6 +545,11 @@ async def mobile_position_subscription(ctx: Context) -> None:
              f"expires {sub.expires}")  # fmt: skip
     _unsupported(ctx, "the MobilePosition SUBSCRIBE", sub.status)
     mover = _Mover(dev, interval, "2022" if h.edition_2022 else "2016") if dev else None
+    # Below a gateway the mover alone reports: the devices' own reporting (to a gateway that
+    # subscribed to their positions) is held for the case.
+    held = [(d, d.no_position_reports) for d in (dev, other) if d is not None]
+    for d, _ in held:
+        d.no_position_reports = True
     try:
         ctx.check(200 <= sub.status < 300, "the MobilePosition SUBSCRIBE was not accepted",
                   expected="200 OK (or 403/405/489/501 when not supported)",
@@ -631,6 +639,8 @@ async def mobile_position_subscription(ctx: Context) -> None:
                 await platform.unsubscribe(sub, timeout=5.0)
         if mover is not None:
             await mover.stop()
+        for d, kept in held:
+            d.no_position_reports = kept
 
 
 def _sent_sn(ctx: Context, cmd: str) -> int | None:

@@ -241,6 +241,14 @@ _DIRECTIONS: tuple[tuple[str, tuple[int, int, int]], ...] = (
 )
 
 
+def _is_stop(msg: DeviceControl) -> bool:
+    """A PTZCmd whose instruction byte stops pan, tilt and zoom (a malformed one is not)."""
+    try:
+        return decode_ptz(msg.ptz_cmd or "").kind == "stop"
+    except DecodeError:
+        return False
+
+
 @case(
     "A-PPTZ-01",
     "Platform side: PTZ in six directions, zoom and stop from the platform [operator]",
@@ -263,13 +271,14 @@ async def platform_turns_camera(ctx: Context) -> None:
     for name, (pan, tilt, zoom) in _DIRECTIONS:
         before = len(dev.controls)
         await ctx.ask("ptz", channel, direction=name, device=dev.device_id)
-        msg = await _next(
-            ctx,
-            dev.controls,
-            before,
-            lambda m: m.ptz_cmd is not None,
-            f"a PTZCmd ({name}) for {channel}",
-        )
+        # A client sends a move on press and a stop on release: the stop that ends the last
+        # move may come after the next ask, so a move is looked for among non-stop commands.
+        stop = name == "stop"
+
+        def wanted(m: DeviceControl, stop: bool = stop) -> bool:
+            return m.ptz_cmd is not None and _is_stop(m) == stop
+
+        msg = await _next(ctx, dev.controls, before, wanted, f"a PTZCmd ({name}) for {channel}")
         fail_problems(ctx, f"the PTZ {name} command", _control_problems(msg, channel))
         text = msg.ptz_cmd or ""
         try:

@@ -21,7 +21,6 @@ from conformance.suite.cases.common import (
     query_one,
     short,
     sip_body,
-    via_transport,
 )
 from conformance.suite.context import Context
 from gateway.manscdp.messages import DeviceInfoQuery
@@ -404,7 +403,8 @@ async def large_catalog(ctx: Context) -> None:
         ctx.check(not different, f"{len(different)} channels changed on the way up: "
                   f"{short(different)}")  # fmt: skip
         # Over UDP each MESSAGE fits; larger ones may come over TCP (RFC 3261 §18.1.1).
-        big = max((len(r) for r in res.raw if via_transport(r) == "UDP"), default=0)
+        over_udp = zip(res.raw, res.arrived_over, strict=True)
+        big = max((len(r) for r, t in over_udp if t == "udp"), default=0)
         ctx.check(big <= MAX_UDP_REQUEST, "a catalog MESSAGE over UDP is too large",
                   expected=f"<= {MAX_UDP_REQUEST}", seen=big)  # fmt: skip
         ctx.step(f"the upper got all {LARGE} in {len(res.raw)} MESSAGEs over {res.transport}")
