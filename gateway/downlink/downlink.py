@@ -6,12 +6,14 @@ GB/T 28181-2022 §9.3 (control), §9.4 (alarm), §9.5 (query), Annex M (multi-re
 device or channel asked. Every incoming Response is answered 200 at once and fed to its
 collector. Every answer with a list (``SumNum`` and items: Catalog, RecordInfo, PresetQuery,
 CruiseTrackListQuery, CruiseTrackQuery, SDCardStatus, the 2022 MobilePosition list form) is
-collected item by item until ``SumNum``, across as many messages as the device splits it into;
-a repeated part does not count twice (distinct items where an item has an identity, else
-distinct parts: a cruise track may pass the same preset twice). ConfigDownload answers one
-Response per requested ConfigType. When parts stop coming for ``idle_timeout`` the collected
-items are returned marked ``partial``. A per-device limit on concurrent queries keeps one slow
-NVR from holding the gateway's resources.
+collected item by item until ``SumNum``, across as many messages as the device splits it into.
+An item with an identity (a channel's DeviceID, a preset's PresetID...) counts once however
+often it comes; an item without one (a cruise point: a track may pass the same preset twice,
+even in two parts of the same content), or lacking its identity field, counts every time (a
+SIP retransmission of a part is absorbed by the transaction layer before it gets here).
+ConfigDownload answers one Response per requested ConfigType. When parts stop coming for
+``idle_timeout`` the collected items are returned marked ``partial``. A per-device limit on
+concurrent queries keeps one slow NVR from holding the gateway's resources.
 
 An answer is only taken from the address the queried device registered from (a registered
 device cannot answer, or wipe, another's query), or over TCP from the host it registered from
@@ -150,7 +152,9 @@ def _position_key(item: Node) -> Hashable:
 
 
 # How an item of a list answer (reference §3.3) is identified, where it has an identity: a
-# repeated item is counted once. Other lists (CruiseTrackQuery's points) count every item.
+# repeated item is counted once. Other lists (CruiseTrackQuery's points) count every item, and
+# so does an item whose key is ``None`` (its identity field missing: not the same as another
+# item missing it). A key is ``None`` only then: tuples of several fields are never ``None``.
 _ITEM_KEYS: dict[str, Callable[[Node], Hashable]] = {
     "Catalog": _catalog_key,
     "RecordInfo": _record_key,
@@ -221,7 +225,6 @@ class _Collector:
         "keys",
         "last",
         "max_items",
-        "parts",
         "peer",
         "pending_types",
         "result",
@@ -244,7 +247,6 @@ class _Collector:
         self.peer = peer
         self.item_key = _ITEM_KEYS.get(result.cmd_type)
         self.keys: set[Hashable] = set()
-        self.parts: set[str] = set()  # the parts seen, for items without an identity
         self.expected_parts = expected_parts
         self.pending_types = {t.lower() for t in config_types}
         self.max_items = max_items
@@ -288,17 +290,19 @@ class _Collector:
                 self._finish(partial=True)  # an impossible count: keep what came, remove nothing
                 return
         key = self.item_key
-        if key is not None:
+        if key is None:
+            # No identity, so no way (and no need) to tell a repeat: the same part sent again
+            # as a SIP retransmission never reaches the collector, and a second part with the
+            # same content (an A-B-A-B patrol sent as two A-Bs) is real.
+            res.items.extend(items)
+        else:
             for item in items:
                 k = key(item)
-                if k not in self.keys:
+                if k is None:
+                    res.items.append(item)  # its identity field is missing: nothing to merge on
+                elif k not in self.keys:
                     self.keys.add(k)
                     res.items.append(item)
-        elif items:
-            part = repr(items)
-            if part not in self.parts:  # a part sent twice counts once
-                self.parts.add(part)
-                res.items.extend(items)
         total = res.sum_num
         if len(res.items) > self.max_items or (total is not None and len(res.items) > total):
             self._finish(partial=True)  # more than announced: the answer cannot be trusted whole

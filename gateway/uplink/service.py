@@ -18,9 +18,9 @@ map, what it may see (:class:`SharedView`) and the subscriptions it made.
   ``catalog_batch_udp_bytes``, but an item too large for that goes over TCP, whole.
 * Size and transport (RFC 3261 §18.1.1; 2022 Annex M): to an upper reached over UDP, any
   MESSAGE or NOTIFY larger than ``catalog_batch_udp_bytes`` goes over TCP to the same host and
-  port. Nothing is ever cut to fit: when TCP fails (refused, timed out), the items go over UDP
-  whole (counted as ``uplink.udp_oversize``), and TCP is not tried again for ``TCP_RETRY_AFTER``
-  seconds.
+  port. Nothing is ever cut to fit: when TCP fails (refused, reset, or no answer within
+  ``TCP_ANSWER_TIMEOUT``), the items go over UDP whole (counted as ``uplink.udp_oversize``), and
+  TCP is not tried again for ``TCP_RETRY_AFTER`` seconds.
 * Subscriptions from the upper (Catalog, Alarm, MobilePosition): a dialog per kind, refreshed
   in-dialog, ended by ``Expires: 0`` or expiry with a terminating NOTIFY. A catalog
   subscription starts with a NOTIFY of the shared items that are offline (Annex N). Catalog
@@ -104,6 +104,22 @@ NOTIFY_DELAY = 0.2
 # After TCP to an upper reached over UDP failed, large requests go over UDP (whole) for this
 # long before TCP is tried again: a firewall that drops SYNs must not cost each one a timeout.
 TCP_RETRY_AFTER = 60.0
+# How long a request sent over TCP to an upper reached over UDP waits for its final response
+# before it goes over UDP instead. Without it the TCP attempt would wait for Timer F (64·T1,
+# 32 s): an upper that accepts the connection but never reads it would hold every oversize
+# MESSAGE and NOTIFY that long, after the query it answers has timed out upstairs. An upper
+# answers a MESSAGE or NOTIFY 200 at once (Annex M); a few seconds leave room for a slow one.
+#
+# The fallback may duplicate: an upper that processed the TCP request but answered too late
+# (or not at all) gets it again over UDP, as a new transaction it cannot match to the first
+# (fresh Call-ID, or the dialog's next CSeq). That is the lesser harm, and the one chosen: what
+# is too large for a datagram is a list (a part of a catalog or record answer, a catalog
+# NOTIFY) whose items are named (DeviceID, a record's times), so a repeat states the same
+# thing twice under the same SN, while giving up would lose the items for good (the upper
+# learns of them only at its next full query). Reusing the Call-ID and CSeq would not let the
+# upper drop the repeat either (RFC 3261 §8.2.2.2 merges requests only while the first
+# transaction is pending, answering 482), and a NOTIFY's CSeq must grow in its dialog.
+TCP_ANSWER_TIMEOUT = 4.0
 # Queries forwarded to the device that answers them (reference §7.2).
 _FORWARDED = frozenset(
     {
@@ -330,11 +346,13 @@ class Uplink:
 
         Over a UDP link a request larger than ``catalog_batch_udp_bytes`` goes over TCP to the
         upper's host and port (RFC 3261 §18.1.1: above 1300 bytes when the path MTU is unknown,
-        a congestion-controlled transport; 2022 Annex M). When TCP fails (refused, timed out,
-        reset) the request goes over UDP whole, logged and counted as ``uplink.udp_oversize``,
-        and TCP is left alone for ``TCP_RETRY_AFTER`` seconds. With ``split`` the caller can
-        send the content in smaller requests instead: :class:`_TcpFailed` says so. ``build``
-        makes the request afresh for each attempt (fresh Call-ID, or the next CSeq)."""
+        a congestion-controlled transport; 2022 Annex M). When TCP fails (refused, reset, or no
+        final response in ``TCP_ANSWER_TIMEOUT`` seconds rather than Timer F's 32 s: see there
+        for the duplicate this risks) the request goes over UDP whole, logged and counted as
+        ``uplink.udp_oversize``, and TCP is left alone for ``TCP_RETRY_AFTER`` seconds. With
+        ``split`` the caller can send the content in smaller requests instead:
+        :class:`_TcpFailed` says so. ``build`` makes the request afresh for each attempt (fresh
+        Call-ID, or the next CSeq)."""
         peer = s.link.peer
         req = build()
         size = self._wire_size(s, req)
@@ -344,7 +362,7 @@ class Uplink:
         if self._tcp_usable(s):
             tcp = Peer("tcp", peer.host, peer.port)
             try:
-                resp = await self.endpoint.request(req, tcp)
+                resp = await self.endpoint.request(req, tcp, timeout=TCP_ANSWER_TIMEOUT)
             except (TransportError, TransactionTimeout, OSError) as exc:
                 s.tcp_retry_at = self.clock() + TCP_RETRY_AFTER
                 self.metrics.inc("uplink.tcp_failed")

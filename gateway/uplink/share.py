@@ -9,12 +9,17 @@ and DeviceInfo know), and the channels. Every ID goes through the upper's :class
 every ``ParentID`` is rewritten so that the tree is whole from the upper's side: a parent the
 upper cannot see is dropped, and an item left without one hangs under the gateway. A parent the
 upper sees is kept: the reporting device, another shared device, a stored tree node, or an item
-of the visible catalog itself (a lower platform's NVR, type 118, above its cameras).
+of the visible catalog itself (a lower platform's NVR, type 118, above its cameras). Whatever
+order the devices reported things in, an item comes after the items of the view it hangs under.
 
 What an ID the upper names covers (a Catalog query or subscription for a node, a MobilePosition
 or Alarm subscription for a device or channel) is decided in one place, :meth:`SharedView.covers`:
 the item itself, everything whose visible ParentIDs or business group lead up to it, and, for a
-registered device, every channel and device item it reported.
+registered device, every channel and device item it reported. The catalog of such an ID (a
+Catalog query's answer, a subscription's first NOTIFY) is what it covers, with the tree nodes
+those items hang under (an NVR's virtual organisations and their business group, with their
+ancestors): a ParentID or business group in the answer that names a tree node the upper sees
+names one in the answer. Only the named item's own ParentID points outside it.
 """
 
 from __future__ import annotations
@@ -215,7 +220,9 @@ class SharedView:
     # -- the whole view ---------------------------------------------------------------------
     def build(self, target: str | None = None) -> list[CatalogItem]:
         """The shared catalog in the upper's IDs, parents before children. ``target`` (an ID
-        the upper used, other than the gateway's): only that node and what hangs under it."""
+        the upper used, other than the gateway's): only what it covers (:meth:`covers`: the
+        node and what hangs under it), with the tree nodes those items hang under
+        (:meth:`_nodes_above`)."""
         out: list[CatalogItem] = []
         for _ in self._build(target, out):
             pass
@@ -249,33 +256,72 @@ class SharedView:
             if item.civil_code:
                 wanted_nodes[item.civil_code] = None
         nodes = self._with_ancestors(wanted_nodes)
-        inside = self._scope(target)
-        view: list[CatalogItem] = [self.system_item()] if inside is None else []
-        tree = sorted(
-            (
-                self.translate(owner, node)
-                for owner, node in nodes
-                if inside is None or inside(owner, node.device_id)
-            ),
-            key=lambda i: (_ORDER.get(item_kind(i.device_id), 5), i.device_id),
-        )
-        view.extend(tree)
         reported = {item.device_id for _, item in channels}
         reported.update(node.device_id for _, node in nodes)
-        for owner in owners:
-            dev = self.devices.get(owner)
-            if (
-                dev is not None
-                and owner not in reported
-                and (inside is None or inside(owner, owner))
-            ):
-                view.append(self.device_item(dev))
+        devices = [
+            dev
+            for owner in owners
+            if (dev := self.devices.get(owner)) is not None and owner not in reported
+        ]
+        inside = self._scope(target)
+        if inside is not None and target is not None:  # (a scope comes with a target)
+            kept: list[tuple[str, CatalogItem]] = []
+            for n, (owner, item) in enumerate(channels):
+                if n % _CHUNK == _CHUNK - 1:
+                    yield
+                if inside(owner, item.device_id):
+                    kept.append((owner, item))
+            channels = kept
+            devices = [dev for dev in devices if inside(dev.device_id, dev.device_id)]
+            covered = [(owner, node) for owner, node in nodes if inside(owner, node.device_id)]
+            nodes = covered + self._nodes_above(target, nodes, covered + channels)
+        view: list[CatalogItem] = [self.system_item()] if inside is None else []
+        view.extend(
+            sorted(
+                (self.translate(owner, node) for owner, node in nodes),
+                key=lambda i: (_ORDER.get(item_kind(i.device_id), 5), i.device_id),
+            )
+        )
+        view.extend(self.device_item(dev) for dev in devices)
         for n, (owner, item) in enumerate(channels):
             if n % _CHUNK == _CHUNK - 1:
                 yield
-            if inside is None or inside(owner, item.device_id):
-                view.append(self.translate(owner, item))
+            view.append(self.translate(owner, item))
+        yield from _parents_first(view)
         out.extend(view)
+
+    def _nodes_above(
+        self,
+        target: str,
+        visible: list[tuple[str, CatalogItem]],
+        included: list[tuple[str, CatalogItem]],
+    ) -> list[tuple[str, CatalogItem]]:
+        """For the view of ``target`` (an ID the upper used): the tree nodes this upper sees
+        (``visible``: the whole view's) that the ``included`` items hang under, ParentID or
+        business group as :meth:`translate` writes them, and what those hang under in turn,
+        when ``target`` does not cover them: the virtual organisations an NVR's channels hang
+        under and their business group. Without them the answer names parents that are not
+        in it. Nothing above ``target`` itself: the item asked for is the root of its answer,
+        and its own ParentID points outside it (as a channel's, asked for alone)."""
+        local = self.idmap.to_local(target)
+        by_id = {node.device_id: (owner, node) for owner, node in visible}
+        have = {item.device_id for _, item in included}
+        queue = [
+            link
+            for owner, item in included
+            if item.device_id != local
+            for link in self._links(owner, item)
+        ]
+        found: list[tuple[str, CatalogItem]] = []
+        while queue:
+            link = queue.pop()
+            entry = by_id.get(link)
+            if entry is None or link in have or link == local:
+                continue  # not a tree node this upper sees (a device, a channel), or in already
+            have.add(link)
+            found.append(entry)
+            queue.extend(self._links(*entry))
+        return found
 
     def _scope(self, target: str | None) -> Callable[[str, str], bool] | None:
         """For a view of ``target`` (an ID the upper used): whether an item (owner, local ID)
@@ -307,3 +353,69 @@ class SharedView:
             if item.group_id:
                 queue.append(item.group_id)
         return list(found.values())
+
+
+def _parents_first(view: list[CatalogItem]) -> Iterator[None]:
+    """Reorder ``view`` (in place, as little as needed) so that every item comes after the
+    items of the view it hangs under (its ParentIDs and business group). The view is built in
+    an order that mostly holds already (the root, tree nodes by kind, devices, channels); this
+    fixes what does not: a lower platform that lists cameras before their NVR item (type 118,
+    a channel among channels), a virtual organisation under one with a higher ID, a tree node
+    under a device. A loop in the tree is cut where it closes. A generator like
+    :meth:`SharedView._build`: it pauses every few thousand items."""
+    pos = {item.device_id: n for n, item in enumerate(view)}
+    # Only ParentIDs need checking: a business group (215) sorts before everything that can
+    # name it as its group (virtual organisations, devices, channels). The channels of one
+    # device mostly share one ParentID string: each string is looked up once.
+    furthest: dict[str, int] = {}  # a ParentID string -> the position of its last parent
+    late = False
+    for n, item in enumerate(view):
+        if n % _CHUNK == _CHUNK - 1:
+            yield
+        parent = item.parent_id
+        if not parent:
+            continue
+        last = furthest.get(parent)
+        if last is None:
+            last = furthest[parent] = max(pos.get(p, -1) for p in parent.split("/"))
+        if last > n:
+            late = True
+            break
+    if not late:
+        return
+    done = [False] * len(view)
+    ordered: list[CatalogItem] = []
+    for first in range(len(view)):
+        if first % _CHUNK == _CHUNK - 1:
+            yield
+        if done[first]:
+            continue
+        # Depth first over parents that come later (iterative: a deep tree is no recursion).
+        stack = [first]
+        on_stack = {first}
+        while stack:
+            top = stack[-1]
+            for k in _parent_positions(view[top], pos):
+                if not done[k] and k not in on_stack:
+                    stack.append(k)
+                    on_stack.add(k)
+                    break
+            else:
+                stack.pop()
+                on_stack.discard(top)
+                done[top] = True
+                ordered.append(view[top])
+    view[:] = ordered
+
+
+def _parent_positions(item: CatalogItem, pos: dict[str, int]) -> Iterator[int]:
+    """Positions in the view of what ``item`` hangs under."""
+    for p in item.parent_ids:
+        k = pos.get(p)
+        if k is not None:
+            yield k
+    group = item.group_id
+    if group:
+        k = pos.get(group)
+        if k is not None:
+            yield k

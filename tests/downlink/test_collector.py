@@ -16,6 +16,7 @@ from gateway.manscdp.messages import (
     CruiseTrackResponse,
     MobilePositionNotify,
     PositionItem,
+    Preset,
     PresetQueryResponse,
     SDCard,
     SDCardStatusResponse,
@@ -118,24 +119,69 @@ async def test_sd_cards_and_cruise_tracks_are_collected_across_parts() -> None:
     assert [t.name for t in tracks.future.result().items] == ["A", "B"]
 
 
-async def test_cruise_points_may_repeat_but_a_repeated_part_counts_once() -> None:
+def cruise_part(*points: CruisePoint, sum_num: int = 4) -> CruiseTrackResponse:
+    return CruiseTrackResponse(sn=7, device_id=DEV, number=0, sum_num=sum_num, items=points)
+
+
+async def test_cruise_points_may_repeat_and_every_part_counts() -> None:
     """A track may pass the same preset twice with the same stay and speed: points have no
-    identity, so only a whole part sent again is left out."""
+    identity, so every point of every part counts (a SIP retransmission of a part never gets
+    here: the transaction layer absorbs it)."""
     c = collector("CruiseTrackQuery")
     p1, p2 = CruisePoint(preset_index=1, stay_time=5, speed=3), CruisePoint(preset_index=2)
-
-    def part(*points: CruisePoint) -> CruiseTrackResponse:
-        return CruiseTrackResponse(sn=7, device_id=DEV, number=0, sum_num=4, items=points)
-
-    c.feed(part(p1, p2), 1)
-    c.feed(part(p1, p2), 2)  # sent twice
-    assert not c.future.done() and len(c.result.items) == 2
-    c.feed(part(p1, p2), 3)
-    assert not c.future.done()
-    c.feed(part(p1, CruisePoint(preset_index=3)), 4)
+    c.feed(cruise_part(p1, p2, p1), 1)  # the same point twice in one part
+    assert not c.future.done() and len(c.result.items) == 3
+    c.feed(cruise_part(CruisePoint(preset_index=3)), 2)
     res = c.future.result()
     assert not res.partial
     assert [p.preset_index for p in res.items] == [1, 2, 1, 3]
+
+
+async def test_an_a_b_a_b_patrol_split_in_pairs_is_whole() -> None:
+    """A-B-A-B sent as two parts of (A, B): the second part is real, not a repeat. Counted
+    once it would leave the query waiting for idle_timeout and partial."""
+    a, b = CruisePoint(preset_index=1, stay_time=5, speed=3), CruisePoint(preset_index=2)
+    c = collector("CruiseTrackQuery")
+    c.feed(cruise_part(a, b), 1)
+    assert not c.future.done()
+    c.feed(cruise_part(a, b), 2)
+    res = c.future.result()
+    assert not res.partial and res.sum_num == 4
+    assert [p.preset_index for p in res.items] == [1, 2, 1, 2]
+    # A third (A, B) is more than announced: the answer cannot be trusted whole.
+    over = collector("CruiseTrackQuery")
+    for t in (1, 2, 3):
+        over.feed(cruise_part(a, b, sum_num=5), t)
+    assert over.future.result().partial
+
+
+async def test_items_without_their_identity_field_are_not_merged() -> None:
+    """An item that has an identity (a track's Number, a card's ID, a preset's PresetID) but
+    lacks it is not the same item as another that lacks it too: each counts."""
+    tracks = collector("CruiseTrackListQuery")
+    nameless = (CruiseTrack(name="A"), CruiseTrack(name="B"))
+    tracks.feed(CruiseTrackListResponse(sn=7, device_id=DEV, sum_num=3, items=nameless), 1)
+    assert not tracks.future.done() and len(tracks.result.items) == 2
+    tracks.feed(
+        CruiseTrackListResponse(sn=7, device_id=DEV, sum_num=3, items=(CruiseTrack(number=0),)), 2
+    )
+    assert [t.name for t in tracks.future.result().items] == ["A", "B", None]
+    cards = collector("SDCardStatus")
+    nocard = SDCard(hdd_name="SD", status="ok")
+    cards.feed(
+        SDCardStatusResponse(sn=7, device_id=DEV, result="OK", sum_num=2, items=(nocard, nocard)),
+        1,
+    )
+    assert not cards.future.result().partial and len(cards.future.result().items) == 2
+    presets = collector("PresetQuery")
+    unnumbered = (Preset(preset_name="门口"), Preset(preset_name="路口"))
+    presets.feed(PresetQueryResponse(sn=7, device_id=DEV, sum_num=2, items=unnumbered), 1)
+    assert [p.preset_name for p in presets.future.result().items] == ["门口", "路口"]
+    # An identity that is there still merges repeats.
+    numbered = collector("CruiseTrackListQuery")
+    one = CruiseTrack(number=1, name="A")
+    numbered.feed(CruiseTrackListResponse(sn=7, device_id=DEV, sum_num=2, items=(one, one)), 1)
+    assert not numbered.future.done() and len(numbered.result.items) == 1
 
 
 async def test_a_flat_position_is_no_list_and_a_2022_list_is_one() -> None:

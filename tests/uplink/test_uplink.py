@@ -42,6 +42,7 @@ from gateway.sip.endpoint import Endpoint
 from gateway.sip.message import parse
 from gateway.sip.transaction import TimerConfig
 from gateway.sip.transport import Peer
+from gateway.uplink import service as uplink_service
 from tests.conftest import make_config, wait_for
 
 GW = "34020000002000000001"
@@ -488,7 +489,8 @@ async def test_large_catalog_items_go_up_over_tcp_with_every_field(
     big = [size for t, size in sizes if t == "TCP"]
     assert big and min(big) > 1300
     assert len(res.raw) < dev.catalog_size()  # the large items share their TCP MESSAGEs
-    assert gw.metrics.get("uplink.sent_over_tcp") == len(big)
+    # Counted when the gateway has the upper's 200, which may come after the last part here.
+    await wait_for(lambda: gw.metrics.get("uplink.sent_over_tcp") == len(big), 3, "200s over TCP")
     assert gw.metrics.get("uplink.udp_oversize") == gw.metrics.get("uplink.tcp_failed") == 0
     # The registration stays on UDP; the TCP connection was only for the large MESSAGEs.
     assert p.lowers[GW].peer.transport == "udp" and p.lowers[GW].online
@@ -513,6 +515,46 @@ async def test_large_catalog_items_go_whole_over_udp_when_tcp_is_refused(
     # TCP was tried once; after that the upper's TCP is left alone for a while.
     assert gw.metrics.get("uplink.tcp_failed") == 1
     assert gw.metrics.get("uplink.sent_over_tcp") == 0
+
+
+class SilentTcp(asyncio.Protocol):
+    """An upper's TCP port that accepts connections and reads what comes, but never answers
+    (a platform whose TCP side hangs)."""
+
+    def __init__(self, received: list[bytes]) -> None:
+        self.received = received
+
+    def data_received(self, data: bytes) -> None:
+        self.received.append(data)
+
+
+async def test_large_catalog_items_go_whole_over_udp_when_tcp_never_answers(
+    upper_endpoint, start_gateway, device_endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TCP connection the upper accepts but never answers on: the MESSAGE goes over UDP
+    after ``TCP_ANSWER_TIMEOUT``, not after Timer F (32 s with the default T1, far beyond the
+    query's idle time here: the answer would end partial)."""
+    monkeypatch.setattr(uplink_service, "TCP_ANSWER_TIMEOUT", 0.5)
+    p = platform(upper_endpoint)
+    stop_listening_on_tcp(upper_endpoint)
+    received: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    silent = await loop.create_server(lambda: SilentTcp(received), "127.0.0.1", upper_endpoint.port)
+    try:
+        gw = await gateway_with(start_gateway, upper_config(upper_endpoint, gb_version="2022"))
+        dev = large_nvr(device_endpoint, gw)
+        await synced_nvr(gw, dev)
+        await online_at(p)
+        res = await p.catalog(GW, timeout=20.0, idle=4.0)
+        assert not res.partial and res.sum_num == len(res.items) == 1 + 1 + dev.catalog_size()
+        assert_whole(dev, res.items)
+        assert {via_transport(r) for r in res.raw} == {"UDP"}
+        assert b"MESSAGE sip:" in b"".join(received)  # TCP was tried: the upper got it there
+        assert gw.metrics.get("uplink.tcp_failed") == 1
+        assert gw.metrics.get("uplink.sent_over_tcp") == 0
+        assert gw.metrics.get("uplink.udp_oversize") == 7
+    finally:
+        silent.close()
 
 
 async def test_large_catalog_notify_goes_up_over_tcp_in_its_dialog(

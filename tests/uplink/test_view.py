@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,108 @@ def test_what_an_id_covers_device_channel_and_tree_node() -> None:
     assert {i.device_id for i in v.build(NVR2)} == {NVR2, cam(NVR2, 1).device_id}
     assert v.build("34020000001319999999") == []  # names nothing
     assert idmap.to_local(GW) == GW
+
+
+# -- the catalog of one ID is a whole tree: what it names, and the nodes that hangs under -----
+def assert_parents_first(items: list[CatalogItem]) -> None:
+    """Every ParentID and business group that names an item of ``items`` names an earlier one."""
+    ids = {i.device_id for i in items}
+    seen: set[str] = set()
+    for item in items:
+        for parent in (*item.parent_ids, item.group_id):
+            if parent in ids:
+                assert parent in seen, f"{item.device_id} comes before its parent {parent}"
+        seen.add(item.device_id)
+
+
+def dangling(items: list[CatalogItem], root: str) -> set[str]:
+    """Tree nodes named as ParentID or business group inside ``items`` but missing from them
+    (the root's own parents and the gateway, the root of everything, aside)."""
+    ids = {i.device_id for i in items}
+    named = {
+        parent
+        for item in items
+        if item.device_id != root
+        for parent in (*item.parent_ids, item.group_id)
+        if parent is not None
+    }
+    return {p for p in named - ids - {GW} if item_kind(p) not in ("device", "channel")}
+
+
+def test_the_catalog_of_a_device_has_the_tree_nodes_its_channels_hang_under() -> None:
+    """build(NVR1) answered cam2 with ParentID NVR1/ORG and no ORG: now ORG is there, and the
+    business group ORG belongs to, parents first."""
+    v, _, _ = view()
+    cam1, cam2 = cam(NVR1, 1).device_id, cam(NVR1, 2).device_id
+    items = v.build(NVR1)
+    assert [i.device_id for i in items] == [GROUP, ORG, NVR1, cam1, cam2]
+    assert dangling(items, NVR1) == set()
+    assert_parents_first(items)
+    by_id = {i.device_id: i for i in items}
+    assert by_id[cam2].parent_ids == (NVR1, ORG)
+    # Nothing above what was asked for: a node's or a channel's own parents stay outside.
+    assert {i.device_id for i in v.build(ORG)} == {ORG, cam2}
+    assert [i.device_id for i in v.build(cam2)] == [cam2]
+    assert {i.device_id for i in v.build(GROUP)} == {GROUP, ORG, cam2}
+    # In the upper's IDs the same, recoded.
+    v, idmap, _ = view(id_policy="recode", civil_code="3401", industry_code="05")
+    v.build()
+    items = v.build(idmap.to_upper(NVR1))
+    assert {idmap.to_local(i.device_id) for i in items} == {GROUP, ORG, NVR1, cam1, cam2}
+    assert dangling(items, idmap.to_upper(NVR1)) == set()
+
+
+def test_the_catalog_of_one_device_has_only_nodes_this_upper_sees() -> None:
+    """Shared one channel outside the organisation: the organisation is not this upper's."""
+    v, _, _ = view(share=(cam(NVR1, 1).device_id,))
+    assert {i.device_id for i in v.build()} == {GW, "340200", NVR1, cam(NVR1, 1).device_id}
+    assert {i.device_id for i in v.build(NVR1)} == {NVR1, cam(NVR1, 1).device_id}
+
+
+def test_parents_come_first_whatever_order_the_devices_reported() -> None:
+    """A lower platform lists its cameras before their NVR item (type 118, sorted among the
+    channels) and an organisation under one with a higher ID; an NVR reports an organisation
+    under itself (the device item comes after the tree nodes); two organisations name each
+    other (a loop is cut, nothing is lost or repeated)."""
+    config, catalog, devices = world()
+    outer, inner = "34020000002160000009", "34020000002160000002"
+    loop_a, loop_b = "34020000002160000007", "34020000002160000006"
+    own_org = "34020000002160000005"
+    lcam1 = replace(lower_cam(LOWER_NVR, 1), parent_id=f"{LOWER_NVR}/{inner}")
+    lcam2 = replace(lower_cam(LOWER_NVR, 2), parent_id=loop_a)
+    catalog.apply_sync(
+        LOWER,
+        [
+            lcam1,
+            lcam2,
+            CatalogItem(device_id=LOWER_NVR, name="NVR1", parent_id=LOWER),
+            CatalogItem(device_id=inner, name="内", parent_id=outer),
+            CatalogItem(device_id=outer, name="外"),
+            CatalogItem(device_id=loop_a, name="甲", parent_id=loop_b),
+            CatalogItem(device_id=loop_b, name="乙", parent_id=loop_a),
+        ],
+        partial=False,
+    )
+    own = cam(NVR1, 3, parent_id=own_org)
+    catalog.apply_notify(
+        NVR1,
+        [
+            replace(own, event="ADD"),
+            CatalogItem(device_id=own_org, name="本机", parent_id=NVR1, event="ADD"),
+        ],
+    )
+    devices[LOWER] = Device(LOWER, online=True, name="下级平台")
+    up = upper()
+    v = SharedView(up, config, catalog, devices, IdMap(up, MemoryStore(), GW))
+    items = v.build()
+    ids = [i.device_id for i in items]
+    assert len(ids) == len(set(ids)) and ids[0] == GW
+    assert {outer, inner, loop_a, loop_b, own_org, LOWER_NVR, own.device_id} <= set(ids)
+    assert_parents_first([i for i in items if i.device_id not in (loop_a, loop_b)])
+    assert ids.index(LOWER_NVR) < ids.index(lcam1.device_id)
+    assert ids.index(outer) < ids.index(inner) < ids.index(lcam1.device_id)
+    assert ids.index(NVR1) < ids.index(own_org) < ids.index(own.device_id)
+    # The same in the catalog of the lower platform alone.
+    scoped = v.build(LOWER)
+    assert_parents_first([i for i in scoped if i.device_id not in (loop_a, loop_b)])
+    assert dangling(scoped, LOWER) == set()
