@@ -179,7 +179,7 @@ async def test_every_transport_combination(
 ) -> None:
     rig = await rig_factory(device_transport=device_transport)
     call = await rig.invite(transport=upper_transport)
-    assert await call.receiver.wait_frames(FRAMES, timeout=10) == FRAMES
+    assert await call.receiver.wait_frames(FRAMES, timeout=10) >= FRAMES
     dev = device_session(rig)
     # The device leg used the configured transport, answered with the opposite role.
     expected_role = {"udp": "udp", "tcp-passive": "tcp-active", "tcp-active": "tcp-passive"}
@@ -222,7 +222,7 @@ async def test_no_ssrc_offered_gets_one_generated(rig_factory) -> None:
 async def test_device_answering_another_ssrc_is_accepted(rig_factory) -> None:
     rig = await rig_factory(wrong_ssrc="answer")
     call = await rig.invite()
-    assert await call.receiver.wait_frames(FRAMES) == FRAMES
+    assert await call.receiver.wait_frames(FRAMES) >= FRAMES
     # The upper still gets its own SSRC: the relay rewrites whatever the device sent.
     assert call.receiver.ssrcs == {int(call.offered_ssrc)}
     await call.bye()
@@ -245,7 +245,7 @@ async def test_local_session_through_the_same_code(rig_factory) -> None:
     port = await receiver.bind()
     try:
         session = await rig.media.start_local(rig.channel, ("127.0.0.1", port))
-        assert await receiver.wait_frames(FRAMES) == FRAMES
+        assert await receiver.wait_frames(FRAMES) >= FRAMES
         assert receiver.ssrcs == {int(session.ssrc)}
         assert rig.media.stop_local(session.output_id)
         await rig.at_rest()
@@ -384,7 +384,7 @@ async def test_no_rtp_ends_both_legs(rig_factory) -> None:
 async def test_stream_stopping_ends_both_legs(rig_factory) -> None:
     rig = await rig_factory(live_frames=FRAMES, media={"rtp_timeout": 1.0})
     call = await rig.invite()
-    assert await call.receiver.wait_frames(FRAMES) == FRAMES
+    assert await call.receiver.wait_frames(FRAMES) >= FRAMES
     await asyncio.wait_for(call.ended.wait(), 8)
     await rig.at_rest()
 
@@ -416,8 +416,8 @@ async def test_relay_in_worker_processes(rig_factory) -> None:
     rig = await rig_factory(media={"workers": 2}, live_frames=None)
     first = await rig.invite()
     second = await rig.invite(channel=rig.nvr.channel_id(2), transport="tcp-passive")
-    assert await first.receiver.wait_frames(FRAMES) == FRAMES
-    assert await second.receiver.wait_frames(FRAMES) == FRAMES
+    assert await first.receiver.wait_frames(FRAMES) >= FRAMES
+    assert await second.receiver.wait_frames(FRAMES) >= FRAMES
     assert first.receiver.ssrcs == {int(first.offered_ssrc)}
     pids = rig.media.relay.worker_pids()  # type: ignore[attr-defined]
     assert len(pids) == 2
