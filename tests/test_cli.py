@@ -55,9 +55,18 @@ async def test_devices_lists_the_store_while_the_gateway_runs(
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free for both UDP and TCP (the gateway listens on both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port")
 
 
 async def test_run_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -81,9 +90,13 @@ async def test_run_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     await ep.start("127.0.0.1", 0)
     try:
         assert proc.stderr is not None
-        line = await asyncio.wait_for(proc.stderr.readline(), 10)
+        seen: list[bytes] = []
+        line = b""
         while b"gateway.started" not in line:
             line = await asyncio.wait_for(proc.stderr.readline(), 10)
+            # At the end of its output the gateway has exited: say why, do not read on forever.
+            assert line, "the gateway exited before it started: " + b"".join(seen)[-2000:].decode()
+            seen.append(line)
         assert json.loads(line)["port"] == port
         dev = SimDevice(ep, "34020000001320000009", Peer("udp", "127.0.0.1", port))
         assert (await dev.register()).status == 200
