@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(slots=True)
@@ -61,3 +63,19 @@ class Alarm:
     latitude: float | None = None
     received_at: float = 0.0
     id: int | None = None
+
+
+class DeviceDirectory(Protocol):
+    """The registered devices, read-only: what every part outside ``downlink/`` may know of the
+    registrar's bindings. The registrar implements it; tests may pass any object of this shape.
+    The devices returned are the registrar's own records: read them, never change them."""
+
+    def get(self, device_id: str, /) -> Device | None:
+        """The device registered (or known from the store) under ``device_id``."""
+        ...
+
+    def __contains__(self, device_id: object, /) -> bool: ...
+
+    def values(self) -> Iterable[Device]:
+        """Every known device, online or not."""
+        ...

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 import structlog
@@ -110,6 +110,16 @@ class Registrar:
         self._check_task: asyncio.Task[None] | None = None
 
     # -- wiring ---------------------------------------------------------------------------
+    # -- the DeviceDirectory (gateway.model) the other parts read through ----------------
+    def get(self, device_id: str, /) -> Device | None:
+        return self.devices.get(device_id)
+
+    def __contains__(self, device_id: object, /) -> bool:
+        return device_id in self.devices
+
+    def values(self) -> Iterable[Device]:
+        return self.devices.values()
+
     def install(self) -> None:
         self.endpoint.route("REGISTER", self.on_register)
         self.endpoint.on_connection_lost(self.on_connection_lost)
