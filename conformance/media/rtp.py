@@ -6,12 +6,25 @@ different ones; the marker bit ends a frame. RTP over TCP (2022 Annex D, 2016 An
 §6.5) frames each packet with RFC 4571's 2-byte length; some stacks use the RTSP-interleaved
 ``'$'`` + channel + length form instead, which :class:`TcpDeframer` also accepts.
 
-Everything here is sans-I/O: bytes in, bytes out.
+Everything here is sans-I/O: bytes in, bytes out. The TCP framing is the gateway's own
+(:mod:`gateway.media.rtp`), so the suite and the relay cut streams the same way.
 """
 
 from __future__ import annotations
 
-RTP_HEADER = 12
+from gateway.media.rtp import RTP_HEADER, FramingError, TcpDeframer, frame_rfc4571
+
+__all__ = [
+    "MAX_PAYLOAD",
+    "RTP_HEADER",
+    "FramingError",
+    "RtpReassembler",
+    "TcpDeframer",
+    "frame_rfc4571",
+    "packetise",
+    "rtp_fields",
+]
+
 MAX_PAYLOAD = 1400
 
 
@@ -169,55 +182,3 @@ class RtpReassembler:
         self._parts = []
         self._ts = None
         self._damaged = False
-
-
-def frame_rfc4571(packet: bytes) -> bytes:
-    """RFC 4571 §2: a 16-bit big-endian length, then the packet."""
-    if len(packet) > 0xFFFF:
-        raise ValueError("RTP packet too long for RFC 4571 framing")
-    return len(packet).to_bytes(2, "big") + packet
-
-
-class TcpDeframer:
-    """Splits a TCP byte stream into RTP packets (RFC 4571, or ``'$'`` interleaved framing).
-
-    Each frame is recognised on its own: a 2-byte length followed by an RTP version 2 byte, or
-    ``0x24``, a channel byte, a 2-byte length and an RTP version 2 byte (reference §6.5). Any
-    other bytes, or a length too short for an RTP header, mean the framing is lost: :meth:`feed`
-    raises :class:`ValueError`, and keeps raising, since the stream cannot be resynchronised
-    reliably; the caller drops the connection.
-    """
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._broken: str | None = None
-        self.interleaved = 0  # frames that used the '$' form
-
-    def feed(self, data: bytes) -> list[bytes]:
-        if self._broken:
-            raise ValueError(self._broken)
-        buf = self._buf
-        buf += data
-        out: list[bytes] = []
-        pos, size = 0, len(buf)
-        try:
-            while size - pos >= 5:
-                if buf[pos + 2] >> 6 == 2:
-                    header, length = 2, int.from_bytes(buf[pos : pos + 2], "big")
-                elif buf[pos] == 0x24 and buf[pos + 4] >> 6 == 2:
-                    header, length = 4, int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                else:
-                    self._broken = f"lost RTP/TCP framing at {bytes(buf[pos : pos + 5]).hex()}"
-                    raise ValueError(self._broken)
-                if length < RTP_HEADER:
-                    self._broken = f"RTP/TCP frame of {length} bytes is shorter than RTP"
-                    raise ValueError(self._broken)
-                if size - pos < header + length:
-                    break
-                if header == 4:
-                    self.interleaved += 1
-                out.append(bytes(buf[pos + header : pos + header + length]))
-                pos += header + length
-        finally:
-            del buf[:pos]
-        return out

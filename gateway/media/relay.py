@@ -40,17 +40,6 @@ from typing import TYPE_CHECKING, cast
 import structlog
 
 from gateway.media._relay_ports import PortPool, bind_tcp, bind_udp, family_of, set_buffer
-from gateway.media._relay_rtp import (
-    PLAIN_FIRST_BYTES,
-    RTP_HEADER,
-    RTP_SECOND_BYTES,
-    V2_FIRST_BYTES,
-    FramingError,
-    SeqCounter,
-    TcpDeframer,
-    is_keyframe_pack,
-    packet_is_keyframe,
-)
 from gateway.media._relay_types import (
     TRANSPORTS,
     EventSink,
@@ -75,6 +64,17 @@ from gateway.media._relay_udp import (
     load_mmsg,
 )
 from gateway.media._relay_workers import WorkerRelay
+from gateway.media.rtp import (
+    PLAIN_FIRST_BYTES,
+    RTP_HEADER,
+    RTP_SECOND_BYTES,
+    V2_FIRST_BYTES,
+    FramingError,
+    SeqCounter,
+    TcpDeframer,
+    is_keyframe_pack,
+    packet_is_keyframe,
+)
 from gateway.metrics import Metrics
 
 if TYPE_CHECKING:

@@ -22,7 +22,6 @@ import psutil
 import pytest
 
 import gateway.media.relay as relay_module
-from gateway.media._relay_rtp import FramingError, SeqCounter, TcpDeframer
 from gateway.media._relay_udp import gso_runs
 from gateway.media.relay import (
     LocalRelay,
@@ -33,6 +32,7 @@ from gateway.media.relay import (
     WorkerRelay,
     make_relay,
 )
+from gateway.media.rtp import FramingError, SeqCounter, TcpDeframer, frame_rfc4571
 from gateway.metrics import Metrics
 from tests.conftest import wait_for
 
@@ -55,10 +55,6 @@ def rtp(seq: int, payload: bytes = b"", *, ssrc: int = 0x0BEBC201, first: int = 
         + ssrc.to_bytes(4, "big")
         + body
     )
-
-
-def frame_4571(packet: bytes) -> bytes:
-    return len(packet).to_bytes(2, "big") + packet
 
 
 def port_range(width: int = 200) -> tuple[int, int]:
@@ -139,7 +135,7 @@ class Source:
                 self.sock.sendto(p, (HOST, self.port))
         else:
             assert self.writer is not None
-            self.writer.write(b"".join(frame_4571(p) for p in packets))
+            self.writer.write(b"".join(frame_rfc4571(p) for p in packets))
             await self.writer.drain()
 
     def close(self) -> None:
@@ -396,7 +392,7 @@ async def test_interleaved_framing_is_accepted_and_rtcp_channels_skipped(
     data = (
         interleaved(0, rtp(1))
         + interleaved(1, rtcp)
-        + frame_4571(rtp(2))  # the two framings may even alternate
+        + frame_rfc4571(rtp(2))  # the two framings may even alternate
         + interleaved(0, rtp(3))
     )
     for i in range(0, len(data), 7):  # frames cut across reads
@@ -413,7 +409,7 @@ async def test_lost_framing_drops_the_connection_and_counts(
     sink = cleanup(await Sink.open(relay, "s", "o", "udp", ssrc=5))
     reader, writer = await asyncio.open_connection(HOST, port)
     cleanup(writer)
-    writer.write(frame_4571(rtp(1)) + b"\x00\x20GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(frame_rfc4571(rtp(1)) + b"\x00\x20GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
     assert len(await sink.recv(1)) == 1  # what came before the garbage still went out
     with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
@@ -425,14 +421,34 @@ async def test_lost_framing_drops_the_connection_and_counts(
 
 def test_deframer_rules() -> None:
     d = TcpDeframer()
-    assert d.feed(frame_4571(rtp(1))[:5]) == []
-    assert d.feed(frame_4571(rtp(1))[5:] + frame_4571(rtp(2))) == [rtp(1), rtp(2)]
+    assert d.feed(frame_rfc4571(rtp(1))[:5]) == []
+    assert d.feed(frame_rfc4571(rtp(1))[5:] + frame_rfc4571(rtp(2))) == [rtp(1), rtp(2)]
     assert d.pending == 0
     with pytest.raises(FramingError):
         TcpDeframer().feed(b"\x00\x05\x80\x60\x00")  # RTP-looking, but shorter than a header
     with pytest.raises(FramingError) as caught:
-        TcpDeframer().feed(frame_4571(rtp(3)) + b"hello world")
+        TcpDeframer().feed(frame_rfc4571(rtp(3)) + b"hello world")
     assert caught.value.packets == [rtp(3)]
+
+
+def test_deframer_interleaved_frame_cut_after_five_bytes() -> None:
+    """A TCP segment may end five bytes into a ``$`` frame: the channel is known, the RTP
+    header not yet (reading its second byte there used to raise IndexError)."""
+    frame = b"$\x00" + len(rtp(7)).to_bytes(2, "big") + rtp(7)
+    rtcp = b"$\x01" + len(rtp(8)).to_bytes(2, "big") + rtp(8)  # odd channel: RTCP
+    d = TcpDeframer()
+    assert d.feed(frame[:5]) == []
+    assert d.feed(frame[5:] + rtcp[:5]) == [rtp(7)]
+    assert d.feed(rtcp[5:]) == []
+    assert (d.interleaved, d.skipped, d.pending) == (2, 1, 0)
+
+
+def test_deframer_stays_broken() -> None:
+    d = TcpDeframer()
+    with pytest.raises(FramingError):
+        d.feed(b"GET / HTTP/1.1\r\n")
+    with pytest.raises(FramingError):
+        d.feed(frame_rfc4571(rtp(1)))  # good bytes after bad ones are not trusted
 
 
 # -- counters -----------------------------------------------------------------------------------

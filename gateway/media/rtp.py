@@ -1,5 +1,5 @@
-"""The little of RTP and MPEG-PS the relay reads, without I/O: sequence accounting, key-frame
-detection and the TCP framings.
+"""RTP as the gateway reads it, without I/O: sequence accounting, key-frame detection and the
+TCP framings. The relay and the conformance suite's media peers both use this one copy.
 
 * Sequence numbers: RFC 3550 §6.4.1 and Appendix A.1/A.3 — extended highest sequence number with
   16-bit wrap, ``lost = expected − received``; a jump too large to be loss restarts the count.
@@ -126,8 +126,10 @@ class SeqCounter:
         return self._lost_before + max(0, expected - self._received)
 
 
-def frame_4571(packet: bytes | memoryview) -> bytes:
-    """One RTP packet with its RFC 4571 §2 length prefix."""
+def frame_rfc4571(packet: bytes | memoryview) -> bytes:
+    """One RTP packet with its RFC 4571 §2 length prefix (16 bits, big-endian)."""
+    if len(packet) > 0xFFFF:
+        raise ValueError("RTP packet too long for RFC 4571 framing")
     return len(packet).to_bytes(2, "big") + packet
 
 
@@ -135,23 +137,28 @@ class TcpDeframer:
     """Cuts a TCP byte stream into RTP packets (RFC 4571, or ``$``-interleaved; reference §6.5).
 
     Each frame is recognised by what follows its header: an RTP version-2 byte. Interleaved frames
-    on odd channels (RTCP by RFC 2326 convention) and RFC 4571 frames that hold RTCP are skipped:
-    RTCP is not relayed. Anything else raises :class:`FramingError`; the caller drops the
-    connection, since resynchronising on arbitrary bytes could relay garbage.
+    on odd channels (RTCP by RFC 2326 convention) and RFC 4571 frames that hold RTCP are skipped
+    (counted in :attr:`skipped`): neither the relay nor a media receiver wants RTCP as RTP.
+    Anything else raises :class:`FramingError`, and every later :meth:`feed` raises it again:
+    resynchronising on arbitrary bytes could relay garbage, so the caller drops the connection.
     """
 
-    __slots__ = ("_buf", "max_frame", "skipped")
+    __slots__ = ("_broken", "_buf", "interleaved", "max_frame", "skipped")
 
     def __init__(self, max_frame: int = 65535) -> None:
         self._buf = bytearray()
+        self._broken = ""
         self.max_frame = max_frame
         self.skipped = 0
+        self.interleaved = 0  # frames that came in the ``$`` form
 
     @property
     def pending(self) -> int:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
+        if self._broken:
+            raise FramingError(self._broken, [])
         buf = self._buf
         buf += data
         out: list[bytes] = []
@@ -159,18 +166,21 @@ class TcpDeframer:
         while size - pos >= 5:
             if buf[pos + 2] >> 6 == 2:
                 head, n = 2, (buf[pos] << 8) | buf[pos + 1]
-                rtcp = 200 <= buf[pos + 3] <= 204
             elif buf[pos] == 0x24 and buf[pos + 4] >> 6 == 2:
                 head, n = 4, (buf[pos + 2] << 8) | buf[pos + 3]
-                rtcp = bool(buf[pos + 1] & 1) or 200 <= buf[pos + 5] <= 204
             else:
-                del buf[:pos]
-                raise FramingError(f"no RTP frame here: {bytes(buf[:8]).hex()}", out)
+                return self._lose(pos, f"no RTP frame here: {bytes(buf[pos : pos + 8]).hex()}", out)
             if n < RTP_HEADER:
-                del buf[:pos]
-                raise FramingError(f"frame of {n} bytes is too short for RTP", out)
+                return self._lose(pos, f"frame of {n} bytes is too short for RTP", out)
             if size - pos < head + n:
                 break
+            # The whole frame is here: its second header byte (RTCP packet types 200-204,
+            # RFC 5761 §4) and, interleaved, the channel (odd: RTCP) can be read.
+            if head == 2:
+                rtcp = 200 <= buf[pos + 3] <= 204
+            else:
+                self.interleaved += 1
+                rtcp = bool(buf[pos + 1] & 1) or 200 <= buf[pos + 5] <= 204
             if rtcp:
                 self.skipped += 1
             else:
@@ -179,3 +189,8 @@ class TcpDeframer:
         if pos:
             del buf[:pos]
         return out
+
+    def _lose(self, pos: int, reason: str, out: list[bytes]) -> list[bytes]:
+        self._broken = reason
+        del self._buf[:pos]
+        raise FramingError(reason, out)
