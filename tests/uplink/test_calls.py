@@ -161,7 +161,10 @@ async def test_playback_pause_resume_scale_and_end_of_file(rig_factory) -> None:
 async def test_download_passes_speed_and_filesize(rig_factory) -> None:
     rig = await rig_factory(playback_frames=40)
     call = await rig.invite(
-        kind="Download", start=1716163200, stop=1716163260, download_speed=4,
+        kind="Download",
+        start=1716163200,
+        stop=1716163260,
+        download_speed=4,
         transport="tcp-passive",
     )
     dev = device_session(rig)
