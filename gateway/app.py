@@ -17,6 +17,7 @@ import structlog
 
 from gateway.catalog import Catalog
 from gateway.config import Config
+from gateway.downlink.broadcast import VoiceBroadcast
 from gateway.downlink.downlink import Downlink
 from gateway.downlink.messages import MessageRouter
 from gateway.downlink.registrar import Registrar
@@ -24,12 +25,14 @@ from gateway.downlink.subscriptions import Subscriptions
 from gateway.downlink.sync import CatalogSync
 from gateway.events import EventBus
 from gateway.media.relay import make_relay
-from gateway.media.sessions import MediaSessions
+from gateway.media.sessions import SessionTable
 from gateway.metrics import Metrics
+from gateway.sip.dialog import Dialog, send_bye
 from gateway.sip.endpoint import Endpoint
 from gateway.sip.transaction import TimerConfig
 from gateway.sip.uri import SipUri
 from gateway.store import Store
+from gateway.uplink.calls import Calls, UpperAudio
 from gateway.uplink.service import Uplink
 
 log = structlog.get_logger("gateway.app")
@@ -94,7 +97,9 @@ class Gateway:
         self.subscriptions: Subscriptions | None = None
         self.sync: CatalogSync | None = None
         self.uplink: Uplink | None = None
-        self.media: MediaSessions | None = None
+        self.media: SessionTable[Dialog] | None = None
+        self.broadcast: VoiceBroadcast | None = None
+        self.calls: Calls | None = None
 
     def _serves(self, uri: SipUri) -> bool:
         """Requests may name the gateway by ID, by domain, or by address alone, or (from an
@@ -182,18 +187,44 @@ class Gateway:
             on_event=self._relay_event,
             metrics=self.metrics,
         )
-        self.media = MediaSessions(
-            config=cfg,
-            endpoint=self.endpoint,
-            registrar=self.registrar,
-            downlink=self.downlink,
-            uplink=self.uplink,
+        endpoint = self.endpoint
+
+        async def hang_up(dialog: Dialog) -> None:
+            await send_bye(endpoint, dialog, timeout=endpoint.timers.timeout)
+
+        self.media = SessionTable(
+            media=media_cfg,
+            domain=cfg.gateway.domain,
             relay=relay,
-            events=self.events,
+            metrics=self.metrics,
+            hang_up=hang_up,
+            clock=self.clock,
+        )
+        # The device side of a voice broadcast reaches the upper's part only through this
+        # AudioSource: the downlink never imports the uplink.
+        self.broadcast = VoiceBroadcast(
+            gateway_id=cfg.gateway.id,
+            endpoint=self.endpoint,
+            downlink=self.downlink,
+            media=self.media,
+            upper=UpperAudio(
+                config=cfg, endpoint=self.endpoint, uplink=self.uplink, media=self.media
+            ),
             metrics=self.metrics,
             clock=self.clock,
         )
-        self.media.install(router)
+        self.calls = Calls(
+            config=cfg,
+            endpoint=self.endpoint,
+            devices=self.registrar,
+            downlink=self.downlink,
+            uplink=self.uplink,
+            media=self.media,
+            broadcast=self.broadcast,
+            events=self.events,
+            metrics=self.metrics,
+        )
+        self.calls.install(router)
         await self.store.start()
         # The catalog first: devices found expired while loading turn their channels OFF.
         self.catalog.load()
@@ -222,6 +253,8 @@ class Gateway:
             self.media.on_relay_event(stream_id, output_id, event)
 
     async def close(self) -> None:
+        if self.calls is not None:
+            await self.calls.close()
         if self.media is not None:
             await self.media.close()
         if self.uplink is not None:

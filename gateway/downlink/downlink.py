@@ -838,6 +838,10 @@ class Downlink:
         self.events.publish(DeviceNotification(dev.device_id, decoded.message))
         return self._ok(req)
 
+    def sender(self, req: Request, peer: Peer | None = None) -> Device | None:
+        """The registered, online device a request comes from (see :meth:`_sender`)."""
+        return self._sender(req, peer)
+
 
 def _consume(fut: asyncio.Future[Any]) -> None:
     """Retrieve a background request's exception so asyncio does not log it as lost."""
