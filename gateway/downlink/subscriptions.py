@@ -11,10 +11,12 @@ answered 481 (RFC 6665 §4.1.2.2: the dialog is gone) or failing after the subsc
 starts a new dialog. Refreshes are jittered so that thousands of subscriptions made in one burst
 do not all come due in the same second.
 
-NOTIFYs are matched to their subscription by Call-ID and answered 200; a NOTIFY from a
-registered device outside any known dialog is still applied (some devices open a new Call-ID)
-and counted; anything else gets 481. A NOTIFY whose body cannot be decoded is still answered
-200 (an error would make the device end the subscription, RFC 6665 §4.2.2) and is logged.
+NOTIFYs are matched to their subscription by Call-ID alone, not by tags and Event as
+:meth:`gateway.sip.subscription.Subscriber.matches` would: a device that writes either wrongly
+still has its NOTIFYs applied. They are answered 200; a NOTIFY from a registered device outside
+any known dialog is still applied (some devices open a new Call-ID) and counted; anything else
+gets 481. A NOTIFY whose body cannot be decoded is still answered 200 (an error would make the
+device end the subscription, RFC 6665 §4.2.2) and is logged.
 """
 
 from __future__ import annotations
@@ -56,13 +58,13 @@ CATALOG, ALARM, POSITION = "Catalog", "Alarm", "MobilePosition"
 
 @dataclass(slots=True)
 class Subscription:
-    """One subscription to a device: its RFC 6665 dialog (``dialog``) and the gateway's
+    """One subscription to a device: its RFC 6665 dialog (``subscriber``) and the gateway's
     bookkeeping around it (refresh timer, state)."""
 
     device_id: str
     kind: str
     expires: int
-    dialog: Subscriber
+    subscriber: Subscriber
     active: bool = False
     expires_at: float = 0.0
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
@@ -72,11 +74,11 @@ class Subscription:
 
     @property
     def event(self) -> str:
-        return self.dialog.event
+        return self.subscriber.event
 
     @property
     def call_id(self) -> str:
-        return self.dialog.call_id
+        return self.subscriber.call_id
 
     def cancel_timer(self) -> None:
         if self.timer is not None:
@@ -85,7 +87,7 @@ class Subscription:
 
     def renewed(self) -> Subscription:
         """The same subscription asked for again in a new dialog."""
-        return Subscription(self.device_id, self.kind, self.expires, self.dialog.renewed())
+        return Subscription(self.device_id, self.kind, self.expires, self.subscriber.renewed())
 
 
 class Subscriptions:
@@ -223,7 +225,7 @@ class Subscriptions:
             # A lost dialog is re-created at once; other refusals wait for the retry period.
             self._retry(fresh, 1.0 if fresh is not sub else None)
             return False
-        granted = sub.dialog.confirm(resp)
+        granted = sub.subscriber.confirm(resp)
         sub.expires = granted if granted is not None and 0 < granted <= expires else expires
         sub.active = True
         sub.expires_at = self.clock() + sub.expires
@@ -245,7 +247,7 @@ class Subscriptions:
     def _fresh_if_dead(self, sub: Subscription, status: int) -> Subscription:
         """After a 481, or a failed refresh past expiry, the dialog is gone: the next attempt
         is an initial SUBSCRIBE in a new dialog."""
-        if sub.dialog.confirmed and (status == 481 or self.clock() >= sub.expires_at):
+        if sub.subscriber.confirmed and (status == 481 or self.clock() >= sub.expires_at):
             self._forget(sub)
             fresh = sub.renewed()
             self._add(fresh)
@@ -292,9 +294,9 @@ class Subscriptions:
         (it may have moved behind its NAT since the dialog began)."""
         peer = self.downlink.peer(dev)
         uri = self._device_uri(dev)
-        sub.dialog.readdress(uri, uri, peer)
+        sub.subscriber.readdress(uri, uri, peer)
         body = self.downlink.body_for(dev, self._body(dev, sub.kind))
-        return sub.dialog.subscribe(
+        return sub.subscriber.subscribe(
             expires,
             contact=self.endpoint.contact_uri(self.config.gateway.id, peer),
             body=body,

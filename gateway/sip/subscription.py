@@ -38,7 +38,7 @@ class SubscriptionState:
 
 def parse_subscription_state(value: str) -> SubscriptionState:
     """Read a ``Subscription-State``. Never raises: a subscriber answers every NOTIFY of its
-    dialog 200 (an error ends the subscription, §4.1.3), so parameters it cannot read are
+    dialog 200 (an error ends the subscription, §4.2.2), so parameters it cannot read are
     ignored rather than refused."""
     head, _, rest = value.strip().partition(";")
     try:
