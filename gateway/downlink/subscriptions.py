@@ -11,10 +11,12 @@ answered 481 (RFC 6665 §4.1.2.2: the dialog is gone) or failing after the subsc
 starts a new dialog. Refreshes are jittered so that thousands of subscriptions made in one burst
 do not all come due in the same second.
 
-NOTIFYs are matched to their subscription by Call-ID and answered 200; a NOTIFY from a
-registered device outside any known dialog is still applied (some devices open a new Call-ID)
-and counted; anything else gets 481. A NOTIFY whose body cannot be decoded is still answered
-200 (an error would make the device end the subscription, RFC 6665 §4.2.2) and is logged.
+NOTIFYs are matched to their subscription by Call-ID alone, not by tags and Event as
+:meth:`gateway.sip.subscription.Subscriber.matches` would: a device that writes either wrongly
+still has its NOTIFYs applied. They are answered 200; a NOTIFY from a registered device outside
+any known dialog is still applied (some devices open a new Call-ID) and counted; anything else
+gets 481. A NOTIFY whose body cannot be decoded is still answered 200 (an error would make the
+device end the subscription, RFC 6665 §4.2.2) and is logged.
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ from gateway.manscdp.messages import (
 from gateway.metrics import Metrics
 from gateway.model import Device
 from gateway.sip.endpoint import Endpoint, ServerContext
-from gateway.sip.errors import ParseError, SipError
+from gateway.sip.errors import SipError
 from gateway.sip.message import Request, Response, make_response
-from gateway.sip.uri import find_param, parse_params
+from gateway.sip.subscription import Subscriber, parse_subscription_state
 
 log = structlog.get_logger("gateway.downlink.subscriptions")
 
@@ -56,14 +58,13 @@ CATALOG, ALARM, POSITION = "Catalog", "Alarm", "MobilePosition"
 
 @dataclass(slots=True)
 class Subscription:
+    """One subscription to a device: its RFC 6665 dialog (``subscriber``) and the gateway's
+    bookkeeping around it (refresh timer, state)."""
+
     device_id: str
     kind: str
-    event: str
     expires: int
-    call_id: str = ""
-    local_tag: str = ""
-    remote_tag: str = ""
-    cseq: int = 0
+    subscriber: Subscriber
     active: bool = False
     expires_at: float = 0.0
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
@@ -71,10 +72,22 @@ class Subscription:
     ending: bool = False  # an Expires: 0 is on its way: never resubscribe from it
     in_flight: bool = False  # a SUBSCRIBE of this dialog awaits its answer
 
+    @property
+    def event(self) -> str:
+        return self.subscriber.event
+
+    @property
+    def call_id(self) -> str:
+        return self.subscriber.call_id
+
     def cancel_timer(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+    def renewed(self) -> Subscription:
+        """The same subscription asked for again in a new dialog."""
+        return Subscription(self.device_id, self.kind, self.expires, self.subscriber.renewed())
 
 
 class Subscriptions:
@@ -163,15 +176,19 @@ class Subscriptions:
         sub = self._subs.get((device_id, kind))
         if sub is None:
             event = f"Catalog;id={next(self._event_ids)}" if kind == CATALOG else "presence"
-            sub = Subscription(device_id, kind, event, expires)
-            sub.call_id = self.endpoint.call_id()
-            sub.local_tag = self.endpoint.tag()
-            self._subs[(device_id, kind)] = sub
-            self._by_call_id[sub.call_id] = sub
+            uri = self._device_uri(dev)
+            subscriber = Subscriber.create(
+                target=uri,
+                local_uri=self._gateway_uri(),
+                remote_uri=uri,
+                event=event,
+                peer=self.downlink.peer(dev),
+            )
+            sub = Subscription(device_id, kind, expires, subscriber)
+            self._add(sub)
         if sub.in_flight and expires != 0:
             return sub.active  # one request at a time in a dialog; the answer decides
         sub.cancel_timer()
-        sub.cseq += 1
         if expires == 0:
             sub.ending = True
         req = self._request(dev, sub, expires)
@@ -208,11 +225,7 @@ class Subscriptions:
             # A lost dialog is re-created at once; other refusals wait for the retry period.
             self._retry(fresh, 1.0 if fresh is not sub else None)
             return False
-        try:
-            sub.remote_tag = sub.remote_tag or resp.to.tag or ""
-            granted = resp.expires
-        except ParseError:
-            granted = None
+        granted = sub.subscriber.confirm(resp)
         sub.expires = granted if granted is not None and 0 < granted <= expires else expires
         sub.active = True
         sub.expires_at = self.clock() + sub.expires
@@ -234,12 +247,10 @@ class Subscriptions:
     def _fresh_if_dead(self, sub: Subscription, status: int) -> Subscription:
         """After a 481, or a failed refresh past expiry, the dialog is gone: the next attempt
         is an initial SUBSCRIBE in a new dialog."""
-        if sub.remote_tag and (status == 481 or self.clock() >= sub.expires_at):
+        if sub.subscriber.confirmed and (status == 481 or self.clock() >= sub.expires_at):
             self._forget(sub)
-            fresh = Subscription(sub.device_id, sub.kind, sub.event, sub.expires)
-            fresh.call_id, fresh.local_tag = self.endpoint.call_id(), self.endpoint.tag()
-            self._subs[(sub.device_id, sub.kind)] = fresh
-            self._by_call_id[fresh.call_id] = fresh
+            fresh = sub.renewed()
+            self._add(fresh)
             return fresh
         return sub
 
@@ -260,32 +271,36 @@ class Subscriptions:
             lambda: self.downlink.spawn(self.subscribe(sub.device_id, sub.kind, sub.expires)),
         )
 
+    def _add(self, sub: Subscription) -> None:
+        self._subs[(sub.device_id, sub.kind)] = sub
+        self._by_call_id[sub.call_id] = sub
+
     def _forget(self, sub: Subscription) -> None:
         sub.cancel_timer()
         if self._subs.get((sub.device_id, sub.kind)) is sub:
             del self._subs[(sub.device_id, sub.kind)]
         self._by_call_id.pop(sub.call_id, None)
 
-    def _request(self, dev: Device, sub: Subscription, expires: int) -> Request:
-        to = f"<sip:{dev.device_id}@{dev.host}:{dev.port}>"
-        if sub.remote_tag:
-            to += f";tag={sub.remote_tag}"
+    def _gateway_uri(self) -> str:
         gw = self.config.gateway
+        return f"sip:{gw.id}@{gw.domain}"
+
+    @staticmethod
+    def _device_uri(dev: Device) -> str:
+        return f"sip:{dev.device_id}@{dev.host}:{dev.port}"
+
+    def _request(self, dev: Device, sub: Subscription, expires: int) -> Request:
+        """The next SUBSCRIBE of ``sub``'s dialog, to where the device registered from now
+        (it may have moved behind its NAT since the dialog began)."""
+        peer = self.downlink.peer(dev)
+        uri = self._device_uri(dev)
+        sub.subscriber.readdress(uri, uri, peer)
         body = self.downlink.body_for(dev, self._body(dev, sub.kind))
-        return Request(
-            "SUBSCRIBE",
-            f"sip:{dev.device_id}@{dev.host}:{dev.port}",
-            [
-                ("From", f"<sip:{gw.id}@{gw.domain}>;tag={sub.local_tag}"),
-                ("To", to),
-                ("Call-ID", sub.call_id),
-                ("CSeq", f"{sub.cseq} SUBSCRIBE"),
-                ("Contact", f"<{self.endpoint.contact_uri(gw.id, self.downlink.peer(dev))}>"),
-                ("Event", sub.event),
-                ("Expires", str(expires)),
-                ("Content-Type", "Application/MANSCDP+xml"),
-            ],
-            body,
+        return sub.subscriber.subscribe(
+            expires,
+            contact=self.endpoint.contact_uri(self.config.gateway.id, peer),
+            body=body,
+            content_type="Application/MANSCDP+xml",
         )
 
     # -- NOTIFY -----------------------------------------------------------------------------
@@ -299,7 +314,7 @@ class Subscriptions:
             return self._reply(req, 481, "Subscription Does Not Exist")
         if sub is None:
             self.metrics.inc("notify.outside_dialog")
-        state = (req.get_header("Subscription-State") or "").strip()
+        state = parse_subscription_state(req.get_header("Subscription-State") or "")
         if req.body.strip():
             try:
                 decoded = decode(req.body)
@@ -314,19 +329,17 @@ class Subscriptions:
                     )
                 self.downlink.note_charset(dev, decoded)
                 self._apply(dev, decoded.message)
-        if state.lower().startswith("terminated") and sub is not None and sub.ending:
+        if state.terminated and sub is not None and sub.ending:
             self._forget(sub)
-        elif state.lower().startswith("terminated") and sub is not None:
-            reason = find_param(parse_params(state.partition(";")[2]), "reason")
+        elif state.terminated and sub is not None:
+            reason = state.reason
             log.info(
                 "subscription.terminated", device_id=dev.device_id, kind=sub.kind, reason=reason
             )
             self._forget(sub)
             if dev.online and not self._closed and reason not in ("noresource", "rejected"):
-                fresh = Subscription(sub.device_id, sub.kind, sub.event, sub.expires)
-                fresh.call_id, fresh.local_tag = self.endpoint.call_id(), self.endpoint.tag()
-                self._subs[(sub.device_id, sub.kind)] = fresh
-                self._by_call_id[fresh.call_id] = fresh
+                fresh = sub.renewed()
+                self._add(fresh)
                 self._retry(fresh)
         return self._reply(req, 200, "OK")
 

@@ -18,10 +18,12 @@ from typing import Any
 
 import structlog
 
+from gateway.sip.builder import compose
 from gateway.sip.endpoint import Endpoint
 from gateway.sip.errors import ParseError, SipError, TransactionTimeout
 from gateway.sip.message import Request, Response
 from gateway.sip.transport import Peer
+from gateway.sip.uri import SipUri
 
 log = structlog.get_logger("gateway.sip.dialog")
 
@@ -98,14 +100,16 @@ class Dialog:
         body: bytes = b"",
         content_type: str | None = None,
         headers: Iterable[tuple[str, str]] = (),
+        contact: str | SipUri | None = None,
     ) -> Request:
-        """A new in-dialog request (§12.2.1.1): the next local CSeq, both tags."""
+        """A new in-dialog request (§12.2.1.1): the next local CSeq, both tags. ``contact``
+        (a URI) goes right after CSeq, before ``headers``."""
         self.local_cseq += 1
-        return self._build(method, self.local_cseq, body, content_type, headers)
+        return self._build(method, self.local_cseq, body, content_type, headers, contact)
 
     def ack(self) -> Request:
         """The ACK for the 2xx to the INVITE that made this dialog (CSeq of the INVITE)."""
-        return self._build("ACK", self.invite_cseq, b"", None, ())
+        return self._build("ACK", self.invite_cseq, b"", None, (), None)
 
     def _build(
         self,
@@ -114,17 +118,24 @@ class Dialog:
         body: bytes,
         content_type: str | None,
         headers: Iterable[tuple[str, str]],
+        contact: str | SipUri | None,
     ) -> Request:
-        items = [
-            ("From", f"{self.local};tag={self.local_tag}"),
-            ("To", f"{self.remote};tag={self.remote_tag}" if self.remote_tag else self.remote),
-            ("Call-ID", self.call_id),
-            ("CSeq", f"{cseq} {method}"),
-            *headers,
-        ]
-        if content_type is not None:
-            items.append(("Content-Type", content_type))
-        return Request(method, self.target, items, body)
+        # One writer of From/To/Call-ID/CSeq for in- and out-of-dialog requests alike; an
+        # empty remote tag (a SUBSCRIBE before its 2xx) leaves the To without one.
+        return compose(
+            method,
+            self.target,
+            from_=self.local,
+            from_tag=self.local_tag,
+            to=self.remote,
+            to_tag=self.remote_tag,
+            call_id=self.call_id,
+            cseq=cseq,
+            contact=contact,
+            headers=headers,
+            body=body,
+            content_type=content_type,
+        )
 
     def matches(self, req: Request, peer: Peer) -> bool:
         """Is ``req`` from the other end of this dialog: its Call-ID, both tags the right way

@@ -27,6 +27,7 @@ import structlog
 from gateway.config import Config, UpperPlatform
 from gateway.manscdp.messages import Keepalive, encode
 from gateway.metrics import Metrics
+from gateway.sip.builder import RequestSequence, build_request
 from gateway.sip.digest import DigestClient
 from gateway.sip.endpoint import Endpoint
 from gateway.sip.errors import ParseError, SipError
@@ -74,9 +75,9 @@ class UpperLink:
         self.failures = 0
         self.registrations = 0
         self.keepalive_misses = 0
-        self._call_id = endpoint.call_id()
-        self._tag = endpoint.tag()
-        self._cseq = 0
+        # One Call-ID and From tag for the REGISTERs of a registration, CSeq growing (RFC 3261
+        # §10.2.4); a new registration (after losing the upper, or a redirect) restarts it.
+        self._registers = RequestSequence()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._wake = asyncio.Event()
@@ -196,26 +197,24 @@ class UpperLink:
             self.log.warning("uplink.offline", reason=reason)
             self.on_offline(self, reason)
         # A fresh registration (new Call-ID) after losing the upper, where it all started.
-        self._call_id = self.endpoint.call_id()
-        self._cseq = 0
+        self._registers.restart()
         self._go_home()
 
     # -- REGISTER ---------------------------------------------------------------------------
     def _request(self, expires: int, auth: tuple[str, str] | None) -> Request:
-        self._cseq += 1
-        headers = [
-            ("From", f"<{self.aor}>;tag={self._tag}"),
-            ("To", f"<{self.aor}>"),
-            ("Call-ID", self._call_id),
-            ("CSeq", f"{self._cseq} REGISTER"),
-            ("Contact", f"<{self.endpoint.contact_uri(self.gateway.id, self.peer)}>"),
-            ("Expires", str(expires)),
-        ]
+        headers = [("Expires", str(expires))]
         if self.upper.gb_version == "2022":
             headers.append(("X-GB-Ver", "3.0"))
         if auth is not None:
             headers.append(auth)
-        return Request("REGISTER", self._register_uri(), headers)
+        return self._registers.request(
+            "REGISTER",
+            self._register_uri(),
+            from_uri=self.aor,
+            to_uri=self.aor,
+            contact=self.endpoint.contact_uri(self.gateway.id, self.peer),
+            headers=headers,
+        )
 
     def _register_uri(self) -> str:
         return f"sip:{self.server_id}@{self.peer.host}:{self.peer.port}"
@@ -261,7 +260,8 @@ class UpperLink:
                 self.log.info("uplink.redirected", to=str(target), server_id=server_id)
                 self.metrics.inc("uplink.redirected")
                 self.peer, self.server_id = target, server_id
-                self._call_id, self._cseq, auth, challenges = self.endpoint.call_id(), 0, None, 0
+                self._registers.restart()
+                auth, challenges = None, 0
                 client = DigestClient(self.gateway.id, self.upper.password)
                 continue
             return self._registered(resp, expires)
@@ -327,17 +327,13 @@ class UpperLink:
         """``ok``, ``refused`` (an error status) or ``lost`` (no answer)."""
         gw = self.gateway.id
         body = encode(Keepalive(sn=self.next_sn(), device_id=gw, status="OK"), self.upper.charset)
-        req = Request(
+        req = build_request(
             "MESSAGE",
             f"sip:{self.server_id}@{self.peer.host}:{self.peer.port}",
-            [
-                ("From", f"<{self.aor}>;tag={self.endpoint.tag()}"),
-                ("To", f"<sip:{self.server_id}@{self.upper.domain}>"),
-                ("Call-ID", self.endpoint.call_id()),
-                ("CSeq", "1 MESSAGE"),
-                ("Content-Type", "Application/MANSCDP+xml"),
-            ],
-            body,
+            from_uri=self.aor,
+            to_uri=f"sip:{self.server_id}@{self.upper.domain}",
+            body=body,
+            content_type="Application/MANSCDP+xml",
         )
         try:
             # An answer later than the next keepalive is as good as none (timer F is 32 s).
