@@ -32,7 +32,7 @@ from gateway.catalog import Catalog
 from gateway.config import Config, UpperPlatform
 from gateway.manscdp.gbid import item_kind
 from gateway.manscdp.messages import CatalogItem
-from gateway.model import Device
+from gateway.model import Device, DeviceDirectory
 from gateway.uplink.idmap import IdMap
 
 TREE_KINDS = frozenset({"region", "business_group", "virtual_org", "system"})
@@ -46,7 +46,7 @@ class SharedView:
         upper: UpperPlatform,
         config: Config,
         catalog: Catalog,
-        devices: dict[str, Device],
+        devices: DeviceDirectory,
         idmap: IdMap,
     ) -> None:
         self.upper = upper

@@ -42,7 +42,7 @@ from gateway.sip.endpoint import Endpoint
 from gateway.sip.message import parse
 from gateway.sip.transaction import TimerConfig
 from gateway.sip.transport import Peer
-from gateway.uplink import service as uplink_service
+from gateway.uplink import sending as uplink_sending
 from tests.conftest import make_config, wait_for
 
 GW = "34020000002000000001"
@@ -534,7 +534,7 @@ async def test_large_catalog_items_go_whole_over_udp_when_tcp_never_answers(
     """A TCP connection the upper accepts but never answers on: the MESSAGE goes over UDP
     after ``TCP_ANSWER_TIMEOUT``, not after Timer F (32 s with the default T1, far beyond the
     query's idle time here: the answer would end partial)."""
-    monkeypatch.setattr(uplink_service, "TCP_ANSWER_TIMEOUT", 0.5)
+    monkeypatch.setattr(uplink_sending, "TCP_ANSWER_TIMEOUT", 0.5)
     p = platform(upper_endpoint)
     stop_listening_on_tcp(upper_endpoint)
     received: list[bytes] = []

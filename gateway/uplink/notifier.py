@@ -1,0 +1,292 @@
+"""Subscriptions from the uppers and the NOTIFYs sent in them (the gateway as notifier).
+
+RFC 6665 §4.2 and GB/T 28181-2022 §9.11, Annex N; reference §7.5. One dialog per kind
+(Catalog, Alarm, MobilePosition) and upper, refreshed in-dialog, ended by ``Expires: 0`` or
+expiry with a terminating NOTIFY (``Subscription-State: terminated;reason=timeout``). A
+catalog subscription starts with a NOTIFY of the shared items that are offline (Annex N).
+Catalog changes are gathered for ``NOTIFY_DELAY`` seconds and sent in batches; NOTIFYs of one
+dialog go one at a time. An upper answering ``481`` has dropped the dialog: it ends here too.
+Who hears of what is :class:`~gateway.uplink.planning.NotifyPlanner`'s decision; the
+bookkeeping is :mod:`gateway.uplink.subscriptions`; this module does the awaiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from gateway.config import GatewaySection
+from gateway.events import AlarmReceived, CatalogChange, MobilePositionReceived
+from gateway.manscdp.errors import DecodeError
+from gateway.manscdp.messages import AlarmResponse, CatalogItem, CatalogResponse, decode, encode
+from gateway.metrics import Metrics
+from gateway.sip.endpoint import Endpoint
+from gateway.sip.errors import ParseError, SipError
+from gateway.sip.message import Request, Response, make_response
+from gateway.uplink.planning import CatalogNotice, NotifyPlanner
+from gateway.uplink.sending import Sender
+from gateway.uplink.session import UpperSession
+from gateway.uplink.subscriptions import KINDS, InboundSubscription, granted_expires
+
+NOTIFY_DELAY = 0.2
+
+
+class Notifier:
+    """The SUBSCRIBE dialogs of every upper and the NOTIFYs in them."""
+
+    def __init__(
+        self,
+        *,
+        gateway: GatewaySection,
+        endpoint: Endpoint,
+        sender: Sender,
+        planner: NotifyPlanner,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        spawn: Callable[[Any], asyncio.Task[Any]],
+        next_sn: Callable[[], int],
+    ) -> None:
+        self.gw = gateway
+        self.endpoint = endpoint
+        self.sender = sender
+        self.planner = planner
+        self.metrics = metrics
+        self.clock = clock
+        self.spawn = spawn
+        self.next_sn = next_sn
+
+    # -- SUBSCRIBE --------------------------------------------------------------------------
+    def _reply(self, req: Request, status: int, reason: str) -> Response:
+        return make_response(req, status, reason, to_tag=self.endpoint.tag())
+
+    def subscribe(self, s: UpperSession, req: Request) -> Response:
+        """A SUBSCRIBE from upper ``s``: a new subscription, a refresh or an unsubscribe."""
+        try:
+            expires = req.expires
+        except ParseError:
+            return self._reply(req, 400, "Bad Request (Expires)")
+        to_tag = req.to.tag
+        existing = next((x for x in s.subs.values() if x.call_id == req.call_id), None)
+        if to_tag and (existing is None or existing.local_tag != to_tag):
+            return self._reply(req, 481, "Subscription Does Not Exist")
+        if existing is not None:
+            return self._refresh(s, existing, req, expires)
+        if not req.body.strip():
+            return self._reply(req, 400, "Bad Request (SUBSCRIBE needs a MANSCDP Query body)")
+        try:
+            query = decode(req.body).message
+        except DecodeError as exc:
+            return self._reply(req, 400, f"Bad Request (MANSCDP: {exc.reason})"[:100])
+        if query.ROOT != "Query" or query.CMD not in KINDS:
+            return self._reply(req, 489, f"Bad Event ({query.CMD} cannot be subscribed here)")
+        granted = granted_expires(expires)
+        if granted == 0:
+            return self._reply(req, 200, "OK")
+        contact = req.contacts
+        sub = InboundSubscription(
+            kind=query.CMD,
+            call_id=req.call_id,
+            remote_tag=req.from_.tag or "",
+            local_tag=self.endpoint.tag(),
+            remote_uri=str(contact[0].uri) if contact else str(req.from_.uri),
+            target=query.device_id,
+            event=req.get_header("Event") or query.CMD,
+            expires_at=self.clock() + granted,
+            query=query,
+        )
+        old = s.subs.get(sub.kind)
+        if old is not None:
+            self.end(s, old, notify=False)
+        s.subs[sub.kind] = sub
+        self._arm_expiry(s, sub, granted)
+        self.metrics.inc(f"uplink.subscribed.{sub.kind}")
+        s.log.info("uplink.subscribed", kind=sub.kind, expires=granted, target=sub.target)
+        if sub.kind == "Catalog":
+            self.spawn(self._initial_catalog_notify(s, sub))
+        return self._subscribe_ok(s, req, sub, granted)
+
+    def _subscribe_ok(
+        self, s: UpperSession, req: Request, sub: InboundSubscription, granted: int
+    ) -> Response:
+        body = b""
+        if sub.kind in ("Catalog", "Alarm"):
+            cls = CatalogResponse if sub.kind == "Catalog" else AlarmResponse
+            body = encode(cls(sn=sub.query.sn, device_id=sub.query.device_id, result="OK"))
+        headers = [
+            ("Expires", str(granted)),
+            ("Contact", f"<{self.endpoint.contact_uri(self.gw.id, s.link.peer)}>"),
+        ]
+        if body:
+            headers.append(("Content-Type", "Application/MANSCDP+xml"))
+        return make_response(req, 200, "OK", to_tag=sub.local_tag, headers=headers, body=body)
+
+    def _refresh(
+        self, s: UpperSession, sub: InboundSubscription, req: Request, expires: int | None
+    ) -> Response:
+        granted = granted_expires(expires)
+        if granted == 0:
+            self.end(s, sub, notify=True, reason="timeout")
+            s.log.info("uplink.unsubscribed", kind=sub.kind)
+            return make_response(req, 200, "OK", to_tag=sub.local_tag, headers=[("Expires", "0")])
+        sub.refresh(self.clock(), granted)
+        self._arm_expiry(s, sub, granted)
+        self.metrics.inc("uplink.subscription_refreshed")
+        return self._subscribe_ok(s, req, sub, granted)
+
+    def _arm_expiry(self, s: UpperSession, sub: InboundSubscription, seconds: float) -> None:
+        if sub.timer is not None:
+            sub.timer.cancel()
+        loop = asyncio.get_running_loop()
+        sub.timer = loop.call_later(seconds, lambda: self._expired(s, sub))
+
+    def _expired(self, s: UpperSession, sub: InboundSubscription) -> None:
+        if s.subs.get(sub.kind) is sub:
+            s.log.info("uplink.subscription_expired", kind=sub.kind)
+            self.end(s, sub, notify=True, reason="timeout")
+
+    def end(
+        self, s: UpperSession, sub: InboundSubscription, *, notify: bool, reason: str = ""
+    ) -> None:
+        """End ``sub``; with ``notify`` (and the upper registered), a terminating NOTIFY."""
+        sub.ended = True
+        if sub.timer is not None:
+            sub.timer.cancel()
+            sub.timer = None
+        if s.subs.get(sub.kind) is sub:
+            del s.subs[sub.kind]
+        if notify and s.link.online:
+            self.spawn(self.notify(s, sub, b"", state=f"terminated;reason={reason or 'timeout'}"))
+
+    def drop_all(self, s: UpperSession) -> None:
+        """The upper went offline: its subscriptions end without a NOTIFY (it re-subscribes
+        when it is back)."""
+        for sub in list(s.subs.values()):
+            self.end(s, sub, notify=False)
+
+    def close(self, sessions: Iterable[UpperSession]) -> None:
+        for s in sessions:
+            for sub in s.subs.values():
+                if sub.timer is not None:
+                    sub.timer.cancel()
+            s.subs.clear()
+
+    # -- NOTIFY -----------------------------------------------------------------------------
+    async def notify(
+        self,
+        s: UpperSession,
+        sub: InboundSubscription,
+        body: bytes,
+        *,
+        state: str | None = None,
+        split: bool = False,
+    ) -> bool:
+        """One NOTIFY in ``sub``'s dialog, after the ones before it; none after it ended,
+        but the terminating one (``state``)."""
+        async with sub.lock:
+            if sub.ended and state is None:
+                return False
+            return await self._send_notify(s, sub, body, state, split)
+
+    async def _send_notify(
+        self,
+        s: UpperSession,
+        sub: InboundSubscription,
+        body: bytes,
+        state: str | None,
+        split: bool,
+    ) -> bool:
+        gw = self.gw
+
+        def build() -> Request:
+            headers = [
+                ("From", f"<sip:{gw.id}@{gw.domain}>;tag={sub.local_tag}"),
+                ("To", f"<sip:{s.upper.id}@{s.upper.domain}>;tag={sub.remote_tag}"),
+                ("Call-ID", sub.call_id),
+                ("CSeq", f"{sub.next_cseq()} NOTIFY"),
+                # The dialog's transport stays that of the link, even for a NOTIFY over TCP.
+                ("Contact", f"<{self.endpoint.contact_uri(gw.id, s.link.peer)}>"),
+                ("Event", sub.event),
+                ("Subscription-State", state or f"active;expires={sub.remaining(self.clock())}"),
+            ]
+            if body:
+                headers.append(("Content-Type", "Application/MANSCDP+xml"))
+            return Request("NOTIFY", sub.remote_uri, headers, body)
+
+        try:
+            resp = await self.sender.request(s, build, split=split)
+        except (SipError, OSError) as exc:
+            self.metrics.inc("uplink.notify_failed")
+            s.log.info("uplink.notify_failed", kind=sub.kind, error=str(exc))
+            return False
+        if resp.status == 481 and not sub.ended:
+            s.log.info("uplink.subscription_gone", kind=sub.kind)
+            self.end(s, sub, notify=False)
+        if resp.status >= 300:
+            self.metrics.inc("uplink.notify_refused")
+            return False
+        self.metrics.inc("uplink.notify_sent")
+        return True
+
+    async def _send_catalog_notifies(
+        self, s: UpperSession, sub: InboundSubscription, items: Sequence[CatalogItem]
+    ) -> None:
+        """NOTIFYs with ``items`` (each carrying its Event), SumNum = Num in each (Annex N)."""
+
+        async def send(batch: Sequence[Any], split: bool) -> bool:
+            if sub.ended:
+                return False
+            msg = self.planner.catalog_notify(self.next_sn(), batch)
+            return await self.notify(s, sub, self.sender.encode(s, msg), split=split)
+
+        empty = self.planner.catalog_notify(self.next_sn(), ())
+        overhead = self.sender.overhead(s) + 200  # Event, Subscription-State, Contact, tags
+        await self.sender.send_batches(s, items, empty, overhead, send)
+
+    async def _initial_catalog_notify(self, s: UpperSession, sub: InboundSubscription) -> None:
+        """Annex N: right after the subscription, the shared items that are offline."""
+        await asyncio.sleep(0)
+        target = None if self.planner.is_gateway(sub.target) else sub.target
+        view = await s.view.build_async(target)
+        await self._send_catalog_notifies(s, sub, self.planner.offline_items(view))
+
+    # -- events → NOTIFYs -------------------------------------------------------------------
+    def _queue(self, notices: Iterable[CatalogNotice[UpperSession]]) -> None:
+        for n in notices:
+            s = n.audience
+            sub = s.subs.get("Catalog")
+            if sub is None or not s.link.online:
+                continue
+            sub.queue.append((n.event, n.item))
+            if not sub.flushing:
+                sub.flushing = True
+                self.spawn(self._flush(s, sub))
+
+    async def _flush(self, s: UpperSession, sub: InboundSubscription) -> None:
+        try:
+            while sub.queue and not sub.ended:
+                await asyncio.sleep(NOTIFY_DELAY)  # gather what changes together
+                pending, sub.queue = sub.queue, []
+                await self._send_catalog_notifies(s, sub, self.planner.notify_items(pending))
+        finally:
+            sub.flushing = False
+
+    def on_catalog_change(self, sessions: Iterable[UpperSession], change: CatalogChange) -> None:
+        self._queue(self.planner.catalog_change(sessions, change))
+
+    def on_device_event(self, sessions: Iterable[UpperSession], device_id: str, event: str) -> None:
+        self._queue(self.planner.device_event(sessions, device_id, event))
+
+    def on_alarm(self, sessions: Iterable[UpperSession], event: AlarmReceived) -> None:
+        for d in self.planner.alarm(sessions, event.alarm, self.next_sn):
+            s = d.audience
+            self.metrics.inc("uplink.alarm_forwarded")
+            if d.sub is not None:
+                self.spawn(self.notify(s, d.sub, self.sender.encode(s, d.message)))
+            else:
+                self.spawn(self.sender.send(s, d.message))
+
+    def on_position(self, sessions: Iterable[UpperSession], event: MobilePositionReceived) -> None:
+        for d in self.planner.positions(sessions, event, self.next_sn):
+            s = d.audience
+            self.spawn(self.notify(s, d.sub, self.sender.encode(s, d.message)))

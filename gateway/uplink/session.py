@@ -1,0 +1,39 @@
+"""One configured upper platform as the uplink holds it: its registration, its ID map, what it
+may see and the subscriptions it made (GB/T 28181-2022 §9.1, §9.11; reference §7.2)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from gateway.config import UpperPlatform
+from gateway.uplink.idmap import IdMap
+from gateway.uplink.registration import UpperLink
+from gateway.uplink.share import SharedView
+from gateway.uplink.subscriptions import InboundSubscription
+
+log = structlog.get_logger("gateway.uplink")
+
+
+class UpperSession:
+    def __init__(self, upper: UpperPlatform, link: UpperLink, idmap: IdMap, view: SharedView):
+        self.upper = upper
+        self.link = link
+        self.idmap = idmap
+        self.view = view
+        self.subs: dict[str, InboundSubscription] = {}
+        self.catalog_task: asyncio.Task[Any] | None = None
+        # Over a UDP link: until when large requests skip TCP (it failed); 0: TCP is tried.
+        self.tcp_retry_at = 0.0
+        self.log = log.bind(upper=upper.id)
+
+    @property
+    def reliable(self) -> bool:
+        return self.link.peer.reliable
+
+    @property
+    def online(self) -> bool:
+        """Registered with the upper (:class:`UpperLink`): only then does it hear from us."""
+        return self.link.online
