@@ -526,4 +526,3 @@ class Downlink:
         self.metrics.inc(f"notification.{decoded.message.CMD}")
         self.events.publish(DeviceNotification(dev.device_id, decoded.message))
         return self._ok(req)
-
