@@ -128,8 +128,7 @@ class PendingQueries:
         """Feed an answer to the query waiting for it; False (a stray, counted and logged) when
         none is, or it does not come from the queried device."""
         w = self._waiting.get((msg.CMD, msg.sn))
-        c = None if w is None else w.collector
-        if w is None or c is None or not c.accepts(sender, msg.device_id, peer):
+        if w is None or not w.collector.accepts(sender, msg.device_id, peer):
             self.metrics.inc("message.stray_response")
             log.info(
                 "message.stray_response",
@@ -137,10 +136,10 @@ class PendingQueries:
                 peer=str(peer),
                 cmd_type=msg.CMD,
                 sn=msg.sn,
-                expected=None if c is None else str(c.peer),
+                expected=None if w is None else str(w.collector.peer),
             )
             return False
-        if c.feed(msg, now) is not Outcome.PENDING and not w.wake.done():
+        if w.collector.feed(msg, now) is not Outcome.PENDING and not w.wake.done():
             w.wake.set_result(None)
         return True
 
