@@ -62,7 +62,7 @@ class CatalogSync:
     def start(self) -> None:
         """After a gateway restart, devices still registered keep their stored catalog but
         lost our subscriptions: subscribe again, spread over a few seconds."""
-        online = [d.device_id for d in self.downlink.registrar.devices.values() if d.online]
+        online = [d.device_id for d in self.downlink.devices.values() if d.online]
         if not online:
             return
         loop = asyncio.get_running_loop()

@@ -566,8 +566,8 @@ async def test_another_device_cannot_answer_or_wipe_a_pending_query(
         dl = gw.downlink
         assert dl is not None
         query = asyncio.create_task(dl.catalog_query(NVR))
-        await wait_for(lambda: bool(dl._collectors), 3, "query pending")
-        ((_, sn),) = dl._collectors
+        await wait_for(lambda: bool(dl.pending), 3, "query pending")
+        ((_, sn),) = dl.pending
         forged = CatalogResponse(sn=sn, device_id=NVR, sum_num=0)
         body = encode(forged)
         req = attacker.build_message(body)
@@ -805,8 +805,8 @@ async def test_answer_over_tcp_from_another_host_is_refused(start_gateway, devic
     dl = gw.downlink
     assert dl is not None
     query = asyncio.create_task(dl.catalog_query(NVR))
-    await wait_for(lambda: bool(dl._collectors), 3, "query pending")
-    ((_, sn),) = dl._collectors
+    await wait_for(lambda: bool(dl.pending), 3, "query pending")
+    ((_, sn),) = dl.pending
     # A connection from another host on the loopback network (an Endpoint would dial from
     # 127.0.0.1 whatever address it listens on).
     reader, writer = await asyncio.open_connection(
