@@ -122,7 +122,7 @@ async def simulate(args: argparse.Namespace) -> None:
 
 def run_simulator(args: argparse.Namespace) -> int:
     from gateway.app import configure_logging, install_event_loop_policy
-    from gateway.config import config_from_dict
+    from gateway.settings import config_from_dict
 
     # Logs to stderr, warnings only: stdout carries the READY line and the reports.
     configure_logging(config_from_dict({"log": {"level": "warning"}}))

@@ -432,7 +432,7 @@ async def relay_serve(args: argparse.Namespace) -> None:
 
 def relay_main(args: argparse.Namespace) -> int:
     from gateway.app import configure_logging, install_event_loop_policy
-    from gateway.config import config_from_dict
+    from gateway.settings import config_from_dict
 
     # Logs to stderr (stdout carries the answers), warnings only: streams open quietly.
     configure_logging(config_from_dict({"log": {"level": "warning"}}))

@@ -16,7 +16,6 @@ from collections.abc import Callable
 import structlog
 
 from gateway.catalog import Catalog
-from gateway.config import Config
 from gateway.downlink.broadcast import VoiceBroadcast
 from gateway.downlink.downlink import Downlink
 from gateway.downlink.messages import MessageRouter
@@ -27,6 +26,7 @@ from gateway.events import EventBus
 from gateway.media.relay import make_relay
 from gateway.media.sessions import SessionTable
 from gateway.metrics import Metrics
+from gateway.settings import Config
 from gateway.sip.dialog import Dialog, send_bye
 from gateway.sip.endpoint import Endpoint
 from gateway.sip.transaction import TimerConfig

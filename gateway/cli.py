@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.config import Config, ConfigError, load_config
+from gateway.settings import Config, ConfigError, load_config
 
 
 def _parser() -> argparse.ArgumentParser:

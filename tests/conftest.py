@@ -12,8 +12,8 @@ import pytest
 
 from conformance.peers.device import SimDevice
 from gateway.app import Gateway, configure_logging
-from gateway.config import Config, config_from_dict
 from gateway.metrics import Metrics
+from gateway.settings import Config, config_from_dict
 from gateway.sip.endpoint import Endpoint
 from gateway.sip.transaction import TimerConfig
 from gateway.sip.transport import Peer

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Config, ConfigError, UpperPlatform, config_from_dict, load_config
+from gateway.settings import Config, ConfigError, UpperPlatform, config_from_dict, load_config
 
 CONTRACT = """
 [gateway]

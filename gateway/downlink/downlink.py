@@ -31,7 +31,6 @@ from typing import Any, TypeVar, cast
 import structlog
 
 from gateway.catalog import Catalog
-from gateway.config import Config
 from gateway.downlink.charset import body_charset, encode_for
 from gateway.downlink.collector import Collector, QueryResult
 from gateway.downlink.messages import MessageRouter
@@ -86,6 +85,7 @@ from gateway.manscdp.messages import (
 from gateway.manscdp.ptz import PtzCommand
 from gateway.metrics import Metrics
 from gateway.model import Alarm, Device, DeviceDirectory
+from gateway.settings import Config
 from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.errors import SipError
 from gateway.sip.message import Request, Response, make_response

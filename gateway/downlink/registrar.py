@@ -31,10 +31,10 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 import structlog
 
-from gateway.config import Config
 from gateway.events import DeviceOffline, DeviceOnline, EventBus
 from gateway.metrics import Metrics
 from gateway.model import Device
+from gateway.settings import Config
 from gateway.sip.digest import Credentials, DigestServer, Verdict
 from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.errors import ParseError

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 import structlog
 
 from gateway.catalog import Catalog
-from gateway.config import Config
 from gateway.downlink.downlink import Downlink
 from gateway.manscdp.errors import DecodeError
 from gateway.manscdp.messages import (
@@ -46,6 +45,7 @@ from gateway.manscdp.messages import (
 )
 from gateway.metrics import Metrics
 from gateway.model import Device
+from gateway.settings import Config
 from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.errors import SipError
 from gateway.sip.message import Request, Response, make_response

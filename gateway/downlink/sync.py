@@ -21,12 +21,12 @@ from collections.abc import Callable
 import structlog
 
 from gateway.catalog import Catalog
-from gateway.config import Config
 from gateway.downlink.downlink import Downlink, QueryError
 from gateway.downlink.subscriptions import Subscriptions
 from gateway.events import CatalogSynced, DeviceOffline, DeviceOnline, EventBus
 from gateway.manscdp.messages import CatalogItem
 from gateway.metrics import Metrics
+from gateway.settings import Config
 
 log = structlog.get_logger("gateway.downlink.sync")
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-Transport = Literal["udp", "tcp-passive", "tcp-active"]
-"""How one leg carries RTP: ``udp`` is RTP/AVP (RFC 3550); ``tcp-passive`` means the relay listens
-and the peer connects, ``tcp-active`` that the relay connects (TCP/RTP/AVP with RFC 4571 framing,
-``a=setup`` of RFC 4145 as used by GB/T 28181-2022 Annex D)."""
+from gateway.settings import MediaTransport
+
+Transport = MediaTransport
+"""How a leg carries RTP (one definition, in the settings the media section validates)."""
 
 TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp-passive", "tcp-active")
 

@@ -11,9 +11,11 @@ any case in attribute names. Whatever is not understood is kept and written back
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
-Transport = Literal["udp", "tcp-passive", "tcp-active"]
+from gateway.settings import MediaTransport
+
+Transport = MediaTransport
+"""How a leg carries RTP (one definition, in the settings the media section validates)."""
 
 SESSIONS = ("Play", "Playback", "Download", "Talk")
 

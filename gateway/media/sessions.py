@@ -34,11 +34,11 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
-from gateway.config import MediaSection
 from gateway.media.relay import PortsExhausted, Relay, RelayError, Transport
 from gateway.media.sdp import Sdp
 from gateway.media.ssrc import SsrcExhausted, SsrcPool
 from gateway.metrics import Metrics
+from gateway.settings import MediaSection
 from gateway.tasks import TaskSet
 
 log = structlog.get_logger("gateway.media.sessions")

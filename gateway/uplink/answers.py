@@ -17,7 +17,6 @@ from datetime import tzinfo
 from typing import Any
 
 from gateway.catalog import Catalog
-from gateway.config import GatewaySection
 from gateway.downlink.registrar import gb_date
 from gateway.manscdp.gbid import item_kind
 from gateway.manscdp.messages import (
@@ -27,6 +26,7 @@ from gateway.manscdp.messages import (
     Message,
     RecordInfoResponse,
 )
+from gateway.settings import GatewaySection
 from gateway.store import Store
 from gateway.uplink.session import UpperSession
 from gateway.uplink.share import SharedView

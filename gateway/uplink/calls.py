@@ -26,7 +26,6 @@ from typing import Any
 
 import structlog
 
-from gateway.config import Config
 from gateway.downlink.broadcast import PendingBroadcast, VoiceBroadcast
 from gateway.downlink.downlink import Downlink
 from gateway.downlink.messages import MessageRouter
@@ -48,6 +47,7 @@ from gateway.media.sessions import (
 )
 from gateway.metrics import Metrics
 from gateway.model import Device, DeviceDirectory
+from gateway.settings import Config
 from gateway.sip.dialog import Dialog, InviteFailed, OutgoingInvite
 from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.errors import SipError

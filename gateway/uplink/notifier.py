@@ -16,11 +16,11 @@ import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from gateway.config import GatewaySection
 from gateway.events import AlarmReceived, CatalogChange, MobilePositionReceived
 from gateway.manscdp.errors import DecodeError
 from gateway.manscdp.messages import AlarmResponse, CatalogItem, CatalogResponse, decode, encode
 from gateway.metrics import Metrics
+from gateway.settings import GatewaySection
 from gateway.sip.endpoint import Endpoint
 from gateway.sip.errors import ParseError, SipError
 from gateway.sip.message import Request, Response, make_response

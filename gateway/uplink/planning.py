@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from typing import Generic, Protocol, TypeVar
 
 from gateway.catalog import Catalog
-from gateway.config import GatewaySection
 from gateway.events import CatalogChange, MobilePositionReceived
 from gateway.manscdp.gbid import item_kind
 from gateway.manscdp.messages import (
@@ -37,6 +36,7 @@ from gateway.manscdp.messages import (
     MobilePositionNotify,
 )
 from gateway.model import Alarm
+from gateway.settings import GatewaySection
 from gateway.uplink.idmap import IdMap
 from gateway.uplink.share import TREE_KINDS, SharedView
 from gateway.uplink.subscriptions import InboundSubscription

@@ -24,9 +24,9 @@ from datetime import datetime
 
 import structlog
 
-from gateway.config import Config, UpperPlatform
 from gateway.manscdp.messages import Keepalive, encode
 from gateway.metrics import Metrics
+from gateway.settings import Config, UpperPlatform
 from gateway.sip.builder import RequestSequence, build_request
 from gateway.sip.digest import DigestClient
 from gateway.sip.endpoint import Endpoint

@@ -16,9 +16,9 @@ import enum
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from gateway.config import GatewaySection
 from gateway.manscdp.messages import Message, encode
 from gateway.metrics import Metrics
+from gateway.settings import GatewaySection
 from gateway.sip.endpoint import Endpoint
 from gateway.sip.errors import SipError, TransactionTimeout, TransportError
 from gateway.sip.message import Request, Response

@@ -57,7 +57,6 @@ from typing import Any
 import structlog
 
 from gateway.catalog import Catalog
-from gateway.config import Config
 from gateway.downlink.downlink import Downlink
 from gateway.downlink.messages import MessageRouter
 from gateway.downlink.registrar import make_tz
@@ -74,6 +73,7 @@ from gateway.events import (
 from gateway.manscdp.messages import Decoded, DeviceConfig, DeviceControl, Message
 from gateway.metrics import Metrics
 from gateway.model import DeviceDirectory
+from gateway.settings import Config
 from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.message import Request, Response, make_response
 from gateway.store import Store

@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from gateway.config import UpperPlatform
+from gateway.settings import UpperPlatform
 from gateway.uplink.idmap import IdMap
 from gateway.uplink.registration import UpperLink
 from gateway.uplink.share import SharedView

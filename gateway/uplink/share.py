@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from gateway.catalog import Catalog
-from gateway.config import Config, UpperPlatform
 from gateway.manscdp.gbid import item_kind
 from gateway.manscdp.messages import CatalogItem
 from gateway.model import Device, DeviceDirectory
+from gateway.settings import Config, UpperPlatform
 from gateway.uplink.idmap import IdMap
 
 TREE_KINDS = frozenset({"region", "business_group", "virtual_org", "system"})

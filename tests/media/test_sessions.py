@@ -6,7 +6,6 @@ from typing import Any
 import pytest
 
 from conformance.peers.platform import RequestFailed
-from gateway.config import MediaSection
 from gateway.media.relay import LegStats, PortsExhausted, StreamStats, Transport
 from gateway.media.sessions import (
     DOWNLOAD,
@@ -17,6 +16,7 @@ from gateway.media.sessions import (
     is_ready,
 )
 from gateway.metrics import Metrics
+from gateway.settings import MediaSection
 from tests.conftest import wait_for
 from tests.media.rig import FRAMES, device_session
 

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.catalog import Catalog
-from gateway.config import Config, UpperPlatform, config_from_dict
 from gateway.events import CatalogChange, EventBus, MobilePositionReceived
 from gateway.manscdp.messages import (
     AlarmQuery,
@@ -20,6 +19,7 @@ from gateway.manscdp.messages import (
 )
 from gateway.metrics import Metrics
 from gateway.model import Alarm, Device
+from gateway.settings import Config, UpperPlatform, config_from_dict
 from gateway.store.memory import MemoryStore
 from gateway.uplink.idmap import IdMap
 from gateway.uplink.planning import NotifyPlanner

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from gateway.catalog import Catalog
-from gateway.config import Config, UpperPlatform, config_from_dict
 from gateway.events import EventBus
 from gateway.manscdp.gbid import is_gb_id, item_kind
 from gateway.manscdp.messages import CatalogInfo, CatalogItem
 from gateway.metrics import Metrics
 from gateway.model import Device
+from gateway.settings import Config, UpperPlatform, config_from_dict
 from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SqliteStore, read_id_map
 from gateway.uplink.idmap import IdMap

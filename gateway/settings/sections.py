@@ -1,20 +1,16 @@
-"""Configuration: a TOML file validated by pydantic, with embedded defaults.
+"""The typed configuration sections, one per part of the gateway, with embedded defaults.
 
-Unknown keys and bad values are refused with a message naming the key (``sip.port: ...``).
-Every key is documented in README.md; keep the two in step.
+Each part is given its own section (and the gateway's identity, :class:`GatewaySection`), never
+the whole :class:`Config`: only the composition root (``gateway.app``) reads the whole. Unknown
+keys and bad values are refused with a message naming the key (``sip.port: ...``). Every key is
+documented in README.md; keep the two in step.
 """
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the offending key."""
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -28,6 +24,9 @@ def _gb_id(value: str) -> str:
 
 
 class GatewaySection(_Section):
+    """The gateway's identity (GB/T 28181-2022 §4.3 IDs, its SIP domain, its time zone): the one
+    value every part that writes a message is given besides its own section."""
+
     id: str = "34020000002000000001"
     domain: str = "3402000000"
     name: str = "GB28181 gateway"
@@ -91,6 +90,13 @@ class AuthSection(_Section):
                 raise ValueError(f"device {entry.id} is listed twice in auth.devices")
             seen.add(entry.id)
         return self
+
+    def device_password(self, device_id: str) -> str | None:
+        """The password a device must use, or ``None`` when it may not register at all."""
+        for entry in self.devices:
+            if entry.id == device_id:
+                return entry.password
+        return self.password if self.unknown_devices == "accept" else None
 
 
 class RegistrarSection(_Section):
@@ -196,6 +202,10 @@ class UplinkSection(_Section):
 
 
 MediaTransport = Literal["udp", "tcp-passive", "tcp-active"]
+"""How one media leg carries RTP: ``udp`` is RTP/AVP (RFC 3550); ``tcp-passive`` means the relay
+listens and the peer connects, ``tcp-active`` that the relay connects (TCP/RTP/AVP with RFC 4571
+framing, ``a=setup`` of RFC 4145 as used by GB/T 28181-2022 Annex D). The one definition: the
+SDP model and the relay use it under the name ``Transport``."""
 
 
 class MediaSection(_Section):
@@ -246,38 +256,8 @@ class Config(_Section):
 
     def device_password(self, device_id: str) -> str | None:
         """The password a device must use, or ``None`` when it may not register at all."""
-        for entry in self.auth.devices:
-            if entry.id == device_id:
-                return entry.password
-        return self.auth.password if self.auth.unknown_devices == "accept" else None
+        return self.auth.device_password(device_id)
 
 
-def _format(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{key}: {msg}")
-    return "; ".join(lines)
-
-
-def load_config(path: str | Path | None) -> Config:
-    """Read and validate a TOML file; ``None`` gives the embedded defaults."""
-    if path is None:
-        return Config()
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return config_from_dict(data)
-
-
-def config_from_dict(data: dict[str, object]) -> Config:
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format(exc)) from None
+Identity = GatewaySection
+"""What a part is given to name the gateway on the wire (ID, domain, name, civil code, zone)."""
