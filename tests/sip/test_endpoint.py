@@ -215,7 +215,7 @@ async def test_bad_max_forwards_gets_400_and_leaves_no_transaction(
         resp = parse(await raw_udp.recv())
         assert isinstance(resp, Response)
         assert resp.status == (200 if mf == "70" else 400)
-    assert not any(t.state in ("trying", "proceeding") for t in b._server_txns.values())
+    assert not any(t.state in ("trying", "proceeding") for t in b.core.server_transactions.values())
     # Over TCP, a bad message does not take the connection (and what follows it) down.
     reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
     bad = template.format(n=7, mf="x").replace("UDP", "TCP")
@@ -273,7 +273,7 @@ async def test_invite_answered_only_provisionally_times_out_both_sides(
         await a.request(invite, peer, timeout=0.3)
     # The UAS side gives up too: its guard answers 408 instead of keeping the transaction.
     await wait_for(lambda: b.metrics.get("sip.rx.unanswered") == 1, 3, "server guard")
-    assert not any(t.state == "proceeding" for t in b._server_txns.values())
+    assert not any(t.state == "proceeding" for t in b.core.server_transactions.values())
 
 
 async def test_a_burst_on_one_tcp_connection_lets_the_loop_serve_others(
