@@ -239,7 +239,9 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
     simple = _simple_auth_params(rest)
     if simple is not None:
         return scheme, simple
-    if not _AUTH_LIST.fullmatch(rest):
+    # Separators at either end are taken off first: left on, a failing match retries the whole
+    # tail for every separator it gives back (quadratic in a header of thousands of commas).
+    if not _AUTH_LIST.fullmatch(rest.strip(" \t\r\n\f\v,")):
         raise ParseError("Bad Authorization", f"malformed parameters in {rest[:60]!r}")
     params: dict[str, str] = {}
     for name, quoted, token in _AUTH_PARAM.findall(rest):

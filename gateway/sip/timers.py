@@ -9,7 +9,7 @@ up to ``resolution`` seconds late, which RFC 3261's 32 s and 5 s timers do not n
 under ``min_delay`` (the retransmission timers A, E, G at T1) go straight to the loop.
 
 It has the same ``call_later(delay, callback, *args)`` shape as an event loop, so the transaction
-state machines take either.
+state machines take either. Built without a loop, it takes the running one at its first timer.
 """
 
 from __future__ import annotations
@@ -42,29 +42,37 @@ def _noop(*_: Any) -> None:
 class TimerQueues:
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop | None = None,
         *,
         resolution: float = 0.05,
         min_delay: float = 1.0,
     ) -> None:
-        self.loop = loop
+        self._loop = loop
         self.resolution = resolution
         self.min_delay = min_delay
         self._queues: dict[float, deque[QueuedTimer]] = {}
         self._sweep: asyncio.TimerHandle | None = None
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def call_later(
         self, delay: float, callback: Callable[..., Any], *args: Any
     ) -> QueuedTimer | asyncio.TimerHandle:
+        loop = self._loop or self.loop
         if delay < self.min_delay:
-            return self.loop.call_later(delay, callback, *args)
-        timer = QueuedTimer(self.loop.time() + delay, callback, args)
+            return loop.call_later(delay, callback, *args)
+        timer = QueuedTimer(loop.time() + delay, callback, args)
         queue = self._queues.get(delay)
         if queue is None:
             queue = self._queues[delay] = deque()
         queue.append(timer)
         if self._sweep is None:
-            self._sweep = self.loop.call_later(self.resolution, self._run)
+            self._sweep = loop.call_later(self.resolution, self._run)
         return timer
 
     def __len__(self) -> int:

@@ -11,32 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from dataclasses import dataclass
 from typing import Protocol, cast
 
 import structlog
 
-from gateway.metrics import Metrics
+from gateway.sip.counters import Counters
 from gateway.sip.errors import ParseError, TransportError
 from gateway.sip.framing import PONG, Ping, StreamFramer
+from gateway.sip.peer import Peer as Peer  # re-exported: callers import it from here
 
 log = structlog.get_logger("gateway.sip.transport")
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """A remote SIP address: ``transport`` is ``"udp"`` or ``"tcp"``."""
-
-    transport: str
-    host: str
-    port: int
-
-    @property
-    def reliable(self) -> bool:
-        return self.transport == "tcp"
-
-    def __str__(self) -> str:
-        return f"{self.transport}:{self.host}:{self.port}"
 
 
 class Listener(Protocol):
@@ -142,7 +126,7 @@ class Transports:
         self,
         listener: Listener,
         *,
-        metrics: Metrics,
+        metrics: Counters,
         tcp_idle_timeout: float = 300.0,
         max_connections_per_ip: int = 1000,
     ) -> None:
@@ -150,7 +134,7 @@ class Transports:
         self.metrics = metrics
         self.tcp_idle_timeout = tcp_idle_timeout
         self.max_connections_per_ip = max_connections_per_ip
-        self.loop = asyncio.get_running_loop()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.host = ""
         self.port = 0
         self._udp: _Udp | None = None
@@ -159,6 +143,15 @@ class Transports:
         self._per_ip: dict[str, int] = {}
         self._connecting: dict[Peer, asyncio.Future[_TcpConnection]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the transports run on: the running one, taken when first needed (at
+        :meth:`start` or :meth:`connect`), so they can be built outside a running loop."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     async def start(self, host: str, port: int) -> None:
         """Bind UDP and TCP to ``host:port``; with port 0 the OS picks one free for both."""
@@ -274,11 +267,6 @@ class Transports:
             fut.set_result(proto)
         finally:
             self._connecting.pop(peer, None)
-
-    def close_connection(self, peer: Peer) -> None:
-        conn = self._conns.get(peer)
-        if conn is not None and conn.transport is not None:
-            conn.transport.close()
 
     async def close(self) -> None:
         if self._sweeper is not None:
