@@ -243,6 +243,13 @@ def read_node(cls: type[N], el: Any, repairs: list[str]) -> N:
         if kind == TEXTS:
             values[spec.attr] = (*values.get(spec.attr, ()), _clean(child.text, spec.upper))
             continue
+        if spec.attr in values and kind == LIST:
+            # A second <DeviceList> (or any list) adds its items to the first: kept in extra,
+            # it would be written back as the list itself once the first one is empty.
+            assert spec.node is not None
+            repairs.append(f"duplicate <{tag}> merged into the first")
+            values[spec.attr] += _list_items(spec.node, spec.item_tag, child, repairs)
+            continue
         if spec.attr in values:
             repairs.append(f"duplicate <{tag}> kept in extra")
             extra.append((tag, _verbatim(child)))
@@ -268,13 +275,7 @@ def read_node(cls: type[N], el: Any, repairs: list[str]) -> N:
             values[spec.attr] = read_node(spec.node, child, repairs)
         elif kind == LIST:
             assert spec.node is not None
-            item_tag = spec.item_tag.lower()
-            item_cls = spec.node
-            values[spec.attr] = tuple(
-                read_node(item_cls, it, repairs)
-                for it in child
-                if isinstance(it.tag, str) and it.tag.lower() == item_tag
-            )
+            values[spec.attr] = _list_items(spec.node, spec.item_tag, child, repairs)
         else:  # BLOCK
             values[spec.attr] = Block.from_element(child)
     for spec in cls._specs:
@@ -286,6 +287,15 @@ def read_node(cls: type[N], el: Any, repairs: list[str]) -> N:
         return cls(**values)
     except TypeError as exc:  # pragma: no cover - a declaration error, not bad input
         raise DecodeError(f"cannot build {cls.__name__}: {exc}") from None
+
+
+def _list_items(item_cls: type[N], item_tag: str, el: Any, repairs: list[str]) -> tuple[N, ...]:
+    tag = item_tag.lower()
+    return tuple(
+        read_node(item_cls, it, repairs)
+        for it in el
+        if isinstance(it.tag, str) and it.tag.lower() == tag
+    )
 
 
 # -- writing -------------------------------------------------------------------------------

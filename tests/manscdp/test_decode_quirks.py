@@ -480,3 +480,24 @@ def test_body_over_the_size_limit() -> None:
     assert refused(data) == f"body of {xmlio.MAX_BODY + 1} bytes exceeds {xmlio.MAX_BODY}"
     just_fits = VALID.replace(b"</Query>", pad[1:] + b"</Query>")
     assert isinstance(decode(just_fits).message, m.CatalogQuery)
+
+
+def test_a_second_list_element_adds_its_items() -> None:
+    """Two <DeviceList> in one answer: both lists' items are kept, and the message encodes
+    and decodes back to itself (hypothesis found ``<DeviceList/><DeviceList/>`` did not)."""
+    from gateway.manscdp import decode, encode
+
+    body = (
+        b'<?xml version="1.0" encoding="GB2312"?><Response><CmdType>Catalog</CmdType><SN>1</SN>'
+        b"<DeviceID>34020000001320000001</DeviceID><SumNum>2</SumNum>"
+        b'<DeviceList Num="1"><Item><DeviceID>34020000001320000002</DeviceID></Item></DeviceList>'
+        b'<DeviceList Num="1"><Item><DeviceID>34020000001320000003</DeviceID></Item></DeviceList>'
+        b"</Response>"
+    )
+    decoded = decode(body)
+    ids = [item.device_id for item in decoded.message.items]
+    assert ids == ["34020000001320000002", "34020000001320000003"]
+    assert any("merged" in r for r in decoded.repairs)
+    empty = body.replace(b"<Item><DeviceID>34020000001320000002</DeviceID></Item>", b"")
+    msg = decode(empty).message
+    assert decode(encode(msg, "GB2312")).message == msg
