@@ -12,28 +12,29 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
 from gateway.catalog import Catalog
-from gateway.downlink.broadcast import VoiceBroadcast
-from gateway.downlink.downlink import Downlink
-from gateway.downlink.messages import MessageRouter
-from gateway.downlink.registrar import Registrar
-from gateway.downlink.subscriptions import Subscriptions
-from gateway.downlink.sync import CatalogSync
-from gateway.events import EventBus
-from gateway.media.relay import make_relay
-from gateway.media.sessions import SessionTable
+from gateway.downlink import CatalogSync, Downlink, Registrar, Subscriptions, VoiceBroadcast
+from gateway.events import (
+    AlarmReceived,
+    CatalogChange,
+    DeviceOffline,
+    DeviceOnline,
+    EventBus,
+    MediaStatusReceived,
+    MobilePositionReceived,
+    UpperOffline,
+)
+from gateway.media import SessionTable, make_relay
 from gateway.metrics import Metrics
+from gateway.routes import ANY, MessageDispatcher, RouteTable
 from gateway.settings import Config
-from gateway.sip.dialog import Dialog, send_bye
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.transaction import TimerConfig
-from gateway.sip.uri import SipUri
+from gateway.sip import Dialog, Endpoint, SipUri, TimerConfig, send_bye
 from gateway.store import Store
-from gateway.uplink.calls import Calls, UpperAudio
-from gateway.uplink.service import Uplink
+from gateway.uplink import Calls, Uplink, UpperAudio
 
 log = structlog.get_logger("gateway.app")
 
@@ -70,7 +71,8 @@ def open_store(config: Config) -> Store:
 
 
 class Gateway:
-    """Everything running together. ``await start()``, then ``await close()``."""
+    """Everything running together: built at once (nothing opens a socket until :meth:`start`),
+    then ``await start()`` and ``await close()``."""
 
     def __init__(
         self,
@@ -84,38 +86,8 @@ class Gateway:
         self.metrics = Metrics()
         self.events = EventBus()
         self.store = store if store is not None else open_store(config)
-        self.endpoint: Endpoint | None = None
-        self.registrar: Registrar | None = None
-        self.catalog = Catalog(
-            store=self.store,
-            events=self.events,
-            metrics=self.metrics,
-            gateway_id=config.gateway.id,
-            clock=clock,
-        )
-        self.downlink: Downlink | None = None
-        self.subscriptions: Subscriptions | None = None
-        self.sync: CatalogSync | None = None
-        self.uplink: Uplink | None = None
-        self.media: SessionTable[Dialog] | None = None
-        self.broadcast: VoiceBroadcast | None = None
-        self.calls: Calls | None = None
-
-    def _serves(self, uri: SipUri) -> bool:
-        """Requests may name the gateway by ID, by domain, or by address alone, or (from an
-        upper platform) one of the items it shares, by the ID that upper knows it by."""
-        user = uri.user
-        if not user or user in (self.config.gateway.id, self.config.gateway.domain):
-            return True
-        if self.catalog.owner_of(user) is not None:
-            return True
-        if self.registrar is not None and user in self.registrar.devices:
-            return True
-        return self.uplink is not None and self.uplink.knows(user)
-
-    async def start(self) -> None:
-        cfg = self.config
-        sip = cfg.sip
+        identity = config.gateway
+        sip = config.sip
         self.endpoint = Endpoint(
             metrics=self.metrics,
             timers=TimerConfig(t1=sip.t1, t2=sip.t2, t4=sip.t4),
@@ -125,65 +97,71 @@ class Gateway:
             tcp_idle_timeout=sip.tcp_idle_timeout,
             max_connections_per_ip=sip.max_connections_per_ip,
         )
+        self.catalog = Catalog(
+            store=self.store,
+            events=self.events,
+            metrics=self.metrics,
+            gateway_id=identity.id,
+            clock=clock,
+        )
         self.registrar = Registrar(
-            config=cfg,
+            identity=identity,
+            auth=config.auth,
+            settings=config.registrar,
+            keepalive=config.keepalive,
             endpoint=self.endpoint,
             store=self.store,
             events=self.events,
             metrics=self.metrics,
-            clock=self.clock,
+            clock=clock,
         )
-        self.registrar.install()
-        router = MessageRouter(endpoint=self.endpoint, metrics=self.metrics)
-        router.handle("Keepalive", self.registrar.on_keepalive)
-        router.install()
         self.downlink = Downlink(
-            config=cfg,
+            identity=identity,
+            settings=config.downlink,
             endpoint=self.endpoint,
-            registrar=self.registrar,
+            devices=self.registrar,
+            store=self.store,
             catalog=self.catalog,
             events=self.events,
             metrics=self.metrics,
-            clock=self.clock,
+            clock=clock,
         )
-        self.downlink.install(router)
         self.subscriptions = Subscriptions(
-            config=cfg,
+            identity=identity,
+            settings=config.downlink,
             endpoint=self.endpoint,
             downlink=self.downlink,
             catalog=self.catalog,
             metrics=self.metrics,
-            clock=self.clock,
+            clock=clock,
         )
-        self.subscriptions.install()
         self.sync = CatalogSync(
-            config=cfg,
+            settings=config.downlink,
             downlink=self.downlink,
             subscriptions=self.subscriptions,
             catalog=self.catalog,
             events=self.events,
             metrics=self.metrics,
-            clock=self.clock,
+            clock=clock,
         )
-        self.sync.install()
         self.uplink = Uplink(
-            config=cfg,
+            identity=identity,
+            settings=config.uplink,
             endpoint=self.endpoint,
             catalog=self.catalog,
-            registrar=self.registrar,
+            devices=self.registrar,
             downlink=self.downlink,
             store=self.store,
             events=self.events,
             metrics=self.metrics,
-            clock=self.clock,
+            clock=clock,
         )
-        self.uplink.install(router)
-        media_cfg = cfg.media
+        media = config.media
         relay = make_relay(
-            workers=media_cfg.workers,
-            host=media_cfg.host,
-            port_min=media_cfg.port_min,
-            port_max=media_cfg.port_max,
+            workers=media.workers,
+            host=media.host,
+            port_min=media.port_min,
+            port_max=media.port_max,
             on_event=self._relay_event,
             metrics=self.metrics,
         )
@@ -192,29 +170,34 @@ class Gateway:
         async def hang_up(dialog: Dialog) -> None:
             await send_bye(endpoint, dialog, timeout=endpoint.timers.timeout)
 
-        self.media = SessionTable(
-            media=media_cfg,
-            domain=cfg.gateway.domain,
+        self.media: SessionTable[Dialog] = SessionTable(
+            media=media,
+            domain=identity.domain,
             relay=relay,
             metrics=self.metrics,
             hang_up=hang_up,
-            clock=self.clock,
+            clock=clock,
         )
         # The device side of a voice broadcast reaches the upper's part only through this
         # AudioSource: the downlink never imports the uplink.
         self.broadcast = VoiceBroadcast(
-            gateway_id=cfg.gateway.id,
+            gateway_id=identity.id,
             endpoint=self.endpoint,
             downlink=self.downlink,
             media=self.media,
             upper=UpperAudio(
-                config=cfg, endpoint=self.endpoint, uplink=self.uplink, media=self.media
+                identity=identity,
+                settings=media,
+                endpoint=self.endpoint,
+                uplink=self.uplink,
+                media=self.media,
             ),
             metrics=self.metrics,
-            clock=self.clock,
+            clock=clock,
         )
         self.calls = Calls(
-            config=cfg,
+            identity=identity,
+            settings=media,
             endpoint=self.endpoint,
             devices=self.registrar,
             downlink=self.downlink,
@@ -224,13 +207,56 @@ class Gateway:
             events=self.events,
             metrics=self.metrics,
         )
-        self.calls.install(router)
+        self.routes = build_routes(self)
+        self._wire()
+
+    def _wire(self) -> None:
+        """Connect the parts: the route table to the endpoint, events to their subscribers (in
+        this order: each subscriber runs in the publisher's turn), lost TCP connections to the
+        parts that keep state on them."""
+        dispatcher = MessageDispatcher(self.routes, metrics=self.metrics, tag=self.endpoint.tag)
+        for method, handler in self.routes.sip_handlers(dispatcher).items():
+            self.endpoint.route(method, handler)
+        for event_type, subscriber in self.event_subscribers():
+            self.events.subscribe(event_type, subscriber)
+        self.endpoint.on_connection_lost(self.registrar.on_connection_lost)
+        self.endpoint.on_connection_lost(self.uplink.connection_lost)
+
+    def event_subscribers(self) -> list[tuple[type[Any], Callable[[Any], None]]]:
+        """Who hears each event the parts publish (``gb28181-gateway routes`` prints these)."""
+        return [
+            (DeviceOnline, self.sync.on_online),
+            (DeviceOffline, self.sync.on_offline),
+            (CatalogChange, self.uplink.on_catalog_change),
+            (DeviceOnline, self.uplink.on_device_online),
+            (DeviceOffline, self.uplink.on_device_offline),
+            (AlarmReceived, self.uplink.on_alarm),
+            (MobilePositionReceived, self.uplink.on_position),
+            (DeviceOffline, self.calls.on_device_offline),
+            (UpperOffline, self.calls.on_upper_offline),
+            (MediaStatusReceived, self.calls.on_media_status),
+        ]
+
+    def _serves(self, uri: SipUri) -> bool:
+        """Requests may name the gateway by ID, by domain, or by address alone, or (from an
+        upper platform) one of the items it shares, by the ID that upper knows it by."""
+        user = uri.user
+        if not user or user in (self.config.gateway.id, self.config.gateway.domain):
+            return True
+        if self.catalog.owner_of(user) is not None:
+            return True
+        if user in self.registrar:
+            return True
+        return self.uplink.knows(user)
+
+    async def start(self) -> None:
+        cfg = self.config
         await self.store.start()
         # The catalog first: devices found expired while loading turn their channels OFF.
         self.catalog.load()
         self.registrar.load()
         await self.media.start()
-        await self.endpoint.start(sip.host, sip.port)
+        await self.endpoint.start(cfg.sip.host, cfg.sip.port)
         await self.registrar.start()
         self.sync.start()
         self.uplink.start()
@@ -238,39 +264,63 @@ class Gateway:
             "gateway.started",
             id=cfg.gateway.id,
             domain=cfg.gateway.domain,
-            host=sip.host,
+            host=cfg.sip.host,
             port=self.endpoint.port,
             store=cfg.store.backend,
         )
 
     @property
     def port(self) -> int:
-        assert self.endpoint is not None
         return self.endpoint.port
 
     def _relay_event(self, stream_id: str, output_id: str | None, event: str) -> None:
-        if self.media is not None:
-            self.media.on_relay_event(stream_id, output_id, event)
+        self.media.on_relay_event(stream_id, output_id, event)
 
     async def close(self) -> None:
-        if self.calls is not None:
-            await self.calls.close()
-        if self.media is not None:
-            await self.media.close()
-        if self.uplink is not None:
-            await self.uplink.close()
-        if self.sync is not None:
-            await self.sync.close()
-        if self.subscriptions is not None:
-            await self.subscriptions.close()
-        if self.downlink is not None:
-            await self.downlink.close()
-        if self.registrar is not None:
-            await self.registrar.close()
-        if self.endpoint is not None:
-            await self.endpoint.close()
+        await self.calls.close()
+        await self.media.close()
+        await self.uplink.close()
+        await self.sync.close()
+        await self.subscriptions.close()
+        await self.downlink.close()
+        await self.registrar.close()
+        await self.endpoint.close()
         await self.store.close()
         log.info("gateway.stopped", metrics=self.metrics.snapshot())
+
+
+def build_routes(gw: Gateway) -> RouteTable:
+    """The gateway's one route table: every SIP method and MANSCDP command it answers, and who
+    answers it. Clauses are GB/T 28181-2022's."""
+    t = RouteTable()
+    # §9.1 registration, §9.6 keepalive (recognised before any XML parse: the hottest message).
+    t.sip("REGISTER", gw.registrar.on_register)
+    t.raw_message("Notify", "Keepalive", gw.registrar.on_keepalive)
+    # §9.5 queries and their answers; §9.3 controls (from an upper, forwarded down).
+    t.message("Query", ANY, gw.uplink.on_query)
+    t.message("Control", ANY, gw.uplink.on_control)
+    t.message("Response", ANY, gw.downlink.on_response)
+    # What devices report unasked: §9.4 alarms, §9.11 positions, §9.9 media status, the catalog
+    # a device sends as it changes, and the 2022 notifications.
+    t.message("Notify", "Alarm", gw.downlink.on_alarm)
+    t.message("Notify", "MobilePosition", gw.downlink.on_position)
+    t.message("Notify", "MediaStatus", gw.downlink.on_media_status)
+    t.message("Notify", "Catalog", gw.downlink.on_catalog_message)
+    for cmd in ("DeviceUpgradeResult", "UploadSnapShotFinished", "VideoUploadNotify"):
+        t.message("Notify", cmd, gw.downlink.on_notification)
+    t.message("Notify", "PTZPosition", gw.downlink.on_notification)
+    # §9.12 voice broadcast, from an upper.
+    t.message("Notify", "Broadcast", gw.calls.on_broadcast)
+    # §9.11 subscriptions: SUBSCRIBE from uppers, NOTIFY from the devices we subscribe to.
+    t.sip("SUBSCRIBE", gw.uplink.on_subscribe)
+    t.sip("NOTIFY", gw.subscriptions.on_notify)
+    # §9.2 live view, §9.8 playback and download, MANSRTSP over INFO.
+    t.sip("INVITE", gw.calls.on_invite)
+    t.sip("ACK", gw.calls.on_ack)
+    t.sip("BYE", gw.calls.on_bye)
+    t.sip("CANCEL", gw.calls.on_cancel)
+    t.sip("INFO", gw.calls.on_info)
+    return t
 
 
 def install_event_loop_policy() -> None:

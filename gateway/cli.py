@@ -37,7 +37,37 @@ def _parser() -> argparse.ArgumentParser:
     idm.add_argument("--config", metavar="FILE", help="TOML configuration file")
     idm.add_argument("--upper", metavar="ID", help="only this upper platform")
     idm.add_argument("--json", action="store_true", help="print JSON")
+    rts = sub.add_parser(
+        "routes", help="print who answers each SIP method and MANSCDP command, and each event"
+    )
+    rts.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    rts.add_argument("--json", action="store_true", help="print JSON")
     return p
+
+
+def _routes(config: Config, as_json: bool) -> int:
+    """The route table and the event subscribers of a gateway built from ``config`` (in memory:
+    nothing is started, no socket opened, the store not touched)."""
+    from gateway.app import Gateway
+    from gateway.routes import handler_name
+    from gateway.store import MemoryStore
+
+    gw = Gateway(config, store=MemoryStore())
+    routes = [{"method": m, "command": c, "handler": h} for m, c, h in gw.routes.describe()]
+    events = [
+        {"event": event.__name__, "handler": handler_name(handler)}
+        for event, handler in gw.event_subscribers()
+    ]
+    if as_json:
+        print(json.dumps({"routes": routes, "events": events}, indent=2))
+        return 0
+    print(f"{'METHOD':<10}  {'MANSCDP':<40}  HANDLER")
+    for r in routes:
+        print(f"{r['method']:<10}  {r['command']:<40}  {r['handler']}")
+    print(f"\n{'EVENT':<24}  SUBSCRIBER (in the order they hear it)")
+    for e in events:
+        print(f"{e['event']:<24}  {e['handler']}")
+    return 0
 
 
 def _idmap(config: Config, upper: str | None, as_json: bool) -> int:
@@ -151,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _catalog(config, args.device, args.json)
     if args.command == "idmap":
         return _idmap(config, args.upper, args.json)
+    if args.command == "routes":
+        return _routes(config, args.json)
     from gateway.app import configure_logging, install_event_loop_policy, serve
 
     configure_logging(config)

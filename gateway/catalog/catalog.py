@@ -23,8 +23,7 @@ from dataclasses import dataclass, replace
 import structlog
 
 from gateway.events import CatalogChange, EventBus
-from gateway.manscdp.gbid import item_kind
-from gateway.manscdp.messages import CatalogItem
+from gateway.manscdp import CatalogItem, item_kind
 from gateway.metrics import Metrics
 from gateway.store import Store
 

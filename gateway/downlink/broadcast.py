@@ -22,16 +22,23 @@ from typing import Any, Protocol
 import structlog
 
 from gateway.downlink.downlink import Downlink, QueryError
-from gateway.manscdp.messages import BroadcastNotify, BroadcastResponse
-from gateway.media.relay import Transport
-from gateway.media.sdp import Sdp, SdpError, answer_setup, parse_sdp
-from gateway.media.sessions import BROADCAST, OPPOSITE, SDP_TYPE, Leg, MediaError, SessionTable
+from gateway.manscdp import BroadcastNotify, BroadcastResponse
+from gateway.media import (
+    BROADCAST,
+    OPPOSITE,
+    SDP_TYPE,
+    Leg,
+    MediaError,
+    Sdp,
+    SdpError,
+    SessionTable,
+    Transport,
+    answer_setup,
+    parse_sdp,
+)
 from gateway.metrics import Metrics
 from gateway.model import Device
-from gateway.sip.dialog import Dialog
-from gateway.sip.endpoint import Endpoint, ServerContext
-from gateway.sip.message import Request, Response, make_response
-from gateway.sip.transport import Peer
+from gateway.sip import Dialog, Endpoint, Peer, Request, Response, ServerContext, make_response
 
 log = structlog.get_logger("gateway.downlink.broadcast")
 

@@ -8,7 +8,7 @@ one, in GB2312.
 
 from __future__ import annotations
 
-from gateway.manscdp.messages import Decoded, Message, encode
+from gateway.manscdp import Decoded, Message, encode
 from gateway.model import Device
 
 __all__ = ["DEFAULT_CHARSET", "body_charset", "encode_for"]

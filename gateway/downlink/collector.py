@@ -26,6 +26,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
+from gateway.manscdp import BLOCK, LIST, NODE, Node
 from gateway.manscdp.messages import (
     REGISTRY,
     CatalogItem,
@@ -36,8 +37,7 @@ from gateway.manscdp.messages import (
     RecordItem,
     SDCard,
 )
-from gateway.manscdp.schema import BLOCK, LIST, NODE, Node
-from gateway.sip.transport import Peer
+from gateway.sip import Peer
 
 __all__ = ["LIST_ANSWERS", "Collector", "Outcome", "QueryResult", "config_blocks", "item_key"]
 

@@ -33,7 +33,6 @@ import structlog
 from gateway.catalog import Catalog
 from gateway.downlink.charset import body_charset, encode_for
 from gateway.downlink.collector import Collector, QueryResult
-from gateway.downlink.messages import MessageRouter
 from gateway.downlink.queries import (
     DeviceUnavailable,
     PendingQueries,
@@ -42,7 +41,6 @@ from gateway.downlink.queries import (
     QueryRejected,
     QueryTimeout,
 )
-from gateway.downlink.registrar import Registrar
 from gateway.downlink.reports import alarm_from
 from gateway.events import (
     AlarmReceived,
@@ -51,7 +49,7 @@ from gateway.events import (
     MediaStatusReceived,
     MobilePositionReceived,
 )
-from gateway.manscdp.messages import (
+from gateway.manscdp import (
     AlarmNotify,
     AlarmResponse,
     CatalogNotify,
@@ -76,20 +74,18 @@ from gateway.manscdp.messages import (
     Message,
     MobilePositionNotify,
     PresetQuery,
+    PtzCommand,
     PtzPositionQuery,
     PtzPositionResponse,
     RecordInfoQuery,
     SDCardStatusQuery,
     SDCardStatusResponse,
 )
-from gateway.manscdp.ptz import PtzCommand
 from gateway.metrics import Metrics
 from gateway.model import Alarm, Device, DeviceDirectory
-from gateway.settings import Config
-from gateway.sip.endpoint import Endpoint, ServerContext
-from gateway.sip.errors import SipError
-from gateway.sip.message import Request, Response, make_response
-from gateway.sip.transport import Peer
+from gateway.settings import DownlinkSection, Identity
+from gateway.sip import Endpoint, Peer, Request, Response, ServerContext, SipError, make_response
+from gateway.store import Store
 from gateway.tasks import TaskSet
 
 # The query results and errors moved to their own modules; their old home still names them.
@@ -114,26 +110,27 @@ class Downlink:
     def __init__(
         self,
         *,
-        config: Config,
+        identity: Identity,
+        settings: DownlinkSection,
         endpoint: Endpoint,
-        registrar: Registrar,
+        devices: DeviceDirectory,
+        store: Store,
         catalog: Catalog,
         events: EventBus,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
-        self.cfg = config.downlink
+        self.identity = identity
+        self.cfg = settings
         self.endpoint = endpoint
-        self.registrar = registrar
         # Devices are only read here, through the directory the registrar implements.
-        self.devices: DeviceDirectory = registrar
+        self.devices = devices
         self.catalog = catalog
-        self.store = registrar.store
+        self.store = store
         self.events = events
         self.metrics = metrics
         self.clock = clock
-        self.gateway_id = config.gateway.id
+        self.gateway_id = identity.id
         self._rng = random.Random(os.urandom(16))
         self._cseq = itertools.count(1)
         # The queries waiting for their answers, by (CmdType, SN).
@@ -145,17 +142,6 @@ class Downlink:
         self._closing = False
         # The last position of each device or channel (only IDs the reporting device owns).
         self.positions: dict[str, Any] = {}
-
-    # -- wiring -----------------------------------------------------------------------------
-    def install(self, router: MessageRouter) -> None:
-        router.handle_typed("Response", None, self.on_response)
-        router.handle_typed("Notify", "Alarm", self.on_alarm)
-        router.handle_typed("Notify", "MobilePosition", self.on_position)
-        router.handle_typed("Notify", "MediaStatus", self.on_media_status)
-        router.handle_typed("Notify", "Catalog", self.on_catalog_message)
-        for cmd in ("DeviceUpgradeResult", "UploadSnapShotFinished", "VideoUploadNotify"):
-            router.handle_typed("Notify", cmd, self.on_notification)
-        router.handle_typed("Notify", "PTZPosition", self.on_notification)
 
     async def close(self) -> None:
         self._closing = True
@@ -211,7 +197,7 @@ class Downlink:
     def build_request(
         self, method: str, dev: Device, target_id: str, body: bytes, headers: list[tuple[str, str]]
     ) -> Request:
-        domain = self.config.gateway.domain
+        domain = self.identity.domain
         hostport = f"{dev.host}:{dev.port}"
         return Request(
             method,

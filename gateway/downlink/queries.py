@@ -18,10 +18,9 @@ from typing import Any
 import structlog
 
 from gateway.downlink.collector import Collector, Outcome, QueryResult
-from gateway.manscdp.messages import Message
+from gateway.manscdp import Message
 from gateway.metrics import Metrics
-from gateway.sip.message import Response
-from gateway.sip.transport import Peer
+from gateway.sip import Peer, Response
 
 __all__ = [
     "DeviceUnavailable",

@@ -34,13 +34,21 @@ import structlog
 from gateway.events import DeviceOffline, DeviceOnline, EventBus
 from gateway.metrics import Metrics
 from gateway.model import Device
-from gateway.settings import Config
-from gateway.sip.digest import Credentials, DigestServer, Verdict
-from gateway.sip.endpoint import Endpoint, ServerContext
-from gateway.sip.errors import ParseError
-from gateway.sip.message import Request, Response, make_response
-from gateway.sip.transport import Peer
-from gateway.sip.uri import is_digits, parse_uri
+from gateway.settings import AuthSection, Identity, KeepaliveSection, RegistrarSection
+from gateway.sip import (
+    Credentials,
+    DigestServer,
+    Endpoint,
+    ParseError,
+    Peer,
+    Request,
+    Response,
+    ServerContext,
+    Verdict,
+    is_digits,
+    make_response,
+    parse_uri,
+)
 from gateway.store import Store
 
 log = structlog.get_logger("gateway.downlink.registrar")
@@ -80,7 +88,10 @@ class Registrar:
     def __init__(
         self,
         *,
-        config: Config,
+        identity: Identity,
+        auth: AuthSection,
+        settings: RegistrarSection,
+        keepalive: KeepaliveSection,
         endpoint: Endpoint,
         store: Store,
         events: EventBus,
@@ -88,28 +99,30 @@ class Registrar:
         clock: Callable[[], float] = time.time,
         digest: DigestServer | None = None,
     ) -> None:
-        self.config = config
+        self.identity = identity
+        self.auth = auth
+        self.cfg = settings
+        self.keepalive = keepalive
         self.endpoint = endpoint
         self.store = store
         self.events = events
         self.metrics = metrics
         self.clock = clock
         self.digest = digest or DigestServer(
-            config.gateway.domain,
-            qop=config.auth.qop,
-            nonce_ttl=config.auth.nonce_ttl,
+            identity.domain,
+            qop=auth.qop,
+            nonce_ttl=auth.nonce_ttl,
             clock=clock,
         )
-        self.tz = make_tz(config.gateway.time_zone)
+        self.tz = make_tz(identity.time_zone)
         self.devices: dict[str, Device] = {}
         # device_id -> last_seen, kept in last-seen order: the front is the stalest.
         self._by_last_seen: dict[str, float] = {}
         self._expiries: list[tuple[float, str]] = []
         self._tcp_devices: dict[Peer, set[str]] = {}
-        self._timeout = config.keepalive.interval * config.keepalive.timeout_count
+        self._timeout = keepalive.interval * keepalive.timeout_count
         self._check_task: asyncio.Task[None] | None = None
 
-    # -- wiring ---------------------------------------------------------------------------
     # -- the DeviceDirectory (gateway.model) the other parts read through ----------------
     def get(self, device_id: str, /) -> Device | None:
         return self.devices.get(device_id)
@@ -119,10 +132,6 @@ class Registrar:
 
     def values(self) -> Iterable[Device]:
         return self.devices.values()
-
-    def install(self) -> None:
-        self.endpoint.route("REGISTER", self.on_register)
-        self.endpoint.on_connection_lost(self.on_connection_lost)
 
     def load(self) -> None:
         """Take back the devices the store knows. UDP devices whose registration has not
@@ -180,7 +189,7 @@ class Registrar:
             log.warning("register.bad_id", peer=str(ctx.peer), device_id=device_id)
             return answer(400, "Bad Request (device ID must be 20 digits)")
         assert device_id is not None
-        password = self.config.device_password(device_id)
+        password = self.auth.device_password(device_id)
         if password is None:
             metrics.inc("register.unknown_device")
             log.warning("register.unknown_device", peer=str(ctx.peer), device_id=device_id)
@@ -220,7 +229,7 @@ class Registrar:
         expires = self._requested_expires(req)
         if expires == 0:
             return self._unregister(req, device_id, ctx.peer, answer)
-        cfg = self.config.registrar
+        cfg = self.cfg
         expires = max(cfg.min_expires, min(cfg.max_expires, expires))
 
         dev = self.devices.get(device_id)
@@ -250,7 +259,7 @@ class Registrar:
             user = parse_uri(uri).user
         except ParseError:
             return False
-        gw = self.config.gateway
+        gw = self.identity
         return not user or user in (gw.id, gw.domain)
 
     def _requested_expires(self, req: Request) -> int:
@@ -264,7 +273,7 @@ class Registrar:
                     raise ParseError("Bad Contact", f"expires={param!r}")
                 return int(param)
         value = req.expires
-        return self.config.registrar.default_expires if value is None else value
+        return self.cfg.default_expires if value is None else value
 
     def _auth_failed(
         self,
@@ -455,7 +464,7 @@ class Registrar:
                 self._set_offline(dev, "expired")
 
     async def _check_loop(self) -> None:
-        period = self.config.keepalive.check_interval
+        period = self.keepalive.check_interval
         while True:
             await asyncio.sleep(period)
             try:

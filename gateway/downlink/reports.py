@@ -6,7 +6,7 @@ the Downlink stores it, logs it and publishes it.
 
 from __future__ import annotations
 
-from gateway.manscdp.messages import AlarmNotify
+from gateway.manscdp import AlarmNotify
 from gateway.model import Alarm
 
 __all__ = ["alarm_from"]

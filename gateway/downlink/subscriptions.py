@@ -32,12 +32,12 @@ import structlog
 
 from gateway.catalog import Catalog
 from gateway.downlink.downlink import Downlink
-from gateway.manscdp.errors import DecodeError
-from gateway.manscdp.messages import (
+from gateway.manscdp import (
     AlarmNotify,
     AlarmQuery,
     CatalogNotify,
     CatalogQuery,
+    DecodeError,
     Message,
     MobilePositionNotify,
     MobilePositionQuery,
@@ -45,11 +45,17 @@ from gateway.manscdp.messages import (
 )
 from gateway.metrics import Metrics
 from gateway.model import Device
-from gateway.settings import Config
-from gateway.sip.endpoint import Endpoint, ServerContext
-from gateway.sip.errors import SipError
-from gateway.sip.message import Request, Response, make_response
-from gateway.sip.subscription import Subscriber, parse_subscription_state
+from gateway.settings import DownlinkSection, Identity
+from gateway.sip import (
+    Endpoint,
+    Request,
+    Response,
+    ServerContext,
+    SipError,
+    Subscriber,
+    make_response,
+    parse_subscription_state,
+)
 
 log = structlog.get_logger("gateway.downlink.subscriptions")
 
@@ -94,15 +100,16 @@ class Subscriptions:
     def __init__(
         self,
         *,
-        config: Config,
+        identity: Identity,
+        settings: DownlinkSection,
         endpoint: Endpoint,
         downlink: Downlink,
         catalog: Catalog,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
-        self.cfg = config.downlink
+        self.identity = identity
+        self.cfg = settings
         self.endpoint = endpoint
         self.downlink = downlink
         self.catalog = catalog
@@ -112,9 +119,6 @@ class Subscriptions:
         self._by_call_id: dict[str, Subscription] = {}
         self._event_ids = itertools.count(1000)
         self._closed = False
-
-    def install(self) -> None:
-        self.endpoint.route("NOTIFY", self.on_notify)
 
     def kinds(self) -> list[tuple[str, int]]:
         """What to subscribe to on each device, with the Expires to ask for."""
@@ -282,7 +286,7 @@ class Subscriptions:
         self._by_call_id.pop(sub.call_id, None)
 
     def _gateway_uri(self) -> str:
-        gw = self.config.gateway
+        gw = self.identity
         return f"sip:{gw.id}@{gw.domain}"
 
     @staticmethod
@@ -298,7 +302,7 @@ class Subscriptions:
         body = self.downlink.body_for(dev, self._body(dev, sub.kind))
         return sub.subscriber.subscribe(
             expires,
-            contact=self.endpoint.contact_uri(self.config.gateway.id, peer),
+            contact=self.endpoint.contact_uri(self.identity.id, peer),
             body=body,
             content_type="Application/MANSCDP+xml",
         )

@@ -24,9 +24,9 @@ from gateway.catalog import Catalog
 from gateway.downlink.downlink import Downlink, QueryError
 from gateway.downlink.subscriptions import Subscriptions
 from gateway.events import CatalogSynced, DeviceOffline, DeviceOnline, EventBus
-from gateway.manscdp.messages import CatalogItem
+from gateway.manscdp import CatalogItem
 from gateway.metrics import Metrics
-from gateway.settings import Config
+from gateway.settings import DownlinkSection
 
 log = structlog.get_logger("gateway.downlink.sync")
 
@@ -35,7 +35,7 @@ class CatalogSync:
     def __init__(
         self,
         *,
-        config: Config,
+        settings: DownlinkSection,
         downlink: Downlink,
         subscriptions: Subscriptions,
         catalog: Catalog,
@@ -43,7 +43,7 @@ class CatalogSync:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.cfg = config.downlink
+        self.cfg = settings
         self.downlink = downlink
         self.subscriptions = subscriptions
         self.catalog = catalog
@@ -54,10 +54,6 @@ class CatalogSync:
         self._limit = asyncio.Semaphore(self.cfg.max_concurrent_syncs)
         self.retry_after = 60.0
         self.max_retries = 4
-
-    def install(self) -> None:
-        self.events.subscribe(DeviceOnline, self.on_online)
-        self.events.subscribe(DeviceOffline, self.on_offline)
 
     def start(self) -> None:
         """After a gateway restart, devices still registered keep their stored catalog but

@@ -25,13 +25,12 @@ Direct calls rather than a queue of event objects: keepalives and REGISTERs pass
 
 from __future__ import annotations
 
-import os
-import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 import structlog
 
+from gateway.sip.builder import MAGIC_COOKIE, new_tag
 from gateway.sip.counters import Counters
 from gateway.sip.errors import ParseError, TransportError
 from gateway.sip.message import Request, Response, make_response, parse, salvage_request
@@ -40,17 +39,6 @@ from gateway.sip.transaction import ClientTransaction, Scheduler, ServerTransact
 from gateway.sip.uri import SipUri
 
 log = structlog.get_logger("gateway.sip.core")
-
-MAGIC_COOKIE = "z9hG4bK"
-
-# Tags, branches and Call-IDs must be unique, not secret (RFC 3261 §19.3): the seeded PRNG
-# is enough and avoids a system call per message.
-_rng = random.Random(os.urandom(16))
-
-
-def random_token(nbytes: int = 8) -> str:
-    return f"{_rng.getrandbits(nbytes * 8):0{nbytes * 2}x}"
-
 
 class Network(Protocol):
     """Where the core's bytes go. ``False``: there is no way to ``peer`` now (no connection)."""
@@ -148,7 +136,7 @@ class SipCore:
 
     @staticmethod
     def tag() -> str:
-        return random_token(6)
+        return new_tag()
 
     # -- answering ------------------------------------------------------------------------
     def reply(

@@ -23,9 +23,10 @@ from typing import Any
 
 import structlog
 
-from gateway.sip.core import MAGIC_COOKIE as MAGIC_COOKIE
+from gateway.sip.builder import MAGIC_COOKIE as MAGIC_COOKIE
+from gateway.sip.builder import new_branch, new_call_id, new_tag
+from gateway.sip.builder import random_token as random_token
 from gateway.sip.core import SipCore
-from gateway.sip.core import random_token as random_token
 from gateway.sip.counters import Counters
 from gateway.sip.errors import TransactionTimeout, TransportError
 from gateway.sip.message import Request, Response
@@ -155,7 +156,12 @@ class Endpoint:
         await self.transports.close()
 
     def route(self, method: str, handler: Handler) -> None:
-        self._handlers[method.upper()] = handler
+        """``method`` is answered by ``handler``. A second handler for one method is a wiring
+        mistake, refused here rather than silently replacing the first."""
+        method = method.upper()
+        if method in self._handlers:
+            raise ValueError(f"{method} has a handler already")
+        self._handlers[method] = handler
         self.core.allow(method)
 
     def on_connection_lost(self, callback: Callable[[Peer], None]) -> None:
@@ -192,15 +198,15 @@ class Endpoint:
 
     @staticmethod
     def branch() -> str:
-        return MAGIC_COOKIE + random_token(8)
+        return new_branch()
 
     @staticmethod
     def tag() -> str:
-        return random_token(6)
+        return new_tag()
 
     @staticmethod
     def call_id() -> str:
-        return random_token(12)
+        return new_call_id()
 
     # -- incoming (the transports' Listener, the core's TransactionUser) --------------------
     def connection_lost(self, peer: Peer) -> None:

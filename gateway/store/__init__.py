@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateway.manscdp.messages import CatalogItem
+from gateway.manscdp import CatalogItem
 from gateway.model import Alarm, Device
 
 
@@ -53,3 +53,10 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Flush and release resources."""
+
+
+# The implementations, after the interface they implement (neither imports this package).
+from gateway.store.memory import MemoryStore  # noqa: E402
+from gateway.store.sqlite import SqliteStore, read_catalog, read_devices, read_id_map  # noqa: E402
+
+__all__ = ["MemoryStore", "SqliteStore", "Store", "read_catalog", "read_devices", "read_id_map"]

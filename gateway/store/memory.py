@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gateway.manscdp.messages import CatalogItem
+from gateway.manscdp import CatalogItem
 from gateway.model import Alarm, Device
 
 

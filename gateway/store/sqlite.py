@@ -24,9 +24,7 @@ from typing import Any
 
 import structlog
 
-from gateway.manscdp.gbid import item_kind
-from gateway.manscdp.messages import CatalogItem
-from gateway.manscdp.plain import from_plain, to_plain
+from gateway.manscdp import CatalogItem, from_plain, item_kind, to_plain
 from gateway.model import Alarm, Device
 
 log = structlog.get_logger("gateway.store.sqlite")

@@ -1,1 +1,11 @@
-"""The upper-platform side: registration to each upper, answers, forwarding, NOTIFYs."""
+"""The upper side (floor 4): registration to each upper platform, answers to its queries,
+forwarding of its queries and controls to devices, its subscriptions and our NOTIFYs, and its
+INVITEs (live, playback, download, MANSRTSP) relayed to devices. Uses the downlink's public face."""
+
+from gateway.uplink.calls import Calls, UpperAudio
+from gateway.uplink.idmap import IdMap
+from gateway.uplink.service import Uplink
+from gateway.uplink.session import UpperSession
+from gateway.uplink.share import SharedView
+
+__all__ = ["Calls", "IdMap", "SharedView", "Uplink", "UpperAudio", "UpperSession"]

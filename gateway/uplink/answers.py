@@ -17,14 +17,14 @@ from datetime import tzinfo
 from typing import Any
 
 from gateway.catalog import Catalog
-from gateway.downlink.registrar import gb_date
-from gateway.manscdp.gbid import item_kind
-from gateway.manscdp.messages import (
+from gateway.downlink import gb_date
+from gateway.manscdp import (
     CatalogResponse,
     DeviceInfoResponse,
     DeviceStatusResponse,
     Message,
     RecordInfoResponse,
+    item_kind,
 )
 from gateway.settings import GatewaySection
 from gateway.store import Store

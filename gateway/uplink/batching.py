@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from lxml import etree
 
-from gateway.manscdp.schema import write_node
+from gateway.manscdp import write_node
 
 T = TypeVar("T")
 

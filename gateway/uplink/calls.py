@@ -26,14 +26,10 @@ from typing import Any
 
 import structlog
 
-from gateway.downlink.broadcast import PendingBroadcast, VoiceBroadcast
-from gateway.downlink.downlink import Downlink
-from gateway.downlink.messages import MessageRouter
+from gateway.downlink import Downlink, PendingBroadcast, VoiceBroadcast
 from gateway.events import DeviceOffline, EventBus, MediaStatusReceived, UpperOffline
-from gateway.manscdp.messages import BroadcastNotify, BroadcastResponse, Decoded, MediaStatus
-from gateway.media.relay import Transport
-from gateway.media.sdp import Sdp, SdpError, answer_setup, offer_setup, parse_sdp
-from gateway.media.sessions import (
+from gateway.manscdp import BroadcastNotify, BroadcastResponse, Decoded, MediaStatus
+from gateway.media import (
     DOWNLOAD,
     OPPOSITE,
     PLAY,
@@ -43,16 +39,29 @@ from gateway.media.sessions import (
     LocalSession,
     MediaError,
     Output,
+    Sdp,
+    SdpError,
     SessionTable,
+    Transport,
+    answer_setup,
+    offer_setup,
+    parse_sdp,
 )
 from gateway.metrics import Metrics
 from gateway.model import Device, DeviceDirectory
-from gateway.settings import Config
-from gateway.sip.dialog import Dialog, InviteFailed, OutgoingInvite
-from gateway.sip.endpoint import Endpoint, ServerContext
-from gateway.sip.errors import SipError
-from gateway.sip.message import Request, Response, make_response
-from gateway.sip.transport import Peer
+from gateway.settings import Identity, MediaSection
+from gateway.sip import (
+    Dialog,
+    Endpoint,
+    InviteFailed,
+    OutgoingInvite,
+    Peer,
+    Request,
+    Response,
+    ServerContext,
+    SipError,
+    make_response,
+)
 from gateway.tasks import TaskSet
 from gateway.uplink.service import Uplink, UpperSession
 
@@ -75,10 +84,16 @@ class UpperAudio:
     :class:`~gateway.downlink.broadcast.AudioSource` for the device side."""
 
     def __init__(
-        self, *, config: Config, endpoint: Endpoint, uplink: Uplink, media: SessionTable[Dialog]
+        self,
+        *,
+        identity: Identity,
+        settings: MediaSection,
+        endpoint: Endpoint,
+        uplink: Uplink,
+        media: SessionTable[Dialog],
     ) -> None:
-        self.gw = config.gateway
-        self.cfg = config.media
+        self.gw = identity
+        self.cfg = settings
         self.endpoint = endpoint
         self.uplink = uplink
         self.media = media
@@ -156,7 +171,8 @@ class Calls:
     def __init__(
         self,
         *,
-        config: Config,
+        identity: Identity,
+        settings: MediaSection,
         endpoint: Endpoint,
         devices: DeviceDirectory,
         downlink: Downlink,
@@ -166,8 +182,8 @@ class Calls:
         events: EventBus,
         metrics: Metrics,
     ) -> None:
-        self.cfg = config.media
-        self.gw = config.gateway
+        self.cfg = settings
+        self.gw = identity
         self.endpoint = endpoint
         self.devices = devices
         self.downlink = downlink
@@ -179,18 +195,6 @@ class Calls:
         self._pending: dict[str, _Pending] = {}  # INVITEs not yet answered, by Call-ID
         self._tasks = TaskSet(log, "calls.task_failed")
         self._closing = False
-
-    # -- wiring -----------------------------------------------------------------------------
-    def install(self, router: MessageRouter) -> None:
-        self.endpoint.route("INVITE", self.on_invite)
-        self.endpoint.route("BYE", self.on_bye)
-        self.endpoint.route("CANCEL", self.on_cancel)
-        self.endpoint.route("INFO", self.on_info)
-        self.endpoint.route("ACK", self.on_ack)
-        router.handle_typed("Notify", "Broadcast", self.on_broadcast)
-        self.events.subscribe(DeviceOffline, self.on_device_offline)
-        self.events.subscribe(UpperOffline, self.on_upper_offline)
-        self.events.subscribe(MediaStatusReceived, self.on_media_status)
 
     async def close(self) -> None:
         """Refuse new INVITEs (503) and stop those being set up; the session table ends the

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from gateway.downlink.downlink import Downlink, QueryError
+from gateway.downlink import Downlink, QueryError
 from gateway.manscdp.messages import (
     REGISTRY,
     ConfigDownloadQuery,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from gateway.manscdp.gbid import is_civil_code, is_gb_id
+from gateway.manscdp import is_civil_code, is_gb_id
 from gateway.settings import UpperPlatform
 from gateway.store import Store
 

@@ -17,13 +17,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from gateway.events import AlarmReceived, CatalogChange, MobilePositionReceived
-from gateway.manscdp.errors import DecodeError
-from gateway.manscdp.messages import AlarmResponse, CatalogItem, CatalogResponse, decode, encode
+from gateway.manscdp import AlarmResponse, CatalogItem, CatalogResponse, DecodeError, decode, encode
 from gateway.metrics import Metrics
 from gateway.settings import GatewaySection
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.errors import ParseError, SipError
-from gateway.sip.message import Request, Response, make_response
+from gateway.sip import Endpoint, ParseError, Request, Response, SipError, make_response
 from gateway.uplink.planning import CatalogNotice, NotifyPlanner
 from gateway.uplink.sending import Sender
 from gateway.uplink.session import UpperSession

@@ -26,14 +26,14 @@ from typing import Generic, Protocol, TypeVar
 
 from gateway.catalog import Catalog
 from gateway.events import CatalogChange, MobilePositionReceived
-from gateway.manscdp.gbid import item_kind
-from gateway.manscdp.messages import (
+from gateway.manscdp import (
     AlarmInfo,
     AlarmNotify,
     AlarmTypeParam,
     CatalogItem,
     CatalogNotify,
     MobilePositionNotify,
+    item_kind,
 )
 from gateway.model import Alarm
 from gateway.settings import GatewaySection

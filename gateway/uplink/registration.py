@@ -24,16 +24,21 @@ from datetime import datetime
 
 import structlog
 
-from gateway.manscdp.messages import Keepalive, encode
+from gateway.manscdp import Keepalive, encode
 from gateway.metrics import Metrics
-from gateway.settings import Config, UpperPlatform
-from gateway.sip.builder import RequestSequence, build_request
-from gateway.sip.digest import DigestClient
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.errors import ParseError, SipError
-from gateway.sip.message import Request, Response
-from gateway.sip.transport import Peer
-from gateway.sip.uri import parse_name_addr
+from gateway.settings import Identity, UpperPlatform
+from gateway.sip import (
+    DigestClient,
+    Endpoint,
+    ParseError,
+    Peer,
+    Request,
+    RequestSequence,
+    Response,
+    SipError,
+    build_request,
+    parse_name_addr,
+)
 
 log = structlog.get_logger("gateway.uplink.registration")
 
@@ -47,7 +52,7 @@ class UpperLink:
         self,
         upper: UpperPlatform,
         *,
-        config: Config,
+        identity: Identity,
         endpoint: Endpoint,
         metrics: Metrics,
         on_online: Callable[[UpperLink], None],
@@ -56,7 +61,7 @@ class UpperLink:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.upper = upper
-        self.gateway = config.gateway
+        self.gateway = identity
         self.endpoint = endpoint
         self.metrics = metrics
         self.on_online = on_online

@@ -16,13 +16,18 @@ import enum
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from gateway.manscdp.messages import Message, encode
+from gateway.manscdp import Message, encode
 from gateway.metrics import Metrics
 from gateway.settings import GatewaySection
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.errors import SipError, TransactionTimeout, TransportError
-from gateway.sip.message import Request, Response
-from gateway.sip.transport import Peer
+from gateway.sip import (
+    Endpoint,
+    Peer,
+    Request,
+    Response,
+    SipError,
+    TransactionTimeout,
+    TransportError,
+)
 from gateway.uplink.batching import BatchLimits, batches, item_size, udp_batches, udp_budget
 from gateway.uplink.session import UpperSession
 

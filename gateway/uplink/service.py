@@ -57,9 +57,7 @@ from typing import Any
 import structlog
 
 from gateway.catalog import Catalog
-from gateway.downlink.downlink import Downlink
-from gateway.downlink.messages import MessageRouter
-from gateway.downlink.registrar import make_tz
+from gateway.downlink import Downlink, make_tz
 from gateway.events import (
     AlarmReceived,
     CatalogChange,
@@ -70,12 +68,11 @@ from gateway.events import (
     UpperOffline,
     UpperOnline,
 )
-from gateway.manscdp.messages import Decoded, DeviceConfig, DeviceControl, Message
+from gateway.manscdp import Decoded, DeviceConfig, DeviceControl, Message
 from gateway.metrics import Metrics
 from gateway.model import DeviceDirectory
-from gateway.settings import Config
-from gateway.sip.endpoint import Endpoint, ServerContext
-from gateway.sip.message import Request, Response, make_response
+from gateway.settings import Identity, UplinkSection
+from gateway.sip import Endpoint, Peer, Request, Response, ServerContext, make_response
 from gateway.store import Store
 from gateway.tasks import TaskSet
 from gateway.uplink.answers import about_gateway, answer_catalog
@@ -101,21 +98,22 @@ class Uplink:
     def __init__(
         self,
         *,
-        config: Config,
+        identity: Identity,
+        settings: UplinkSection,
         endpoint: Endpoint,
         catalog: Catalog,
-        registrar: DeviceDirectory,
+        devices: DeviceDirectory,
         downlink: Downlink,
         store: Store,
         events: EventBus,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
-        self.gw = config.gateway
+        self.cfg = settings
+        self.gw = identity
         self.endpoint = endpoint
         self.catalog = catalog
-        self.devices = registrar
+        self.devices = devices
         self.downlink = downlink
         self.store = store
         self.events = events
@@ -140,13 +138,13 @@ class Uplink:
         self.forwarder = Forwarder(
             downlink=downlink, metrics=metrics, send=self.send, send_parts=self.send_parts
         )
-        for upper in config.uplink.platforms:
+        for upper in settings.platforms:
             if not upper.enabled:
                 continue
             idmap = IdMap(upper, store, self.gw.id, clock)
             link = UpperLink(
                 upper,
-                config=config,
+                identity=identity,
                 endpoint=endpoint,
                 metrics=metrics,
                 on_online=self._upper_online,
@@ -154,24 +152,12 @@ class Uplink:
                 next_sn=self.next_sn,
                 clock=clock,
             )
-            view = SharedView(upper, config, catalog, registrar, idmap)
+            view = SharedView(upper, identity, catalog, devices, idmap)
             self.sessions[upper.id] = UpperSession(upper, link, idmap, view)
-
-    # -- wiring -----------------------------------------------------------------------------
-    def install(self, router: MessageRouter) -> None:
-        router.handle_typed("Query", None, self.on_query)
-        router.handle_typed("Control", None, self.on_control)
-        self.endpoint.route("SUBSCRIBE", self.on_subscribe)
-        self.endpoint.on_connection_lost(self._connection_lost)
-        self.events.subscribe(CatalogChange, self.on_catalog_change)
-        self.events.subscribe(DeviceOnline, self.on_device_online)
-        self.events.subscribe(DeviceOffline, self.on_device_offline)
-        self.events.subscribe(AlarmReceived, self.on_alarm)
-        self.events.subscribe(MobilePositionReceived, self.on_position)
 
     def start(self) -> None:
         rows = self.store.load_id_map()
-        uppers = {up.id for up in self.config.uplink.platforms}
+        uppers = {up.id for up in self.cfg.platforms}
         for s in self.sessions.values():
             s.idmap.reserved |= uppers
             s.idmap.load(rows)
@@ -200,7 +186,8 @@ class Uplink:
                 return True
         return False
 
-    def _connection_lost(self, peer: Any) -> None:
+    def connection_lost(self, peer: Peer) -> None:
+        """A TCP connection closed: the registration riding on it must start over."""
         for s in self.sessions.values():
             s.link.connection_lost(peer)
 

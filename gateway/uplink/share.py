@@ -29,10 +29,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from gateway.catalog import Catalog
-from gateway.manscdp.gbid import item_kind
-from gateway.manscdp.messages import CatalogItem
+from gateway.manscdp import CatalogItem, item_kind
 from gateway.model import Device, DeviceDirectory
-from gateway.settings import Config, UpperPlatform
+from gateway.settings import Identity, UpperPlatform
 from gateway.uplink.idmap import IdMap
 
 TREE_KINDS = frozenset({"region", "business_group", "virtual_org", "system"})
@@ -44,13 +43,13 @@ class SharedView:
     def __init__(
         self,
         upper: UpperPlatform,
-        config: Config,
+        identity: Identity,
         catalog: Catalog,
         devices: DeviceDirectory,
         idmap: IdMap,
     ) -> None:
         self.upper = upper
-        self.gateway = config.gateway
+        self.gateway = identity
         self.catalog = catalog
         self.devices = devices
         self.idmap = idmap

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from gateway.manscdp.messages import CatalogItem, Message
+from gateway.manscdp import CatalogItem, Message
 
 # What an upper may subscribe to here (2022 §9.11: catalog, alarm and mobile position).
 KINDS = ("Catalog", "Alarm", "MobilePosition")

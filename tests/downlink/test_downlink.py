@@ -16,7 +16,6 @@ import pytest
 from conformance.peers.device import SimDevice
 from gateway.app import Gateway
 from gateway.downlink.downlink import DeviceUnavailable, QueryTimeout
-from gateway.downlink.messages import sniff_cmd_type
 from gateway.events import (
     AlarmReceived,
     CatalogChange,
@@ -46,6 +45,7 @@ from gateway.manscdp.messages import (
     encode,
 )
 from gateway.metrics import Metrics
+from gateway.routes import sniff_cmd_type
 from gateway.sip.endpoint import Endpoint
 from gateway.sip.message import Request, Response
 from gateway.sip.transaction import TimerConfig

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from gateway.metrics import Metrics
-from gateway.sip.core import MAGIC_COOKIE, SipCore
+from gateway.sip.builder import MAGIC_COOKIE
+from gateway.sip.core import SipCore
 from gateway.sip.errors import ParseError, TransportError
 from gateway.sip.headers import Via
 from gateway.sip.message import Request, Response, make_response, parse

@@ -113,7 +113,7 @@ def upper(
     fields.update(kw)
     up = UpperPlatform.model_validate(fields)
     idmap = IdMap(up, MemoryStore(), GW)
-    view = SharedView(up, config, catalog, devices, idmap)
+    view = SharedView(up, config.gateway, catalog, devices, idmap)
     subs = {kind: subscription(kind, target) for kind, target in kinds.items()}
     return Upper(name, view, idmap, subs, online)
 

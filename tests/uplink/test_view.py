@@ -68,7 +68,7 @@ def view(**kw: object) -> tuple[SharedView, IdMap, MemoryStore]:
     up = upper(**kw)
     store = MemoryStore()
     idmap = IdMap(up, store, GW)
-    return SharedView(up, config, catalog, devices, idmap), idmap, store
+    return SharedView(up, config.gateway, catalog, devices, idmap), idmap, store
 
 
 def test_share_all_keeps_ids_and_builds_the_whole_tree_parents_first() -> None:
@@ -196,7 +196,7 @@ def lower_view(**kw: object) -> tuple[SharedView, IdMap]:
     devices[LOWER] = Device(LOWER, online=True, name="下级平台")
     up = upper(**kw)
     idmap = IdMap(up, MemoryStore(), GW)
-    return SharedView(up, config, catalog, devices, idmap), idmap
+    return SharedView(up, config.gateway, catalog, devices, idmap), idmap
 
 
 def test_a_lower_platforms_cameras_stay_under_their_nvr_items() -> None:
@@ -345,7 +345,7 @@ def test_parents_come_first_whatever_order_the_devices_reported() -> None:
     )
     devices[LOWER] = Device(LOWER, online=True, name="下级平台")
     up = upper()
-    v = SharedView(up, config, catalog, devices, IdMap(up, MemoryStore(), GW))
+    v = SharedView(up, config.gateway, catalog, devices, IdMap(up, MemoryStore(), GW))
     items = v.build()
     ids = [i.device_id for i in items]
     assert len(ids) == len(set(ids)) and ids[0] == GW
