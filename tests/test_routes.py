@@ -50,7 +50,7 @@ def test_a_duplicate_route_is_refused_naming_both_handlers() -> None:
     with pytest.raises(DuplicateRoute, match="INVITE is answered by both"):
         t.sip("invite", ok)
     t.message("Query", "Catalog", ok)
-    with pytest.raises(DuplicateRoute, match="(?i)MESSAGE Query/Catalog is answered by both"):
+    with pytest.raises(DuplicateRoute, match=r"(?i)MESSAGE Query/Catalog is answered by both"):
         t.message("query", "CATALOG", ok)
     t.message("Query", ANY, ok)  # the rest of the root is another line
     with pytest.raises(ValueError, match="message"):
