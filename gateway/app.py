@@ -62,10 +62,10 @@ def configure_logging(config: Config) -> None:
 
 def open_store(config: Config) -> Store:
     if config.store.backend == "memory":
-        from gateway.store.memory import MemoryStore
+        from gateway.store import MemoryStore
 
         return MemoryStore()
-    from gateway.store.sqlite import SqliteStore
+    from gateway.store import SqliteStore
 
     return SqliteStore(config.store.path, flush_interval=config.store.flush_interval)
 

@@ -73,7 +73,7 @@ def _routes(config: Config, as_json: bool) -> int:
 def _idmap(config: Config, upper: str | None, as_json: bool) -> int:
     if not _sqlite_only(config, "idmap"):
         return 2
-    from gateway.store.sqlite import read_id_map
+    from gateway.store import read_id_map
 
     rows = read_id_map(config.store.path, upper)
     if as_json:
@@ -100,9 +100,8 @@ def _sqlite_only(config: Config, command: str) -> bool:
 def _catalog(config: Config, device: str | None, as_json: bool) -> int:
     if not _sqlite_only(config, "catalog"):
         return 2
-    from gateway.manscdp.gbid import item_kind
-    from gateway.manscdp.plain import to_plain
-    from gateway.store.sqlite import read_catalog
+    from gateway.manscdp import item_kind, to_plain
+    from gateway.store import read_catalog
 
     rows = read_catalog(config.store.path, device)
     if as_json:
@@ -127,7 +126,7 @@ def _catalog(config: Config, device: str | None, as_json: bool) -> int:
 def _devices(config: Config, as_json: bool) -> int:
     if not _sqlite_only(config, "devices"):
         return 2
-    from gateway.store.sqlite import read_devices
+    from gateway.store import read_devices
 
     now = time.time()
     rows = []

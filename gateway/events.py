@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 
 if TYPE_CHECKING:
-    from gateway.manscdp.messages import CatalogItem, Message, PositionItem
+    from gateway.manscdp import CatalogItem, Message, PositionItem
     from gateway.model import Alarm
 
 log = structlog.get_logger("gateway.events")

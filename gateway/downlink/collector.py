@@ -26,13 +26,16 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
-from gateway.manscdp import BLOCK, LIST, NODE, Node
-from gateway.manscdp.messages import (
+from gateway.manscdp import (
+    BLOCK,
+    LIST,
+    NODE,
     REGISTRY,
     CatalogItem,
     ConfigDownloadResponse,
     CruiseTrack,
     Message,
+    Node,
     PositionItem,
     RecordItem,
     SDCard,

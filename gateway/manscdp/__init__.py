@@ -12,6 +12,7 @@ from gateway.manscdp.gbid import (
     type_code,
 )
 from gateway.manscdp.messages import (
+    REGISTRY,
     AlarmInfo,
     AlarmNotify,
     AlarmQuery,
@@ -87,6 +88,7 @@ __all__ = [
     "BLOCK",
     "LIST",
     "NODE",
+    "REGISTRY",
     "AlarmInfo",
     "AlarmNotify",
     "AlarmQuery",

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from gateway.downlink import Downlink, QueryError
-from gateway.manscdp.messages import (
+from gateway.manscdp import (
     REGISTRY,
     ConfigDownloadQuery,
     DeviceConfig,
