@@ -45,10 +45,12 @@ HOSTILE = b"<script>window.__pwned = 1</script><img src=x onerror=alert(1)>"
 
 class FakeHarness:
     """Two endpoints: the suite's "platform" sends MESSAGEs to its "device", which answers 200
-    (or ``status``)."""
+    (or ``status``). With ``answer=False`` the device endpoint has no MESSAGE handler, for a test
+    that installs a simulated peer's own there (an endpoint takes one handler per method)."""
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, options: Options, *, answer: bool = True) -> None:
         self.options = options
+        self.answer = answer
         self.endpoints: list[tuple[Endpoint, str]] = []
         self.status = 200
         self.started = False
@@ -60,7 +62,8 @@ class FakeHarness:
         device = Endpoint(metrics=Metrics(), timers=TIMERS, user_agent="suite device")
         await platform.start("127.0.0.1", 0)
         await device.start("127.0.0.1", 0)
-        device.route("MESSAGE", self._on_message)
+        if self.answer:
+            device.route("MESSAGE", self._on_message)
         self.platform, self.device = platform, device
         self.endpoints = [(platform, "platform"), (device, "device")]
         self.started = True
@@ -451,7 +454,7 @@ async def test_the_harness_may_take_the_trace_to_record_its_start(tmp_path: Path
 
 # -- the trace -----------------------------------------------------------------------------------
 async def test_trace_taps_once_and_through_the_platform_tap() -> None:
-    harness = FakeHarness(options())
+    harness = FakeHarness(options(), answer=False)
     await harness.start()
     try:
         platform = SimPlatform(harness.device, platform_id=DEVICE_ID[:10] + "2000000001")
