@@ -86,6 +86,7 @@ from gateway.manscdp.messages import (
 from gateway.manscdp.ptz import PtzCommand
 from gateway.metrics import Metrics
 from gateway.model import Alarm, Device, DeviceDirectory
+from gateway.sip.builder import build_request
 from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.errors import SipError
 from gateway.sip.message import Request, Response, make_response
@@ -211,20 +212,19 @@ class Downlink:
     def build_request(
         self, method: str, dev: Device, target_id: str, body: bytes, headers: list[tuple[str, str]]
     ) -> Request:
-        domain = self.config.gateway.domain
+        """A request with a MANSCDP ``body`` to ``target_id`` (the device or one of its
+        channels) at the address ``dev`` registered from (RFC 3261 §8.1.1): a fresh Call-ID
+        and From tag, the gateway's own growing CSeq, ``headers`` before Content-Type."""
         hostport = f"{dev.host}:{dev.port}"
-        return Request(
+        return build_request(
             method,
             f"sip:{target_id}@{hostport}",
-            [
-                ("From", f"<sip:{self.gateway_id}@{domain}>;tag={self.endpoint.tag()}"),
-                ("To", f"<sip:{target_id}@{hostport}>"),
-                ("Call-ID", self.endpoint.call_id()),
-                ("CSeq", f"{next(self._cseq)} {method}"),
-                *headers,
-                ("Content-Type", "Application/MANSCDP+xml"),
-            ],
-            body,
+            from_uri=f"sip:{self.gateway_id}@{self.config.gateway.domain}",
+            to_uri=f"sip:{target_id}@{hostport}",
+            cseq=next(self._cseq),
+            headers=headers,
+            body=body,
+            content_type="Application/MANSCDP+xml",
         )
 
     def next_sn(self) -> int:

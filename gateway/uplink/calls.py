@@ -48,6 +48,7 @@ from gateway.media.sessions import (
 )
 from gateway.metrics import Metrics
 from gateway.model import Device, DeviceDirectory
+from gateway.sip.builder import build_request
 from gateway.sip.dialog import Dialog, InviteFailed, OutgoingInvite
 from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.errors import SipError
@@ -113,20 +114,17 @@ class UpperAudio:
         )
         up = s.upper
         where = f"{peer.host}:{peer.port}"
-        req = Request(
+        req = build_request(
             "INVITE",
             f"sip:{target.source_id}@{where}",
-            [
-                ("From", f"<sip:{target.target_id}@{self.gw.domain}>;tag={self.endpoint.tag()}"),
-                ("To", f"<sip:{target.source_id}@{up.domain}>"),
-                ("Call-ID", self.endpoint.call_id()),
-                ("CSeq", "1 INVITE"),
-                ("Contact", f"<{self.endpoint.contact_uri(self.gw.id, peer)}>"),
-                ("Subject", f"{target.source_id}:{leg.ssrc},{target.target_id}:0"),
-                ("Content-Type", SDP_TYPE),
-            ],
-            sdp.to_bytes(),
+            from_uri=f"sip:{target.target_id}@{self.gw.domain}",
+            to_uri=f"sip:{target.source_id}@{up.domain}",
+            contact=self.endpoint.contact_uri(self.gw.id, peer),
+            headers=[("Subject", f"{target.source_id}:{leg.ssrc},{target.target_id}:0")],
+            body=sdp.to_bytes(),
+            content_type=SDP_TYPE,
         )
+        # After Content-Type, where the gateway has always written it.
         if up.gb_version == "2022":
             req.add_header("X-GB-Ver", "3.0")
         self.media.bind_leg(leg, req.call_id)
@@ -437,20 +435,17 @@ class Calls:
             stream_number=offer.stream_number,
         )
         hostport = f"{dev.host}:{dev.port}"
-        req = Request(
+        req = build_request(
             "INVITE",
             f"sip:{channel}@{hostport}",
-            [
-                ("From", f"<sip:{self.gw.id}@{self.gw.domain}>;tag={self.endpoint.tag()}"),
-                ("To", f"<sip:{channel}@{hostport}>"),
-                ("Call-ID", self.endpoint.call_id()),
-                ("CSeq", "1 INVITE"),
-                ("Contact", f"<{self.endpoint.contact_uri(self.gw.id, peer)}>"),
-                ("Subject", f"{channel}:{leg.ssrc},{self.gw.id}:0"),
-                ("Content-Type", SDP_TYPE),
-            ],
-            sdp.to_bytes(),
+            from_uri=f"sip:{self.gw.id}@{self.gw.domain}",
+            to_uri=f"sip:{channel}@{hostport}",
+            contact=self.endpoint.contact_uri(self.gw.id, peer),
+            headers=[("Subject", f"{channel}:{leg.ssrc},{self.gw.id}:0")],
+            body=sdp.to_bytes(),
+            content_type=SDP_TYPE,
         )
+        # After Content-Type, where the gateway has always written it.
         if dev.gb_version.startswith("3"):
             req.add_header("X-GB-Ver", "3.0")
         self.media.bind_leg(leg, req.call_id)
