@@ -7,7 +7,9 @@ catalog subscription starts with a NOTIFY of the shared items that are offline (
 Catalog changes are gathered for ``NOTIFY_DELAY`` seconds and sent in batches; NOTIFYs of one
 dialog go one at a time. An upper answering ``481`` has dropped the dialog: it ends here too.
 Who hears of what is :class:`~gateway.uplink.planning.NotifyPlanner`'s decision; the
-bookkeeping is :mod:`gateway.uplink.subscriptions`; this module does the awaiting.
+bookkeeping is :mod:`gateway.uplink.subscriptions` (each dialog a
+:class:`gateway.sip.subscription.Notifier`, which writes the NOTIFYs); this module does the
+awaiting.
 """
 
 from __future__ import annotations
