@@ -84,7 +84,16 @@ from gateway.manscdp import (
 from gateway.metrics import Metrics
 from gateway.model import Alarm, Device, DeviceDirectory
 from gateway.settings import DownlinkSection, Identity
-from gateway.sip import Endpoint, Peer, Request, Response, ServerContext, SipError, make_response
+from gateway.sip import (
+    Endpoint,
+    Peer,
+    Request,
+    Response,
+    ServerContext,
+    SipError,
+    build_request,
+    make_response,
+)
 from gateway.store import Store
 from gateway.tasks import TaskSet
 
@@ -197,20 +206,20 @@ class Downlink:
     def build_request(
         self, method: str, dev: Device, target_id: str, body: bytes, headers: list[tuple[str, str]]
     ) -> Request:
-        domain = self.identity.domain
+        """A request with a MANSCDP ``body`` to ``target_id`` (the device or one of its
+        channels) at the address ``dev`` registered from (RFC 3261 §8.1.1): a fresh Call-ID
+        and From tag, the gateway's own growing CSeq, ``headers`` before Content-Type."""
         hostport = f"{dev.host}:{dev.port}"
-        return Request(
+        return build_request(
             method,
             f"sip:{target_id}@{hostport}",
-            [
-                ("From", f"<sip:{self.gateway_id}@{domain}>;tag={self.endpoint.tag()}"),
-                ("To", f"<sip:{target_id}@{hostport}>"),
-                ("Call-ID", self.endpoint.call_id()),
-                ("CSeq", f"{next(self._cseq)} {method}"),
-                *headers,
-                ("Content-Type", "Application/MANSCDP+xml"),
-            ],
-            body,
+            from_uri=f"sip:{self.gateway_id}@{self.identity.domain}",
+            to_uri=f"sip:{target_id}@{hostport}",
+            # CSeq is below 2**31 (RFC 3261 §8.1.1.5): wrap round rather than fail.
+            cseq=(next(self._cseq) - 1) % 0x7FFFFFFF + 1,
+            headers=headers,
+            body=body,
+            content_type="Application/MANSCDP+xml",
         )
 
     def next_sn(self) -> int:

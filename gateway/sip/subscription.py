@@ -289,6 +289,10 @@ class Notifier:
         """Whole seconds left of the subscription at ``now`` (0 once expired)."""
         return max(0, int(self.expires_at - now))
 
+    def expired(self, now: float) -> bool:
+        """Has the subscription run out at ``now`` (§4.2.2: the notifier ends it then)?"""
+        return now >= self.expires_at
+
     def extend(self, now: float, granted: int) -> None:
         """A refresh granted ``granted`` seconds from ``now`` (§4.2.1.2)."""
         self.expires_at = now + granted

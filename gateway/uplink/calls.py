@@ -60,6 +60,7 @@ from gateway.sip import (
     Response,
     ServerContext,
     SipError,
+    build_request,
     make_response,
 )
 from gateway.tasks import TaskSet
@@ -128,20 +129,17 @@ class UpperAudio:
         )
         up = s.upper
         where = f"{peer.host}:{peer.port}"
-        req = Request(
+        req = build_request(
             "INVITE",
             f"sip:{target.source_id}@{where}",
-            [
-                ("From", f"<sip:{target.target_id}@{self.gw.domain}>;tag={self.endpoint.tag()}"),
-                ("To", f"<sip:{target.source_id}@{up.domain}>"),
-                ("Call-ID", self.endpoint.call_id()),
-                ("CSeq", "1 INVITE"),
-                ("Contact", f"<{self.endpoint.contact_uri(self.gw.id, peer)}>"),
-                ("Subject", f"{target.source_id}:{leg.ssrc},{target.target_id}:0"),
-                ("Content-Type", SDP_TYPE),
-            ],
-            sdp.to_bytes(),
+            from_uri=f"sip:{target.target_id}@{self.gw.domain}",
+            to_uri=f"sip:{target.source_id}@{up.domain}",
+            contact=self.endpoint.contact_uri(self.gw.id, peer),
+            headers=[("Subject", f"{target.source_id}:{leg.ssrc},{target.target_id}:0")],
+            body=sdp.to_bytes(),
+            content_type=SDP_TYPE,
         )
+        # After Content-Type, where the gateway has always written it.
         if up.gb_version == "2022":
             req.add_header("X-GB-Ver", "3.0")
         self.media.bind_leg(leg, req.call_id)
@@ -441,20 +439,17 @@ class Calls:
             stream_number=offer.stream_number,
         )
         hostport = f"{dev.host}:{dev.port}"
-        req = Request(
+        req = build_request(
             "INVITE",
             f"sip:{channel}@{hostport}",
-            [
-                ("From", f"<sip:{self.gw.id}@{self.gw.domain}>;tag={self.endpoint.tag()}"),
-                ("To", f"<sip:{channel}@{hostport}>"),
-                ("Call-ID", self.endpoint.call_id()),
-                ("CSeq", "1 INVITE"),
-                ("Contact", f"<{self.endpoint.contact_uri(self.gw.id, peer)}>"),
-                ("Subject", f"{channel}:{leg.ssrc},{self.gw.id}:0"),
-                ("Content-Type", SDP_TYPE),
-            ],
-            sdp.to_bytes(),
+            from_uri=f"sip:{self.gw.id}@{self.gw.domain}",
+            to_uri=f"sip:{channel}@{hostport}",
+            contact=self.endpoint.contact_uri(self.gw.id, peer),
+            headers=[("Subject", f"{channel}:{leg.ssrc},{self.gw.id}:0")],
+            body=sdp.to_bytes(),
+            content_type=SDP_TYPE,
         )
+        # After Content-Type, where the gateway has always written it.
         if dev.gb_version.startswith("3"):
             req.add_header("X-GB-Ver", "3.0")
         self.media.bind_leg(leg, req.call_id)

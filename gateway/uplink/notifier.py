@@ -7,7 +7,9 @@ catalog subscription starts with a NOTIFY of the shared items that are offline (
 Catalog changes are gathered for ``NOTIFY_DELAY`` seconds and sent in batches; NOTIFYs of one
 dialog go one at a time. An upper answering ``481`` has dropped the dialog: it ends here too.
 Who hears of what is :class:`~gateway.uplink.planning.NotifyPlanner`'s decision; the
-bookkeeping is :mod:`gateway.uplink.subscriptions`; this module does the awaiting.
+bookkeeping is :mod:`gateway.uplink.subscriptions` (each dialog a
+:class:`gateway.sip.subscription.Notifier`, which writes the NOTIFYs); this module does the
+awaiting.
 """
 
 from __future__ import annotations
@@ -80,17 +82,13 @@ class Notifier:
         granted = granted_expires(expires)
         if granted == 0:
             return self._reply(req, 200, "OK")
-        contact = req.contacts
-        sub = InboundSubscription(
-            kind=query.CMD,
-            call_id=req.call_id,
-            remote_tag=req.from_.tag or "",
-            local_tag=self.endpoint.tag(),
-            remote_uri=str(contact[0].uri) if contact else str(req.from_.uri),
-            target=query.device_id,
-            event=req.get_header("Event") or query.CMD,
+        sub = InboundSubscription.accept(
+            req,
+            query,
+            peer=s.link.peer,
+            local_uri=f"sip:{self.gw.id}@{self.gw.domain}",
+            remote_uri=f"sip:{s.upper.id}@{s.upper.domain}",
             expires_at=self.clock() + granted,
-            query=query,
         )
         old = s.subs.get(sub.kind)
         if old is not None:
@@ -126,7 +124,7 @@ class Notifier:
             self.end(s, sub, notify=True, reason="timeout")
             s.log.info("uplink.unsubscribed", kind=sub.kind)
             return make_response(req, 200, "OK", to_tag=sub.local_tag, headers=[("Expires", "0")])
-        sub.refresh(self.clock(), granted)
+        sub.notifier.extend(self.clock(), granted)
         self._arm_expiry(s, sub, granted)
         self.metrics.inc("uplink.subscription_refreshed")
         return self._subscribe_ok(s, req, sub, granted)
@@ -146,14 +144,14 @@ class Notifier:
         self, s: UpperSession, sub: InboundSubscription, *, notify: bool, reason: str = ""
     ) -> None:
         """End ``sub``; with ``notify`` (and the upper registered), a terminating NOTIFY."""
-        sub.ended = True
+        state = sub.notifier.terminate(reason or "timeout")
         if sub.timer is not None:
             sub.timer.cancel()
             sub.timer = None
         if s.subs.get(sub.kind) is sub:
             del s.subs[sub.kind]
         if notify and s.link.online:
-            self.spawn(self.notify(s, sub, b"", state=f"terminated;reason={reason or 'timeout'}"))
+            self.spawn(self.notify(s, sub, b"", state=state))
 
     def drop_all(self, s: UpperSession) -> None:
         """The upper went offline: its subscriptions end without a NOTIFY (it re-subscribes
@@ -193,22 +191,15 @@ class Notifier:
         state: str | None,
         split: bool,
     ) -> bool:
-        gw = self.gw
-
         def build() -> Request:
-            headers = [
-                ("From", f"<sip:{gw.id}@{gw.domain}>;tag={sub.local_tag}"),
-                ("To", f"<sip:{s.upper.id}@{s.upper.domain}>;tag={sub.remote_tag}"),
-                ("Call-ID", sub.call_id),
-                ("CSeq", f"{sub.next_cseq()} NOTIFY"),
-                # The dialog's transport stays that of the link, even for a NOTIFY over TCP.
-                ("Contact", f"<{self.endpoint.contact_uri(gw.id, s.link.peer)}>"),
-                ("Event", sub.event),
-                ("Subscription-State", state or f"active;expires={sub.remaining(self.clock())}"),
-            ]
-            if body:
-                headers.append(("Content-Type", "Application/MANSCDP+xml"))
-            return Request("NOTIFY", sub.remote_uri, headers, body)
+            # The dialog's transport stays that of the link, even for a NOTIFY over TCP; each
+            # attempt takes the dialog's next CSeq (RFC 3261 §12.2.1.1).
+            return sub.notifier.notify(
+                state or sub.notifier.active(self.clock()),
+                contact=self.endpoint.contact_uri(self.gw.id, s.link.peer),
+                body=body,
+                content_type="Application/MANSCDP+xml" if body else None,
+            )
 
         try:
             resp = await self.sender.request(s, build, split=split)

@@ -27,6 +27,7 @@ from gateway.sip import (
     SipError,
     TransactionTimeout,
     TransportError,
+    build_request,
 )
 from gateway.uplink.batching import BatchLimits, batches, item_size, udp_batches, udp_budget
 from gateway.uplink.session import UpperSession
@@ -102,18 +103,16 @@ class Sender:
         return encode(msg, s.upper.charset, gb2022=s.upper.gb_version == "2022")
 
     def message(self, s: UpperSession, body: bytes) -> Request:
+        """A MESSAGE with ``body`` to the upper (out of dialog, RFC 3261 §8.1.1; GB/T
+        28181-2022 §9.3–§9.5): a fresh Call-ID and From tag each time, CSeq 1."""
         gw, up, peer = self.gw, s.upper, s.link.peer
-        return Request(
+        return build_request(
             "MESSAGE",
             f"sip:{up.id}@{peer.host}:{peer.port}",
-            [
-                ("From", f"<sip:{gw.id}@{gw.domain}>;tag={self.endpoint.tag()}"),
-                ("To", f"<sip:{up.id}@{up.domain}>"),
-                ("Call-ID", self.endpoint.call_id()),
-                ("CSeq", "1 MESSAGE"),
-                ("Content-Type", "Application/MANSCDP+xml"),
-            ],
-            body,
+            from_uri=f"sip:{gw.id}@{gw.domain}",
+            to_uri=f"sip:{up.id}@{up.domain}",
+            body=body,
+            content_type="Application/MANSCDP+xml",
         )
 
     async def send(self, s: UpperSession, msg: Message, *, split: bool = False) -> bool:

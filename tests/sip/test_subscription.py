@@ -292,6 +292,15 @@ def test_notifies_count_their_cseq_and_carry_the_state() -> None:
     assert n.remaining(5000.0) == 0 and n.active(5000.0) == "active;expires=0"
 
 
+def test_notifier_expiry_on_the_callers_clock() -> None:
+    n = Notifier.accept(subscribe_from_upper(), PEER, expires_at=1060.0)
+    assert not n.expired(1000.0) and n.remaining(1000.0) == 60
+    assert not n.expired(1059.9) and n.remaining(1059.9) == 0
+    assert n.expired(1060.0) and n.expired(2000.0)
+    n.extend(1060.0, 120)  # a refresh after the deadline was noticed still counts from now
+    assert not n.expired(1060.0) and n.remaining(1060.0) == 120 and n.expired(1180.0)
+
+
 def test_notifier_matches_refreshes_of_its_dialog_only() -> None:
     n = Notifier.accept(subscribe_from_upper(), PEER, expires_at=0.0, local_tag="gw1")
     assert n.matches(subscribe_from_upper(to_tag="gw1"))

@@ -20,6 +20,8 @@ from gateway.manscdp.messages import (
 from gateway.metrics import Metrics
 from gateway.model import Alarm, Device
 from gateway.settings import Config, UpperPlatform, config_from_dict
+from gateway.sip.builder import build_request
+from gateway.sip.transport import Peer
 from gateway.store.memory import MemoryStore
 from gateway.uplink.idmap import IdMap
 from gateway.uplink.planning import NotifyPlanner
@@ -91,16 +93,23 @@ def subscription(
         query = AlarmQuery(sn=1, device_id=target)
     else:
         query = MobilePositionQuery(sn=1, device_id=target)
-    return InboundSubscription(
-        kind=kind,
+    subscribe = build_request(
+        "SUBSCRIBE",
+        f"sip:{GW}@{DOMAIN}",
+        from_uri=f"sip:{UP}@3401000000",
+        to_uri=f"sip:{GW}@{DOMAIN}",
+        from_tag="r",
         call_id=f"{kind}-{target}",
-        remote_tag="r",
-        local_tag="l",
-        remote_uri=f"sip:{UP}@10.0.0.1",
-        target=target,
-        event=kind,
+        contact=f"sip:{UP}@10.0.0.1",
+        headers=[("Event", kind), ("Expires", str(granted))],
+    )
+    return InboundSubscription.accept(
+        subscribe,
+        query,
+        peer=Peer("udp", "10.0.0.1", 5060),
+        local_uri=f"sip:{GW}@{DOMAIN}",
+        remote_uri=f"sip:{UP}@3401000000",
         expires_at=now + granted,
-        query=query,
     )
 
 
@@ -293,11 +302,11 @@ def test_granted_expires_defaults_and_caps() -> None:
 
 def test_a_subscription_expires_on_the_clock_and_a_refresh_extends_it() -> None:
     clock = FakeClock(1000.0)
-    sub = subscription("Catalog", GW, now=clock(), granted=granted_expires(60))
+    sub = subscription("Catalog", GW, now=clock(), granted=granted_expires(60)).notifier
     assert sub.remaining(clock()) == 60 and not sub.expired(clock())
     clock.now += 59.5
     assert sub.remaining(clock()) == 0 and not sub.expired(clock())
-    sub.refresh(clock(), granted_expires(120))
+    sub.extend(clock(), granted_expires(120))
     assert sub.remaining(clock()) == 120
     clock.now += 120
     assert sub.expired(clock()) and sub.remaining(clock()) == 0
@@ -307,4 +316,19 @@ def test_a_subscription_expires_on_the_clock_and_a_refresh_extends_it() -> None:
 
 def test_each_notify_of_a_dialog_takes_the_next_cseq() -> None:
     sub = subscription("Alarm", GW)
-    assert [sub.next_cseq() for _ in range(3)] == [1, 2, 3]
+    notifies = [sub.notifier.notify(sub.notifier.active(1000.0)) for _ in range(3)]
+    assert [n.cseq.seq for n in notifies] == [1, 2, 3]
+
+
+def test_the_record_holds_the_dialog_of_the_subscribe() -> None:
+    """What the uplink kept in fields of its own now comes from the RFC 6665 dialog: the
+    SUBSCRIBE's Call-ID and tag, its Contact as the NOTIFY target, the Event it named, the
+    kind and target from its body."""
+    sub = subscription("MobilePosition", NVR1)
+    d = sub.notifier.dialog
+    assert (sub.kind, sub.target, sub.call_id) == ("MobilePosition", NVR1, f"MobilePosition-{NVR1}")
+    assert (d.remote_tag, d.target) == ("r", f"sip:{UP}@10.0.0.1")
+    assert sub.notifier.event == "MobilePosition"
+    assert sub.local_tag == d.local_tag != "" and not sub.ended
+    sub.notifier.terminate("timeout")
+    assert sub.ended

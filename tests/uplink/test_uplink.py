@@ -423,7 +423,7 @@ async def test_subscriptions_are_refreshed_and_positions_go_up(
     assert catalog.active and catalog.expires == 300 and catalog.cseq == 2
     assert gw.uplink is not None
     held = gw.uplink.sessions[UP].subs["Catalog"]
-    assert held.call_id == catalog.call_id and held.remaining(time.time()) > 250
+    assert held.call_id == catalog.call_id and held.notifier.remaining(time.time()) > 250
     positions = await p.subscribe(GW, "MobilePosition")
     assert positions.active
     await wait_for(lambda: dev.subscription("MobilePosition") is not None, 5, "position sub down")
