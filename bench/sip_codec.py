@@ -33,7 +33,7 @@ from typing import Any
 import sipmessage
 
 from conformance.samples import REGISTER_WITH_AUTH
-from gateway.sip.message import parse
+from gateway.sip import parse
 
 ITERATIONS = 20000
 REPEATS = 3

@@ -43,8 +43,7 @@ from register import GATEWAY_ID, Gateway, log  # noqa: E402
 
 from conformance.peers.platform import SimPlatform  # noqa: E402
 from gateway.metrics import Metrics  # noqa: E402
-from gateway.sip.endpoint import Endpoint  # noqa: E402
-from gateway.sip.transaction import TimerConfig  # noqa: E402
+from gateway.sip import Endpoint, TimerConfig  # noqa: E402
 
 UPPER_TCP = "34010000002000000001"
 UPPER_UDP = "34010000002000000002"

@@ -14,9 +14,7 @@ from conformance.peers.device import SimDevice
 from gateway.app import Gateway, configure_logging
 from gateway.metrics import Metrics
 from gateway.settings import Config, config_from_dict
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.transaction import TimerConfig
-from gateway.sip.transport import Peer
+from gateway.sip import Endpoint, Peer, TimerConfig
 
 # Logs go to stderr (pytest shows them for failing tests); stdout stays for what CLIs print.
 configure_logging(config_from_dict({"log": {"level": "info"}}))

@@ -16,8 +16,7 @@ import pytest
 from conformance.peers.device import SimDevice
 from gateway.cli import main
 from gateway.metrics import Metrics
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.transport import Peer
+from gateway.sip import Endpoint, Peer
 from tests.conftest import make_config, sim
 
 

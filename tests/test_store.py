@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.model import Device
-from gateway.store.sqlite import SqliteStore, read_devices
+from gateway.store import SqliteStore, read_devices
 
 
 async def test_close_while_a_flush_is_running_loses_nothing(tmp_path: Path) -> None:

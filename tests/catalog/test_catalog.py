@@ -7,10 +7,9 @@ from pathlib import Path
 
 from gateway.catalog import Catalog
 from gateway.events import CatalogChange, EventBus
-from gateway.manscdp.messages import CatalogInfo, CatalogItem
+from gateway.manscdp import CatalogInfo, CatalogItem
 from gateway.metrics import Metrics
-from gateway.store.memory import MemoryStore
-from gateway.store.sqlite import SqliteStore, read_catalog
+from gateway.store import MemoryStore, SqliteStore, read_catalog
 
 GW = "34020000002000000001"
 NVR = "34020000001180000001"

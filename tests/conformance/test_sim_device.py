@@ -17,9 +17,7 @@ import pytest
 
 from conformance.cli import device_ids, main
 from conformance.peers.device import NOT_XML, DeviceHub, SimDevice
-from gateway.manscdp import ptz
-from gateway.manscdp.errors import DecodeError
-from gateway.manscdp.messages import (
+from gateway.manscdp import (
     AlarmNotify,
     AlarmQuery,
     AlarmResponse,
@@ -33,6 +31,7 @@ from gateway.manscdp.messages import (
     CruiseTrackListQuery,
     CruiseTrackQuery,
     Decoded,
+    DecodeError,
     DeviceConfig,
     DeviceControl,
     DeviceInfoQuery,
@@ -48,13 +47,11 @@ from gateway.manscdp.messages import (
     SDCardStatusQuery,
     decode,
     encode,
+    ptz,
 )
 from gateway.metrics import Metrics
+from gateway.sip import Endpoint, Peer, Request, Response, ServerContext, TimerConfig, make_response
 from gateway.sip.digest import compute_response
-from gateway.sip.endpoint import Endpoint, ServerContext
-from gateway.sip.message import Request, Response, make_response
-from gateway.sip.transaction import TimerConfig
-from gateway.sip.transport import Peer
 from tests.conftest import wait_for
 
 SERVER_ID = "34020000002000000001"

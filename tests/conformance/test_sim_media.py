@@ -18,9 +18,7 @@ from conformance.peers.device import SimDevice
 from conformance.peers.media_session import make_ssrc, parse_subject
 from conformance.peers.platform import RequestFailed, SimPlatform
 from gateway.metrics import Metrics
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.transaction import TimerConfig
-from gateway.sip.transport import Peer
+from gateway.sip import Endpoint, Peer, TimerConfig
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(30)

@@ -19,7 +19,7 @@ import pytest
 
 from conformance.cli import main
 from conformance.peers.platform import SimPlatform
-from gateway.manscdp.messages import (
+from gateway.manscdp import (
     AlarmNotify,
     AlarmQuery,
     AlarmResponse,
@@ -37,12 +37,17 @@ from gateway.manscdp.messages import (
     encode,
 )
 from gateway.metrics import Metrics
-from gateway.sip.digest import DigestClient
-from gateway.sip.endpoint import Endpoint, ServerContext
-from gateway.sip.errors import TransactionTimeout
-from gateway.sip.message import Request, Response, make_response
-from gateway.sip.transaction import TimerConfig
-from gateway.sip.transport import Peer
+from gateway.sip import (
+    DigestClient,
+    Endpoint,
+    Peer,
+    Request,
+    Response,
+    ServerContext,
+    TimerConfig,
+    TransactionTimeout,
+    make_response,
+)
 from tests.conftest import wait_for
 
 UPPER_ID = "34010000002000000001"

@@ -36,9 +36,7 @@ from conformance.suite.options import Options
 from conformance.suite.runner import CaseResult, RunResult, run_suite
 from gateway.app import Gateway
 from gateway.metrics import Metrics
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.transaction import TimerConfig
-from gateway.sip.transport import Peer
+from gateway.sip import Endpoint, Peer, TimerConfig
 from tests.conftest import make_config
 
 GW = "34020000002000000001"

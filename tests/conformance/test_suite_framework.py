@@ -28,10 +28,7 @@ from conformance.suite.options import Options
 from conformance.suite.runner import RunResult, run_suite
 from conformance.suite.trace import Trace, decode_message
 from gateway.metrics import Metrics
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.message import Request, Response, make_response
-from gateway.sip.transaction import TimerConfig
-from gateway.sip.transport import Peer
+from gateway.sip import Endpoint, Peer, Request, Response, TimerConfig, make_response
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(20)

@@ -26,9 +26,7 @@ from conformance.suite.cases import gb2022
 from conformance.suite.options import Options
 from conformance.suite.runner import CaseResult, RunResult, run_suite
 from gateway.metrics import Metrics
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.transaction import TimerConfig
-from gateway.sip.transport import Peer
+from gateway.sip import Endpoint, Peer, TimerConfig
 from tests.conformance.test_suite_cases import (
     DEVICE,
     Gateways,

@@ -22,21 +22,19 @@ import pytest
 from conformance.peers.device import SimDevice
 from conformance.suite.options import Options
 from conformance.suite.runner import RunResult, run_suite
-from gateway.manscdp.errors import DecodeError
-from gateway.manscdp.messages import (
+from gateway.manscdp import (
+    Block,
     ConfigDownloadResponse,
     CruiseTrackListResponse,
     Decoded,
+    DecodeError,
     Message,
     MobilePositionNotify,
     PtzPositionResponse,
     SDCard,
     SDCardStatusResponse,
 )
-from gateway.manscdp.schema import Block
-from gateway.sip.endpoint import Endpoint, ServerContext
-from gateway.sip.message import Request, Response, make_response
-from gateway.sip.transport import Peer
+from gateway.sip import Endpoint, Peer, Request, Response, ServerContext, make_response
 from tests.conformance.test_suite_cases import (
     DEVICE,
     NVRS,

@@ -40,12 +40,9 @@ from conformance.suite.operator import (
 from conformance.suite.options import Options
 from conformance.suite.runner import RunResult, run_suite
 from gateway.app import Gateway
-from gateway.manscdp.messages import DeviceControl
-from gateway.manscdp.ptz import ptz_move, ptz_stop
+from gateway.manscdp import DeviceControl, ptz_move, ptz_stop
 from gateway.metrics import Metrics
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.transaction import TimerConfig
-from gateway.sip.transport import Peer
+from gateway.sip import Endpoint, Peer, TimerConfig
 from tests.conformance.test_suite_cases import (
     DEVICE,
     DOMAIN,

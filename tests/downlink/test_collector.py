@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.downlink.collector import Collector, Outcome, QueryResult
-from gateway.manscdp.messages import (
+from gateway.downlink import Collector, Outcome, QueryResult
+from gateway.manscdp import (
     BasicParam,
     CatalogItem,
     CatalogResponse,
@@ -23,7 +23,7 @@ from gateway.manscdp.messages import (
     SDCardStatusResponse,
     VideoParamOpt,
 )
-from gateway.sip.transport import Peer
+from gateway.sip import Peer
 
 DEV = "34020000001180000001"
 PEER = Peer("udp", "10.0.0.2", 5060)

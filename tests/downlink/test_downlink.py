@@ -15,7 +15,7 @@ import pytest
 
 from conformance.peers.device import SimDevice
 from gateway.app import Gateway
-from gateway.downlink.downlink import DeviceUnavailable, QueryTimeout
+from gateway.downlink import DeviceUnavailable, QueryTimeout
 from gateway.events import (
     AlarmReceived,
     CatalogChange,
@@ -23,9 +23,7 @@ from gateway.events import (
     MediaStatusReceived,
     MobilePositionReceived,
 )
-from gateway.manscdp import ptz
-from gateway.manscdp.gbid import item_kind
-from gateway.manscdp.messages import (
+from gateway.manscdp import (
     AlarmSelector,
     BasicParam,
     CatalogItem,
@@ -43,13 +41,12 @@ from gateway.manscdp.messages import (
     SDCardStatusResponse,
     ZoomBox,
     encode,
+    item_kind,
+    ptz,
 )
 from gateway.metrics import Metrics
 from gateway.routes import sniff_cmd_type
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.message import Request, Response
-from gateway.sip.transaction import TimerConfig
-from gateway.sip.transport import Peer
+from gateway.sip import Endpoint, Peer, Request, Response, TimerConfig
 from tests.conftest import make_config, sim, wait_for
 
 NVR = "34020000001180000001"

@@ -10,10 +10,7 @@ from typing import Any
 from conformance.peers.device import SimDevice, keepalive_body
 from gateway.events import DeviceOffline, DeviceOnline
 from gateway.metrics import Metrics
-from gateway.sip.digest import DigestClient
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.message import Request, Response, parse
-from gateway.sip.transport import Peer
+from gateway.sip import DigestClient, Endpoint, Peer, Request, Response, parse
 from tests.conftest import RawUdp, make_config, sim, wait_for
 
 DEV = "34020000001320000001"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from gateway.manscdp import Block, Node
 from gateway.manscdp import messages as m
-from gateway.manscdp.schema import Block, Node
 
 NVR = "34020000001180000001"
 CAM = "34020000001310000001"

@@ -9,9 +9,8 @@ import dataclasses
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from gateway.manscdp import REGISTRY, DecodeError, decode, encode
 from gateway.manscdp import messages as m
-from gateway.manscdp.errors import DecodeError
-from gateway.manscdp.messages import REGISTRY, decode, encode
 from tests.manscdp import samples
 from tests.manscdp.samples import CAM, NVR
 

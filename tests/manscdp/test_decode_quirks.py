@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.manscdp import DecodeError, UnknownCommand, decode, encode, xmlio
 from gateway.manscdp import messages as m
-from gateway.manscdp import xmlio
-from gateway.manscdp.errors import DecodeError
-from gateway.manscdp.messages import UnknownCommand, decode, encode
 from tests.manscdp.samples import CAM, NVR
 
 GB_PROLOG = '<?xml version="1.0" encoding="GB2312"?>\r\n'

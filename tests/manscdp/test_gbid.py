@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.manscdp import gbid
-from gateway.manscdp.gbid import (
+from gateway.manscdp import (
     GbId,
+    gbid,
     is_civil_code,
     is_gb_id,
     item_kind,

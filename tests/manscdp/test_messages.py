@@ -9,9 +9,8 @@ from typing import TypeVar
 import pytest
 from lxml import etree
 
+from gateway.manscdp import REGISTRY, Block, decode, encode
 from gateway.manscdp import messages as m
-from gateway.manscdp.messages import REGISTRY, decode, encode
-from gateway.manscdp.schema import Block
 from tests.manscdp import samples
 from tests.manscdp.samples import CAM, IPC, NVR
 

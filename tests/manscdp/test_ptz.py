@@ -11,9 +11,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.manscdp import ptz
-from gateway.manscdp.errors import DecodeError
-from gateway.manscdp.ptz import PtzCommand, decode_ptz
+from gateway.manscdp import DecodeError, PtzCommand, decode_ptz, ptz
 
 # (what the gateway builds, the PTZCmd of the reference §4.2 table, kind, fields after decoding)
 READY_MADE: list[tuple[PtzCommand, str, str, dict[str, Any]]] = [

@@ -15,9 +15,7 @@ from conformance.peers.platform import SimPlatform
 from gateway.app import Gateway
 from gateway.events import CatalogSynced
 from gateway.metrics import Metrics
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.transaction import TimerConfig
-from gateway.sip.transport import Peer
+from gateway.sip import Endpoint, Peer, TimerConfig
 from tests.conftest import wait_for
 
 GW = "34020000002000000001"

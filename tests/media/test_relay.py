@@ -22,8 +22,7 @@ import psutil
 import pytest
 
 import gateway.media.relay as relay_module
-from gateway.media._relay_udp import gso_runs
-from gateway.media.relay import (
+from gateway.media import (
     LocalRelay,
     PortsExhausted,
     RelayError,
@@ -32,6 +31,7 @@ from gateway.media.relay import (
     WorkerRelay,
     make_relay,
 )
+from gateway.media._relay_udp import gso_runs
 from gateway.media.rtp import FramingError, SeqCounter, TcpDeframer, frame_rfc4571
 from gateway.metrics import Metrics
 from tests.conftest import wait_for

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.media.sdp import Sdp, SdpError, answer_setup, offer_setup, parse_sdp
+from gateway.media import Sdp, SdpError, answer_setup, offer_setup, parse_sdp
 
 LIVE_OFFER = (
     b"v=0\r\no=34020000002000000001 0 0 IN IP4 192.168.1.10\r\ns=Play\r\n"

@@ -6,13 +6,16 @@ from typing import Any
 import pytest
 
 from conformance.peers.platform import RequestFailed
-from gateway.media.relay import LegStats, PortsExhausted, StreamStats, Transport
-from gateway.media.sessions import (
+from gateway.media import (
     DOWNLOAD,
     PLAY,
     Leg,
+    LegStats,
     MediaError,
+    PortsExhausted,
     SessionTable,
+    StreamStats,
+    Transport,
     is_ready,
 )
 from gateway.metrics import Metrics

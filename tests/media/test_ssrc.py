@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from gateway.media.ssrc import SsrcExhausted, SsrcPool
+from gateway.media import SsrcExhausted, SsrcPool
 
 
 def test_format_live_and_history() -> None:

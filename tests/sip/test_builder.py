@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.sip.builder import (
+from gateway.sip import (
     MAGIC_COOKIE,
+    Dialog,
     HeaderValueError,
+    Peer,
+    Request,
     RequestSequence,
+    SipError,
     build_request,
     compose,
     new_branch,
     new_call_id,
     new_tag,
+    parse,
     random_token,
 )
-from gateway.sip.dialog import Dialog
-from gateway.sip.errors import SipError
-from gateway.sip.message import Request, parse
-from gateway.sip.transport import Peer
 
 GW = "34020000002000000001"
 DOMAIN = "3402000000"

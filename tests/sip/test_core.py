@@ -16,14 +16,20 @@ from typing import Any
 import pytest
 
 from gateway.metrics import Metrics
-from gateway.sip.builder import MAGIC_COOKIE
-from gateway.sip.core import SipCore
-from gateway.sip.errors import ParseError, TransportError
+from gateway.sip import (
+    MAGIC_COOKIE,
+    ParseError,
+    Peer,
+    Request,
+    Response,
+    SipCore,
+    SipUri,
+    TransportError,
+    make_response,
+    parse,
+)
 from gateway.sip.headers import Via
-from gateway.sip.message import Request, Response, make_response, parse
-from gateway.sip.peer import Peer
 from gateway.sip.transaction import ClientTransaction, ServerTransaction, TimerConfig
-from gateway.sip.uri import SipUri
 
 UAC = Peer("udp", "10.0.0.1", 5060)
 UAS = Peer("udp", "10.0.0.2", 5060)

@@ -9,11 +9,19 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.metrics import Metrics
-from gateway.sip.dialog import Dialog, InviteFailed, OutgoingInvite, send_bye
-from gateway.sip.endpoint import Endpoint, ServerContext
-from gateway.sip.message import Request, Response, make_response
-from gateway.sip.transaction import TimerConfig
-from gateway.sip.transport import Peer
+from gateway.sip import (
+    Dialog,
+    Endpoint,
+    InviteFailed,
+    OutgoingInvite,
+    Peer,
+    Request,
+    Response,
+    ServerContext,
+    TimerConfig,
+    make_response,
+    send_bye,
+)
 from tests.conftest import wait_for
 
 FAST = TimerConfig(t1=0.05, t2=0.2, t4=0.2)

@@ -14,11 +14,19 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.metrics import Metrics
-from gateway.sip.endpoint import Endpoint, ServerContext
-from gateway.sip.errors import ParseError, TransactionTimeout, TransportError
-from gateway.sip.message import Request, Response, make_response, parse
-from gateway.sip.transaction import TimerConfig
-from gateway.sip.transport import Peer
+from gateway.sip import (
+    Endpoint,
+    ParseError,
+    Peer,
+    Request,
+    Response,
+    ServerContext,
+    TimerConfig,
+    TransactionTimeout,
+    TransportError,
+    make_response,
+    parse,
+)
 from tests.conftest import RawUdp, wait_for
 
 FAST = TimerConfig(t1=0.05, t2=0.2, t4=0.2)

@@ -6,9 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.sip.errors import ParseError
+from gateway.sip import ParseError, parse
 from gateway.sip.framing import PING_EVENT, StreamFramer
-from gateway.sip.message import parse
 
 MSG = b"MESSAGE sip:a@b SIP/2.0\r\nCall-ID: 1\r\nContent-Length: 5\r\n\r\nhello"
 EMPTY = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: 2\r\n\r\n"

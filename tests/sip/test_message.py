@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conformance.samples import REGISTER_WITH_AUTH
-from gateway.sip.errors import ParseError
+from gateway.sip import ParseError
 from gateway.sip.message import (
     MAX_HEADERS,
     Request,

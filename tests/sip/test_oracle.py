@@ -35,10 +35,9 @@ import sipmessage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.sip.errors import ParseError
+from gateway.sip import NameAddr, ParseError, SipUri, parse_name_addr, parse_uri
 from gateway.sip.headers import header_key, parse_cseq, parse_via
 from gateway.sip.message import REASONS, Message, Request, Response, parse
-from gateway.sip.uri import NameAddr, SipUri, parse_name_addr, parse_uri
 
 ORACLE = settings(
     max_examples=200,

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.sip.builder import HeaderValueError
-from gateway.sip.message import Request, Response, make_response, parse
+from gateway.sip import HeaderValueError, Peer, Request, Response, make_response, parse
 from gateway.sip.subscription import (
     Notifier,
     Subscriber,
@@ -17,7 +16,6 @@ from gateway.sip.subscription import (
     parse_subscription_state,
     terminated_state,
 )
-from gateway.sip.transport import Peer
 
 GW = "34020000002000000001"
 DOMAIN = "3402000000"

@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from gateway.sip.message import Request, Response, make_response, parse
+from gateway.sip import Request, Response, make_response, parse
 from gateway.sip.transaction import (
     ClientTransaction,
     ServerTransaction,

@@ -3,7 +3,7 @@ no sockets (GB/T 28181-2022 Annex M; RFC 3261 §18.1.1)."""
 
 from __future__ import annotations
 
-from gateway.manscdp.messages import CatalogItem
+from gateway.manscdp import CatalogItem
 from gateway.uplink.batching import BatchLimits, batches, item_size, udp_batches, udp_budget
 from gateway.uplink.sending import Route, route
 

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from conformance.peers.platform import RequestFailed
-from gateway.sip.transport import Peer
+from gateway.sip import Peer
 from tests.conftest import wait_for
 from tests.media.rig import FRAMES, GW, NVR, TRANSPORTS, UP, device_session
 

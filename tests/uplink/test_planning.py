@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from gateway.catalog import Catalog
 from gateway.events import CatalogChange, EventBus, MobilePositionReceived
-from gateway.manscdp.messages import (
+from gateway.manscdp import (
     AlarmQuery,
     CatalogInfo,
     CatalogItem,
@@ -20,12 +20,10 @@ from gateway.manscdp.messages import (
 from gateway.metrics import Metrics
 from gateway.model import Alarm, Device
 from gateway.settings import Config, UpperPlatform, config_from_dict
-from gateway.sip.builder import build_request
-from gateway.sip.transport import Peer
-from gateway.store.memory import MemoryStore
-from gateway.uplink.idmap import IdMap
+from gateway.sip import Peer, build_request
+from gateway.store import MemoryStore
+from gateway.uplink import IdMap, SharedView
 from gateway.uplink.planning import NotifyPlanner
-from gateway.uplink.share import SharedView
 from gateway.uplink.subscriptions import (
     DEFAULT_EXPIRES,
     MAX_EXPIRES,

@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.message import Request, parse
-from gateway.sip.transport import Peer
+from gateway.sip import Endpoint, Peer, Request, parse
 from tests.conftest import wait_for
 from tests.media.rig import GW, NVR, UP, Rig
 

@@ -19,8 +19,7 @@ from conformance.peers.platform import SimPlatform
 from conformance.suite.cases.common import item_differences
 from gateway.app import Gateway
 from gateway.events import CatalogSynced
-from gateway.manscdp.gbid import is_gb_id, item_kind
-from gateway.manscdp.messages import (
+from gateway.manscdp import (
     AlarmNotify,
     CatalogItem,
     CruisePoint,
@@ -36,12 +35,11 @@ from gateway.manscdp.messages import (
     SDCard,
     SDCardStatusQuery,
     SDCardStatusResponse,
+    is_gb_id,
+    item_kind,
 )
 from gateway.metrics import Metrics
-from gateway.sip.endpoint import Endpoint
-from gateway.sip.message import parse
-from gateway.sip.transaction import TimerConfig
-from gateway.sip.transport import Peer
+from gateway.sip import Endpoint, Peer, TimerConfig, parse
 from gateway.uplink import sending as uplink_sending
 from tests.conftest import make_config, wait_for
 

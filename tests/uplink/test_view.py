@@ -9,15 +9,12 @@ import pytest
 
 from gateway.catalog import Catalog
 from gateway.events import EventBus
-from gateway.manscdp.gbid import is_gb_id, item_kind
-from gateway.manscdp.messages import CatalogInfo, CatalogItem
+from gateway.manscdp import CatalogInfo, CatalogItem, is_gb_id, item_kind
 from gateway.metrics import Metrics
 from gateway.model import Device
 from gateway.settings import Config, UpperPlatform, config_from_dict
-from gateway.store.memory import MemoryStore
-from gateway.store.sqlite import SqliteStore, read_id_map
-from gateway.uplink.idmap import IdMap
-from gateway.uplink.share import SharedView
+from gateway.store import MemoryStore, SqliteStore, read_id_map
+from gateway.uplink import IdMap, SharedView
 
 GW = "34020000002000000001"
 UP = "34010000002000000001"
