@@ -31,7 +31,7 @@ from gateway.uplink.subscriptions import KINDS, InboundSubscription, granted_exp
 NOTIFY_DELAY = 0.2
 
 
-class Notifier:
+class UpperNotifier:
     """The SUBSCRIBE dialogs of every upper and the NOTIFYs in them."""
 
     def __init__(

@@ -78,7 +78,7 @@ from gateway.tasks import TaskSet
 from gateway.uplink.answers import about_gateway, answer_catalog
 from gateway.uplink.forwarding import FORWARDED, Forwarder
 from gateway.uplink.idmap import IdMap
-from gateway.uplink.notifier import Notifier
+from gateway.uplink.notifier import UpperNotifier
 from gateway.uplink.planning import NotifyPlanner
 from gateway.uplink.registration import UpperLink
 from gateway.uplink.sending import Sender
@@ -125,7 +125,7 @@ class Uplink:
         self._tasks = TaskSet(log, "uplink.task_failed")
         self.sender = Sender(gateway=self.gw, endpoint=endpoint, metrics=metrics, clock=clock)
         self.planner = NotifyPlanner(self.gw, catalog)
-        self.notifier = Notifier(
+        self.notifier = UpperNotifier(
             gateway=self.gw,
             endpoint=endpoint,
             sender=self.sender,
