@@ -222,14 +222,6 @@ class Catalog:
             count += 1
         return count
 
-    def forget_device(self, owner: str) -> int:
-        """Remove everything a device reported (the device was deleted)."""
-        now = self.clock()
-        items = list(self._by_owner.get(owner, {}).values())
-        for item in items:
-            self._changed(owner, item.device_id, "DEL", item, None, now)
-        return len(items)
-
 
 def _diff_event(before: CatalogItem, after: CatalogItem) -> str:
     """A change that is only the status is ON/OFF; anything else is an UPDATE."""

@@ -17,8 +17,6 @@ from gateway.settings import MediaTransport
 Transport = MediaTransport
 """How a leg carries RTP (one definition, in the settings the media section validates)."""
 
-SESSIONS = ("Play", "Playback", "Download", "Talk")
-
 
 class SdpError(ValueError):
     """The body is not an SDP this gateway can use; ``reason`` goes into a SIP reason phrase."""

@@ -40,6 +40,7 @@ from gateway.sip.uri import SipUri
 
 log = structlog.get_logger("gateway.sip.core")
 
+
 class Network(Protocol):
     """Where the core's bytes go. ``False``: there is no way to ``peer`` now (no connection)."""
 
