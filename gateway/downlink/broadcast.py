@@ -38,7 +38,7 @@ from gateway.media import (
 )
 from gateway.metrics import Metrics
 from gateway.model import Device
-from gateway.sip import Dialog, Endpoint, Peer, Request, Response, ServerContext, make_response
+from gateway.sip import Dialog, Endpoint, Peer, Request, Response, ServerContext
 
 log = structlog.get_logger("gateway.downlink.broadcast")
 
@@ -93,29 +93,10 @@ class VoiceBroadcast:
         self.clock = clock
         self._pending: dict[str, PendingBroadcast] = {}  # by the local output channel
 
-    def _reply(
-        self,
-        req: Request,
-        status: int,
-        reason: str,
-        *,
-        to_tag: str | None = None,
-        headers: list[tuple[str, str]] | None = None,
-        body: bytes = b"",
-    ) -> Response:
-        return make_response(
-            req,
-            status,
-            reason,
-            to_tag=to_tag or self.endpoint.tag(),
-            headers=headers or (),
-            body=body,
-        )
-
     def _fail(self, req: Request, status: int, reason: str, **context: Any) -> Response:
         self.metrics.inc(f"media.invite.refused.{status}")
         log.info("invite.refused", call_id=req.call_id, status=status, reason=reason, **context)
-        return self._reply(req, status, reason)
+        return self.endpoint.answer(req, status, reason)
 
     def media_host(self, peer: Peer) -> str:
         """The address written into SDP for a peer: configured, or the one facing it."""
@@ -234,7 +215,7 @@ class VoiceBroadcast:
             upper=pending.upper_id,
             call_id=req.call_id,
         )
-        return self._reply(
+        return self.endpoint.answer(
             req,
             200,
             "OK",

@@ -92,7 +92,6 @@ from gateway.sip import (
     ServerContext,
     SipError,
     build_request,
-    make_response,
 )
 from gateway.store import Store
 from gateway.tasks import TaskSet
@@ -417,14 +416,12 @@ class Downlink:
         return dev
 
     def _ok(self, req: Request) -> Response:
-        return make_response(req, 200, "OK", to_tag=self.endpoint.tag())
+        return self.endpoint.answer(req, 200, "OK")
 
     def _not_registered(self, req: Request, ctx: ServerContext, what: str) -> Response:
         self.metrics.inc("message.unregistered")
         log.info("message.unregistered", peer=str(ctx.peer), what=what, sender=req.from_.uri.user)
-        return make_response(
-            req, 404, "Not Found (device not registered)", to_tag=self.endpoint.tag()
-        )
+        return self.endpoint.answer(req, 404, "Not Found (device not registered)")
 
     def on_response(self, decoded: Decoded, req: Request, ctx: ServerContext) -> Response:
         """Every ``Response`` MESSAGE: 200 at once, then to the collector waiting for it."""

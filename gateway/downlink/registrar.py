@@ -46,7 +46,6 @@ from gateway.sip import (
     ServerContext,
     Verdict,
     is_digits,
-    make_response,
     parse_uri,
 )
 from gateway.store import Store
@@ -180,9 +179,7 @@ class Registrar:
         def answer(
             status: int, reason: str | None = None, more: tuple[tuple[str, str], ...] = ()
         ) -> Response:
-            return make_response(
-                req, status, reason, to_tag=self.endpoint.tag(), headers=[*extra, *more]
-            )
+            return self.endpoint.answer(req, status, reason, headers=[*extra, *more])
 
         if not is_gb_id(device_id):
             metrics.inc("register.bad_id")
@@ -394,9 +391,7 @@ class Registrar:
         if dev is None or not dev.online:
             self.metrics.inc("keepalive.unregistered")
             log.info("keepalive.unregistered", peer=str(ctx.peer), device_id=device_id)
-            return make_response(
-                req, 404, "Not Found (device not registered)", to_tag=self.endpoint.tag()
-            )
+            return self.endpoint.answer(req, 404, "Not Found (device not registered)")
         peer = ctx.peer
         if dev.port != peer.port or dev.host != peer.host or dev.transport != peer.transport:
             self.metrics.inc("keepalive.address_mismatch")
@@ -408,7 +403,7 @@ class Registrar:
             )
         self.metrics.inc("keepalive.ok")
         self._touch(dev.device_id, self.clock())
-        return make_response(req, 200, "OK", to_tag=self.endpoint.tag())
+        return self.endpoint.answer(req, 200, "OK")
 
     def _touch(self, device_id: str, now: float) -> None:
         order = self._by_last_seen

@@ -53,7 +53,6 @@ from gateway.sip import (
     ServerContext,
     SipError,
     Subscriber,
-    make_response,
     parse_subscription_state,
 )
 
@@ -315,7 +314,7 @@ class Subscriptions:
         if dev is None:
             self.metrics.inc("notify.unknown_dialog")
             log.info("notify.unknown_dialog", peer=str(ctx.peer), sender=sender)
-            return self._reply(req, 481, "Subscription Does Not Exist")
+            return self.endpoint.answer(req, 481, "Subscription Does Not Exist")
         if sub is None:
             self.metrics.inc("notify.outside_dialog")
         state = parse_subscription_state(req.get_header("Subscription-State") or "")
@@ -345,7 +344,7 @@ class Subscriptions:
                 fresh = sub.renewed()
                 self._add(fresh)
                 self._retry(fresh)
-        return self._reply(req, 200, "OK")
+        return self.endpoint.answer(req, 200, "OK")
 
     def _apply(self, dev: Device, msg: Message) -> None:
         self.metrics.inc(f"notify.{msg.CMD}")
@@ -360,6 +359,3 @@ class Subscriptions:
             self.downlink.position_received(dev, msg)
         else:
             log.info("notify.ignored", device_id=dev.device_id, cmd_type=msg.CMD)
-
-    def _reply(self, req: Request, status: int, reason: str) -> Response:
-        return make_response(req, status, reason, to_tag=self.endpoint.tag())

@@ -18,7 +18,7 @@ the final response, or raises :class:`TransactionTimeout` / :class:`TransportErr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
@@ -29,7 +29,7 @@ from gateway.sip.builder import random_token as random_token
 from gateway.sip.core import SipCore
 from gateway.sip.counters import Counters
 from gateway.sip.errors import TransactionTimeout, TransportError
-from gateway.sip.message import Request, Response
+from gateway.sip.message import Request, Response, make_response
 from gateway.sip.timers import TimerQueues
 from gateway.sip.transaction import ServerTransaction, TimerConfig
 from gateway.sip.transport import Peer, Transports, local_address_for
@@ -195,6 +195,22 @@ class Endpoint:
     def contact_uri(self, user: str, peer: Peer) -> str:
         suffix = ";transport=tcp" if peer.reliable else ""
         return f"sip:{user}@{self.local_host(peer)}:{self.port}{suffix}"
+
+    def answer(
+        self,
+        req: Request,
+        status: int,
+        reason: str | None = None,
+        *,
+        to_tag: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> Response:
+        """The response a handler returns (RFC 3261 §8.2.6), with this endpoint's To tag: a
+        fresh one unless ``to_tag`` gives the dialog's."""
+        return make_response(
+            req, status, reason, to_tag=to_tag or new_tag(), headers=headers, body=body
+        )
 
     @staticmethod
     def branch() -> str:

@@ -61,7 +61,6 @@ from gateway.sip import (
     ServerContext,
     SipError,
     build_request,
-    make_response,
 )
 from gateway.tasks import TaskSet
 from gateway.uplink.service import Uplink, UpperSession
@@ -205,29 +204,10 @@ class Calls:
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro)
 
-    def _reply(
-        self,
-        req: Request,
-        status: int,
-        reason: str,
-        *,
-        to_tag: str | None = None,
-        headers: list[tuple[str, str]] | None = None,
-        body: bytes = b"",
-    ) -> Response:
-        return make_response(
-            req,
-            status,
-            reason,
-            to_tag=to_tag or self.endpoint.tag(),
-            headers=headers or (),
-            body=body,
-        )
-
     def _fail(self, req: Request, status: int, reason: str, **context: Any) -> Response:
         self.metrics.inc(f"media.invite.refused.{status}")
         log.info("invite.refused", call_id=req.call_id, status=status, reason=reason, **context)
-        return self._reply(req, status, reason)
+        return self.endpoint.answer(req, status, reason)
 
     def media_host(self, peer: Peer) -> str:
         """The address written into SDP for a peer: configured, or the one facing it."""
@@ -236,7 +216,7 @@ class Calls:
     # -- INVITE -----------------------------------------------------------------------------
     def on_invite(self, req: Request, ctx: ServerContext) -> Response | None:
         if self._closing:
-            return self._reply(req, 503, "Service Unavailable (shutting down)")
+            return self.endpoint.answer(req, 503, "Service Unavailable (shutting down)")
         if req.to.tag:
             return self._reinvite(req, ctx)
         call_id = req.call_id
@@ -254,7 +234,9 @@ class Calls:
             return None
         self.metrics.inc("media.invite.refused.403")
         log.info("invite.refused", peer=str(ctx.peer), sender=req.from_.uri.user, status=403)
-        return self._reply(req, 403, "Forbidden (not an upper platform or registered device)")
+        return self.endpoint.answer(
+            req, 403, "Forbidden (not an upper platform or registered device)"
+        )
 
     def _answer_later(
         self,
@@ -274,12 +256,12 @@ class Calls:
             except asyncio.CancelledError:
                 # After a CANCEL the endpoint has answered 487 already and this is dropped;
                 # cancelled for another reason (the upper went offline, shutdown) it is sent.
-                ctx.respond(self._reply(req, 487, "Request Terminated"))
+                ctx.respond(self.endpoint.answer(req, 487, "Request Terminated"))
                 raise
             except Exception:
                 self.metrics.inc("media.invite.error")
                 log.exception("invite.error", call_id=call_id)
-                resp = self._reply(req, 500, "Server Internal Error")
+                resp = self.endpoint.answer(req, 500, "Server Internal Error")
             ctx.respond(resp)
 
         task = asyncio.ensure_future(run())
@@ -303,8 +285,10 @@ class Calls:
             or not out.dialog.matches(req, ctx.peer)
             or not out.dialog.accepts(req)
         ):
-            return self._reply(req, 481, "Call/Transaction Does Not Exist")
-        return self._reply(req, 488, "Not Acceptable Here (re-INVITE: media cannot change)")
+            return self.endpoint.answer(req, 481, "Call/Transaction Does Not Exist")
+        return self.endpoint.answer(
+            req, 488, "Not Acceptable Here (re-INVITE: media cannot change)"
+        )
 
     async def _upper_invite(self, s: UpperSession, req: Request, ctx: ServerContext) -> Response:
         upper_channel = req.request_uri.user or req.to.uri.user or ""
@@ -379,7 +363,7 @@ class Calls:
             shared=len(leg.outputs) > 1,
         )
         # For tcp-active the relay is already connecting to the upper's listening port.
-        return self._reply(
+        return self.endpoint.answer(
             req, 200, "OK", to_tag=local_tag, headers=headers, body=answer.to_bytes()
         )
 
@@ -497,14 +481,14 @@ class Calls:
         out = self.media.outputs_by_call.get(call_id)
         if out is not None and out.dialog is not None and out.dialog.matches(req, ctx.peer):
             self.media.end_output(out, "BYE from the receiver", bye=False)
-            return self._reply(req, 200, "OK")
+            return self.endpoint.answer(req, 200, "OK")
         leg = self.media.legs_by_call.get(call_id)
         if leg is not None and leg.dialog is not None and leg.dialog.matches(req, ctx.peer):
             self.media.end_leg(leg, "BYE from the sender", bye=False)
-            return self._reply(req, 200, "OK")
+            return self.endpoint.answer(req, 200, "OK")
         self.metrics.inc("media.bye.unknown")
         log.info("media.bye_unknown", call_id=call_id, peer=str(ctx.peer))
-        return self._reply(req, 481, "Call/Transaction Does Not Exist")
+        return self.endpoint.answer(req, 481, "Call/Transaction Does Not Exist")
 
     def on_cancel(self, req: Request, ctx: ServerContext) -> None:
         """The endpoint has answered 487 already; stop the work behind the INVITE."""
@@ -534,17 +518,25 @@ class Calls:
         if out is None or out.dialog is None or not out.dialog.matches(req, ctx.peer):
             leg = self.media.legs_by_call.get(req.call_id)
             if leg is not None and leg.dialog is not None and leg.dialog.matches(req, ctx.peer):
-                return self._reply(req, 200, "OK")  # a device's INFO: nothing to do with it
-            return self._reply(req, 481, "Call/Transaction Does Not Exist")
+                return self.endpoint.answer(
+                    req, 200, "OK"
+                )  # a device's INFO: nothing to do with it
+            return self.endpoint.answer(req, 481, "Call/Transaction Does Not Exist")
         if not out.dialog.accepts(req):
-            return self._reply(req, 500, "Server Internal Error (out-of-order CSeq)")
+            return self.endpoint.answer(req, 500, "Server Internal Error (out-of-order CSeq)")
         leg = out.leg
         if leg.kind not in (PLAYBACK, DOWNLOAD):
-            return self._reply(req, 488, "Not Acceptable Here (MANSRTSP controls playback only)")
+            return self.endpoint.answer(
+                req, 488, "Not Acceptable Here (MANSRTSP controls playback only)"
+            )
         if "mansrtsp" not in (req.content_type or "").lower():
-            return self._reply(req, 415, "Unsupported Media Type (expected Application/MANSRTSP)")
+            return self.endpoint.answer(
+                req, 415, "Unsupported Media Type (expected Application/MANSRTSP)"
+            )
         if leg.dialog is None:
-            return self._reply(req, 491, "Request Pending (the device has not answered yet)")
+            return self.endpoint.answer(
+                req, 491, "Request Pending (the device has not answered yet)"
+            )
         return self._forward_info(req, leg, leg.dialog)
 
     async def _forward_info(self, req: Request, leg: Leg[Dialog], dialog: Dialog) -> Response:
@@ -553,7 +545,9 @@ class Calls:
             resp = await self.endpoint.request(fwd, dialog.peer)
         except SipError:
             self.metrics.inc("media.info.timeout")
-            return self._reply(req, 408, "Request Timeout (the device did not answer the INFO)")
+            return self.endpoint.answer(
+                req, 408, "Request Timeout (the device did not answer the INFO)"
+            )
         if resp.status == 481:
             # The device has lost the dialog: the session is over on both legs.
             self.media.end_leg(leg, "the device lost the dialog (481 to INFO)", bye=False)
@@ -562,7 +556,7 @@ class Calls:
         ctype = resp.content_type
         if resp.body and ctype:
             headers.append(("Content-Type", ctype))
-        return self._reply(req, resp.status, resp.reason, headers=headers, body=resp.body)
+        return self.endpoint.answer(req, resp.status, resp.reason, headers=headers, body=resp.body)
 
     def on_media_status(self, event: MediaStatusReceived) -> None:
         """MediaStatus 121 inside a device leg's dialog: tell each receiver in its own dialog
@@ -596,7 +590,9 @@ class Calls:
         target channel, relay its ``Response``, and expect the device's INVITE for audio."""
         s = self.uplink.upper_for(req, ctx)
         if s is None:
-            return self._reply(req, 403, "Forbidden (not an upper platform of this gateway)")
+            return self.endpoint.answer(
+                req, 403, "Forbidden (not an upper platform of this gateway)"
+            )
         msg = decoded.message
         assert isinstance(msg, BroadcastNotify)
         found = s.view.resolve(msg.target_id or "")
@@ -610,7 +606,7 @@ class Calls:
             target_id=msg.target_id or "",
         )
         self.spawn(self._forward_broadcast(s, msg, owner, local))
-        return self._reply(req, 200, "OK")
+        return self.endpoint.answer(req, 200, "OK")
 
     async def _forward_broadcast(
         self, s: UpperSession, msg: BroadcastNotify, owner: str, local: str

@@ -56,32 +56,33 @@ class UpperNotifier:
         self.next_sn = next_sn
 
     # -- SUBSCRIBE --------------------------------------------------------------------------
-    def _reply(self, req: Request, status: int, reason: str) -> Response:
-        return make_response(req, status, reason, to_tag=self.endpoint.tag())
-
     def subscribe(self, s: UpperSession, req: Request) -> Response:
         """A SUBSCRIBE from upper ``s``: a new subscription, a refresh or an unsubscribe."""
         try:
             expires = req.expires
         except ParseError:
-            return self._reply(req, 400, "Bad Request (Expires)")
+            return self.endpoint.answer(req, 400, "Bad Request (Expires)")
         to_tag = req.to.tag
         existing = next((x for x in s.subs.values() if x.call_id == req.call_id), None)
         if to_tag and (existing is None or existing.local_tag != to_tag):
-            return self._reply(req, 481, "Subscription Does Not Exist")
+            return self.endpoint.answer(req, 481, "Subscription Does Not Exist")
         if existing is not None:
             return self._refresh(s, existing, req, expires)
         if not req.body.strip():
-            return self._reply(req, 400, "Bad Request (SUBSCRIBE needs a MANSCDP Query body)")
+            return self.endpoint.answer(
+                req, 400, "Bad Request (SUBSCRIBE needs a MANSCDP Query body)"
+            )
         try:
             query = decode(req.body).message
         except DecodeError as exc:
-            return self._reply(req, 400, f"Bad Request (MANSCDP: {exc.reason})"[:100])
+            return self.endpoint.answer(req, 400, f"Bad Request (MANSCDP: {exc.reason})"[:100])
         if query.ROOT != "Query" or query.CMD not in KINDS:
-            return self._reply(req, 489, f"Bad Event ({query.CMD} cannot be subscribed here)")
+            return self.endpoint.answer(
+                req, 489, f"Bad Event ({query.CMD} cannot be subscribed here)"
+            )
         granted = granted_expires(expires)
         if granted == 0:
-            return self._reply(req, 200, "OK")
+            return self.endpoint.answer(req, 200, "OK")
         sub = InboundSubscription.accept(
             req,
             query,

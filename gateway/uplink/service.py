@@ -72,7 +72,7 @@ from gateway.manscdp import Decoded, DeviceConfig, DeviceControl, Message
 from gateway.metrics import Metrics
 from gateway.model import DeviceDirectory
 from gateway.settings import Identity, UplinkSection
-from gateway.sip import Endpoint, Peer, Request, Response, ServerContext, make_response
+from gateway.sip import Endpoint, Peer, Request, Response, ServerContext
 from gateway.store import Store
 from gateway.tasks import TaskSet
 from gateway.uplink.answers import about_gateway, answer_catalog
@@ -235,18 +235,15 @@ class Uplink:
             return None
         return s
 
-    def _reply(self, req: Request, status: int, reason: str) -> Response:
-        return make_response(req, status, reason, to_tag=self.endpoint.tag())
-
     def _refused(self, req: Request, ctx: ServerContext, what: str) -> Response:
         self.metrics.inc("uplink.not_an_upper")
         log.info("uplink.not_an_upper", peer=str(ctx.peer), sender=req.from_.uri.user, what=what)
-        return self._reply(req, 403, "Forbidden (not an upper platform of this gateway)")
+        return self.endpoint.answer(req, 403, "Forbidden (not an upper platform of this gateway)")
 
     def _not_shared(self, s: UpperSession, req: Request, target: str, what: str) -> Response:
         self.metrics.inc("uplink.not_shared")
         s.log.info("uplink.not_shared", target=target, what=what)
-        return self._reply(req, 404, "Not Found (not shared with this platform)")
+        return self.endpoint.answer(req, 404, "Not Found (not shared with this platform)")
 
     def on_query(self, decoded: Decoded, req: Request, ctx: ServerContext) -> Response:
         s = self._session(req, ctx)
@@ -272,7 +269,7 @@ class Uplink:
                 send_parts=self.send_parts,
             )
             s.catalog_task = self.spawn(answer)
-            return self._reply(req, 200, "OK")
+            return self.endpoint.answer(req, 200, "OK")
         if is_gateway:
             about = about_gateway(
                 msg,
@@ -283,16 +280,18 @@ class Uplink:
                 tz=self.tz,
             )
             if about is None:
-                return self._reply(req, 404, f"Not Found ({msg.CMD} about the gateway itself)")
+                return self.endpoint.answer(
+                    req, 404, f"Not Found ({msg.CMD} about the gateway itself)"
+                )
             self.spawn(self.send(s, about))
-            return self._reply(req, 200, "OK")
+            return self.endpoint.answer(req, 200, "OK")
         if msg.CMD not in FORWARDED:
-            return self._reply(req, 501, f"Not Implemented ({msg.CMD} from an upper)")
+            return self.endpoint.answer(req, 501, f"Not Implemented ({msg.CMD} from an upper)")
         found = s.view.resolve(target)
         if found is None:
             return self._not_shared(s, req, target, msg.CMD)
         self.spawn(self.forwarder.query(s, msg, found[1]))
-        return self._reply(req, 200, "OK")
+        return self.endpoint.answer(req, 200, "OK")
 
     def _node_visible(self, s: UpperSession, target: str) -> bool:
         """May the upper ask the catalog of ``target``: something it sees, or a tree node
@@ -312,19 +311,21 @@ class Uplink:
         self.metrics.inc(f"uplink.control.{msg.CMD}")
         target = msg.device_id
         if self.planner.is_gateway(target):
-            return self._reply(req, 403, "Forbidden (controls go to channels, not the gateway)")
+            return self.endpoint.answer(
+                req, 403, "Forbidden (controls go to channels, not the gateway)"
+            )
         found = s.view.resolve(target)
         if found is None:
             return self._not_shared(s, req, target, msg.CMD)
         if not isinstance(msg, DeviceControl | DeviceConfig):
-            return self._reply(req, 501, f"Not Implemented ({msg.CMD})")
+            return self.endpoint.answer(req, 501, f"Not Implemented ({msg.CMD})")
         if isinstance(msg, DeviceControl) and msg.device_id2:
             second = s.view.resolve(msg.device_id2)
             if second is None:
                 return self._not_shared(s, req, msg.device_id2, msg.CMD)
             msg = replace(msg, device_id2=second[1])
         self.spawn(self.forwarder.control(s, msg, found[1]))
-        return self._reply(req, 200, "OK")
+        return self.endpoint.answer(req, 200, "OK")
 
     def on_subscribe(self, req: Request, ctx: ServerContext) -> Response:
         s = self._session(req, ctx)
