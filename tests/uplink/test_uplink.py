@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,27 +39,16 @@ from gateway.manscdp import (
     item_kind,
 )
 from gateway.metrics import Metrics
-from gateway.sip import Endpoint, Peer, TimerConfig, parse
+from gateway.sip import Endpoint, Peer, parse
 from gateway.uplink import sending as uplink_sending
 from tests.conftest import make_config, wait_for
+from tests.media.rig import fast_timers
 
 GW = "34020000002000000001"
 UP = "34010000002000000001"
 UP2 = "34010000002000000002"
 NVR1, NVR2 = "34020000001180000001", "34020000001180000002"
 FAST_DOWN = {"response_timeout": 3.0, "idle_timeout": 0.5}
-
-
-def fast_timers() -> TimerConfig:
-    return TimerConfig(t1=0.1, t2=0.4, t4=0.5)
-
-
-@pytest.fixture
-async def upper_endpoint() -> AsyncIterator[Endpoint]:
-    ep = Endpoint(metrics=Metrics(), timers=fast_timers())
-    await ep.start("127.0.0.1", 0)
-    yield ep
-    await ep.close()
 
 
 def platform(ep: Endpoint, **kw: Any) -> SimPlatform:
