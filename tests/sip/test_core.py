@@ -7,7 +7,6 @@ virtual clock, so 64·T1 passes in no time and to the millisecond.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,48 +29,12 @@ from gateway.sip import (
 )
 from gateway.sip.headers import Via
 from gateway.sip.transaction import ClientTransaction, ServerTransaction, TimerConfig
+from tests.sip.fakeclock import FakeClock
 
 UAC = Peer("udp", "10.0.0.1", 5060)
 UAS = Peer("udp", "10.0.0.2", 5060)
 LATENCY = 0.01
 T = TimerConfig()  # RFC 3261 defaults: T1 0.5 s, T2 4 s, T4 5 s
-
-
-class _Timer:
-    __slots__ = ("args", "callback", "cancelled", "when")
-
-    def __init__(self, when: float, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self.when = when
-        self.callback = callback
-        self.args = args
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeClock:
-    """A :class:`~gateway.sip.transaction.Scheduler` on virtual time."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._heap: list[tuple[float, int, _Timer]] = []
-        self._seq = itertools.count()
-
-    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> _Timer:
-        timer = _Timer(self.now + delay, callback, args)
-        heapq.heappush(self._heap, (timer.when, next(self._seq), timer))
-        return timer
-
-    def advance(self, seconds: float) -> None:
-        """Run every timer due within ``seconds``, in order, each at its own time."""
-        until = self.now + seconds
-        while self._heap and self._heap[0][0] <= until + 1e-9:
-            when, _, timer = heapq.heappop(self._heap)
-            self.now = max(self.now, when)
-            if not timer.cancelled:
-                timer.callback(*timer.args)
-        self.now = until
 
 
 @dataclass
