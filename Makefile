@@ -52,6 +52,7 @@ bench: install test-deps
 	$(BIN)/python bench/catalog.py --transport udp
 	$(BIN)/python bench/uplink.py
 	$(BIN)/python bench/relay.py
+	$(BIN)/python bench/edge.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
