@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from conformance.peers.device import SimDevice, keepalive_body
 from gateway.events import DeviceOffline, DeviceOnline
@@ -490,29 +489,40 @@ async def test_a_failed_answer_uses_up_its_nonce(start_gateway, device_endpoint)
     assert gw.metrics.get("register.auth.used_up") == 1
 
 
+class LogRecorder:
+    """Stands in for a module's structlog logger: records (level, event, fields)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **fields: self.lines.append((level, event, fields))
+
+
 async def test_password_guessing_is_locked_out_without_checking_the_password(
-    start_gateway, device_endpoint, second_endpoint
+    start_gateway, device_endpoint, second_endpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    logs = LogRecorder()
+    monkeypatch.setattr("gateway.downlink.registrar.log", logs)
     gw = await start_gateway(auth=LIMITS)
     guesser = sim(device_endpoint, gw, DEV)
     spare = await challenge_of(guesser)  # taken before the lock-out, answered during it
-    with capture_logs() as logs:
-        for guess in range(3):
-            params = await challenge_of(guesser)
-            resp = await answer_with(guesser, f"{guess:08d}", params)
-            assert (resp.status, resp.reason) == (403, "Forbidden (wrong password)")
-        for _ in range(3):  # locked out: not even a challenge, and the right password is refused
-            locked = await guesser.endpoint.request(guesser.build_register(3600), guesser.server)
-            assert (locked.status, locked.reason) == (403, "Forbidden (too many failed attempts)")
-            assert 590 <= int(locked.get_header("Retry-After") or "0") <= 600
-        right = await answer_with(guesser, "12345678", spare)
-        assert right.status == 403 and right.get_header("Retry-After") is not None
+    for guess in range(3):
+        params = await challenge_of(guesser)
+        resp = await answer_with(guesser, f"{guess:08d}", params)
+        assert (resp.status, resp.reason) == (403, "Forbidden (wrong password)")
+    for _ in range(3):  # locked out: not even a challenge, and the right password is refused
+        locked = await guesser.endpoint.request(guesser.build_register(3600), guesser.server)
+        assert (locked.status, locked.reason) == (403, "Forbidden (too many failed attempts)")
+        assert 590 <= int(locked.get_header("Retry-After") or "0") <= 600
+    right = await answer_with(guesser, "12345678", spare)
+    assert right.status == 403 and right.get_header("Retry-After") is not None
     assert DEV not in gw.registrar.devices
     assert gw.metrics.get("register.ok") == 0
     assert gw.metrics.get("register.auth.bad_password") == 3
     assert gw.metrics.get("register.locked_out.device") == 1
     assert gw.metrics.get("register.refused_locked.device") == 4
-    lockouts = [e for e in logs if e["event"] == "register.locked_out"]
+    lockouts = [fields for _, event, fields in logs.lines if event == "register.locked_out"]
     assert len(lockouts) == 1 and lockouts[0]["limit"] == "device"
     # The real device, from an address that never failed, registers as usual.
     real = SimDevice(second_endpoint, DEV, guesser.server)
