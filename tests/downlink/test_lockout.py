@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.downlink.lockout import FailureLimits, Locked
 
 D = "34020000001320000001"
@@ -87,6 +89,7 @@ def test_success_clears_only_that_address_for_that_device() -> None:
     assert lim.check(D, A, 1.0) == Locked("device", 899)
 
 
+@pytest.mark.timeout(60)
 def test_tables_stay_bounded_and_expire() -> None:
     lim = limits(max_entries=64)
     for i in range(5000):

@@ -514,7 +514,7 @@ async def test_password_guessing_is_locked_out_without_checking_the_password(
     for _ in range(3):  # locked out: not even a challenge, and the right password is refused
         locked = await guesser.endpoint.request(guesser.build_register(3600), guesser.server)
         assert (locked.status, locked.reason) == (403, "Forbidden (too many failed attempts)")
-        assert 590 <= int(locked.get_header("Retry-After") or "0") <= 600
+        assert 300 < int(locked.get_header("Retry-After") or "0") <= 600  # seconds left
     right = await answer_with(guesser, "12345678", spare)
     assert right.status == 403 and right.get_header("Retry-After") is not None
     assert DEV not in gw.registrar.devices

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.sip.digest import Credentials, DigestClient, DigestServer, Verdict, compute_response
 from gateway.sip.headers import parse_auth_params
 
@@ -227,6 +229,7 @@ def test_a_replay_is_refused_before_the_password_is_checked() -> None:
     assert server.verify(creds, "REGISTER", "another guess") is Verdict.REPLAY
 
 
+@pytest.mark.timeout(60)
 def test_remembered_nonces_are_bounded_and_forgetting_reopens_none() -> None:
     clock = Clock()
     server = DigestServer("3402000000", clock=clock, max_nonces=8)
