@@ -6,7 +6,12 @@ registrar's ordering rules (same Call-ID needs a higher CSeq).
 * REGISTER: 401 challenge → 200 with Contact, Expires and ``Date: yyyy-MM-ddTHH:mm:ss.SSS``
   (the GB time sync); 403 for a wrong password or an unknown device under ``reject``; 400 for a
   malformed device ID; ``Expires: 0`` unregisters; Expires clamped to the configured bounds;
-  ``X-GB-Ver`` echoed.
+  ``X-GB-Ver`` echoed. An answer in a scheme, algorithm or qop the gateway does not implement
+  (Basic, MD5-sess, SHA-256, auth-int) gets a fresh 401 challenge (RFC 3261 §22.2: a server
+  challenges for credentials it can verify); no password was checked, so it is no failure.
+* Password guessing (``lockout.FailureLimits``): wrong passwords are counted per source address
+  and per device ID; past the limits the REGISTER gets 403 with ``Retry-After`` without its
+  password being checked, and each lock-out is logged once (``register.locked_out``).
 * Keepalive: a registered, online device gets 200 and its liveness is refreshed; anyone else
   gets 404 so that it registers again.
 * Offline: when the registration expires, after ``interval × timeout_count`` seconds without a
@@ -31,6 +36,7 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 import structlog
 
+from gateway.downlink.lockout import FailureLimits, NewLockOut
 from gateway.events import DeviceOffline, DeviceOnline, EventBus
 from gateway.metrics import Metrics
 from gateway.model import Device
@@ -113,6 +119,13 @@ class Registrar:
             nonce_ttl=auth.nonce_ttl,
             clock=clock,
         )
+        self.limits = FailureLimits(
+            max_failures_per_device=auth.max_failures_per_device,
+            max_failures_per_address=auth.max_failures_per_address,
+            failure_window=auth.failure_window,
+            lockout_seconds=auth.lockout_seconds,
+            max_entries=auth.failure_table_size,
+        )
         self.tz = make_tz(identity.time_zone)
         self.devices: dict[str, Device] = {}
         # device_id -> last_seen, kept in last-seen order: the front is the stalest.
@@ -181,6 +194,18 @@ class Registrar:
         ) -> Response:
             return self.endpoint.answer(req, status, reason, headers=[*extra, *more])
 
+        # A locked-out address or device gets nothing else, not even a challenge, and its
+        # password is not looked at.
+        locked = self.limits.check(
+            device_id if is_gb_id(device_id) else None, ctx.peer.host, self.clock()
+        )
+        if locked is not None:
+            metrics.inc(f"register.refused_locked.{locked.kind}")
+            return answer(
+                403,
+                "Forbidden (too many failed attempts)",
+                (("Retry-After", str(locked.retry_after)),),
+            )
         if not is_gb_id(device_id):
             metrics.inc("register.bad_id")
             log.warning("register.bad_id", peer=str(ctx.peer), device_id=device_id)
@@ -192,6 +217,10 @@ class Registrar:
             log.warning("register.unknown_device", peer=str(ctx.peer), device_id=device_id)
             return answer(403, "Forbidden (unknown device)")
 
+        scheme = (req.get_header("Authorization") or "").split(maxsplit=1)[:1]
+        if scheme and scheme[0].lower() != "digest":
+            # Basic or another scheme: not malformed, just not ours (RFC 3261 §22.2).
+            return self._auth_failed(Verdict.UNSUPPORTED, device_id, ctx.peer, answer)
         auth = req.auth_params("Authorization")
         creds = Credentials.from_params(*auth) if auth is not None else None
         if auth is not None and creds is None:
@@ -200,6 +229,8 @@ class Registrar:
         if creds is None:
             metrics.inc("register.challenged")
             return answer(401, None, (("WWW-Authenticate", self.digest.challenge()),))
+        if not self.digest.supports(creds):
+            return self._auth_failed(Verdict.UNSUPPORTED, device_id, ctx.peer, answer)
         if creds.username != device_id:
             metrics.inc("register.bad_credentials")
             log.warning(
@@ -222,6 +253,7 @@ class Registrar:
         verdict = self.digest.verify(creds, "REGISTER", password)
         if verdict is not Verdict.OK:
             return self._auth_failed(verdict, device_id, ctx.peer, answer)
+        self.limits.succeeded(device_id, ctx.peer.host)
 
         expires = self._requested_expires(req)
         if expires == 0:
@@ -284,6 +316,8 @@ class Registrar:
             "register.auth_failed", peer=str(peer), device_id=device_id, verdict=verdict.value
         )
         if verdict is Verdict.BAD_PASSWORD:
+            for lock in self.limits.failed(device_id, peer.host, self.clock()):
+                self._locked_out(lock, device_id, peer)
             return answer(403, "Forbidden (wrong password)")
         if verdict is Verdict.STALE:
             return answer(
@@ -297,9 +331,34 @@ class Registrar:
                 f"Unauthorized ({verdict.value})",
                 (("WWW-Authenticate", self.digest.challenge()),),
             )
+        if verdict is Verdict.USED_UP:
+            # Not stale=true: that would tell the client to resend the same password unasked.
+            return answer(
+                401,
+                "Unauthorized (nonce used up)",
+                (("WWW-Authenticate", self.digest.challenge()),),
+            )
         if verdict is Verdict.UNSUPPORTED:
-            return answer(403, "Forbidden (only MD5 digest with qop=auth or none)")
+            # A protocol mismatch, not a wrong password: challenge again with what we offer
+            # (MD5, qop=auth or none). No password was checked, so it is no failed guess.
+            return answer(
+                401,
+                "Unauthorized (only MD5 digest)",
+                (("WWW-Authenticate", self.digest.challenge()),),
+            )
         return answer(400, "Bad Request (malformed Authorization)")
+
+    def _locked_out(self, lock: NewLockOut, device_id: str, peer: Peer) -> None:
+        self.metrics.inc(f"register.locked_out.{lock.kind}")
+        log.warning(
+            "register.locked_out",
+            limit=lock.kind,
+            key=lock.key,
+            failures=lock.failures,
+            seconds=lock.seconds,
+            peer=str(peer),
+            device_id=device_id,
+        )
 
     def _bind(
         self,
@@ -438,6 +497,7 @@ class Registrar:
     def check(self) -> None:
         """Mark offline every device whose keepalives stopped or whose registration ran out."""
         now = self.clock()
+        self.limits.prune(now)
         horizon = now - self._timeout
         order = self._by_last_seen
         stale: list[str] = []

@@ -81,6 +81,15 @@ class AuthSection(_Section):
     qop: bool = True
     nonce_ttl: float = Field(300.0, gt=0)
     devices: tuple[DevicePassword, ...] = ()
+    # Password guessing (gateway.downlink.lockout): wrong passwords per device ID and per source
+    # address within failure_window before a lock-out of lockout_seconds; each table holds at
+    # most failure_table_size records. 5 < 20: one misconfigured device alone never locks out
+    # the NAT address its neighbours share.
+    max_failures_per_device: int = Field(5, ge=1)
+    max_failures_per_address: int = Field(20, ge=1)
+    failure_window: float = Field(900.0, gt=0)
+    lockout_seconds: float = Field(900.0, gt=0)
+    failure_table_size: int = Field(10_000, ge=16)
 
     @model_validator(mode="after")
     def _unique(self) -> AuthSection:

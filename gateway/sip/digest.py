@@ -5,7 +5,16 @@ Server side: challenges with or without ``qop="auth"`` and verifies answers in e
 ``<timestamp><HMAC(secret, timestamp)>``
 in hex, so any nonce the gateway issued can be checked without remembering it, and an expired one
 gets ``stale=true``. The only state is the highest ``nc`` seen per nonce (and, for answers
-without qop, that the nonce was used), kept while the nonce lives, to refuse replays.
+without qop, that the nonce was used), kept while the nonce lives, to refuse replays; and the
+nonces a wrong answer used up. A failed answer burns its nonce, so each password guess costs a
+fresh challenge, and the nonce's state (used up, replayed, stale) is always decided before the
+password is looked at: no answer tells a guesser more than "wrong password". That state is
+bounded (``max_nonces``): when the table is full the oldest entry goes, and every nonce issued
+up to the one forgotten is refused as stale from then on, so forgetting never reopens a nonce.
+
+Only MD5 with qop ``auth`` or none is implemented (what GB/T 28181 devices use; RFC 8760's
+SHA-256 is optional). :meth:`DigestServer.supports` tells the caller when an answer uses
+another scheme, algorithm or qop, so it can re-challenge (RFC 3261 §22.2).
 
 Client side (the uplink registers to upper platforms): answer a 401/407 challenge.
 """
@@ -53,6 +62,7 @@ class Verdict(enum.Enum):
     REPLAY = "nonce count replayed"
     MALFORMED = "malformed credentials"
     UNSUPPORTED = "unsupported algorithm or qop"
+    USED_UP = "nonce used up by a failed answer"
     WRONG_REALM = "credentials for another realm"
 
 
@@ -93,11 +103,16 @@ class Credentials:
             return None
 
 
+# The ``_nc_seen`` value of a nonce that a wrong answer used up.
+_BURNED = -1
+
+
 class DigestServer:
     """Issues challenges and verifies answers for one realm.
 
     ``clock`` returns seconds (injected for tests). ``nonce_ttl`` bounds how long an issued nonce
     is accepted; after that the client gets ``stale=true`` and retries without asking the user.
+    ``max_nonces`` bounds the nonces remembered (used ones, for replay; burned ones).
     """
 
     def __init__(
@@ -108,13 +123,18 @@ class DigestServer:
         nonce_ttl: float = 300.0,
         secret: bytes | None = None,
         clock: Callable[[], float] = time.time,
+        max_nonces: int = 100_000,
     ) -> None:
         self.realm = realm
         self.qop = qop
         self.nonce_ttl = nonce_ttl
+        self.max_nonces = max_nonces
         self._secret = secret if secret is not None else os.urandom(32)
         self._clock = clock
+        # nonce -> highest nc answered (0 without qop), or _BURNED; in insertion order.
         self._nc_seen: dict[str, int] = {}
+        # Nonces stamped at or before this (the newest one forgotten for room) are stale.
+        self._floor = ""
         self._last_prune = clock()
 
     def _mac(self, stamp: str) -> str:
@@ -145,15 +165,29 @@ class DigestServer:
             issued = int(stamp[:12], 16) / 1000.0
         except ValueError:
             return Verdict.UNKNOWN_NONCE
+        if stamp <= self._floor:
+            return Verdict.STALE
         age = self._clock() - issued
         if age > self.nonce_ttl or age < -5.0:
             return Verdict.STALE
         return Verdict.OK
 
-    def verify(self, creds: Credentials, method: str, password: str) -> Verdict:
-        """Check an answer. The nonce is checked before the password, so a stale nonce with a
-        right password gets ``STALE`` (re-challenge) and never ``BAD_PASSWORD``."""
+    def supports(self, creds: Credentials) -> bool:
+        """Whether the answer uses what this server implements: MD5 (RFC 2617 §3.2.1; absent
+        means MD5) with qop ``auth`` or none. MD5-sess, SHA-256, SHA-512-256 (RFC 8760) and
+        ``auth-int`` are not: the caller re-challenges rather than refusing (a mismatch of
+        protocol, not a wrong password)."""
         if creds.algorithm is not None and creds.algorithm.upper() != "MD5":
+            return False
+        return creds.qop is None or creds.qop.lower() == "auth"
+
+    def verify(self, creds: Credentials, method: str, password: str) -> Verdict:
+        """Check an answer. Everything about the nonce (stale, forged, used up by a failed
+        answer, replayed) is decided before the password, so those verdicts say nothing about
+        it; a stale nonce with a right password gets ``STALE`` and never ``BAD_PASSWORD``. A
+        wrong password burns the nonce: the next answer on it gets ``USED_UP`` (RFC 2617 §4.3:
+        the server may limit a nonce's use to stop replays and guessing)."""
+        if not self.supports(creds):
             return Verdict.UNSUPPORTED
         if creds.realm != self.realm:
             return Verdict.WRONG_REALM
@@ -163,14 +197,20 @@ class DigestServer:
         qop = creds.qop.lower() if creds.qop else None
         nc_value = 0
         if qop is not None:
-            if qop != "auth":
-                return Verdict.UNSUPPORTED
             if not creds.nc or not creds.cnonce or len(creds.nc) != 8:
                 return Verdict.MALFORMED
             try:
                 nc_value = int(creds.nc, 16)
             except ValueError:
                 return Verdict.MALFORMED
+        seen = self._nc_seen.get(creds.nonce)
+        if seen == _BURNED:
+            return Verdict.USED_UP
+        if seen is not None and (qop is None or nc_value <= seen):
+            # Without qop nothing tells a reuse from a replay, so each nonce answers once: a
+            # captured REGISTER replayed from elsewhere would otherwise move the device's
+            # address. An honest client that reuses the nonce gets a fresh challenge.
+            return Verdict.REPLAY
         expected = compute_response(
             username=creds.username,
             realm=creds.realm,
@@ -185,19 +225,22 @@ class DigestServer:
         if not creds.response.isascii() or not hmac.compare_digest(
             expected, creds.response.lower()
         ):
+            self._remember(creds.nonce, _BURNED)
             return Verdict.BAD_PASSWORD
-        seen = self._nc_seen.get(creds.nonce)
-        if qop is not None:
-            if seen is not None and nc_value <= seen:
-                return Verdict.REPLAY
-        elif seen is not None:
-            # Without qop nothing tells a reuse from a replay, so each nonce answers once: a
-            # captured REGISTER replayed from elsewhere would otherwise move the device's
-            # address. An honest client that reuses the nonce gets a fresh challenge.
-            return Verdict.REPLAY
-        self._prune()
-        self._nc_seen[creds.nonce] = nc_value
+        self._remember(creds.nonce, nc_value)
         return Verdict.OK
+
+    def _remember(self, nonce: str, value: int) -> None:
+        self._prune()
+        seen = self._nc_seen
+        if nonce not in seen:
+            while len(seen) >= self.max_nonces:
+                # Forget the oldest entry, and with it every nonce stamped up to it: none of
+                # them can be answered again (they get ``STALE``, a fresh challenge).
+                oldest = next(iter(seen))
+                del seen[oldest]
+                self._floor = max(self._floor, oldest[:20])
+        seen[nonce] = value
 
     def _prune(self) -> None:
         now = self._clock()

@@ -11,7 +11,9 @@ than ``retry_interval`` after a failure. A 302 (2022 §9.1.2.3) moves registrati
 address and server ID in its Contact; when that server is lost or refuses, registration starts
 over at the configured address.
 ``X-GB-Ver: 3.0`` is sent when the upper is configured for 2022. The ``Date`` of the 200 OK is
-the upper's clock (GB time sync); its offset from ours is logged.
+the upper's clock (GB time sync); its offset from ours is logged. The time granted is that of
+the 200's Contact that is ours (RFC 3261 §10.2.4: the 200 lists every binding of the AOR, which
+may include others'), else its Expires header, else what we asked for.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from gateway.sip import (
     RequestSequence,
     Response,
     SipError,
+    SipUri,
     build_request,
     parse_name_addr,
+    parse_uri,
 )
 
 log = structlog.get_logger("gateway.uplink.registration")
@@ -285,6 +289,41 @@ class UpperLink:
             transport = self.peer.transport
         return Peer(transport, uri.host, uri.port or 5060), uri.user or self.upper.id
 
+    def _granted(self, resp: Response) -> int | None:
+        """The lifetime the registrar gave our binding (RFC 3261 §10.2.4): the ``expires`` of
+        the 200's Contact that matches ours, else the Expires header; ``None`` when neither
+        gives one. Contacts are compared loosely on what §19.1.4 compares for an address: user,
+        host (case-insensitive) and port (absent means 5060). If none matches all three but
+        exactly one carries our ID, it is ours, rewritten by a registrar that records the
+        address it saw (NAT)."""
+        try:
+            header = resp.expires
+        except ParseError:
+            header = None
+        try:
+            contacts = resp.contacts
+        except ParseError:
+            return header
+        mine = parse_uri(self.endpoint.contact_uri(self.gateway.id, self.peer))
+
+        def same(uri: SipUri) -> bool:
+            return (uri.user, uri.host.lower(), uri.port or 5060) == (
+                mine.user,
+                mine.host.lower(),
+                mine.port or 5060,
+            )
+
+        ours = [c for c in contacts if same(c.uri)]
+        if not ours:
+            ours = [c for c in contacts if c.uri.user == mine.user]
+            if len(ours) != 1:
+                ours = []
+        if ours:
+            value = ours[0].param("expires")
+            if value and value.isascii() and value.isdigit():
+                return int(value)
+        return header
+
     def _registered(self, resp: Response, expires: int) -> bool:
         if resp.status >= 300:
             self.metrics.inc("uplink.register_refused")
@@ -293,16 +332,7 @@ class UpperLink:
         if expires == 0:
             self.online = False
             return True
-        try:
-            granted = resp.expires
-            # A registrar may grant a shorter time only in our Contact's ;expires (RFC 3261
-            # §10.2.4); the shortest one given counts.
-            for contact in resp.contacts:
-                value = contact.param("expires")
-                if value and value.isascii() and value.isdigit():
-                    granted = min(int(value), granted) if granted else int(value)
-        except ParseError:
-            granted = None
+        granted = self._granted(resp)
         self.expires = granted if granted and granted > 0 else expires
         self.registered_at = self.clock()
         self.registrations += 1

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from conformance.peers.device import SimDevice, keepalive_body
 from gateway.events import DeviceOffline, DeviceOnline
@@ -443,3 +447,136 @@ async def test_refreshes_do_not_grow_the_expiry_heap(start_gateway, device_endpo
         registrar._push_expiry(registrar.devices[DEV])
     assert len(registrar._expiries) <= 2 * registrar.online_count() + 1024
     assert min(registrar._expiries)[1] == DEV
+
+
+# -- password guessing (issue 13 item 3) and unsupported schemes (item 13) --------------------
+
+LIMITS = {
+    "max_failures_per_device": 3,
+    "max_failures_per_address": 6,
+    "failure_window": 600,
+    "lockout_seconds": 600,
+}
+
+
+@pytest.fixture
+async def second_endpoint() -> AsyncIterator[Endpoint]:
+    """A device at another source address (127.0.0.2 is loopback too)."""
+    ep = Endpoint(metrics=Metrics())
+    await ep.start("127.0.0.2", 0)
+    yield ep
+    await ep.close()
+
+
+async def answer_with(dev: SimDevice, password: str, params: dict[str, str]) -> Response:
+    auth = DigestClient(dev.device_id, password).authorization(params, "REGISTER", dev.server_uri)
+    return await dev.endpoint.request(dev.build_register(3600, auth), dev.server)
+
+
+async def test_a_failed_answer_uses_up_its_nonce(start_gateway, device_endpoint) -> None:
+    gw = await start_gateway()
+    dev = sim(device_endpoint, gw, DEV)
+    params = await challenge_of(dev)
+    assert (await answer_with(dev, "87654321", params)).status == 403
+    # The right password on the nonce the wrong one used: a fresh challenge, not a 200.
+    again = await answer_with(dev, "12345678", params)
+    assert (again.status, again.reason) == (401, "Unauthorized (nonce used up)")
+    fresh = again.auth_params("WWW-Authenticate")
+    assert fresh is not None and fresh[1]["nonce"] != params["nonce"]
+    assert "stale" not in fresh[1]  # stale=true would ask for the same password again
+    assert DEV not in gw.registrar.devices
+    assert (await answer_with(dev, "12345678", fresh[1])).status == 200
+    assert gw.metrics.get("register.auth.used_up") == 1
+
+
+class LogRecorder:
+    """Stands in for a module's structlog logger: records (level, event, fields)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **fields: self.lines.append((level, event, fields))
+
+
+async def test_password_guessing_is_locked_out_without_checking_the_password(
+    start_gateway, device_endpoint, second_endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs = LogRecorder()
+    monkeypatch.setattr("gateway.downlink.registrar.log", logs)
+    gw = await start_gateway(auth=LIMITS)
+    guesser = sim(device_endpoint, gw, DEV)
+    spare = await challenge_of(guesser)  # taken before the lock-out, answered during it
+    for guess in range(3):
+        params = await challenge_of(guesser)
+        resp = await answer_with(guesser, f"{guess:08d}", params)
+        assert (resp.status, resp.reason) == (403, "Forbidden (wrong password)")
+    for _ in range(3):  # locked out: not even a challenge, and the right password is refused
+        locked = await guesser.endpoint.request(guesser.build_register(3600), guesser.server)
+        assert (locked.status, locked.reason) == (403, "Forbidden (too many failed attempts)")
+        assert 300 < int(locked.get_header("Retry-After") or "0") <= 600  # seconds left
+    right = await answer_with(guesser, "12345678", spare)
+    assert right.status == 403 and right.get_header("Retry-After") is not None
+    assert DEV not in gw.registrar.devices
+    assert gw.metrics.get("register.ok") == 0
+    assert gw.metrics.get("register.auth.bad_password") == 3
+    assert gw.metrics.get("register.locked_out.device") == 1
+    assert gw.metrics.get("register.refused_locked.device") == 4
+    lockouts = [fields for _, event, fields in logs.lines if event == "register.locked_out"]
+    assert len(lockouts) == 1 and lockouts[0]["limit"] == "device"
+    # The real device, from an address that never failed, registers as usual.
+    real = SimDevice(second_endpoint, DEV, guesser.server)
+    assert (await real.register()).status == 200
+    assert gw.registrar.devices[DEV].host == "127.0.0.2"
+
+
+async def test_an_address_locked_out_does_not_affect_other_addresses(
+    start_gateway, device_endpoint, second_endpoint
+) -> None:
+    gw = await start_gateway(auth=LIMITS)
+    ids = [f"340200000013200001{i:02d}" for i in range(6)]
+    for device_id in ids:  # spread over IDs, under the per-device limit
+        dev = sim(device_endpoint, gw, device_id)
+        assert (await answer_with(dev, "00000000", await challenge_of(dev))).status == 403
+    assert gw.metrics.get("register.locked_out.address") == 1
+    other_id = sim(device_endpoint, gw, DEV2)
+    resp = await other_id.endpoint.request(other_id.build_register(3600), other_id.server)
+    assert resp.status == 403 and resp.get_header("Retry-After") is not None
+    assert gw.metrics.get("register.refused_locked.address") == 1
+    for device_id in (*ids, DEV2):
+        assert (
+            await SimDevice(second_endpoint, device_id, other_id.server).register()
+        ).status == 200
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        pytest.param(lambda a: "Basic " + base64.b64encode(b"x:12345678").decode(), id="basic"),
+        pytest.param(lambda a: a.replace("algorithm=MD5", "algorithm=MD5-sess"), id="md5-sess"),
+        pytest.param(lambda a: a.replace("algorithm=MD5", "algorithm=SHA-256"), id="sha-256"),
+        pytest.param(
+            lambda a: a.replace("algorithm=MD5", "algorithm=SHA-512-256"), id="sha-512-256"
+        ),
+        pytest.param(lambda a: a.replace("qop=auth", "qop=auth-int"), id="auth-int"),
+    ],
+)
+async def test_an_unsupported_scheme_or_algorithm_is_challenged_again(
+    start_gateway, device_endpoint, rewrite: Any
+) -> None:
+    gw = await start_gateway(auth={**LIMITS, "max_failures_per_device": 1})
+    dev = sim(device_endpoint, gw, DEV)
+    for _ in range(3):  # no failed guess: repeating it locks nothing out
+        params = await challenge_of(dev)
+        auth = DigestClient(DEV, "12345678").authorization(params, "REGISTER", dev.server_uri)
+        other = rewrite(auth)
+        assert other != auth
+        resp = await device_endpoint.request(dev.build_register(3600, other), dev.server)
+        assert (resp.status, resp.reason) == (401, "Unauthorized (only MD5 digest)")
+        challenge = resp.auth_params("WWW-Authenticate")
+        assert challenge is not None and challenge[0] == "Digest"
+        assert challenge[1]["nonce"] != params["nonce"]
+        assert challenge[1]["algorithm"] == "MD5"
+    assert gw.metrics.get("register.auth.unsupported") == 3
+    assert gw.metrics.get("register.auth.bad_password") == 0
+    assert (await dev.register()).status == 200

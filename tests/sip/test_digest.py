@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.sip.digest import Credentials, DigestClient, DigestServer, Verdict, compute_response
 from gateway.sip.headers import parse_auth_params
 
@@ -191,3 +193,66 @@ def test_non_ascii_values_get_a_verdict_not_an_exception() -> None:
     assert server.verify(bad_nonce, "REGISTER", "12345678") is Verdict.UNKNOWN_NONCE
     bad_response = Credentials(**{**fields, "response": "摄像机"})
     assert server.verify(bad_response, "REGISTER", "12345678") is Verdict.BAD_PASSWORD
+
+
+def test_a_wrong_answer_uses_up_its_nonce() -> None:
+    """Issue 13 item 3: 6,000 guesses on one nonce, then the right password on it, was accepted.
+    The nonce's state is decided before the password, so the answer says nothing about it."""
+    for qop in (True, False):
+        server = DigestServer("3402000000", qop=qop, clock=Clock())
+        wrong = _answer(server, "87654321")
+        assert server.verify(wrong, "REGISTER", "12345678") is Verdict.BAD_PASSWORD
+        fields = {f: getattr(wrong, f) for f in Credentials.__slots__}
+        fields["response"] = compute_response(
+            username=USER,
+            realm=wrong.realm,
+            password="12345678",
+            method="REGISTER",
+            uri=URI,
+            nonce=wrong.nonce,
+            qop=wrong.qop,
+            nc=wrong.nc,
+            cnonce=wrong.cnonce,
+        )
+        right = Credentials(**fields)
+        assert server.verify(right, "REGISTER", "12345678") is Verdict.USED_UP
+        assert server.verify(wrong, "REGISTER", "12345678") is Verdict.USED_UP
+        assert server.verify(_answer(server), "REGISTER", "12345678") is Verdict.OK
+
+
+def test_a_replay_is_refused_before_the_password_is_checked() -> None:
+    server = DigestServer("3402000000", clock=Clock())
+    creds = _answer(server)
+    assert server.verify(creds, "REGISTER", "12345678") is Verdict.OK
+    # Same nonce and nc with a guessed password: REPLAY whatever the guess, so no oracle, and
+    # the nonce is not burned for the client that owns it.
+    assert server.verify(creds, "REGISTER", "another guess") is Verdict.REPLAY
+
+
+@pytest.mark.timeout(60)
+def test_remembered_nonces_are_bounded_and_forgetting_reopens_none() -> None:
+    clock = Clock()
+    server = DigestServer("3402000000", clock=clock, max_nonces=8)
+    burned = []
+    for _ in range(50):
+        clock.now += 0.01
+        wrong = _answer(server, "guess")
+        assert server.verify(wrong, "REGISTER", "12345678") is Verdict.BAD_PASSWORD
+        burned.append(wrong)
+    assert len(server._nc_seen) <= 8
+    for creds in burned:  # forgotten ones are stale, remembered ones used up: none is open
+        assert server.verify(creds, "REGISTER", "guess") in (Verdict.STALE, Verdict.USED_UP)
+    clock.now += 0.01
+    assert server.verify(_answer(server), "REGISTER", "12345678") is Verdict.OK
+
+
+def test_supports_only_md5_with_auth_or_no_qop() -> None:
+    server = DigestServer("3402000000", clock=Clock())
+    creds = _answer(server)
+    fields = {f: getattr(creds, f) for f in Credentials.__slots__}
+    assert server.supports(creds)
+    assert server.supports(Credentials(**{**fields, "algorithm": "md5"}))
+    assert server.supports(Credentials(**{**fields, "algorithm": None, "qop": None}))
+    for algorithm in ("MD5-sess", "SHA-256", "SHA-512-256", "SHA-256-sess"):
+        assert not server.supports(Credentials(**{**fields, "algorithm": algorithm}))
+    assert not server.supports(Credentials(**{**fields, "qop": "auth-int"}))
