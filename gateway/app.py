@@ -349,9 +349,10 @@ def tune_gc() -> None:
 
 
 async def serve(config: Config) -> None:
-    gateway = Gateway(config)
-    await gateway.start()
-    tune_gc()
+    """Run until SIGINT or SIGTERM, then stop cleanly. The handlers are installed before the
+    gateway starts: a signal that arrives while it starts (or at once after "gateway.started")
+    stops it when it has started, rather than killing the process or raising
+    ``KeyboardInterrupt`` through the loop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -359,6 +360,9 @@ async def serve(config: Config) -> None:
             loop.add_signal_handler(sig, stop.set)
         except NotImplementedError:  # pragma: no cover - not on Linux
             pass
+    gateway = Gateway(config)
+    await gateway.start()
+    tune_gc()
     try:
         await stop.wait()
     finally:

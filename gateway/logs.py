@@ -203,8 +203,8 @@ class RateLimit:
     was dropped, so it passes the same level filter. Errors are limited like the rest: a
     traceback per garbage datagram is the worst flood of all, and each name has its own budget,
     so one noisy event never hides another. Only names with a window open are remembered, at
-    most ``max_names`` of them (beyond that the others share one more window): event names are call sites'
-    literals, but nothing a peer sends may make this grow.
+    most ``max_names`` of them (beyond that the others share one more window): event names are
+    call sites' literals, but nothing a peer sends may make this grow.
 
     The chain runs in the event loop's thread; the state has no lock.
     """

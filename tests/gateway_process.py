@@ -73,6 +73,9 @@ class GatewayProcess:
             stderr=asyncio.subprocess.STDOUT,
             env=env,
             cwd=str(tmp_path),
+            # A process group of its own (with its relay workers): a test may signal the group
+            # as a terminal's Ctrl-C or a service manager does, without touching pytest.
+            start_new_session=True,
         )
         gw = cls(proc)
         started = await gw.wait_event("gateway.started", timeout)
@@ -100,10 +103,16 @@ class GatewayProcess:
                 raise AssertionError(f"no {name} in the gateway's log:\n{self.text}")
             await asyncio.sleep(0.02)
 
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        """Send ``sig`` and wait for the process to end and its output to be read."""
+    async def stop(
+        self, sig: int = signal.SIGTERM, timeout: float = 30.0, *, group: bool = False
+    ) -> int:
+        """Send ``sig`` (to the whole process group with ``group``) and wait for the process to
+        end and its output to be read."""
         if self.proc.returncode is None:
-            self.proc.send_signal(sig)
+            if group:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
         try:
             await asyncio.wait_for(self.proc.wait(), timeout)
         except TimeoutError:
@@ -115,8 +124,9 @@ class GatewayProcess:
         return self.proc.returncode
 
     async def kill(self) -> None:
+        """Make sure the gateway and its workers are gone (after a failed test)."""
         if self.proc.returncode is None:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()
         self._reader.cancel()
 

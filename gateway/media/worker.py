@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import gc
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -126,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-window", type=float, default=logs.WINDOW)
     p.add_argument("--log-max-value-chars", type=int, default=logs.MAX_CHARS)
     args = p.parse_args(argv)
+    # The parent stops this process (a ``close`` call, or the end of stdin when the parent is
+    # gone). A Ctrl-C or a service manager's SIGTERM reaches the whole process group: left to
+    # the defaults, the worker would die under the parent mid-stop, with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # The pipe to the parent is a private copy of stdout; fd 1 becomes stderr so a stray print
     # can never corrupt a message.
     channel = os.dup(1)
