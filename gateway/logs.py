@@ -141,8 +141,18 @@ class Excerpts:
                 else:
                     event_dict[key] = excerpt(value, limit)
             elif not isinstance(value, (int, float)) and value is not None:
-                event_dict[key] = self._value(value, 0)
+                try:
+                    event_dict[key] = self._value(value, 0)
+                except Exception:  # a broken __repr__ must not fail the call site
+                    event_dict[key] = f"<unprintable {type(value).__name__}>"
         return event_dict
+
+    def _key(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return excerpt(key, self.limit)
+        if key is None or isinstance(key, (int, float)):
+            return key
+        return excerpt(repr(key), self.limit)
 
     def _value(self, value: Any, depth: int) -> Any:
         limit = self.limit
@@ -159,7 +169,7 @@ class Excerpts:
                     if n == MAX_ITEMS:
                         out["…"] = f"+{len(value) - n} items"
                         break
-                    out[self._value(k, depth + 1)] = self._value(v, depth + 1)
+                    out[self._key(k)] = self._value(v, depth + 1)
                 return out
             if isinstance(value, (list, tuple, set, frozenset)):
                 items: list[Any] = []

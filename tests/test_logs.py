@@ -261,6 +261,18 @@ def test_bytes_lists_dicts_and_objects_are_cut_too() -> None:
     assert len(rig.lines[0]) < 30_000
 
 
+def test_odd_values_never_fail_the_call_site() -> None:
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    rig = Rig()
+    rig.log.warning("sip.rx.odd", thing=Broken(), keys={frozenset({1}): "a", (1, 2): "b"})
+    (event,) = rig.events
+    assert event["thing"] == "<unprintable Broken>"
+    assert event["keys"] == {"frozenset({1})": "a", "(1, 2)": "b"}
+
+
 def test_a_traceback_is_kept_with_its_message_cut() -> None:
     rig = Rig(max_chars=200)
     try:
