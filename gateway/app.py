@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import signal
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from gateway import logs
 from gateway.catalog import Catalog
 from gateway.downlink import CatalogSync, Downlink, Registrar, Subscriptions, VoiceBroadcast
 from gateway.events import (
@@ -39,24 +38,16 @@ from gateway.uplink import Calls, Uplink, UpperAudio
 log = structlog.get_logger("gateway.app")
 
 
-def configure_logging(config: Config) -> None:
-    level = getattr(logging, config.log.level.upper())
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer(ensure_ascii=False)
-        if config.log.format == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+def configure_logging(config: Config) -> logs.RateLimit:
+    """structlog for the gateway process (``gateway.logs``): level filter, rate limit per event
+    name, excerpts of every value, console or JSON lines on stderr."""
+    c = config.log
+    return logs.configure(
+        level=c.level,
+        json=c.format == "json",
+        burst=c.burst,
+        window=c.window,
+        max_chars=c.max_value_chars,
     )
 
 
@@ -208,6 +199,7 @@ class Gateway:
             metrics=self.metrics,
         )
         self.routes = build_routes(self)
+        self._log_roller: asyncio.Future[None] | None = None
         self._wire()
 
     def _wire(self) -> None:
@@ -260,6 +252,7 @@ class Gateway:
         await self.registrar.start()
         self.sync.start()
         self.uplink.start()
+        self._log_roller = asyncio.ensure_future(self._roll_logs())
         log.info(
             "gateway.started",
             id=cfg.gateway.id,
@@ -276,7 +269,16 @@ class Gateway:
     def _relay_event(self, stream_id: str, output_id: str | None, event: str) -> None:
         self.media.on_relay_event(stream_id, output_id, event)
 
+    async def _roll_logs(self) -> None:
+        """Write the ``log.suppressed`` summaries of ended rate-limit windows even while nothing
+        else is logged (otherwise the next line logged would bring them)."""
+        while True:
+            await asyncio.sleep(self.config.log.window)
+            logs.roll_suppressed()
+
     async def close(self) -> None:
+        if self._log_roller is not None:
+            self._log_roller.cancel()
         await self.calls.close()
         await self.media.close()
         await self.uplink.close()
@@ -286,6 +288,7 @@ class Gateway:
         await self.registrar.close()
         await self.endpoint.close()
         await self.store.close()
+        logs.flush_suppressed()  # what the rate limit dropped is reported before the last line
         log.info("gateway.stopped", metrics=self.metrics.snapshot())
 
 
@@ -346,9 +349,10 @@ def tune_gc() -> None:
 
 
 async def serve(config: Config) -> None:
-    gateway = Gateway(config)
-    await gateway.start()
-    tune_gc()
+    """Run until SIGINT or SIGTERM, then stop cleanly. The handlers are installed before the
+    gateway starts: a signal that arrives while it starts (or at once after "gateway.started")
+    stops it when it has started, rather than killing the process or raising
+    ``KeyboardInterrupt`` through the loop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -356,6 +360,9 @@ async def serve(config: Config) -> None:
             loop.add_signal_handler(sig, stop.set)
         except NotImplementedError:  # pragma: no cover - not on Linux
             pass
+    gateway = Gateway(config)
+    await gateway.start()
+    tune_gc()
     try:
         await stop.wait()
     finally:

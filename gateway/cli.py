@@ -191,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before the gateway's own handler was installed
+        return 130
     return 0
 
 

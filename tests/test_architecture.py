@@ -22,6 +22,7 @@ FLOORS: dict[str, int] = {
     "gateway": 0,  # gateway/__init__.py: the version only
     "gateway.metrics": 0,
     "gateway.tasks": 0,
+    "gateway.logs": 0,  # the log pipeline: the gateway and its relay workers configure it
     "gateway.settings": 0,
     "gateway.sip": 1,
     "gateway.manscdp": 1,

@@ -200,10 +200,14 @@ class PendingQueries:
             raise QueryRejected(resp.status, resp.reason)
 
     def close(self) -> None:
-        """Fail every pending query: the gateway is shutting down."""
+        """Fail every pending query: the gateway is shutting down. The exception only wakes the
+        query's task, which raises it again; that task may have been cancelled in the same
+        stop and never look, so it is marked seen here (no "Future exception was never
+        retrieved" at exit)."""
         for w in self._waiting.values():
             if not w.wake.done():
                 w.wake.set_exception(DeviceUnavailable("the gateway is shutting down"))
+                _consume(w.wake)
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:

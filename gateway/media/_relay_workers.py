@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from gateway import logs
 from gateway.media._relay_types import (
     EventSink,
     PortsExhausted,
@@ -104,12 +105,18 @@ def split_ports(port_min: int, port_max: int, parts: int) -> list[tuple[int, int
 
 
 def _log_options() -> list[str]:
-    """The worker logs like this process: same level, JSON if this process writes JSON."""
+    """The worker logs like this process: same level, JSON if this process writes JSON, the
+    same rate limit and excerpt length."""
     options: list[str] = []
     try:
         processors = structlog.get_config()["processors"]
         if processors and isinstance(processors[-1], structlog.processors.JSONRenderer):
             options.append("--log-json")
+        for p in processors:
+            if isinstance(p, logs.RateLimit):
+                options += ["--log-burst", str(p.burst), "--log-window", str(p.window)]
+            elif isinstance(p, logs.Excerpts):
+                options += ["--log-max-value-chars", str(p.limit)]
         probe = structlog.get_logger("gateway.media.relay")
         for level in ("debug", "info", "warning", "error"):
             if probe.is_enabled_for(getattr(logging, level.upper())):

@@ -18,14 +18,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from gateway import logs
 from gateway.media._relay_workers import CALLS, encode, portable_error, read_message
 from gateway.media.relay import LocalRelay
 from gateway.metrics import Metrics
@@ -115,26 +116,6 @@ async def serve(args: argparse.Namespace, channel: int) -> None:
         await asyncio.sleep(0)  # let the transport flush what is queued
 
 
-def _configure_logging(level: str, json: bool) -> None:
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer(ensure_ascii=False)
-        if json
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="GB/T 28181 gateway RTP relay worker")
     p.add_argument("--host", required=True)
@@ -142,12 +123,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port-max", type=int, required=True)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--log-json", action="store_true")
+    p.add_argument("--log-burst", type=int, default=logs.BURST)
+    p.add_argument("--log-window", type=float, default=logs.WINDOW)
+    p.add_argument("--log-max-value-chars", type=int, default=logs.MAX_CHARS)
     args = p.parse_args(argv)
+    # The parent stops this process (a ``close`` call, or the end of stdin when the parent is
+    # gone). A Ctrl-C or a service manager's SIGTERM reaches the whole process group: left to
+    # the defaults, the worker would die under the parent mid-stop, with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # The pipe to the parent is a private copy of stdout; fd 1 becomes stderr so a stray print
     # can never corrupt a message.
     channel = os.dup(1)
     os.dup2(2, 1)
-    _configure_logging(args.log_level, args.log_json)
+    limiter = logs.configure(
+        level=args.log_level,
+        json=args.log_json,
+        burst=args.log_burst,
+        window=args.log_window,
+        max_chars=args.log_max_value_chars,
+    )
     log.info("relay.worker_ready", pid=os.getpid(), ports=(args.port_min, args.port_max))
     try:
         import uvloop
@@ -155,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve(args, channel))
     else:
         uvloop.run(serve(args, channel))
+    limiter.flush()
     return 0
 
 

@@ -247,8 +247,14 @@ class StoreSection(_Section):
 
 
 class LogSection(_Section):
+    """What is written to the log, and how much of it (``gateway.logs``): peers write part of
+    it, so repeated events are rate-limited and every value is cut to a short escaped excerpt."""
+
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["console", "json"] = "console"
+    burst: int = Field(20, ge=1, le=100_000)
+    window: float = Field(10.0, gt=0, le=3600)
+    max_value_chars: int = Field(200, ge=32, le=100_000)
 
 
 class Config(_Section):

@@ -20,6 +20,7 @@ the audio of a voice broadcast and goes to the device side
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -271,6 +272,11 @@ class Calls:
             pending = self._pending.get(call_id)
             if pending is not None and pending.task is t:
                 del self._pending[call_id]
+            if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                # Cancelled before it ever ran (a CANCEL or the stop in the INVITE's own turn):
+                # the set-up never started. Closed, it is not reported as never awaited.
+                coro.close()
+                ctx.respond(self.endpoint.answer(req, 487, "Request Terminated"))
             if not t.cancelled() and t.exception() is not None:
                 log.warning("invite.task_failed", call_id=call_id, error=str(t.exception()))
 
