@@ -17,7 +17,9 @@ from gateway.settings import Config, config_from_dict
 from gateway.sip import Endpoint, Peer, TimerConfig
 
 # Logs go to stderr (pytest shows them for failing tests); stdout stays for what CLIs print.
-configure_logging(config_from_dict({"log": {"level": "info"}}))
+# Logging is configured once for the whole run, so the per-event-name rate limit is set as high
+# as it goes: a failing test's captured log must not miss lines another test used up.
+configure_logging(config_from_dict({"log": {"level": "info", "burst": 100_000}}))
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
