@@ -33,17 +33,23 @@ _PORT_TAKEN = (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
 class PortPool:
     """Even ports of ``[port_min, port_max]``; :meth:`take` binds one with a caller's function."""
 
-    __slots__ = ("_free", "size")
+    __slots__ = ("_free", "_range", "size")
 
     def __init__(self, port_min: int, port_max: int) -> None:
         if not 0 < port_min <= port_max <= 65535:
             raise RelayError(f"bad media port range {port_min}-{port_max}")
         first = port_min + (port_min & 1)
-        self._free: deque[int] = deque(range(first, port_max + 1, 2))
+        self._range = range(first, port_max + 1, 2)
+        self._free: deque[int] = deque(self._range)
         self.size = len(self._free)
 
     def free(self) -> int:
         return len(self._free)
+
+    def holds(self, port: int) -> bool:
+        """Is ``port`` taken from this pool now (bound by the relay)? Linear in the free
+        ports; asked once per media answer, not per packet."""
+        return port in self._range and port not in self._free
 
     def take(self, bind: Callable[[int], T]) -> tuple[int, T]:
         """The first free port ``bind`` succeeds on, with what it returned.

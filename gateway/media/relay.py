@@ -208,6 +208,11 @@ class _TcpEnd:
                     sock = bind_tcp(self.relay.host, self.port, listen=False)
                 set_buffer(sock, receive=self.on_packets is not None)
                 await asyncio.wait_for(loop.sock_connect(sock, remote), CONNECT_TIMEOUT)
+                if sock.getsockname() == sock.getpeername():
+                    # TCP simultaneous open with itself (RFC 793 §3.4): the far end named our
+                    # own address and port. Nobody is there; never take it for a peer.
+                    self.relay.metrics.inc("relay.tcp.self_connect")
+                    raise ConnectionRefusedError(errno.ECONNREFUSED, "connected to itself")
                 await loop.create_connection(lambda: _TcpLink(self), sock=sock)
                 log.info(
                     "relay.tcp.connected",
@@ -603,18 +608,25 @@ class _Stream:
         log.info("relay.idle", stream_id=self.stream_id, idle_timeout=self.idle_timeout)
         self.relay.emit(self.stream_id, None, "idle")
 
+    def close_input(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close the input leg's socket (UDP) or connection and listener (TCP)."""
+        if self._sock is not None:
+            loop.remove_reader(self._fd)
+            self._sock.close()
+            self._sock = None
+            self._fd = -1
+        if self.tcp is not None:
+            self.tcp.close()
+            self.tcp = None
+        self._source = None
+
     def close(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         """Close every socket; returns the ports to give back."""
         ports = [self.port]
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
-        if self._sock is not None:
-            loop.remove_reader(self._fd)
-            self._sock.close()
-            self._sock = None
-        if self.tcp is not None:
-            self.tcp.close()
+        self.close_input(loop)
         for out in self.outputs.values():
             out.close()
             ports.append(out.port)
@@ -822,6 +834,10 @@ class LocalRelay:
     def ports_free(self) -> int:
         return self._pool.free()
 
+    async def holds_port(self, port: int) -> bool:
+        """Is ``port`` one of the relay's media ports in use now (a stream's or an output's)?"""
+        return self._pool.holds(port)
+
     # -- streams --------------------------------------------------------------------------------
 
     async def open_stream(
@@ -840,14 +856,7 @@ class LocalRelay:
         stream = _Stream(self, stream_id, transport, port, idle_timeout, remote)
         self._streams[stream_id] = stream
         try:
-            if transport == "udp":
-                stream.start_udp(sock, loop)
-            else:
-                stream.tcp = _TcpEnd(self, stream_id, None, port, sock, stream)
-                if transport == "tcp-passive":
-                    await stream.tcp.listen()
-                elif remote is not None:
-                    stream.tcp.connect(remote)
+            await self._start_input(stream, sock, loop)
         except BaseException:
             sock.close()
             await self.close_stream(stream_id)
@@ -855,6 +864,52 @@ class LocalRelay:
         stream.arm_idle()
         log.info("relay.stream_opened", stream_id=stream_id, transport=transport, port=port)
         return port
+
+    async def _start_input(
+        self, stream: _Stream, sock: socket.socket, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        if stream.transport == "udp":
+            stream.start_udp(sock, loop)
+            return
+        stream.tcp = _TcpEnd(self, stream.stream_id, None, stream.port, sock, stream)
+        if stream.transport == "tcp-passive":
+            await stream.tcp.listen()
+        elif stream.remote is not None:
+            stream.tcp.connect(stream.remote)
+
+    async def switch_input(self, stream_id: str, transport: Transport) -> None:
+        """Take the stream's input again on the same port number with another transport: the
+        far end answered with it (see :func:`gateway.media.sdp.settled_transport`). The port
+        pool hands out numbers, not sockets, so the number is free for the other protocol
+        unless another program holds it (:class:`RelayError`). Outputs are untouched."""
+        loop = self._running()
+        _check_transport(transport)
+        stream = self._stream(stream_id)
+        if transport == stream.transport:
+            return
+        stream.close_input(loop)
+        try:
+            if transport == "udp":
+                sock = bind_udp(self.host, stream.port, receive=True)
+            else:
+                sock = bind_tcp(self.host, stream.port, listen=transport == "tcp-passive")
+        except OSError as exc:
+            raise RelayError(f"cannot take port {stream.port} for {transport}: {exc}") from exc
+        previous, stream.transport = stream.transport, transport
+        stream.remote = None
+        try:
+            await self._start_input(stream, sock, loop)
+        except OSError as exc:
+            sock.close()
+            raise RelayError(f"cannot take port {stream.port} for {transport}: {exc}") from exc
+        self.metrics.inc("relay.input_switched")
+        log.info(
+            "relay.input_switched",
+            stream_id=stream_id,
+            port=stream.port,
+            was=previous,
+            transport=transport,
+        )
 
     async def connect_stream(self, stream_id: str, remote: tuple[str, int]) -> None:
         stream = self._stream(stream_id)
