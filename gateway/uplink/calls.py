@@ -158,8 +158,9 @@ class UpperAudio:
             self.media.spawn(invite.bye())
             leg.dialog = None
             raise MediaError(502, f"Bad Gateway (upper answer: {exc.reason})") from None
-        if leg.transport == "tcp-active":
-            await self.media.relay.connect_stream(leg.key, (leg.answer.host, leg.answer.port))
+        # The upper's answer settles the transport (and connects, when that is ours to do);
+        # a MediaError here ends the leg with a BYE to the upper.
+        await self.media.use_answer(leg, leg.answer, offered_host=host)
 
 
 class Calls:
@@ -469,8 +470,10 @@ class Calls:
             self.media.spawn(invite.bye())
             leg.dialog = None
             raise MediaError(502, f"Bad Gateway (device answer: {exc.reason})") from None
-        if leg.transport == "tcp-active":
-            await self.media.relay.connect_stream(leg.key, (leg.answer.host, leg.answer.port))
+        # The answer settles the transport: what the device answered is taken when the relay
+        # can (UDP for TCP, the passive role for a conflicting a=setup:active); a leg that
+        # cannot carry media raises MediaError, so the device gets BYE and the upper no 200.
+        await self.media.use_answer(leg, leg.answer, offered_host=sdp.host)
         self.metrics.inc("media.device_invite.ok")
 
     # -- in-dialog requests -----------------------------------------------------------------

@@ -1,0 +1,145 @@
+"""Device answers that break the offer, end to end on the media rig (issue 13, items 15
+and 16).
+
+RFC 4145 §4.1 (the answer to ``a=setup:active`` is ``passive``), RFC 3264 §6 (the answer picks
+the transport). Flows of :mod:`gateway.uplink.calls` and
+:meth:`gateway.media.SessionTable.use_answer`."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from conformance.peers.platform import RequestFailed
+from tests.conftest import wait_for
+from tests.media.rig import FRAMES, device_session
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- item 15: a=setup:active answered to a=setup:active -----------------------------------------
+async def test_active_answered_to_active_takes_the_passive_role(rig_factory) -> None:
+    # The device answers active to our active and echoes our own c=/m=: we take the role it
+    # left (listen on the port we offered), it connects there, and the media flows.
+    rig = await rig_factory(
+        device_transport="tcp-active", answer_transport="tcp-active", echo_offer_address=True
+    )
+    call = await rig.invite()
+    assert call.status == 200
+    assert await call.receiver.wait_frames(FRAMES, timeout=10) >= FRAMES
+    dev = device_session(rig)
+    assert dev.offer.setup == "active" and dev.answer.setup == "active"
+    assert (dev.answer.host, dev.answer.port) == (dev.offer.host, dev.offer.port)
+    assert [leg["transport"] for leg in rig.media.snapshot()] == ["tcp-passive"]
+    metrics = rig.gw.metrics
+    assert metrics.get("media.answer.transport_changed") == 1
+    assert metrics.get("relay.tcp.self_connect") == 0
+    await call.bye()
+    await rig.at_rest()
+
+
+async def test_answer_naming_our_own_address_is_refused_and_the_device_gets_bye(
+    rig_factory,
+) -> None:
+    # The device answers passive (it listens) but names our own c=/m=: there is nobody to
+    # connect to. The upper gets 502, never a 200; the device gets BYE.
+    rig = await rig_factory(
+        device_transport="tcp-active", answer_transport="tcp-passive", echo_offer_address=True
+    )
+    with pytest.raises(RequestFailed) as info:
+        await rig.invite()
+    assert info.value.status == 502
+    assert "address" in info.value.reason
+    dev = device_session(rig)
+    await wait_for(lambda: dev.ended, 5, "BYE to the device")
+    assert dev.ended_by == "remote"
+    metrics = rig.gw.metrics
+    assert metrics.get("media.answer.refused") == 1
+    assert metrics.get("media.invite.refused.502") == 1
+    assert metrics.get("relay.tcp.self_connect") == 0
+    await rig.at_rest()
+
+
+async def test_passive_answered_to_passive_takes_the_active_role(rig_factory) -> None:
+    # Both ends would listen: the gateway connects to the address the device answered.
+    rig = await rig_factory(device_transport="tcp-passive", answer_transport="tcp-passive")
+    call = await rig.invite()
+    assert await call.receiver.wait_frames(FRAMES, timeout=10) >= FRAMES
+    assert [leg["transport"] for leg in rig.media.snapshot()] == ["tcp-active"]
+    await call.bye()
+    await rig.at_rest()
+
+
+# -- item 16: RTP/AVP answered to TCP/RTP/AVP ---------------------------------------------------
+@pytest.mark.parametrize("device_transport", ["tcp-active", "tcp-passive"])
+async def test_udp_answered_to_tcp_is_received_over_udp(rig_factory, device_transport) -> None:
+    rig = await rig_factory(device_transport=device_transport, answer_transport="udp")
+    call = await rig.invite()
+    assert await call.receiver.wait_frames(FRAMES, timeout=10) >= FRAMES
+    dev = device_session(rig)
+    assert dev.offer.proto == "TCP/RTP/AVP" and dev.answer.proto == "RTP/AVP"
+    assert [leg["transport"] for leg in rig.media.snapshot()] == ["udp"]
+    assert [leg["port"] for leg in rig.media.snapshot()] == [dev.offer.port]
+    await call.bye()
+    await rig.at_rest()
+
+
+async def test_udp_answer_on_a_port_taken_elsewhere_fails_cleanly(rig_factory) -> None:
+    # While the device thinks it over, another program takes UDP on the port number we
+    # offered over TCP: the answer cannot be taken, the device gets BYE, the upper 502.
+    rig = await rig_factory(
+        device_transport="tcp-passive", answer_transport="udp", invite_delay=1.0
+    )
+    invite = asyncio.ensure_future(rig.invite())
+    await wait_for(lambda: bool(rig.nvr.media_sessions), 5, "the device INVITEd")
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    squatter.bind(("127.0.0.1", device_session(rig).offer.port))
+    try:
+        with pytest.raises(RequestFailed) as info:
+            await invite
+    finally:
+        squatter.close()
+    assert info.value.status == 502
+    dev = device_session(rig)
+    await wait_for(lambda: dev.ended, 5, "BYE to the device")
+    assert dev.ended_by == "remote"
+    assert rig.gw.metrics.get("media.answer.refused") == 1
+    await rig.at_rest()
+
+
+async def test_conflicting_answer_through_relay_workers(rig_factory) -> None:
+    # The scaled-out relay takes the answered role in its worker process just the same.
+    rig = await rig_factory(
+        media={"workers": 1},
+        device_transport="tcp-active",
+        answer_transport="tcp-active",
+        echo_offer_address=True,
+    )
+    call = await rig.invite()
+    assert await call.receiver.wait_frames(FRAMES, timeout=10) >= FRAMES
+    assert [leg["transport"] for leg in rig.media.snapshot()] == ["tcp-passive"]
+    await call.bye()
+    await rig.at_rest()
+
+
+async def test_upper_offer_naming_a_relay_port_is_refused(rig_factory) -> None:
+    # An offer whose c=/m= is the relay's own input port would feed the stream into itself
+    # (every packet relayed again, for ever): 488, and the first viewer is untouched.
+    rig = await rig_factory(live_frames=None)
+    first = await rig.invite()
+    [leg] = rig.media.snapshot()
+
+    def at_our_port(offer):
+        offer.host, offer.port = "127.0.0.1", leg["port"]
+        return offer
+
+    with pytest.raises(RequestFailed) as info:
+        await rig.invite(offer_hook=at_our_port)
+    assert info.value.status == 488
+    assert rig.gw.metrics.get("media.offer.own_address") == 1
+    before = first.receiver.decoded
+    assert await first.receiver.wait_frames(before + 5) >= before + 5
+    await first.bye()
+    await rig.at_rest()
