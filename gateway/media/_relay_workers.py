@@ -51,7 +51,7 @@ CALLS = frozenset(
     {
         "open_stream",
         "connect_stream",
-        "switch_input",
+        "settle_input",
         "add_output",
         "remove_output",
         "close_stream",
@@ -395,8 +395,8 @@ class WorkerRelay:
     async def connect_stream(self, stream_id: str, remote: tuple[str, int]) -> None:
         await self._call(self._worker_of(stream_id), "connect_stream", stream_id, remote)
 
-    async def switch_input(self, stream_id: str, transport: Transport) -> None:
-        await self._call(self._worker_of(stream_id), "switch_input", stream_id, transport)
+    async def settle_input(self, stream_id: str, transport: Transport) -> None:
+        await self._call(self._worker_of(stream_id), "settle_input", stream_id, transport)
 
     async def add_output(
         self,

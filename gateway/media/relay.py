@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING, cast
 
 import structlog
 
-from gateway.media._relay_ports import PortPool, bind_tcp, bind_udp, family_of, set_buffer
+from gateway.media._relay_ports import (
+    PortPool,
+    bind_tcp,
+    bind_udp,
+    family_of,
+    reserve_port,
+    set_buffer,
+)
 from gateway.media._relay_types import (
     TRANSPORTS,
     EventSink,
@@ -548,6 +555,7 @@ class _Stream:
         "port",
         "relay",
         "remote",
+        "reserve",
         "seq",
         "ssrc",
         "stream_id",
@@ -580,6 +588,9 @@ class _Stream:
         self._rate_t0 = self._rate_t1 = self.opened_at
         self._rate_b0 = self._rate_b1 = 0
         self._source: bytes | tuple[object, ...] | None = None
+        # The port number bound for the other protocol until the far end's answer settles
+        # the input's transport (LocalRelay.settle_input).
+        self.reserve: socket.socket | None = None
         self.idle_reported = False
         self._idle_handle: asyncio.TimerHandle | None = None
 
@@ -627,6 +638,9 @@ class _Stream:
             self._idle_handle.cancel()
             self._idle_handle = None
         self.close_input(loop)
+        if self.reserve is not None:
+            self.reserve.close()
+            self.reserve = None
         for out in self.outputs.values():
             out.close()
             ports.append(out.port)
@@ -852,8 +866,9 @@ class LocalRelay:
         _check_transport(transport)
         if stream_id in self._streams:
             raise RelayError(f"stream {stream_id} is already open")
-        port, sock = self._take_port(transport, receive=True)
+        port, (sock, reserve) = self._take_input_port(transport)
         stream = _Stream(self, stream_id, transport, port, idle_timeout, remote)
+        stream.reserve = reserve
         self._streams[stream_id] = stream
         try:
             await self._start_input(stream, sock, loop)
@@ -877,24 +892,39 @@ class LocalRelay:
         elif stream.remote is not None:
             stream.tcp.connect(stream.remote)
 
-    async def switch_input(self, stream_id: str, transport: Transport) -> None:
-        """Take the stream's input again on the same port number with another transport: the
-        far end answered with it (see :func:`gateway.media.sdp.settled_transport`). The port
-        pool hands out numbers, not sockets, so the number is free for the other protocol
-        unless another program holds it (:class:`RelayError`). Outputs are untouched."""
+    async def settle_input(self, stream_id: str, transport: Transport) -> None:
+        """The far end's answer settled the input's transport (see
+        :func:`gateway.media.sdp.settled_transport`): take the input again on the same port
+        number when it differs from the one opened, and give up the number's reservation for
+        the other protocol. A stream's port number is bound for UDP and TCP from its opening
+        (:meth:`_take_input_port`), so a device answering UDP to a TCP offer, or the other way
+        round, finds the number it was offered free. :class:`RelayError` when the input cannot
+        be taken; outputs are untouched."""
         loop = self._running()
         _check_transport(transport)
         stream = self._stream(stream_id)
+        reserve, stream.reserve = stream.reserve, None
         if transport == stream.transport:
+            if reserve is not None:
+                reserve.close()
             return
         stream.close_input(loop)
+        udp = transport == "udp"
         try:
-            if transport == "udp":
+            if reserve is not None and (reserve.type == socket.SOCK_DGRAM) == udp:
+                sock, reserve = reserve, None
+                if transport == "tcp-passive":
+                    sock.listen(8)
+                set_buffer(sock, receive=True)
+            elif udp:
                 sock = bind_udp(self.host, stream.port, receive=True)
             else:
                 sock = bind_tcp(self.host, stream.port, listen=transport == "tcp-passive")
         except OSError as exc:
             raise RelayError(f"cannot take port {stream.port} for {transport}: {exc}") from exc
+        finally:
+            if reserve is not None:
+                reserve.close()
         previous, stream.transport = stream.transport, transport
         stream.remote = None
         try:
@@ -1021,6 +1051,32 @@ class LocalRelay:
             return self._streams[stream_id]
         except KeyError:
             raise UnknownStream(stream_id) from None
+
+    def _take_input_port(
+        self, transport: Transport
+    ) -> tuple[int, tuple[socket.socket, socket.socket]]:
+        """A port number free for both UDP and TCP: the input's socket, and one of the other
+        protocol that keeps the number for :meth:`settle_input` (bound, not listening, with
+        the system's default buffer)."""
+        host = self.host
+
+        def bind(port: int) -> tuple[socket.socket, socket.socket]:
+            if transport == "udp":
+                sock = bind_udp(host, port, receive=True)
+            else:
+                sock = bind_tcp(host, port, listen=transport == "tcp-passive")
+            try:
+                return sock, reserve_port(host, port, udp=transport != "udp")
+            except BaseException:
+                sock.close()
+                raise
+
+        try:
+            return self._pool.take(bind)
+        except PortsExhausted:
+            self.metrics.inc("relay.ports_exhausted")
+            log.warning("relay.ports_exhausted", ports=self._pool.size)
+            raise
 
     def _take_port(self, transport: Transport, *, receive: bool) -> tuple[int, socket.socket]:
         host = self.host

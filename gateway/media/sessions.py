@@ -216,9 +216,9 @@ class SessionTable(Generic[D]):
         us the active role (RFC 3264 §6, RFC 4145 §4.1; :func:`settled_transport`).
 
         An answer that changes the transport (UDP for TCP, or ``a=setup:active`` answered to
-        our ``active``) is taken when the relay can take the input again on the offered port
-        number, which is where the far end will send or connect; an answer naming the
-        gateway's own media address is refused, since nobody would be at the other end.
+        our ``active``) is taken: the relay takes the input again on the offered port number
+        (kept for both protocols until now), which is where the far end sends or connects. An
+        answer naming the gateway's own media address is refused: nobody is at that end.
         Raises :class:`MediaError` (502) when the leg cannot carry media: the flow BYEs the
         far end, and no 200 goes to a receiver."""
         role = settled_transport(leg.transport, answer)
@@ -233,14 +233,14 @@ class SessionTable(Generic[D]):
                 answered=f"{answer.proto} setup={answer.setup or '-'}",
                 ours=role,
             )
-            try:
-                await self.relay.switch_input(leg.key, role)
-            except (RelayError, OSError) as exc:
-                self._refuse_answer(leg, f"cannot take {role} on port {leg.port}: {exc}")
-                raise MediaError(
-                    502, f"Bad Gateway (the answer's transport {role} is not usable)"
-                ) from None
-            leg.transport = role
+        try:
+            await self.relay.settle_input(leg.key, role)  # also when unchanged: frees the spare
+        except (RelayError, OSError) as exc:
+            self._refuse_answer(leg, f"cannot take {role} on port {leg.port}: {exc}")
+            raise MediaError(
+                502, f"Bad Gateway (the answer's transport {role} is not usable)"
+            ) from None
+        leg.transport = role
         if role != "tcp-active":
             return
         remote = (answer.host, answer.port)

@@ -768,20 +768,20 @@ async def test_tcp_active_never_takes_itself_for_its_peer(
     assert not any(o.connected for o in (await relay.stats("s")).outputs)
 
 
-async def test_switch_input_receives_on_the_same_port_with_the_answered_transport(
+async def test_settle_input_receives_on_the_same_port_with_the_answered_transport(
     relay: LocalRelay, cleanup: Callable[[Any], Any]
 ) -> None:
     port = await relay.open_stream("s", "tcp-active", idle_timeout=30)
     sink = cleanup(await Sink.open(relay, "s", "o", "udp", ssrc=0x11111111))
     # The far end answered RTP/AVP: UDP on the port number the offer named.
-    await relay.switch_input("s", "udp")
+    await relay.settle_input("s", "udp")
     sender = cleanup(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     for seq in range(1, 6):
         sender.sendto(rtp(seq), (HOST, port))
     got = await sink.recv(5)
     assert [g[8:12] for g in got] == [(0x11111111).to_bytes(4, "big")] * 5
     # Or it answered a=setup:active to our active: we listen there, it connects.
-    await relay.switch_input("s", "tcp-passive")
+    await relay.settle_input("s", "tcp-passive")
     _, writer = await asyncio.open_connection(HOST, port)
     writer.write(b"".join(frame_rfc4571(rtp(seq)) for seq in range(6, 9)))
     await writer.drain()
@@ -791,17 +791,34 @@ async def test_switch_input_receives_on_the_same_port_with_the_answered_transpor
     assert (await relay.stats("s")).input.packets == 8
 
 
-async def test_switch_input_to_a_port_another_program_holds_fails(relay: LocalRelay) -> None:
-    port = await relay.open_stream("s", "tcp-passive", idle_timeout=30)
+async def test_input_port_number_is_kept_for_both_protocols_until_settled(
+    relay: LocalRelay,
+) -> None:
+    # Offered over TCP, the number is also held for UDP (the answer may pick UDP), and the
+    # other way round; once the answer has settled the transport, the spare is given up.
+    for transport, other in (("tcp-passive", socket.SOCK_DGRAM), ("udp", socket.SOCK_STREAM)):
+        port = await relay.open_stream("s", transport, idle_timeout=30)
+        with socket.socket(socket.AF_INET, other) as squatter, pytest.raises(OSError):
+            squatter.bind((HOST, port))
+        await relay.settle_input("s", transport)
+        with socket.socket(socket.AF_INET, other) as squatter:
+            squatter.bind((HOST, port))
+        await relay.close_stream("s")
+    assert relay.ports_free() == relay._pool.size
+    assert relay.metrics.get("relay.input_switched") == 0
+
+
+async def test_port_held_elsewhere_for_the_other_protocol_is_skipped(events: Events) -> None:
+    low, _ = port_range()
     squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    squatter.bind((HOST, port))
+    squatter.bind((HOST, low))  # UDP only: the TCP number is free, but not both
+    r = LocalRelay(host=HOST, port_min=low, port_max=low + 2, on_event=events)
+    await r.start()
     try:
-        with pytest.raises(RelayError):
-            await relay.switch_input("s", "udp")
+        assert await r.open_stream("s", "tcp-passive", idle_timeout=30) == low + 2
     finally:
         squatter.close()
-    await relay.close_stream("s")
-    assert relay.ports_free() == relay._pool.size
+        await r.close()
 
 
 async def test_holds_port_names_only_ports_in_use(relay: LocalRelay) -> None:

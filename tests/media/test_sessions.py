@@ -63,7 +63,7 @@ class FakeRelay:
     async def connect_stream(self, stream_id: str, remote: tuple[str, int]) -> None:
         pass
 
-    async def switch_input(self, stream_id: str, transport: Transport) -> None:
+    async def settle_input(self, stream_id: str, transport: Transport) -> None:
         pass
 
     async def holds_port(self, port: int) -> bool:

@@ -7,12 +7,10 @@ the transport). Flows of :mod:`gateway.uplink.calls` and
 
 from __future__ import annotations
 
-import asyncio
-import socket
-
 import pytest
 
 from conformance.peers.platform import RequestFailed
+from gateway.media import RelayError
 from tests.conftest import wait_for
 from tests.media.rig import FRAMES, device_session
 
@@ -86,22 +84,19 @@ async def test_udp_answered_to_tcp_is_received_over_udp(rig_factory, device_tran
     await rig.at_rest()
 
 
-async def test_udp_answer_on_a_port_taken_elsewhere_fails_cleanly(rig_factory) -> None:
-    # While the device thinks it over, another program takes UDP on the port number we
-    # offered over TCP: the answer cannot be taken, the device gets BYE, the upper 502.
-    rig = await rig_factory(
-        device_transport="tcp-passive", answer_transport="udp", invite_delay=1.0
-    )
-    invite = asyncio.ensure_future(rig.invite())
-    await wait_for(lambda: bool(rig.nvr.media_sessions), 5, "the device INVITEd")
-    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    squatter.bind(("127.0.0.1", device_session(rig).offer.port))
-    try:
-        with pytest.raises(RequestFailed) as info:
-            await invite
-    finally:
-        squatter.close()
-    assert info.value.status == 502
+async def test_udp_answer_the_relay_cannot_take_fails_cleanly(rig_factory, monkeypatch) -> None:
+    # Should the relay fail to take the answered transport (the port number is kept for
+    # both protocols, so this is the relay's own failure), the device gets BYE and the
+    # upper 502: never a 200 for a leg that cannot carry media.
+    rig = await rig_factory(device_transport="tcp-passive", answer_transport="udp")
+
+    async def cannot(stream_id: str, transport: str) -> None:
+        raise RelayError(f"cannot take {transport}")
+
+    monkeypatch.setattr(rig.media.relay, "settle_input", cannot)
+    with pytest.raises(RequestFailed) as info:
+        await rig.invite()
+    assert info.value.status == 502 and "udp" in info.value.reason
     dev = device_session(rig)
     await wait_for(lambda: dev.ended, 5, "BYE to the device")
     assert dev.ended_by == "remote"
