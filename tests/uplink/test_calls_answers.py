@@ -1,9 +1,9 @@
-"""Device answers that break the offer, end to end on the media rig (issue 13, items 15
-and 16).
+"""Device answers that break the offer, and in-dialog requests from another of an upper's
+addresses, end to end on the media rig (issue 13, items 15–17).
 
 RFC 4145 §4.1 (the answer to ``a=setup:active`` is ``passive``), RFC 3264 §6 (the answer picks
-the transport). Flows of :mod:`gateway.uplink.calls` and
-:meth:`gateway.media.SessionTable.use_answer`."""
+the transport), RFC 3261 §12.2.2 (in-dialog requests matched by Call-ID and tags). Flows of
+:mod:`gateway.uplink.calls` and :meth:`gateway.media.SessionTable.use_answer`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 
 from conformance.peers.platform import RequestFailed
 from gateway.media import RelayError
+from gateway.metrics import Metrics
+from gateway.sip import Endpoint, send_bye
 from tests.conftest import wait_for
-from tests.media.rig import FRAMES, device_session
+from tests.media.rig import FRAMES, device_session, fast_timers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -137,4 +139,67 @@ async def test_upper_offer_naming_a_relay_port_is_refused(rig_factory) -> None:
     before = first.receiver.decoded
     assert await first.receiver.wait_frames(before + 5) >= before + 5
     await first.bye()
+    await rig.at_rest()
+
+
+# -- item 17: the upper's BYE from another of its addresses -------------------------------------
+async def _endpoint_on(host: str) -> Endpoint:
+    ep = Endpoint(metrics=Metrics(), timers=fast_timers())
+    await ep.start(host, 0)
+    return ep
+
+
+async def test_bye_from_another_configured_address_of_the_upper_ends_the_session(
+    rig_factory,
+) -> None:
+    rig = await rig_factory(upper={"other_hosts": ["127.0.0.2"]}, live_frames=None)
+    call = await rig.invite()
+    assert await call.receiver.wait_frames(5) >= 5
+    assert call.dialog is not None
+    other = await _endpoint_on("127.0.0.2")  # the upper's second NIC, or a cluster node
+    try:
+        resp = await send_bye(other, call.dialog, timeout=5)
+    finally:
+        await other.close()
+    assert resp is not None and resp.status == 200
+    await rig.at_rest()  # the session ended, the relay stream closed, its ports came back
+    assert device_session(rig).ended_by == "remote"
+    assert rig.gw.metrics.get("media.in_dialog.other_host") == 1
+
+
+async def test_bye_from_the_host_of_the_upper_contact_ends_the_session(rig_factory) -> None:
+    # The upper's INVITE came from 127.0.0.1 but its Contact names 127.0.0.2, where its BYE
+    # comes from.
+    rig = await rig_factory(live_frames=None)
+    ep = rig.platform.endpoint
+    ep.advertised_host = "127.0.0.2"
+    try:
+        call = await rig.invite()
+    finally:
+        ep.advertised_host = ""
+    assert "127.0.0.2" in (call.request.get_header("Contact") or "")
+    assert await call.receiver.wait_frames(5) >= 5
+    assert call.dialog is not None
+    other = await _endpoint_on("127.0.0.2")
+    try:
+        resp = await send_bye(other, call.dialog, timeout=5)
+    finally:
+        await other.close()
+    assert resp is not None and resp.status == 200
+    await rig.at_rest()
+
+
+async def test_bye_from_a_stranger_with_the_right_tags_is_still_481(rig_factory) -> None:
+    rig = await rig_factory(upper={"other_hosts": ["127.0.0.2"]}, live_frames=None)
+    call = await rig.invite()
+    assert call.dialog is not None
+    stranger = await _endpoint_on("127.0.0.3")
+    try:
+        resp = await send_bye(stranger, call.dialog, timeout=5)
+    finally:
+        await stranger.close()
+    assert resp is not None and resp.status == 481
+    before = call.receiver.decoded
+    assert await call.receiver.wait_frames(before + 5) >= before + 5  # still flowing
+    await call.bye()
     await rig.at_rest()
