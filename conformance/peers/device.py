@@ -367,6 +367,10 @@ class SimDevice:
       ``a=setup:passive``), retry a refused connect this many times, this many seconds apart.
       The defaults, 3 and 1.0, are 2022 Annex D's minimum; 0 retries (give up at once), fewer,
       or a shorter interval break it.
+    * ``answer_transport``: play this role whatever the offer asked, and answer so: ``udp``
+      answers ``RTP/AVP`` to a TCP offer and sends UDP; ``tcp-active`` answers
+      ``a=setup:active`` (and connects) even to an ``active`` offer, against RFC 4145 §4.1.
+    * ``echo_offer_address``: the answer's ``c=``/``m=`` repeat the offer's own address.
     """
 
     endpoint: Endpoint
@@ -439,6 +443,8 @@ class SimDevice:
     media_mute: bool = False
     tcp_retries: int = 3
     tcp_retry_interval: float = 1.0
+    answer_transport: str | None = None
+    echo_offer_address: bool = False
 
     # -- what it saw ------------------------------------------------------------------------
     queries: list[Message] = field(default_factory=list)
@@ -1533,7 +1539,7 @@ class SimDevice:
             offer=offer,
             invite=req,
             subject=req.get_header("Subject"),
-            role=answer_role(offer),
+            role=self.answer_transport or answer_role(offer),
         )
         self.media_sessions[req.call_id] = session
         self._track(req.call_id)
@@ -1617,22 +1623,26 @@ class SimDevice:
             return make_response(req, 487, to_tag=tag)
         if session.kind == "Download" and offer.download_speed:
             sender.set_scale(float(min(max(offer.download_speed, 1), 8)))
+        proto, setup = offer.proto, answer_setup(offer)
+        if self.answer_transport is not None:
+            proto = "RTP/AVP" if session.role == "udp" else "TCP/RTP/AVP"
+            setup = {"tcp-active": "active", "tcp-passive": "passive"}.get(session.role)
         answer = Sdp(
             origin_user=session.channel_id,
             origin_host=host,
             session=session.kind,
             uri=offer.uri,
-            host=host,
+            host=offer.host if self.echo_offer_address else host,
             start=offer.start,
             stop=offer.stop,
             media="video",
-            port=port or DISCARD_PORT,
-            proto=offer.proto,
+            port=offer.port if self.echo_offer_address else port or DISCARD_PORT,
+            proto=proto,
             formats=[96],
             rtpmap={96: "PS/90000"},
             direction="sendonly",
-            setup=answer_setup(offer),
-            connection_new=offer.tcp,
+            setup=setup,
+            connection_new=proto != "RTP/AVP",
             ssrc=ssrc,
             media_info=f"v/2/5/{self.fps}/1/2048a///",
             file_size=session.file_size,

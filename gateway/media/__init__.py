@@ -15,7 +15,14 @@ from gateway.media.relay import (
     WorkerRelay,
     make_relay,
 )
-from gateway.media.sdp import Sdp, SdpError, answer_setup, offer_setup, parse_sdp
+from gateway.media.sdp import (
+    Sdp,
+    SdpError,
+    answer_setup,
+    offer_setup,
+    parse_sdp,
+    settled_transport,
+)
 from gateway.media.sessions import (
     BROADCAST,
     DOWNLOAD,
@@ -62,4 +69,5 @@ __all__ = [
     "make_relay",
     "offer_setup",
     "parse_sdp",
+    "settled_transport",
 ]

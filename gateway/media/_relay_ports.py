@@ -4,7 +4,8 @@ RTP takes the even port and leaves the next odd one to RTCP (RFC 3550 §11; RFC 
 an SDP ``m=`` port is the RTP port). The relay does not relay RTCP, so only the even port is
 bound. Ports are handed out oldest-freed first, so a port just released is not reused while
 stray packets of its previous stream may still arrive. A port some other program holds is
-skipped and retried later.
+skipped and retried later. A stream's input port number is taken for UDP and TCP at once until
+the far end's answer says which it uses (an answer may pick the other one than offered).
 """
 
 from __future__ import annotations
@@ -33,17 +34,23 @@ _PORT_TAKEN = (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
 class PortPool:
     """Even ports of ``[port_min, port_max]``; :meth:`take` binds one with a caller's function."""
 
-    __slots__ = ("_free", "size")
+    __slots__ = ("_free", "_range", "size")
 
     def __init__(self, port_min: int, port_max: int) -> None:
         if not 0 < port_min <= port_max <= 65535:
             raise RelayError(f"bad media port range {port_min}-{port_max}")
         first = port_min + (port_min & 1)
-        self._free: deque[int] = deque(range(first, port_max + 1, 2))
+        self._range = range(first, port_max + 1, 2)
+        self._free: deque[int] = deque(self._range)
         self.size = len(self._free)
 
     def free(self) -> int:
         return len(self._free)
+
+    def holds(self, port: int) -> bool:
+        """Is ``port`` taken from this pool now (bound by the relay)? Linear in the free
+        ports; asked once per media answer, not per packet."""
+        return port in self._range and port not in self._free
 
     def take(self, bind: Callable[[int], T]) -> tuple[int, T]:
         """The first free port ``bind`` succeeds on, with what it returned.
@@ -108,6 +115,21 @@ def bind_tcp(host: str, port: int, *, listen: bool) -> socket.socket:
         sock.bind((host, port))
         if listen:
             sock.listen(8)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def reserve_port(host: str, port: int, *, udp: bool) -> socket.socket:
+    """A socket that only holds ``host:port`` for UDP or TCP (bound, not listening, default
+    buffers): nobody else takes the number while it is open."""
+    sock = socket.socket(family_of(host), socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        if not udp:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
     except BaseException:
         sock.close()
         raise

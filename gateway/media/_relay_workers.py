@@ -52,10 +52,12 @@ CALLS = frozenset(
     {
         "open_stream",
         "connect_stream",
+        "settle_input",
         "add_output",
         "remove_output",
         "close_stream",
         "stats",
+        "holds_port",
         "close",
     }
 )
@@ -349,6 +351,14 @@ class WorkerRelay:
     def ports_free(self) -> int:
         return sum(w.ports_free for w in self._workers if w is not None and w.alive)
 
+    async def holds_port(self, port: int) -> bool:
+        """Asks the worker whose slice of the range holds ``port``."""
+        for worker in self._workers:
+            if worker is not None and worker.alive and worker.port_min <= port <= worker.port_max:
+                held: bool = await self._call(worker, "holds_port", port)
+                return held
+        return False
+
     async def open_stream(
         self,
         stream_id: str,
@@ -391,6 +401,9 @@ class WorkerRelay:
 
     async def connect_stream(self, stream_id: str, remote: tuple[str, int]) -> None:
         await self._call(self._worker_of(stream_id), "connect_stream", stream_id, remote)
+
+    async def settle_input(self, stream_id: str, transport: Transport) -> None:
+        await self._call(self._worker_of(stream_id), "settle_input", stream_id, transport)
 
     async def add_output(
         self,

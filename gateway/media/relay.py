@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING, cast
 
 import structlog
 
-from gateway.media._relay_ports import PortPool, bind_tcp, bind_udp, family_of, set_buffer
+from gateway.media._relay_ports import (
+    PortPool,
+    bind_tcp,
+    bind_udp,
+    family_of,
+    reserve_port,
+    set_buffer,
+)
 from gateway.media._relay_types import (
     TRANSPORTS,
     EventSink,
@@ -208,6 +215,11 @@ class _TcpEnd:
                     sock = bind_tcp(self.relay.host, self.port, listen=False)
                 set_buffer(sock, receive=self.on_packets is not None)
                 await asyncio.wait_for(loop.sock_connect(sock, remote), CONNECT_TIMEOUT)
+                if sock.getsockname() == sock.getpeername():
+                    # TCP simultaneous open with itself (RFC 793 §3.4): the far end named our
+                    # own address and port. Nobody is there; never take it for a peer.
+                    self.relay.metrics.inc("relay.tcp.self_connect")
+                    raise ConnectionRefusedError(errno.ECONNREFUSED, "connected to itself")
                 await loop.create_connection(lambda: _TcpLink(self), sock=sock)
                 log.info(
                     "relay.tcp.connected",
@@ -543,6 +555,7 @@ class _Stream:
         "port",
         "relay",
         "remote",
+        "reserve",
         "seq",
         "ssrc",
         "stream_id",
@@ -575,6 +588,9 @@ class _Stream:
         self._rate_t0 = self._rate_t1 = self.opened_at
         self._rate_b0 = self._rate_b1 = 0
         self._source: bytes | tuple[object, ...] | None = None
+        # The port number bound for the other protocol until the far end's answer settles
+        # the input's transport (LocalRelay.settle_input).
+        self.reserve: socket.socket | None = None
         self.idle_reported = False
         self._idle_handle: asyncio.TimerHandle | None = None
 
@@ -603,18 +619,28 @@ class _Stream:
         log.info("relay.idle", stream_id=self.stream_id, idle_timeout=self.idle_timeout)
         self.relay.emit(self.stream_id, None, "idle")
 
+    def close_input(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close the input leg's socket (UDP) or connection and listener (TCP)."""
+        if self._sock is not None:
+            loop.remove_reader(self._fd)
+            self._sock.close()
+            self._sock = None
+            self._fd = -1
+        if self.tcp is not None:
+            self.tcp.close()
+            self.tcp = None
+        self._source = None
+
     def close(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         """Close every socket; returns the ports to give back."""
         ports = [self.port]
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
-        if self._sock is not None:
-            loop.remove_reader(self._fd)
-            self._sock.close()
-            self._sock = None
-        if self.tcp is not None:
-            self.tcp.close()
+        self.close_input(loop)
+        if self.reserve is not None:
+            self.reserve.close()
+            self.reserve = None
         for out in self.outputs.values():
             out.close()
             ports.append(out.port)
@@ -822,6 +848,10 @@ class LocalRelay:
     def ports_free(self) -> int:
         return self._pool.free()
 
+    async def holds_port(self, port: int) -> bool:
+        """Is ``port`` one of the relay's media ports in use now (a stream's or an output's)?"""
+        return self._pool.holds(port)
+
     # -- streams --------------------------------------------------------------------------------
 
     async def open_stream(
@@ -836,18 +866,12 @@ class LocalRelay:
         _check_transport(transport)
         if stream_id in self._streams:
             raise RelayError(f"stream {stream_id} is already open")
-        port, sock = self._take_port(transport, receive=True)
+        port, (sock, reserve) = self._take_input_port(transport)
         stream = _Stream(self, stream_id, transport, port, idle_timeout, remote)
+        stream.reserve = reserve
         self._streams[stream_id] = stream
         try:
-            if transport == "udp":
-                stream.start_udp(sock, loop)
-            else:
-                stream.tcp = _TcpEnd(self, stream_id, None, port, sock, stream)
-                if transport == "tcp-passive":
-                    await stream.tcp.listen()
-                elif remote is not None:
-                    stream.tcp.connect(remote)
+            await self._start_input(stream, sock, loop)
         except BaseException:
             sock.close()
             await self.close_stream(stream_id)
@@ -855,6 +879,67 @@ class LocalRelay:
         stream.arm_idle()
         log.info("relay.stream_opened", stream_id=stream_id, transport=transport, port=port)
         return port
+
+    async def _start_input(
+        self, stream: _Stream, sock: socket.socket, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        if stream.transport == "udp":
+            stream.start_udp(sock, loop)
+            return
+        stream.tcp = _TcpEnd(self, stream.stream_id, None, stream.port, sock, stream)
+        if stream.transport == "tcp-passive":
+            await stream.tcp.listen()
+        elif stream.remote is not None:
+            stream.tcp.connect(stream.remote)
+
+    async def settle_input(self, stream_id: str, transport: Transport) -> None:
+        """The far end's answer settled the input's transport (see
+        :func:`gateway.media.sdp.settled_transport`): take the input again on the same port
+        number when it differs from the one opened, and give up the number's reservation for
+        the other protocol. A stream's port number is bound for UDP and TCP from its opening
+        (:meth:`_take_input_port`), so a device answering UDP to a TCP offer, or the other way
+        round, finds the number it was offered free. :class:`RelayError` when the input cannot
+        be taken; outputs are untouched."""
+        loop = self._running()
+        _check_transport(transport)
+        stream = self._stream(stream_id)
+        reserve, stream.reserve = stream.reserve, None
+        if transport == stream.transport:
+            if reserve is not None:
+                reserve.close()
+            return
+        stream.close_input(loop)
+        udp = transport == "udp"
+        try:
+            if reserve is not None and (reserve.type == socket.SOCK_DGRAM) == udp:
+                sock, reserve = reserve, None
+                if transport == "tcp-passive":
+                    sock.listen(8)
+                set_buffer(sock, receive=True)
+            elif udp:
+                sock = bind_udp(self.host, stream.port, receive=True)
+            else:
+                sock = bind_tcp(self.host, stream.port, listen=transport == "tcp-passive")
+        except OSError as exc:
+            raise RelayError(f"cannot take port {stream.port} for {transport}: {exc}") from exc
+        finally:
+            if reserve is not None:
+                reserve.close()
+        previous, stream.transport = stream.transport, transport
+        stream.remote = None
+        try:
+            await self._start_input(stream, sock, loop)
+        except OSError as exc:
+            sock.close()
+            raise RelayError(f"cannot take port {stream.port} for {transport}: {exc}") from exc
+        self.metrics.inc("relay.input_switched")
+        log.info(
+            "relay.input_switched",
+            stream_id=stream_id,
+            port=stream.port,
+            was=previous,
+            transport=transport,
+        )
 
     async def connect_stream(self, stream_id: str, remote: tuple[str, int]) -> None:
         stream = self._stream(stream_id)
@@ -966,6 +1051,32 @@ class LocalRelay:
             return self._streams[stream_id]
         except KeyError:
             raise UnknownStream(stream_id) from None
+
+    def _take_input_port(
+        self, transport: Transport
+    ) -> tuple[int, tuple[socket.socket, socket.socket]]:
+        """A port number free for both UDP and TCP: the input's socket, and one of the other
+        protocol that keeps the number for :meth:`settle_input` (bound, not listening, with
+        the system's default buffer)."""
+        host = self.host
+
+        def bind(port: int) -> tuple[socket.socket, socket.socket]:
+            if transport == "udp":
+                sock = bind_udp(host, port, receive=True)
+            else:
+                sock = bind_tcp(host, port, listen=transport == "tcp-passive")
+            try:
+                return sock, reserve_port(host, port, udp=transport != "udp")
+            except BaseException:
+                sock.close()
+                raise
+
+        try:
+            return self._pool.take(bind)
+        except PortsExhausted:
+            self.metrics.inc("relay.ports_exhausted")
+            log.warning("relay.ports_exhausted", ports=self._pool.size)
+            raise
 
     def _take_port(self, transport: Transport, *, receive: bool) -> tuple[int, socket.socket]:
         host = self.host

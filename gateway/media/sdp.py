@@ -232,3 +232,24 @@ def offer_setup(transport: Transport) -> str | None:
     if transport == "udp":
         return None
     return "active" if transport == "tcp-active" else "passive"
+
+
+def settled_transport(offered: Transport, answer: Sdp) -> Transport:
+    """The transport role *we* play once ``answer`` came back to our offer of ``offered``.
+
+    The answer decides (RFC 3264 §6: the answerer picks from what was offered; RFC 4145 §4.1:
+    the answer to ``active`` is ``passive`` and the other way round). Real devices break both:
+    some answer ``RTP/AVP`` to a ``TCP/RTP/AVP`` offer and send UDP, some answer ``active`` to
+    ``active``. Whatever role the answer leaves is ours: an answer of ``active`` means the far
+    end connects, so we listen; ``passive`` means it listens, so we connect. A TCP answer
+    without ``a=setup`` (or with ``actpass``, which an answer may not use) keeps the offered
+    roles; to a UDP offer it is taken as ``passive`` (GB/T 28181-2022 Annex D).
+    """
+    if not answer.tcp:
+        return "udp"
+    setup = (answer.setup or "").lower()
+    if setup == "active":
+        return "tcp-passive"
+    if setup == "passive":
+        return "tcp-active"
+    return offered if offered != "udp" else "tcp-active"

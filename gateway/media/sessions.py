@@ -26,7 +26,9 @@ say BYE it hands that value back through the ``hang_up`` callable it was built w
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from gateway.media.relay import PortsExhausted, Relay, RelayError, Transport
-from gateway.media.sdp import Sdp
+from gateway.media.sdp import Sdp, settled_transport
 from gateway.media.ssrc import SsrcExhausted, SsrcPool
 from gateway.metrics import Metrics
 from gateway.settings import MediaSection
@@ -182,6 +184,81 @@ class SessionTable(Generic[D]):
         """The transport to INVITE a device's channel with: per channel, per device, default."""
         per = self.cfg.device_transports
         return per.get(channel_id) or per.get(device_id) or self.cfg.device_transport
+
+    async def is_own_media_address(self, host: str, port: int, *, also: str = "") -> bool:
+        """Is ``host:port`` one of the relay's own media ports in use? Sending or connecting
+        there would loop into the relay itself. The port must be one the relay holds now; the
+        host must be the relay's, the advertised one or ``also`` (the address our offer
+        named), unspecified, or, when the relay listens on every interface, any address this
+        machine holds (one a socket can be bound to)."""
+        if not await self.relay.holds_port(port):
+            return False
+        if host and host in (self.cfg.host, self.cfg.advertised_host, also):
+            return True
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return False  # a name: not resolved here (that could block); the relay checks too
+        if addr.is_unspecified:
+            return True
+        if self.cfg.host not in ("0.0.0.0", "::", ""):
+            return False  # the relay is bound to one address, named above
+        family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((str(addr), 0))
+            except OSError:
+                return False
+        return True
+
+    async def use_answer(self, leg: Leg[D], answer: Sdp, *, offered_host: str) -> None:
+        """Settle the leg's transport from the far end's answer and connect when that leaves
+        us the active role (RFC 3264 §6, RFC 4145 §4.1; :func:`settled_transport`).
+
+        An answer that changes the transport (UDP for TCP, or ``a=setup:active`` answered to
+        our ``active``) is taken: the relay takes the input again on the offered port number
+        (kept for both protocols until now), which is where the far end sends or connects. An
+        answer naming the gateway's own media address is refused: nobody is at that end.
+        Raises :class:`MediaError` (502) when the leg cannot carry media: the flow BYEs the
+        far end, and no 200 goes to a receiver."""
+        role = settled_transport(leg.transport, answer)
+        if role != leg.transport:
+            self.metrics.inc("media.answer.transport_changed")
+            log.info(
+                "media.answer_transport_changed",
+                key=leg.key,
+                device_id=leg.device_id,
+                upper=leg.upper_id,
+                offered=leg.transport,
+                answered=f"{answer.proto} setup={answer.setup or '-'}",
+                ours=role,
+            )
+        try:
+            await self.relay.settle_input(leg.key, role)  # also when unchanged: frees the spare
+        except (RelayError, OSError) as exc:
+            self._refuse_answer(leg, f"cannot take {role} on port {leg.port}: {exc}")
+            raise MediaError(
+                502, f"Bad Gateway (the answer's transport {role} is not usable)"
+            ) from None
+        leg.transport = role
+        if role != "tcp-active":
+            return
+        remote = (answer.host, answer.port)
+        if answer.port == 0 or await self.is_own_media_address(*remote, also=offered_host):
+            self._refuse_answer(leg, f"nobody to connect to at {remote[0]}:{remote[1]}")
+            raise MediaError(502, "Bad Gateway (the answer names no address to connect to)")
+        await self.relay.connect_stream(leg.key, remote)
+
+    def _refuse_answer(self, leg: Leg[D], why: str) -> None:
+        self.metrics.inc("media.answer.refused")
+        log.warning(
+            "media.answer_refused",
+            key=leg.key,
+            device_id=leg.device_id,
+            upper=leg.upper_id,
+            call_id=leg.call_id,
+            reason=why[:200],
+        )
 
     # -- legs -------------------------------------------------------------------------------
     def live_leg(self, channel: str) -> Leg[D] | None:
@@ -343,6 +420,17 @@ class SessionTable(Generic[D]):
         """A relay output of ``leg`` with ``want_ssrc`` or one from the pool."""
         if leg.ended:
             raise MediaError(486, f"Busy Here (the stream ended: {leg.end_reason})")
+        if (
+            transport != "tcp-passive"
+            and remote is not None
+            and await self.is_own_media_address(*remote)
+        ):
+            # The relay would feed itself: another stream's input, or a loop.
+            self.metrics.inc("media.offer.own_address")
+            log.warning("media.offer_own_address", key=leg.key, remote=f"{remote[0]}:{remote[1]}")
+            raise MediaError(
+                488, "Not Acceptable Here (the offer names the gateway's own media port)"
+            )
         owned = want_ssrc is None
         try:
             ssrc = want_ssrc if want_ssrc is not None else self.ssrcs.take(history=history)

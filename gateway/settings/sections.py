@@ -174,6 +174,9 @@ class UpperPlatform(_Section):
     industry_code: str = "00"
     catalog_batch_udp_bytes: int = Field(1300, ge=1000, le=65000)
     catalog_batch_tcp_items: int = Field(50, ge=1, le=10_000)
+    # Other addresses the upper sends in-dialog requests (BYE, INFO) from: a platform with
+    # several NICs, or a cluster (RFC 3261 §12.2.2 matches dialogs by Call-ID and tags).
+    other_hosts: tuple[str, ...] = Field((), max_length=64)
 
     _check_id = field_validator("id")(_gb_id)
 

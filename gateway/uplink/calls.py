@@ -62,6 +62,7 @@ from gateway.sip import (
     ServerContext,
     SipError,
     build_request,
+    parse_uri,
 )
 from gateway.tasks import TaskSet
 from gateway.uplink.service import Uplink, UpperSession
@@ -159,8 +160,9 @@ class UpperAudio:
             self.media.spawn(invite.bye())
             leg.dialog = None
             raise MediaError(502, f"Bad Gateway (upper answer: {exc.reason})") from None
-        if leg.transport == "tcp-active":
-            await self.media.relay.connect_stream(leg.key, (leg.answer.host, leg.answer.port))
+        # The upper's answer settles the transport (and connects, when that is ours to do);
+        # a MediaError here ends the leg with a BYE to the upper.
+        await self.media.use_answer(leg, leg.answer, offered_host=host)
 
 
 class Calls:
@@ -288,7 +290,7 @@ class Calls:
         if (
             out is None
             or out.dialog is None
-            or not out.dialog.matches(req, ctx.peer)
+            or not self._in_dialog(out.dialog, out.upper_id, req, ctx.peer)
             or not out.dialog.accepts(req)
         ):
             return self.endpoint.answer(req, 481, "Call/Transaction Does Not Exist")
@@ -475,21 +477,56 @@ class Calls:
             self.media.spawn(invite.bye())
             leg.dialog = None
             raise MediaError(502, f"Bad Gateway (device answer: {exc.reason})") from None
-        if leg.transport == "tcp-active":
-            await self.media.relay.connect_stream(leg.key, (leg.answer.host, leg.answer.port))
+        # The answer settles the transport: what the device answered is taken when the relay
+        # can (UDP for TCP, the passive role for a conflicting a=setup:active); a leg that
+        # cannot carry media raises MediaError, so the device gets BYE and the upper no 200.
+        await self.media.use_answer(leg, leg.answer, offered_host=sdp.host)
         self.metrics.inc("media.device_invite.ok")
 
     # -- in-dialog requests -----------------------------------------------------------------
+    def _in_dialog(
+        self, dialog: Dialog | None, upper_id: str | None, req: Request, peer: Peer
+    ) -> bool:
+        """Is ``req`` from the other end of ``dialog``? RFC 3261 §12.2.2 matches by Call-ID
+        and both tags. It must also come from the host the dialog was set up with or, when the
+        other end is an upper, from any address that upper is known by: a platform with
+        several NICs, or a cluster, sends its BYE from another host than its INVITE
+        (:meth:`UpperSession.hosts`, and the host of its INVITE's Contact)."""
+        if dialog is None or not dialog.matches(req, dialog.peer):
+            return False
+        if peer.host == dialog.peer.host:
+            return True
+        s = self.uplink.sessions.get(upper_id) if upper_id is not None else None
+        if s is None:
+            return False
+        hosts = s.hosts()
+        try:
+            hosts.add(parse_uri(dialog.target).host)
+        except SipError:
+            pass
+        if peer.host not in hosts:
+            return False
+        self.metrics.inc("media.in_dialog.other_host")
+        log.info(
+            "media.in_dialog_other_host",
+            call_id=req.call_id,
+            method=req.method,
+            upper=upper_id,
+            peer=str(peer),
+            dialog_host=dialog.peer.host,
+        )
+        return True
+
     def on_bye(self, req: Request, ctx: ServerContext) -> Response:
-        """A BYE ends a session only when it comes from the other end of its dialog (Call-ID,
-        both tags, the dialog's host; RFC 3261 §12.2.2): anyone else gets 481."""
+        """A BYE ends a session only when it comes from the other end of its dialog
+        (:meth:`_in_dialog`): anyone else gets 481."""
         call_id = req.call_id
         out = self.media.outputs_by_call.get(call_id)
-        if out is not None and out.dialog is not None and out.dialog.matches(req, ctx.peer):
+        if out is not None and self._in_dialog(out.dialog, out.upper_id, req, ctx.peer):
             self.media.end_output(out, "BYE from the receiver", bye=False)
             return self.endpoint.answer(req, 200, "OK")
         leg = self.media.legs_by_call.get(call_id)
-        if leg is not None and leg.dialog is not None and leg.dialog.matches(req, ctx.peer):
+        if leg is not None and self._in_dialog(leg.dialog, leg.upper_id, req, ctx.peer):
             self.media.end_leg(leg, "BYE from the sender", bye=False)
             return self.endpoint.answer(req, 200, "OK")
         self.metrics.inc("media.bye.unknown")
@@ -521,9 +558,13 @@ class Calls:
         """MANSRTSP in an upper's playback or download dialog goes to the device in the leg's
         dialog (GB/T 28181-2022 §9.8.2, Annex B); the device's answer comes back."""
         out = self.media.outputs_by_call.get(req.call_id)
-        if out is None or out.dialog is None or not out.dialog.matches(req, ctx.peer):
+        if (
+            out is None
+            or out.dialog is None
+            or not self._in_dialog(out.dialog, out.upper_id, req, ctx.peer)
+        ):
             leg = self.media.legs_by_call.get(req.call_id)
-            if leg is not None and leg.dialog is not None and leg.dialog.matches(req, ctx.peer):
+            if leg is not None and self._in_dialog(leg.dialog, leg.upper_id, req, ctx.peer):
                 return self.endpoint.answer(
                     req, 200, "OK"
                 )  # a device's INFO: nothing to do with it

@@ -33,6 +33,11 @@ class UpperSession:
     def reliable(self) -> bool:
         return self.link.peer.reliable
 
+    def hosts(self) -> set[str]:
+        """Every address the upper is known by: configured, where its registrar is now (after
+        a 302), and ``other_hosts`` (several NICs, a cluster)."""
+        return {self.upper.host, self.link.home.host, self.link.peer.host, *self.upper.other_hosts}
+
     @property
     def online(self) -> bool:
         """Registered with the upper (:class:`UpperLink`): only then does it hear from us."""

@@ -749,3 +749,82 @@ async def wait_for_packets(relay: LocalRelay, stream_id: str, n: int) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{stream_id} never got {n} packets")
         await asyncio.sleep(0.01)
+
+
+# -- the input as the far end answered it (issue 13, items 15 and 16) ---------------------------
+
+
+async def test_tcp_active_never_takes_itself_for_its_peer(
+    relay: LocalRelay, events: Events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A far end that names the stream's own address and port: on Linux a connect from a port
+    # to itself succeeds (TCP simultaneous open), and the stream would wait on itself for ever.
+    monkeypatch.setattr(relay_module, "CONNECT_RETRY_INTERVAL", 0.05)
+    port = await relay.open_stream("s", "tcp-active", idle_timeout=30)
+    await relay.connect_stream("s", (HOST, port))
+    await wait_for(lambda: events.count("s", None, "closed") == 1, what="closed, not connected")
+    assert relay.metrics.get("relay.tcp.self_connect") >= 1
+    assert relay.metrics.get("relay.tcp.connect_failed") == 1
+    assert not any(o.connected for o in (await relay.stats("s")).outputs)
+
+
+async def test_settle_input_receives_on_the_same_port_with_the_answered_transport(
+    relay: LocalRelay, cleanup: Callable[[Any], Any]
+) -> None:
+    port = await relay.open_stream("s", "tcp-active", idle_timeout=30)
+    sink = cleanup(await Sink.open(relay, "s", "o", "udp", ssrc=0x11111111))
+    # The far end answered RTP/AVP: UDP on the port number the offer named.
+    await relay.settle_input("s", "udp")
+    sender = cleanup(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    for seq in range(1, 6):
+        sender.sendto(rtp(seq), (HOST, port))
+    got = await sink.recv(5)
+    assert [g[8:12] for g in got] == [(0x11111111).to_bytes(4, "big")] * 5
+    # Or it answered a=setup:active to our active: we listen there, it connects.
+    await relay.settle_input("s", "tcp-passive")
+    _, writer = await asyncio.open_connection(HOST, port)
+    writer.write(b"".join(frame_rfc4571(rtp(seq)) for seq in range(6, 9)))
+    await writer.drain()
+    assert len(await sink.recv(3)) == 3
+    writer.close()
+    assert relay.metrics.get("relay.input_switched") == 2
+    assert (await relay.stats("s")).input.packets == 8
+
+
+async def test_input_port_number_is_kept_for_both_protocols_until_settled(
+    relay: LocalRelay,
+) -> None:
+    # Offered over TCP, the number is also held for UDP (the answer may pick UDP), and the
+    # other way round; once the answer has settled the transport, the spare is given up.
+    for transport, other in (("tcp-passive", socket.SOCK_DGRAM), ("udp", socket.SOCK_STREAM)):
+        port = await relay.open_stream("s", transport, idle_timeout=30)
+        with socket.socket(socket.AF_INET, other) as squatter, pytest.raises(OSError):
+            squatter.bind((HOST, port))
+        await relay.settle_input("s", transport)
+        with socket.socket(socket.AF_INET, other) as squatter:
+            squatter.bind((HOST, port))
+        await relay.close_stream("s")
+    assert relay.ports_free() == relay._pool.size
+    assert relay.metrics.get("relay.input_switched") == 0
+
+
+async def test_port_held_elsewhere_for_the_other_protocol_is_skipped(events: Events) -> None:
+    low, _ = port_range()
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    squatter.bind((HOST, low))  # UDP only: the TCP number is free, but not both
+    r = LocalRelay(host=HOST, port_min=low, port_max=low + 2, on_event=events)
+    await r.start()
+    try:
+        assert await r.open_stream("s", "tcp-passive", idle_timeout=30) == low + 2
+    finally:
+        squatter.close()
+        await r.close()
+
+
+async def test_holds_port_names_only_ports_in_use(relay: LocalRelay) -> None:
+    port = await relay.open_stream("s", "udp", idle_timeout=30)
+    assert await relay.holds_port(port)
+    assert not await relay.holds_port(port + 2)
+    assert not await relay.holds_port(port + 1)  # odd: RTCP's, never the pool's
+    await relay.close_stream("s")
+    assert not await relay.holds_port(port)

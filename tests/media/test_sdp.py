@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.media import Sdp, SdpError, answer_setup, offer_setup, parse_sdp
+from gateway.media import (
+    Sdp,
+    SdpError,
+    answer_setup,
+    offer_setup,
+    parse_sdp,
+    settled_transport,
+)
 
 LIVE_OFFER = (
     b"v=0\r\no=34020000002000000001 0 0 IN IP4 192.168.1.10\r\ns=Play\r\n"
@@ -101,3 +108,29 @@ def test_arbitrary_bytes_give_only_sdp_errors(data: bytes) -> None:
         parse_sdp(data)
     except SdpError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("offered", "proto", "setup", "ours"),
+    [
+        # The answers RFC 4145 §4.1 expects: the offered roles stand.
+        ("udp", "RTP/AVP", None, "udp"),
+        ("tcp-active", "TCP/RTP/AVP", "passive", "tcp-active"),
+        ("tcp-passive", "TCP/RTP/AVP", "active", "tcp-passive"),
+        ("tcp-active", "TCP/RTP/AVP", None, "tcp-active"),
+        ("tcp-passive", "TCP/RTP/AVP", None, "tcp-passive"),
+        ("tcp-passive", "TCP/RTP/AVP", "actpass", "tcp-passive"),
+        # What real devices answer instead: we take the role they left.
+        ("tcp-active", "TCP/RTP/AVP", "active", "tcp-passive"),
+        ("tcp-passive", "TCP/RTP/AVP", "passive", "tcp-active"),
+        ("tcp-active", "RTP/AVP", None, "udp"),
+        ("tcp-passive", "RTP/AVP", "active", "udp"),
+        ("udp", "TCP/RTP/AVP", None, "tcp-active"),
+        ("udp", "TCP/RTP/AVP", "active", "tcp-passive"),
+    ],
+)
+def test_settled_transport_is_the_role_the_answer_leaves(
+    offered: str, proto: str, setup: str | None, ours: str
+) -> None:
+    answer = Sdp(proto=proto, setup=setup)
+    assert settled_transport(offered, answer) == ours  # type: ignore[arg-type]

@@ -63,6 +63,12 @@ class FakeRelay:
     async def connect_stream(self, stream_id: str, remote: tuple[str, int]) -> None:
         pass
 
+    async def settle_input(self, stream_id: str, transport: Transport) -> None:
+        pass
+
+    async def holds_port(self, port: int) -> bool:
+        return False
+
     async def add_output(
         self,
         stream_id: str,

@@ -1,0 +1,205 @@
+"""Device answers that break the offer, and in-dialog requests from another of an upper's
+addresses, end to end on the media rig (issue 13, items 15–17).
+
+RFC 4145 §4.1 (the answer to ``a=setup:active`` is ``passive``), RFC 3264 §6 (the answer picks
+the transport), RFC 3261 §12.2.2 (in-dialog requests matched by Call-ID and tags). Flows of
+:mod:`gateway.uplink.calls` and :meth:`gateway.media.SessionTable.use_answer`."""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance.peers.platform import RequestFailed
+from gateway.media import RelayError
+from gateway.metrics import Metrics
+from gateway.sip import Endpoint, send_bye
+from tests.conftest import wait_for
+from tests.media.rig import FRAMES, device_session, fast_timers
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- item 15: a=setup:active answered to a=setup:active -----------------------------------------
+async def test_active_answered_to_active_takes_the_passive_role(rig_factory) -> None:
+    # The device answers active to our active and echoes our own c=/m=: we take the role it
+    # left (listen on the port we offered), it connects there, and the media flows.
+    rig = await rig_factory(
+        device_transport="tcp-active", answer_transport="tcp-active", echo_offer_address=True
+    )
+    call = await rig.invite()
+    assert call.status == 200
+    assert await call.receiver.wait_frames(FRAMES, timeout=10) >= FRAMES
+    dev = device_session(rig)
+    assert dev.offer.setup == "active" and dev.answer.setup == "active"
+    assert (dev.answer.host, dev.answer.port) == (dev.offer.host, dev.offer.port)
+    assert [leg["transport"] for leg in rig.media.snapshot()] == ["tcp-passive"]
+    metrics = rig.gw.metrics
+    assert metrics.get("media.answer.transport_changed") == 1
+    assert metrics.get("relay.tcp.self_connect") == 0
+    await call.bye()
+    await rig.at_rest()
+
+
+async def test_answer_naming_our_own_address_is_refused_and_the_device_gets_bye(
+    rig_factory,
+) -> None:
+    # The device answers passive (it listens) but names our own c=/m=: there is nobody to
+    # connect to. The upper gets 502, never a 200; the device gets BYE.
+    rig = await rig_factory(
+        device_transport="tcp-active", answer_transport="tcp-passive", echo_offer_address=True
+    )
+    with pytest.raises(RequestFailed) as info:
+        await rig.invite()
+    assert info.value.status == 502
+    assert "address" in info.value.reason
+    dev = device_session(rig)
+    await wait_for(lambda: dev.ended, 5, "BYE to the device")
+    assert dev.ended_by == "remote"
+    metrics = rig.gw.metrics
+    assert metrics.get("media.answer.refused") == 1
+    assert metrics.get("media.invite.refused.502") == 1
+    assert metrics.get("relay.tcp.self_connect") == 0
+    await rig.at_rest()
+
+
+async def test_passive_answered_to_passive_takes_the_active_role(rig_factory) -> None:
+    # Both ends would listen: the gateway connects to the address the device answered.
+    rig = await rig_factory(device_transport="tcp-passive", answer_transport="tcp-passive")
+    call = await rig.invite()
+    assert await call.receiver.wait_frames(FRAMES, timeout=10) >= FRAMES
+    assert [leg["transport"] for leg in rig.media.snapshot()] == ["tcp-active"]
+    await call.bye()
+    await rig.at_rest()
+
+
+# -- item 16: RTP/AVP answered to TCP/RTP/AVP ---------------------------------------------------
+@pytest.mark.parametrize("device_transport", ["tcp-active", "tcp-passive"])
+async def test_udp_answered_to_tcp_is_received_over_udp(rig_factory, device_transport) -> None:
+    rig = await rig_factory(device_transport=device_transport, answer_transport="udp")
+    call = await rig.invite()
+    assert await call.receiver.wait_frames(FRAMES, timeout=10) >= FRAMES
+    dev = device_session(rig)
+    assert dev.offer.proto == "TCP/RTP/AVP" and dev.answer.proto == "RTP/AVP"
+    assert [leg["transport"] for leg in rig.media.snapshot()] == ["udp"]
+    assert [leg["port"] for leg in rig.media.snapshot()] == [dev.offer.port]
+    await call.bye()
+    await rig.at_rest()
+
+
+async def test_udp_answer_the_relay_cannot_take_fails_cleanly(rig_factory, monkeypatch) -> None:
+    # Should the relay fail to take the answered transport (the port number is kept for
+    # both protocols, so this is the relay's own failure), the device gets BYE and the
+    # upper 502: never a 200 for a leg that cannot carry media.
+    rig = await rig_factory(device_transport="tcp-passive", answer_transport="udp")
+
+    async def cannot(stream_id: str, transport: str) -> None:
+        raise RelayError(f"cannot take {transport}")
+
+    monkeypatch.setattr(rig.media.relay, "settle_input", cannot)
+    with pytest.raises(RequestFailed) as info:
+        await rig.invite()
+    assert info.value.status == 502 and "udp" in info.value.reason
+    dev = device_session(rig)
+    await wait_for(lambda: dev.ended, 5, "BYE to the device")
+    assert dev.ended_by == "remote"
+    assert rig.gw.metrics.get("media.answer.refused") == 1
+    await rig.at_rest()
+
+
+async def test_conflicting_answer_through_relay_workers(rig_factory) -> None:
+    # The scaled-out relay takes the answered role in its worker process just the same.
+    rig = await rig_factory(
+        media={"workers": 1},
+        device_transport="tcp-active",
+        answer_transport="tcp-active",
+        echo_offer_address=True,
+    )
+    call = await rig.invite()
+    assert await call.receiver.wait_frames(FRAMES, timeout=10) >= FRAMES
+    assert [leg["transport"] for leg in rig.media.snapshot()] == ["tcp-passive"]
+    await call.bye()
+    await rig.at_rest()
+
+
+async def test_upper_offer_naming_a_relay_port_is_refused(rig_factory) -> None:
+    # An offer whose c=/m= is the relay's own input port would feed the stream into itself
+    # (every packet relayed again, for ever): 488, and the first viewer is untouched.
+    rig = await rig_factory(live_frames=None)
+    first = await rig.invite()
+    [leg] = rig.media.snapshot()
+
+    def at_our_port(offer):
+        offer.host, offer.port = "127.0.0.1", leg["port"]
+        return offer
+
+    with pytest.raises(RequestFailed) as info:
+        await rig.invite(offer_hook=at_our_port)
+    assert info.value.status == 488
+    assert rig.gw.metrics.get("media.offer.own_address") == 1
+    before = first.receiver.decoded
+    assert await first.receiver.wait_frames(before + 5) >= before + 5
+    await first.bye()
+    await rig.at_rest()
+
+
+# -- item 17: the upper's BYE from another of its addresses -------------------------------------
+async def _endpoint_on(host: str) -> Endpoint:
+    ep = Endpoint(metrics=Metrics(), timers=fast_timers())
+    await ep.start(host, 0)
+    return ep
+
+
+async def test_bye_from_another_configured_address_of_the_upper_ends_the_session(
+    rig_factory,
+) -> None:
+    rig = await rig_factory(upper={"other_hosts": ["127.0.0.2"]}, live_frames=None)
+    call = await rig.invite()
+    assert await call.receiver.wait_frames(5) >= 5
+    assert call.dialog is not None
+    other = await _endpoint_on("127.0.0.2")  # the upper's second NIC, or a cluster node
+    try:
+        resp = await send_bye(other, call.dialog, timeout=5)
+    finally:
+        await other.close()
+    assert resp is not None and resp.status == 200
+    await rig.at_rest()  # the session ended, the relay stream closed, its ports came back
+    assert device_session(rig).ended_by == "remote"
+    assert rig.gw.metrics.get("media.in_dialog.other_host") == 1
+
+
+async def test_bye_from_the_host_of_the_upper_contact_ends_the_session(rig_factory) -> None:
+    # The upper's INVITE came from 127.0.0.1 but its Contact names 127.0.0.2, where its BYE
+    # comes from.
+    rig = await rig_factory(live_frames=None)
+    ep = rig.platform.endpoint
+    ep.advertised_host = "127.0.0.2"
+    try:
+        call = await rig.invite()
+    finally:
+        ep.advertised_host = ""
+    assert "127.0.0.2" in (call.request.get_header("Contact") or "")
+    assert await call.receiver.wait_frames(5) >= 5
+    assert call.dialog is not None
+    other = await _endpoint_on("127.0.0.2")
+    try:
+        resp = await send_bye(other, call.dialog, timeout=5)
+    finally:
+        await other.close()
+    assert resp is not None and resp.status == 200
+    await rig.at_rest()
+
+
+async def test_bye_from_a_stranger_with_the_right_tags_is_still_481(rig_factory) -> None:
+    rig = await rig_factory(upper={"other_hosts": ["127.0.0.2"]}, live_frames=None)
+    call = await rig.invite()
+    assert call.dialog is not None
+    stranger = await _endpoint_on("127.0.0.3")
+    try:
+        resp = await send_bye(stranger, call.dialog, timeout=5)
+    finally:
+        await stranger.close()
+    assert resp is not None and resp.status == 481
+    before = call.receiver.decoded
+    assert await call.receiver.wait_frames(before + 5) >= before + 5  # still flowing
+    await call.bye()
+    await rig.at_rest()
