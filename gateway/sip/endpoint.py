@@ -82,7 +82,10 @@ class Endpoint:
         user_agent: str = "gb28181-gateway",
         serves: Callable[[SipUri], bool] | None = None,
         tcp_idle_timeout: float = 300.0,
+        tcp_message_timeout: float = 30.0,
         max_connections_per_ip: int = 1000,
+        max_connections: int = 0,
+        fd_reserve: int = 0,
     ) -> None:
         self.metrics = metrics
         self.advertised_host = advertised_host
@@ -93,7 +96,10 @@ class Endpoint:
             self,
             metrics=metrics,
             tcp_idle_timeout=tcp_idle_timeout,
+            tcp_message_timeout=tcp_message_timeout,
             max_connections_per_ip=max_connections_per_ip,
+            max_connections=max_connections,
+            fd_reserve=fd_reserve,
         )
         self._timers = TimerQueues()
         self.core = SipCore(
@@ -166,6 +172,11 @@ class Endpoint:
 
     def on_connection_lost(self, callback: Callable[[Peer], None]) -> None:
         self._connection_lost.append(callback)
+
+    def mark_trusted(self, peer: Peer) -> None:
+        """A device registered from ``peer``: over TCP, its connection is kept when the
+        connection cap makes room for new ones (see :class:`Transports`)."""
+        self.transports.mark_trusted(peer)
 
     @property
     def allowed(self) -> str:
