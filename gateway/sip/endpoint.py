@@ -12,7 +12,8 @@ Request-URI the endpoint does not serve 404; anything that cannot even be answer
 Every case is logged with the peer and counted.
 
 Outgoing requests: ``await endpoint.request(req, peer)`` runs a client transaction and returns
-the final response, or raises :class:`TransactionTimeout` / :class:`TransportError`.
+the final response, or raises :class:`TransactionTimeout` / :class:`TransportError` (no way to
+the peer: no connection, or an ICMP error said it is unreachable).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from gateway.sip.counters import Counters
 from gateway.sip.errors import TransactionTimeout, TransportError
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.timers import TimerQueues
-from gateway.sip.transaction import ServerTransaction, TimerConfig
+from gateway.sip.transaction import ClientTransaction, ServerTransaction, TimerConfig
 from gateway.sip.transport import Peer, Transports, local_address_for
 from gateway.sip.uri import SipUri
 
@@ -110,6 +111,8 @@ class Endpoint:
             timers=timers,
             serves=serves,
         )
+        # RFC 3261 §18.4: an ICMP error fails the client transactions to its address at once.
+        self.transports.on_unreachable = self.core.unreachable
         self._handlers: dict[str, Handler] = {}
         self._connection_lost: list[Callable[[Peer], None]] = []
         self._local_hosts: dict[str, str] = {}
@@ -310,6 +313,7 @@ class Endpoint:
         if req.get_header("User-Agent") is None:
             req.add_header("User-Agent", self.user_agent)
         fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        txn: ClientTransaction | None = None
 
         def on_response(resp: Response) -> None:
             if resp.status < 200:
@@ -321,7 +325,11 @@ class Endpoint:
                 on_2xx_retransmission(resp)
 
         def on_timeout() -> None:
-            if not fut.done():
+            if fut.done():
+                return
+            if txn is not None and txn.unreachable:  # an ICMP error (RFC 3261 §18.4)
+                fut.set_exception(TransportError(f"{req.method} to {peer}: unreachable"))
+            else:
                 fut.set_exception(TransactionTimeout(f"{req.method} to {peer}: no final response"))
 
         try:

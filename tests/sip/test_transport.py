@@ -6,11 +6,14 @@
   room, connections the gateway opened or a device registered over are kept, and with nothing
   to evict a new connection is refused (item 4). The per-IP limit stays
   (``test_endpoint.py::test_per_ip_connection_limit_and_idle_close``).
+* An ICMP port unreachable for a UDP request fails its client transaction at once, not at timer
+  F (RFC 3261 §18.4, §17.1.4; item 19).
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -22,11 +25,15 @@ from gateway.sip import (
     Request,
     Response,
     ServerContext,
+    SipCore,
+    TimerConfig,
+    TransportError,
     make_response,
 )
 from gateway.sip.framing import StreamFramer
-from gateway.sip.transport import FD_RESERVE, connection_cap, raise_fd_limit
+from gateway.sip.transport import FD_RESERVE, connection_cap, fatal_icmp, raise_fd_limit
 from tests.conftest import wait_for
+from tests.sip.fakeclock import FakeClock
 
 
 def register_bytes(port: int, n: int, transport: str = "TCP") -> bytes:
@@ -261,6 +268,139 @@ async def test_a_connection_the_gateway_opened_is_not_evicted(
         assert ep.transports.is_connected(peer)
     finally:
         writer.close()
+
+
+# -- item 19: ICMP port unreachable ----------------------------------------------------------
+
+
+def closed_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_which_icmp_errors_fail_a_transaction() -> None:
+    """RFC 3261 §18.4: unreachable and parameter problem do; TTL exceeded, source quench and
+    "fragmentation needed" (path MTU) do not."""
+    icmp, icmp6 = 2, 3
+    assert fatal_icmp(icmp, 3, 3)  # port unreachable
+    assert fatal_icmp(icmp, 3, 1)  # host unreachable
+    assert fatal_icmp(icmp, 12, 0)  # parameter problem
+    assert not fatal_icmp(icmp, 3, 4)  # fragmentation needed
+    assert not fatal_icmp(icmp, 11, 0)  # TTL exceeded
+    assert not fatal_icmp(icmp, 4, 0)  # source quench
+    assert fatal_icmp(icmp6, 1, 4) and not fatal_icmp(icmp6, 3, 0)
+    assert not fatal_icmp(1, 3, 3)  # a local error, not an ICMP message
+
+
+def test_the_core_fails_the_transactions_to_an_unreachable_address() -> None:
+    """Sans-I/O: only the waiting client transactions to that address end, with a transport
+    error for their TU; others go on."""
+    clock = FakeClock()
+
+    class Net:
+        def send(self, peer: Peer, data: bytes) -> bool:
+            return True
+
+    class User:
+        def request_received(self, *_: object) -> None:
+            pass
+
+    core = SipCore(network=Net(), user=User(), counters=Metrics(), scheduler=clock)
+    dead, alive = Peer("udp", "192.0.2.1", 5060), Peer("udp", "192.0.2.2", 5060)
+    ended: list[str] = []
+    txns = []
+    for n, peer in enumerate([dead, dead, alive]):
+        req = Request(
+            "MESSAGE",
+            f"sip:x@{peer.host}",
+            [
+                ("Via", f"SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bK{n}"),
+                ("From", "<sip:a@b>;tag=1"),
+                ("To", "<sip:c@d>"),
+                ("Call-ID", f"c{n}"),
+                ("CSeq", "1 MESSAGE"),
+            ],
+        )
+        txns.append(
+            core.start_request(
+                req,
+                peer,
+                f"z9hG4bK{n}",
+                on_response=lambda r: None,
+                on_timeout=lambda n=n: ended.append(f"c{n}"),  # type: ignore[misc]
+            )
+        )
+    assert core.unreachable(dead) == 2
+    assert ended == ["c0", "c1"]
+    assert all(t.unreachable for t in txns[:2]) and txns[2].state == "trying"
+    assert len(core.client_transactions) == 1
+    assert core.unreachable(dead) == 0  # nothing left to fail
+
+
+@pytest.mark.timeout(30)
+async def test_a_request_to_a_closed_udp_port_fails_at_once_not_at_timer_f(
+    endpoints: list[Endpoint],
+) -> None:
+    ep = Endpoint(metrics=Metrics(), timers=TimerConfig())  # T1 0.5 s: timer F at 32 s
+    endpoints.append(ep)
+    await ep.start("127.0.0.1", 0)
+    if not ep.transports.reports_icmp:
+        pytest.skip("ICMP errors are read on Linux only")
+    port = closed_udp_port()
+    req = Request(
+        "MESSAGE",
+        f"sip:34020000001320000001@127.0.0.1:{port}",
+        [
+            ("From", "<sip:34020000002000000001@3402000000>;tag=g"),
+            ("To", "<sip:34020000001320000001@3402000000>"),
+            ("Call-ID", Endpoint.call_id()),
+            ("CSeq", "1 MESSAGE"),
+        ],
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TransportError, match="unreachable"):
+        await asyncio.wait_for(ep.request(req, Peer("udp", "127.0.0.1", port)), 20)
+    assert loop.time() - started < 10  # well before timer F (32 s)
+    assert ep.metrics.get("sip.udp.unreachable") >= 1
+    assert ep.metrics.get("sip.tx.unreachable") == 1
+    assert not ep.core.client_transactions
+
+
+@pytest.mark.timeout(30)
+async def test_icmp_errors_do_not_stop_the_socket_serving_others(
+    endpoints: list[Endpoint],
+) -> None:
+    """Many unreachable sends interleaved with incoming requests: every request is answered,
+    no datagram we send is lost to a pending error, and the error queue is left empty (the loop
+    is not woken for it again)."""
+    ep = Endpoint(metrics=Metrics())
+    endpoints.append(ep)
+    await ep.start("127.0.0.1", 0)
+    answering(ep)
+    dead = [Peer("udp", "127.0.0.1", closed_udp_port()) for _ in range(8)]
+    loop = asyncio.get_running_loop()
+    answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+            answers.put_nowait(data)
+
+    client, _ = await loop.create_datagram_endpoint(Client, local_addr=("127.0.0.1", 0))
+    try:
+        for n in range(200):
+            assert ep.transports.send(dead[n % 8], b"OPTIONS sip:x SIP/2.0\r\n\r\n")
+            client.sendto(register_bytes(ep.port, n, "UDP"), ("127.0.0.1", ep.port))
+            if n % 20 == 0:
+                await asyncio.sleep(0)
+        for _ in range(200):
+            assert (await asyncio.wait_for(answers.get(), 5)).startswith(b"SIP/2.0 200")
+        assert ep.metrics.get("sip.udp.send_error") == 0
+        if ep.transports.reports_icmp:
+            await wait_for(lambda: ep.metrics.get("sip.udp.unreachable") >= 8, 5, "ICMP seen")
+    finally:
+        client.close()
 
 
 SERVER = """
