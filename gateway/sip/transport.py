@@ -126,9 +126,12 @@ class _Udp:
                 data, addr = sock.recvfrom(UDP_MAX)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError:
-                # The pending error of a queued ICMP message (IP_RECVERR), or the like.
+            except OSError as exc:
                 owner.metrics.inc("sip.udp.error")
+                if exc.errno not in _PENDING_ICMP:
+                    log.info("sip.udp.recv_error", error=exc.strerror)
+                    break
+                # The pending error of a queued ICMP message (IP_RECVERR): read the queue.
                 self.drain_errors()
                 continue
             listener.message_received(data, Peer("udp", str(addr[0]), int(addr[1])))
@@ -391,8 +394,9 @@ class Transports:
 
     ``max_connections`` caps TCP connections in all (0: derived at :meth:`start` from the
     descriptor limit, less ``fd_reserve`` descriptors the caller needs for other things, see
-    :func:`connection_cap`). ``on_unreachable`` hears of each address an ICMP error reported
-    unreachable (RFC 3261 §18.4).
+    :func:`connection_cap`). ``on_unreachable(*peers)`` hears, once per loop turn, of the
+    addresses ICMP errors reported unreachable (RFC 3261 §18.4); it returns how many
+    transactions that ended.
     """
 
     def __init__(
