@@ -86,7 +86,10 @@ class Gateway:
             user_agent=sip.user_agent,
             serves=self._serves,
             tcp_idle_timeout=sip.tcp_idle_timeout,
+            tcp_message_timeout=sip.tcp_message_timeout,
             max_connections_per_ip=sip.max_connections_per_ip,
+            max_connections=sip.max_connections,
+            fd_reserve=config.media.port_max - config.media.port_min + 1,
         )
         self.catalog = Catalog(
             store=self.store,

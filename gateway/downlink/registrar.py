@@ -405,6 +405,7 @@ class Registrar:
         dev.gb_version = gb_ver
         if peer.transport == "tcp":
             self._tcp_devices.setdefault(peer, set()).add(device_id)
+            self.endpoint.mark_trusted(peer)  # kept when the connection cap makes room
         self._touch(device_id, now)
         self._push_expiry(dev)
         self.store.save_device(dev)

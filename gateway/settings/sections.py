@@ -65,7 +65,11 @@ class SipSection(_Section):
     t2: float = Field(4.0, gt=0, le=60)
     t4: float = Field(5.0, gt=0, le=60)
     tcp_idle_timeout: float = Field(300.0, gt=0)
+    # Once a message's first byte arrives on TCP, the whole message must follow within this.
+    tcp_message_timeout: float = Field(30.0, gt=0, le=600)
     max_connections_per_ip: int = Field(1000, ge=1)
+    # TCP connections in all; 0: the descriptor limit less the media ports and a reserve.
+    max_connections: int = Field(0, ge=0)
 
 
 class DevicePassword(_Section):

@@ -376,6 +376,25 @@ class SipCore:
             raise TransportError(f"cannot send {req.method} to {peer}")
         return txn
 
+    def unreachable(self, *peers: Peer) -> int:
+        """The network says ``peers`` cannot be reached (ICMP errors, RFC 3261 §18.4): every
+        client transaction to them still waiting for a final response fails now (§17.1.4, its
+        TU sees a transport error) instead of at timer B/F. One pass over the transactions
+        however many addresses. Returns how many failed."""
+        gone = set(peers)
+        waiting = [
+            txn
+            for txn in self._client_txns.values()
+            if isinstance(txn.send, _ClientSender)
+            and txn.send.peer in gone
+            and txn.state in ("calling", "trying", "proceeding")
+        ]
+        for txn in waiting:
+            txn.transport_error()
+        if waiting:
+            self.counters.inc("sip.tx.unreachable", len(waiting))
+        return len(waiting)
+
 
 class _Sender:
     """Sends a server transaction's bytes to its peer. A two-slot object rather than a closure

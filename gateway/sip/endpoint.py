@@ -12,7 +12,8 @@ Request-URI the endpoint does not serve 404; anything that cannot even be answer
 Every case is logged with the peer and counted.
 
 Outgoing requests: ``await endpoint.request(req, peer)`` runs a client transaction and returns
-the final response, or raises :class:`TransactionTimeout` / :class:`TransportError`.
+the final response, or raises :class:`TransactionTimeout` / :class:`TransportError` (no way to
+the peer: no connection, or an ICMP error said it is unreachable).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from gateway.sip.counters import Counters
 from gateway.sip.errors import TransactionTimeout, TransportError
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.timers import TimerQueues
-from gateway.sip.transaction import ServerTransaction, TimerConfig
+from gateway.sip.transaction import ClientTransaction, ServerTransaction, TimerConfig
 from gateway.sip.transport import Peer, Transports, local_address_for
 from gateway.sip.uri import SipUri
 
@@ -82,7 +83,10 @@ class Endpoint:
         user_agent: str = "gb28181-gateway",
         serves: Callable[[SipUri], bool] | None = None,
         tcp_idle_timeout: float = 300.0,
+        tcp_message_timeout: float = 30.0,
         max_connections_per_ip: int = 1000,
+        max_connections: int = 0,
+        fd_reserve: int = 0,
     ) -> None:
         self.metrics = metrics
         self.advertised_host = advertised_host
@@ -93,7 +97,10 @@ class Endpoint:
             self,
             metrics=metrics,
             tcp_idle_timeout=tcp_idle_timeout,
+            tcp_message_timeout=tcp_message_timeout,
             max_connections_per_ip=max_connections_per_ip,
+            max_connections=max_connections,
+            fd_reserve=fd_reserve,
         )
         self._timers = TimerQueues()
         self.core = SipCore(
@@ -104,6 +111,8 @@ class Endpoint:
             timers=timers,
             serves=serves,
         )
+        # RFC 3261 §18.4: an ICMP error fails the client transactions to its address at once.
+        self.transports.on_unreachable = self.core.unreachable
         self._handlers: dict[str, Handler] = {}
         self._connection_lost: list[Callable[[Peer], None]] = []
         self._local_hosts: dict[str, str] = {}
@@ -166,6 +175,11 @@ class Endpoint:
 
     def on_connection_lost(self, callback: Callable[[Peer], None]) -> None:
         self._connection_lost.append(callback)
+
+    def mark_trusted(self, peer: Peer) -> None:
+        """A device registered from ``peer``: over TCP, its connection is kept when the
+        connection cap makes room for new ones (see :class:`Transports`)."""
+        self.transports.mark_trusted(peer)
 
     @property
     def allowed(self) -> str:
@@ -299,6 +313,7 @@ class Endpoint:
         if req.get_header("User-Agent") is None:
             req.add_header("User-Agent", self.user_agent)
         fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        txn: ClientTransaction | None = None
 
         def on_response(resp: Response) -> None:
             if resp.status < 200:
@@ -310,7 +325,11 @@ class Endpoint:
                 on_2xx_retransmission(resp)
 
         def on_timeout() -> None:
-            if not fut.done():
+            if fut.done():
+                return
+            if txn is not None and txn.unreachable:  # an ICMP error (RFC 3261 §18.4)
+                fut.set_exception(TransportError(f"{req.method} to {peer}: unreachable"))
+            else:
                 fut.set_exception(TransactionTimeout(f"{req.method} to {peer}: no final response"))
 
         try:

@@ -38,6 +38,13 @@ class StreamFramer:
         """Bytes of an incomplete message held back (non-zero at close means truncation)."""
         return len(self._buf)
 
+    @property
+    def partial(self) -> bool:
+        """Part of a message is held: its first byte has arrived, its end has not. CRLFs that
+        may still grow into a ping do not count (the buffer then starts with CR or LF)."""
+        buf = self._buf
+        return bool(buf) and buf[0] not in (13, 10)
+
     def feed(self, data: bytes) -> list[bytes | Ping]:
         """Add bytes; return every message (and ping) now complete, in order.
 

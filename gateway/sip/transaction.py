@@ -143,7 +143,7 @@ class ClientTransaction(_Base):
     """Both client machines; ``invite`` selects which. The TU hears of responses through
     ``on_response`` and of timer B/F (or a transport error) through ``on_timeout``."""
 
-    __slots__ = ("_ack", "data", "invite", "on_response", "on_timeout", "request")
+    __slots__ = ("_ack", "data", "invite", "on_response", "on_timeout", "request", "unreachable")
 
     def __init__(
         self,
@@ -167,6 +167,9 @@ class ClientTransaction(_Base):
         self.on_timeout = on_timeout
         self.data = data if data is not None else request.to_bytes()
         self._ack: bytes | None = None
+        # Ended by a transport error (§17.1.4) rather than by timer B/F: the TU may tell the two
+        # apart (RFC 3261 §8.1.3.1 treats the first as a 503).
+        self.unreachable = False
 
     def start(self) -> None:
         """Send the request and arm the timers (Calling / Trying)."""
@@ -226,6 +229,7 @@ class ClientTransaction(_Base):
     def transport_error(self) -> None:
         """RFC 3261 §17.1.4: the transport failed; inform the TU and terminate."""
         if self.state in (CALLING, TRYING, PROCEEDING):
+            self.unreachable = True
             self.on_timeout()
         self._terminate()
 

@@ -2,16 +2,38 @@
 
 The transports move bytes and nothing else. UDP datagrams go to the listener whole; TCP streams
 are cut into messages by :class:`~gateway.sip.framing.StreamFramer`. TCP connections are kept
-by peer address so a request to a device that registered over TCP travels on its own connection;
-connections are limited per remote IP and closed when idle. A connection's loss is reported so
-the registrar can mark the device behind it offline.
+by peer address so a request to a device that registered over TCP travels on its own connection.
+A connection's loss is reported so the registrar can mark the device behind it offline.
+
+What a stranger can hold is bounded: connections per remote IP, connections in all (below the
+descriptor limit, which :meth:`Transports.start` raises to the hard limit), a deadline for a
+whole message once its first byte has arrived (a slow sender cannot keep a connection by
+trickling bytes), and an idle timeout. When the cap is reached, the untrusted connection idle
+longest makes room; connections the gateway opened, and those a device registered over
+(:meth:`Transports.mark_trusted`), are never evicted.
+
+RFC 3261 §18.4: an ICMP error (port, host or network unreachable; parameter problem) for a
+datagram we sent is reported at once, so the client transactions to that address fail now
+rather than at timer B/F. Linux reports ICMP errors on an unconnected UDP socket only with
+``IP_RECVERR``, which queues them on the socket's error queue (read with ``MSG_ERRQUEUE``; the
+address is the datagram's destination). That queue must be drained by us: under uvloop, libuv's
+UDP handle reads it itself and passes the errno with the wrong sign (a crash), and a loop's
+reader on the socket would see ``POLLERR`` (libuv stops the watcher). So the UDP socket is our
+own, kept in a private epoll set whose descriptor the loop watches; that descriptor is only ever
+readable. Elsewhere the socket is watched directly and ICMP errors are not seen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import select
 import socket
-from typing import Protocol, cast
+import struct
+import sys
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import structlog
 
@@ -20,7 +42,29 @@ from gateway.sip.errors import ParseError, TransportError
 from gateway.sip.framing import PONG, Ping, StreamFramer
 from gateway.sip.peer import Peer as Peer  # re-exported: callers import it from here
 
+_EPOLL: Any = getattr(select, "epoll", None)  # Linux only
 log = structlog.get_logger("gateway.sip.transport")
+
+_LINUX = sys.platform.startswith("linux")
+# <linux/in.h>, <linux/in6.h>, <linux/errqueue.h>; Python names only some of them.
+_IP_RECVERR = getattr(socket, "IP_RECVERR", 11 if _LINUX else None)
+_IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25 if _LINUX else None)
+_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000 if _LINUX else None)
+_SOL_IP = getattr(socket, "SOL_IP", 0)
+_SOL_IPV6 = getattr(socket, "SOL_IPV6", 41)
+_EE_ORIGIN_ICMP = 2
+_EE_ORIGIN_ICMP6 = 3
+_EXTENDED_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err
+
+# Datagrams read, and error-queue entries drained, per wake-up: the loop serves others between.
+_UDP_BATCH = 64
+_ERRQUEUE_BATCH = 64
+UDP_MAX = 65536
+UDP_BUFFER = 4 * 1024 * 1024
+
+FD_RESERVE = 256
+"""Descriptors kept back from the TCP connection cap besides what the caller reserves (media
+ports): listening sockets, the store, log files, worker pipes, DNS look-ups, the error queue."""
 
 
 class Listener(Protocol):
@@ -29,20 +73,205 @@ class Listener(Protocol):
     def connection_lost(self, peer: Peer) -> None: ...
 
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, owner: Transports) -> None:
+def fatal_icmp(origin: int, icmp_type: int, code: int) -> bool:
+    """RFC 3261 §18.4: host, network, port or protocol unreachable and parameter problem are
+    failures to send; source quench, TTL exceeded and "fragmentation needed" are not."""
+    if origin == _EE_ORIGIN_ICMP:
+        return (icmp_type == 3 and code != 4) or icmp_type == 12
+    if origin == _EE_ORIGIN_ICMP6:
+        return icmp_type in (1, 4)
+    return False
+
+
+class _Udp:
+    """The SIP UDP socket, read on the loop; on Linux with ICMP errors (see the module doc)."""
+
+    __slots__ = ("_fd", "_poller", "_watched", "loop", "owner", "sock")
+
+    def __init__(self, owner: Transports, sock: socket.socket, loop: asyncio.AbstractEventLoop):
         self.owner = owner
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        self.loop = loop
+        self._fd = sock.fileno()
+        self._poller: Any = None
+        if _EPOLL is not None and _MSG_ERRQUEUE is not None and _enable_recverr(sock):
+            try:
+                poller = _EPOLL()
+                poller.register(self._fd, select.EPOLLIN)
+            except OSError:
+                pass
+            else:
+                self._poller = poller
+        self._watched = self._poller.fileno() if self._poller is not None else self._fd
+        loop.add_reader(self._watched, self._readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is no subclass
+    @property
+    def reports_icmp(self) -> bool:
+        return self._poller is not None
 
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.owner.listener.message_received(data, Peer("udp", str(addr[0]), int(addr[1])))
+    def _readable(self) -> None:
+        poller = self._poller
+        if poller is not None:
+            try:
+                events = poller.poll(0)
+            except OSError:
+                events = []
+            if any(mask & select.EPOLLERR for _, mask in events):
+                self.drain_errors()
+        sock = self.sock
+        owner = self.owner
+        listener = owner.listener
+        for _ in range(_UDP_BATCH):
+            try:
+                data, addr = sock.recvfrom(UDP_MAX)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                owner.metrics.inc("sip.udp.error")
+                if exc.errno not in _PENDING_ICMP:
+                    log.info("sip.udp.recv_error", error=exc.strerror)
+                    break
+                # The pending error of a queued ICMP message (IP_RECVERR): read the queue.
+                self.drain_errors()
+                continue
+            listener.message_received(data, Peer("udp", str(addr[0]), int(addr[1])))
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and the like: the peer is gone; retransmission timers decide.
-        self.owner.metrics.inc("sip.udp.error")
+    def drain_errors(self) -> None:
+        """Read the error queue (bounded per call; what is left keeps the set readable)."""
+        if self._poller is None:
+            return
+        assert _MSG_ERRQUEUE is not None
+        sock = self.sock
+        for _ in range(_ERRQUEUE_BATCH):
+            try:
+                _, ancdata, _, addr = sock.recvmsg(0, 512, _MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            for level, kind, payload in ancdata:
+                if (level, kind) not in ((_SOL_IP, _IP_RECVERR), (_SOL_IPV6, _IPV6_RECVERR)):
+                    continue
+                if len(payload) < _EXTENDED_ERR.size or not isinstance(addr, tuple):
+                    continue
+                err, origin, icmp_type, code, _, _, _ = _EXTENDED_ERR.unpack_from(payload)
+                if fatal_icmp(origin, icmp_type, code):
+                    self.owner._unreachable(Peer("udp", str(addr[0]), int(addr[1])), err)
+
+    def send(self, data: bytes, addr: tuple[str, int]) -> bool:
+        owner = self.owner
+        for attempt in range(2):
+            try:
+                self.sock.sendto(data, addr)
+                return True
+            except (BlockingIOError, InterruptedError):
+                # The 4 MiB send buffer is full: UDP may lose a datagram; SIP retransmits.
+                owner.metrics.inc("sip.udp.send_dropped")
+                return True
+            except OSError as exc:
+                if attempt == 0 and exc.errno in _PENDING_ICMP:
+                    # A queued ICMP error was reported here instead of this datagram being
+                    # sent (the error is now cleared): read the queue, then send it again.
+                    owner.metrics.inc("sip.udp.error")
+                    self.drain_errors()
+                    continue
+                owner.metrics.inc("sip.udp.send_error")
+                log.info("sip.udp.send_error", host=addr[0], port=addr[1], error=exc.strerror)
+                return False
+        return False
+
+    def close(self) -> None:
+        try:
+            self.loop.remove_reader(self._watched)
+        except (RuntimeError, ValueError, OSError):
+            pass
+        if self._poller is not None:
+            self._poller.close()
+        self.sock.close()
+
+
+_PENDING_ICMP = frozenset(
+    (
+        errno.ECONNREFUSED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENOPROTOOPT,
+        errno.EPROTO,
+        getattr(errno, "EHOSTDOWN", errno.EHOSTUNREACH),
+        getattr(errno, "ENONET", errno.EHOSTUNREACH),
+    )
+)
+
+
+def _enable_recverr(sock: socket.socket) -> bool:
+    if sock.family == socket.AF_INET6:
+        level, option = _SOL_IPV6, _IPV6_RECVERR
+    else:
+        level, option = _SOL_IP, _IP_RECVERR
+    if option is None:
+        return False
+    try:
+        sock.setsockopt(level, option, 1)
+    except OSError:
+        return False
+    return True
+
+
+def _bind_udp(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER)
+            except OSError:
+                pass
+        sock.bind(addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def raise_fd_limit() -> tuple[int, int] | None:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; return (soft, hard) as they are now,
+    or ``None`` where there is no such limit. A connection per device needs a descriptor."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Unix
+        return None
+    kind = resource.RLIMIT_NOFILE
+    soft, hard = resource.getrlimit(kind)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(kind, (target, hard))
+        except (ValueError, OSError):
+            try:  # macOS refuses more than OPEN_MAX
+                resource.setrlimit(kind, (min(target, 10240), hard))
+            except (ValueError, OSError):
+                pass
+    soft, hard = resource.getrlimit(kind)
+    infinite = 1 << 20
+    return (
+        infinite if soft == resource.RLIM_INFINITY else soft,
+        infinite if hard == resource.RLIM_INFINITY else hard,
+    )
+
+
+def connection_cap(configured: int, fd_limit: int | None, reserve: int) -> int:
+    """The cap on TCP connections: ``configured`` when set (kept below ``fd_limit``), else the
+    descriptor limit less :data:`FD_RESERVE` and ``reserve`` (the caller's other descriptors:
+    the media ports), but at least a quarter of the limit."""
+    if fd_limit is None:
+        return configured if configured > 0 else 10_000
+    ceiling = max(1, fd_limit - FD_RESERVE)
+    if configured > 0:
+        return min(configured, ceiling)
+    return max(1, min(ceiling, max(fd_limit - FD_RESERVE - reserve, fd_limit // 4)))
 
 
 # Messages handled from one TCP read before the loop serves others: a peer that sends a
@@ -51,15 +280,28 @@ _BURST = 32
 
 
 class _TcpConnection(asyncio.Protocol):
-    __slots__ = ("backlog", "framer", "last_active", "owner", "peer", "transport")
+    __slots__ = (
+        "backlog",
+        "deadline",
+        "framer",
+        "last_active",
+        "owner",
+        "peer",
+        "transport",
+        "trusted",
+    )
 
-    def __init__(self, owner: Transports) -> None:
+    def __init__(self, owner: Transports, *, trusted: bool = False) -> None:
         self.owner = owner
         self.framer = StreamFramer()
         self.peer: Peer | None = None
         self.transport: asyncio.Transport | None = None
         self.last_active = 0.0
         self.backlog: list[bytes | Ping] | None = None
+        # When the message now arriving must be complete (its first byte started the clock).
+        self.deadline: asyncio.TimerHandle | None = None
+        # Opened by us, or a device registered over it: never evicted to make room.
+        self.trusted = trusted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -71,9 +313,10 @@ class _TcpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         owner = self.owner
-        self.last_active = owner.loop.time()
+        owner._active(self)
+        framer = self.framer
         try:
-            items = self.framer.feed(data)
+            items = framer.feed(data)
         except ParseError as exc:
             owner.metrics.inc("sip.tcp.framing_error")
             log.warning("sip.tcp.framing_error", peer=str(self.peer), reason=str(exc))
@@ -81,10 +324,34 @@ class _TcpConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
+        # The whole-message deadline: started by a message's first byte, not moved by the
+        # bytes after it, restarted only for the next message.
+        deadline = self.deadline
+        if deadline is not None and (items or not framer.partial):
+            deadline.cancel()
+            self.deadline = deadline = None
+        if deadline is None and framer.partial:
+            self.deadline = owner.loop.call_later(owner.tcp_message_timeout, self._too_slow)
         if self.backlog is not None:  # reading is paused, but a read may already be queued
             self.backlog.extend(items)
             return
         self._deliver(items)
+
+    def _too_slow(self) -> None:
+        self.deadline = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        owner = self.owner
+        owner.metrics.inc("sip.tcp.message_timeout")
+        log.warning(
+            "sip.tcp.message_timeout",
+            peer=str(self.peer),
+            pending=self.framer.pending,
+            limit=owner.tcp_message_timeout,
+        )
+        self.framer = StreamFramer()  # counted here, not again as a truncation
+        transport.abort()  # not close(): a peer that does not read would keep it open
 
     def _deliver(self, items: list[bytes | Ping]) -> None:
         """Hand over up to ``_BURST`` messages; the rest wait for the next loop turn, with
@@ -113,6 +380,9 @@ class _TcpConnection(asyncio.Protocol):
             transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
         if self.framer.pending:
             self.owner.metrics.inc("sip.tcp.truncated")
             log.info("sip.tcp.truncated", peer=str(self.peer), pending=self.framer.pending)
@@ -120,7 +390,14 @@ class _TcpConnection(asyncio.Protocol):
 
 
 class Transports:
-    """UDP and TCP sockets on one port, plus outbound TCP connections on demand."""
+    """UDP and TCP sockets on one port, plus outbound TCP connections on demand.
+
+    ``max_connections`` caps TCP connections in all (0: derived at :meth:`start` from the
+    descriptor limit, less ``fd_reserve`` descriptors the caller needs for other things, see
+    :func:`connection_cap`). ``on_unreachable(*peers)`` hears, once per loop turn, of the
+    addresses ICMP errors reported unreachable (RFC 3261 §18.4); it returns how many
+    transactions that ended.
+    """
 
     def __init__(
         self,
@@ -128,18 +405,29 @@ class Transports:
         *,
         metrics: Counters,
         tcp_idle_timeout: float = 300.0,
+        tcp_message_timeout: float = 30.0,
         max_connections_per_ip: int = 1000,
+        max_connections: int = 0,
+        fd_reserve: int = 0,
     ) -> None:
         self.listener = listener
         self.metrics = metrics
         self.tcp_idle_timeout = tcp_idle_timeout
+        self.tcp_message_timeout = tcp_message_timeout
         self.max_connections_per_ip = max_connections_per_ip
+        self.configured_max_connections = max_connections
+        self.max_connections = max_connections or 10_000  # settled at start()
+        self.fd_reserve = fd_reserve
+        self.on_unreachable: Callable[..., int] | None = None
+        self._unreachable_pending: dict[Peer, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.host = ""
         self.port = 0
         self._udp: _Udp | None = None
         self._server: asyncio.Server | None = None
         self._conns: dict[Peer, _TcpConnection] = {}
+        # Untrusted connections, the one idle longest first: who makes room at the cap.
+        self._untrusted: OrderedDict[_TcpConnection, None] = OrderedDict()
         self._per_ip: dict[str, int] = {}
         self._connecting: dict[Peer, asyncio.Future[_TcpConnection]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
@@ -153,29 +441,37 @@ class Transports:
             loop = self._loop = asyncio.get_running_loop()
         return loop
 
+    @property
+    def reports_icmp(self) -> bool:
+        """Whether ICMP errors for our UDP datagrams are seen (Linux)."""
+        return self._udp is not None and self._udp.reports_icmp
+
     async def start(self, host: str, port: int) -> None:
         """Bind UDP and TCP to ``host:port``; with port 0 the OS picks one free for both."""
+        limits = raise_fd_limit()
+        self.max_connections = connection_cap(
+            self.configured_max_connections, limits[0] if limits else None, self.fd_reserve
+        )
+        log.info(
+            "sip.fd_limit",
+            soft=limits[0] if limits else None,
+            hard=limits[1] if limits else None,
+            max_connections=self.max_connections,
+        )
+        loop = self.loop
         for attempt in range(20):
-            udp_transport, udp = await self.loop.create_datagram_endpoint(
-                lambda: _Udp(self), local_addr=(host, port), reuse_port=False
-            )
-            sock = udp_transport.get_extra_info("socket")
+            sock = _bind_udp(host, port)
             bound = sock.getsockname()[1]
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
-            except OSError:
-                pass
-            try:
-                server = await self.loop.create_server(
+                server = await loop.create_server(
                     lambda: _TcpConnection(self), host, bound, reuse_address=True, backlog=1024
                 )
             except OSError:
-                udp_transport.close()
+                sock.close()
                 if port != 0 or attempt == 19:
                     raise
                 continue
-            self._udp, self._server = udp, server
+            self._udp, self._server = _Udp(self, sock, loop), server
             self.host, self.port = host, bound
             break
         self._schedule_sweep()
@@ -202,12 +498,46 @@ class Transports:
             log.warning("sip.tcp.refused_limit", peer=str(peer), limit=self.max_connections_per_ip)
             conn.peer = None
             return False
-        self._per_ip[peer.host] = count + 1
+        if len(self._conns) >= self.max_connections and not self._evict():
+            self.metrics.inc("sip.tcp.refused_cap")
+            log.warning("sip.tcp.refused_cap", peer=str(peer), limit=self.max_connections)
+            conn.peer = None
+            return False
+        self._per_ip[peer.host] = self._per_ip.get(peer.host, 0) + 1
         self._conns[peer] = conn
+        if not conn.trusted:
+            self._untrusted[conn] = None
         self.metrics.inc("sip.tcp.accepted")
         return True
 
+    def _evict(self) -> bool:
+        """Make room at the cap: close the untrusted connection idle longest. Its slot is free
+        at once (the socket itself closes on the next loop turn)."""
+        while self._untrusted:
+            victim, _ = self._untrusted.popitem(last=False)
+            peer, transport = victim.peer, victim.transport
+            if peer is None or transport is None or self._conns.get(peer) is not victim:
+                continue
+            self.metrics.inc("sip.tcp.evicted")
+            log.info(
+                "sip.tcp.evicted",
+                peer=str(peer),
+                idle=round(self.loop.time() - victim.last_active, 3),
+                limit=self.max_connections,
+            )
+            victim.framer = StreamFramer()
+            self._forget(victim)
+            transport.abort()
+            return True
+        return False
+
+    def _active(self, conn: _TcpConnection) -> None:
+        conn.last_active = self.loop.time()
+        if not conn.trusted and conn in self._untrusted:
+            self._untrusted.move_to_end(conn)
+
     def _forget(self, conn: _TcpConnection) -> None:
+        self._untrusted.pop(conn, None)
         peer = conn.peer
         if peer is None or self._conns.get(peer) is not conn:
             return
@@ -219,6 +549,36 @@ class Transports:
             self._per_ip.pop(peer.host, None)
         self.listener.connection_lost(peer)
 
+    def mark_trusted(self, peer: Peer) -> None:
+        """The connection to ``peer`` carries a registered device (its REGISTER succeeded):
+        it is no longer evicted to make room for new connections. UDP peers: nothing to do."""
+        conn = self._conns.get(peer)
+        if conn is not None and not conn.trusted:
+            conn.trusted = True
+            self._untrusted.pop(conn, None)
+
+    def _unreachable(self, peer: Peer, err: int) -> None:
+        """Note an ICMP error; the transactions hear of it at the next loop turn, all the
+        addresses of a drain at once (one pass over the transactions, however many errors)."""
+        self.metrics.inc("sip.udp.unreachable")
+        pending = self._unreachable_pending
+        if not pending:
+            self.loop.call_soon(self._report_unreachable)
+        if len(pending) < _ERRQUEUE_BATCH * 4:
+            pending[peer] = err
+
+    def _report_unreachable(self) -> None:
+        pending, self._unreachable_pending = self._unreachable_pending, {}
+        callback = self.on_unreachable
+        failed = callback(*pending) if callback is not None and pending else 0
+        # At info only when it ended something: spoofed ICMP must not flood the log.
+        (log.info if failed else log.debug)(
+            "sip.udp.unreachable",
+            peers=[f"{p} ({errno.errorcode.get(e, e)})" for p, e in list(pending.items())[:4]],
+            addresses=len(pending),
+            transactions=failed,
+        )
+
     def is_connected(self, peer: Peer) -> bool:
         return peer in self._conns
 
@@ -226,10 +586,9 @@ class Transports:
         """Send now if possible (UDP, or an open TCP connection); ``False`` otherwise."""
         if peer.transport == "udp":
             udp = self._udp
-            if udp is None or udp.transport is None:
+            if udp is None:
                 return False
-            udp.transport.sendto(data, (peer.host, peer.port))
-            return True
+            return udp.send(data, (peer.host, peer.port))
         conn = self._conns.get(peer)
         if conn is None or conn.transport is None or conn.transport.is_closing():
             return False
@@ -238,7 +597,8 @@ class Transports:
         return True
 
     async def connect(self, peer: Peer, timeout: float = 5.0) -> None:
-        """Open a TCP connection to ``peer`` unless one is open (or opening) already."""
+        """Open a TCP connection to ``peer`` unless one is open (or opening) already. A
+        connection the gateway opens is trusted: it is never evicted to make room."""
         if peer in self._conns:
             return
         pending = self._connecting.get(peer)
@@ -250,7 +610,9 @@ class Transports:
         try:
             try:
                 _, proto = await asyncio.wait_for(
-                    self.loop.create_connection(lambda: _TcpConnection(self), peer.host, peer.port),
+                    self.loop.create_connection(
+                        lambda: _TcpConnection(self, trusted=True), peer.host, peer.port
+                    ),
                     timeout,
                 )
             except (TimeoutError, OSError) as exc:
@@ -276,8 +638,9 @@ class Transports:
         for conn in list(self._conns.values()):
             if conn.transport is not None:
                 conn.transport.abort()
-        if self._udp is not None and self._udp.transport is not None:
-            self._udp.transport.close()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
         if self._server is not None:
             await self._server.wait_closed()
 

@@ -1,0 +1,483 @@
+"""The transports at the network edge: what a stranger can hold, and ICMP errors.
+
+* A TCP message must arrive whole within ``tcp_message_timeout`` of its first byte; trickling
+  bytes do not move that deadline (issue 13, item 4).
+* TCP connections are capped in all; at the cap the untrusted connection idle longest makes
+  room, connections the gateway opened or a device registered over are kept, and with nothing
+  to evict a new connection is refused (item 4). The per-IP limit stays
+  (``test_endpoint.py::test_per_ip_connection_limit_and_idle_close``).
+* An ICMP port unreachable for a UDP request fails its client transaction at once, not at timer
+  F (RFC 3261 §18.4, §17.1.4; item 19).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.metrics import Metrics
+from gateway.sip import (
+    Endpoint,
+    Peer,
+    Request,
+    Response,
+    ServerContext,
+    SipCore,
+    TimerConfig,
+    TransportError,
+    make_response,
+)
+from gateway.sip.framing import StreamFramer
+from gateway.sip.transport import FD_RESERVE, connection_cap, fatal_icmp, raise_fd_limit
+from tests.conftest import wait_for
+from tests.sip.fakeclock import FakeClock
+
+
+def register_bytes(port: int, n: int, transport: str = "TCP") -> bytes:
+    return (
+        f"REGISTER sip:34020000002000000001@127.0.0.1:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/{transport} 127.0.0.1:5060;branch=z9hG4bKreg{n}\r\n"
+        f"From: <sip:3402000000132000{n:04d}@3402000000>;tag=f{n}\r\n"
+        f"To: <sip:3402000000132000{n:04d}@3402000000>\r\n"
+        f"Call-ID: reg-{n}\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n"
+        "Expires: 3600\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def message_bytes(port: int, n: int) -> bytes:
+    return (
+        f"MESSAGE sip:34020000002000000001@127.0.0.1:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bKmsg{n}\r\n"
+        "From: <sip:34020000001320000001@3402000000>;tag=m\r\n"
+        "To: <sip:34020000002000000001@3402000000>\r\n"
+        f"Call-ID: msg-{n}\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def status_of(reader: asyncio.StreamReader) -> int:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    return int(head.split(b" ", 2)[1])
+
+
+def answering(ep: Endpoint, *, trust: bool = False) -> list[Peer]:
+    """Answer REGISTER and MESSAGE with 200; with ``trust``, a REGISTER marks its connection
+    trusted as the registrar does after a good REGISTER."""
+    seen: list[Peer] = []
+
+    def handler(req: Request, ctx: ServerContext) -> Response:
+        seen.append(ctx.peer)
+        if trust and req.method == "REGISTER":
+            ctx.endpoint.mark_trusted(ctx.peer)
+        return make_response(req, 200, to_tag="t")
+
+    ep.route("REGISTER", handler)
+    ep.route("MESSAGE", handler)
+    return seen
+
+
+@pytest.fixture
+async def endpoints() -> AsyncIterator[list[Endpoint]]:
+    made: list[Endpoint] = []
+    yield made
+    for ep in made:
+        await ep.close()
+
+
+# -- item 4: the whole-message deadline ----------------------------------------------------
+
+
+def test_the_framer_says_when_part_of_a_message_is_held() -> None:
+    """Only a message's own bytes start the deadline: CRLFs that may become a ping do not."""
+    framer = StreamFramer()
+    framer.feed(b"\r\n")
+    assert framer.pending == 2 and not framer.partial
+    framer.feed(b"\r\nREG")
+    assert framer.partial
+    framer.feed(register_bytes(5060, 1)[3:])
+    assert not framer.partial and framer.pending == 0
+
+
+@pytest.mark.timeout(30)
+async def test_a_slow_sender_is_closed_at_the_message_deadline_while_a_quick_one_is_served(
+    endpoints: list[Endpoint],
+) -> None:
+    ep = Endpoint(metrics=Metrics(), tcp_message_timeout=0.5)
+    endpoints.append(ep)
+    await ep.start("127.0.0.1", 0)
+    answering(ep)
+    loop = asyncio.get_running_loop()
+
+    # A quick peer: its whole REGISTER in one write, answered; its connection then idles.
+    quick_reader, quick_writer = await asyncio.open_connection("127.0.0.1", ep.port)
+    quick_writer.write(register_bytes(ep.port, 1))
+    assert await status_of(quick_reader) == 200
+
+    # A slow peer: one byte per tick, far slower than the deadline allows for the message.
+    slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", ep.port)
+    slow = register_bytes(ep.port, 2)
+    started = loop.time()
+
+    async def trickle() -> None:
+        for i in range(len(slow)):
+            if slow_writer.is_closing():
+                return
+            slow_writer.write(slow[i : i + 1])
+            await asyncio.sleep(0.02)
+
+    trickling = asyncio.ensure_future(trickle())
+    try:
+        # The server closes it: EOF (or a reset) before the message could have been complete.
+        try:
+            eof = await asyncio.wait_for(slow_reader.read(), 10)
+        except ConnectionResetError:
+            eof = b""
+        closed_after = loop.time() - started
+        assert eof == b""  # no answer: the message never arrived whole
+        assert not trickling.done()  # closed while bytes were still trickling in
+        assert ep.metrics.get("sip.tcp.message_timeout") == 1
+        assert closed_after >= 0.5  # the deadline, not an idle timeout, and not earlier
+        # The quick connection, idle all this while with nothing pending, is still served.
+        quick_writer.write(message_bytes(ep.port, 3))
+        assert await status_of(quick_reader) == 200
+    finally:
+        trickling.cancel()
+        slow_writer.close()
+        quick_writer.close()
+
+
+# -- item 4: the connection cap --------------------------------------------------------------
+
+
+def test_the_default_cap_stays_below_the_descriptor_limit() -> None:
+    assert connection_cap(0, 20_000, 10_000) == 20_000 - FD_RESERVE - 10_000
+    # A limit too small for the media range still leaves a quarter for SIP, below the limit.
+    assert connection_cap(0, 1024, 10_000) == 256
+    # A configured cap is used, but never at or above the limit.
+    assert connection_cap(300, 20_000, 10_000) == 300
+    assert connection_cap(50_000, 20_000, 0) == 20_000 - FD_RESERVE
+    limits = raise_fd_limit()
+    if limits is not None:
+        soft, hard = limits
+        assert soft == hard or soft >= 10240  # raised to the hard limit (macOS: OPEN_MAX)
+
+
+@pytest.mark.timeout(60)
+async def test_at_the_cap_idle_strangers_make_room_and_a_registered_device_keeps_working(
+    endpoints: list[Endpoint],
+) -> None:
+    cap = 40
+    ep = Endpoint(metrics=Metrics(), max_connections=cap)
+    endpoints.append(ep)
+    await ep.start("127.0.0.1", 0)
+    assert ep.transports.max_connections == cap
+    seen = answering(ep, trust=True)
+
+    # A device registers over TCP (from 127.0.0.10): its connection becomes trusted.
+    dev_reader, dev_writer = await asyncio.open_connection(
+        "127.0.0.1", ep.port, local_addr=("127.0.0.10", 0)
+    )
+    dev_writer.write(register_bytes(ep.port, 10))
+    assert await status_of(dev_reader) == 200
+
+    # 200 idle connections from four other addresses fill the cap many times over.
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        for i in range(200):
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", ep.port, local_addr=(f"127.0.0.{2 + i % 4}", 0)
+            )
+            idle.append(writer)
+        await wait_for(
+            lambda: ep.metrics.get("sip.tcp.accepted") >= 201, 10, "every connection accepted"
+        )
+        assert len(ep.transports._conns) <= cap
+        assert ep.metrics.get("sip.tcp.evicted") >= 200 + 1 - cap
+        assert ep.metrics.get("sip.tcp.refused_cap") == 0
+
+        # A new device from a new address is still answered.
+        new_reader, new_writer = await asyncio.open_connection(
+            "127.0.0.1", ep.port, local_addr=("127.0.0.20", 0)
+        )
+        new_writer.write(register_bytes(ep.port, 20))
+        assert await status_of(new_reader) == 200
+        new_writer.close()
+
+        # The registered device's connection was never evicted: it keeps working.
+        dev_writer.write(message_bytes(ep.port, 11))
+        assert await status_of(dev_reader) == 200
+        assert [p.host for p in seen].count("127.0.0.10") == 2
+    finally:
+        for writer in idle:
+            writer.close()
+        dev_writer.close()
+
+
+async def test_with_nothing_to_evict_a_new_connection_is_refused(
+    endpoints: list[Endpoint],
+) -> None:
+    ep = Endpoint(metrics=Metrics(), max_connections=2)
+    endpoints.append(ep)
+    await ep.start("127.0.0.1", 0)
+    answering(ep, trust=True)
+    kept = []
+    for n in range(2):
+        reader, writer = await asyncio.open_connection("127.0.0.1", ep.port)
+        writer.write(register_bytes(ep.port, n))
+        assert await status_of(reader) == 200
+        kept.append((reader, writer))
+    reader, writer = await asyncio.open_connection("127.0.0.1", ep.port)
+    try:
+        try:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        except ConnectionResetError:
+            pass
+        assert ep.metrics.get("sip.tcp.refused_cap") == 1
+        assert ep.metrics.get("sip.tcp.evicted") == 0
+        # Both trusted connections still work.
+        for n, (r, w) in enumerate(kept):
+            w.write(message_bytes(ep.port, 10 + n))
+            assert await status_of(r) == 200
+    finally:
+        writer.close()
+        for _, w in kept:
+            w.close()
+
+
+async def test_a_connection_the_gateway_opened_is_not_evicted(
+    endpoints: list[Endpoint],
+) -> None:
+    """Outbound connections (to an upper, to a TCP device) count as trusted."""
+    server = Endpoint(metrics=Metrics())
+    ep = Endpoint(metrics=Metrics(), max_connections=1)
+    endpoints.extend([server, ep])
+    await server.start("127.0.0.1", 0)
+    await ep.start("127.0.0.1", 0)
+    answering(server)
+    peer = Peer("tcp", "127.0.0.1", server.port)
+    await ep.transports.connect(peer)
+    reader, writer = await asyncio.open_connection("127.0.0.1", ep.port)
+    try:
+        try:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        except ConnectionResetError:
+            pass
+        assert ep.metrics.get("sip.tcp.refused_cap") == 1
+        assert ep.transports.is_connected(peer)
+    finally:
+        writer.close()
+
+
+# -- item 19: ICMP port unreachable ----------------------------------------------------------
+
+
+def closed_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_which_icmp_errors_fail_a_transaction() -> None:
+    """RFC 3261 §18.4: unreachable and parameter problem do; TTL exceeded, source quench and
+    "fragmentation needed" (path MTU) do not."""
+    icmp, icmp6 = 2, 3
+    assert fatal_icmp(icmp, 3, 3)  # port unreachable
+    assert fatal_icmp(icmp, 3, 1)  # host unreachable
+    assert fatal_icmp(icmp, 12, 0)  # parameter problem
+    assert not fatal_icmp(icmp, 3, 4)  # fragmentation needed
+    assert not fatal_icmp(icmp, 11, 0)  # TTL exceeded
+    assert not fatal_icmp(icmp, 4, 0)  # source quench
+    assert fatal_icmp(icmp6, 1, 4) and not fatal_icmp(icmp6, 3, 0)
+    assert not fatal_icmp(1, 3, 3)  # a local error, not an ICMP message
+
+
+def test_the_core_fails_the_transactions_to_an_unreachable_address() -> None:
+    """Sans-I/O: only the waiting client transactions to that address end, with a transport
+    error for their TU; others go on."""
+    clock = FakeClock()
+
+    class Net:
+        def send(self, peer: Peer, data: bytes) -> bool:
+            return True
+
+    class User:
+        def request_received(self, *_: object) -> None:
+            pass
+
+    core = SipCore(network=Net(), user=User(), counters=Metrics(), scheduler=clock)
+    dead, alive = Peer("udp", "192.0.2.1", 5060), Peer("udp", "192.0.2.2", 5060)
+    ended: list[str] = []
+    txns = []
+    for n, peer in enumerate([dead, dead, alive]):
+        req = Request(
+            "MESSAGE",
+            f"sip:x@{peer.host}",
+            [
+                ("Via", f"SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bK{n}"),
+                ("From", "<sip:a@b>;tag=1"),
+                ("To", "<sip:c@d>"),
+                ("Call-ID", f"c{n}"),
+                ("CSeq", "1 MESSAGE"),
+            ],
+        )
+        txns.append(
+            core.start_request(
+                req,
+                peer,
+                f"z9hG4bK{n}",
+                on_response=lambda r: None,
+                on_timeout=lambda n=n: ended.append(f"c{n}"),  # type: ignore[misc]
+            )
+        )
+    assert core.unreachable(dead) == 2
+    assert ended == ["c0", "c1"]
+    assert all(t.unreachable for t in txns[:2]) and txns[2].state == "trying"
+    assert len(core.client_transactions) == 1
+    assert core.unreachable(dead) == 0  # nothing left to fail
+
+
+@pytest.mark.timeout(30)
+async def test_a_request_to_a_closed_udp_port_fails_at_once_not_at_timer_f(
+    endpoints: list[Endpoint],
+) -> None:
+    ep = Endpoint(metrics=Metrics(), timers=TimerConfig())  # T1 0.5 s: timer F at 32 s
+    endpoints.append(ep)
+    await ep.start("127.0.0.1", 0)
+    if not ep.transports.reports_icmp:
+        pytest.skip("ICMP errors are read on Linux only")
+    port = closed_udp_port()
+    req = Request(
+        "MESSAGE",
+        f"sip:34020000001320000001@127.0.0.1:{port}",
+        [
+            ("From", "<sip:34020000002000000001@3402000000>;tag=g"),
+            ("To", "<sip:34020000001320000001@3402000000>"),
+            ("Call-ID", Endpoint.call_id()),
+            ("CSeq", "1 MESSAGE"),
+        ],
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TransportError, match="unreachable"):
+        await asyncio.wait_for(ep.request(req, Peer("udp", "127.0.0.1", port)), 20)
+    assert loop.time() - started < 10  # well before timer F (32 s)
+    assert ep.metrics.get("sip.udp.unreachable") >= 1
+    assert ep.metrics.get("sip.tx.unreachable") == 1
+    assert not ep.core.client_transactions
+
+
+@pytest.mark.timeout(30)
+async def test_icmp_errors_do_not_stop_the_socket_serving_others(
+    endpoints: list[Endpoint],
+) -> None:
+    """Many unreachable sends interleaved with incoming requests: every request is answered,
+    no datagram we send is lost to a pending error, and the error queue is left empty (the loop
+    is not woken for it again)."""
+    ep = Endpoint(metrics=Metrics())
+    endpoints.append(ep)
+    await ep.start("127.0.0.1", 0)
+    answering(ep)
+    dead = [Peer("udp", "127.0.0.1", closed_udp_port()) for _ in range(8)]
+    loop = asyncio.get_running_loop()
+    answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+            answers.put_nowait(data)
+
+    client, _ = await loop.create_datagram_endpoint(Client, local_addr=("127.0.0.1", 0))
+    try:
+        for n in range(200):
+            assert ep.transports.send(dead[n % 8], b"OPTIONS sip:x SIP/2.0\r\n\r\n")
+            client.sendto(register_bytes(ep.port, n, "UDP"), ("127.0.0.1", ep.port))
+            if n % 20 == 0:
+                await asyncio.sleep(0)
+        for _ in range(200):
+            assert (await asyncio.wait_for(answers.get(), 5)).startswith(b"SIP/2.0 200")
+        assert ep.metrics.get("sip.udp.send_error") == 0
+        if ep.transports.reports_icmp:
+            await wait_for(lambda: ep.metrics.get("sip.udp.unreachable") >= 8, 5, "ICMP seen")
+    finally:
+        client.close()
+
+
+SERVER = """
+import asyncio, resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit}))
+from gateway.metrics import Metrics
+from gateway.sip import Endpoint, make_response
+
+async def main():
+    ep = Endpoint(metrics=Metrics())
+    ep.route("REGISTER", lambda r, c: make_response(r, 200, to_tag="t"))
+    await ep.start("127.0.0.1", 0)
+    print("PORT", ep.port, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await ep.close()
+
+try:
+    import uvloop
+    uvloop.run(main())
+except ImportError:
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_idle_connections_cannot_use_up_the_descriptors() -> None:
+    """The attack of issue 13 in small: a gateway process allowed 300 descriptors, 400 idle
+    connections from four addresses; a REGISTER from a new address is still answered."""
+    import os
+    import sys
+
+    if sys.platform == "win32":  # pragma: no cover
+        pytest.skip("needs RLIMIT_NOFILE")
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        SERVER.format(limit=300),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    writers: list[asyncio.StreamWriter] = []
+    drain: asyncio.Future[bytes] | None = None
+    try:
+        line = b""
+        while not line.startswith(b"PORT "):  # log lines may come first
+            line = await asyncio.wait_for(proc.stdout.readline(), 20)
+            assert line, "the server did not start"
+        port = int(line.split()[1])
+        drain = asyncio.ensure_future(proc.stdout.read())  # its log must not fill the pipe
+        for i in range(400):
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        "127.0.0.1", port, local_addr=(f"127.0.0.{2 + i % 4}", 0)
+                    ),
+                    5,
+                )
+            except (OSError, TimeoutError):
+                continue  # the old code stops accepting; the connect may then stall
+            writers.append(writer)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=("127.0.0.20", 0)
+        )
+        writers.append(writer)
+        writer.write(register_bytes(port, 1))
+        assert await status_of(reader) == 200
+    finally:
+        for w in writers:
+            w.close()
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        if drain is not None:
+            await drain
