@@ -12,6 +12,13 @@ do not overwrite each other, and a re-sync of one device is a diff against what 
 reported before: added, removed and changed items are stored and each becomes one
 :class:`~gateway.events.CatalogChange` with the item before and after. A device going offline
 turns its channels ``OFF``; that too is a change per channel.
+
+An item is only taken with a ``DeviceID`` that is an ID (reference §1.2, §1.4): 20 ASCII digits
+(GB/T 28181-2022 Appendix E), or a civil-region code of 2, 4, 6 or 8 digits, which region items
+carry. The 2016 18-digit "coding rule B" was deleted in 2022 and is refused like anything else.
+An item with another ``DeviceID`` is refused and counted (``catalog.bad_item_id``); the good items
+of the same message are kept. ``ParentID`` and ``BusinessGroupID`` are kept as sent: real devices
+fill them loosely, and they only place an item in the tree.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from dataclasses import dataclass, replace
 import structlog
 
 from gateway.events import CatalogChange, EventBus
-from gateway.manscdp import CatalogItem, item_kind
+from gateway.manscdp import CatalogItem, is_civil_code, is_gb_id, item_kind
 from gateway.metrics import Metrics
 from gateway.store import Store
 
@@ -39,10 +46,19 @@ _STATUS_OF_EVENT = {"ON": "ON", "OFF": "OFF", "VLOST": "OFF", "DEFECT": "OFF"}
 
 @dataclass(frozen=True, slots=True)
 class SyncDiff:
+    """What a sync changed; ``refused``: items not taken, their ``DeviceID`` being no ID."""
+
     added: int
     removed: int
     changed: int
     total: int
+    refused: int = 0
+
+
+def valid_item_id(item_id: str) -> bool:
+    """A catalog item's ``DeviceID``: a 20-digit GB ID, or a civil-region code (reference §1.2:
+    any other length is invalid)."""
+    return is_gb_id(item_id) or is_civil_code(item_id)
 
 
 class Catalog:
@@ -66,8 +82,18 @@ class Catalog:
 
     # -- reading ----------------------------------------------------------------------------
     def load(self) -> None:
+        """Read the stored items. One without a valid ``DeviceID`` (stored before the check
+        existed) is dropped from the store, counted and logged, like a new one."""
+        refused = 0
         for owner, item in self.store.load_items():
-            self._put(owner, item)
+            if valid_item_id(item.device_id):
+                self._put(owner, item)
+                continue
+            refused += 1
+            self.store.delete_item(owner, item.device_id)
+        if refused:
+            self.metrics.inc("catalog.bad_item_id", refused)
+            log.warning("catalog.bad_item_id", stored=refused)
         log.info("catalog.loaded", items=len(self._owner), devices=len(self._by_owner))
 
     def items_of(self, owner_id: str) -> list[CatalogItem]:
@@ -100,6 +126,24 @@ class Catalog:
         return out
 
     # -- writing ----------------------------------------------------------------------------
+    def _valid(self, owner: str, items: Iterable[CatalogItem]) -> tuple[list[CatalogItem], int]:
+        """The items whose ``DeviceID`` is an ID, and how many were refused (counted, and
+        logged once per message with a short excerpt of the first bad ID)."""
+        good: list[CatalogItem] = []
+        refused = 0
+        first = ""
+        for item in items:
+            if valid_item_id(item.device_id):
+                good.append(item)
+            else:
+                if not refused:
+                    first = ascii(item.device_id[:32])
+                refused += 1
+        if refused:
+            self.metrics.inc("catalog.bad_item_id", refused)
+            log.warning("catalog.bad_item_id", device_id=owner, refused=refused, first=first)
+        return good, refused
+
     def _normalise(self, item: CatalogItem) -> CatalogItem:
         """Drop the NOTIFY ``Event`` and a ParentID naming the gateway itself."""
         changes: dict[str, object] = {}
@@ -149,12 +193,14 @@ class Catalog:
 
     def apply_sync(self, owner: str, items: Iterable[CatalogItem], *, partial: bool) -> SyncDiff:
         """Make ``owner``'s items what a catalog query returned. A partial answer only adds
-        and changes: items it did not mention may simply have been lost on the way."""
+        and changes: items it did not mention may simply have been lost on the way. Items
+        without a valid ``DeviceID`` are refused (:func:`valid_item_id`)."""
         now = self.clock()
         old = self._by_owner.get(owner, {})
         seen: set[str] = set()
         added = changed = removed = 0
-        for raw in items:
+        good, refused = self._valid(owner, items)
+        for raw in good:
             item = self._normalise(raw)
             item_id = item.device_id
             seen.add(item_id)
@@ -170,13 +216,14 @@ class Catalog:
                 removed += 1
                 self._changed(owner, item_id, "DEL", old[item_id], None, now)
         total = len(self._by_owner.get(owner, {}))
-        return SyncDiff(added, removed, changed, total)
+        return SyncDiff(added, removed, changed, total, refused)
 
     def apply_notify(self, owner: str, items: Iterable[CatalogItem]) -> int:
         """Apply the items of a catalog NOTIFY (reference §5.2); returns how many changed."""
         now = self.clock()
         count = 0
-        for raw in items:
+        good, _ = self._valid(owner, items)
+        for raw in good:
             event = (raw.event or "").upper()
             item_id = raw.device_id
             before = self._by_owner.get(owner, {}).get(item_id)

@@ -10,10 +10,14 @@ may pass the same preset twice, even in two parts of the same content), or lacki
 field, counts every time (a SIP retransmission of a part is absorbed by the transaction layer
 before it gets here). ConfigDownload answers one Response per requested ConfigType.
 
-A ``SumNum`` that is negative, above ``max_items`` or smaller than the items actually sent makes
-the answer partial: a partial answer never removes anything from the catalog. When parts stop
-coming for ``idle_timeout`` (or the query has run ``max_time``) what came is partial; when
-nothing came within ``response_timeout`` the query has expired.
+A ``SumNum`` that cannot be the count (negative, above ``max_items``, not a number, or smaller
+than the items actually sent) makes the answer partial, never empty: every item that comes is
+kept, up to ``max_items`` (the bound on what one answer may hold in memory; more are counted in
+``dropped``), until parts stop coming or ``max_items`` is reached. A partial answer never removes
+anything from the catalog. ``QueryResult.count_error`` says what was wrong with the count, for the
+caller to log and count. When parts stop coming for ``idle_timeout`` (or the query has run
+``max_time``) what came is partial; when nothing came within ``response_timeout`` the query has
+expired.
 
 This module is sans-I/O: no futures, no loop, no clock. The caller passes the time in and acts
 on the :class:`Outcome`; the Downlink's asyncio adapter waits for it.
@@ -56,11 +60,14 @@ class Outcome(enum.Enum):
 
 @dataclass(slots=True)
 class QueryResult:
-    """What came back. ``responses``: every Response message, in arrival order; ``items``:
-    the items of a list answer, from every part; ``sum_num``: its ``SumNum``; ``listed``: the
-    answer is a list (a ``SumNum`` or items came: an answer of a list type without either, a
-    2016 flat MobilePosition or a bare ``Result ERROR``, is not); ``partial``: parts stopped
-    coming before ``SumNum`` (or before every requested ConfigType) was reached."""
+    """What came back. ``responses``: every Response message, in arrival order (the parts of
+    a list answer without their items); ``items``: the items of a list answer, from every part;
+    ``sum_num``: its ``SumNum``; ``listed``: the answer is a list (a ``SumNum`` or items came:
+    an answer of a list type without either, a 2016 flat MobilePosition or a bare ``Result
+    ERROR``, is not); ``partial``: parts stopped coming before ``SumNum`` (or before every
+    requested ConfigType) was reached, or the count could not be trusted; ``count_error``: why
+    the count could not be trusted (``None``: it could); ``dropped``: items that came beyond
+    ``max_items`` and were not kept."""
 
     device_id: str
     cmd_type: str
@@ -70,6 +77,8 @@ class QueryResult:
     sum_num: int | None = None
     partial: bool = False
     listed: bool = False
+    count_error: str | None = None
+    dropped: int = 0
 
     @property
     def response(self) -> Message:
@@ -148,6 +157,9 @@ def config_blocks(msg: Message) -> set[str]:
         for spec in msg._specs
         if spec.kind in (NODE, BLOCK) and getattr(msg, spec.attr) is not None
     }
+
+
+_NO_ITEMS: dict[str, Any] = {"items": ()}
 
 
 class Collector:
@@ -250,9 +262,9 @@ class Collector:
         if self.done:
             return self.outcome
         res = self.result
-        res.responses.append(msg)
         self.last = now
         if type(msg) not in LIST_ANSWERS:
+            res.responses.append(msg)
             if self._pending_types and isinstance(msg, ConfigDownloadResponse):
                 # One Response per type, or several types in one: done when all were seen.
                 self._pending_types -= config_blocks(msg)
@@ -263,32 +275,62 @@ class Collector:
             return Outcome.PENDING
         sum_num = getattr(msg, "sum_num", None)
         items: tuple[Any, ...] = getattr(msg, "items", ())
+        # The items are kept once, in ``items`` (at most max_items of them), not in each part.
+        res.responses.append(replace(msg, **_NO_ITEMS) if items else msg)
         if sum_num is not None or items:
             res.listed = True
-        if res.sum_num is None and sum_num is not None:
-            res.sum_num = sum_num
-            if sum_num < 0 or sum_num > self.max_items:
-                # An impossible count: keep what came, remove nothing.
+        if res.sum_num is None and res.count_error is None:
+            # The first count given is the count (a later one is not believed).
+            if sum_num is not None:
+                res.sum_num = sum_num
+                if sum_num < 0:
+                    res.count_error = "negative SumNum"
+                elif sum_num > self.max_items:
+                    res.count_error = f"SumNum above max_items ({self.max_items})"
+            elif _unreadable_sum_num(msg):
+                res.count_error = "SumNum not a number"
+        self._add(items)
+        total = res.sum_num
+        seen = len(res.items) + res.dropped
+        if res.count_error is None and total is not None and seen > total:
+            res.count_error = "more items than SumNum"
+        if res.count_error is not None:
+            # The count cannot say when the answer is whole: keep what comes until parts stop
+            # coming (the idle timeout) or nothing more can be kept.
+            if len(res.items) >= self.max_items:
                 return self._finish(Outcome.PARTIAL)
+            return Outcome.PENDING
+        if total is None or len(res.items) == total:
+            # Without SumNum (seen on PresetQuery) there is no way to know more will come.
+            return self._finish(Outcome.COMPLETE)
+        return Outcome.PENDING
+
+    def _add(self, items: tuple[Any, ...]) -> None:
+        """Keep the items not seen before, up to ``max_items``; count the rest as dropped."""
+        res = self.result
+        room = max(self.max_items - len(res.items), 0)
         key = self._item_key
         if key is None:
             # No identity, so no way (and no need) to tell a repeat: the same part sent again
             # as a SIP retransmission never reaches the collector, and a second part with the
             # same content (an A-B-A-B patrol sent as two A-Bs) is real.
-            res.items.extend(items)
-        else:
-            for item in items:
-                k = key(item)
-                if k is None:
-                    res.items.append(item)  # its identity field is missing: nothing to merge on
-                elif k not in self._keys:
-                    self._keys.add(k)
-                    res.items.append(item)
-        total = res.sum_num
-        if len(res.items) > self.max_items or (total is not None and len(res.items) > total):
-            # More than announced: the answer cannot be trusted whole.
-            return self._finish(Outcome.PARTIAL)
-        if total is None or len(res.items) == total:
-            # Without SumNum (seen on PresetQuery) there is no way to know more will come.
-            return self._finish(Outcome.COMPLETE)
-        return Outcome.PENDING
+            res.items.extend(items[:room])
+            res.dropped += max(len(items) - room, 0)
+            return
+        for item in items:
+            k = key(item)
+            if k is not None and k in self._keys:
+                continue
+            if not room:
+                res.dropped += 1
+                continue
+            if k is not None:  # None: its identity field is missing, nothing to merge on
+                self._keys.add(k)
+            res.items.append(item)
+            room -= 1
+
+
+def _unreadable_sum_num(msg: Message) -> bool:
+    """A ``SumNum`` element came but did not read as a number (the reader kept it in
+    ``extra``)."""
+    return any(tag.lower() == "sumnum" for tag, _ in msg.extra)

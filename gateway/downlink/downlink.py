@@ -293,6 +293,21 @@ class Downlink:
 
     def _log_partial(self, res: QueryResult) -> None:
         self.metrics.inc("query.partial")
+        if res.count_error is not None:
+            # The device's SumNum could not be the count: what came is kept, and said here.
+            self.metrics.inc("query.bad_sum_num")
+            log.warning(
+                "query.bad_sum_num",
+                device_id=res.device_id,
+                cmd_type=res.cmd_type,
+                sn=res.sn,
+                problem=res.count_error,
+                sum_num=res.sum_num,
+                kept=len(res.items),
+                dropped=res.dropped,
+            )
+        if res.dropped:
+            self.metrics.inc("query.items_dropped", res.dropped)
         log.warning(
             "query.partial",
             device_id=res.device_id,

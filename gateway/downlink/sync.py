@@ -4,7 +4,8 @@ GB/T 28181-2022 §9.5.2 and reference §1.4, §3.2–§3.3. When a device regist
 time, comes back from offline, or registers anew after a reboot, the gateway asks its DeviceInfo
 (kept on the device record) and its Catalog, applies the answer to the stored catalog as a diff,
 then subscribes to catalog changes (and alarms and positions when configured). A partial answer
-is applied without removals and the sync is retried later (up to four times, backing off from
+(parts lost, or a ``SumNum`` that cannot be the count: its items are applied all the same) is
+applied without removals and the sync is retried later (up to four times, backing off from
 60 s). If no catalog comes at all the device's channels follow the device (ON). A device going
 offline cancels its sync, drops its subscriptions and turns its channels OFF.
 
@@ -165,6 +166,8 @@ class CatalogSync:
             added=diff.added,
             removed=diff.removed,
             changed=diff.changed,
+            refused=diff.refused,
+            dropped=result.dropped,
             seconds=round(time.monotonic() - started, 3),
         )
         self.events.publish(

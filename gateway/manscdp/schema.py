@@ -25,6 +25,7 @@ from typing import Any, ClassVar, TypeVar
 from lxml import etree
 
 from gateway.manscdp.errors import DecodeError
+from gateway.manscdp.xmlio import CONTROLS_REMOVED, xml_text
 
 # Short, often repeated values (manufacturer, model, civil code, status...) are interned so that
 # 200,000 catalog items share one string object per distinct value.
@@ -121,18 +122,20 @@ class Block:
         return None if child is None else child.text
 
     @classmethod
-    def from_element(cls, el: Any) -> Block:
+    def from_element(cls, el: Any, repairs: list[str] | None = None) -> Block:
+        """The block of element ``el``, without C1 controls (recorded in ``repairs``)."""
+        fixes = [] if repairs is None else repairs
         return cls(
             tag=el.tag,
-            text=(el.text or "").strip(),
-            children=tuple(cls.from_element(c) for c in el if isinstance(c.tag, str)),
-            attrib=tuple((str(k), str(v)) for k, v in el.attrib.items()),
+            text=_no_controls((el.text or "").strip(), fixes).strip(),
+            children=tuple(cls.from_element(c, fixes) for c in el if isinstance(c.tag, str)),
+            attrib=tuple((str(k), _no_controls(str(v), fixes)) for k, v in el.attrib.items()),
         )
 
     def to_element(self, parent: Any) -> None:
-        el = etree.SubElement(parent, self.tag, dict(self.attrib))
+        el = etree.SubElement(parent, self.tag, {k: xml_text(v) for k, v in self.attrib})
         if self.text:
-            el.text = self.text
+            el.text = xml_text(self.text)
         for child in self.children:
             child.to_element(el)
 
@@ -155,7 +158,7 @@ class Node:
         low = tag.lower()
         for name, xml in self.extra:
             if name.lower() == low:
-                el = etree.fromstring(xml)
+                el = etree.fromstring(xml if xml.isprintable() else xml_text(xml))
                 return (el.text or "").strip()
         return None
 
@@ -189,8 +192,21 @@ def compile_node(cls: T) -> T:
 # -- reading -------------------------------------------------------------------------------
 
 
-def _clean(raw: str | None, upper: bool) -> str:
+def _no_controls(value: str, repairs: list[str]) -> str:
+    """A value read from the tree without its C1 controls (lxml refused the C0 ones; see
+    :mod:`gateway.manscdp.xmlio`). An ASCII or printable value, the usual one, has none."""
+    if value.isascii() or value.isprintable():
+        return value
+    fixed = xml_text(value)
+    if fixed != value and CONTROLS_REMOVED not in repairs:
+        repairs.append(CONTROLS_REMOVED)
+    return fixed
+
+
+def _clean(raw: str | None, upper: bool, repairs: list[str]) -> str:
     value = (raw or "").strip()
+    if not (value.isascii() or value.isprintable()):
+        value = _no_controls(value, repairs).strip()
     if upper:
         value = value.upper()
     if len(value) <= _INTERN_MAX:
@@ -217,11 +233,20 @@ def _to_float(value: str) -> float | None:
     return result if math.isfinite(result) else None
 
 
-def _verbatim(el: Any) -> str:
+def _verbatim(el: Any, repairs: list[str]) -> str:
     """An unknown element's XML, indented as :func:`xmlio.serialize` will write it, so that what
-    is read, written and read again compares equal."""
+    is read, written and read again compares equal; without C1 controls (never in a name)."""
     etree.indent(el, space="")
     xml: str = etree.tostring(el, encoding="unicode", with_tail=False)
+    if _no_controls(xml, repairs) is not xml:
+        # Cleaned in the tree, not in the text: an element left empty is written ``<X/>``.
+        for node in el.iter():
+            node.text = (xml_text(node.text) or None) if node.text else None
+            if node is not el and node.tail:
+                node.tail = xml_text(node.tail)
+            for k, v in node.attrib.items():
+                node.set(k, xml_text(v))
+        xml = etree.tostring(el, encoding="unicode", with_tail=False)
     return xml
 
 
@@ -237,11 +262,12 @@ def read_node(cls: type[N], el: Any, repairs: list[str]) -> N:
             continue
         spec = by_tag.get(tag) or by_tag.get(tag.lower())
         if spec is None:
-            extra.append((tag, _verbatim(child)))
+            extra.append((tag, _verbatim(child, repairs)))
             continue
         kind = spec.kind
         if kind == TEXTS:
-            values[spec.attr] = (*values.get(spec.attr, ()), _clean(child.text, spec.upper))
+            text = _clean(child.text, spec.upper, repairs)
+            values[spec.attr] = (*values.get(spec.attr, ()), text)
             continue
         if spec.attr in values and kind == LIST:
             # A second <DeviceList> (or any list) adds its items to the first: kept in extra,
@@ -252,10 +278,10 @@ def read_node(cls: type[N], el: Any, repairs: list[str]) -> N:
             continue
         if spec.attr in values:
             repairs.append(f"duplicate <{tag}> kept in extra")
-            extra.append((tag, _verbatim(child)))
+            extra.append((tag, _verbatim(child, repairs)))
             continue
         if kind == STR:
-            value = _clean(child.text, spec.upper)
+            value = _clean(child.text, spec.upper, repairs)
             if value:  # an empty element reads as absent
                 values[spec.attr] = value
         elif kind in (INT, FLOAT):
@@ -267,7 +293,7 @@ def read_node(cls: type[N], el: Any, repairs: list[str]) -> N:
                 if spec.required:
                     raise DecodeError(f"<{spec.tag}> is not a number: {raw[:20]!r}")
                 repairs.append(f"<{tag}> {raw[:20]!r} is not a number; kept in extra")
-                extra.append((tag, _verbatim(child)))
+                extra.append((tag, _verbatim(child, repairs)))
                 continue
             values[spec.attr] = converted
         elif kind == NODE:
@@ -277,7 +303,7 @@ def read_node(cls: type[N], el: Any, repairs: list[str]) -> N:
             assert spec.node is not None
             values[spec.attr] = _list_items(spec.node, spec.item_tag, child, repairs)
         else:  # BLOCK
-            values[spec.attr] = Block.from_element(child)
+            values[spec.attr] = Block.from_element(child, repairs)
     for spec in cls._specs:
         if spec.required and spec.attr not in values:
             raise DecodeError(f"missing <{spec.tag}> in <{el.tag}>")
@@ -307,7 +333,10 @@ def _fmt_float(value: float) -> str:
 
 
 def write_node(obj: Node, el: Any, gb2022: bool = False) -> None:
-    """Append ``obj``'s fields to element ``el`` as children, then its ``extra``."""
+    """Append ``obj``'s fields to element ``el`` as children, then its ``extra``. Every text
+    goes through :func:`~gateway.manscdp.xmlio.xml_text`: a value stored with a control
+    character (an older database, a value from elsewhere) goes out without it, and the
+    document stays well-formed."""
     sub: Callable[..., Any] = etree.SubElement
     for spec in obj._specs:
         value = getattr(obj, spec.attr)
@@ -316,7 +345,7 @@ def write_node(obj: Node, el: Any, gb2022: bool = False) -> None:
         tag = spec.tag_2022 if gb2022 and spec.tag_2022 else spec.tag
         kind = spec.kind
         if kind == STR:
-            sub(el, tag).text = value
+            sub(el, tag).text = value if value.isprintable() else xml_text(value)
         elif kind == INT:
             sub(el, tag).text = str(value)
         elif kind == FLOAT:
@@ -331,11 +360,11 @@ def write_node(obj: Node, el: Any, gb2022: bool = False) -> None:
                 write_node(item, sub(lst, spec.item_tag), gb2022)
         elif kind == TEXTS:
             for v in value:
-                sub(el, tag).text = v
+                sub(el, tag).text = xml_text(v)
         else:
             value.to_element(el)
     for tag, xml in obj.extra:
         try:
-            el.append(etree.fromstring(xml))
-        except etree.XMLSyntaxError:  # pragma: no cover - extras come from parsed XML
+            el.append(etree.fromstring(xml if xml.isprintable() else xml_text(xml)))
+        except etree.XMLSyntaxError:  # extras come from parsed XML, or else from elsewhere
             sub(el, tag)

@@ -8,8 +8,23 @@ answer the peer in kind.
 
 Parsing is defensive: no DTDs (XXE and billion-laughs are refused before lxml sees the text), no
 network, no entity expansion, bounded size and depth. Known vendor garbage is repaired and each
-repair is reported (NUL bytes, a bare ``&``, bytes that decode in neither charset); anything still
-unparseable raises :class:`DecodeError`.
+repair is reported (NUL bytes, a bare ``&``, bytes that decode in neither charset, control
+characters); anything still unparseable raises :class:`DecodeError`.
+
+Characters that XML 1.0 §2.2 forbids (C0 controls but TAB, LF and CR; surrogates; U+FFFE and
+U+FFFF) make a document not well-formed, and the C1 controls (U+0080-U+009F) that it only
+discourages are terminal escape codes (U+009B is CSI) that no name or address holds. Devices send
+them in names, raw or as character references. They are removed, not replaced (a U+FFFD has no
+place in a GB 2312 document; an ID that lost one is still checked as an ID by the catalog), on
+the way in and on the way out:
+
+* in: a body lxml refuses for a forbidden character is cleaned (:func:`_remove_unsafe`) and
+  parsed again, one repair for the message; the C1 controls lxml accepts are taken out of each
+  value as it is read (:mod:`gateway.manscdp.schema`). Clean bodies pay no extra pass.
+* out: every value is written through :func:`xml_text` (by :mod:`gateway.manscdp.schema`), so
+  that every document the gateway writes is well-formed, without C1 controls, whatever was
+  stored (an older database, a value from elsewhere). A value with none, the usual one, costs one
+  ``str.isprintable()``.
 """
 
 from __future__ import annotations
@@ -34,6 +49,14 @@ _DECLARED = re.compile(
 )
 _BARE_AMP = re.compile(r"&(?!(?:[A-Za-z][A-Za-z0-9]{0,15}|#[0-9]{1,7}|#x[0-9A-Fa-f]{1,6});)")
 _DTD = re.compile(r"<!\s*(?:DOCTYPE|ENTITY|ELEMENT|ATTLIST)", re.IGNORECASE)
+# What XML 1.0 §2.2 forbids (C0 controls but TAB/LF/CR, surrogates, U+FFFE/U+FFFF), and the C1
+# controls it discourages. Each is in Unicode category Cc, Cs or Cn, so a value for which
+# ``str.isprintable()`` holds has none of them (nor has an ASCII value lxml took: lxml refuses
+# the C0 controls): those C-speed tests spare the common case the scan.
+_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x80-\x9f\ud800-\udfff\ufffe\uffff]")
+# A character reference (zero-padded ones too; the code point is checked, not the length).
+_CHAR_REF = re.compile(r"&#(?:[xX]([0-9A-Fa-f]{1,16})|([0-9]{1,16}));")
+CONTROLS_REMOVED = "control characters removed"
 
 _PARSER = etree.XMLParser(
     resolve_entities=False,
@@ -88,6 +111,30 @@ def decode_text(data: bytes, declared: str | None = None) -> tuple[str, str | No
         return data.decode("gb18030", errors="replace"), "GB18030", repairs
 
 
+def xml_text(value: str) -> str:
+    """``value`` without the characters that break XML or a terminal (see the module)."""
+    return value if value.isprintable() else _UNSAFE.sub("", value)
+
+
+def _safe_ref(m: re.Match[str]) -> str:
+    hexa, dec = m.group(1), m.group(2)
+    code = int(hexa, 16) if hexa is not None else int(dec)
+    if code > 0x10FFFF or _UNSAFE.match(chr(code)):
+        return ""
+    return m.group(0)
+
+
+def _remove_unsafe(text: str, repairs: list[str]) -> str:
+    """``text`` without control characters and non-characters, raw or as character
+    references (a repair when there were any)."""
+    fixed = _UNSAFE.sub("", text)
+    if "&#" in fixed:
+        fixed = _CHAR_REF.sub(_safe_ref, fixed)
+    if fixed != text:
+        repairs.append(CONTROLS_REMOVED)
+    return fixed
+
+
 def parse(data: bytes) -> Parsed:
     """Parse a MANSCDP body into an element tree, repairing known garbage."""
     if len(data) > MAX_BODY:
@@ -114,20 +161,33 @@ def parse(data: bytes) -> Parsed:
     try:
         root = _fromstring(text)
     except etree.XMLSyntaxError as exc:
-        if "depth" in str(exc).lower():  # libxml2's own limit (256) for deeper documents
-            raise DecodeError(f"elements nested deeper than {MAX_DEPTH}") from None
-        # Trailing junk after the root element is a common vendor bug: keep the first element.
-        end = _root_end(text)
-        if end is None:
-            raise DecodeError(f"not well-formed XML: {_short(exc)}") from None
-        try:
-            root = _fromstring(text[:end])
-        except etree.XMLSyntaxError:
-            raise DecodeError(f"not well-formed XML: {_short(exc)}") from None
-        repairs.append("junk after the root element dropped")
+        root = _parse_repaired(text, exc, repairs)
     if _depth_exceeds(root, MAX_DEPTH):
         raise DecodeError(f"elements nested deeper than {MAX_DEPTH}")
     return Parsed(root, charset, declared, tuple(repairs))
+
+
+def _parse_repaired(text: str, exc: etree.XMLSyntaxError, repairs: list[str]) -> Any:
+    """Parse ``text``, which lxml refused with ``exc``, once its known garbage is repaired:
+    control characters, then junk after the root element."""
+    if "depth" in str(exc).lower():  # libxml2's own limit (256) for deeper documents
+        raise DecodeError(f"elements nested deeper than {MAX_DEPTH}") from None
+    clean = _remove_unsafe(text, repairs)
+    if clean != text:
+        try:
+            return _fromstring(clean)
+        except etree.XMLSyntaxError as again:
+            return _parse_repaired(clean, again, repairs)  # cleaning it again changes nothing
+    # Trailing junk after the root element is a common vendor bug: keep the first element.
+    end = _root_end(text)
+    if end is None:
+        raise DecodeError(f"not well-formed XML: {_short(exc)}") from None
+    try:
+        root = _fromstring(text[:end])
+    except etree.XMLSyntaxError:
+        raise DecodeError(f"not well-formed XML: {_short(exc)}") from None
+    repairs.append("junk after the root element dropped")
+    return root
 
 
 def _fromstring(text: str) -> Any:
@@ -165,7 +225,10 @@ def serialize(root: Any, charset: str = "GB2312", declare: str | None = None) ->
     """Element tree to bytes with a double-quoted prolog: ``<?xml version="1.0"
     encoding="GB2312"?>``. ``charset`` is how the bytes are encoded (GB2312 and GBK text are
     written with the GB 18030 codec, which encodes them identically and never fails);
-    ``declare`` is the prolog's name for it, by default ``charset`` itself."""
+    ``declare`` is the prolog's name for it, by default ``charset`` itself. The document is
+    well-formed whatever the tree's values held: lxml refuses a character XML 1.0 forbids when
+    text is set, and :func:`~gateway.manscdp.schema.write_node` sets every value through
+    :func:`xml_text`, which also leaves out the C1 controls lxml would take."""
     etree.indent(root, space="")
     body: str = etree.tostring(root, encoding="unicode")
     name = (declare or charset).upper()

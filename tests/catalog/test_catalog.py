@@ -120,6 +120,80 @@ def test_same_tree_node_from_two_devices_is_kept_per_device() -> None:
     assert [i.device_id for i in catalog.items_of(NVR)] == ["340200", cam(1).device_id]
 
 
+# Issue 13 item 7: an item is taken only with a DeviceID that is an ID (reference §1.2, §1.4):
+# 20 ASCII digits, or a civil-region code of 2, 4, 6 or 8 digits.
+BAD_IDS = [
+    "../../etc/passwd'\";--",
+    "3402000000131000000",  # 19 digits
+    "340200000013100000011",  # 21 digits
+    "340200000013100001",  # 18: the 2016 "coding rule B", deleted in 2022
+    "３４０２００００００１３１００００００１",  # full-width digits
+    "3402000000131000000²",
+    "34020000001310000001 ",
+    "3402000000131000000a",
+    "34020",  # 5 digits: no civil-region code
+]
+
+
+def test_items_without_a_valid_device_id_are_refused_and_the_others_kept() -> None:
+    catalog, seen, store = make()
+    catalog.apply_sync(NVR, [cam(1), cam(2)], partial=False)
+    seen.clear()
+    bad = [CatalogItem(device_id=i, name="x", parent_id=NVR) for i in BAD_IDS]
+    region = CatalogItem(device_id="34", name="安徽省")
+    diff = catalog.apply_sync(NVR, [cam(1), *bad, cam(3), region], partial=False)
+    assert (diff.added, diff.removed, diff.refused, diff.total) == (2, 1, len(BAD_IDS), 3)
+    assert {i.device_id for i in catalog.items_of(NVR)} == {
+        cam(1).device_id,
+        cam(3).device_id,
+        "34",
+    }
+    assert {(o, i) for o, i in store.items} == {(NVR, i.device_id) for i in catalog.items_of(NVR)}
+    assert not any(c.item_id in BAD_IDS for c in seen)
+    assert catalog.metrics.get("catalog.bad_item_id") == len(BAD_IDS)
+    # The same in a NOTIFY (or a catalog MESSAGE): the good items are applied.
+    added = [CatalogItem(device_id=i, event="ADD", name="x") for i in BAD_IDS]
+    assert catalog.apply_notify(NVR, [*added, cam(4, event="ADD")]) == 1
+    assert catalog.get(cam(4).device_id) is not None
+    assert not any(catalog.get(i) for i in BAD_IDS)
+    assert catalog.metrics.get("catalog.bad_item_id") == 2 * len(BAD_IDS)
+
+
+def test_odd_parent_and_group_ids_are_kept_as_sent() -> None:
+    """Real devices fill ParentID and BusinessGroupID loosely: they only place an item in the
+    tree, and an item is not refused for them."""
+    catalog, _, _ = make()
+    odd = cam(1, parent_id="0", business_group_id="")
+    nvr_tree = cam(2, parent_id=f"{NVR}/34020000002160000001/")
+    catalog.apply_sync(NVR, [odd, nvr_tree], partial=False)
+    assert catalog.get(odd.device_id) == odd
+    got = catalog.get(nvr_tree.device_id)
+    assert got is not None and got.parent_ids == (NVR, "34020000002160000001")
+
+
+async def test_an_older_database_with_a_bad_id_loads_without_it(tmp_path: Path) -> None:
+    """An item stored before the ID check is dropped from the store on load, and counted; a
+    name with control characters stored then is kept (the writer leaves them out)."""
+    store = SqliteStore(tmp_path / "old.db")
+    await store.start()
+    raw = cam(2, name="通\x01道\x9b2")
+    store.save_item(NVR, cam(1), 0.0)
+    store.save_item(NVR, CatalogItem(device_id="../../etc/passwd'\";--", name="x"), 0.0)
+    store.save_item(NVR, raw, 0.0)
+    await store.close()
+    again = SqliteStore(tmp_path / "old.db")
+    catalog = Catalog(store=again, events=EventBus(), metrics=Metrics(), gateway_id=GW)
+    catalog.load()
+    await again.close()
+    assert {i.device_id for i in catalog.items_of(NVR)} == {cam(1).device_id, cam(2).device_id}
+    assert catalog.get(raw.device_id) == raw
+    assert catalog.metrics.get("catalog.bad_item_id") == 1
+    assert [i.device_id for _, i in read_catalog(tmp_path / "old.db", NVR)] == [
+        cam(1).device_id,
+        cam(2).device_id,
+    ]
+
+
 async def test_sqlite_keeps_every_field_and_reloads(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "c.db")
     await store.start()

@@ -3,6 +3,8 @@ neither. Plain calls, the time passed in."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from gateway.downlink import Collector, Outcome, QueryResult
@@ -54,10 +56,13 @@ def test_items_are_counted_once_until_sum_num() -> None:
     assert not res.partial and [i.device_id[-1] for i in res.items] == ["1", "2", "3"]
 
 
-def test_more_items_than_announced_is_partial() -> None:
-    c = collector("Catalog")
-    c.feed(part(1, 2, 3, sum_num=2), 1.0)
-    assert finished(c).partial
+def test_more_items_than_announced_is_partial_and_every_item_is_kept() -> None:
+    c = collector("Catalog", idle_timeout=5.0)
+    assert c.feed(part(1, 2, 3, sum_num=2), 1.0) is Outcome.PENDING  # more may still come
+    assert c.feed(part(4, sum_num=2), 2.0) is Outcome.PENDING
+    assert c.expire(7.0) is Outcome.PARTIAL
+    res = finished(c)
+    assert res.partial and len(res.items) == 4 and res.count_error == "more items than SumNum"
 
 
 def test_no_sum_num_means_one_message() -> None:
@@ -155,10 +160,11 @@ def test_an_a_b_a_b_patrol_split_in_pairs_is_whole() -> None:
     assert not res.partial and res.sum_num == 4
     assert [p.preset_index for p in res.items] == [1, 2, 1, 2]
     # A third (A, B) is more than announced: the answer cannot be trusted whole.
-    over = collector("CruiseTrackQuery")
+    over = collector("CruiseTrackQuery", idle_timeout=5.0)
     for t in (1, 2, 3):
         over.feed(cruise_part(a, b, sum_num=5), t)
-    assert finished(over).partial
+    assert over.expire(8) is Outcome.PARTIAL
+    assert finished(over).partial and len(over.result.items) == 6
 
 
 def test_items_without_their_identity_field_are_not_merged() -> None:
@@ -266,18 +272,60 @@ def test_a_trickling_device_is_cut_at_the_max_query_time() -> None:
     assert c.expire(130.0) is Outcome.PARTIAL and len(finished(c).items) == 7
 
 
-@pytest.mark.parametrize("sum_num", [-1, 10**9])
-def test_an_impossible_sum_num_is_partial_at_once(sum_num: int) -> None:
+@pytest.mark.parametrize(
+    ("sum_num", "error"),
+    [
+        (-1, "negative SumNum"),
+        (-5, "negative SumNum"),
+        (10**9, "SumNum above max_items (1000)"),
+        (10**12, "SumNum above max_items (1000)"),
+    ],
+)
+def test_an_impossible_sum_num_keeps_every_item_and_is_partial(sum_num: int, error: str) -> None:
+    """Issue 13 item 6: the items of the message that shows the count is wrong are kept, and
+    so are those of the parts after it, until parts stop coming."""
     c = timed(max_items=1000)
-    assert c.feed(part(1, 2, sum_num=sum_num), 101.0) is Outcome.PARTIAL
+    assert c.feed(part(1, 2, sum_num=sum_num), 101.0) is Outcome.PENDING
+    assert c.feed(part(2, 3, sum_num=sum_num), 102.0) is Outcome.PENDING
+    assert c.expire(107.0) is Outcome.PARTIAL
     res = finished(c)
-    assert res.partial and res.sum_num == sum_num and res.listed
+    assert res.partial and res.sum_num == sum_num and res.listed and res.count_error == error
+    assert [i.device_id[-1] for i in res.items] == ["1", "2", "3"] and res.dropped == 0
+
+
+def test_a_sum_num_that_is_not_a_number_keeps_every_item_and_is_partial() -> None:
+    """``<SumNum>abc</SumNum>`` reads as no count (kept in ``extra``): without this check the
+    first part was a complete answer, and a complete answer removes every other channel."""
+    c = timed()
+    unreadable = replace(part(1, 2, sum_num=None), extra=(("SumNum", "<SumNum>abc</SumNum>"),))
+    assert c.feed(unreadable, 101.0) is Outcome.PENDING
+    assert c.feed(part(3, sum_num=3), 102.0) is Outcome.PENDING  # a later count is not believed
+    assert c.expire(107.0) is Outcome.PARTIAL
+    res = finished(c)
+    assert res.partial and res.count_error == "SumNum not a number" and res.sum_num is None
+    assert len(res.items) == 3
+
+
+def test_an_nvr_announcing_more_than_max_items_gives_max_items() -> None:
+    """A real NVR with more channels than ``max_items``: the first max_items are kept (one
+    answer's memory stays bounded), the rest counted as dropped, and the answer is partial."""
+    c = timed(max_items=3)
+    assert c.feed(part(1, sum_num=5), 101.0) is Outcome.PENDING
+    assert c.feed(part(2, sum_num=5), 102.0) is Outcome.PENDING
+    assert c.feed(part(3, 4, sum_num=5), 103.0) is Outcome.PARTIAL
+    res = finished(c)
+    assert [i.device_id[-1] for i in res.items] == ["1", "2", "3"] and res.dropped == 1
+    assert res.count_error == "SumNum above max_items (3)"
+    # The parts are kept without their items: those are in ``items``, at most max_items.
+    assert len(res.responses) == 3 and all(not r.items for r in res.responses)  # type: ignore[attr-defined]
+    assert len(res.answer.items) == 3  # type: ignore[attr-defined]
 
 
 def test_fewer_announced_than_sent_is_partial() -> None:
     c = timed()
     assert c.feed(part(1, sum_num=2), 101.0) is Outcome.PENDING
-    assert c.feed(part(2, 3, sum_num=2), 102.0) is Outcome.PARTIAL
+    assert c.feed(part(2, 3, sum_num=2), 102.0) is Outcome.PENDING
+    assert c.expire(107.0) is Outcome.PARTIAL
     assert finished(c).partial and len(c.result.items) == 3
 
 
@@ -308,9 +356,10 @@ def test_more_items_than_max_items_is_partial() -> None:
     c = timed(max_items=3)
     assert c.feed(part(1, 2, sum_num=3), 101.0) is Outcome.PENDING
     assert c.feed(part(3, 4, sum_num=3), 102.0) is Outcome.PARTIAL
-    assert finished(c).partial
+    assert finished(c).partial and len(c.result.items) == 3 and c.result.dropped == 1
     over = timed(max_items=3)
-    assert over.feed(part(1, sum_num=4), 101.0) is Outcome.PARTIAL  # announced beyond it
+    assert over.feed(part(1, sum_num=4), 101.0) is Outcome.PENDING  # announced beyond it
+    assert over.expire(106.0) is Outcome.PARTIAL and len(over.result.items) == 1
 
 
 def test_expected_parts_without_a_list() -> None:

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lxml import etree
 
 from conformance.peers.device import SimDevice
+from conformance.peers.platform import SimPlatform
 from gateway.app import Gateway
 from gateway.downlink import DeviceUnavailable, QueryTimeout
 from gateway.events import (
@@ -46,7 +48,7 @@ from gateway.manscdp import (
 )
 from gateway.metrics import Metrics
 from gateway.routes import sniff_cmd_type
-from gateway.sip import Endpoint, Peer, Request, Response, TimerConfig
+from gateway.sip import Endpoint, Peer, Request, Response, TimerConfig, parse
 from tests.conftest import make_config, sim, wait_for
 
 NVR = "34020000001180000001"
@@ -591,6 +593,127 @@ async def test_impossible_sum_num_is_partial_and_removes_nothing(
     res = await dl.catalog_query(NVR)
     assert res.partial and res.sum_num == sum_num
     assert gw.catalog.apply_sync(NVR, res.items, partial=res.partial).removed == 0
+
+
+def rewrite_catalog_bodies(ep: Endpoint, rewrite: Any) -> None:
+    """Make every Catalog Response MESSAGE sent from ``ep`` carry ``rewrite(body)``: bytes the
+    simulated device's own (sanitising) encoder would not write."""
+    send = ep.request
+
+    async def rewriting(req: Request, peer: Peer, **kw: Any) -> Response:
+        if req.method == "MESSAGE" and sniff_cmd_type(req.body) == "Catalog":
+            req.body = rewrite(req.body)
+        return await send(req, peer, **kw)
+
+    ep.request = rewriting  # type: ignore[method-assign]
+
+
+STALE = "34020000001310009999"  # a channel stored before, which the device does not list now
+
+
+@pytest.mark.parametrize("sum_num", ["1000000000000", "-5", "abc", "over max_items"])
+async def test_a_sync_with_an_impossible_sum_num_applies_every_item_and_removes_nothing(
+    start_gateway, device_endpoint, sum_num: str
+) -> None:
+    """Issue 13 item 6: such a sync ended as ``catalog.synced items=0``. The items that came
+    are applied (up to ``max_items``: a real NVR with more channels than that), nothing is
+    removed, the sync is partial, and the bad count is logged and counted."""
+    gw = await start_gateway(downlink={**FAST, "max_items": 4})
+    done = synced(gw)
+    if sum_num == "over max_items":
+        # SumNum 6 > max_items 4, in parts of 3: channels 1-4 are kept, 5 and 6 dropped.
+        dev = nvr(device_endpoint, gw, channel_count=6, items_per_message=3)
+    else:
+        dev = nvr(device_endpoint, gw, channel_count=4, items_per_message=1)
+        wrong = f"<SumNum>{sum_num}</SumNum>".encode()
+        rewrite_catalog_bodies(device_endpoint, lambda b: b.replace(b"<SumNum>4</SumNum>", wrong))
+    stale = CatalogItem(device_id=STALE, name="旧通道", parent_id=NVR, status="ON")
+    gw.catalog.apply_sync(NVR, [stale], partial=False)
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: bool(done), 10, "catalog sync")
+    kept = {dev.channel_id(n) for n in (1, 2, 3, 4)}
+    assert {i.device_id for i in gw.catalog.items_of(NVR)} == {*kept, STALE}
+    assert done[0].partial is True and done[0].added == 4 and done[0].removed == 0
+    assert gw.metrics.get("query.bad_sum_num") == 1
+    if sum_num == "over max_items":
+        assert gw.metrics.get("query.items_dropped") == 2
+
+
+async def test_a_catalog_with_control_characters_is_stored_clean_and_goes_up_well_formed(
+    start_gateway, device_endpoint, upper_endpoint
+) -> None:
+    """Issue 13 item 7: names with C0 and C1 controls (``\\x01``, ``\\x1b``, U+009B). Before,
+    a C0 control made the device's whole part refused, and a C1 one was stored raw and made
+    the catalog answer to the upper not well-formed (a GB 2312 document with GB 18030 bytes)."""
+    upper_id = "34010000002000000001"
+    p = SimPlatform(upper_endpoint, platform_id=upper_id, domain=upper_id[:10]).start()
+    gw = await start_gateway(
+        downlink=FAST,
+        uplink={
+            "platforms": [
+                {
+                    "id": upper_id,
+                    "domain": upper_id[:10],
+                    "host": "127.0.0.1",
+                    "port": upper_endpoint.port,
+                    "password": "12345678",
+                    "transport": "tcp",
+                }
+            ]
+        },
+    )
+    done = synced(gw)
+    dev = nvr(device_endpoint, gw, channel_count=3, items_per_message=3)
+    evil = {
+        "通道1": "通\x01道\x1b[31m1".encode("gb18030"),
+        "通道2": "通道\u009b2".encode("gb18030"),
+        "通道3": "通道&#x1b;&#155;3".encode("gb18030"),
+    }
+
+    def inject(body: bytes) -> bytes:
+        for name, raw in evil.items():
+            body = body.replace(
+                f"<Name>{name}</Name>".encode("gb18030"), b"<Name>" + raw + b"</Name>"
+            )
+        return body
+
+    rewrite_catalog_bodies(device_endpoint, inject)
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: bool(done), 10, "catalog sync")
+    names = {i.device_id: i.name for i in gw.catalog.items_of(NVR)}
+    assert names[dev.channel_id(1)] == "通道[31m1"
+    assert names[dev.channel_id(2)] == "通道2"
+    assert names[dev.channel_id(3)] == "通道3"
+    await wait_for(
+        lambda: gw.config.gateway.id in p.lowers and p.lowers[gw.config.gateway.id].online,
+        5,
+        "upper",
+    )
+    res = await p.catalog(gw.config.gateway.id)
+    assert not res.partial and res.raw
+    strict = etree.XMLParser(recover=False, resolve_entities=False)
+    for raw in res.raw:
+        etree.fromstring(parse(raw).body, strict)  # raises unless well-formed
+    up = {i.device_id: i.name for i in res.items}
+    assert up[dev.channel_id(1)] == "通道[31m1" and up[dev.channel_id(2)] == "通道2"
+
+
+async def test_items_with_a_bad_device_id_are_refused_and_the_others_synced(
+    start_gateway, device_endpoint
+) -> None:
+    """Issue 13 item 7: an item with DeviceID ``../../etc/passwd'";--`` was stored."""
+    gw = await start_gateway(downlink=FAST)
+    done = synced(gw)
+    bad = CatalogItem(device_id="../../etc/passwd'\";--", name="x", parent_id=NVR)
+    dev = nvr(device_endpoint, gw, channel_count=3, items_per_message=2, catalog_extra_items=[bad])
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: bool(done), 10, "catalog sync")
+    assert set(channels_of(gw)) == set(dev.channel_ids())
+    assert gw.catalog.get(bad.device_id) is None
+    assert done[0].partial is False and done[0].added == 3
+    assert gw.metrics.get("catalog.bad_item_id") == 1
+    await gw.store.flush()
+    assert bad.device_id not in {i.device_id for _, i in gw.store.load_items()}
 
 
 async def test_restart_after_expiry_turns_the_channels_off(tmp_path: Path, device_endpoint) -> None:

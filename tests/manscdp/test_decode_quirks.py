@@ -4,8 +4,9 @@ right fields, each repair is reported, and hostile or broken bodies are refused 
 from __future__ import annotations
 
 import pytest
+from lxml import etree
 
-from gateway.manscdp import DecodeError, UnknownCommand, decode, encode, xmlio
+from gateway.manscdp import Block, DecodeError, UnknownCommand, decode, encode, xmlio
 from gateway.manscdp import messages as m
 from tests.manscdp.samples import CAM, NVR
 
@@ -187,6 +188,91 @@ def test_nul_bytes_are_removed() -> None:
     item, decoded = only_item(data)
     assert item.name == "Gate"
     assert any("NUL" in r for r in decoded.repairs)
+
+
+# Issue 13 item 7: what XML 1.0 forbids (C0 controls, U+FFFE/U+FFFF, surrogates) and the C1
+# controls it discourages (U+009B is a terminal's CSI) are removed where a device sends them,
+# raw or as character references, with one repair; the message is kept.
+CONTROLS_IN_NAME = [
+    "Gate\x01\x1b[31m\u009b2J北门",
+    "Gate&#1;&#x1b;[31m&#155;2J北门",
+    "Gate&#x9B;&#xFFFE;&#xffff;&#xD800;&#1114112;[31m2J北门",
+    # C1 controls only: XML 1.0 allows them, lxml takes them, each value is cleaned.
+    "Gate\u009b[31m\u0085\u009f2J北门",
+    "Gate&#155;[31m&#x85;2J北门",
+]
+
+
+@pytest.mark.parametrize("name", CONTROLS_IN_NAME)
+@pytest.mark.parametrize("codec", ["gb18030", "utf-8"])
+def test_control_characters_from_a_device_are_removed(name: str, codec: str) -> None:
+    item, decoded = only_item(catalog(f"<Name>{name}</Name><Address>合肥</Address>").encode(codec))
+    assert item.name == "Gate[31m2J北门"
+    assert any("control characters" in r for r in decoded.repairs)
+
+
+@pytest.mark.parametrize(
+    "xml",
+    [
+        '<X-Vendor k="a\x1bb">c\x9bd&#7;<Y>e\x9b</Y></X-Vendor>',
+        '<X-Vendor k="a\x9bb">c\x9bd<Y>e\x9b</Y></X-Vendor>',
+    ],
+)
+def test_control_characters_in_attributes_and_unknown_elements_are_removed(xml: str) -> None:
+    item, decoded = only_item(catalog(xml).encode("gb18030"))
+    clean, _ = only_item(catalog('<X-Vendor k="ab">cd<Y>e</Y></X-Vendor>').encode("gb18030"))
+    assert item.extra == clean.extra and "\x9b" not in item.extra[0][1]
+    assert decoded.repairs == ("control characters removed",)
+
+
+def test_control_characters_in_a_configuration_block_are_removed() -> None:
+    data = (
+        '<?xml version="1.0"?><Response><CmdType>ConfigDownload</CmdType><SN>3</SN>'
+        f'<DeviceID>{NVR}</DeviceID><Result>OK</Result><SnapShot k="a\u009bb">'
+        "<SnapNum>3\u009b</SnapNum></SnapShot></Response>"
+    ).encode("gb18030")
+    decoded = decode(data)
+    msg = decoded.message
+    assert isinstance(msg, m.ConfigDownloadResponse) and msg.snap_shot is not None
+    assert msg.snap_shot.attrib == (("k", "ab"),) and msg.snap_shot.get("SnapNum") == "3"
+    assert decoded.repairs == ("control characters removed",)
+
+
+def test_text_without_control_characters_is_left_alone() -> None:
+    name = "Gate\t北门 &#x41; \u2028 \U0002a6a5 \ue000"
+    item, decoded = only_item(catalog(f"<Name>{name}</Name>").encode("gb18030"))
+    assert item.name == "Gate\t北门 A \u2028 \U0002a6a5 \ue000"
+    assert decoded.repairs == ()
+
+
+@pytest.mark.parametrize("charset", ["GB2312", "UTF-8"])
+def test_a_stored_value_with_control_characters_still_encodes_to_well_formed_xml(
+    charset: str,
+) -> None:
+    """Belt and braces: a value that never went through the decoder (an older database) is
+    written without the characters that would break the document, in text, a list of texts,
+    a generic block's text and attributes, and a kept unknown element."""
+    raw = "Gate\x01\x1b[31m\u009b\ufffe\uffff\ud800北门"
+    item = m.CatalogItem(
+        device_id=CAM,
+        name=raw,
+        address=raw,
+        extra=(("X-Vendor", "<X-Vendor>a\x9bb</X-Vendor>"),),
+    )
+    msg = m.CatalogResponse(
+        sn=1, device_id=NVR, sum_num=1, items=(item,), extra_info=(raw, "plain")
+    )
+    data = encode(msg, charset)
+    strict = etree.XMLParser(recover=False, resolve_entities=False)
+    root = etree.fromstring(data, strict)  # raises unless well-formed
+    assert root.findtext("DeviceList/Item/Name") == "Gate[31m北门"
+    assert [e.text for e in root.findall("ExtraInfo")] == ["Gate[31m北门", "plain"]
+    assert root.findtext("DeviceList/Item/X-Vendor") == "ab"
+    block = Block("SnapShot", raw, attrib=(("k", raw),))
+    config = m.ConfigDownloadResponse(sn=1, device_id=NVR, result="OK", snap_shot=block)
+    again = etree.fromstring(encode(config, charset), strict)
+    assert again.findtext("SnapShot") == "Gate[31m北门"
+    assert again.find("SnapShot").get("k") == "Gate[31m北门"
 
 
 def test_junk_after_the_root_is_dropped() -> None:
