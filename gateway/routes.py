@@ -193,7 +193,7 @@ class MessageDispatcher:
             log.warning(
                 "message.bad_body", peer=str(ctx.peer), size=len(req.body), reason=exc.reason
             )
-            return self._reply(req, 400, f"Bad Request (MANSCDP: {exc.reason})")
+            return self._reply(req, 400, "Bad Request (MANSCDP body)")  # detail: logged above
         if decoded.repairs:
             self.metrics.inc("message.repaired")
             log.info(

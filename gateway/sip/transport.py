@@ -17,7 +17,7 @@ import structlog
 
 from gateway.sip.counters import Counters
 from gateway.sip.errors import ParseError, TransportError
-from gateway.sip.framing import PONG, Ping, StreamFramer
+from gateway.sip.framing import PONG, Ping, Refused, StreamFramer
 from gateway.sip.peer import Peer as Peer  # re-exported: callers import it from here
 
 log = structlog.get_logger("gateway.sip.transport")
@@ -59,7 +59,7 @@ class _TcpConnection(asyncio.Protocol):
         self.peer: Peer | None = None
         self.transport: asyncio.Transport | None = None
         self.last_active = 0.0
-        self.backlog: list[bytes | Ping] | None = None
+        self.backlog: list[bytes | Ping | Refused] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -86,7 +86,7 @@ class _TcpConnection(asyncio.Protocol):
             return
         self._deliver(items)
 
-    def _deliver(self, items: list[bytes | Ping]) -> None:
+    def _deliver(self, items: list[bytes | Ping | Refused]) -> None:
         """Hand over up to ``_BURST`` messages; the rest wait for the next loop turn, with
         reading paused so that their order is kept."""
         peer = self.peer
@@ -96,6 +96,17 @@ class _TcpConnection(asyncio.Protocol):
             if isinstance(item, Ping):
                 if self.transport is not None:
                     self.transport.write(PONG)
+            elif isinstance(item, Refused):
+                # The stream cannot be framed past this message (RFC 3261 §18.3): answer what
+                # can be read of it (400, 513), then close, dropping anything queued behind.
+                self.owner.metrics.inc("sip.tcp.framing_error")
+                log.warning("sip.tcp.framing_error", peer=str(peer), reason=item.error.reason)
+                if item.head:
+                    listener.message_received(item.head, peer)
+                if self.transport is not None:
+                    self.transport.close()
+                self.backlog = None
+                return
             else:
                 listener.message_received(item, peer)
         if len(items) > _BURST and self.transport is not None:
