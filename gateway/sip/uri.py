@@ -221,6 +221,10 @@ class NameAddr(NamedTuple):
         return head
 
 
+# ASCII that is neither a token character nor white space: not allowed in a bare display name.
+_DISPLAY_FORBIDDEN = frozenset('()<>@,;:\\"/[]?={}')
+
+
 # The form nearly every GB device sends: <sip:user@host[:port]>;params, with no display name,
 # no URI parameters and no quotes. Linear: no nested or overlapping repetition.
 _PLAIN_NAME_ADDR = re.compile(
@@ -271,6 +275,10 @@ def parse_name_addr(text: str) -> NameAddr:
             raise ParseError("Bad Header", f"unterminated '<' in {text!r}")
         if display is None:
             display = rest[:lt].strip() or None
+            if display is not None and not _DISPLAY_FORBIDDEN.isdisjoint(display):
+                # RFC 3261 §25.1: an unquoted display name is tokens and LWS (RFC 4475
+                # §3.1.2.16 "baddn"). Non-ASCII is let through: devices write GBK names bare.
+                raise ParseError("Bad Header", f"unquoted display name {display[:40]!r}")
         uri = parse_uri(rest[lt + 1 : gt])
         return NameAddr(uri, display, parse_params(rest[gt + 1 :].strip()))
     addr, _, params = rest.partition(";")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.sip import parse
+from gateway.sip import framing, parse
 from gateway.sip.framing import PING_EVENT, Refused, StreamFramer
 
 MSG = b"MESSAGE sip:a@b SIP/2.0\r\nCall-ID: 1\r\nContent-Length: 5\r\n\r\nhello"
@@ -87,7 +88,17 @@ def test_content_length_rules_agree_with_the_parser() -> None:
     assert len(parse(big).body) == 1_000_000
 
 
-def test_a_body_arriving_a_byte_at_a_time_is_framed_once() -> None:
+def test_a_body_arriving_a_byte_at_a_time_is_framed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header block is read once, not again for each byte of the body (a slow sender
+    made that quadratic: a 64 KiB header block read for each of up to 1 MiB of body bytes)."""
+    calls = []
+    original = framing._content_length
+
+    def counting(head: bytes) -> int:
+        calls.append(len(head))
+        return original(head)
+
+    monkeypatch.setattr(framing, "_content_length", counting)
     framer = StreamFramer()
     head = b"MESSAGE sip:a@b SIP/2.0\r\nContent-Length: 3000\r\n\r\n"
     assert framer.feed(head) == []
@@ -95,6 +106,7 @@ def test_a_body_arriving_a_byte_at_a_time_is_framed_once() -> None:
     for _ in range(3000):
         out += framer.feed(b"y")
     assert out == [head + b"y" * 3000]
+    assert len(calls) == 1
 
 
 @settings(max_examples=200, deadline=None)
