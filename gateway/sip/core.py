@@ -41,6 +41,7 @@ from gateway.sip.headers import CSeq, split_commas
 from gateway.sip.message import (
     Request,
     Response,
+    check_single_values,
     make_response,
     parse,
     salvage_request,
@@ -240,7 +241,7 @@ class SipCore:
     def _request_received(self, req: Request, peer: Peer) -> None:
         counters = self.counters
         try:
-            cseq = check_request(req)
+            cseq, require = check_request(req)
             key = server_key(req)
         except ParseError as exc:
             # Decided before any state is kept: a request that cannot be keyed or answered in
@@ -319,8 +320,8 @@ class SipCore:
                 log.info("sip.rx.not_served", peer=str(peer), method=method, uri=req.uri)
                 self.reply(txn, req, 404, "Not Found (no such user here)")
                 return
-        required = req.get_headers("Require")
-        if required:
+        if require:
+            required = req.get_headers("Require")
             # RFC 3261 §8.2.2.3: the core implements no extension, so every option named is
             # unsupported (and listed back).
             counters.inc("sip.rx.bad_extension")
@@ -428,15 +429,18 @@ class SipCore:
         return txn
 
 
-def check_request(req: Request) -> CSeq:
+def check_request(req: Request) -> tuple[CSeq, bool]:
     """The checks a request passes before the core keeps anything for it (RFC 3261 §8.2.2,
-    §16.3): no header given twice that may appear once (done by the parser), a top Via, From
-    and To that parse, a Call-ID that is one, a CSeq whose method is the request's, and a
-    Max-Forwards of 1*DIGIT. Raises :class:`ParseError` naming the header. A Via of several
-    values is checked whole (RFC 4475 §3.1.2.1: empty values are an error). Returns the CSeq."""
+    §16.3): no header given twice that may appear once, a top Via, From and To that parse, a
+    Call-ID that is one, a CSeq whose method is the request's, and a Max-Forwards of 1*DIGIT.
+    Raises :class:`ParseError` naming the header. A Via of several values is checked whole
+    (RFC 4475 §3.1.2.1: empty values are an error). Returns the CSeq, and whether the request
+    has a Require header."""
+    census = check_single_values(req)
+    if not census.vias:
+        raise ParseError("Missing Via")
     _ = req.top_via
-    vias = req.get_headers("Via")
-    if len(vias) > 1 or "," in vias[0]:
+    if census.vias > 1 or census.via_list:
         _ = req.vias
     _ = req.from_, req.to, req.call_id
     cseq = req.cseq
@@ -444,7 +448,7 @@ def check_request(req: Request) -> CSeq:
         raise ParseError("CSeq Method Mismatch", f"{cseq.method[:20]} != {req.method[:20]}")
     if req.max_forwards is None:
         raise ParseError("Missing Max-Forwards")
-    return cseq
+    return cseq, census.require
 
 
 def _warning(exc: ParseError) -> list[tuple[str, str]]:

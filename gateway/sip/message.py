@@ -10,7 +10,9 @@ numbers (``1*DIGIT``). Limits: 1 MiB a message (and so a Content-Length), 64 KiB
 128 headers, 8 KiB a header line; beyond them, and on anything malformed, ``ParseError``
 (``status`` 513 for what is too large, 505 for a SIP version other than 2.0, else 400). A header
 that may appear once (RFC 3261 §7.3.1: Call-ID, CSeq, From, To, Max-Forwards, Content-Length,
-Content-Type, Expires) appearing twice is malformed: which copy is right cannot be known.
+Content-Type, Expires) appearing twice is malformed, which copy is right cannot be known: the
+parser refuses a second Content-Length (the body's end is unknown), :func:`check_single_values`
+the others.
 
 Serialization always recomputes Content-Length from the body bytes, and writes a Reason-Phrase
 that is valid (RFC 3261 §25.1) and short whatever text the code put in it.
@@ -19,7 +21,7 @@ that is valid (RFC 3261 §25.1) and short whatever text the code put in it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.sip.errors import ParseError
 from gateway.sip.headers import (
@@ -215,11 +217,15 @@ class Message:
     def call_id(self) -> str:
         """RFC 3261 §25.1 ``callid = word ["@" word]``: visible ASCII, no white space. (Any
         visible character is taken, not only ``word``'s: the value is only compared.)"""
+        got = self._cache.get("call-id")
+        if got is not None:
+            return got  # type: ignore[no-any-return]
         value = self._required("Call-ID").strip()
         if not value:
             raise ParseError("Bad Call-ID", "empty")
         if not (value.isascii() and value.isprintable()) or " " in value:
             raise ParseError("Bad Call-ID", repr(value[:40]))
+        self._cache["call-id"] = value
         return value
 
     @property
@@ -437,19 +443,14 @@ def parse(data: bytes) -> Request | Response:
     msg = _start_line(first)
     msg._items = items
 
-    length_text: str | None = None
-    seen: set[str] = set()
-    for key, _, value in items:
-        if key in SINGLE_VALUED:
-            if key in seen:
-                raise ParseError(f"Duplicate {SINGLE_VALUED[key]}", "header given twice")
-            seen.add(key)
-            if key == "content-length":
-                length_text = value
-    if length_text is None:
+    lengths = [value for key, _, value in items if key == "content-length"]
+    if not lengths:
         msg.body = data[body_start:]
     else:
-        length = content_length(length_text)
+        if len(lengths) > 1:
+            # Where the body ends cannot be known (RFC 4475 §3.1.2: mcl01).
+            raise ParseError("Duplicate Content-Length", "header given twice")
+        length = content_length(lengths[0])
         if body_start + length > MAX_MESSAGE_SIZE:
             raise ParseError(
                 "Message Too Large", f"{body_start + length} bytes declared", status=513
@@ -458,6 +459,34 @@ def parse(data: bytes) -> Request | Response:
             raise ParseError("Truncated Body", f"Content-Length {length}, {n - body_start} bytes")
         msg.body = data[body_start : body_start + length]
     return msg
+
+
+class HeaderCensus(NamedTuple):
+    """What :func:`check_single_values` saw on its way: how many Via header lines, whether one
+    holds several values, whether there is a Require."""
+
+    vias: int
+    via_list: bool
+    require: bool
+
+
+def check_single_values(msg: Message) -> HeaderCensus:
+    """Raise :class:`ParseError` naming a header that may appear once (:data:`SINGLE_VALUED`)
+    and appears twice; else count, in the same pass, what the core asks next."""
+    seen: set[str] = set()
+    vias = 0
+    via_list = require = False
+    for key, _, value in msg._items:
+        if key in SINGLE_VALUED:
+            if key in seen:
+                raise ParseError(f"Duplicate {SINGLE_VALUED[key]}", "header given twice")
+            seen.add(key)
+        elif key == "via":
+            vias += 1
+            via_list = via_list or "," in value
+        elif key == "require":
+            require = True
+    return HeaderCensus(vias, via_list, require)
 
 
 def content_length(text: str) -> int:

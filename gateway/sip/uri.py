@@ -24,14 +24,16 @@ def is_digits(text: str) -> bool:
 def digits_value(text: str, limit: int) -> int | None:
     """The value of a ``1*DIGIT`` field (RFC 3261 §25.1: leading zeros are allowed, so
     ``0068`` is 68), or ``None`` when ``text`` is not ASCII digits or its value exceeds
-    ``limit``. The zeros are taken off before ``int``, which then never sees more digits than
-    ``limit`` has: a field of 10,000 digits costs one scan, not a big-number conversion."""
+    ``limit`` (below 10**10). The zeros are taken off before ``int``, which then never sees
+    more than 10 digits: a field of 10,000 digits costs one scan, not a big-number
+    conversion."""
     if not (text.isascii() and text.isdigit()):
         return None
-    core = text.lstrip("0")
-    if len(core) > len(str(limit)):
-        return None
-    value = int(core) if core else 0
+    if len(text) > 10:  # every limit used is below 10**10
+        text = text.lstrip("0") or "0"
+        if len(text) > 10:
+            return None
+    value = int(text)
     return value if value <= limit else None
 
 
