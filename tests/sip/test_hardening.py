@@ -245,9 +245,19 @@ class _CoreListener:
 
 
 @pytest.mark.timeout(30)
-async def test_over_tcp_a_second_content_length_is_answered_and_the_connection_closed() -> None:
-    """Issue 13 item 11: the first Content-Length won and the rest of the message was read as
-    a new request. Now: 400 naming it, then the connection is closed."""
+@pytest.mark.parametrize(
+    ("length", "status", "reason"),
+    [
+        ("0\r\nl: {smuggled}", 400, "Duplicate Content-Length"),
+        ("2000000", 513, "Message Too Large"),
+    ],
+)
+async def test_over_tcp_a_broken_framing_is_answered_and_the_connection_closed(
+    length: str, status: int, reason: str
+) -> None:
+    """Issue 13 items 9 and 11: with two Content-Lengths the first won and the rest of the
+    message was read as a new request; a Content-Length over the limit closed the connection
+    unanswered. Now: an answer naming the problem, then the connection is closed."""
     listener = _CoreListener()
     metrics = Metrics()
     transports = Transports(listener, metrics=metrics)
@@ -265,7 +275,8 @@ async def test_over_tcp_a_second_content_length_is_answered_and_the_connection_c
         reader, writer = await asyncio.open_connection("127.0.0.1", transports.port)
         smuggled = raw("OPTIONS", 99).replace(b"\r\n\r\n", b"\r\n")
         data = raw("OPTIONS", 1).replace(
-            b"Content-Length: 0\r\n", f"Content-Length: 0\r\nl: {len(smuggled)}\r\n".encode()
+            b"Content-Length: 0\r\n",
+            f"Content-Length: {length.format(smuggled=len(smuggled))}\r\n".encode(),
         )
         writer.write(data + smuggled)
         await writer.drain()
@@ -275,7 +286,7 @@ async def test_over_tcp_a_second_content_length_is_answered_and_the_connection_c
         await transports.close()
     resp = parse(got)
     assert isinstance(resp, Response)
-    assert (resp.status, resp.reason) == (400, "Duplicate Content-Length")
+    assert (resp.status, resp.reason) == (status, reason)
     assert len(got) == len(resp.to_bytes())  # one answer, nothing for the smuggled request
     assert metrics.get("sip.tcp.framing_error") == 1
 
