@@ -24,7 +24,7 @@ import structlog
 
 from gateway.manscdp import Decoded, DecodeError, UnknownCommand, decode
 from gateway.metrics import Metrics
-from gateway.sip import Handler, Request, Response, ServerContext, make_response
+from gateway.sip import Handler, Request, Response, ServerContext, make_response, warning_value
 
 log = structlog.get_logger("gateway.routes")
 
@@ -193,7 +193,11 @@ class MessageDispatcher:
             log.warning(
                 "message.bad_body", peer=str(ctx.peer), size=len(req.body), reason=exc.reason
             )
-            return self._reply(req, 400, f"Bad Request (MANSCDP: {exc.reason})")
+            # A fixed phrase; the parser's words go to the log and a Warning (RFC 3261 §20.43).
+            warning = ("Warning", warning_value("gateway", exc.reason))
+            return make_response(
+                req, 400, "Bad Request (MANSCDP body)", to_tag=self._tag(), headers=[warning]
+            )
         if decoded.repairs:
             self.metrics.inc("message.repaired")
             log.info(

@@ -19,7 +19,7 @@ from gateway.sip.dialog import Dialog, InviteFailed, OutgoingInvite, send_bye
 from gateway.sip.digest import Credentials, DigestClient, DigestServer, Verdict
 from gateway.sip.endpoint import Endpoint, Handler, HandlerResult, ServerContext
 from gateway.sip.errors import ParseError, SipError, TransactionTimeout, TransportError
-from gateway.sip.message import Message, Request, Response, make_response, parse
+from gateway.sip.message import Message, Request, Response, make_response, parse, warning_value
 from gateway.sip.peer import Peer
 from gateway.sip.subscription import (
     Notifier,
@@ -88,4 +88,5 @@ __all__ = [
     "random_token",
     "send_bye",
     "terminated_state",
+    "warning_value",
 ]

@@ -12,9 +12,13 @@ rules below are tested with two cores wired to each other on a fake clock.
 The rules, on the server side: RFC 3261 §17.2.3 matching (and the pre-3261 fallback key), so a
 retransmission is absorbed and the last response resent; the ACK for a 2xx matched to its INVITE
 by Call-ID and CSeq number (§13.2.2.4, RFC 6026); CANCEL per §9.2; ``received``/``rport``
-stamped on the top Via (RFC 3581 §4); a 400 naming the problem for a broken but answerable
-request; 100 Trying for an INVITE (§17.2.1); 483 for Max-Forwards 0 (§16.3); 405 with Allow
-(§8.2.1); 404 for a Request-URI not served (§8.2.2.1); 500 for a handler's crash; and a guard
+stamped on the top Via (RFC 3581 §4); a request checked before any transaction state is kept
+for it (Via, From, To, Call-ID, CSeq matching the method, Max-Forwards: present, well formed and
+not given twice, §8.2.2, §16.3) and else answered 400 naming the header, statelessly (505 for
+another SIP version, 513 for a message too large; an ACK is never answered); 100 Trying for an
+INVITE (§17.2.1); 405 with Allow (§8.2.1); 416 for a Request-URI scheme other than sip/sips and
+404 for a Request-URI not served (§8.2.2.1); 420 with Unsupported for a Require (§8.2.2.3: the
+core supports no extension); 500 for a handler's crash; and a guard
 that answers a request its user never answers (500, or 408 for an INVITE) rather than keep its
 transaction forever. On the client side: responses matched to transactions by (branch, CSeq
 method) (§17.1.3); the rest counted as stray.
@@ -33,7 +37,16 @@ import structlog
 from gateway.sip.builder import MAGIC_COOKIE, new_tag
 from gateway.sip.counters import Counters
 from gateway.sip.errors import ParseError, TransportError
-from gateway.sip.message import Request, Response, make_response, parse, salvage_request
+from gateway.sip.headers import CSeq, split_commas
+from gateway.sip.message import (
+    Request,
+    Response,
+    check_single_values,
+    make_response,
+    parse,
+    salvage_request,
+    warning_value,
+)
 from gateway.sip.peer import Peer
 from gateway.sip.transaction import ClientTransaction, Scheduler, ServerTransaction, TimerConfig
 from gateway.sip.uri import SipUri
@@ -158,13 +171,19 @@ class SipCore:
         self, txn: ServerTransaction, request: Request, peer: Peer, exc: BaseException
     ) -> None:
         """The user failed to answer: a :class:`ParseError` (something in the request it could
-        not read) becomes a 400 naming the problem, anything else a 500 (RFC 3261 §21.5.1)."""
+        not read) becomes a 400 whose phrase is the error's short fixed ``reason`` ("Bad
+        Contact"), its detail going to the log and a ``Warning: 399`` header (RFC 3261 §20.43);
+        anything else a 500 (RFC 3261 §21.5.1)."""
         if isinstance(exc, ParseError):
             self.counters.inc("sip.rx.bad_request")
             log.warning(
-                "sip.rx.bad_request", peer=str(peer), method=request.method, reason=str(exc)
+                "sip.rx.bad_request",
+                peer=str(peer),
+                method=request.method,
+                reason=exc.reason,
+                detail=exc.detail[:120],
             )
-            self.reply(txn, request, 400, exc.reason)
+            self.reply(txn, request, 400, exc.reason, _warning(exc))
         else:
             self.counters.inc("sip.handler_error")
             log.error("sip.handler_error", peer=str(peer), method=request.method, exc_info=exc)
@@ -186,21 +205,35 @@ class SipCore:
             msg = parse(data)
         except ParseError as exc:
             self.counters.inc("sip.rx.parse_error")
-            log.warning("sip.rx.parse_error", peer=str(peer), reason=str(exc), size=len(data))
+            log.warning(
+                "sip.rx.parse_error",
+                peer=str(peer),
+                reason=exc.reason,
+                detail=exc.detail[:120],
+                size=len(data),
+            )
             # Tell the sender why, when enough of the request survives to address an answer.
             salvaged = salvage_request(data)
             if salvaged is not None and salvaged.method != "ACK":
-                self._reject(salvaged, peer, 400, exc.reason)
+                self._reject(salvaged, peer, exc.status, exc.reason, _warning(exc))
             return
         if isinstance(msg, Response):
             self._response_received(msg, peer)
         else:
             self._request_received(msg, peer)
 
-    def _reject(self, req: Request, peer: Peer, status: int, reason: str) -> None:
-        """Answer outside any transaction (the request is too broken to key one)."""
+    def _reject(
+        self,
+        req: Request,
+        peer: Peer,
+        status: int,
+        reason: str,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Answer outside any transaction (the request is too broken to key one): nothing is
+        kept, the answer goes to the address the request came from."""
         try:
-            resp = make_response(req, status, reason, to_tag=self.tag())
+            resp = make_response(req, status, reason, to_tag=self.tag(), headers=headers)
             self.network.send(peer, resp.to_bytes())
         except Exception:
             log.debug("sip.reject_failed", peer=str(peer))
@@ -208,18 +241,23 @@ class SipCore:
     def _request_received(self, req: Request, peer: Peer) -> None:
         counters = self.counters
         try:
-            # From and To are parsed when the user asks for them; a ParseError there still
-            # becomes a 400 (see fail), so a keepalive pays only for what it uses.
+            cseq, require = check_request(req)
             key = server_key(req)
-            cseq = req.cseq
-            if cseq.method != req.method:
-                raise ParseError("CSeq Method Mismatch", f"{cseq.method} != {req.method}")
-            max_forwards = req.max_forwards
         except ParseError as exc:
+            # Decided before any state is kept: a request that cannot be keyed or answered in
+            # a transaction leaves nothing behind (RFC 3261 §8.2.2, §16.3).
             counters.inc("sip.rx.bad_request")
-            log.warning("sip.rx.bad_request", peer=str(peer), method=req.method, reason=str(exc))
-            if req.method != "ACK" and req.get_header("Via") is not None:
-                self._reject(req, peer, 400, exc.reason)
+            log.warning(
+                "sip.rx.bad_request",
+                peer=str(peer),
+                method=req.method[:20],
+                reason=exc.reason,
+                detail=exc.detail[:120],
+            )
+            if req.method == "ACK":
+                counters.inc("sip.rx.bad_ack_dropped")
+            else:
+                self._reject(req, peer, exc.status, exc.reason, _warning(exc))
             return
         stamp_via(req, peer)
 
@@ -259,13 +297,18 @@ class SipCore:
             txn.ack_key = (req.call_id, cseq.seq)
             self._invites[txn.ack_key] = txn
             txn.respond(make_response(req, 100))
-        if max_forwards == 0:
-            self.reply(txn, req, 483, "Too Many Hops")
-            return
+        # Max-Forwards 0 is no reason to refuse here: §16.3's 483 is a proxy's rule, and the
+        # gateway is the endpoint of every request it serves (RFC 4475 §3.3.11: process it).
         if method not in self._methods:
             counters.inc("sip.rx.method_not_allowed")
             log.info("sip.rx.method_not_allowed", peer=str(peer), method=method)
             self.reply(txn, req, 405, "Method Not Allowed", [("Allow", self.allowed)])
+            return
+        scheme = req.uri.partition(":")[0].lower()
+        if scheme != "sip" and scheme != "sips":
+            counters.inc("sip.rx.unsupported_uri")
+            log.info("sip.rx.unsupported_uri", peer=str(peer), method=method, scheme=scheme[:20])
+            self.reply(txn, req, 416, "Unsupported URI Scheme")
             return
         if self.serves is not None:
             try:
@@ -277,6 +320,15 @@ class SipCore:
                 log.info("sip.rx.not_served", peer=str(peer), method=method, uri=req.uri)
                 self.reply(txn, req, 404, "Not Found (no such user here)")
                 return
+        if require:
+            required = req.get_headers("Require")
+            # RFC 3261 §8.2.2.3: the core implements no extension, so every option named is
+            # unsupported (and listed back).
+            counters.inc("sip.rx.bad_extension")
+            options = ", ".join(o for v in required for o in split_commas(v))
+            log.info("sip.rx.bad_extension", peer=str(peer), method=method, require=options[:80])
+            self.reply(txn, req, 420, "Bad Extension", [("Unsupported", options[:1000])])
+            return
         try:
             self.user.request_received(req, peer, txn)
         except Exception as exc:
@@ -394,6 +446,33 @@ class SipCore:
         if waiting:
             self.counters.inc("sip.tx.unreachable", len(waiting))
         return len(waiting)
+
+
+def check_request(req: Request) -> tuple[CSeq, bool]:
+    """The checks a request passes before the core keeps anything for it (RFC 3261 §8.2.2,
+    §16.3): no header given twice that may appear once, a top Via, From and To that parse, a
+    Call-ID that is one, a CSeq whose method is the request's, and a Max-Forwards of 1*DIGIT.
+    Raises :class:`ParseError` naming the header. A Via of several values is checked whole
+    (RFC 4475 §3.1.2.1: empty values are an error). Returns the CSeq, and whether the request
+    has a Require header."""
+    census = check_single_values(req)
+    if not census.vias:
+        raise ParseError("Missing Via")
+    _ = req.top_via
+    if census.vias > 1 or census.via_list:
+        _ = req.vias
+    _ = req.from_, req.to, req.call_id
+    cseq = req.cseq
+    if cseq.method != req.method:
+        raise ParseError("CSeq Method Mismatch", f"{cseq.method[:20]} != {req.method[:20]}")
+    if req.max_forwards is None:
+        raise ParseError("Missing Max-Forwards")
+    return cseq, census.require
+
+
+def _warning(exc: ParseError) -> list[tuple[str, str]]:
+    """The detail of a refusal for its answer, as a Warning header (RFC 3261 §20.43)."""
+    return [("Warning", warning_value("gateway", exc.detail))] if exc.detail else []
 
 
 class _Sender:

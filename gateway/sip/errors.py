@@ -10,13 +10,18 @@ class SipError(Exception):
 class ParseError(SipError):
     """Bytes or a header value that are not valid SIP (RFC 3261 §25), or exceed our limits.
 
-    ``reason`` is short and fit for a SIP reason phrase ("Bad Via", "Message Too Large").
+    ``reason`` is short and fit for a SIP reason phrase ("Bad Via", "Message Too Large"): a
+    fixed text naming the problem, never peer data. ``detail`` says more, for the log (and a
+    Warning header), never for the Reason-Phrase. ``status`` is the answer a request refused for
+    this gets: 400, or 505 for a SIP version other than 2.0 (RFC 3261 §21.5.7), 513 for a
+    message over the size limit (§21.5.9).
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", *, status: int = 400) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.status = status
 
 
 class TransactionTimeout(SipError):

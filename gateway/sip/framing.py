@@ -2,13 +2,19 @@
 
 Sans-I/O: feed bytes, get whole messages back. Also recognises the RFC 5626 §3.5.1 keep-alive:
 a double CRLF "ping" (answered by the connection with a single CRLF "pong"); stray CRLFs between
-messages are skipped.
+messages are skipped. Content-Length is read by the parser's own rule
+(:func:`~gateway.sip.message.content_length`: ``1*DIGIT``, leading zeros allowed, at most the
+message size limit), so the framer and the parser never disagree on where a message ends.
+
+When the framing cannot be trusted (two Content-Lengths, a bad one, a message over the limit) the
+framer hands back a :class:`Refused` carrying the header block, so the connection can answer it
+(400, 513) before it closes: nothing after it on the stream can be framed.
 """
 
 from __future__ import annotations
 
 from gateway.sip.errors import ParseError
-from gateway.sip.message import MAX_HEADER_BLOCK, MAX_MESSAGE_SIZE
+from gateway.sip.message import MAX_HEADER_BLOCK, MAX_MESSAGE_SIZE, content_length
 
 PING = b"\r\n\r\n"
 PONG = b"\r\n"
@@ -23,8 +29,20 @@ class Ping:
 PING_EVENT = Ping()
 
 
+class Refused:
+    """The stream cannot be framed past this point: ``error`` says why, ``head`` is the header
+    block of the message that broke it (empty when none was complete), for an answer. The
+    framer takes nothing more; the connection should answer ``head`` and close."""
+
+    __slots__ = ("error", "head")
+
+    def __init__(self, head: bytes, error: ParseError) -> None:
+        self.head = head
+        self.error = error
+
+
 class StreamFramer:
-    __slots__ = ("_buf", "_max", "_scanned")
+    __slots__ = ("_buf", "_max", "_refused", "_scanned", "_total")
 
     def __init__(self, max_message: int = MAX_MESSAGE_SIZE) -> None:
         self._buf = bytearray()
@@ -32,6 +50,10 @@ class StreamFramer:
         # How far the current header block was already searched for its end, so a message
         # arriving a byte at a time costs linear, not quadratic, time.
         self._scanned = 0
+        # The current message's whole length once its header block is read, so a body
+        # arriving a byte at a time does not have its header block read again for each.
+        self._total = 0
+        self._refused = False
 
     @property
     def pending(self) -> int:
@@ -45,16 +67,24 @@ class StreamFramer:
         buf = self._buf
         return bool(buf) and buf[0] not in (13, 10)
 
-    def feed(self, data: bytes) -> list[bytes | Ping]:
-        """Add bytes; return every message (and ping) now complete, in order.
-
-        Raises :class:`ParseError` when a message would exceed the size limit or has a bad
-        Content-Length; the stream cannot be resynchronised after that and should be closed.
-        """
+    def feed(self, data: bytes) -> list[bytes | Ping | Refused]:
+        """Add bytes; return every message (and ping) now complete, in order, ending with a
+        :class:`Refused` when the stream broke (over the size limit, a bad or a second
+        Content-Length). After a :class:`Refused` the framer takes nothing more."""
+        if self._refused:
+            return []
         buf = self._buf
         buf += data
-        out: list[bytes | Ping] = []
+        out: list[bytes | Ping | Refused] = []
         while buf:
+            total = self._total
+            if total:
+                if len(buf) < total:
+                    break
+                out.append(bytes(buf[:total]))
+                del buf[:total]
+                self._scanned = self._total = 0
+                continue
             if buf[0] in (13, 10):
                 if buf.startswith(PING):
                     out.append(PING_EVENT)
@@ -76,31 +106,49 @@ class StreamFramer:
                 head_end, body_start = crlf, crlf + 4
             else:
                 if len(buf) > min(self._max, MAX_HEADER_BLOCK):
-                    raise ParseError("Message Too Large", "header block exceeds the limit")
+                    error = ParseError(
+                        "Message Too Large", "header block exceeds the limit", status=513
+                    )
+                    return self._refuse(out, b"", error)
                 self._scanned = len(buf)
                 break
-            length = _content_length(bytes(buf[:head_end]))
-            total = body_start + length
-            if total > self._max:
-                raise ParseError("Message Too Large", f"{total} bytes > {self._max}")
-            self._scanned = head_end
-            if len(buf) < total:
-                break
-            out.append(bytes(buf[:total]))
-            del buf[:total]
-            self._scanned = 0
+            head = bytes(buf[:body_start])
+            try:
+                length = _content_length(head[:head_end])
+                if body_start + length > self._max:
+                    raise ParseError(
+                        "Message Too Large",
+                        f"{body_start + length} bytes > {self._max}",
+                        status=513,
+                    )
+            except ParseError as exc:
+                return self._refuse(out, head, exc)
+            self._total = body_start + length
+        return out
+
+    def _refuse(
+        self, out: list[bytes | Ping | Refused], head: bytes, error: ParseError
+    ) -> list[bytes | Ping | Refused]:
+        self._refused = True
+        self._buf = bytearray()
+        self._scanned = self._total = 0
+        out.append(Refused(head, error))
         return out
 
 
 def _content_length(head: bytes) -> int:
+    """The Content-Length of a header block; 0 when absent (RFC 3261 §18.3: on a stream that
+    means no body). Raises :class:`ParseError` for a bad value or a second Content-Length."""
+    found: bytes | None = None
     for line in head.split(b"\n")[1:]:
         name, colon, value = line.partition(b":")
         if not colon:
             continue
         key = name.strip().lower()
         if key == b"content-length" or key == b"l":
-            text = value.strip()
-            if not text.isdigit() or len(text) > 9:
-                raise ParseError("Bad Content-Length", repr(text[:20]))
-            return int(text)
-    return 0  # RFC 3261 §18.3: absent on a stream means no body
+            if found is not None:
+                raise ParseError("Duplicate Content-Length", "header given twice")
+            found = value
+    if found is None:
+        return 0
+    return content_length(found.decode("latin-1"))

@@ -10,7 +10,7 @@ import re
 from typing import NamedTuple
 
 from gateway.sip.errors import ParseError
-from gateway.sip.uri import find_param, is_digits, parse_params, split_unquoted
+from gateway.sip.uri import digits_value, find_param, is_digits, parse_params, split_unquoted
 
 # RFC 3261 §7.3.3 compact forms.
 COMPACT_FORMS = {
@@ -178,30 +178,29 @@ class CSeq(NamedTuple):
 
 
 def parse_cseq(value: str) -> CSeq:
-    """``CSeq: 1 REGISTER``. The method keeps its case: methods are case-sensitive."""
+    """``CSeq: 1 REGISTER``. The method keeps its case: methods are case-sensitive. The number
+    is ``1*DIGIT`` (leading zeros allowed) below 2**31 (RFC 3261 §8.1.1.5, §20.16)."""
     parts = value.split()
     if len(parts) != 2:
-        raise ParseError("Bad CSeq", repr(value))
+        raise ParseError("Bad CSeq", repr(value[:40]))
     num, method = parts
-    if not is_digits(num) or len(num) > 10:
-        raise ParseError("Bad CSeq", repr(value))
-    seq = int(num)
-    if seq >= 2**31:
-        raise ParseError("Bad CSeq", f"sequence number out of range: {value!r}")
+    seq = digits_value(num, 2**31 - 1)
+    if seq is None:
+        raise ParseError("Bad CSeq", f"bad sequence number {num[:20]!r}")
     return CSeq(seq, method)
 
 
-# name = "quoted \"value\"" | name = token, separated by commas and/or whitespace. The quoted
-# alternative is the unrolled-loop form, so matching is linear in the input.
-_AUTH_PARAM = re.compile(r'([^=\s,"]+)[ \t]*=[ \t]*(?:"([^"\\]*(?:\\.[^"\\]*)*)"|([^\s,"]*))')
-# The whole list: parameters with at least one separator between them (none needed right after
-# a closing quote). A token value stops at a separator or quote and a name cannot contain one, so
-# each character has one reading and the match is linear. (With optional separators,
-# ``a=bc=d`` has two readings and a failing input backtracks exponentially.)
-_AUTH_SEP = r'(?:[\s,]+|(?<="))'
-_AUTH_LIST = re.compile(
-    r"[\s,]*(?:" + _AUTH_PARAM.pattern + r"(?:" + _AUTH_SEP + _AUTH_PARAM.pattern + r")*)?[\s,]*"
+# One parameter, anchored where the previous one ended: separators, then name = "quoted
+# \"value\"" | name = token. The quoted alternative is the unrolled-loop form, a name cannot
+# contain '=', a separator or a quote, and a token value ends where the match ends, so a match (or
+# a failure) costs time linear in what it spans, and the scan never goes back over a parameter:
+# the whole list is linear. (One regular expression over the whole list, as before, kept
+# backtracking state for every parameter; with optional separators, ``a=bc=d`` even had two
+# readings and a failing input backtracked exponentially.)
+_AUTH_PARAM_AT = re.compile(
+    r'[\s,]*([^=\s,"]+)[ \t]*=[ \t]*(?:"([^"\\]*(?:\\.[^"\\]*)*)"|([^\s,"]*))'
 )
+_AUTH_TAIL = re.compile(r"[\s,]*\Z")
 _UNESCAPE = re.compile(r"\\(.)")
 
 
@@ -239,14 +238,21 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
     simple = _simple_auth_params(rest)
     if simple is not None:
         return scheme, simple
-    # Separators at either end are taken off first: left on, a failing match retries the whole
-    # tail for every separator it gives back (quadratic in a header of thousands of commas).
-    if not _AUTH_LIST.fullmatch(rest.strip(" \t\r\n\f\v,")):
-        raise ParseError("Bad Authorization", f"malformed parameters in {rest[:60]!r}")
     params: dict[str, str] = {}
-    for name, quoted, token in _AUTH_PARAM.findall(rest):
-        if quoted:
-            params[name.lower()] = quoted if "\\" not in quoted else _UNESCAPE.sub(r"\1", quoted)
-        else:
+    match = _AUTH_PARAM_AT.match
+    pos, n = 0, len(rest)
+    while True:
+        m = match(rest, pos)
+        if m is None:
+            if _AUTH_TAIL.match(rest, pos) is None:
+                raise ParseError("Bad Authorization", f"malformed parameters in {rest[:60]!r}")
+            return scheme, params
+        name, quoted, token = m.groups()
+        if quoted is None:
             params[name.lower()] = token
-    return scheme, params
+        else:
+            params[name.lower()] = quoted if "\\" not in quoted else _UNESCAPE.sub(r"\1", quoted)
+        pos = m.end()
+        # Between parameters: a separator, except right after a closing quote.
+        if pos < n and quoted is None and not (rest[pos] == "," or rest[pos].isspace()):
+            raise ParseError("Bad Authorization", f"malformed parameters in {rest[:60]!r}")

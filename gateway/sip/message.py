@@ -5,15 +5,23 @@ typed values (Via, From/To, CSeq, Authorization...) are parsed on first access a
 keepalive that only needs Call-ID, CSeq and the top Via pays for nothing else.
 
 Leniency (devices in the field need it): LF-only line ends, folded header lines, compact header
-names, any header-name case, header bytes in UTF-8 or GBK/GB18030, leading CRLFs. Limits: 64 KiB a
-message, 128 headers, 8 KiB a header line; beyond them, and on anything malformed, ``ParseError``.
-Serialization always recomputes Content-Length from the body bytes.
+names, any header-name case, header bytes in UTF-8 or GBK/GB18030, leading CRLFs, leading zeros in
+numbers (``1*DIGIT``). Limits: 1 MiB a message (and so a Content-Length), 64 KiB a header block,
+128 headers, 8 KiB a header line; beyond them, and on anything malformed, ``ParseError``
+(``status`` 513 for what is too large, 505 for a SIP version other than 2.0, else 400). A header
+that may appear once (RFC 3261 §7.3.1: Call-ID, CSeq, From, To, Max-Forwards, Content-Length,
+Content-Type, Expires) appearing twice is malformed, which copy is right cannot be known: the
+parser refuses a second Content-Length (the body's end is unknown), :func:`check_single_values`
+the others.
+
+Serialization always recomputes Content-Length from the body bytes, and writes a Reason-Phrase
+that is valid (RFC 3261 §25.1) and short whatever text the code put in it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.sip.errors import ParseError
 from gateway.sip.headers import (
@@ -26,7 +34,7 @@ from gateway.sip.headers import (
     parse_via,
     split_commas,
 )
-from gateway.sip.uri import NameAddr, SipUri, is_digits, parse_name_addr, parse_uri
+from gateway.sip.uri import NameAddr, SipUri, digits_value, parse_name_addr, parse_uri
 
 # Over TCP a catalog answer may carry hundreds of items per MESSAGE (GB/T 28181-2022 Annex M
 # allows up to 10,000 records); UDP datagrams cannot exceed 64 KiB anyway.
@@ -36,6 +44,26 @@ MAX_HEADERS = 128
 MAX_HEADER_LINE = 8 * 1024
 
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~")
+
+# Headers whose grammar allows one value (RFC 3261 §7.3.1, §20): a second copy is an error.
+SINGLE_VALUED = {
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "from": "From",
+    "to": "To",
+    "max-forwards": "Max-Forwards",
+    "content-length": "Content-Length",
+    "content-type": "Content-Type",
+    "expires": "Expires",
+}
+
+# RFC 3261 §25.1 Reason-Phrase = *(reserved / unreserved / escaped / UTF8-NONASCII / UTF8-CONT
+# / SP / HTAB): the ASCII part of that set ('%' only as the start of an escape).
+_REASON_ASCII = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789;/?:@&=+$,-_.!~*'() \t"
+)
+_HEX = frozenset("0123456789abcdefABCDEF")
+MAX_REASON = 64
 
 REASONS = {
     100: "Trying",
@@ -187,9 +215,17 @@ class Message:
 
     @property
     def call_id(self) -> str:
+        """RFC 3261 §25.1 ``callid = word ["@" word]``: visible ASCII, no white space. (Any
+        visible character is taken, not only ``word``'s: the value is only compared.)"""
+        got = self._cache.get("call-id")
+        if got is not None:
+            return got  # type: ignore[no-any-return]
         value = self._required("Call-ID").strip()
         if not value:
             raise ParseError("Bad Call-ID", "empty")
+        if not (value.isascii() and value.isprintable()) or " " in value:
+            raise ParseError("Bad Call-ID", repr(value[:40]))
+        self._cache["call-id"] = value
         return value
 
     @property
@@ -225,10 +261,11 @@ class Message:
         value = self.get_header("Expires")
         if value is None:
             return None
-        value = value.strip()
-        if not is_digits(value) or len(value) > 10:
-            raise ParseError("Bad Expires", repr(value))
-        return int(value)
+        # delta-seconds: 1*DIGIT, at most 2**32-1 (RFC 3261 §20.19, §25.1).
+        got = digits_value(value.strip(), 2**32 - 1)
+        if got is None:
+            raise ParseError("Bad Expires", repr(value[:20]))
+        return got
 
     @property
     def content_type(self) -> str | None:
@@ -240,10 +277,11 @@ class Message:
         value = self.get_header("Max-Forwards")
         if value is None:
             return None
-        value = value.strip()
-        if not is_digits(value) or len(value) > 3:
-            raise ParseError("Bad Max-Forwards", repr(value))
-        return int(value)
+        # 1*DIGIT, 0-255 (RFC 3261 §20.22; leading zeros allowed, as in RFC 4475 §3.1.1.1).
+        got = digits_value(value.strip(), 255)
+        if got is None:
+            raise ParseError("Bad Max-Forwards", repr(value[:20]))
+        return got
 
     def auth_params(self, name: str) -> tuple[str, dict[str, str]] | None:
         """(scheme, params) of Authorization / WWW-Authenticate / Proxy-* or ``None``."""
@@ -319,10 +357,47 @@ class Response(Message):
         self.version = version
 
     def start_line(self) -> str:
-        return f"{self.version} {self.status} {self.reason}"
+        return f"{self.version} {self.status} {reason_phrase(self.reason, self.status)}"
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason}>"
+
+
+def reason_phrase(text: str, status: int = 0) -> str:
+    """``text`` made a valid, short Reason-Phrase (RFC 3261 §25.1): characters the grammar
+    does not allow (controls, ``<>"\\[]{}|^`#``, a ``%`` not starting an escape, C1 controls,
+    unpaired surrogates) become spaces, runs of spaces one, and a phrase over
+    :data:`MAX_REASON` characters is cut at a word boundary. Detail belongs in the log (and a
+    Warning header), not here: a phrase ends up in peers' logs and user interfaces."""
+    if len(text) <= MAX_REASON and text.isascii() and _REASON_ASCII.issuperset(text):
+        return text
+    out: list[str] = []
+    n = len(text)
+    for i, ch in enumerate(text):
+        code = ord(ch)
+        if ch == "%":
+            keep = i + 2 < n and text[i + 1] in _HEX and text[i + 2] in _HEX
+        else:
+            keep = ch in _REASON_ASCII or (code >= 0xA0 and not 0xD800 <= code <= 0xDFFF)
+        out.append(ch if keep else " ")
+    phrase = " ".join("".join(out).split())
+    if len(phrase) > MAX_REASON:
+        cut = phrase.rfind(" ", 0, MAX_REASON + 1)
+        phrase = phrase[: cut if cut >= MAX_REASON // 2 else MAX_REASON].rstrip()
+    if not phrase and text:
+        phrase = REASONS.get(status, "")
+    return phrase
+
+
+def warning_value(agent: str, text: str) -> str:
+    """A ``Warning: 399 agent "text"`` value (RFC 3261 §20.43: 399 is a miscellaneous warning),
+    the text cut to 80 characters and kept a valid quoted-string: quotes, backslashes and
+    characters that are not printable become spaces."""
+    cleaned = "".join(
+        " " if (ch in '"\\' or not ch.isprintable() or 0xD800 <= ord(ch) <= 0xDFFF) else ch
+        for ch in text[:80]
+    )
+    return f'399 {agent} "{cleaned}"'
 
 
 def _name_addr(value: str, reason: str) -> NameAddr:
@@ -344,7 +419,7 @@ def parse(data: bytes) -> Request | Response:
     """Parse one whole SIP message (a UDP datagram, or a framed TCP message)."""
     n = len(data)
     if n > MAX_MESSAGE_SIZE:
-        raise ParseError("Message Too Large", f"{n} bytes > {MAX_MESSAGE_SIZE}")
+        raise ParseError("Message Too Large", f"{n} bytes > {MAX_MESSAGE_SIZE}", status=513)
     start = 0
     while start < n and data[start] in (13, 10):
         start += 1
@@ -368,18 +443,63 @@ def parse(data: bytes) -> Request | Response:
     msg = _start_line(first)
     msg._items = items
 
-    length_text = msg.get_header("content-length")
-    if length_text is None:
+    lengths = [value for key, _, value in items if key == "content-length"]
+    if not lengths:
         msg.body = data[body_start:]
     else:
-        length_text = length_text.strip()
-        if not is_digits(length_text) or len(length_text) > 6:
-            raise ParseError("Bad Content-Length", repr(length_text[:20]))
-        length = int(length_text)
+        if len(lengths) > 1:
+            # Where the body ends cannot be known (RFC 4475 §3.1.2: mcl01).
+            raise ParseError("Duplicate Content-Length", "header given twice")
+        length = content_length(lengths[0])
+        if body_start + length > MAX_MESSAGE_SIZE:
+            raise ParseError(
+                "Message Too Large", f"{body_start + length} bytes declared", status=513
+            )
         if body_start + length > n:
             raise ParseError("Truncated Body", f"Content-Length {length}, {n - body_start} bytes")
         msg.body = data[body_start : body_start + length]
     return msg
+
+
+class HeaderCensus(NamedTuple):
+    """What :func:`check_single_values` saw on its way: how many Via header lines, whether one
+    holds several values, whether there is a Require."""
+
+    vias: int
+    via_list: bool
+    require: bool
+
+
+def check_single_values(msg: Message) -> HeaderCensus:
+    """Raise :class:`ParseError` naming a header that may appear once (:data:`SINGLE_VALUED`)
+    and appears twice; else count, in the same pass, what the core asks next."""
+    seen: set[str] = set()
+    vias = 0
+    via_list = require = False
+    for key, _, value in msg._items:
+        if key in SINGLE_VALUED:
+            if key in seen:
+                raise ParseError(f"Duplicate {SINGLE_VALUED[key]}", "header given twice")
+            seen.add(key)
+        elif key == "via":
+            vias += 1
+            via_list = via_list or "," in value
+        elif key == "require":
+            require = True
+    return HeaderCensus(vias, via_list, require)
+
+
+def content_length(text: str) -> int:
+    """A Content-Length value: ``1*DIGIT`` (leading zeros allowed), at most the message size
+    limit. Beyond it the answer is 513 Message Too Large (RFC 3261 §21.5.9): the whole message
+    could not be taken, whatever its body. The stream framer reads it with the same rule."""
+    text = text.strip()
+    value = digits_value(text, MAX_MESSAGE_SIZE)
+    if value is None:
+        if text.isascii() and text.isdigit():
+            raise ParseError("Message Too Large", f"Content-Length {text[:20]}", status=513)
+        raise ParseError("Bad Content-Length", repr(text[:20]))
+    return value
 
 
 def _headers(text: str) -> list[tuple[str, str, str]]:
@@ -392,6 +512,10 @@ def _headers(text: str) -> list[tuple[str, str, str]]:
     append = items.append
     known = KNOWN_NAMES
     name = value = ""
+    # A folded header's pieces, joined once at its end: joining at each continuation line
+    # would copy the value again for every line (quadratic in the header's length).
+    folded: list[str] | None = None
+    folded_len = 0
     for line in lines[1:]:
         if not line:
             continue
@@ -401,11 +525,18 @@ def _headers(text: str) -> list[tuple[str, str, str]]:
         if first_char == " " or first_char == "\t":
             if not name:
                 raise ParseError("Bad Header", "continuation line without a header")
-            value = f"{value} {line.strip()}"
-            if len(value) > MAX_HEADER_LINE:
-                raise ParseError("Header Too Long", f"folded {name}")
-            items[-1] = (items[-1][0], name, value)
+            piece = line.strip()
+            if folded is None:
+                folded = [value]
+                folded_len = len(value)
+            folded.append(piece)
+            folded_len += len(piece) + 1
+            if folded_len > MAX_HEADER_LINE:
+                raise ParseError("Header Too Long", f"folded {name[:40]}")
             continue
+        if folded is not None:
+            items[-1] = (items[-1][0], name, " ".join(folded).strip())
+            folded = None
         name, colon, rest = line.partition(":")
         if not colon:
             raise ParseError("Bad Header", f"no colon in {line[:40]!r}")
@@ -417,19 +548,26 @@ def _headers(text: str) -> list[tuple[str, str, str]]:
             key = header_key(name)
         value = rest.strip()
         append((key, name, value))
+    if folded is not None:
+        items[-1] = (items[-1][0], name, " ".join(folded).strip())
     if len(items) > MAX_HEADERS:
         raise ParseError("Too Many Headers", f"more than {MAX_HEADERS}")
     return items
 
 
+_URI_FORBIDDEN = frozenset('<>"\\{}|^`\t')
+
+
 def _start_line(first: str) -> Request | Response:
+    """RFC 3261 §7.1, §7.2: exactly one SP between the parts of a Request-Line, none after it
+    (RFC 4475 §3.1.2.11, §3.1.2.12: ``lwsstart``, ``trws``)."""
     msg: Request | Response
     if first.startswith("SIP/"):
         parts = first.split(" ", 2)
         if len(parts) < 2 or parts[0].upper() != "SIP/2.0":
             raise ParseError("Bad Status Line", repr(first[:80]))
         code = parts[1]
-        if len(code) != 3 or not is_digits(code) or not 100 <= int(code) <= 699:
+        if len(code) != 3 or not code.isascii() or not code.isdigit() or code[0] not in "123456":
             raise ParseError("Bad Status Line", f"bad status code {code[:10]!r}")
         msg = Response(int(code), parts[2] if len(parts) == 3 else "", version="SIP/2.0")
     else:
@@ -439,33 +577,42 @@ def _start_line(first: str) -> Request | Response:
         method, uri, version = parts
         if not method or not _TOKEN_CHARS.issuperset(method):
             raise ParseError("Bad Request Line", f"bad method {method[:20]!r}")
+        if ":" not in uri or not _URI_FORBIDDEN.isdisjoint(uri):
+            raise ParseError("Bad Request-URI", repr(uri[:80]))
+        if uri[:4].lower() in ("sip:", "sips") and "?" in uri[uri.find("@") + 1 :]:
+            # RFC 3261 §19.1.1: URI headers are not allowed in a Request-URI (RFC 4475 §3.1.2.13)
+            raise ParseError("Bad Request-URI", "headers in the Request-URI")
         if version.upper() != "SIP/2.0":
-            raise ParseError("Version Not Supported", repr(version[:20]))
-        if ":" not in uri:
-            raise ParseError("Bad Request Line", f"bad Request-URI {uri[:80]!r}")
+            raise ParseError("Version Not Supported", repr(version[:20]), status=505)
         msg = Request(method, uri)
     return msg
 
 
 def salvage_request(data: bytes) -> Request | None:
-    """What can be read of a request that :func:`parse` refused, for answering it with 400.
+    """What can be read of a request that :func:`parse` refused, for answering it (400, 505).
 
     Keeps the start line and every header line that is well formed, drops the rest; the body
-    is ignored. ``None`` unless it is a request with Via, From, To, Call-ID and CSeq, since a
-    response cannot be built without them. Never raises.
+    is ignored. A request whose start line parses needs a Via (where the answer goes); one
+    whose start line does not (a bad Request-URI, stray white space, another SIP version) is
+    taken for a request when it has Via, From, To, Call-ID and CSeq, the method then read from
+    the CSeq (RFC 4475 §3.1.2: answer it 400, or 505). ``None`` for anything else (a
+    response, garbage). Never raises.
     """
-    if len(data) > MAX_MESSAGE_SIZE:
-        return None
-    head = data.lstrip(b"\r\n")
+    # Only the header block matters; a message over the size limit is answered (513) from it.
+    head = data[:MAX_HEADER_BLOCK].lstrip(b"\r\n")
     for end in (head.find(b"\r\n\r\n"), head.find(b"\n\n")):
         if end >= 0:
             head = head[:end]
             break
     lines = _decode_head(head).replace("\r\n", "\n").split("\n")
+    start_ok = True
     try:
         msg = _start_line(lines[0])
     except ParseError:
-        return None
+        if lines[0].startswith("SIP/"):
+            return None
+        start_ok = False
+        msg = Request("UNKNOWN", "sip:invalid")
     if not isinstance(msg, Request):
         return None
     items: list[tuple[str, str, str]] = []
@@ -478,9 +625,16 @@ def salvage_request(data: bytes) -> Request | None:
             continue
         items.append((header_key(name), name, value.strip()))
     msg._items = items
-    needed = {"via", "from", "to", "call-id", "cseq"}
-    if not needed.issubset(k for k, _, _ in items):
+    keys = {k for k, _, _ in items}
+    if "via" not in keys:
         return None
+    if not start_ok:
+        if not {"from", "to", "call-id", "cseq"}.issubset(keys):
+            return None
+        try:
+            msg.method = msg.cseq.method
+        except ParseError:
+            return None
     return msg
 
 
@@ -496,10 +650,17 @@ def make_response(
     """A response to ``request`` per RFC 3261 §8.2.6: Via, From, To, Call-ID and CSeq copied,
     the To tag added (except on 100) when the request had none."""
     items: list[tuple[str, str, str]] = []
+    copied: set[str] = set()
     for key, name, value in request._items:
-        if key in ("via", "from", "call-id", "cseq"):
+        if key == "via":
+            items.append((key, name, value))
+        elif key in copied:
+            continue  # the answer to a request with a header given twice has it once
+        elif key in ("from", "call-id", "cseq"):
+            copied.add(key)
             items.append((key, name, value))
         elif key == "to":
+            copied.add(key)
             if status > 100 and to_tag is not None and "tag=" not in value.lower():
                 value = f"{value};tag={to_tag}"
             items.append((key, name, value))

@@ -38,8 +38,8 @@ from typing import Any, Protocol, cast
 import structlog
 
 from gateway.sip.counters import Counters
-from gateway.sip.errors import ParseError, TransportError
-from gateway.sip.framing import PONG, Ping, StreamFramer
+from gateway.sip.errors import TransportError
+from gateway.sip.framing import PONG, Ping, Refused, StreamFramer
 from gateway.sip.peer import Peer as Peer  # re-exported: callers import it from here
 
 _EPOLL: Any = getattr(select, "epoll", None)  # Linux only
@@ -297,7 +297,7 @@ class _TcpConnection(asyncio.Protocol):
         self.peer: Peer | None = None
         self.transport: asyncio.Transport | None = None
         self.last_active = 0.0
-        self.backlog: list[bytes | Ping] | None = None
+        self.backlog: list[bytes | Ping | Refused] | None = None
         # When the message now arriving must be complete (its first byte started the clock).
         self.deadline: asyncio.TimerHandle | None = None
         # Opened by us, or a device registered over it: never evicted to make room.
@@ -315,15 +315,7 @@ class _TcpConnection(asyncio.Protocol):
         owner = self.owner
         owner._active(self)
         framer = self.framer
-        try:
-            items = framer.feed(data)
-        except ParseError as exc:
-            owner.metrics.inc("sip.tcp.framing_error")
-            log.warning("sip.tcp.framing_error", peer=str(self.peer), reason=str(exc))
-            self.framer = StreamFramer()  # counted once, as a framing error, not as truncation
-            if self.transport is not None:
-                self.transport.close()
-            return
+        items = framer.feed(data)  # a broken stream ends in a Refused item (see _deliver)
         # The whole-message deadline: started by a message's first byte, not moved by the
         # bytes after it, restarted only for the next message.
         deadline = self.deadline
@@ -353,7 +345,7 @@ class _TcpConnection(asyncio.Protocol):
         self.framer = StreamFramer()  # counted here, not again as a truncation
         transport.abort()  # not close(): a peer that does not read would keep it open
 
-    def _deliver(self, items: list[bytes | Ping]) -> None:
+    def _deliver(self, items: list[bytes | Ping | Refused]) -> None:
         """Hand over up to ``_BURST`` messages; the rest wait for the next loop turn, with
         reading paused so that their order is kept."""
         peer = self.peer
@@ -363,6 +355,17 @@ class _TcpConnection(asyncio.Protocol):
             if isinstance(item, Ping):
                 if self.transport is not None:
                     self.transport.write(PONG)
+            elif isinstance(item, Refused):
+                # The stream cannot be framed past this message (RFC 3261 §18.3): answer what
+                # can be read of it (400, 513), then close, dropping anything queued behind.
+                self.owner.metrics.inc("sip.tcp.framing_error")
+                log.warning("sip.tcp.framing_error", peer=str(peer), reason=item.error.reason)
+                if item.head:
+                    listener.message_received(item.head, peer)
+                if self.transport is not None:
+                    self.transport.close()
+                self.backlog = None
+                return
             else:
                 listener.message_received(item, peer)
         if len(items) > _BURST and self.transport is not None:

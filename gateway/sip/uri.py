@@ -21,6 +21,22 @@ def is_digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def digits_value(text: str, limit: int) -> int | None:
+    """The value of a ``1*DIGIT`` field (RFC 3261 §25.1: leading zeros are allowed, so
+    ``0068`` is 68), or ``None`` when ``text`` is not ASCII digits or its value exceeds
+    ``limit`` (below 10**10). The zeros are taken off before ``int``, which then never sees
+    more than 10 digits: a field of 10,000 digits costs one scan, not a big-number
+    conversion."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    if len(text) > 10:  # every limit used is below 10**10
+        text = text.lstrip("0") or "0"
+        if len(text) > 10:
+            return None
+    value = int(text)
+    return value if value <= limit else None
+
+
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
 
 
@@ -207,6 +223,10 @@ class NameAddr(NamedTuple):
         return head
 
 
+# ASCII that is neither a token character nor white space: not allowed in a bare display name.
+_DISPLAY_FORBIDDEN = frozenset('()<>@,;:\\"/[]?={}')
+
+
 # The form nearly every GB device sends: <sip:user@host[:port]>;params, with no display name,
 # no URI parameters and no quotes. Linear: no nested or overlapping repetition.
 _PLAIN_NAME_ADDR = re.compile(
@@ -257,6 +277,10 @@ def parse_name_addr(text: str) -> NameAddr:
             raise ParseError("Bad Header", f"unterminated '<' in {text!r}")
         if display is None:
             display = rest[:lt].strip() or None
+            if display is not None and not _DISPLAY_FORBIDDEN.isdisjoint(display):
+                # RFC 3261 §25.1: an unquoted display name is tokens and LWS (RFC 4475
+                # §3.1.2.16 "baddn"). Non-ASCII is let through: devices write GBK names bare.
+                raise ParseError("Bad Header", f"unquoted display name {display[:40]!r}")
         uri = parse_uri(rest[lt + 1 : gt])
         return NameAddr(uri, display, parse_params(rest[gt + 1 :].strip()))
     addr, _, params = rest.partition(";")

@@ -74,8 +74,8 @@ class UpperNotifier:
             )
         try:
             query = decode(req.body).message
-        except DecodeError as exc:
-            return self.endpoint.answer(req, 400, f"Bad Request (MANSCDP: {exc.reason})"[:100])
+        except DecodeError:
+            return self.endpoint.answer(req, 400, "Bad Request (MANSCDP body)")
         if query.ROOT != "Query" or query.CMD not in KINDS:
             return self.endpoint.answer(
                 req, 489, f"Bad Event ({query.CMD} cannot be subscribed here)"

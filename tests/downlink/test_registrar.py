@@ -241,7 +241,8 @@ async def test_retransmitted_register_is_absorbed(start_gateway, raw_udp: RawUdp
         "REGISTER sip:34020000002000000001@3402000000 SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.1:{raw_udp.port};rport;branch=z9hG4bKretx1\r\n"
         f"From: <sip:{DEV}@3402000000>;tag=1\r\nTo: <sip:{DEV}@3402000000>\r\n"
-        "Call-ID: retx@test\r\nCSeq: 1 REGISTER\r\nExpires: 3600\r\nContent-Length: 0\r\n\r\n"
+        "Call-ID: retx@test\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\nExpires: 3600\r\n"
+        "Content-Length: 0\r\n\r\n"
     ).encode()
     raw_udp.send(raw, gw.port)
     first = await raw_udp.recv()
@@ -267,7 +268,7 @@ async def test_bad_input_is_answered_or_dropped_and_counted(
         "MESSAGE sip:34020000002000000001@3402000000 SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.1:{raw_udp.port};branch=z9hG4bKbad1\r\n"
         f"From: <sip:{DEV}@3402000000>;tag=1\r\nTo: <sip:34020000002000000001@3402000000>\r\n"
-        "Call-ID: bad@test\r\nCSeq: many MESSAGE\r\nContent-Length: 0\r\n\r\n"
+        "Call-ID: bad@test\r\nCSeq: many MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     ).encode()
     raw_udp.send(bad_cseq, port)
     resp = parse(await raw_udp.recv())
@@ -275,7 +276,9 @@ async def test_bad_input_is_answered_or_dropped_and_counted(
     no_body = bad_cseq.replace(b"many MESSAGE", b"1 MESSAGE").replace(b"bad1", b"bad2")
     raw_udp.send(no_body, port)
     resp = parse(await raw_udp.recv())
-    assert isinstance(resp, Response) and resp.status == 400 and "empty body" in resp.reason
+    assert isinstance(resp, Response) and resp.status == 400
+    assert resp.reason == "Bad Request (MANSCDP body)"
+    assert "empty body" in (resp.get_header("Warning") or "")
     options = no_body.replace(b"MESSAGE", b"OPTIONS").replace(b"bad2", b"bad3")
     raw_udp.send(options, port)
     resp = parse(await raw_udp.recv())

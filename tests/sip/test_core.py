@@ -426,13 +426,15 @@ def test_a_request_uri_not_served_gets_404() -> None:
     assert len(p.user.requests) == 1
 
 
-def test_max_forwards_zero_gets_483() -> None:
+def test_max_forwards_zero_is_processed_by_the_endpoint() -> None:
+    """RFC 4475 §3.3.11 (zeromf): 483 is a proxy's answer (RFC 3261 §16.3); the gateway is the
+    endpoint of the requests it serves, so a request with Max-Forwards 0 is processed."""
     p = Pair()
     p.user.answer = ok()
     out, _ = p.send(request(extra=(("Max-Forwards", "0"),)))
     p.clock.advance(0.1)
-    assert out.statuses == [483]
-    assert p.user.requests == []
+    assert out.statuses == [200]
+    assert len(p.user.requests) == 1
 
 
 @pytest.mark.parametrize(
