@@ -9,11 +9,13 @@ level a city runs at) with that tree first on ``PYTHONPATH``, and these are meas
 
 1. ``no_call_id``: 20,000 INVITE datagrams without a Call-ID, each with a fresh branch. RSS
    before, and after the gateway is idle again; how many were answered, and with what.
-2. ``hostile_authorization``: REGISTERs whose Authorization is ``Digest`` followed by as many
-   ``, `` as the 8 KiB header-line limit allows. Median time to the answer, and the answer.
-3. ``guessing``: one device challenged once, then ``--guesses`` REGISTERs with wrong passwords on
-   that one nonce, as fast as the answers come. Guesses per second, the answers, whether a
-   ``Retry-After`` came, and the answer to the right password sent on the same nonce after them.
+2. ``hostile_authorization``: REGISTERs whose Authorization fills the 8 KiB header-line limit
+   with a shape that made a parser backtrack (``Digest , , , …``; ``Digest a=b a=b … !``).
+   Median time to the answer, and the answer.
+3. ``guessing``: one device challenged, then ``--guesses`` REGISTERs with wrong passwords from
+   one address, as fast as the answers come, each on the freshest nonce the gateway gave.
+   Guesses per second, the answers, how many had their password checked, whether a
+   ``Retry-After`` came, and the answer to the right password sent after them.
 4. ``log_flood``: 20,000 garbage datagrams carrying 1,000 attacker-chosen characters each (with
    terminal escapes). Bytes the gateway wrote to its log for them.
 
@@ -172,23 +174,34 @@ def register(peer: Peer, call_id: str, cseq: int, auth: str | None) -> bytes:
     return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
 
 
+SHAPES = {
+    # as many as the 8 KiB header-line limit allows
+    "separators": lambda n: "Digest " + ", " * (n // 2),
+    "no_commas_then_junk": lambda n: "Digest " + "a=b " * (n // 4) + "!",
+}
+
+
 def hostile_authorization(gw: Gateway, rounds: int) -> dict[str, Any]:
     peer = Peer(gw.port)
-    value = "Digest " + ", " * ((8 * 1024 - 40) // 2)
-    times: list[float] = []
-    answers: list[bytes | None] = []
+    out: dict[str, Any] = {}
     try:
-        for n in range(rounds):
-            t0 = time.perf_counter()
-            answers.append(peer.ask(register(peer, f"hostile{n}", n + 1, value), timeout=30))
-            times.append(time.perf_counter() - t0)
-        return {
-            "header_chars": len("Authorization: ") + len(value),
-            "median_answer_ms": round(statistics.median(times) * 1000, 2),
-            "max_answer_ms": round(max(times) * 1000, 2),
-            "answers": tally([a for a in answers if a is not None]),
-            "unanswered": sum(1 for a in answers if a is None),
-        }
+        for name, shape in SHAPES.items():
+            value = shape(8 * 1024 - 40)
+            times: list[float] = []
+            answers: list[bytes | None] = []
+            for n in range(rounds):
+                t0 = time.perf_counter()
+                req = register(peer, f"hostile-{name}-{n}", n + 1, value)
+                answers.append(peer.ask(req, timeout=30))
+                times.append(time.perf_counter() - t0)
+            out[name] = {
+                "header_chars": len("Authorization: ") + len(value),
+                "median_answer_ms": round(statistics.median(times) * 1000, 2),
+                "max_answer_ms": round(max(times) * 1000, 2),
+                "answers": tally([a for a in answers if a is not None]),
+                "unanswered": sum(1 for a in answers if a is None),
+            }
+        return out
     finally:
         peer.close()
 
@@ -205,33 +218,45 @@ def digest(nonce: str, realm: str, password: str, cseq: int) -> str:
     )
 
 
+def challenge_of(data: bytes | None) -> tuple[str, str] | None:
+    """(nonce, realm) of the WWW-Authenticate in ``data``, if any."""
+    value = header(data or b"", "WWW-Authenticate") or ""
+    nonce = re.search(r'nonce="([^"]*)"', value)
+    realm = re.search(r'realm="([^"]*)"', value)
+    return None if nonce is None or realm is None else (nonce.group(1), realm.group(1))
+
+
 def guessing(gw: Gateway, guesses: int) -> dict[str, Any]:
+    """A guesser at one address: each wrong answer goes on the freshest nonce it was given
+    (the first challenge's, or the one a 401 came back with)."""
     peer = Peer(gw.port)
     try:
         first = peer.ask(register(peer, "guess", 1, None))
-        challenge = header(first or b"", "WWW-Authenticate") or ""
-        nonce = re.search(r'nonce="([^"]*)"', challenge)
-        realm = re.search(r'realm="([^"]*)"', challenge)
-        if nonce is None or realm is None:
+        challenge = challenge_of(first)
+        if challenge is None:
             return {"error": f"no challenge: {status_of(first)}"}
+        nonce, realm = challenge
         answers: list[bytes | None] = []
         t0 = time.perf_counter()
         for n in range(guesses):
             wrong = f"{n:08d}" if f"{n:08d}" != PASSWORD else "x"
-            auth = digest(nonce.group(1), realm.group(1), wrong, n + 2)
-            answers.append(peer.ask(register(peer, "guess", n + 2, auth)))
+            answer = peer.ask(register(peer, "guess", n + 2, digest(nonce, realm, wrong, n + 2)))
+            answers.append(answer)
+            fresh = challenge_of(answer)
+            if fresh is not None:
+                nonce, realm = fresh
         elapsed = time.perf_counter() - t0
-        right = peer.ask(
-            register(
-                peer, "guess", guesses + 2, digest(nonce.group(1), realm.group(1), PASSWORD, 99)
-            )
-        )
+        right = peer.ask(register(peer, "guess", guesses + 2, digest(nonce, realm, PASSWORD, 99)))
+        retry_after = [header(a, "Retry-After") for a in answers if a is not None]
         return {
             "guesses": guesses,
             "guesses_per_s": round(guesses / elapsed),
             "answers": tally([a for a in answers if a is not None]),
-            "with_retry_after": sum(1 for a in answers if a and header(a, "Retry-After")),
-            "right_password_on_same_nonce": status_of(right),
+            "with_retry_after": sum(1 for r in retry_after if r),
+            "password_checked": sum(
+                1 for a in answers if status_of(a).startswith("403 Forbidden (wrong")
+            ),
+            "right_password_after_them": status_of(right),
         }
     finally:
         peer.close()
