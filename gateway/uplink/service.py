@@ -233,6 +233,9 @@ class Uplink:
             s = next((x for x in self.sessions.values() if x.link.server_id == user), None)
         if s is None or ctx.peer.host != s.link.peer.host:
             return None
+        if ctx.peer.transport == "tcp":
+            # A connection the upper opened to us: kept when the connection cap makes room.
+            self.endpoint.mark_trusted(ctx.peer)
         return s
 
     def _refused(self, req: Request, ctx: ServerContext, what: str) -> Response:

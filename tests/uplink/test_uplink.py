@@ -206,6 +206,58 @@ async def test_catalog_query_returns_exactly_the_shared_tree(
         assert len(res.raw) == 1  # 43 items in one batch over TCP
 
 
+def upper_query(sn: int, port: int) -> bytes:
+    """A Catalog query from the upper, written as it would send it over TCP."""
+    body = (
+        '<?xml version="1.0" encoding="GB2312"?>\r\n'
+        f"<Query><CmdType>Catalog</CmdType><SN>{sn}</SN><DeviceID>{GW}</DeviceID></Query>\r\n"
+    ).encode()
+    head = (
+        f"MESSAGE sip:{GW}@{GW[:10]} SIP/2.0\r\n"
+        f"Via: SIP/2.0/TCP 127.0.0.1:{port};rport;branch=z9hG4bK-q{sn}\r\n"
+        f"From: <sip:{UP}@{UP[:10]}>;tag=up{sn}\r\n"
+        f"To: <sip:{GW}@{GW[:10]}>\r\n"
+        f"Call-ID: upper-query-{sn}\r\nCSeq: {sn} MESSAGE\r\nMax-Forwards: 70\r\n"
+        f"Content-Type: Application/MANSCDP+xml\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+@pytest.mark.timeout(60)
+async def test_a_connection_the_upper_opened_is_kept_at_the_connection_cap(
+    upper_endpoint, start_gateway
+) -> None:
+    """Issue 13 item 4: idle strangers filling the TCP connection cap are evicted to make room,
+    never a connection an upper opened to the gateway (it is marked trusted once a request over
+    it is known to come from that upper)."""
+    cap = 20
+    p = platform(upper_endpoint)
+    up = upper_config(upper_endpoint, transport="tcp")
+    gw = await gateway_with(start_gateway, up, sip={"max_connections": cap})
+    await online_at(p)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    port = writer.get_extra_info("sockname")[1]
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        writer.write(upper_query(1, port))
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"SIP/2.0 200")
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        for i in range(3 * cap):
+            _, w = await asyncio.open_connection(
+                "127.0.0.1", gw.port, local_addr=(f"127.0.0.{2 + i % 4}", 0)
+            )
+            idle.append(w)
+        await wait_for(
+            lambda: gw.metrics.get("sip.tcp.evicted") >= 2 * cap, 10, "strangers evicted"
+        )
+        writer.write(upper_query(2, port))
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"SIP/2.0 200")
+    finally:
+        writer.close()
+        for w in idle:
+            w.close()
+
+
 async def test_recode_ids_are_valid_in_the_uppers_namespace_and_stable_across_restart(
     tmp_path: Path, upper_endpoint, device_endpoint
 ) -> None:
