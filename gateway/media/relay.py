@@ -35,7 +35,7 @@ import errno
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import structlog
 
@@ -120,6 +120,7 @@ BITRATE_WINDOW = 1.0
 """The bitrate is measured over the last one to two windows."""
 
 Packet = bytes | memoryview
+_T = TypeVar("_T")
 _TRANSIENT = frozenset((errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNREFUSED, errno.ENOBUFS))
 
 
@@ -1071,12 +1072,7 @@ class LocalRelay:
                 sock.close()
                 raise
 
-        try:
-            return self._pool.take(bind)
-        except PortsExhausted:
-            self.metrics.inc("relay.ports_exhausted")
-            log.warning("relay.ports_exhausted", ports=self._pool.size)
-            raise
+        return self._from_pool(bind)
 
     def _take_port(self, transport: Transport, *, receive: bool) -> tuple[int, socket.socket]:
         host = self.host
@@ -1086,6 +1082,9 @@ class LocalRelay:
                 return bind_udp(host, port, receive=receive)
             return bind_tcp(host, port, listen=transport == "tcp-passive")
 
+        return self._from_pool(bind)
+
+    def _from_pool(self, bind: Callable[[int], _T]) -> tuple[int, _T]:
         try:
             return self._pool.take(bind)
         except PortsExhausted:
