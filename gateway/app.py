@@ -48,6 +48,7 @@ def configure_logging(config: Config) -> logs.RateLimit:
         burst=c.burst,
         window=c.window,
         max_chars=c.max_value_chars,
+        exempt=logs.AUDIT if c.unlimited is None else frozenset(c.unlimited),
     )
 
 

@@ -32,6 +32,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = [
+    "AUDIT",
     "Excerpts",
     "RateLimit",
     "active_limiter",
@@ -49,6 +50,21 @@ MAX_ITEMS = 256  # items of a list or dict value shown (the metrics snapshot at 
 MAX_DEPTH = 4  # nesting of list and dict values followed before the rest is cut to an excerpt
 MAX_TRACEBACK_LINES = 60  # the first 40 and the last 20 lines of a rendered exception
 MAX_NAMES = 1024  # event names with a window open at once; more share one window
+AUDIT = frozenset(
+    {
+        # What authenticated parties did: one line each is the operator's history, and a
+        # stranger cannot cause them (a device must pass the digest, an upper its checks).
+        "device.registered",
+        "device.unregistered",
+        "device.offline",
+        "catalog.synced",
+        "uplink.online",
+        "uplink.offline",
+        "invite.answered",
+        "media.leg_ended",
+        "media.output_ended",
+    }
+)
 
 _RANKS = {
     "debug": logging.DEBUG,
@@ -214,12 +230,23 @@ class RateLimit:
     traceback per garbage datagram is the worst flood of all, and each name has its own budget,
     so one noisy event never hides another. Only names with a window open are remembered, at
     most ``max_names`` of them (beyond that the others share one more window): event names are
-    call sites' literals, but nothing a peer sends may make this grow.
+    call sites' literals, but nothing a peer sends may make this grow. Names in ``exempt``
+    (by default :data:`AUDIT`: what authenticated devices and uppers did, the operator's history
+    after an outage's re-registration storm) are never limited.
 
     The chain runs in the event loop's thread; the state has no lock.
     """
 
-    __slots__ = ("_order", "_windows", "burst", "clock", "max_names", "report", "window")
+    __slots__ = (
+        "_order",
+        "_windows",
+        "burst",
+        "clock",
+        "exempt",
+        "max_names",
+        "report",
+        "window",
+    )
 
     def __init__(
         self,
@@ -229,8 +256,10 @@ class RateLimit:
         clock: Callable[[], float] = time.monotonic,
         max_names: int = MAX_NAMES,
         report: Report = _report_to_structlog,
+        exempt: frozenset[str] = AUDIT,
     ) -> None:
         self.burst = burst
+        self.exempt = exempt
         self.window = window
         self.clock = clock
         self.max_names = max_names
@@ -243,6 +272,8 @@ class RateLimit:
         if self._order and self._order[0].end <= now:
             self.roll(now)
         name = event_dict.get("event")
+        if name in self.exempt:
+            return event_dict
         key = name if type(name) is str else _OTHER
         w = self._windows.get(key)
         if w is None:
@@ -325,11 +356,12 @@ def configure(
     burst: int = BURST,
     window: float = WINDOW,
     max_chars: int = MAX_CHARS,
+    exempt: frozenset[str] = AUDIT,
     stream: TextIO | None = None,
 ) -> RateLimit:
     """Configure structlog for this process (the gateway, a relay worker) and return the rate
     limit, whose :meth:`RateLimit.flush` the process calls as it stops."""
-    limiter = RateLimit(burst=burst, window=window)
+    limiter = RateLimit(burst=burst, window=window, exempt=exempt)
     structlog.configure(
         processors=processors(json=json, limiter=limiter, max_chars=max_chars),
         # Below ``level`` a call returns at once, before any processor.

@@ -20,6 +20,7 @@ import structlog
 
 from conformance.peers.device import SimDevice
 from gateway import logs
+from gateway.app import configure_logging
 from gateway.metrics import Metrics
 from gateway.settings import ConfigError, config_from_dict
 from gateway.sip import Endpoint, Peer, TimerConfig
@@ -107,10 +108,35 @@ def test_another_event_is_unaffected_while_one_is_suppressed() -> None:
     for n in range(1_000):
         rig.log.warning("sip.rx.parse_error", n=n)
         if n % 100 == 0:
-            rig.log.info("device.registered", n=n)
+            rig.log.info("message.stray_response", n=n)
     assert len(rig.named("sip.rx.parse_error")) == 5
-    assert [e["n"] for e in rig.named("device.registered")] == [0, 100, 200, 300, 400]
-    assert rig.limiter.pending() == {"sip.rx.parse_error": 995, "device.registered": 5}
+    assert [e["n"] for e in rig.named("message.stray_response")] == [0, 100, 200, 300, 400]
+    assert rig.limiter.pending() == {"sip.rx.parse_error": 995, "message.stray_response": 5}
+
+
+def test_audit_events_are_never_limited() -> None:
+    """A re-registration storm after an outage: every device's line is the operator's
+    history, and only an authenticated device can cause one."""
+    rig = Rig(burst=5, window=10.0)
+    for n in range(2_000):
+        rig.log.info("device.registered", device_id=f"3402000000132{n:07d}")
+        rig.log.warning("sip.rx.parse_error", n=n)
+    assert len(rig.named("device.registered")) == 2_000
+    assert len(rig.named("sip.rx.parse_error")) == 5
+    assert rig.limiter.pending() == {"sip.rx.parse_error": 1_995}
+
+
+def test_the_unlimited_events_are_configured() -> None:
+    saved = structlog.get_config()
+    try:
+        limiter = configure_logging(config_from_dict({}))
+        assert limiter.exempt == logs.AUDIT and "device.registered" in logs.AUDIT
+        limiter = configure_logging(config_from_dict({"log": {"unlimited": ["x.y"]}}))
+        assert limiter.exempt == frozenset(["x.y"])
+        limiter = configure_logging(config_from_dict({"log": {"unlimited": []}}))
+        assert limiter.exempt == frozenset()
+    finally:
+        structlog.configure(**saved)
 
 
 def test_flush_reports_what_is_pending_at_stop() -> None:

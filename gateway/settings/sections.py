@@ -262,6 +262,8 @@ class LogSection(_Section):
     burst: int = Field(20, ge=1, le=100_000)
     window: float = Field(10.0, gt=0, le=3600)
     max_value_chars: int = Field(200, ge=32, le=100_000)
+    # Event names never rate-limited; None: the gateway's audit events (gateway.logs.AUDIT).
+    unlimited: tuple[str, ...] | None = Field(None, max_length=256)
 
 
 class Config(_Section):
