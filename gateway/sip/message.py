@@ -185,7 +185,8 @@ class Message:
         census when it has one (:data:`CENSUS_KEYS`), so no scan of the header list."""
         census: HeaderCensus | None = self._cache.get("census")
         if census is not None and key in CENSUS_KEYS:
-            return census.first.get(key)
+            i = census.first.get(key)
+            return None if i is None else self._items[i][2]
         for k, _, v in self._items:
             if k == key:
                 return v
@@ -430,14 +431,14 @@ def check_addresses(msg: Message) -> None:
     """From and To present and readable, else :class:`ParseError` ("Missing To", "Bad
     From"); the plain form most devices send is matched, not built (:func:`check_name_addr`),
     so a To nobody reads costs no object."""
-    cache = msg._cache
     for key, name in (("from", "From"), ("to", "To")):
-        if key not in cache:
-            value = msg._required(key, name)
-            try:
-                check_name_addr(value)
-            except ParseError as exc:
-                raise ParseError(f"Bad {name}", exc.detail) from None
+        value = msg._first(key)
+        if value is None:
+            raise ParseError(f"Missing {name}")
+        try:
+            check_name_addr(value)
+        except ParseError as exc:
+            raise ParseError(f"Bad {name}", exc.detail) from None
 
 
 def _decode_head(head: bytes) -> str:
@@ -477,14 +478,14 @@ def parse(data: bytes) -> Request | Response:
     msg._items = items
     msg._cache["census"] = census
 
-    length_text = census.first.get("content-length")
-    if length_text is None:
+    at = census.first.get("content-length")
+    if at is None:
         msg.body = data[body_start:]
     else:
         if census.content_lengths > 1:
             # Where the body ends cannot be known (RFC 4475 §3.1.2: mcl01).
             raise ParseError("Duplicate Content-Length", "header given twice")
-        length = content_length(length_text)
+        length = content_length(items[at][2])
         if body_start + length > MAX_MESSAGE_SIZE:
             raise ParseError(
                 "Message Too Large", f"{body_start + length} bytes declared", status=513
@@ -500,41 +501,41 @@ class HeaderCensus(NamedTuple):
     (:func:`check_single_values`) and the typed accessors need no scan of their own: the first
     header that may appear once and appears again (its key), how many Via header lines and
     whether one holds several values, whether there is a Require, how many Content-Lengths,
-    and the first value of each header in :data:`CENSUS_KEYS`. Kept in the message's cache,
-    so any change to the headers drops it."""
+    and where in the list the first header of each key in :data:`CENSUS_KEYS` is. Kept in the
+    message's cache, so any change to the headers drops it."""
 
     duplicate: str | None
     vias: int
     via_list: bool
     require: bool
     content_lengths: int
-    first: dict[str, str]
+    first: dict[str, int]
 
 
-# The headers whose first value the census keeps: the single-valued ones, and Via.
+# The headers whose first place the census keeps: the single-valued ones, and Via.
 CENSUS_KEYS = frozenset([*SINGLE_VALUED, "via"])
 _EMPTY_CENSUS = HeaderCensus(None, 0, False, False, 0, {})
 
 
-def header_census(items: Iterable[tuple[str, str, str]]) -> HeaderCensus:
+def header_census(items: list[tuple[str, str, str]]) -> HeaderCensus:
     """The census of a header list (for a message not built by :func:`parse`)."""
-    first: dict[str, str] = {}
+    first: dict[str, int] = {}
     duplicate: str | None = None
     vias = content_lengths = 0
     via_list = require = False
-    for key, _, value in items:
+    for i, (key, _, value) in enumerate(items):
         if key in CENSUS_KEYS:
             if key == "via":
                 vias += 1
                 via_list = via_list or "," in value
-                first.setdefault(key, value)
+                first.setdefault(key, i)
                 continue
             if key == "content-length":
                 content_lengths += 1
             if key in first:
                 duplicate = duplicate or key
             else:
-                first[key] = value
+                first[key] = i
         elif key == "require":
             require = True
     return HeaderCensus(duplicate, vias, via_list, require, content_lengths, first)
@@ -566,7 +567,7 @@ def content_length(text: str) -> int:
 
 def _headers(text: str) -> tuple[list[tuple[str, str, str]], HeaderCensus]:
     """The header lines after the start line, folded lines joined, names checked; and their
-    census (:class:`HeaderCensus`), taken once the list is built."""
+    census (:class:`HeaderCensus`), taken on the way."""
     if "\r" in text:
         text = text.replace("\r\n", "\n")
     lines = text.split("\n")
@@ -579,6 +580,11 @@ def _headers(text: str) -> tuple[list[tuple[str, str, str]], HeaderCensus]:
     # would copy the value again for every line (quadratic in the header's length).
     folded: list[str] | None = None
     folded_len = 0
+    census_keys = CENSUS_KEYS
+    first: dict[str, int] = {}
+    duplicate: str | None = None
+    vias = content_lengths = 0
+    via_list = require = False
     for line in lines[1:]:
         if not line:
             continue
@@ -598,7 +604,10 @@ def _headers(text: str) -> tuple[list[tuple[str, str, str]], HeaderCensus]:
                 raise ParseError("Header Too Long", f"folded {name[:40]}")
             continue
         if folded is not None:
-            items[-1] = (items[-1][0], name, " ".join(folded).strip())
+            last = items[-1][0]
+            joined = " ".join(folded).strip()
+            items[-1] = (last, name, joined)
+            via_list = via_list or (last == "via" and "," in joined)
             folded = None
         name, colon, rest = line.partition(":")
         if not colon:
@@ -610,12 +619,29 @@ def _headers(text: str) -> tuple[list[tuple[str, str, str]], HeaderCensus]:
                 raise ParseError("Bad Header", f"bad header name {name[:40]!r}")
             key = header_key(name)
         value = rest.strip()
+        if key in census_keys:
+            if key == "via":
+                vias += 1
+                via_list = via_list or "," in value
+                if vias == 1:
+                    first[key] = len(items)
+            elif key in first:
+                duplicate = duplicate or key
+                content_lengths += key == "content-length"
+            else:
+                first[key] = len(items)
+                content_lengths += key == "content-length"
+        elif key == "require":
+            require = True
         append((key, name, value))
     if folded is not None:
-        items[-1] = (items[-1][0], name, " ".join(folded).strip())
+        last = items[-1][0]
+        joined = " ".join(folded).strip()
+        items[-1] = (last, name, joined)
+        via_list = via_list or (last == "via" and "," in joined)
     if len(items) > MAX_HEADERS:
         raise ParseError("Too Many Headers", f"more than {MAX_HEADERS}")
-    return items, header_census(items)
+    return items, HeaderCensus(duplicate, vias, via_list, require, content_lengths, first)
 
 
 _URI_FORBIDDEN = frozenset('<>"\\{}|^`\t')
