@@ -359,8 +359,8 @@ class SipCore:
         """The core itself failed on a request it keeps a transaction for: answer it (400 for
         a :class:`ParseError`, else 500) so the transaction ends on its timers; should even
         that fail, forget the transaction rather than keep it unanswered."""
-        self.counters.inc("sip.rx.internal_error")
-        log.error("sip.rx.internal_error", peer=str(peer), method=req.method[:20], exc_info=exc)
+        self.counters.inc("sip.rx.backstop")
+        log.error("sip.rx.backstop", peer=str(peer), method=req.method[:20], exc_info=exc)
         try:
             if txn.state in ("trying", "proceeding"):
                 if isinstance(exc, ParseError):

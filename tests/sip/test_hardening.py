@@ -86,6 +86,55 @@ def test_requests_missing_a_header_get_400_naming_it_and_leave_nothing(
     assert rig.metrics.get("sip.rx.bad_request") == count
 
 
+@pytest.mark.timeout(120, method="signal")
+@pytest.mark.parametrize("method", ["OPTIONS", "INVITE"])
+def test_a_require_that_cannot_be_split_gets_400_and_leaves_nothing(method: str) -> None:
+    """A Require of a comma and an unterminated quote raised out of the core after the
+    server transaction was stored (for an INVITE, after its 100 Trying too): each such
+    request kept a transaction that was never answered. It is now refused before any."""
+    rig = Rig()
+    count = 1_000
+    answers = []
+    for n in range(count):
+        answers.append(rig.feed(raw(method, n, extra='Require: foo, "bar\r\n')))
+    assert {tuple((r.status, r.reason) for r in got) for got in answers} == {
+        ((400, "Bad Require"),)
+    }
+    assert dict(rig.core.server_transactions) == {}
+    assert rig.core._invites == {}
+    assert rig.clock.pending() == []
+    assert rig.user.seen == []
+    assert rig.metrics.get("sip.rx.bad_request") == count
+    assert rig.metrics.get("sip.rx.internal_error") == 0
+
+
+def test_a_require_is_listed_back_as_unsupported() -> None:
+    rig = Rig()
+    resp = rig.final(raw("OPTIONS", extra='Require: foo, "a,b" \r\nRequire: bar\r\n'))
+    assert (resp.status, resp.get_header("Unsupported")) == (420, 'foo, "a,b", bar')
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "INVITE"])
+def test_whatever_fails_in_the_core_after_a_transaction_is_kept_is_answered(
+    method: str,
+) -> None:
+    """The backstop: a failure inside the core once a transaction is stored (here the
+    Request-URI check raising) is answered in that transaction, 500, and nothing escapes."""
+    rig = Rig()
+
+    def broken(uri: object) -> bool:
+        raise RuntimeError("boom")
+
+    rig.core.serves = broken
+    resp = rig.final(raw(method, 1))
+    assert (resp.status, resp.reason) == (500, "Server Internal Error")
+    assert [t.state for t in rig.core.server_transactions.values()] == ["completed"]
+    assert rig.metrics.get("sip.rx.internal_error") == 0
+    assert rig.metrics.get("sip.rx.backstop") == 1
+    rig.clock.advance(64 * 0.5 + 1)
+    assert dict(rig.core.server_transactions) == {} and rig.core._invites == {}
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
