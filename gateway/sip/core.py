@@ -13,8 +13,9 @@ The rules, on the server side: RFC 3261 §17.2.3 matching (and the pre-3261 fall
 retransmission is absorbed and the last response resent; the ACK for a 2xx matched to its INVITE
 by Call-ID and CSeq number (§13.2.2.4, RFC 6026); CANCEL per §9.2; ``received``/``rport``
 stamped on the top Via (RFC 3581 §4); a request checked before any transaction state is kept
-for it (Via, From, To, Call-ID, CSeq matching the method, Max-Forwards: present, well formed and
-not given twice, §8.2.2, §16.3) and else answered 400 naming the header, statelessly (505 for
+for it (Via, From, To, Call-ID, CSeq matching the method, Max-Forwards except on an ACK, a
+Require list: present, well formed and not given twice, §8.2.2, §16.3) and else answered 400
+naming the header, statelessly (505 for
 another SIP version, 513 for a message too large; an ACK is never answered); 100 Trying for an
 INVITE (§17.2.1); 405 with Allow (§8.2.1); 416 for a Request-URI scheme other than sip/sips and
 404 for a Request-URI not served (§8.2.2.1); 420 with Unsupported for a Require (§8.2.2.3: the
@@ -41,6 +42,7 @@ from gateway.sip.headers import CSeq, split_commas
 from gateway.sip.message import (
     Request,
     Response,
+    check_addresses,
     check_single_values,
     make_response,
     parse,
@@ -293,6 +295,20 @@ class SipCore:
         )
         txn.key = key
         self._server_txns[key] = txn
+        try:
+            self._serve(txn, req, peer, cseq, require)
+        except Exception as exc:
+            # Backstop: a transaction is kept from here on, so it is answered whatever
+            # happens (400 for what could not be read, else 500) and nothing reaches receive.
+            self._backstop(txn, req, peer, exc)
+
+    def _serve(
+        self, txn: ServerTransaction, req: Request, peer: Peer, cseq: CSeq, require: list[str]
+    ) -> None:
+        """A new request in its new server transaction: the core's own answers, else the
+        user's."""
+        counters = self.counters
+        method = req.method
         if method == "INVITE":
             txn.ack_key = (req.call_id, cseq.seq)
             self._invites[txn.ack_key] = txn
@@ -317,15 +333,14 @@ class SipCore:
                 served = False
             if not served:
                 counters.inc("sip.rx.not_served")
-                log.info("sip.rx.not_served", peer=str(peer), method=method, uri=req.uri)
+                log.info("sip.rx.not_served", peer=str(peer), method=method, uri=req.uri[:120])
                 self.reply(txn, req, 404, "Not Found (no such user here)")
                 return
         if require:
-            required = req.get_headers("Require")
             # RFC 3261 §8.2.2.3: the core implements no extension, so every option named is
             # unsupported (and listed back).
             counters.inc("sip.rx.bad_extension")
-            options = ", ".join(o for v in required for o in split_commas(v))
+            options = ", ".join(require)
             log.info("sip.rx.bad_extension", peer=str(peer), method=method, require=options[:80])
             self.reply(txn, req, 420, "Bad Extension", [("Unsupported", options[:1000])])
             return
@@ -339,6 +354,23 @@ class SipCore:
             # rather than keep the transaction forever.
             delay = self.timers.timeout if method != "INVITE" else self.invite_timeout
             self.scheduler.call_later(delay, self._unanswered, txn, req, peer)
+
+    def _backstop(self, txn: ServerTransaction, req: Request, peer: Peer, exc: Exception) -> None:
+        """The core itself failed on a request it keeps a transaction for: answer it (400 for
+        a :class:`ParseError`, else 500) so the transaction ends on its timers; should even
+        that fail, forget the transaction rather than keep it unanswered."""
+        self.counters.inc("sip.rx.backstop")
+        log.error("sip.rx.backstop", peer=str(peer), method=req.method[:20], exc_info=exc)
+        try:
+            if txn.state in ("trying", "proceeding"):
+                if isinstance(exc, ParseError):
+                    self.reply(txn, req, 400, exc.reason, _warning(exc))
+                else:
+                    self.reply(txn, req, 500, "Server Internal Error")
+        except Exception:
+            log.debug("sip.backstop_failed", peer=str(peer))
+        if txn.state in ("trying", "proceeding"):
+            self._server_done(txn)
 
     def _unanswered(self, txn: ServerTransaction, req: Request, peer: Peer) -> None:
         if txn.state in ("trying", "proceeding"):
@@ -448,26 +480,36 @@ class SipCore:
         return len(waiting)
 
 
-def check_request(req: Request) -> tuple[CSeq, bool]:
+def check_request(req: Request) -> tuple[CSeq, list[str]]:
     """The checks a request passes before the core keeps anything for it (RFC 3261 §8.2.2,
     §16.3): no header given twice that may appear once, a top Via, From and To that parse, a
-    Call-ID that is one, a CSeq whose method is the request's, and a Max-Forwards of 1*DIGIT.
-    Raises :class:`ParseError` naming the header. A Via of several values is checked whole
-    (RFC 4475 §3.1.2.1: empty values are an error). Returns the CSeq, and whether the request
-    has a Require header."""
+    Call-ID that is one, a CSeq whose method is the request's, a Max-Forwards of 1*DIGIT, and
+    a Require list that splits. Raises :class:`ParseError` naming the header. A Via of several
+    values is checked whole (RFC 4475 §3.1.2.1: empty values are an error). An ACK needs only
+    what matching it needs: no Max-Forwards (dropping an ACK for want of one would leave its
+    INVITE's 2xx retransmitted to the end, §13.3.1.4). Returns the CSeq, and the options of
+    the Require headers (``[]`` without one)."""
     census = check_single_values(req)
     if not census.vias:
         raise ParseError("Missing Via")
     _ = req.top_via
     if census.vias > 1 or census.via_list:
         _ = req.vias
-    _ = req.from_, req.to, req.call_id
+    check_addresses(req)
+    _ = req.call_id
     cseq = req.cseq
-    if cseq.method != req.method:
-        raise ParseError("CSeq Method Mismatch", f"{cseq.method[:20]} != {req.method[:20]}")
-    if req.max_forwards is None:
+    method = req.method
+    if cseq.method != method:
+        raise ParseError("CSeq Method Mismatch", f"{cseq.method[:20]} != {method[:20]}")
+    if method != "ACK" and req.max_forwards is None:
         raise ParseError("Missing Max-Forwards")
-    return cseq, census.require
+    if not census.require:
+        return cseq, []
+    try:
+        options = [o for v in req.get_headers("Require") for o in split_commas(v)]
+    except ParseError as exc:
+        raise ParseError("Bad Require", exc.detail) from None
+    return cseq, options
 
 
 def _warning(exc: ParseError) -> list[tuple[str, str]]:

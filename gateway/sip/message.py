@@ -34,7 +34,14 @@ from gateway.sip.headers import (
     parse_via,
     split_commas,
 )
-from gateway.sip.uri import NameAddr, SipUri, digits_value, parse_name_addr, parse_uri
+from gateway.sip.uri import (
+    NameAddr,
+    SipUri,
+    check_name_addr,
+    digits_value,
+    parse_name_addr,
+    parse_uri,
+)
 
 # Over TCP a catalog answer may carry hundreds of items per MESSAGE (GB/T 28181-2022 Annex M
 # allows up to 10,000 records); UDP datagrams cannot exceed 64 KiB anyway.
@@ -169,11 +176,24 @@ class Message:
         else:
             raise ParseError("Missing Via")
         self._cache.pop("via", None)
+        self._cache.pop("census", None)
         self._cache["topvia"] = via
 
     # -- typed access, parsed once ------------------------------------------------------
-    def _required(self, name: str) -> str:
-        value = self.get_header(name)
+    def _first(self, key: str) -> str | None:
+        """The first value of a header by its key (lower-case full name); from the parser's
+        census when it has one (:data:`CENSUS_KEYS`), so no scan of the header list."""
+        census: HeaderCensus | None = self._cache.get("census")
+        if census is not None and key in CENSUS_KEYS:
+            i = census.first.get(key)
+            return None if i is None else self._items[i][2]
+        for k, _, v in self._items:
+            if k == key:
+                return v
+        return None
+
+    def _required(self, key: str, name: str) -> str:
+        value = self._first(key)
         if value is None:
             raise ParseError(f"Missing {name}")
         return value
@@ -192,7 +212,7 @@ class Message:
         got = self._cache.get("topvia")
         if got is not None:
             return got  # type: ignore[no-any-return]
-        raw = self._required("Via")
+        raw = self._required("via", "Via")
         comma = raw.find(",")
         got = self._cache["topvia"] = parse_via(raw if comma < 0 else split_commas(raw)[0])
         return got
@@ -202,7 +222,7 @@ class Message:
         got = self._cache.get("from")
         if got is not None:
             return got  # type: ignore[no-any-return]
-        got = self._cache["from"] = _name_addr(self._required("From"), "Bad From")
+        got = self._cache["from"] = _name_addr(self._required("from", "From"), "Bad From")
         return got
 
     @property
@@ -210,7 +230,7 @@ class Message:
         got = self._cache.get("to")
         if got is not None:
             return got  # type: ignore[no-any-return]
-        got = self._cache["to"] = _name_addr(self._required("To"), "Bad To")
+        got = self._cache["to"] = _name_addr(self._required("to", "To"), "Bad To")
         return got
 
     @property
@@ -220,7 +240,7 @@ class Message:
         got = self._cache.get("call-id")
         if got is not None:
             return got  # type: ignore[no-any-return]
-        value = self._required("Call-ID").strip()
+        value = self._required("call-id", "Call-ID").strip()
         if not value:
             raise ParseError("Bad Call-ID", "empty")
         if not (value.isascii() and value.isprintable()) or " " in value:
@@ -233,7 +253,7 @@ class Message:
         got = self._cache.get("cseq")
         if got is not None:
             return got  # type: ignore[no-any-return]
-        got = self._cache["cseq"] = parse_cseq(self._required("CSeq"))
+        got = self._cache["cseq"] = parse_cseq(self._required("cseq", "CSeq"))
         return got
 
     @property
@@ -258,7 +278,7 @@ class Message:
 
     @property
     def expires(self) -> int | None:
-        value = self.get_header("Expires")
+        value = self._first("expires")
         if value is None:
             return None
         # delta-seconds: 1*DIGIT, at most 2**32-1 (RFC 3261 §20.19, §25.1).
@@ -269,12 +289,12 @@ class Message:
 
     @property
     def content_type(self) -> str | None:
-        value = self.get_header("Content-Type")
+        value = self._first("content-type")
         return value.strip().lower() if value is not None else None
 
     @property
     def max_forwards(self) -> int | None:
-        value = self.get_header("Max-Forwards")
+        value = self._first("max-forwards")
         if value is None:
             return None
         # 1*DIGIT, 0-255 (RFC 3261 §20.22; leading zeros allowed, as in RFC 4475 §3.1.1.1).
@@ -407,6 +427,20 @@ def _name_addr(value: str, reason: str) -> NameAddr:
         raise ParseError(reason, exc.detail) from None
 
 
+def check_addresses(msg: Message) -> None:
+    """From and To present and readable, else :class:`ParseError` ("Missing To", "Bad
+    From"); the plain form most devices send is matched, not built (:func:`check_name_addr`),
+    so a To nobody reads costs no object."""
+    for key, name in (("from", "From"), ("to", "To")):
+        value = msg._first(key)
+        if value is None:
+            raise ParseError(f"Missing {name}")
+        try:
+            check_name_addr(value)
+        except ParseError as exc:
+            raise ParseError(f"Bad {name}", exc.detail) from None
+
+
 def _decode_head(head: bytes) -> str:
     try:
         return head.decode("utf-8")
@@ -439,18 +473,19 @@ def parse(data: bytes) -> Request | Response:
     first = (text if nl < 0 else text[:nl]).rstrip("\r")
     if len(first) > MAX_HEADER_LINE:
         raise ParseError("Start Line Too Long")
-    items = _headers(text) if nl >= 0 else []
+    items, census = _headers(text) if nl >= 0 else ([], _EMPTY_CENSUS)
     msg = _start_line(first)
     msg._items = items
+    msg._cache["census"] = census
 
-    lengths = [value for key, _, value in items if key == "content-length"]
-    if not lengths:
+    at = census.first.get("content-length")
+    if at is None:
         msg.body = data[body_start:]
     else:
-        if len(lengths) > 1:
+        if census.content_lengths > 1:
             # Where the body ends cannot be known (RFC 4475 §3.1.2: mcl01).
             raise ParseError("Duplicate Content-Length", "header given twice")
-        length = content_length(lengths[0])
+        length = content_length(items[at][2])
         if body_start + length > MAX_MESSAGE_SIZE:
             raise ParseError(
                 "Message Too Large", f"{body_start + length} bytes declared", status=513
@@ -462,31 +497,59 @@ def parse(data: bytes) -> Request | Response:
 
 
 class HeaderCensus(NamedTuple):
-    """What :func:`check_single_values` saw on its way: how many Via header lines, whether one
-    holds several values, whether there is a Require."""
+    """What the parser saw of a header list while building it, so that the core's checks
+    (:func:`check_single_values`) and the typed accessors need no scan of their own: the first
+    header that may appear once and appears again (its key), how many Via header lines and
+    whether one holds several values, whether there is a Require, how many Content-Lengths,
+    and where in the list the first header of each key in :data:`CENSUS_KEYS` is. Kept in the
+    message's cache, so any change to the headers drops it."""
 
+    duplicate: str | None
     vias: int
     via_list: bool
     require: bool
+    content_lengths: int
+    first: dict[str, int]
+
+
+# The headers whose first place the census keeps: the single-valued ones, and Via.
+CENSUS_KEYS = frozenset([*SINGLE_VALUED, "via"])
+_EMPTY_CENSUS = HeaderCensus(None, 0, False, False, 0, {})
+
+
+def header_census(items: list[tuple[str, str, str]]) -> HeaderCensus:
+    """The census of a header list (for a message not built by :func:`parse`)."""
+    first: dict[str, int] = {}
+    duplicate: str | None = None
+    vias = content_lengths = 0
+    via_list = require = False
+    for i, (key, _, value) in enumerate(items):
+        if key in CENSUS_KEYS:
+            if key == "via":
+                vias += 1
+                via_list = via_list or "," in value
+                first.setdefault(key, i)
+                continue
+            if key == "content-length":
+                content_lengths += 1
+            if key in first:
+                duplicate = duplicate or key
+            else:
+                first[key] = i
+        elif key == "require":
+            require = True
+    return HeaderCensus(duplicate, vias, via_list, require, content_lengths, first)
 
 
 def check_single_values(msg: Message) -> HeaderCensus:
     """Raise :class:`ParseError` naming a header that may appear once (:data:`SINGLE_VALUED`)
-    and appears twice; else count, in the same pass, what the core asks next."""
-    seen: set[str] = set()
-    vias = 0
-    via_list = require = False
-    for key, _, value in msg._items:
-        if key in SINGLE_VALUED:
-            if key in seen:
-                raise ParseError(f"Duplicate {SINGLE_VALUED[key]}", "header given twice")
-            seen.add(key)
-        elif key == "via":
-            vias += 1
-            via_list = via_list or "," in value
-        elif key == "require":
-            require = True
-    return HeaderCensus(vias, via_list, require)
+    and appears twice; else return the census (the parser's, or one taken now)."""
+    census: HeaderCensus | None = msg._cache.get("census")
+    if census is None:
+        census = msg._cache["census"] = header_census(msg._items)
+    if census.duplicate is not None:
+        raise ParseError(f"Duplicate {SINGLE_VALUED[census.duplicate]}", "header given twice")
+    return census
 
 
 def content_length(text: str) -> int:
@@ -502,8 +565,9 @@ def content_length(text: str) -> int:
     return value
 
 
-def _headers(text: str) -> list[tuple[str, str, str]]:
-    """The header lines after the start line, folded lines joined, names checked."""
+def _headers(text: str) -> tuple[list[tuple[str, str, str]], HeaderCensus]:
+    """The header lines after the start line, folded lines joined, names checked; and their
+    census (:class:`HeaderCensus`), taken on the way."""
     if "\r" in text:
         text = text.replace("\r\n", "\n")
     lines = text.split("\n")
@@ -516,6 +580,11 @@ def _headers(text: str) -> list[tuple[str, str, str]]:
     # would copy the value again for every line (quadratic in the header's length).
     folded: list[str] | None = None
     folded_len = 0
+    census_keys = CENSUS_KEYS
+    first: dict[str, int] = {}
+    duplicate: str | None = None
+    vias = content_lengths = 0
+    via_list = require = False
     for line in lines[1:]:
         if not line:
             continue
@@ -535,7 +604,10 @@ def _headers(text: str) -> list[tuple[str, str, str]]:
                 raise ParseError("Header Too Long", f"folded {name[:40]}")
             continue
         if folded is not None:
-            items[-1] = (items[-1][0], name, " ".join(folded).strip())
+            last = items[-1][0]
+            joined = " ".join(folded).strip()
+            items[-1] = (last, name, joined)
+            via_list = via_list or (last == "via" and "," in joined)
             folded = None
         name, colon, rest = line.partition(":")
         if not colon:
@@ -547,12 +619,29 @@ def _headers(text: str) -> list[tuple[str, str, str]]:
                 raise ParseError("Bad Header", f"bad header name {name[:40]!r}")
             key = header_key(name)
         value = rest.strip()
+        if key in census_keys:
+            if key == "via":
+                vias += 1
+                via_list = via_list or "," in value
+                if vias == 1:
+                    first[key] = len(items)
+            elif key in first:
+                duplicate = duplicate or key
+                content_lengths += key == "content-length"
+            else:
+                first[key] = len(items)
+                content_lengths += key == "content-length"
+        elif key == "require":
+            require = True
         append((key, name, value))
     if folded is not None:
-        items[-1] = (items[-1][0], name, " ".join(folded).strip())
+        last = items[-1][0]
+        joined = " ".join(folded).strip()
+        items[-1] = (last, name, joined)
+        via_list = via_list or (last == "via" and "," in joined)
     if len(items) > MAX_HEADERS:
         raise ParseError("Too Many Headers", f"more than {MAX_HEADERS}")
-    return items
+    return items, HeaderCensus(duplicate, vias, via_list, require, content_lengths, first)
 
 
 _URI_FORBIDDEN = frozenset('<>"\\{}|^`\t')

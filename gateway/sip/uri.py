@@ -236,6 +236,18 @@ _PLAIN_NAME_ADDR = re.compile(
 )
 
 
+def check_name_addr(text: str) -> None:
+    """Raise :class:`ParseError` where :func:`parse_name_addr` would, building nothing for the
+    plain form (``<sip:user@host[:port]>`` with no parameter but a tag): a check that a From or
+    To can be read, for one that may never be read."""
+    m = _PLAIN_NAME_ADDR.match(text.strip())
+    if m is not None and (m.group(5) is not None or not m.group(6)):
+        port_text = m.group(4)
+        if port_text is None or int(port_text) <= 65535:
+            return
+    parse_name_addr(text)
+
+
 def parse_name_addr(text: str) -> NameAddr:
     """Parse ``"Name" <sip:...>;tag=x``, ``<sip:...>;tag=x`` or the bare ``sip:...;tag=x`` form.
 

@@ -324,6 +324,23 @@ def test_the_ack_for_a_2xx_stops_its_retransmissions() -> None:
     assert p.user.methods == ["INVITE", "ACK"]  # and the user hears of it
 
 
+def test_an_ack_without_max_forwards_still_stops_the_2xx_retransmissions() -> None:
+    """An ACK needs only what matching it needs: one without Max-Forwards was dropped as a
+    bad request, and the 2xx went on being resent until timer L."""
+    p = Pair(methods=("INVITE", "ACK"))
+    p.user.answer = ok()
+    p.send(request("INVITE", call_id="ackmf", cseq="7 INVITE"))
+    p.clock.advance(1.0)
+    assert len([s for s in p.to(UAC) if s.status == 200]) >= 2
+    p.inject(request("ACK", call_id="ackmf", cseq="7 ACK", extra=()).to_bytes())
+    p.clock.advance(LATENCY)
+    before = len(p.to(UAC))
+    p.clock.advance(T.timeout)
+    assert len(p.to(UAC)) == before
+    assert p.user.methods == ["INVITE", "ACK"]
+    assert p.uas_metrics.get("sip.rx.bad_ack_dropped") == 0
+
+
 def test_without_the_ack_the_2xx_is_resent_until_timer_l() -> None:
     p = Pair()
     p.user.answer = ok()
