@@ -90,6 +90,8 @@ class Gateway:
             tcp_message_timeout=sip.tcp_message_timeout,
             max_connections_per_ip=sip.max_connections_per_ip,
             max_connections=sip.max_connections,
+            tcp_buffer_budget=sip.tcp_buffer_budget,
+            tcp_min_body_rate=sip.tcp_min_body_rate,
             fd_reserve=config.media.port_max - config.media.port_min + 1,
         )
         self.catalog = Catalog(

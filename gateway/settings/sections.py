@@ -68,8 +68,15 @@ class SipSection(_Section):
     # Once a message's first byte arrives on TCP, the whole message must follow within this.
     tcp_message_timeout: float = Field(30.0, gt=0, le=600)
     max_connections_per_ip: int = Field(1000, ge=1)
-    # TCP connections in all; 0: the descriptor limit less the media ports and a reserve.
+    # TCP connections in all; 0: the descriptor limit less the media ports and a reserve,
+    # at most 20,000.
     max_connections: int = Field(0, ge=0)
+    # Bytes of incomplete TCP messages all connections may hold together; at least one
+    # message of the largest size (1 MiB).
+    tcp_buffer_budget: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+    # A TCP message's body may go on past tcp_message_timeout while the message averages this
+    # many bytes per second from its first byte; 0: the whole message within the timeout.
+    tcp_min_body_rate: float = Field(2000.0, ge=0)
 
 
 class DevicePassword(_Section):

@@ -460,24 +460,50 @@ class SipCore:
             raise TransportError(f"cannot send {req.method} to {peer}")
         return txn
 
-    def unreachable(self, *peers: Peer) -> int:
-        """The network says ``peers`` cannot be reached (ICMP errors, RFC 3261 §18.4): every
-        client transaction to them still waiting for a final response fails now (§17.1.4, its
-        TU sees a transport error) instead of at timer B/F. One pass over the transactions
-        however many addresses. Returns how many failed."""
-        gone = set(peers)
-        waiting = [
-            txn
-            for txn in self._client_txns.values()
-            if isinstance(txn.send, _ClientSender)
-            and txn.send.peer in gone
-            and txn.state in ("calling", "trying", "proceeding")
-        ]
-        for txn in waiting:
-            txn.transport_error()
-        if waiting:
-            self.counters.inc("sip.tx.unreachable", len(waiting))
-        return len(waiting)
+    def unreachable(self, peer: Peer, quoted: bytes) -> int:
+        """An ICMP error says a datagram to ``peer`` could not be delivered (RFC 3261 §18.4);
+        ``quoted`` is what the error quotes of that datagram's payload. The client transaction
+        whose request it was, if still waiting for a final response, fails now (§17.1.4, its TU
+        sees a transport error) instead of at timer B/F.
+
+        Anyone can send an ICMP error naming our address and ``peer``'s, so the error counts
+        only for the transaction it names: the quote must hold the request line's method and a
+        whole Via branch (``z9hG4bK…`` followed by a delimiter, §8.1.1.7) of a transaction to
+        ``peer``, something a blind forger cannot guess. A quote too short for that (RFC 792
+        asks for no more than 8 bytes of the datagram, here the UDP header) fails nothing:
+        timer B/F decides. A response's quote names no client transaction. Looked up by key,
+        a few branches per quote at most. Returns how many failed (0 or 1)."""
+        space = quoted.find(b" ", 0, 32)
+        if space <= 0 or quoted.startswith(b"SIP/"):
+            return 0
+        try:
+            method = quoted[:space].decode("ascii")
+        except UnicodeDecodeError:
+            return 0
+        cookie = MAGIC_COOKIE.encode()
+        punctuation = b"-.!%*_+`'~"
+        size = len(quoted)
+        start = quoted.find(cookie)
+        for _ in range(4):  # the top Via's branch comes first; a forged quote gets no more
+            if start < 0:
+                return 0
+            end = start + len(cookie)
+            while end < size and (quoted[end : end + 1].isalnum() or quoted[end] in punctuation):
+                end += 1
+            if end == size:  # cut off by the end of the quote: maybe not the whole branch
+                return 0
+            txn = self._client_txns.get((quoted[start:end].decode("ascii"), method))
+            if (
+                txn is not None
+                and isinstance(txn.send, _ClientSender)
+                and txn.send.peer == peer
+                and txn.state in ("calling", "trying", "proceeding")
+            ):
+                txn.transport_error()
+                self.counters.inc("sip.tx.unreachable")
+                return 1
+            start = quoted.find(cookie, end)
+        return 0
 
 
 def check_request(req: Request) -> tuple[CSeq, list[str]]:

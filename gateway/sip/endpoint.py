@@ -33,7 +33,13 @@ from gateway.sip.errors import TransactionTimeout, TransportError
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.timers import TimerQueues
 from gateway.sip.transaction import ClientTransaction, ServerTransaction, TimerConfig
-from gateway.sip.transport import Peer, Transports, local_address_for
+from gateway.sip.transport import (
+    TCP_BUFFER_BUDGET,
+    TCP_MIN_BODY_RATE,
+    Peer,
+    Transports,
+    local_address_for,
+)
 from gateway.sip.uri import SipUri
 
 log = structlog.get_logger("gateway.sip.endpoint")
@@ -87,6 +93,8 @@ class Endpoint:
         max_connections_per_ip: int = 1000,
         max_connections: int = 0,
         fd_reserve: int = 0,
+        tcp_buffer_budget: int = TCP_BUFFER_BUDGET,
+        tcp_min_body_rate: float = TCP_MIN_BODY_RATE,
     ) -> None:
         self.metrics = metrics
         self.advertised_host = advertised_host
@@ -101,6 +109,8 @@ class Endpoint:
             max_connections_per_ip=max_connections_per_ip,
             max_connections=max_connections,
             fd_reserve=fd_reserve,
+            tcp_buffer_budget=tcp_buffer_budget,
+            tcp_min_body_rate=tcp_min_body_rate,
         )
         self._timers = TimerQueues()
         self.core = SipCore(

@@ -67,6 +67,12 @@ class StreamFramer:
         buf = self._buf
         return bool(buf) and buf[0] not in (13, 10)
 
+    @property
+    def reading_body(self) -> bool:
+        """The header block of the message now arriving has been read (its Content-Length is
+        known): what is still to come is its body."""
+        return self._total > 0
+
     def feed(self, data: bytes) -> list[bytes | Ping | Refused]:
         """Add bytes; return every message (and ping) now complete, in order, ending with a
         :class:`Refused` when the stream broke (over the size limit, a bad or a second

@@ -6,21 +6,32 @@ by peer address so a request to a device that registered over TCP travels on its
 A connection's loss is reported so the registrar can mark the device behind it offline.
 
 What a stranger can hold is bounded: connections per remote IP, connections in all (below the
-descriptor limit, which :meth:`Transports.start` raises to the hard limit), a deadline for a
-whole message once its first byte has arrived (a slow sender cannot keep a connection by
-trickling bytes), and an idle timeout. When the cap is reached, the untrusted connection idle
-longest makes room; connections the gateway opened, and those a device registered over
-(:meth:`Transports.mark_trusted`), are never evicted.
+descriptor limit, which :meth:`Transports.start` raises to the hard limit, and by default at
+most :data:`DERIVED_CAP_MAX`), the bytes all connections' framers hold together (a budget), a
+deadline for a message's header block once its first byte has arrived (a slow sender cannot
+keep a connection by trickling bytes), a floor on the rate its body then arrives at, and an
+idle timeout. When the cap is reached, the untrusted connection idle longest makes room; when
+the budget is exceeded, the untrusted connection holding the most bytes is closed; connections
+the gateway opened, and those a device registered over (:meth:`Transports.mark_trusted`), are
+never evicted.
+
+A listener that raises does not reach the loop: the error is logged (``sip.rx.internal_error``)
+and counted, and the next datagram or message is handed over as usual.
 
 RFC 3261 §18.4: an ICMP error (port, host or network unreachable; parameter problem) for a
-datagram we sent is reported at once, so the client transactions to that address fail now
-rather than at timer B/F. Linux reports ICMP errors on an unconnected UDP socket only with
-``IP_RECVERR``, which queues them on the socket's error queue (read with ``MSG_ERRQUEUE``; the
-address is the datagram's destination). That queue must be drained by us: under uvloop, libuv's
-UDP handle reads it itself and passes the errno with the wrong sign (a crash), and a loop's
-reader on the socket would see ``POLLERR`` (libuv stops the watcher). So the UDP socket is our
-own, kept in a private epoll set whose descriptor the loop watches; that descriptor is only ever
-readable. Elsewhere the socket is watched directly and ICMP errors are not seen.
+datagram we sent is reported at once, with the start of that datagram's payload as the error
+quotes it, so the client transaction whose request it quotes fails now rather than at timer
+B/F (an error that quotes no branch is ignored: anyone can forge one). Linux reports ICMP
+errors on an unconnected UDP socket only with ``IP_RECVERR``, which queues them on the socket's
+error queue (read with ``MSG_ERRQUEUE``; the address is the datagram's destination, the data
+the quoted payload). That queue must be drained by us: under uvloop, libuv's UDP handle reads
+it itself and passes the errno with the wrong sign (a crash), and a loop's reader on the socket
+would see ``POLLERR`` (libuv stops the watcher). So the UDP socket is our own, kept in a
+private epoll set whose descriptor the loop watches; that descriptor is only ever readable. A
+pending ICMP error is reported by the next ``recvfrom`` (or ``sendto``), which is when the
+queue is read; a wake-up that finds no datagram reads it too (errors that leave no pending
+error, local ones, would otherwise keep the set readable). Elsewhere the socket is watched
+directly and ICMP errors are not seen.
 """
 
 from __future__ import annotations
@@ -59,12 +70,36 @@ _EXTENDED_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err
 # Datagrams read, and error-queue entries drained, per wake-up: the loop serves others between.
 _UDP_BATCH = 64
 _ERRQUEUE_BATCH = 64
+# What an error-queue read takes of the quoted datagram: an IPv4 ICMP error quotes at most 576
+# bytes of IP packet, an IPv6 one at most 1280; the branch is in the first few hundred bytes.
+_QUOTE_MAX = 2048
 UDP_MAX = 65536
 UDP_BUFFER = 4 * 1024 * 1024
 
 FD_RESERVE = 256
 """Descriptors kept back from the TCP connection cap besides what the caller reserves (media
 ports): listening sockets, the store, log files, worker pipes, DNS look-ups, the error queue."""
+
+DERIVED_CAP_MAX = 20_000
+"""The most TCP connections the derived cap allows, whatever the descriptor limit (often
+524,288 or more once raised to the hard limit). Each connection costs some kilobytes of kernel
+and Python memory even idle, is looked at by the idle sweep, and may hold a partial message
+until its deadline; a GB28181 gateway serves hundreds to a few thousand devices, most over UDP,
+so 20,000 is ample headroom while keeping strangers' connections in the tens of megabytes.
+More takes ``sip.max_connections`` set explicitly."""
+
+TCP_BUFFER_BUDGET = 256 * 1024 * 1024
+"""Bytes of incomplete messages all TCP connections may hold together (``sip.tcp_buffer_budget``).
+A message normally sits in a framer for milliseconds; 256 MiB is 256 catalogs of the largest
+size (1 MiB) arriving at once, or 4,096 header blocks of the largest, far above a legitimate
+peak, while without it the cap times 1 MiB would be tens of gigabytes a stranger could make
+the gateway hold."""
+
+TCP_MIN_BODY_RATE = 2000.0
+"""Bytes per second a message must average, from its first byte, for its body to go on past
+the message deadline (``sip.tcp_min_body_rate``): 16 kbit/s, slower than any working uplink; a
+1 MiB body may then take up to 524 s. What a sender holds so is paid for in bytes sent, and
+counts against the buffer budget."""
 
 
 class Listener(Protocol):
@@ -86,7 +121,7 @@ def fatal_icmp(origin: int, icmp_type: int, code: int) -> bool:
 class _Udp:
     """The SIP UDP socket, read on the loop; on Linux with ICMP errors (see the module doc)."""
 
-    __slots__ = ("_fd", "_poller", "_watched", "loop", "owner", "sock")
+    __slots__ = ("_fd", "_poller", "_wakes", "_watched", "loop", "owner", "sock")
 
     def __init__(self, owner: Transports, sock: socket.socket, loop: asyncio.AbstractEventLoop):
         self.owner = owner
@@ -94,6 +129,7 @@ class _Udp:
         self.loop = loop
         self._fd = sock.fileno()
         self._poller: Any = None
+        self._wakes = 0
         if _EPOLL is not None and _MSG_ERRQUEUE is not None and _enable_recverr(sock):
             try:
                 poller = _EPOLL()
@@ -110,17 +146,10 @@ class _Udp:
         return self._poller is not None
 
     def _readable(self) -> None:
-        poller = self._poller
-        if poller is not None:
-            try:
-                events = poller.poll(0)
-            except OSError:
-                events = []
-            if any(mask & select.EPOLLERR for _, mask in events):
-                self.drain_errors()
         sock = self.sock
         owner = self.owner
         listener = owner.listener
+        read = 0
         for _ in range(_UDP_BATCH):
             try:
                 data, addr = sock.recvfrom(UDP_MAX)
@@ -134,7 +163,21 @@ class _Udp:
                 # The pending error of a queued ICMP message (IP_RECVERR): read the queue.
                 self.drain_errors()
                 continue
-            listener.message_received(data, Peer("udp", str(addr[0]), int(addr[1])))
+            read += 1
+            peer = Peer("udp", str(addr[0]), int(addr[1]))
+            try:
+                listener.message_received(data, peer)
+            except Exception:
+                owner._internal_error(data, peer)
+        else:
+            return  # a full batch: the loop calls again
+        if self._poller is not None:
+            self._wakes += 1
+            # Woken with no datagram: the set is readable for the error queue alone (errors
+            # that leave no pending error behind, local ones). Read it, or the loop would be
+            # woken for it forever; and now and then anyway, should datagrams never stop.
+            if not read or not self._wakes % _UDP_BATCH:
+                self.drain_errors()
 
     def drain_errors(self) -> None:
         """Read the error queue (bounded per call; what is left keeps the set readable)."""
@@ -144,7 +187,9 @@ class _Udp:
         sock = self.sock
         for _ in range(_ERRQUEUE_BATCH):
             try:
-                _, ancdata, _, addr = sock.recvmsg(0, 512, _MSG_ERRQUEUE)
+                # The data of an error-queue entry is the payload of the datagram it is about,
+                # as far as the ICMP message quotes it.
+                quoted, ancdata, _, addr = sock.recvmsg(_QUOTE_MAX, 512, _MSG_ERRQUEUE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -156,7 +201,8 @@ class _Udp:
                     continue
                 err, origin, icmp_type, code, _, _, _ = _EXTENDED_ERR.unpack_from(payload)
                 if fatal_icmp(origin, icmp_type, code):
-                    self.owner._unreachable(Peer("udp", str(addr[0]), int(addr[1])), err)
+                    peer = Peer("udp", str(addr[0]), int(addr[1]))
+                    self.owner._unreachable(peer, err, quoted)
 
     def send(self, data: bytes, addr: tuple[str, int]) -> bool:
         owner = self.owner
@@ -265,13 +311,15 @@ def raise_fd_limit() -> tuple[int, int] | None:
 def connection_cap(configured: int, fd_limit: int | None, reserve: int) -> int:
     """The cap on TCP connections: ``configured`` when set (kept below ``fd_limit``), else the
     descriptor limit less :data:`FD_RESERVE` and ``reserve`` (the caller's other descriptors:
-    the media ports), but at least a quarter of the limit."""
+    the media ports), but at least a quarter of the limit, and at most
+    :data:`DERIVED_CAP_MAX`."""
     if fd_limit is None:
         return configured if configured > 0 else 10_000
     ceiling = max(1, fd_limit - FD_RESERVE)
     if configured > 0:
         return min(configured, ceiling)
-    return max(1, min(ceiling, max(fd_limit - FD_RESERVE - reserve, fd_limit // 4)))
+    derived = max(fd_limit - FD_RESERVE - reserve, fd_limit // 4)
+    return max(1, min(ceiling, derived, DERIVED_CAP_MAX))
 
 
 # Messages handled from one TCP read before the loop serves others: a peer that sends a
@@ -287,6 +335,7 @@ class _TcpConnection(asyncio.Protocol):
         "last_active",
         "owner",
         "peer",
+        "started",
         "transport",
         "trusted",
     )
@@ -298,8 +347,10 @@ class _TcpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.last_active = 0.0
         self.backlog: list[bytes | Ping | Refused] | None = None
-        # When the message now arriving must be complete (its first byte started the clock).
+        # When the message now arriving must be complete (its first byte started the clock,
+        # at ``started``).
         self.deadline: asyncio.TimerHandle | None = None
+        self.started = 0.0
         # Opened by us, or a device registered over it: never evicted to make room.
         self.trusted = trusted
 
@@ -315,34 +366,57 @@ class _TcpConnection(asyncio.Protocol):
         owner = self.owner
         owner._active(self)
         framer = self.framer
+        held = framer.pending
         items = framer.feed(data)  # a broken stream ends in a Refused item (see _deliver)
-        # The whole-message deadline: started by a message's first byte, not moved by the
-        # bytes after it, restarted only for the next message.
+        owner._held += framer.pending - held
+        if owner._held > owner.tcp_buffer_budget:
+            owner._over_budget()
+            if self.framer is not framer:  # this connection was closed to make room
+                return
+        # The message deadline: started by a message's first byte, not moved by the bytes
+        # after it (but see _too_slow for a body), restarted only for the next message.
         deadline = self.deadline
         if deadline is not None and (items or not framer.partial):
             deadline.cancel()
             self.deadline = deadline = None
         if deadline is None and framer.partial:
-            self.deadline = owner.loop.call_later(owner.tcp_message_timeout, self._too_slow)
+            loop = owner.loop
+            self.started = loop.time()
+            self.deadline = loop.call_later(owner.tcp_message_timeout, self._too_slow)
         if self.backlog is not None:  # reading is paused, but a read may already be queued
             self.backlog.extend(items)
             return
         self._deliver(items)
 
     def _too_slow(self) -> None:
+        """The message deadline passed. The header block must be in by then; a body may go on
+        while the message has averaged ``tcp_min_body_rate`` since its first byte, so that a
+        device on a slow uplink can send a large catalog: the deadline moves to when the
+        bytes received so far would fall below that rate (each byte buys 1/rate seconds)."""
         self.deadline = None
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         owner = self.owner
+        framer = self.framer
+        loop = owner.loop
+        rate = owner.tcp_min_body_rate
+        body = framer.reading_body
+        if body and rate > 0:
+            until = self.started + framer.pending / rate
+            if until > loop.time():
+                self.deadline = loop.call_at(until, self._too_slow)
+                return
         owner.metrics.inc("sip.tcp.message_timeout")
         log.warning(
             "sip.tcp.message_timeout",
             peer=str(self.peer),
-            pending=self.framer.pending,
+            pending=framer.pending,
+            part="body" if body else "header",
+            elapsed=round(loop.time() - self.started, 3),
             limit=owner.tcp_message_timeout,
         )
-        self.framer = StreamFramer()  # counted here, not again as a truncation
+        owner._release(self)  # counted here, not again as a truncation
         transport.abort()  # not close(): a peer that does not read would keep it open
 
     def _deliver(self, items: list[bytes | Ping | Refused]) -> None:
@@ -350,7 +424,7 @@ class _TcpConnection(asyncio.Protocol):
         reading paused so that their order is kept."""
         peer = self.peer
         assert peer is not None
-        listener = self.owner.listener
+        deliver = self.owner._hand_over
         for item in items[:_BURST]:
             if isinstance(item, Ping):
                 if self.transport is not None:
@@ -361,13 +435,13 @@ class _TcpConnection(asyncio.Protocol):
                 self.owner.metrics.inc("sip.tcp.framing_error")
                 log.warning("sip.tcp.framing_error", peer=str(peer), reason=item.error.reason)
                 if item.head:
-                    listener.message_received(item.head, peer)
+                    deliver(item.head, peer)
                 if self.transport is not None:
                     self.transport.close()
                 self.backlog = None
                 return
             else:
-                listener.message_received(item, peer)
+                deliver(item, peer)
         if len(items) > _BURST and self.transport is not None:
             self.backlog = list(items[_BURST:])
             self.transport.pause_reading()
@@ -389,6 +463,7 @@ class _TcpConnection(asyncio.Protocol):
         if self.framer.pending:
             self.owner.metrics.inc("sip.tcp.truncated")
             log.info("sip.tcp.truncated", peer=str(self.peer), pending=self.framer.pending)
+        self.owner._release(self)
         self.owner._forget(self)
 
 
@@ -397,9 +472,12 @@ class Transports:
 
     ``max_connections`` caps TCP connections in all (0: derived at :meth:`start` from the
     descriptor limit, less ``fd_reserve`` descriptors the caller needs for other things, see
-    :func:`connection_cap`). ``on_unreachable(*peers)`` hears, once per loop turn, of the
-    addresses ICMP errors reported unreachable (RFC 3261 §18.4); it returns how many
-    transactions that ended.
+    :func:`connection_cap`). ``tcp_buffer_budget`` bounds the bytes of incomplete messages all
+    connections hold together; ``tcp_min_body_rate`` lets a body go on past
+    ``tcp_message_timeout`` while it keeps arriving (see :meth:`_TcpConnection._too_slow`).
+    ``on_unreachable(peer, quoted)`` hears, at the next loop turn, of each ICMP error that
+    reported ``peer`` unreachable, with what it quotes of the datagram (RFC 3261 §18.4); it
+    returns how many transactions that ended.
     """
 
     def __init__(
@@ -412,17 +490,23 @@ class Transports:
         max_connections_per_ip: int = 1000,
         max_connections: int = 0,
         fd_reserve: int = 0,
+        tcp_buffer_budget: int = TCP_BUFFER_BUDGET,
+        tcp_min_body_rate: float = TCP_MIN_BODY_RATE,
     ) -> None:
         self.listener = listener
         self.metrics = metrics
         self.tcp_idle_timeout = tcp_idle_timeout
         self.tcp_message_timeout = tcp_message_timeout
+        self.tcp_buffer_budget = tcp_buffer_budget
+        self.tcp_min_body_rate = tcp_min_body_rate
+        # Bytes the connections' framers hold together (kept up to date at every feed).
+        self._held = 0
         self.max_connections_per_ip = max_connections_per_ip
         self.configured_max_connections = max_connections
         self.max_connections = max_connections or 10_000  # settled at start()
         self.fd_reserve = fd_reserve
-        self.on_unreachable: Callable[..., int] | None = None
-        self._unreachable_pending: dict[Peer, int] = {}
+        self.on_unreachable: Callable[[Peer, bytes], int] | None = None
+        self._unreachable_pending: list[tuple[Peer, int, bytes]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.host = ""
         self.port = 0
@@ -528,11 +612,58 @@ class Transports:
                 idle=round(self.loop.time() - victim.last_active, 3),
                 limit=self.max_connections,
             )
-            victim.framer = StreamFramer()
+            self._release(victim)
             self._forget(victim)
             transport.abort()
             return True
         return False
+
+    def _over_budget(self) -> None:
+        """The framers hold more than ``tcp_buffer_budget``: close the untrusted connections
+        holding the most bytes until they hold less (a scan of the connections, done only
+        when over budget). Trusted connections are kept, whatever they hold."""
+        while self._held > self.tcp_buffer_budget:
+            victim: _TcpConnection | None = None
+            most = 0
+            for conn in self._untrusted:
+                pending = conn.framer.pending
+                if pending > most:
+                    victim, most = conn, pending
+            if victim is None:
+                return
+            peer, transport = victim.peer, victim.transport
+            self.metrics.inc("sip.tcp.evicted_buffer")
+            log.warning(
+                "sip.tcp.evicted_buffer",
+                peer=str(peer),
+                pending=most,
+                held=self._held,
+                budget=self.tcp_buffer_budget,
+            )
+            if victim.deadline is not None:
+                victim.deadline.cancel()
+                victim.deadline = None
+            self._release(victim)
+            self._forget(victim)
+            if transport is not None:
+                transport.abort()
+
+    def _release(self, conn: _TcpConnection) -> None:
+        """Drop what ``conn``'s framer holds (it is closing), off the budget's count."""
+        self._held -= conn.framer.pending
+        conn.framer = StreamFramer()
+
+    def _hand_over(self, data: bytes, peer: Peer) -> None:
+        """Hand a message to the listener; should it raise, log and count it here, so that
+        the messages after it (the rest of a datagram batch, or of a stream) still go."""
+        try:
+            self.listener.message_received(data, peer)
+        except Exception:
+            self._internal_error(data, peer)
+
+    def _internal_error(self, data: bytes, peer: Peer) -> None:
+        self.metrics.inc("sip.rx.internal_error")
+        log.exception("sip.rx.internal_error", peer=str(peer), size=len(data), head=data[:64])
 
     def _active(self, conn: _TcpConnection) -> None:
         conn.last_active = self.loop.time()
@@ -560,25 +691,28 @@ class Transports:
             conn.trusted = True
             self._untrusted.pop(conn, None)
 
-    def _unreachable(self, peer: Peer, err: int) -> None:
-        """Note an ICMP error; the transactions hear of it at the next loop turn, all the
-        addresses of a drain at once (one pass over the transactions, however many errors)."""
+    def _unreachable(self, peer: Peer, err: int, quoted: bytes) -> None:
+        """Note an ICMP error and what it quotes of our datagram; the transactions hear of it
+        at the next loop turn (not from inside a send), all the errors of a drain at once."""
         self.metrics.inc("sip.udp.unreachable")
         pending = self._unreachable_pending
         if not pending:
             self.loop.call_soon(self._report_unreachable)
         if len(pending) < _ERRQUEUE_BATCH * 4:
-            pending[peer] = err
+            pending.append((peer, err, quoted))
 
     def _report_unreachable(self) -> None:
-        pending, self._unreachable_pending = self._unreachable_pending, {}
+        pending, self._unreachable_pending = self._unreachable_pending, []
         callback = self.on_unreachable
-        failed = callback(*pending) if callback is not None and pending else 0
+        failed = 0
+        if callback is not None:
+            for peer, _, quoted in pending:
+                failed += callback(peer, quoted)
         # At info only when it ended something: spoofed ICMP must not flood the log.
         (log.info if failed else log.debug)(
             "sip.udp.unreachable",
-            peers=[f"{p} ({errno.errorcode.get(e, e)})" for p, e in list(pending.items())[:4]],
-            addresses=len(pending),
+            peers=[f"{p} ({errno.errorcode.get(e, e)})" for p, e, _ in pending[:4]],
+            errors=len(pending),
             transactions=failed,
         )
 
