@@ -12,8 +12,11 @@ ever ran, in-process, where the timing is certain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import random
 import signal
+import socket
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -55,6 +58,30 @@ class SilentPlatform(SimPlatform):
         return None
 
 
+def free_media_ports(width: int = 100) -> tuple[int, int]:
+    """A slice of ports (even start) that are all free for UDP and TCP on loopback now, picked at
+    random below the kernel's ephemeral range, so tests and gateways running side by side do not
+    meet on a fixed range."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    top = max(ephemeral_low, 20000 + 4 * width)
+    for _ in range(50):
+        low = random.randrange(20000, top - width) & ~1
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(low, low + width):
+                    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                        sock = held.enter_context(socket.socket(socket.AF_INET, kind))
+                        sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return low, low + width - 1
+    raise RuntimeError(f"no {width} free ports in a row below {top}")
+
+
 def fast() -> TimerConfig:
     return TimerConfig(t1=0.1, t2=0.4, t4=0.5)
 
@@ -75,9 +102,10 @@ async def test_sigterm_with_work_in_flight_stops_quietly(
 ) -> None:
     up_ep, down_ep = endpoints
     platform = SilentPlatform(up_ep, platform_id=UP, domain=UP[:10]).start()
+    low, high = free_media_ports()
     gw = await GatewayProcess.start(
         tmp_path,
-        media={"host": "127.0.0.1", "port_min": 47600, "port_max": 47699, "invite_timeout": 60},
+        media={"host": "127.0.0.1", "port_min": low, "port_max": high, "invite_timeout": 60},
         downlink={"response_timeout": 60},
         uplink={
             "platforms": [
@@ -154,8 +182,9 @@ async def test_a_signal_at_once_after_start_stops_quietly_with_relay_workers(
     a hasty Ctrl-C), and reaches the relay workers too when it goes to the process group as a
     terminal or a service manager sends it. The gateway stops as it would later: exit 0, its
     last line written, the workers stopped by it rather than killed under it."""
+    low, high = free_media_ports()
     gw = await GatewayProcess.start(
-        tmp_path, media={"host": "127.0.0.1", "port_min": 47700, "port_max": 47799, "workers": 2}
+        tmp_path, media={"host": "127.0.0.1", "port_min": low, "port_max": high, "workers": 2}
     )
     try:
         code = await gw.stop(sig, group=group)

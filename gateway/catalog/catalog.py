@@ -83,17 +83,18 @@ class Catalog:
     # -- reading ----------------------------------------------------------------------------
     def load(self) -> None:
         """Read the stored items. One without a valid ``DeviceID`` (stored before the check
-        existed) is dropped from the store, counted and logged, like a new one."""
-        refused = 0
+        existed) is skipped, not served, but left in the store: loading never destroys data (an
+        operator can still read or export it, and a later fix of the check can take it back).
+        The skipped ones are counted and logged once with their number."""
+        skipped = 0
         for owner, item in self.store.load_items():
             if valid_item_id(item.device_id):
                 self._put(owner, item)
-                continue
-            refused += 1
-            self.store.delete_item(owner, item.device_id)
-        if refused:
-            self.metrics.inc("catalog.bad_item_id", refused)
-            log.warning("catalog.bad_item_id", stored=refused)
+            else:
+                skipped += 1
+        if skipped:
+            self.metrics.inc("catalog.load.skipped_bad_id", skipped)
+            log.warning("catalog.load_skipped_bad_id", skipped=skipped)
         log.info("catalog.loaded", items=len(self._owner), devices=len(self._by_owner))
 
     def items_of(self, owner_id: str) -> list[CatalogItem]:

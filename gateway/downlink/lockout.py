@@ -9,7 +9,11 @@ challenge round trip; these limits bound how many guesses there are at all (the 
 * **Per address** (the source IP, any port): ``max_failures_per_address`` failures within
   ``failure_window`` seconds lock the address for ``lockout_seconds``. A locked address gets
   ``403`` with ``Retry-After`` for every REGISTER, challenge or answer, and its password is not
-  checked.
+  checked, with one exception: a device ID that is registered (online) from that very host is not
+  held by the address lock, only by its own per-ID lock below. Many devices of one unit share a
+  NAT address; a few misconfigured ones (or a guesser behind the same NAT) must not cut off the
+  working ones' refreshes, and a guesser gains nothing from it, since guesses at a registered ID
+  still meet the per-device limit.
 * **Per device ID**: ``max_failures_per_device`` failures for one ID (from any address) within
   the window lock the ID, but only *against the addresses that failed for it*. A REGISTER for
   that ID from an address with no failure for it is served as usual. So an attacker at A who
@@ -141,10 +145,19 @@ class FailureLimits:
             return False
         return True
 
-    def check(self, device_id: str | None, address: str, now: float) -> Locked | None:
-        """Whether a REGISTER from ``address`` (for ``device_id``) must be refused now."""
+    def check(
+        self,
+        device_id: str | None,
+        address: str,
+        now: float,
+        *,
+        registered_here: bool = False,
+    ) -> Locked | None:
+        """Whether a REGISTER from ``address`` (for ``device_id``) must be refused now.
+        ``registered_here``: ``device_id`` is online with a binding from this very host; the
+        address lock then does not apply to it (the device lock still does)."""
         row = self.addresses.get(address, now, self.window)
-        if row is not None and row.locked_until > now:
+        if row is not None and row.locked_until > now and not registered_here:
             self.addresses.rows.move_to_end(address)
             return Locked("address", _seconds(row.locked_until - now))
         if device_id is None:

@@ -11,7 +11,9 @@ registrar's ordering rules (same Call-ID needs a higher CSeq).
   challenges for credentials it can verify); no password was checked, so it is no failure.
 * Password guessing (``lockout.FailureLimits``): wrong passwords are counted per source address
   and per device ID; past the limits the REGISTER gets 403 with ``Retry-After`` without its
-  password being checked, and each lock-out is logged once (``register.locked_out``).
+  password being checked, and each lock-out is logged once (``register.locked_out``). Every
+  nonce is bound to the host it was sent to, so wrong answers cannot be sent in another
+  address's name to lock it out; a device registered from a locked address keeps refreshing.
 * Keepalive: a registered, online device gets 200 and its liveness is refreshed; anyone else
   gets 404 so that it registers again.
 * Offline: when the registration expires, after ``interval × timeout_count`` seconds without a
@@ -195,10 +197,18 @@ class Registrar:
             return self.endpoint.answer(req, status, reason, headers=[*extra, *more])
 
         # A locked-out address or device gets nothing else, not even a challenge, and its
-        # password is not looked at.
-        locked = self.limits.check(
-            device_id if is_gb_id(device_id) else None, ctx.peer.host, self.clock()
+        # password is not looked at. A device registered from this very host keeps refreshing
+        # through its NAT address's lock-out (the neighbours behind it failed, not it).
+        now = self.clock()
+        valid_id = device_id if is_gb_id(device_id) else None
+        bound = self.devices.get(valid_id) if valid_id is not None else None
+        registered_here = (
+            bound is not None
+            and bound.online
+            and bound.expires_at > now
+            and bound.host == ctx.peer.host
         )
+        locked = self.limits.check(valid_id, ctx.peer.host, now, registered_here=registered_here)
         if locked is not None:
             metrics.inc(f"register.refused_locked.{locked.kind}")
             return answer(
@@ -228,7 +238,8 @@ class Registrar:
             return answer(400, "Bad Request (malformed Authorization)")
         if creds is None:
             metrics.inc("register.challenged")
-            return answer(401, None, (("WWW-Authenticate", self.digest.challenge()),))
+            challenge = self.digest.challenge(bind=ctx.peer.host)
+            return answer(401, None, (("WWW-Authenticate", challenge),))
         if not self.digest.supports(creds):
             return self._auth_failed(Verdict.UNSUPPORTED, device_id, ctx.peer, answer)
         if creds.username != device_id:
@@ -250,7 +261,7 @@ class Registrar:
             )
             # RFC 2617 §3.2.2.5: credentials computed for another URI get 400.
             return answer(400, "Bad Request (digest uri is not this server)")
-        verdict = self.digest.verify(creds, "REGISTER", password)
+        verdict = self.digest.verify(creds, "REGISTER", password, bind=ctx.peer.host)
         if verdict is not Verdict.OK:
             return self._auth_failed(verdict, device_id, ctx.peer, answer)
         self.limits.succeeded(device_id, ctx.peer.host)
@@ -323,20 +334,20 @@ class Registrar:
             return answer(
                 401,
                 "Unauthorized (stale nonce)",
-                (("WWW-Authenticate", self.digest.challenge(stale=True)),),
+                (("WWW-Authenticate", self.digest.challenge(stale=True, bind=peer.host)),),
             )
         if verdict in (Verdict.UNKNOWN_NONCE, Verdict.REPLAY, Verdict.WRONG_REALM):
             return answer(
                 401,
                 f"Unauthorized ({verdict.value})",
-                (("WWW-Authenticate", self.digest.challenge()),),
+                (("WWW-Authenticate", self.digest.challenge(bind=peer.host)),),
             )
         if verdict is Verdict.USED_UP:
             # Not stale=true: that would tell the client to resend the same password unasked.
             return answer(
                 401,
                 "Unauthorized (nonce used up)",
-                (("WWW-Authenticate", self.digest.challenge()),),
+                (("WWW-Authenticate", self.digest.challenge(bind=peer.host)),),
             )
         if verdict is Verdict.UNSUPPORTED:
             # A protocol mismatch, not a wrong password: challenge again with what we offer
@@ -344,7 +355,7 @@ class Registrar:
             return answer(
                 401,
                 "Unauthorized (only MD5 digest)",
-                (("WWW-Authenticate", self.digest.challenge()),),
+                (("WWW-Authenticate", self.digest.challenge(bind=peer.host)),),
             )
         return answer(400, "Bad Request (malformed Authorization)")
 

@@ -2,15 +2,19 @@
 
 Server side: challenges with or without ``qop="auth"`` and verifies answers in either form
 (both occur among GB/T 28181 devices). Nonces are stateless:
-``<timestamp><HMAC(secret, timestamp)>``
+``<timestamp><HMAC(secret, timestamp, bound host)>``
 in hex, so any nonce the gateway issued can be checked without remembering it, and an expired one
-gets ``stale=true``. The only state is the highest ``nc`` seen per nonce (and, for answers
-without qop, that the nonce was used), kept while the nonce lives, to refuse replays; and the
-nonces a wrong answer used up. A failed answer burns its nonce, so each password guess costs a
-fresh challenge, and the nonce's state (used up, replayed, stale) is always decided before the
-password is looked at: no answer tells a guesser more than "wrong password". That state is
-bounded (``max_nonces``): when the table is full the oldest entry goes, and every nonce issued
-up to the one forgotten is refused as stale from then on, so forgetting never reopens a nonce.
+gets ``stale=true``. A nonce is bound to the host (the source IP, not the port) that asked for it:
+an answer on it from any other host is ``UNKNOWN_NONCE`` (a fresh challenge), so a guesser cannot
+fetch challenges at its own address and spend them with a forged source address, and wrong answers
+count against the address that really fetched the challenge. The only state is the highest ``nc``
+seen per nonce (and, for answers without qop, that the nonce was used), kept while the nonce lives,
+to refuse replays; and the nonces a wrong answer used up. A failed answer burns its nonce, so each
+password guess costs a fresh challenge, and the nonce's state (used up, replayed, stale) is always
+decided before the password is looked at: no answer tells a guesser more than "wrong password".
+That state is bounded (``max_nonces``): when the table is full the oldest entry goes, and every
+nonce issued up to the one forgotten is refused as stale from then on, so forgetting never reopens
+a nonce.
 
 Only MD5 with qop ``auth`` or none is implemented (what GB/T 28181 devices use; RFC 8760's
 SHA-256 is optional). :meth:`DigestServer.supports` tells the caller when an answer uses
@@ -137,17 +141,24 @@ class DigestServer:
         self._floor = ""
         self._last_prune = clock()
 
-    def _mac(self, stamp: str) -> str:
-        return hmac.new(self._secret, stamp.encode("ascii"), hashlib.sha256).hexdigest()[:24]
+    def _mac(self, stamp: str, bind: str) -> str:
+        # The stamp is fixed-length hex, so "stamp|host" cannot be read two ways.
+        data = f"{stamp}|{bind}".encode("utf-8", "surrogateescape")
+        return hmac.new(self._secret, data, hashlib.sha256).hexdigest()[:24]
 
-    def make_nonce(self) -> str:
+    def make_nonce(self, *, bind: str = "") -> str:
+        """A fresh nonce, valid only for answers from host ``bind`` (the source IP the challenge
+        goes to; ``""`` binds to no host). RFC 2617 §3.2.1 notes the client's IP in the nonce
+        limits its use to the client that got it, at the cost of clients whose requests leave
+        from several addresses (proxy farms); a device answering from elsewhere gets one more
+        challenge there."""
         # Millisecond stamp plus random salt keeps nonces unique even within one millisecond.
         stamp = f"{int(self._clock() * 1000):012x}{os.urandom(4).hex()}"
-        return stamp + self._mac(stamp)
+        return stamp + self._mac(stamp, bind)
 
-    def challenge(self, *, stale: bool = False) -> str:
-        """The value of a ``WWW-Authenticate`` header."""
-        parts = [f'Digest realm="{self.realm}"', f'nonce="{self.make_nonce()}"']
+    def challenge(self, *, stale: bool = False, bind: str = "") -> str:
+        """The value of a ``WWW-Authenticate`` header, its nonce bound to host ``bind``."""
+        parts = [f'Digest realm="{self.realm}"', f'nonce="{self.make_nonce(bind=bind)}"']
         if self.qop:
             parts.append('qop="auth"')
         parts.append("algorithm=MD5")
@@ -155,12 +166,17 @@ class DigestServer:
             parts.append("stale=true")
         return ",".join(parts)
 
-    def check_nonce(self, nonce: str) -> Verdict:
+    def check_nonce(self, nonce: str, *, bind: str = "") -> Verdict:
+        """``UNKNOWN_NONCE`` unless this server issued ``nonce`` to host ``bind``; then
+        ``STALE`` or ``OK`` by its age."""
         if len(nonce) != 44 or not nonce.isascii():
             return Verdict.UNKNOWN_NONCE
         stamp, mac = nonce[:20], nonce[20:]
-        if not hmac.compare_digest(mac, self._mac(stamp)):
+        if not hmac.compare_digest(mac, self._mac(stamp, bind)):
             return Verdict.UNKNOWN_NONCE
+        return self._age_verdict(stamp)
+
+    def _age_verdict(self, stamp: str) -> Verdict:
         try:
             issued = int(stamp[:12], 16) / 1000.0
         except ValueError:
@@ -181,17 +197,18 @@ class DigestServer:
             return False
         return creds.qop is None or creds.qop.lower() == "auth"
 
-    def verify(self, creds: Credentials, method: str, password: str) -> Verdict:
-        """Check an answer. Everything about the nonce (stale, forged, used up by a failed
-        answer, replayed) is decided before the password, so those verdicts say nothing about
-        it; a stale nonce with a right password gets ``STALE`` and never ``BAD_PASSWORD``. A
-        wrong password burns the nonce: the next answer on it gets ``USED_UP`` (RFC 2617 §4.3:
-        the server may limit a nonce's use to stop replays and guessing)."""
+    def verify(self, creds: Credentials, method: str, password: str, *, bind: str = "") -> Verdict:
+        """Check an answer from host ``bind``. Everything about the nonce (stale, forged or
+        issued to another host, used up by a failed answer, replayed) is decided before the
+        password, so those verdicts say nothing about it; a stale nonce with a right password
+        gets ``STALE`` and never ``BAD_PASSWORD``. A wrong password burns the nonce: the next
+        answer on it gets ``USED_UP`` (RFC 2617 §4.3: the server may limit a nonce's use to
+        stop replays and guessing)."""
         if not self.supports(creds):
             return Verdict.UNSUPPORTED
         if creds.realm != self.realm:
             return Verdict.WRONG_REALM
-        nonce_state = self.check_nonce(creds.nonce)
+        nonce_state = self.check_nonce(creds.nonce, bind=bind)
         if nonce_state is not Verdict.OK:
             return nonce_state
         qop = creds.qop.lower() if creds.qop else None
@@ -249,7 +266,8 @@ class DigestServer:
         self._last_prune = now
         keep = {}
         for nonce, nc in self._nc_seen.items():
-            if self.check_nonce(nonce) is Verdict.OK:
+            # Only issued nonces are remembered, so their age is all there is to check.
+            if self._age_verdict(nonce[:20]) is Verdict.OK:
                 keep[nonce] = nc
         self._nc_seen = keep
 

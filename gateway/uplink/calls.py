@@ -526,6 +526,8 @@ class Calls:
             self.media.end_output(out, "BYE from the receiver", bye=False)
             return self.endpoint.answer(req, 200, "OK")
         leg = self.media.legs_by_call.get(call_id)
+        # A leg's upper_id is set only when its far end is an upper (broadcast audio, where the
+        # gateway INVITEs the upper); a device leg has none, so only the device's host matches.
         if leg is not None and self._in_dialog(leg.dialog, leg.upper_id, req, ctx.peer):
             self.media.end_leg(leg, "BYE from the sender", bye=False)
             return self.endpoint.answer(req, 200, "OK")
@@ -564,6 +566,7 @@ class Calls:
             or not self._in_dialog(out.dialog, out.upper_id, req, ctx.peer)
         ):
             leg = self.media.legs_by_call.get(req.call_id)
+            # As in on_bye: leg.upper_id is None for a device leg (set for broadcast audio).
             if leg is not None and self._in_dialog(leg.dialog, leg.upper_id, req, ctx.peer):
                 return self.endpoint.answer(
                     req, 200, "OK"

@@ -172,8 +172,9 @@ def test_odd_parent_and_group_ids_are_kept_as_sent() -> None:
 
 
 async def test_an_older_database_with_a_bad_id_loads_without_it(tmp_path: Path) -> None:
-    """An item stored before the ID check is dropped from the store on load, and counted; a
-    name with control characters stored then is kept (the writer leaves them out)."""
+    """An item stored before the ID check is skipped on load and counted, but stays in the
+    store (an upgrade destroys no data); a name with control characters stored then is kept
+    (the writer leaves them out)."""
     store = SqliteStore(tmp_path / "old.db")
     await store.start()
     raw = cam(2, name="通\x01道\x9b2")
@@ -187,11 +188,12 @@ async def test_an_older_database_with_a_bad_id_loads_without_it(tmp_path: Path) 
     await again.close()
     assert {i.device_id for i in catalog.items_of(NVR)} == {cam(1).device_id, cam(2).device_id}
     assert catalog.get(raw.device_id) == raw
-    assert catalog.metrics.get("catalog.bad_item_id") == 1
-    assert [i.device_id for _, i in read_catalog(tmp_path / "old.db", NVR)] == [
-        cam(1).device_id,
-        cam(2).device_id,
-    ]
+    assert catalog.get("../../etc/passwd'\";--") is None
+    assert catalog.metrics.get("catalog.load.skipped_bad_id") == 1
+    assert catalog.metrics.get("catalog.bad_item_id") == 0  # not a refusal of a new item
+    assert sorted(i.device_id for _, i in read_catalog(tmp_path / "old.db", NVR)) == sorted(
+        [cam(1).device_id, cam(2).device_id, "../../etc/passwd'\";--"]
+    )
 
 
 async def test_sqlite_keeps_every_field_and_reloads(tmp_path: Path) -> None:

@@ -72,6 +72,24 @@ def test_address_limit_locks_everything_from_that_address() -> None:
     assert lim.check(E, B, 11.0) is None
 
 
+def test_a_device_registered_from_a_locked_address_is_held_by_its_own_lock_only() -> None:
+    # Four misconfigured cameras behind one NAT lock its address; a working camera registered
+    # from that address keeps refreshing, until it (or a guesser for its ID there) fails.
+    lim = limits()
+    started = []
+    for n in range(4):
+        for _ in range(5):
+            started += lim.failed(f"3402000000132000{n + 10:04d}", A, 10.0)
+    assert ("address", A) in [(s.kind, s.key) for s in started]
+    assert lim.check(D, A, 11.0) == Locked("address", 899)
+    assert lim.check(D, A, 11.0, registered_here=True) is None
+    assert lim.check(E, A, 11.0) == Locked("address", 899)  # not registered: locked
+    assert lim.check(None, A, 11.0) == Locked("address", 899)
+    for _ in range(5):
+        lim.failed(D, A, 12.0)
+    assert lim.check(D, A, 13.0, registered_here=True) == Locked("device", 899)
+
+
 def test_failures_outside_the_window_do_not_add_up() -> None:
     lim = limits(failure_window=60.0)
     for i in range(20):

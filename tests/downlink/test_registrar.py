@@ -583,3 +583,57 @@ async def test_an_unsupported_scheme_or_algorithm_is_challenged_again(
     assert gw.metrics.get("register.auth.unsupported") == 3
     assert gw.metrics.get("register.auth.bad_password") == 0
     assert (await dev.register()).status == 200
+
+
+# -- review of issue 13: nonces bound to their host, a NAT's working devices -------------------
+@pytest.mark.timeout(60)
+async def test_wrong_answers_with_a_forged_source_count_no_failure(
+    start_gateway, device_endpoint, second_endpoint
+) -> None:
+    # The guesser takes challenges at its own address (127.0.0.1) and sends the wrong answers
+    # from the victim's (127.0.0.2, standing in for a forged UDP source): each gets a fresh
+    # challenge, nothing is counted, and nothing is locked out, however many it sends.
+    gw = await start_gateway(auth=LIMITS)
+    guesser = sim(device_endpoint, gw, DEV)
+    forged = SimDevice(second_endpoint, DEV, guesser.server)
+    for guess in range(50):
+        params = await challenge_of(guesser)
+        resp = await answer_with(forged, f"{guess:08d}", params)
+        assert (resp.status, resp.reason) == (401, "Unauthorized (nonce not issued here)")
+        fresh = resp.auth_params("WWW-Authenticate")
+        assert fresh is not None and fresh[1]["nonce"] != params["nonce"]
+    assert gw.metrics.get("register.auth.bad_password") == 0
+    assert gw.metrics.get("register.auth.unknown_nonce") == 50
+    assert gw.registrar.limits.size() == 0
+    # The device at the address the answers claimed to come from registers as usual, and so
+    # does one at the guesser's own address (no failure was ever counted there either).
+    assert (await forged.register()).status == 200
+    assert (await sim(device_endpoint, gw, DEV2).register()).status == 200
+
+
+async def test_a_registered_device_keeps_refreshing_through_its_nat_address_lock_out(
+    start_gateway, device_endpoint
+) -> None:
+    gw = await start_gateway(auth=LIMITS)
+    working = sim(device_endpoint, gw, DEV)
+    assert (await working.register()).status == 200
+    # Two misconfigured neighbours behind the same address fail until the address is locked.
+    for n in range(2):
+        neighbour = sim(device_endpoint, gw, f"3402000000132000{n + 10:04d}")
+        for _ in range(3):
+            resp = await answer_with(neighbour, "00000000", await challenge_of(neighbour))
+            assert resp.status == 403
+    assert gw.metrics.get("register.locked_out.address") == 1
+    # An ID not registered from there is refused...
+    stranger = sim(device_endpoint, gw, DEV2)
+    resp = await stranger.endpoint.request(stranger.build_register(3600), stranger.server)
+    assert (resp.status, resp.reason) == (403, "Forbidden (too many failed attempts)")
+    # ...the working device refreshes, its registration holds...
+    assert (await working.register()).status == 200
+    assert gw.registrar.devices[DEV].online
+    # ...and a guesser for its ID at that address still meets the per-device limit.
+    for _ in range(3):
+        assert (await answer_with(working, "00000000", await challenge_of(working))).status == 403
+    resp = await working.endpoint.request(working.build_register(3600), working.server)
+    assert (resp.status, resp.reason) == (403, "Forbidden (too many failed attempts)")
+    assert gw.metrics.get("register.refused_locked.device") == 1

@@ -256,3 +256,27 @@ def test_supports_only_md5_with_auth_or_no_qop() -> None:
     for algorithm in ("MD5-sess", "SHA-256", "SHA-512-256", "SHA-256-sess"):
         assert not server.supports(Credentials(**{**fields, "algorithm": algorithm}))
     assert not server.supports(Credentials(**{**fields, "qop": "auth-int"}))
+
+
+def test_a_nonce_answers_only_from_the_host_it_was_issued_to() -> None:
+    # A guesser fetches challenges at its own address and answers them with a forged source:
+    # the nonce does not match the forged host, so no password is looked at, nothing burns.
+    server = DigestServer("3402000000", clock=Clock())
+    _, challenge = parse_auth_params(server.challenge(bind="192.0.2.7"))
+    assert server.check_nonce(challenge["nonce"], bind="192.0.2.7") is Verdict.OK
+    assert server.check_nonce(challenge["nonce"], bind="192.0.2.8") is Verdict.UNKNOWN_NONCE
+    assert server.check_nonce(challenge["nonce"]) is Verdict.UNKNOWN_NONCE  # bound to nobody
+
+    def answer(password: str) -> Credentials:
+        header = DigestClient(USER, password).authorization(challenge, "REGISTER", URI)
+        creds = Credentials.from_params(*parse_auth_params(header))
+        assert creds is not None
+        return creds
+
+    for host in ("192.0.2.8", "2001:db8::7", ""):
+        wrong = server.verify(answer("wrong"), "REGISTER", "12345678", bind=host)
+        assert wrong is Verdict.UNKNOWN_NONCE
+    # The nonce was not used up by those: its rightful host still answers on it.
+    assert server.verify(answer("12345678"), "REGISTER", "12345678", bind="192.0.2.7") is (
+        Verdict.OK
+    )

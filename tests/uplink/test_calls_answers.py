@@ -203,3 +203,28 @@ async def test_bye_from_a_stranger_with_the_right_tags_is_still_481(rig_factory)
     assert await call.receiver.wait_frames(before + 5) >= before + 5  # still flowing
     await call.bye()
     await rig.at_rest()
+
+
+async def test_bye_in_the_device_leg_from_the_upper_other_address_is_481(rig_factory) -> None:
+    # The device leg's dialog is the device's: the upper's other addresses are no part of it,
+    # so a BYE (or INFO) with the leg's Call-ID and tags from there ends nothing.
+    rig = await rig_factory(upper={"other_hosts": ["127.0.0.2"]}, live_frames=None)
+    call = await rig.invite()
+    assert await call.receiver.wait_frames(5) >= 5
+    dev = device_session(rig)
+    assert dev.dialog is not None
+    other = await _endpoint_on("127.0.0.2")  # an address the upper is known by
+    try:
+        info = dev.dialog.request("INFO", body=b"PLAY RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+        info_resp = await other.request(info, dev.dialog.peer, timeout=5)
+        resp = await send_bye(other, dev.dialog, timeout=5)
+    finally:
+        await other.close()
+    assert info_resp.status == 481
+    assert resp is not None and resp.status == 481
+    assert rig.gw.metrics.get("media.in_dialog.other_host") == 0
+    before = call.receiver.decoded
+    assert await call.receiver.wait_frames(before + 5) >= before + 5  # still flowing
+    assert not dev.ended
+    await call.bye()
+    await rig.at_rest()
