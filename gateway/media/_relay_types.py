@@ -19,7 +19,8 @@ Transport = MediaTransport
 TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp-passive", "tcp-active")
 
 EventSink = Callable[[str, str | None, str], None]
-"""Called as ``(stream_id, output_id or None, event)``; ``event`` is ``"idle"`` or ``"closed"``."""
+"""Called as ``(stream_id, output_id or None, event)``; ``event`` is ``"idle"``, ``"closed"``
+or ``"unreachable"`` (see :mod:`gateway.media.relay`)."""
 
 
 class RelayError(Exception):

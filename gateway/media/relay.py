@@ -22,7 +22,10 @@ absent or slow drops packets (counted) rather than buffering without bound.
 Events: ``"idle"`` once when a stream has had no packet for its ``idle_timeout`` (counted from
 the open if none ever came; again only after traffic resumed and stopped; ``idle_timeout <= 0``
 turns it off), ``"closed"`` when a TCP peer closes an input or output connection, or a
-tcp-active leg gave up connecting. What the relay itself closes is not reported.
+tcp-active leg gave up connecting, and ``"unreachable"`` once when a UDP output's receiver has
+refused its packets (ICMP port, host or network unreachable, reported on the connected socket)
+for the stream's ``idle_timeout``: the receiver's RTP timeout, as the input's is the sender's.
+What the relay itself closes is not reported.
 
 :class:`LocalRelay` runs in the caller's event loop; :class:`WorkerRelay` spreads streams over
 relay worker processes (:mod:`gateway.media.worker`); :func:`make_relay` picks one.
@@ -121,7 +124,13 @@ BITRATE_WINDOW = 1.0
 
 Packet = bytes | memoryview
 _T = TypeVar("_T")
-_TRANSIENT = frozenset((errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNREFUSED, errno.ENOBUFS))
+_UNREACHABLE = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH))
+"""What a connected UDP socket's send reports after an ICMP error for an earlier datagram."""
+_TRANSIENT = frozenset((errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)) | _UNREACHABLE
+REFUSAL_GAP = 3.0
+"""Seconds without a refusal that end a run of them. A receiver that is gone refuses every
+datagram, but the kernel reports about one ICMP error a second per host (``icmp_ratelimit``),
+each failing one send: while packets flow, refusals come at least that often."""
 
 
 class _TcpLink(asyncio.Protocol):
@@ -367,9 +376,15 @@ class _Output:
 
 class _UdpOutput(_Output):
     """Sends from its own bound port, connected to the receiver (one route lookup, not one per
-    packet); ``sendmmsg`` with the SSRC spliced in when available."""
+    packet); ``sendmmsg`` with the SSRC spliced in when available.
 
-    __slots__ = ("_batch", "_fd", "_sock")
+    Connected, the socket hears of ICMP errors for what it sent: a send fails with
+    ``ECONNREFUSED`` (or host/network unreachable) once per error. Refusals that go on, with no
+    gap of :data:`REFUSAL_GAP`, for ``timeout`` seconds mean nobody receives any more (an upper
+    that dropped the session without its BYE reaching us): reported once as ``"unreachable"``.
+    Only failed sends are looked at; the hot path is unchanged."""
+
+    __slots__ = ("_batch", "_fd", "_sock", "refused_last", "refused_since", "stream_id", "timeout")
 
     def __init__(
         self,
@@ -379,9 +394,35 @@ class _UdpOutput(_Output):
         ssrc: int,
         sock: socket.socket,
         batch: SendBatch | None,
+        *,
+        stream_id: str = "",
+        timeout: float = 0.0,
     ) -> None:
         super().__init__(relay, output_id, "udp", port, ssrc)
         self._sock, self._fd, self._batch = sock, sock.fileno(), batch
+        self.stream_id, self.timeout = stream_id, timeout
+        # The run of refusals now going on (0.0: none), and its latest refusal.
+        self.refused_since = self.refused_last = 0.0
+
+    def _refused(self) -> None:
+        now = time.monotonic()
+        if self.refused_since < 0:  # reported already
+            return
+        if not self.refused_since or now - self.refused_last > REFUSAL_GAP:
+            self.refused_since = now
+        self.refused_last = now
+        self.relay.metrics.inc("relay.udp.refused")
+        if self.timeout <= 0 or now - self.refused_since < self.timeout:
+            return
+        self.relay.metrics.inc("relay.udp.unreachable")
+        log.info(
+            "relay.udp.unreachable",
+            stream_id=self.stream_id,
+            output_id=self.output_id,
+            refused_for=round(now - self.refused_since, 1),
+        )
+        self.refused_since = -1.0
+        self.relay.emit(self.stream_id, self.output_id, "unreachable")
 
     def send_batch(
         self,
@@ -404,7 +445,9 @@ class _UdpOutput(_Output):
                 return
             if done < 0:
                 err = last_errno()
-                if err not in _TRANSIENT:  # GSO refused on this route (EIO, EINVAL: MTU)
+                if err in _UNREACHABLE:
+                    self._refused()
+                elif err not in _TRANSIENT:  # GSO refused on this route (EIO, EINVAL: MTU)
                     batch.gso = False
                     self.relay.metrics.inc("relay.udp.gso_off")
                     log.info("relay.udp.gso_off", output_id=self.output_id, errno=err)
@@ -415,7 +458,13 @@ class _UdpOutput(_Output):
             sent = batch.send(self._fd, done, n)
             if sent > 0:
                 done += sent
-            if done >= n or (sent < 0 and is_again(last_errno())):
+            elif sent < 0:
+                err = last_errno()
+                if is_again(err):
+                    break
+                if err in _UNREACHABLE:
+                    self._refused()
+            if done >= n:
                 break
         self.packets += done
         self.bytes += total if done == n else sum(lengths[:done])
@@ -428,7 +477,9 @@ class _UdpOutput(_Output):
             view = memoryview(p)
             try:
                 sock.sendmsg((view[:8], ssrc, view[12:]))
-            except OSError:
+            except OSError as exc:
+                if exc.errno in _UNREACHABLE:
+                    self._refused()
                 try:  # a pending ICMP error fails one send
                     sock.sendmsg((view[:8], ssrc, view[12:]))
                 except OSError:
@@ -988,7 +1039,16 @@ class LocalRelay:
                     if self.rx is not None and self._mmsg is not None
                     else None
                 )
-                out = _UdpOutput(self, output_id, port, ssrc, sock, batch)
+                out = _UdpOutput(
+                    self,
+                    output_id,
+                    port,
+                    ssrc,
+                    sock,
+                    batch,
+                    stream_id=stream_id,
+                    timeout=stream.idle_timeout,
+                )
             else:
                 tcp_out = _TcpOutput(self, output_id, transport, port, ssrc)
                 tcp_out.end = _TcpEnd(self, stream_id, output_id, port, sock, None)

@@ -565,7 +565,8 @@ class SessionTable(Generic[D]):
             self.end_leg(leg, reason, bye=False)
 
     def on_relay_event(self, stream_id: str, output_id: str | None, event: str) -> None:
-        """The relay saw no RTP for ``rtp_timeout`` (``idle``) or a TCP connection closed."""
+        """The relay saw no RTP for ``rtp_timeout`` (``idle``), an output's receiver refused
+        RTP for as long (``unreachable``), or a TCP connection closed (``closed``)."""
         leg = self.legs.get(stream_id)
         if leg is None:
             return

@@ -539,6 +539,77 @@ async def test_idle_fires_once_after_packets_stop_not_while_they_flow(
     await wait_for(lambda: events.count("s", None, "idle") == 2, what="second idle event")
 
 
+@pytest.mark.parametrize("mmsg", [True, False], ids=["sendmmsg", "per-packet"])
+async def test_a_udp_output_whose_receiver_is_gone_is_reported_unreachable_once(
+    monkeypatch: pytest.MonkeyPatch, events: Events, cleanup: Callable[[Any], Any], mmsg: bool
+) -> None:
+    """An upper that closed its RTP port (its BYE lost, or sent from where we could not take
+    it) answers every datagram with ICMP port unreachable: after the stream's idle timeout of
+    refusals that output is reported, once; a live output beside it is not, and keeps
+    receiving."""
+    if not mmsg:
+        monkeypatch.setattr(relay_module, "load_mmsg", lambda: None)
+    low, high = port_range()
+    metrics = Metrics()
+    r = LocalRelay(host=HOST, port_min=low, port_max=high, on_event=events, metrics=metrics)
+    await r.start()
+    try:
+        port = await r.open_stream("s", "udp", idle_timeout=0.5)
+        gone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        gone.bind((HOST, 0))
+        gone_port = gone.getsockname()[1]
+        gone.close()  # nobody listens there any more: the kernel answers ICMP port unreachable
+        live = cleanup(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        live.bind((HOST, 0))
+        live.setblocking(False)
+        await r.add_output("s", "gone", "udp", remote=(HOST, gone_port), ssrc=1)
+        await r.add_output("s", "live", "udp", remote=live.getsockname(), ssrc=2)
+        tx = cleanup(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        received = 0
+        started = time.monotonic()
+        seq = 0
+        while time.monotonic() - started < 1.5:  # three timeouts of refusals
+            tx.sendto(rtp(seq), (HOST, port))
+            seq += 1
+            await asyncio.sleep(0.02)
+            try:
+                while live.recv(2048):
+                    received += 1
+            except BlockingIOError:
+                pass
+        assert events.seen == [("s", "gone", "unreachable")]
+        assert metrics.get("relay.udp.unreachable") == 1
+        assert metrics.get("relay.udp.refused") >= 2
+        assert received >= seq // 2  # the live receiver was served all along
+    finally:
+        await r.close()
+
+
+async def test_a_udp_output_refused_only_for_a_moment_is_not_reported(
+    relay: LocalRelay, events: Events, cleanup: Callable[[Any], Any]
+) -> None:
+    """A receiver that closed its port for a moment and opened it again (a restart) refused a
+    few datagrams: that is no run as long as the timeout."""
+    port = await relay.open_stream("s", "udp", idle_timeout=0.5)
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind((HOST, 0))
+    address = receiver.getsockname()
+    receiver.close()
+    await relay.add_output("s", "o", "udp", remote=address, ssrc=1)
+    tx = cleanup(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    for seq in range(5):  # refused: nobody there
+        tx.sendto(rtp(seq), (HOST, port))
+        await asyncio.sleep(0.02)
+    back = cleanup(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    back.bind(address)  # the receiver is back on its port
+    back.setblocking(False)
+    for seq in range(5, 60):  # 1 s of traffic, twice the timeout
+        tx.sendto(rtp(seq), (HOST, port))
+        await asyncio.sleep(0.02)
+    assert events.seen == []
+    assert back.recv(2048)
+
+
 async def test_idle_counts_from_open_when_nothing_ever_arrives(
     relay: LocalRelay, events: Events
 ) -> None:

@@ -7,8 +7,11 @@ the transport), RFC 3261 §12.2.2 (in-dialog requests matched by Call-ID and tag
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from conformance.peers.media_session import close_quietly
 from conformance.peers.platform import RequestFailed
 from gateway.media import RelayError
 from gateway.metrics import Metrics
@@ -228,3 +231,30 @@ async def test_bye_in_the_device_leg_from_the_upper_other_address_is_481(rig_fac
     assert not dev.ended
     await call.bye()
     await rig.at_rest()
+
+
+async def test_a_session_whose_upper_stopped_receiving_ends_after_the_rtp_timeout(
+    rig_factory,
+) -> None:
+    # The upper's BYE did not reach us as its (here: from a stranger, 481), and the upper
+    # closed its RTP port. The device keeps sending, so the device leg never times out; the
+    # upper's leg does: its receiver refuses every datagram (ICMP port unreachable) for
+    # media.rtp_timeout, and the gateway ends the session both ways.
+    rig = await rig_factory(media={"rtp_timeout": 1.0}, live_frames=None)
+    call = await rig.invite()
+    assert await call.receiver.wait_frames(5) >= 5
+    assert call.dialog is not None
+    stranger = await _endpoint_on("127.0.0.3")
+    try:
+        resp = await send_bye(stranger, call.dialog, timeout=5)
+    finally:
+        await stranger.close()
+    assert resp is not None and resp.status == 481
+    await close_quietly(call.receiver)
+    await asyncio.wait_for(call.ended.wait(), 10)
+    assert call.ended_by == "lower"  # the gateway's BYE
+    dev = device_session(rig)
+    await wait_for(lambda: dev.ended, 5, "BYE to the device")
+    assert dev.ended_by == "remote"
+    await rig.at_rest()
+    assert rig.gw.metrics.get("media.relay.unreachable") == 1
