@@ -15,7 +15,7 @@ from conformance.peers.media_session import close_quietly
 from conformance.peers.platform import RequestFailed
 from gateway.media import RelayError
 from gateway.metrics import Metrics
-from gateway.sip import Endpoint, send_bye
+from gateway.sip import Dialog, Endpoint, Response, send_bye
 from tests.conftest import wait_for
 from tests.media.rig import FRAMES, device_session, fast_timers
 
@@ -152,6 +152,15 @@ async def _endpoint_on(host: str) -> Endpoint:
     return ep
 
 
+async def _bye_from(host: str, dialog: Dialog) -> Response | None:
+    """A BYE in ``dialog`` sent from ``host`` (another NIC of the upper, or a stranger)."""
+    ep = await _endpoint_on(host)
+    try:
+        return await send_bye(ep, dialog, timeout=5)
+    finally:
+        await ep.close()
+
+
 async def test_bye_from_another_configured_address_of_the_upper_ends_the_session(
     rig_factory,
 ) -> None:
@@ -159,11 +168,7 @@ async def test_bye_from_another_configured_address_of_the_upper_ends_the_session
     call = await rig.invite()
     assert await call.receiver.wait_frames(5) >= 5
     assert call.dialog is not None
-    other = await _endpoint_on("127.0.0.2")  # the upper's second NIC, or a cluster node
-    try:
-        resp = await send_bye(other, call.dialog, timeout=5)
-    finally:
-        await other.close()
+    resp = await _bye_from("127.0.0.2", call.dialog)  # the upper's second NIC, or a cluster node
     assert resp is not None and resp.status == 200
     await rig.at_rest()  # the session ended, the relay stream closed, its ports came back
     assert device_session(rig).ended_by == "remote"
@@ -183,11 +188,7 @@ async def test_bye_from_the_host_of_the_upper_contact_ends_the_session(rig_facto
     assert "127.0.0.2" in (call.request.get_header("Contact") or "")
     assert await call.receiver.wait_frames(5) >= 5
     assert call.dialog is not None
-    other = await _endpoint_on("127.0.0.2")
-    try:
-        resp = await send_bye(other, call.dialog, timeout=5)
-    finally:
-        await other.close()
+    resp = await _bye_from("127.0.0.2", call.dialog)
     assert resp is not None and resp.status == 200
     await rig.at_rest()
 
@@ -196,11 +197,7 @@ async def test_bye_from_a_stranger_with_the_right_tags_is_still_481(rig_factory)
     rig = await rig_factory(upper={"other_hosts": ["127.0.0.2"]}, live_frames=None)
     call = await rig.invite()
     assert call.dialog is not None
-    stranger = await _endpoint_on("127.0.0.3")
-    try:
-        resp = await send_bye(stranger, call.dialog, timeout=5)
-    finally:
-        await stranger.close()
+    resp = await _bye_from("127.0.0.3", call.dialog)
     assert resp is not None and resp.status == 481
     before = call.receiver.decoded
     assert await call.receiver.wait_frames(before + 5) >= before + 5  # still flowing
@@ -244,11 +241,7 @@ async def test_a_session_whose_upper_stopped_receiving_ends_after_the_rtp_timeou
     call = await rig.invite()
     assert await call.receiver.wait_frames(5) >= 5
     assert call.dialog is not None
-    stranger = await _endpoint_on("127.0.0.3")
-    try:
-        resp = await send_bye(stranger, call.dialog, timeout=5)
-    finally:
-        await stranger.close()
+    resp = await _bye_from("127.0.0.3", call.dialog)
     assert resp is not None and resp.status == 481
     await close_quietly(call.receiver)
     await asyncio.wait_for(call.ended.wait(), 10)
