@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint typecheck pytest test-deps bench clean
+.PHONY: install run test lint typecheck pytest test-deps bench fuzz clean
 
 install: $(STAMP)
 
@@ -53,6 +53,12 @@ bench: install test-deps
 	$(BIN)/python bench/uplink.py
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/edge.py
+
+# Wire fuzzing against a gateway process for ten minutes (the test suite runs 40 seconds of it).
+# FUZZ_SECONDS and FUZZ_SEED change the run; the JSON report goes to stdout, exit 1 on findings.
+FUZZ_SECONDS ?= 600
+fuzz: install
+	$(BIN)/python bench/fuzz.py --seconds $(FUZZ_SECONDS) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

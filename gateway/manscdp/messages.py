@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+import structlog
 from lxml import etree
 
 from gateway.manscdp import xmlio
@@ -32,6 +33,8 @@ from gateway.manscdp.schema import (
     texts,
     write_node,
 )
+
+log = structlog.get_logger("gateway.manscdp")
 
 M = TypeVar("M", bound="Message")
 
@@ -847,12 +850,18 @@ class Decoded:
 
 def decode(data: bytes) -> Decoded:
     """Bytes of a MANSCDP body → typed message. Raises :class:`DecodeError` (never anything
-    else) with a reason when the body cannot be understood."""
+    else) with a reason when the body cannot be understood.
+
+    Any other exception is a bug of the decoder (bad input must only ever give
+    ``DecodeError``): it still becomes a ``DecodeError`` for the caller, which answers the peer
+    as for a bad body, but it is logged at error level with its traceback
+    (``manscdp.decoder_bug``) so that it is seen and fixed, not taken for the peer's fault."""
     try:
         return _decode(data)
     except DecodeError:
         raise
-    except Exception as exc:  # a last guard: bad input must only ever give DecodeError
+    except Exception as exc:
+        log.error("manscdp.decoder_bug", error=type(exc).__name__, size=len(data), exc_info=exc)
         raise DecodeError(f"cannot decode: {type(exc).__name__}") from None
 
 

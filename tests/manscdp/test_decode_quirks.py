@@ -585,3 +585,27 @@ def test_a_second_list_element_adds_its_items() -> None:
     empty = body.replace(b"<Item><DeviceID>34020000001320000002</DeviceID></Item>", b"")
     msg = decode(empty).message
     assert decode(encode(msg, "GB2312")).message == msg
+
+
+def test_a_decoder_bug_is_a_decode_error_for_the_peer_and_an_error_in_the_log(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bad input must only ever raise DecodeError; anything else is our bug. The peer is
+    answered as for a bad body, and the bug is logged at error level with its traceback."""
+    import gateway.manscdp.messages as messages_module
+
+    lines: list[tuple[str, str, dict[str, object]]] = []
+
+    class Recorder:
+        def __getattr__(self, level: str) -> object:
+            return lambda event, **fields: lines.append((level, event, fields))
+
+    def broken(data: bytes) -> object:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(messages_module, "log", Recorder())
+    monkeypatch.setattr(messages_module, "_decode", broken)
+    with pytest.raises(DecodeError, match="cannot decode: KeyError"):
+        messages_module.decode(b"<Notify/>")
+    assert [(level, event) for level, event, _ in lines] == [("error", "manscdp.decoder_bug")]
+    assert isinstance(lines[0][2]["exc_info"], KeyError)
