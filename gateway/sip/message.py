@@ -213,8 +213,12 @@ class Message:
         if got is not None:
             return got  # type: ignore[no-any-return]
         raw = self._required("via", "Via")
-        comma = raw.find(",")
-        got = self._cache["topvia"] = parse_via(raw if comma < 0 else split_commas(raw)[0])
+        if "," in raw:
+            values = split_commas(raw)
+            if not values:  # only commas and white space (found by bench/fuzz.py)
+                raise ParseError("Bad Via", "no value")
+            raw = values[0]
+        got = self._cache["topvia"] = parse_via(raw)
         return got
 
     @property

@@ -141,6 +141,7 @@ def test_whatever_fails_in_the_core_after_a_transaction_is_kept_is_answered(
     [
         ({"Via": "SIP/2.0/UDP"}, "Bad Via"),
         ({"Via": "SIP/2.0/UDP a.example.com;branch=z9hG4bKx, ;"}, "Bad Via"),
+        ({"Via": " , "}, "Bad Via"),  # only a comma: found by bench/fuzz.py (was a traceback)
         ({"From": "<sip:34020000001320000001@3402000000"}, "Bad From"),
         ({"To": '"unterminated <sip:a@b>'}, "Bad To"),
         ({"Call-ID": ""}, "Bad Call-ID"),
