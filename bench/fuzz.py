@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from register import free_port  # bench/ is first on sys.path when a script there runs
 
 ROOT = Path(__file__).resolve().parent.parent
 GW_ID = "34020000002000000001"
@@ -70,21 +71,6 @@ def token() -> str:
 
 
 # -- the gateway ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (the gateway binds both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
 
 
 class GatewayProcess:
@@ -357,29 +343,19 @@ def seed_message(kind: str, lport: int, transport: str, honest: int) -> bytes:
     if kind in BODIES:
         ctype, body = BODIES[kind](dev)
         return request("MESSAGE", lport, dev, GW_ID, transport=transport, body=body, ctype=ctype)
-    if kind == "subscribe":
-        ctype, body = BODIES["query"](dev)
+    if kind in ("subscribe", "notify"):
+        ctype, body = BODIES["query" if kind == "subscribe" else "catalog"](dev)
+        state = "Expires: 600" if kind == "subscribe" else "Subscription-State: active;expires=600"
+        extra = f"Event: Catalog;id=1\r\n{state}\r\n"
         return request(
-            "SUBSCRIBE",
+            kind.upper(),
             lport,
             dev,
             GW_ID,
             transport=transport,
             body=body,
             ctype=ctype,
-            extra="Event: Catalog;id=1\r\nExpires: 600\r\n",
-        )
-    if kind == "notify":
-        ctype, body = BODIES["catalog"](dev)
-        return request(
-            "NOTIFY",
-            lport,
-            dev,
-            GW_ID,
-            transport=transport,
-            body=body,
-            ctype=ctype,
-            extra="Event: Catalog;id=1\r\nSubscription-State: active;expires=600\r\n",
+            extra=extra,
         )
     if kind == "invite":
         channel = dev[:10] + "131" + dev[13:]
