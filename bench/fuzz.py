@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -887,6 +888,8 @@ def main() -> None:
     if args.seed is None:
         args.seed = random.randrange(1 << 32)
     random.seed(args.seed)  # the seeds' choices; the mutations have their own generator
+    # Our own TCP writes to connections the gateway reset are expected: no asyncio warnings.
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
     workdir = Path(tempfile.mkdtemp(prefix="gb-fuzz-"))
     log(f"seed {args.seed}, {args.seconds:.0f} s at {args.rate:.0f} messages/s, work dir {workdir}")
     gw = GatewayProcess(workdir)
