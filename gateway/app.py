@@ -31,7 +31,7 @@ from gateway.media import SessionTable, make_relay
 from gateway.metrics import Metrics
 from gateway.routes import ANY, MessageDispatcher, RouteTable
 from gateway.settings import Config
-from gateway.sip import Dialog, Endpoint, SipUri, TimerConfig, send_bye
+from gateway.sip import Dialog, Endpoint, LoadGuard, Peer, Request, SipUri, TimerConfig, send_bye
 from gateway.store import Store
 from gateway.uplink import Calls, Uplink, UpperAudio
 
@@ -80,6 +80,14 @@ class Gateway:
         self.store = store if store is not None else open_store(config)
         identity = config.gateway
         sip = config.sip
+        over = config.overload
+        self.load_guard = LoadGuard(
+            enabled=over.enabled,
+            queue_delay=over.queue_delay,
+            loop_lag=over.loop_lag,
+            retry_after_min=over.retry_after_min,
+            retry_after_max=over.retry_after_max,
+        )
         self.endpoint = Endpoint(
             metrics=self.metrics,
             timers=TimerConfig(t1=sip.t1, t2=sip.t2, t4=sip.t4),
@@ -93,7 +101,9 @@ class Gateway:
             tcp_buffer_budget=sip.tcp_buffer_budget,
             tcp_min_body_rate=sip.tcp_min_body_rate,
             fd_reserve=config.media.port_max - config.media.port_min + 1,
+            load_guard=self.load_guard,
         )
+        self.endpoint.core.known_sender = self._known_sender
         self.catalog = Catalog(
             store=self.store,
             events=self.events,
@@ -140,6 +150,7 @@ class Gateway:
             events=self.events,
             metrics=self.metrics,
             clock=clock,
+            busy=lambda: self.load_guard.share < 1.0,
         )
         self.uplink = Uplink(
             identity=identity,
@@ -234,6 +245,14 @@ class Gateway:
             (UpperOffline, self.calls.on_upper_offline),
             (MediaStatusReceived, self.calls.on_media_status),
         ]
+
+    def _known_sender(self, req: Request, peer: Peer) -> bool:
+        """Under overload, new requests from these are served, not shed: a device registered
+        from that host (its keepalives, its answers to our queries) and a configured upper."""
+        dev = self.registrar.get(req.from_.uri.user or "")
+        if dev is not None and dev.online and dev.host == peer.host:
+            return True
+        return self.uplink.is_upper_host(peer.host)
 
     def _serves(self, uri: SipUri) -> bool:
         """Requests may name the gateway by ID, by domain, or by address alone, or (from an

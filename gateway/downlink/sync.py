@@ -10,7 +10,9 @@ applied without removals and the sync is retried later (up to four times, backin
 offline cancels its sync, drops its subscriptions and turns its channels OFF.
 
 A global limit on concurrent syncs keeps a burst of 2,000 registrations (a power cut coming
-back) from flooding the gateway with 2,000 parallel catalog collections.
+back) from flooding the gateway with 2,000 parallel catalog collections, and the syncs start
+in turn, at most ``sync_rate`` per second and none while the gateway sheds load (``busy``): the
+storm of syncs after a storm of registrations waits for the registrations to be served.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class CatalogSync:
         events: EventBus,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self.cfg = settings
         self.downlink = downlink
@@ -53,6 +56,10 @@ class CatalogSync:
         self.clock = clock
         self._running: dict[str, asyncio.Task[None]] = {}
         self._limit = asyncio.Semaphore(self.cfg.max_concurrent_syncs)
+        self._busy = busy
+        self._gate = asyncio.Lock()  # FIFO: the syncs start in the order they were asked
+        self._next_start = 0.0
+        self.max_busy_wait = 60.0  # past this a sync starts, shedding or not
         self.retry_after = 60.0
         self.max_retries = 4
 
@@ -109,6 +116,7 @@ class CatalogSync:
     async def _run(self, device_id: str, delay: float) -> None:
         if delay:
             await asyncio.sleep(delay)
+        await self._turn()
         async with self._limit:
             partial = await self.sync(device_id)
         self.subscriptions.device_online(device_id)
@@ -122,8 +130,26 @@ class CatalogSync:
             dev = self.downlink.device(device_id)
             if dev is None or not dev.online:
                 return
+            await self._turn()
             async with self._limit:
                 partial = await self.sync(device_id)
+
+    async def _turn(self) -> None:
+        """Wait for this sync's start: one at a time through the gate, ``1 / sync_rate``
+        seconds apart, and (up to ``max_busy_wait``) not while the gateway sheds load. Only the
+        sync at the head of the line polls."""
+        loop = asyncio.get_running_loop()
+        async with self._gate:
+            busy = self._busy
+            if busy is not None and busy():
+                self.metrics.inc("sync.paused")
+                give_up = loop.time() + self.max_busy_wait
+                while busy() and loop.time() < give_up:
+                    await asyncio.sleep(0.2)
+            wait = self._next_start - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._next_start = max(loop.time(), self._next_start) + 1.0 / self.cfg.sync_rate
 
     async def sync(self, device_id: str) -> bool:
         """DeviceInfo, then Catalog, applied as a diff. Returns True when the catalog answer

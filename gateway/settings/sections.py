@@ -131,6 +131,25 @@ class RegistrarSection(_Section):
         return self
 
 
+class OverloadSection(_Section):
+    """Shedding new work while the gateway is behind (``gateway.sip.overload``)."""
+
+    enabled: bool = True
+    # behind: the UDP receive queue not empty for this long, or the event loop this late
+    queue_delay: float = Field(0.2, gt=0, le=10)
+    loop_lag: float = Field(0.25, gt=0, le=10)
+    # the Retry-After of a shed request: from the first second the calendar of returns has
+    # room in, no sooner than min, no later than max
+    retry_after_min: int = Field(5, ge=1, le=3600)
+    retry_after_max: int = Field(300, ge=1, le=86400)
+
+    @model_validator(mode="after")
+    def _window(self) -> OverloadSection:
+        if self.retry_after_min > self.retry_after_max:
+            raise ValueError("need retry_after_min <= retry_after_max")
+        return self
+
+
 class KeepaliveSection(_Section):
     interval: float = Field(60.0, gt=0)
     timeout_count: int = Field(3, ge=1)
@@ -145,6 +164,8 @@ class DownlinkSection(_Section):
     max_queries_per_device: int = Field(4, ge=1)
     max_queued_per_device: int = Field(64, ge=0)
     max_concurrent_syncs: int = Field(128, ge=1)
+    # catalog syncs started per second at most; none start while the gateway sheds load
+    sync_rate: float = Field(200.0, gt=0)
     sync_on_register: bool = True
     catalog_subscription: bool = True
     catalog_subscription_expires: int = Field(600, ge=60)
@@ -279,6 +300,7 @@ class Config(_Section):
     auth: AuthSection = AuthSection()
     registrar: RegistrarSection = RegistrarSection()
     keepalive: KeepaliveSection = KeepaliveSection()
+    overload: OverloadSection = OverloadSection()
     downlink: DownlinkSection = DownlinkSection()
     uplink: UplinkSection = UplinkSection()
     media: MediaSection = MediaSection()

@@ -20,6 +20,7 @@ from gateway.sip.digest import Credentials, DigestClient, DigestServer, Verdict
 from gateway.sip.endpoint import Endpoint, Handler, HandlerResult, ServerContext
 from gateway.sip.errors import ParseError, SipError, TransactionTimeout, TransportError
 from gateway.sip.message import Message, Request, Response, make_response, parse, warning_value
+from gateway.sip.overload import LoadGuard
 from gateway.sip.peer import Peer
 from gateway.sip.subscription import (
     Notifier,
@@ -52,6 +53,7 @@ __all__ = [
     "HandlerResult",
     "HeaderValueError",
     "InviteFailed",
+    "LoadGuard",
     "Message",
     "NameAddr",
     "Notifier",

@@ -49,6 +49,7 @@ from gateway.sip.message import (
     salvage_request,
     warning_value,
 )
+from gateway.sip.overload import LoadGuard, is_initial_register, quick_response
 from gateway.sip.peer import Peer
 from gateway.sip.transaction import ClientTransaction, Scheduler, ServerTransaction, TimerConfig
 from gateway.sip.uri import SipUri
@@ -131,6 +132,11 @@ class SipCore:
         self._client_txns: dict[tuple[str, str], ClientTransaction] = {}
         # INVITE server transactions by (Call-ID, CSeq number), for the ACK to a 2xx.
         self._invites: dict[tuple[str, int], ServerTransaction] = {}
+        #: sheds new work while the gateway is behind (see :mod:`gateway.sip.overload`)
+        self.guard: LoadGuard | None = None
+        #: whether a new out-of-dialog request comes from someone the gateway serves already
+        #: (a registered device, a configured upper): such requests are never shed
+        self.known_sender: Callable[[Request, Peer], bool] | None = None
 
     # -- configuration --------------------------------------------------------------------
     def allow(self, method: str) -> None:
@@ -194,15 +200,32 @@ class SipCore:
     # -- incoming -------------------------------------------------------------------------
     def receive(self, data: bytes, peer: Peer) -> None:
         """One message from ``peer`` (a datagram, or one framed off a stream)."""
+        shed = False
+        guard = self.guard
+        # The storm's own request, decided before it is parsed: a shed one costs a few
+        # microseconds. (Its retransmission, were its first copy taken, is shed too: the
+        # device then waits as told instead of retransmitting.)
+        if (
+            guard is not None
+            and guard.share < 1.0
+            and is_initial_register(data)
+            and guard.shed_new()
+        ):
+            answer = quick_response(data, 503, "Service Unavailable", self._retry_after())
+            if answer is not None:
+                self.counters.inc("sip.rx.shed")
+                self.network.send(peer, answer)
+                return
+            shed = True  # not plain enough to answer from its bytes: parse it
         try:
-            self._receive(data, peer)
+            self._receive(data, peer, shed)
         except Exception:
             # Last resort: whatever a peer sends must not reach the transport (a TCP
             # connection would be torn down with every message queued behind it).
             self.counters.inc("sip.rx.internal_error")
             log.exception("sip.rx.internal_error", peer=str(peer), size=len(data))
 
-    def _receive(self, data: bytes, peer: Peer) -> None:
+    def _receive(self, data: bytes, peer: Peer, shed: bool = False) -> None:
         try:
             msg = parse(data)
         except ParseError as exc:
@@ -222,7 +245,7 @@ class SipCore:
         if isinstance(msg, Response):
             self._response_received(msg, peer)
         else:
-            self._request_received(msg, peer)
+            self._request_received(msg, peer, shed)
 
     def _reject(
         self,
@@ -240,7 +263,7 @@ class SipCore:
         except Exception:
             log.debug("sip.reject_failed", peer=str(peer))
 
-    def _request_received(self, req: Request, peer: Peer) -> None:
+    def _request_received(self, req: Request, peer: Peer, shed: bool = False) -> None:
         counters = self.counters
         try:
             cseq, require = check_request(req)
@@ -283,6 +306,18 @@ class SipCore:
             return
         if method == "CANCEL":
             self._cancel(req, peer)
+            return
+        guard = self.guard
+        if shed or (
+            guard is not None
+            and guard.share < 1.0
+            and method != "REGISTER"  # decided in receive()
+            and req.to.tag is None
+            and not (self.known_sender is not None and self.known_sender(req, peer))
+            and guard.shed_new()
+        ):
+            counters.inc("sip.rx.shed")
+            self._reject(req, peer, 503, "Service Unavailable", self._retry_headers())
             return
 
         txn = ServerTransaction(
@@ -371,6 +406,14 @@ class SipCore:
             log.debug("sip.backstop_failed", peer=str(peer))
         if txn.state in ("trying", "proceeding"):
             self._server_done(txn)
+
+    def _retry_after(self) -> bytes:
+        assert self.guard is not None
+        return b"Retry-After: %d\r\n" % self.guard.retry_after()
+
+    def _retry_headers(self) -> list[tuple[str, str]]:
+        assert self.guard is not None
+        return [("Retry-After", str(self.guard.retry_after()))]
 
     def _unanswered(self, txn: ServerTransaction, req: Request, peer: Peer) -> None:
         if txn.state in ("trying", "proceeding"):

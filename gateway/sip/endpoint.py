@@ -31,6 +31,7 @@ from gateway.sip.core import SipCore
 from gateway.sip.counters import Counters
 from gateway.sip.errors import TransactionTimeout, TransportError
 from gateway.sip.message import Request, Response, make_response
+from gateway.sip.overload import LoadGuard
 from gateway.sip.timers import TimerQueues
 from gateway.sip.transaction import ClientTransaction, ServerTransaction, TimerConfig
 from gateway.sip.transport import (
@@ -95,6 +96,7 @@ class Endpoint:
         fd_reserve: int = 0,
         tcp_buffer_budget: int = TCP_BUFFER_BUDGET,
         tcp_min_body_rate: float = TCP_MIN_BODY_RATE,
+        load_guard: LoadGuard | None = None,
     ) -> None:
         self.metrics = metrics
         self.advertised_host = advertised_host
@@ -123,6 +125,11 @@ class Endpoint:
         )
         # RFC 3261 §18.4: an ICMP error fails the client transactions to its address at once.
         self.transports.on_unreachable = self.core.unreachable
+        # Overload: the transports report the UDP queue, the core sheds, a tick steers.
+        self.load_guard = load_guard
+        self.core.guard = load_guard
+        self.transports.load_guard = load_guard
+        self._load_tick: asyncio.TimerHandle | None = None
         self._handlers: dict[str, Handler] = {}
         self._connection_lost: list[Callable[[Peer], None]] = []
         self._local_hosts: dict[str, str] = {}
@@ -163,6 +170,22 @@ class Endpoint:
     async def start(self, host: str, port: int) -> None:
         await self.transports.start(host, port)
         self._bound_host = host
+        if self.load_guard is not None:
+            self._schedule_load_tick(self.loop.time())
+
+    def _schedule_load_tick(self, now: float) -> None:
+        assert self.load_guard is not None
+        due = now + self.load_guard.tick_interval
+        self._load_tick = self.loop.call_at(due, self._on_load_tick, due)
+
+    def _on_load_tick(self, due: float) -> None:
+        """The guard's tick, its lateness being the loop's lag."""
+        assert self.load_guard is not None
+        now = self.loop.time()
+        try:
+            self.load_guard.tick(max(0.0, now - due))
+        finally:
+            self._schedule_load_tick(now)
 
     @property
     def port(self) -> int:
@@ -172,6 +195,8 @@ class Endpoint:
         for task in list(self._tasks):
             task.cancel()
         self._timers.close()
+        if self._load_tick is not None:
+            self._load_tick.cancel()
         await self.transports.close()
 
     def route(self, method: str, handler: Handler) -> None:

@@ -51,6 +51,7 @@ import structlog
 from gateway.sip.counters import Counters
 from gateway.sip.errors import TransportError
 from gateway.sip.framing import PONG, Ping, Refused, StreamFramer
+from gateway.sip.overload import LoadGuard
 from gateway.sip.peer import Peer as Peer  # re-exported: callers import it from here
 
 _EPOLL: Any = getattr(select, "epoll", None)  # Linux only
@@ -154,6 +155,8 @@ class _Udp:
             try:
                 data, addr = sock.recvfrom(UDP_MAX)
             except (BlockingIOError, InterruptedError):
+                if owner.load_guard is not None:
+                    owner.load_guard.drained()
                 break
             except OSError as exc:
                 owner.metrics.inc("sip.udp.error")
@@ -170,7 +173,10 @@ class _Udp:
             except Exception:
                 owner._internal_error(data, peer)
         else:
-            return  # a full batch: the loop calls again
+            # A full batch: the loop calls again, and the queue is behind us.
+            if owner.load_guard is not None:
+                owner.load_guard.backlogged()
+            return
         if self._poller is not None:
             self._wakes += 1
             # Woken with no datagram: the set is readable for the error queue alone (errors
@@ -506,6 +512,8 @@ class Transports:
         self.max_connections = max_connections or 10_000  # settled at start()
         self.fd_reserve = fd_reserve
         self.on_unreachable: Callable[[Peer, bytes], int] | None = None
+        # Told when the UDP receive queue is found full or empty (gateway.sip.overload).
+        self.load_guard: LoadGuard | None = None
         self._unreachable_pending: list[tuple[Peer, int, bytes]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.host = ""

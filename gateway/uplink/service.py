@@ -224,6 +224,10 @@ class Uplink:
         return await self.sender.send_parts(s, make, items)
 
     # -- requests from an upper -------------------------------------------------------------
+    def is_upper_host(self, host: str) -> bool:
+        """Whether ``host`` is an address of a configured upper platform."""
+        return any(host in s.hosts() for s in self.sessions.values())
+
     def _session(self, req: Request, ctx: ServerContext) -> UpperSession | None:
         """The upper a request comes from: its ID (or, after a redirect, the ID of the server
         it sent us to) in From, from that server's host."""
