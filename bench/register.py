@@ -104,10 +104,15 @@ def children_cpu() -> float:
 class Gateway:
     """The gateway under test, as a subprocess. ``downlink``: lines of its ``[downlink]``
     section (by default no sync and no subscription: SIPp devices answer no MANSCDP);
-    ``extra``: more TOML lines at the end (``[[uplink.platforms]]`` tables)."""
+    ``extra``: more TOML lines at the end (``[[uplink.platforms]]`` tables); ``overload``:
+    lines of its ``[overload]`` section (by default shedding is off)."""
 
     def __init__(
-        self, workdir: Path, downlink: list[str] | None = None, extra: list[str] | None = None
+        self,
+        workdir: Path,
+        downlink: list[str] | None = None,
+        extra: list[str] | None = None,
+        overload: list[str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = free_port()
@@ -133,6 +138,9 @@ class Gateway:
                     if downlink is not None
                     else ["sync_on_register = false", "catalog_subscription = false"]
                 ),
+                "# capacity is measured without shedding (bench/overload.py measures that)",
+                "[overload]",
+                *(overload if overload is not None else ["enabled = false"]),
                 "[log]",
                 'level = "warning"',
                 *(extra or []),
