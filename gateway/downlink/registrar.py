@@ -87,8 +87,23 @@ def make_tz(name: str) -> tzinfo:
 
 def gb_date(now: float, tz: tzinfo) -> str:
     """The ``Date`` value of GB/T 28181 §9.10: ``yyyy-MM-ddTHH:mm:ss.SSS``, local time, no zone."""
-    dt = datetime.fromtimestamp(now, tz)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}"
+    second = int(now // 1)
+    micro = round((now - second) * 1e6)  # as datetime.fromtimestamp rounds
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    key = (second, tz)
+    prefix = _DATE_CACHE.get(key)
+    if prefix is None:
+        # Formatted once a second per zone (every REGISTER 200 carries one): a storm of
+        # registrations does not pay strftime for each.
+        if len(_DATE_CACHE) > 64:
+            _DATE_CACHE.clear()
+        prefix = datetime.fromtimestamp(second, tz).strftime("%Y-%m-%dT%H:%M:%S.")
+        _DATE_CACHE[key] = prefix
+    return f"{prefix}{micro // 1000:03d}"
+
+
+_DATE_CACHE: dict[tuple[int, tzinfo], str] = {}
 
 
 class Registrar:
