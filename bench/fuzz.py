@@ -526,6 +526,7 @@ class Honest(asyncio.DatagramProtocol):
         self.lport = 0
         self.waiting: dict[str, asyncio.Future[bytes]] = {}
         self.cseq = 0
+        self.retry_at = 0.0  # after a 503: not before this (monotonic)
         self.call_id = token()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -605,6 +606,12 @@ class Honest(asyncio.DatagramProtocol):
         first = await self.ask(lambda b: self._request("REGISTER", b, "Expires: 3600\r\n"))
         if first is None:
             return False
+        if first.startswith(b"SIP/2.0 503"):
+            # Shed while the gateway was busy: not a refusal. Come back as Retry-After says.
+            self.stats["register_shed"] += 1
+            m = re.search(rb"\r\nRetry-After: *([0-9]+)", first)
+            self.retry_at = time.monotonic() + (int(m.group(1)) if m else 5)
+            return False
         m = re.search(rb'nonce="([^"]+)"', first)
         if not first.startswith(b"SIP/2.0 401") or m is None:
             self.stats["register_refused"].append(
@@ -638,6 +645,8 @@ class Honest(asyncio.DatagramProtocol):
         registered_at = time.monotonic() if await self.register() else 0.0
         while time.monotonic() < until:
             await asyncio.sleep(1.0)
+            if time.monotonic() < self.retry_at:
+                continue
             if time.monotonic() - registered_at > 20:
                 registered_at = time.monotonic() if await self.register() else registered_at
             else:
@@ -764,6 +773,7 @@ async def run(args: argparse.Namespace, gw: GatewayProcess) -> dict[str, Any]:
         "retransmissions": 0,
         "latencies": [],
         "register_refused": [],
+        "register_shed": 0,
         "keepalive_refused": [],
         "answered_gateway": 0,
     }

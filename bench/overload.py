@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -293,13 +294,15 @@ def storm(
         log(f"{mode}: {calls} devices at {rate}/s for {seconds:.0f} s")
         with (wd / "storm-sipp.out").open("wb") as sink:
             proc = subprocess.Popen(args, cwd=wd, stdout=sink, stderr=subprocess.STDOUT)
-            deadline = t0 + seconds + tail + 30
-            while proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(1.0)
-                rss_peak = max(rss_peak, gw.rss())
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
+            try:
+                deadline = t0 + seconds + tail + 30
+                while proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    rss_peak = max(rss_peak, gw.rss())
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(timeout=10)
         elapsed = time.monotonic() - t0
         out["gateway_cpu_pct"] = round(100 * (gw.cpu() - cpu0) / elapsed, 1)
         out["gateway_rss_peak_mb"] = round(rss_peak / MB, 1)
@@ -403,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="shed,noshed")
     p.add_argument("--budget", type=float, default=2400.0, help="whole run, seconds")
     args = p.parse_args(argv)
+    # A SIGTERM unwinds like an exception, so every process started here is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     exe = shutil.which("sipp")
     if exe is None:
         print(json.dumps({"error": "sipp not found (Debian package sip-tester)"}))

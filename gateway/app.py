@@ -31,7 +31,7 @@ from gateway.media import SessionTable, make_relay
 from gateway.metrics import Metrics
 from gateway.routes import ANY, MessageDispatcher, RouteTable
 from gateway.settings import Config
-from gateway.sip import Dialog, Endpoint, LoadGuard, Peer, Request, SipUri, TimerConfig, send_bye
+from gateway.sip import Dialog, Endpoint, LoadGuard, Peer, SipUri, TimerConfig, send_bye
 from gateway.store import Store
 from gateway.uplink import Calls, Uplink, UpperAudio
 
@@ -246,10 +246,11 @@ class Gateway:
             (MediaStatusReceived, self.calls.on_media_status),
         ]
 
-    def _known_sender(self, req: Request, peer: Peer) -> bool:
+    def _known_sender(self, user: str, peer: Peer) -> bool:
         """Under overload, new requests from these are served, not shed: a device registered
-        from that host (its keepalives, its answers to our queries) and a configured upper."""
-        dev = self.registrar.get(req.from_.uri.user or "")
+        from that host (its keepalives, its answers to our queries, its refreshes) and a
+        configured upper."""
+        dev = self.registrar.get(user)
         if dev is not None and dev.online and dev.host == peer.host:
             return True
         return self.uplink.is_upper_host(peer.host)

@@ -49,7 +49,7 @@ from gateway.sip.message import (
     salvage_request,
     warning_value,
 )
-from gateway.sip.overload import LoadGuard, is_initial_register, quick_response
+from gateway.sip.overload import LoadGuard, from_user, is_initial_register, quick_response
 from gateway.sip.peer import Peer
 from gateway.sip.transaction import ClientTransaction, Scheduler, ServerTransaction, TimerConfig
 from gateway.sip.uri import SipUri
@@ -134,9 +134,10 @@ class SipCore:
         self._invites: dict[tuple[str, int], ServerTransaction] = {}
         #: sheds new work while the gateway is behind (see :mod:`gateway.sip.overload`)
         self.guard: LoadGuard | None = None
-        #: whether a new out-of-dialog request comes from someone the gateway serves already
-        #: (a registered device, a configured upper): such requests are never shed
-        self.known_sender: Callable[[Request, Peer], bool] | None = None
+        #: whether a new out-of-dialog request comes from someone the gateway serves already:
+        #: ``known_sender(from_user, peer)`` (a device registered at that host, a configured
+        #: upper). Such requests are never shed, a registered device's refresh included.
+        self.known_sender: Callable[[str, Peer], bool] | None = None
 
     # -- configuration --------------------------------------------------------------------
     def allow(self, method: str) -> None:
@@ -209,6 +210,7 @@ class SipCore:
             guard is not None
             and guard.share < 1.0
             and is_initial_register(data)
+            and not (self.known_sender is not None and self.known_sender(from_user(data), peer))
             and guard.shed_new()
         ):
             answer = quick_response(data, 503, "Service Unavailable", self._retry_after())
@@ -313,7 +315,9 @@ class SipCore:
             and guard.share < 1.0
             and method != "REGISTER"  # decided in receive()
             and req.to.tag is None
-            and not (self.known_sender is not None and self.known_sender(req, peer))
+            and not (
+                self.known_sender is not None and self.known_sender(req.from_.uri.user or "", peer)
+            )
             and guard.shed_new()
         ):
             counters.inc("sip.rx.shed")

@@ -61,6 +61,29 @@ def is_initial_register(data: bytes) -> bool:
     return b"\nauthorization" not in head.lower()
 
 
+def from_user(data: bytes) -> str:
+    """The user part of the From URI, read from the bytes (``""`` when it cannot be found
+    plainly): who an initial REGISTER says it is, before it is parsed."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]
+    low = head.lower()
+    at = low.find(b"\r\nfrom:")
+    if at < 0:
+        at = low.find(b"\r\nf:")
+        if at < 0:
+            return ""
+    line_end = low.find(b"\r\n", at + 2)
+    line = head[at + 2 : line_end if line_end > 0 else len(head)]
+    start = line.find(b"sip:")
+    if start < 0:
+        return ""
+    start += 4
+    stop = line.find(b"@", start)
+    if stop < 0 or stop - start > 64:
+        return ""
+    return line[start:stop].decode("ascii", "replace")
+
+
 def quick_response(data: bytes, status: int, reason: str, headers: bytes = b"") -> bytes | None:
     """A response to the request in ``data`` built from its bytes: its Via headers, From,
     To (with a tag added when it has none), Call-ID and CSeq, then ``headers`` (whole lines,

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.metrics import Metrics
 from gateway.sip import LoadGuard, Peer, Request, Response, SipCore, parse
-from gateway.sip.overload import is_initial_register, quick_response
+from gateway.sip.overload import from_user, is_initial_register, quick_response
 from tests.sip.fakeclock import FakeClock
 
 DEVICE = Peer("udp", "10.0.0.7", 5060)
@@ -58,6 +58,16 @@ def test_initial_register_is_told_from_the_authenticated_one_in_any_case() -> No
     body = b"\r\nAuthorization: x"
     data = request().replace(b"Content-Length: 0", b"Content-Length: %d" % len(body)) + body
     assert is_initial_register(data)
+
+
+def test_from_user_reads_who_the_request_says_it_is() -> None:
+    assert from_user(request()) == "34020000001320000001"
+    assert from_user(request(compact=True, user="34020000001320000042")) == "34020000001320000042"
+    assert from_user(request().replace(b"From: <sip:", b'FROM: "cam" <sip:')) == (
+        "34020000001320000001"
+    )
+    assert from_user(request().replace(b"From: <sip:", b"From: <tel:")) == ""
+    assert from_user(b"REGISTER sip:x SIP/2.0\r\nVia: a\r\n\r\n") == ""
 
 
 @pytest.mark.parametrize("compact", [False, True])
@@ -193,7 +203,7 @@ class Rig:
             self.core.allow(m)
         self.guard = LoadGuard(rng=lambda: 0.5)
         self.core.guard = self.guard
-        self.core.known_sender = lambda req, peer: (req.from_.uri.user or "") in known
+        self.core.known_sender = lambda user, peer: user in known
 
     def send(self, peer: Peer, data: bytes) -> bool:
         self.sent.append((peer, data))
@@ -249,6 +259,16 @@ def test_what_is_never_shed() -> None:
     # but a new request from a stranger is
     resp = rig.answer(request("MESSAGE", n=6, user="34020000001320000099"), STRANGER)
     assert resp.status == 503 and resp.get_header("Retry-After")
+    assert rig.metrics.get("sip.rx.shed") == 1
+
+
+def test_a_registered_device_refreshing_is_not_shed() -> None:
+    # Its refresh starts without Authorization like any first REGISTER; shedding it could let
+    # its registration lapse while it waits.
+    rig = Rig(known={"34020000001320000001"})
+    rig.guard.share = 0.0
+    assert rig.answer(request()).status == 200
+    assert rig.answer(request(n=2, user="34020000001320000002")).status == 503
     assert rig.metrics.get("sip.rx.shed") == 1
 
 
