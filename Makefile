@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint typecheck pytest test-deps bench fuzz clean
+.PHONY: install run test lint typecheck pytest test-deps bench fuzz reliability clean
 
 install: $(STAMP)
 
@@ -59,6 +59,12 @@ bench: install test-deps
 FUZZ_SECONDS ?= 600
 fuzz: install
 	$(BIN)/python bench/fuzz.py --seconds $(FUZZ_SECONDS) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
+
+# The overload bench (a storm at 3x the sustainable rate, with and without shedding), a short
+# soak, the fault tests and a minute of fuzzing, with one summary (bench/out/reliability.json);
+# about 25 minutes. RELIABILITY_ARGS=--quick: a 20 s storm. Exit 1 when any part did not hold.
+reliability: install test-deps
+	$(BIN)/python bench/reliability.py $(RELIABILITY_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
