@@ -149,12 +149,14 @@ def soak_verdict(data: dict[str, Any] | None, why: str) -> dict[str, Any]:
         return {"held": False, "error": why}
     checks = data.get("checks", {})
     failed = [name for name, c in checks.items() if isinstance(c, dict) and c.get("pass") is False]
+    offline = data.get("false_offlines", {}).get("transitions")
     return {
-        "held": bool(checks) and not failed and data.get("false_offline_transitions") == 0,
-        "devices": data.get("devices"),
-        "false_offline_transitions": data.get("false_offline_transitions"),
+        "held": bool(data.get("pass")) and bool(checks) and not failed and offline == 0,
+        "storm": data.get("storm"),
+        "false_offline_transitions": offline,
         "checks_failed": failed,
         "checks": checks,
+        "errors_logged": data.get("errors_logged"),
     }
 
 

@@ -310,6 +310,13 @@ class SipCore:
             self._cancel(req, peer)
             return
         guard = self.guard
+        if (
+            guard is not None
+            and guard.share < 1.0
+            and method == "REGISTER"
+            and req.get_header("Authorization") is not None
+        ):
+            guard.registered()
         if shed or (
             guard is not None
             and guard.share < 1.0

@@ -29,10 +29,11 @@ random draw; the answer to a shed REGISTER is built from its bytes without parsi
 goodput holds under several times the sustainable load.
 
 **Coming back.** ``Retry-After`` values are not random: each shed request is given a second in
-a calendar of returns, filled in order up to a quota per second (about what the gateway was
-seen to take while shedding), from ``retry_after_min`` seconds on. The shed devices come back
-as a steady stream the gateway can take, not as a second storm. Past ``retry_after_max`` the
-calendar is full and the value is spread at random over the whole window.
+a calendar of returns, filled in order up to a quota per second (90 % of the registrations the
+gateway was seen to complete per second while shedding, at least 10), from ``retry_after_min``
+seconds on. The shed devices come back as a steady stream the gateway can take, not as a
+second storm. Past ``retry_after_max`` the calendar is full and the value is spread at random
+over the whole window.
 """
 
 from __future__ import annotations
@@ -159,8 +160,11 @@ class LoadGuard:
         self.admitted = 0  # new requests taken, in all
         self._backlog_since: float | None = None
         self._last_tick = clock()
-        self._admitted_at_tick = 0
-        #: new requests taken per second while shedding (smoothed): the calendar's quota
+        #: authenticated REGISTERs seen while shedding (:meth:`registered`)
+        self.completed = 0
+        self._completed_at_tick = 0
+        #: registrations completed per second while shedding, smoothed over seconds: what the
+        #: gateway can take, so the calendar's quota
         self.rate = 0.0
         self._slot = 0  # the calendar's current second, and how many were given it
         self._slot_count = 0
@@ -189,8 +193,8 @@ class LoadGuard:
         """Every ``tick`` seconds: decide whether the gateway is behind and move the share."""
         now = self._clock()
         elapsed = max(now - self._last_tick, 1e-6)
-        taken = self.admitted - self._admitted_at_tick
-        self._last_tick, self._admitted_at_tick = now, self.admitted
+        done = self.completed - self._completed_at_tick
+        self._last_tick, self._completed_at_tick = now, self.completed
         age = self.backlog_age(now)
         behind = age > self.queue_delay or lag > self.loop_lag
         if behind != self.behind:
@@ -207,10 +211,11 @@ class LoadGuard:
         elif was < 1.0:
             self.share = min(1.0, was + self.increase)
         if was < 1.0 or self.share < 1.0:
-            # What the gateway takes while shedding is what it can take: the quota of the
-            # calendar of returns.
-            rate = taken / elapsed
-            self.rate = rate if self.rate == 0.0 else 0.8 * self.rate + 0.2 * rate
+            # The registrations the gateway completes while shedding are what it can take:
+            # the quota of the calendar of returns. Smoothed over a few seconds, so the lull
+            # at a storm's end does not book the returns at a trickle.
+            rate = done / elapsed
+            self.rate = rate if self.rate == 0.0 else 0.95 * self.rate + 0.05 * rate
         if was == 1.0 and self.share < 1.0:
             self.episodes += 1
             self._episode_shed = self.shed
@@ -232,13 +237,17 @@ class LoadGuard:
         self.shed += 1
         return True
 
+    def registered(self) -> None:
+        """An authenticated REGISTER came in while shedding: a registration being completed."""
+        self.completed += 1
+
     def retry_after(self) -> int:
         """Seconds a shed request is told to wait: its place in the calendar of returns."""
         now = int(self._clock())
         slot, count = self._slot, self._slot_count
         if slot < now + self.retry_after_min:
             slot, count = now + self.retry_after_min, 0
-        if count >= max(1, int(self.rate * 0.9)):
+        if count >= max(10, int(self.rate * 0.9)):
             slot, count = slot + 1, 0
         if slot - now > self.retry_after_max:
             # The calendar is full to the end of the window: anywhere in it.

@@ -166,6 +166,22 @@ def test_share_decides_the_fraction_shed() -> None:
     assert shed == 70 and guard.admitted == 30 and guard.shed == 70
 
 
+def test_the_quota_follows_the_registrations_completed_while_shedding() -> None:
+    clock = Clock()
+    guard = LoadGuard(clock=clock)
+    guard.backlogged()
+    for _ in range(50):  # 5 s behind, 1,000 registrations completed a second
+        clock.now += 0.1
+        for _ in range(100):
+            guard.registered()
+        guard.tick(0.0)
+    assert guard.share < 1.0 and 900 <= guard.rate <= 1000
+    for _ in range(5):  # the lull at the storm's end: nothing completes for half a second
+        clock.now += 0.1
+        guard.tick(0.0)
+    assert guard.rate > 700
+
+
 # -- the calendar of returns --------------------------------------------------------------
 def test_returns_are_booked_a_quota_per_second_from_the_minimum_on() -> None:
     clock = Clock()
@@ -245,8 +261,9 @@ def test_what_is_never_shed() -> None:
     assert rig.answer(first).status == 200
     rig.guard.share = 0.0
     assert rig.answer(first).status == 200 and rig.seen == ["MESSAGE"]
-    # the authenticated second REGISTER
+    # the authenticated second REGISTER, counted as a registration completed while shedding
     assert rig.answer(request(auth=True, n=2)).status == 200
+    assert rig.guard.completed == 1
     # an in-dialog request, whoever sends it
     bye = request("BYE", n=3, to_tag="t3", user="34020000001320000099")
     assert rig.answer(bye, STRANGER).status == 200
