@@ -151,6 +151,10 @@ class LoadGuard:
         self.tick_interval = tick
         self.decrease = decrease
         self.increase = increase
+        #: after a decrease, none again for this long: the queue needs that long to show its
+        #: effect, and cutting again meanwhile would overshoot far below what the gateway takes
+        self.cooldown = queue_delay
+        self._hold_until = 0.0
         self._clock = clock
         self._rng = rng
         #: share of new work taken, 0..1 (1: not shedding)
@@ -200,14 +204,16 @@ class LoadGuard:
         if behind != self.behind:
             self.behind = behind
             if behind:
-                log.info("overload.behind", queue_age=round(age, 3), loop_lag=round(lag, 3))
+                log.debug("overload.behind", queue_age=round(age, 3), loop_lag=round(lag, 3))
         if not self.enabled:
             return
         was = self.share
         if behind:
-            self.share = was * self.decrease
-            if self.share < 0.001:
-                self.share = 0.0
+            if now >= self._hold_until:
+                self.share = was * self.decrease
+                if self.share < 0.001:
+                    self.share = 0.0
+                self._hold_until = now + self.cooldown
         elif was < 1.0:
             self.share = min(1.0, was + self.increase)
         if was < 1.0 or self.share < 1.0:

@@ -139,6 +139,20 @@ def test_share_falls_while_the_queue_stays_full_and_comes_back_when_it_drains() 
     assert guard.share == 1.0 and not guard.behind
 
 
+def test_after_a_cut_the_share_is_held_while_the_queue_shows_its_effect() -> None:
+    # Cutting every tick until the queue drains would overshoot far below what the gateway
+    # can take; one cut per queue_delay lets the queue answer first.
+    clock = Clock()
+    guard = LoadGuard(clock=clock, queue_delay=0.15)
+    guard.backlogged()
+    shares = []
+    for _ in range(8):
+        clock.now += 0.1
+        guard.tick(0.0)
+        shares.append(round(guard.share, 4))
+    assert shares == [1.0, 0.7, 0.7, 0.49, 0.49, 0.343, 0.343, 0.2401]
+
+
 def test_loop_lag_alone_is_overload_too() -> None:
     clock = Clock()
     guard = LoadGuard(clock=clock, loop_lag=0.25)
