@@ -398,8 +398,11 @@ class SipCore:
         if txn.state in ("trying", "proceeding"):
             # Answered later by a task or a callback. Should that never happen, answer for it
             # rather than keep the transaction forever.
+            # The timer holds the transaction, not the request: once answered, the transaction
+            # lets its request go, so a slow answer (a REGISTER waiting for its group commit)
+            # does not keep every parsed request alive for the whole delay.
             delay = self.timers.timeout if method != "INVITE" else self.invite_timeout
-            self.scheduler.call_later(delay, self._unanswered, txn, req, peer)
+            self.scheduler.call_later(delay, self._unanswered, txn, peer)
 
     def _backstop(self, txn: ServerTransaction, req: Request, peer: Peer, exc: Exception) -> None:
         """The core itself failed on a request it keeps a transaction for: answer it (400 for
@@ -426,8 +429,9 @@ class SipCore:
         assert self.guard is not None
         return [("Retry-After", str(self.guard.retry_after()))]
 
-    def _unanswered(self, txn: ServerTransaction, req: Request, peer: Peer) -> None:
-        if txn.state in ("trying", "proceeding"):
+    def _unanswered(self, txn: ServerTransaction, peer: Peer) -> None:
+        req = txn.request
+        if req is not None and txn.state in ("trying", "proceeding"):
             self.counters.inc("sip.rx.unanswered")
             log.warning("sip.rx.unanswered", peer=str(peer), method=req.method)
             self.reply(txn, req, 408 if req.method == "INVITE" else 500, "No answer in time")

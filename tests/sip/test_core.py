@@ -566,6 +566,21 @@ def test_an_answered_request_is_left_alone_by_the_guard() -> None:
     assert p.uas_metrics.get("sip.rx.unanswered") == 0
 
 
+def test_the_guard_does_not_keep_an_answered_request_alive() -> None:
+    """A REGISTER answered once its store write commits is answered late: the guard's timer
+    must not hold its parsed request for the guard's whole delay (memory in a storm)."""
+    p = Pair()
+    p.send(request())
+    p.clock.advance(0.1)
+    req, _, txn = p.user.requests[0]
+    assert txn is not None
+    p.user.requests.clear()
+    p.uas.reply(txn, req, 200)
+    assert txn.request is None
+    held = [a for *_, args in p.clock._heap for a in args if isinstance(a, Request)]
+    assert held == []
+
+
 # -- client transactions --------------------------------------------------------------------------
 
 
