@@ -444,6 +444,7 @@ class SqliteStore:
         connection), write what is left, close."""
         if self._task is not None:
             self._stopping.set()
+            self._wake.set()
             await self._task
             self._task = None
         try:

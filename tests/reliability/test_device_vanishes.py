@@ -27,12 +27,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import structlog
 
+from gateway.downlink import sync as sync_module
 from gateway.events import DeviceOffline
 from gateway.sip import Endpoint
 from tests.conftest import wait_for
 from tests.downlink.test_downlink import FAST, NVR, channels_of, nvr, synced
+from tests.sip.test_transport import LogRecorder
 
 pytestmark = pytest.mark.reliability
 
@@ -49,8 +50,10 @@ def offline_events(gw) -> list[DeviceOffline]:  # type: ignore[no-untyped-def]
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_device_vanishing_mid_catalog_sync(
-    start_gateway, device_endpoint: Endpoint, transport: str
+    start_gateway, device_endpoint: Endpoint, transport: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    logged = LogRecorder()
+    monkeypatch.setattr(sync_module, "log", logged)
     gw = await start_gateway(
         downlink=FAST, keepalive={"interval": 1.0, "timeout_count": 2, "check_interval": 0.05}
     )
@@ -64,19 +67,17 @@ async def test_device_vanishing_mid_catalog_sync(
         items_per_message=1,
         drop_parts=frozenset(range(SENT, 10 * CHANNELS)),  # then nothing more is sent
     )
-    with structlog.testing.capture_logs() as logged:
-        assert (await dev.register()).status == 200
-        dev.start_keepalive(0.2)
-        await wait_for(
-            lambda: sum(cmd == "Catalog" for cmd, _, _ in dev.answer_statuses) >= SENT,
-            10,
-            "part of the catalog sent",
-        )
-        # The device vanishes: no more keepalives, its socket (and TCP connection) closed.
-        dev.stop()
-        await device_endpoint.close()
-        await wait_for(lambda: bool(gone), 10, "the device judged offline")
-        await asyncio.sleep(0)
+    assert (await dev.register()).status == 200
+    dev.start_keepalive(0.2)
+    await wait_for(
+        lambda: sum(cmd == "Catalog" for cmd, _, _ in dev.answer_statuses) >= SENT,
+        10,
+        "part of the catalog sent",
+    )
+    # The device vanishes: no more keepalives, its socket (and TCP connection) closed.
+    dev.stop()
+    await device_endpoint.close()
+    await wait_for(lambda: bool(gone), 10, "the device judged offline")
     sent = {dev.channel_id(n) for n in range(1, SENT + 1)}
     channels = channels_of(gw)
     if transport == "udp":
@@ -90,8 +91,8 @@ async def test_device_vanishing_mid_catalog_sync(
         assert gone[0].reason == "connection lost"
         assert gw.metrics.get("sync.interrupted") == 1
         assert not any(not d.partial for d in done)
-        marks = [e for e in logged if e["event"] == "catalog.sync_interrupted"]
-        assert marks and marks[0]["device_id"] == NVR
+        marks = [(lv, f) for lv, e, f in logged.lines if e == "catalog.sync_interrupted"]
+        assert marks == [("warning", {"device_id": NVR, "reason": "connection lost"})]
         assert set(channels) <= sent
     assert gw.metrics.get("sync.complete") == 0
     assert all(item.status == "OFF" for item in channels.values())

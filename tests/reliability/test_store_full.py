@@ -21,16 +21,18 @@ import os
 import sqlite3
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-import structlog
 
 from gateway.app import Gateway
 from gateway.sip import Endpoint
 from gateway.store import SqliteStore, read_devices
+from gateway.store import sqlite as sqlite_module
 from tests.conftest import make_config, sim, wait_for
+from tests.sip.test_transport import LogRecorder
 
 pytestmark = pytest.mark.reliability
 
@@ -109,14 +111,16 @@ def disk() -> Iterator[Disk]:
 
 
 @pytest.fixture
-async def logged() -> AsyncIterator[Callable[[str], list[dict[str, object]]]]:
-    with structlog.testing.capture_logs() as entries:
-        yield lambda name: [e for e in entries if e.get("event") == name]
+def logged(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], list[tuple[str, dict[str, Any]]]]:
+    """(level, fields) of each line the store logged under an event name."""
+    recorder = LogRecorder()
+    monkeypatch.setattr(sqlite_module, "log", recorder)
+    return lambda name: [(level, f) for level, event, f in recorder.lines if event == name]
 
 
 @pytest.mark.timeout(60)
 async def test_a_full_disk_is_reported_retried_and_loses_nothing(
-    disk: Disk, logged: Callable[[str], list[dict[str, object]]], device_endpoint: Endpoint
+    disk: Disk, logged: Callable[[str], list[tuple[str, dict[str, Any]]]], device_endpoint: Endpoint
 ) -> None:
     db = disk.path / "gw.db"
     config = make_config(
@@ -140,8 +144,8 @@ async def test_a_full_disk_is_reported_retried_and_loses_nothing(
         # Reported and retried: at least two failed attempts while the disk stays full.
         await wait_for(lambda: gw.metrics.get("store.write_failed") >= 3, 10, "failed writes")
         failures = logged("store.write_failed")
-        assert failures and failures[0]["log_level"] == "error", failures
-        assert "full" in str(failures[0]["error"])
+        assert failures and failures[0][0] == "error", failures
+        assert "full" in str(failures[0][1]["error"])
         # Nothing that could not be committed was acknowledged.
         assert not any(p.done() for p in pending)
         # What was committed before is still there, readable.
