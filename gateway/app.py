@@ -52,14 +52,16 @@ def configure_logging(config: Config) -> logs.RateLimit:
     )
 
 
-def open_store(config: Config) -> Store:
+def open_store(config: Config, metrics: Metrics | None = None) -> Store:
     if config.store.backend == "memory":
         from gateway.store import MemoryStore
 
         return MemoryStore()
     from gateway.store import SqliteStore
 
-    return SqliteStore(config.store.path, flush_interval=config.store.flush_interval)
+    return SqliteStore(
+        config.store.path, flush_interval=config.store.flush_interval, metrics=metrics
+    )
 
 
 class Gateway:
@@ -77,7 +79,7 @@ class Gateway:
         self.clock = clock
         self.metrics = Metrics()
         self.events = EventBus()
-        self.store = store if store is not None else open_store(config)
+        self.store = store if store is not None else open_store(config, self.metrics)
         identity = config.gateway
         sip = config.sip
         over = config.overload

@@ -51,3 +51,32 @@ async def test_delete_and_reload(tmp_path: Path) -> None:
     assert [(d.device_id, d.host, d.port, d.online) for d in devices] == [
         ("34020000001320000001", "10.0.0.1", 5060, True)
     ]
+
+
+async def test_saves_waiting_for_their_commit_share_one(tmp_path: Path) -> None:
+    """Group commit: each REGISTER waits for the commit holding its device, and those that
+    arrive together share one write; the writer does not wait for ``flush_interval``."""
+    store = SqliteStore(tmp_path / "s.db", flush_interval=60.0)
+    writes = 0
+    real_write = store._write
+
+    def counting(batch: Any) -> None:
+        nonlocal writes
+        writes += 1
+        real_write(batch)
+
+    store._write = counting  # type: ignore[method-assign]
+    await store.start()
+    try:
+        waiting = []
+        for i in range(100):
+            store.save_device(Device(f"340200000013200{i:05d}", online=True))
+            fut = store.committed()
+            assert fut is not None
+            waiting.append(fut)
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        assert writes == 1
+        assert len(read_devices(tmp_path / "s.db")) == 100
+        assert store.committed() is None  # nothing pending, nothing being written
+    finally:
+        await store.close()

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 import structlog
@@ -104,6 +104,11 @@ def gb_date(now: float, tz: tzinfo) -> str:
 
 
 _DATE_CACHE: dict[tuple[int, tzinfo], str] = {}
+
+
+async def _after(committed: Awaitable[None], resp: Response) -> Response:
+    await committed
+    return resp
 
 
 class Registrar:
@@ -197,7 +202,7 @@ class Registrar:
                 pass
 
     # -- REGISTER -------------------------------------------------------------------------
-    def on_register(self, req: Request, ctx: ServerContext) -> Response:
+    def on_register(self, req: Request, ctx: ServerContext) -> Response | Awaitable[Response]:
         metrics = self.metrics
         metrics.inc("register.received")
         device_id = req.to.uri.user
@@ -304,7 +309,10 @@ class Registrar:
         more = [("Expires", str(expires)), ("Date", gb_date(self.clock(), self.tz))]
         if contact:
             more.insert(0, ("Contact", contact))
-        return answer(200, "OK", tuple(more))
+        # Group commit: the 200 leaves once the binding is on disk (store.committed).
+        committed = self.store.committed()
+        ok = answer(200, "OK", tuple(more))
+        return ok if committed is None else _after(committed, ok)
 
     def _digest_uri_is_ours(self, uri: str) -> bool:
         """The digest ``uri`` must name this gateway: its ID, its domain, or no user at all

@@ -7,7 +7,11 @@ then subscribes to catalog changes (and alarms and positions when configured). A
 (parts lost, or a ``SumNum`` that cannot be the count: its items are applied all the same) is
 applied without removals and the sync is retried later (up to four times, backing off from
 60 s). If no catalog comes at all the device's channels follow the device (ON). A device going
-offline cancels its sync, drops its subscriptions and turns its channels OFF.
+offline cancels its sync, drops its subscriptions and turns its channels OFF; a sync it
+interrupts (the device vanished mid-answer: a lost TCP connection) applies nothing of the
+answer and is marked as such (``sync.interrupted``, ``catalog.sync_interrupted``): it runs
+again when the device is back. A device that goes quiet over UDP is still online when its
+answer idles out, so what came is applied as a partial answer (``sync.partial``).
 
 A global limit on concurrent syncs keeps a burst of 2,000 registrations (a power cut coming
 back) from flooding the gateway with 2,000 parallel catalog collections, and the syncs start
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -29,6 +34,7 @@ from gateway.downlink.subscriptions import Subscriptions
 from gateway.events import CatalogSynced, DeviceOffline, DeviceOnline, EventBus
 from gateway.manscdp import CatalogItem
 from gateway.metrics import Metrics
+from gateway.model import Device
 from gateway.settings import DownlinkSection
 
 log = structlog.get_logger("gateway.downlink.sync")
@@ -55,6 +61,8 @@ class CatalogSync:
         self.metrics = metrics
         self.clock = clock
         self._running: dict[str, asyncio.Task[None]] = {}
+        # The sync task of each device whose answers are being collected now.
+        self._collecting: dict[str, asyncio.Task[Any] | None] = {}
         self._limit = asyncio.Semaphore(self.cfg.max_concurrent_syncs)
         self._busy = busy
         self._gate = asyncio.Lock()  # FIFO: the syncs start in the order they were asked
@@ -95,6 +103,11 @@ class CatalogSync:
         task = self._running.pop(event.device_id, None)
         if task is not None:
             task.cancel()
+            if self._collecting.get(event.device_id, False) is task:
+                self.metrics.inc("sync.interrupted")
+                log.warning(
+                    "catalog.sync_interrupted", device_id=event.device_id, reason=event.reason
+                )
         self.subscriptions.device_offline(event.device_id)
         changed = self.catalog.set_device_status(event.device_id, "OFF")
         if changed:
@@ -154,10 +167,18 @@ class CatalogSync:
     async def sync(self, device_id: str) -> bool:
         """DeviceInfo, then Catalog, applied as a diff. Returns True when the catalog answer
         was partial (or missing)."""
-        dl = self.downlink
-        dev = dl.device(device_id)
+        dev = self.downlink.device(device_id)
         if dev is None or not dev.online:
             return False
+        me = self._collecting[device_id] = asyncio.current_task()
+        try:
+            return await self._sync(device_id, dev)
+        finally:
+            if self._collecting.get(device_id) is me:
+                del self._collecting[device_id]
+
+    async def _sync(self, device_id: str, dev: Device) -> bool:
+        dl = self.downlink
         try:
             info = await dl.device_info(device_id)
         except QueryError as exc:

@@ -45,6 +45,9 @@ class MemoryStore:
     def save_mapping(self, upper_id: str, local_id: str, upper_item: str, now: float) -> None:
         self.id_map.append((upper_id, local_id, upper_item))
 
+    def committed(self) -> None:
+        return None  # nothing is ever more durable than it is now
+
     async def flush(self) -> None:
         return None
 

@@ -6,6 +6,17 @@ writes it with ``executemany`` in a thread, keeping SQLite's I/O off the event l
 (``gb28181-gateway devices``/``catalog``) open the file read-only while the gateway runs; WAL
 lets them read without blocking the writer.
 
+Group commit: :meth:`SqliteStore.committed` gives a future that is done once everything saved so
+far is committed, and wakes the writer at once. The registrar answers a REGISTER only then, so a
+device told 200 OK is on disk even if the process is killed the next instant; saves made while a
+commit is being written share the next one, so a storm of registrations costs few commits.
+
+A write that fails (disk full, I/O error) is reported (``store.write_failed`` in the log and
+the metrics) and retried, backing off from ``flush_interval`` up to ``MAX_RETRY_DELAY``: its
+batch is kept and merged under newer saves (a row's newest state wins; rows are keyed, so the
+merge is bounded by the model's size; pending alarms are capped at ``max_pending_alarms``, the
+oldest dropped and counted). Futures waiting on it stay pending until it lands.
+
 Tables: ``devices`` (registrations and what devices said about themselves), ``channels`` (every
 catalog item a device reported: channels and the tree nodes above them, civil regions, business
 groups, virtual organisations; every field is kept as JSON in ``fields``, the ones queries need
@@ -25,6 +36,7 @@ from typing import Any
 import structlog
 
 from gateway.manscdp import CatalogItem, from_plain, item_kind, to_plain
+from gateway.metrics import Metrics
 from gateway.model import Alarm, Device
 
 log = structlog.get_logger("gateway.store.sqlite")
@@ -160,6 +172,9 @@ _INSERT_ALARM = (
 
 Row = tuple[Any, ...]
 
+# The longest wait between two attempts at a write that keeps failing.
+MAX_RETRY_DELAY = 5.0
+
 
 def _row(d: Device) -> Row:
     return tuple(int(getattr(d, c)) if c == "online" else getattr(d, c) for c in COLUMNS)
@@ -206,6 +221,8 @@ class _Batch:
     items: dict[tuple[str, str], tuple[CatalogItem, float] | None] = field(default_factory=dict)
     alarms: list[Alarm] = field(default_factory=list)
     mappings: list[tuple[str, str, str, float]] = field(default_factory=list)
+    # Done when this batch is committed (group commit: one per caller of ``committed``).
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.devices or self.items or self.alarms or self.mappings)
@@ -218,6 +235,12 @@ class _Batch:
             self.items.setdefault(ikey, value)
         self.alarms[:0] = older.alarms
         self.mappings[:0] = older.mappings
+        self.waiters[:0] = older.waiters
+
+    def committed(self) -> None:
+        for fut in self.waiters:
+            if not fut.done():
+                fut.set_result(None)
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -228,9 +251,18 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path, *, flush_interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        flush_interval: float = 0.2,
+        metrics: Metrics | None = None,
+        max_pending_alarms: int = 10_000,
+    ) -> None:
         self.path = Path(path)
         self.flush_interval = flush_interval
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.max_pending_alarms = max_pending_alarms
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -239,8 +271,11 @@ class SqliteStore:
         self._db.executescript(SCHEMA)
         _migrate(self._db)
         self._pending = _Batch()
+        self._writing: _Batch | None = None
+        self._failures = 0  # writes failed in a row
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
 
     # -- devices ----------------------------------------------------------------------------
@@ -288,32 +323,87 @@ class SqliteStore:
         self._pending.mappings.append((upper_id, local_id, upper_item, now))
 
     # -- writing ----------------------------------------------------------------------------
+    def committed(self) -> asyncio.Future[None] | None:
+        """A future done once everything saved so far is committed (``None``: it is already),
+        for a caller that must not acknowledge what could still be lost. It wakes the writer
+        now; whatever is saved until that write starts goes in the same commit."""
+        batch = self._pending if self._pending else self._writing
+        if batch is None:
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch.waiters.append(fut)
+        self._wake.set()
+        return fut
+
     async def start(self) -> None:
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self.flush_interval)
-            except TimeoutError:
-                pass
+            if self._failures:
+                # Back off while the writes fail: waiters do not hurry a full disk.
+                await self._pause(self._retry_delay(), self._stopping)
+            else:
+                await self._pause(self.flush_interval, self._wake)
+            self._wake.clear()
             try:
                 await self.flush()
             except Exception:
-                log.exception("store.flush_failed", path=str(self.path))
+                pass  # reported by flush; the batch is kept for the next attempt
+
+    def _retry_delay(self) -> float:
+        return float(min(self.flush_interval * 2 ** (self._failures - 1), MAX_RETRY_DELAY))
+
+    @staticmethod
+    async def _pause(seconds: float, event: asyncio.Event) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), seconds)
+        except TimeoutError:
+            pass
 
     async def flush(self) -> None:
         async with self._lock:
             if not self._pending:
                 return
             batch, self._pending = self._pending, _Batch()
+            self._writing = batch
             try:
                 await asyncio.to_thread(self._write, batch)
-            except Exception:
+            except Exception as exc:
                 # Keep what was not written: newer saves win over the failed batch.
+                self._writing = None
                 self._pending.merge_older(batch)
+                self._write_failed(exc)
                 raise
+            self._writing = None
+            if self._failures:
+                log.warning("store.write_recovered", path=str(self.path), failures=self._failures)
+                self._failures = 0
+            batch.committed()
+
+    def _write_failed(self, exc: Exception) -> None:
+        self._failures += 1
+        self.metrics.inc("store.write_failed")
+        pending = self._pending
+        dropped = len(pending.alarms) - self.max_pending_alarms
+        if dropped > 0:
+            del pending.alarms[:dropped]
+            self.metrics.inc("store.alarms_dropped", dropped)
+            log.error("store.alarms_dropped", path=str(self.path), alarms=dropped)
+        log.error(
+            "store.write_failed",
+            path=str(self.path),
+            error=f"{type(exc).__name__}: {exc}",
+            failures=self._failures,
+            devices=len(pending.devices),
+            items=len(pending.items),
+            alarms=len(pending.alarms),
+            mappings=len(pending.mappings),
+            retry_in=self._retry_delay(),
+            exc_info=not isinstance(exc, (sqlite3.Error, OSError)),
+        )
 
     def _write(self, batch: _Batch) -> None:
         upserts = [row for row in batch.devices.values() if row is not None]
@@ -345,7 +435,8 @@ class SqliteStore:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                db.execute("ROLLBACK")
             raise
 
     async def close(self) -> None:
@@ -353,9 +444,13 @@ class SqliteStore:
         connection), write what is left, close."""
         if self._task is not None:
             self._stopping.set()
+            self._wake.set()
             await self._task
             self._task = None
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception:
+            log.error("store.closed_unwritten", path=str(self.path))
         self._db.close()
 
 

@@ -91,8 +91,10 @@ async def rig_factory(
         device_transport: str = "udp",
         media: dict[str, Any] | None = None,
         upper: dict[str, Any] | None = None,
+        gateway: dict[str, dict[str, Any]] | None = None,
         **nvr_kw: Any,
     ) -> Rig:
+        """``upper``: keys of the upper's config; ``gateway``: more config sections."""
         platform = SimPlatform(upper_endpoint, platform_id=UP, domain=UP[:10]).start()
         up = {
             "id": UP,
@@ -114,11 +116,14 @@ async def rig_factory(
             "invite_timeout": 3.0,
         }
         media_cfg.update(media or {})
-        gw = await start_gateway(
-            uplink={"platforms": [up]},
-            media=media_cfg,
-            downlink={"response_timeout": 3.0, "idle_timeout": 0.5},
-        )
+        sections: dict[str, dict[str, Any]] = {
+            "uplink": {"platforms": [up]},
+            "media": media_cfg,
+            "downlink": {"response_timeout": 3.0, "idle_timeout": 0.5},
+        }
+        for name, values in (gateway or {}).items():
+            sections[name] = {**sections.get(name, {}), **values}
+        gw = await start_gateway(**sections)
         nvr_kw.setdefault("channel_count", 4)
         nvr_kw.setdefault("live_frames", FRAMES)
         nvr = SimDevice(nvr_endpoint, NVR, Peer("udp", "127.0.0.1", gw.port), **nvr_kw)
