@@ -106,9 +106,23 @@ def gb_date(now: float, tz: tzinfo) -> str:
 _DATE_CACHE: dict[tuple[int, tzinfo], str] = {}
 
 
-async def _after(committed: Awaitable[None], resp: Response) -> Response:
-    await committed
-    return resp
+def _after(committed: asyncio.Future[None], resp: Response) -> asyncio.Future[Response]:
+    """``resp`` once ``committed`` is done: a future chained by a callback, not a task (one
+    per REGISTER in a storm)."""
+    out: asyncio.Future[Response] = committed.get_loop().create_future()
+
+    def done(f: asyncio.Future[None]) -> None:
+        if out.done():
+            return
+        if f.cancelled():
+            out.cancel()
+        elif (exc := f.exception()) is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result(resp)
+
+    committed.add_done_callback(done)
+    return out
 
 
 class Registrar:

@@ -10,7 +10,7 @@ class would repeat every field and double the work of syncing 200,000 channels.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
 from typing import Protocol
 
 from gateway.manscdp import CatalogItem
@@ -47,7 +47,7 @@ class Store(Protocol):
     def save_mapping(self, upper_id: str, local_id: str, upper_item: str, now: float) -> None:
         """Record a recoded ID; mappings are never changed or removed once written."""
 
-    def committed(self) -> Awaitable[None] | None:
+    def committed(self) -> asyncio.Future[None] | None:
         """Done once everything saved so far is durable (``None``: it already is). Callers
         that acknowledge a save to a peer (the registrar's 200 OK) await it; many share one
         commit."""
