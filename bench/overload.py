@@ -284,6 +284,10 @@ def storm(
             str(stat),
             "-fd",
             "1",
+            # A device drops a response that matches no transaction it waits on (a 401 or 503
+            # resent for a retransmitted REGISTER): SIPp's default would fail the call.
+            "-default_behaviors",
+            "none",
             "-trace_rtt",
             "-rtt_freq",
             "1000",
