@@ -51,7 +51,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from register import (  # noqa: E402  (a sibling script, not a package)
-    AUTH_URI,
     MB,
     SCENARIOS,
     Budget,
@@ -66,6 +65,7 @@ from register import (  # noqa: E402  (a sibling script, not a package)
     log,
     ramp,
     read_rows,
+    sipp_command,
     write_injection_csv,
 )
 
@@ -137,38 +137,19 @@ class Background:
         self.stat = workdir / "keepalive-stat.csv"
 
     def _sipp(self, scenario: str, calls: int, rate: int, timeout: float, stat: Path) -> list[str]:
-        return [
+        return sipp_command(
             self.exe,
-            f"127.0.0.1:{self.gw.port}",
-            "-sf",
-            str(SCENARIOS / scenario),
-            "-inf",
-            str(self.inf),
-            "-t",
-            "u1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-auth_uri",
-            AUTH_URI,
-            "-m",
-            str(calls),
-            "-r",
-            str(rate),
-            "-l",
-            str(max(1000, 4 * rate)),
-            "-recv_timeout",
-            "10000",
-            "-timeout",
-            f"{int(timeout)}s",
-            "-nostdin",
-            "-trace_stat",
-            "-stf",
-            str(stat),
-            "-fd",
-            "1",
-        ]
+            self.gw.port,
+            SCENARIOS / scenario,
+            self.inf,
+            local_port=self.port,
+            calls=calls,
+            rate=rate,
+            limit=max(1000, 4 * rate),
+            recv_timeout_ms=10000,
+            timeout_s=timeout,
+            stat=stat,
+        )
 
     def register(self) -> int:
         stat = self.workdir / "keepalive-register-stat.csv"
@@ -252,45 +233,26 @@ def storm(
         stat = wd / "storm-stat.csv"
         logs = wd / "storm-logs.txt"
         args = [
-            exe,
-            f"127.0.0.1:{gw.port}",
-            "-sf",
-            str(SCENARIOS / "register_retry.xml"),
-            "-inf",
-            str(inf),
-            "-t",
-            "u1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(free_port()),
-            "-auth_uri",
-            AUTH_URI,
-            "-m",
-            str(calls),
-            "-r",
-            str(rate),
-            "-l",
-            str(10 * calls),  # open loop: the offered load does not wait for the gateway
-            "-recv_timeout",
-            "10000",
-            "-buff_size",
-            str(8 * MB),
-            "-timeout",
-            f"{int(seconds + tail)}s",
-            "-nostdin",
-            "-trace_stat",
-            "-stf",
-            str(stat),
-            "-fd",
-            "1",
+            *sipp_command(
+                exe,
+                gw.port,
+                SCENARIOS / "register_retry.xml",
+                inf,
+                local_port=0,
+                calls=calls,
+                rate=rate,
+                limit=10 * calls,  # open loop: the offered load does not wait for the gateway
+                recv_timeout_ms=10000,
+                timeout_s=seconds + tail,
+                stat=stat,
+            ),
             # A device drops a response that matches no transaction it waits on (a 401 or 503
             # resent for a retransmitted REGISTER): SIPp's default would fail the call.
             "-default_behaviors",
             "none",
             "-trace_rtt",
             "-rtt_freq",
-            "1000",
+            "100",
             "-trace_logs",
             "-log_file",
             str(logs),

@@ -409,6 +409,58 @@ class Step:
 TIMER_J = 32.0  # 64·T1 with the default T1 = 0.5 s
 
 
+def sipp_command(
+    exe: str,
+    port: int,
+    scenario: Path,
+    inf: Path,
+    *,
+    local_port: int,
+    calls: int,
+    rate: int,
+    limit: int,
+    recv_timeout_ms: int,
+    timeout_s: float,
+    stat: Path,
+) -> list[str]:
+    """A SIPp run of the bench's kind: UDP from one socket on 127.0.0.1 (``local_port``, 0 for
+    any) to the gateway on ``port``, device IDs from ``inf``, the digest uri the gateway's,
+    statistics every second to ``stat``."""
+    return [
+        exe,
+        f"127.0.0.1:{port}",
+        "-sf",
+        str(scenario),
+        "-inf",
+        str(inf),
+        "-t",
+        "u1",
+        "-i",
+        "127.0.0.1",
+        *(["-p", str(local_port)] if local_port else []),
+        "-auth_uri",
+        AUTH_URI,
+        "-m",
+        str(calls),
+        "-r",
+        str(rate),
+        "-l",
+        str(limit),
+        "-recv_timeout",
+        str(recv_timeout_ms),
+        "-buff_size",
+        str(4 * MB),
+        "-timeout",
+        f"{int(timeout_s)}s",
+        "-nostdin",
+        "-trace_stat",
+        "-stf",
+        str(stat),
+        "-fd",
+        "1",
+    ]
+
+
 class Sipp:
     def __init__(self, exe: str, workdir: Path, gateway: Gateway) -> None:
         self.exe = exe
@@ -440,40 +492,21 @@ class Sipp:
         rundir.mkdir()
         stat = rundir / "stat.csv"
         args = [
-            self.exe,
-            f"127.0.0.1:{self.gateway.port}",
-            "-sf",
-            str(scenario),
-            "-inf",
-            str(inf),
-            "-t",
-            "u1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(local_port),
-            "-auth_uri",
-            AUTH_URI,
-            "-m",
-            str(calls),
-            "-r",
-            str(rate),
-            # at most 2 s of calls in flight: SIPp slows down when the gateway falls behind
-            "-l",
-            str(max(100, 2 * rate)),
-            "-recv_timeout",
-            "5000",
-            "-buff_size",
-            str(4 * MB),
-            "-timeout",
-            f"{int(timeout_s)}s",
+            *sipp_command(
+                self.exe,
+                self.gateway.port,
+                scenario,
+                inf,
+                local_port=local_port,
+                calls=calls,
+                rate=rate,
+                # at most 2 s of calls in flight: SIPp slows down when the gateway falls behind
+                limit=max(100, 2 * rate),
+                recv_timeout_ms=5000,
+                timeout_s=timeout_s,
+                stat=stat,
+            ),
             "-timeout_error",
-            "-nostdin",
-            "-trace_stat",
-            "-stf",
-            str(stat),
-            "-fd",
-            "1",
             "-trace_err",
         ]
         cpu0, kids0 = self.gateway.cpu(), children_cpu()
