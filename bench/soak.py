@@ -417,6 +417,9 @@ def run_load(args: argparse.Namespace) -> int:
     # Logs to stderr, warnings only: stdout carries the JSON lines.
     configure_logging(config_from_dict({"log": {"level": "warning"}}))
     install_event_loop_policy()
+    # Four load processes against one gateway process: with equal priority the scheduler
+    # gives them four shares of the two cores to its one whenever the machine is busy.
+    os.nice(args.load_nice)
 
     async def main() -> None:
         load = LoadProcess(args)
@@ -463,6 +466,8 @@ class Loads:
                 str(args.concurrency),
                 "--fps",
                 str(args.fps),
+                "--load-nice",
+                str(args.load_nice),
                 "--budget",
                 str(args.budget),
             ]
@@ -1290,6 +1295,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout-count", type=int, default=3)
     p.add_argument("--sessions", type=int, default=50, help="live sessions the upper holds")
     p.add_argument("--fps", type=int, default=10, help="frames/s of each live stream")
+    p.add_argument(
+        "--load-nice", type=int, default=5, help="niceness of the load processes (0: the gateway's)"
+    )
     p.add_argument("--concurrency", type=int, default=64, help="REGISTERs in flight per process")
     p.add_argument("--sample", type=float, default=5.0, help="seconds between samples")
     p.add_argument(
