@@ -648,7 +648,8 @@ class Sampler:
             t, c, lc, o, b = self._last
             cpu_pct = round(100 * (gw_cpu - c) / (now - t), 1)
             load_pct = round(100 * (load_cpu - lc) / (now - t), 1)
-            others_pct = round(100 * ((busy - b) - (own - o)) / (now - t), 1)
+            # Process and machine counters are read a moment apart: about ±10 % of noise.
+            others_pct = max(0.0, round(100 * ((busy - b) - (own - o)) / (now - t), 1))
         self._last = (now, gw_cpu, load_cpu, own, busy)
         online = store_query(self.db, "SELECT count(*) FROM devices WHERE online = 1")
         self.logs.poll()
