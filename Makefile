@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint typecheck pytest test-deps bench fuzz reliability clean
+.PHONY: install run test lint typecheck pytest test-deps bench fuzz soak reliability clean
 
 install: $(STAMP)
 
@@ -59,6 +59,14 @@ bench: install test-deps
 FUZZ_SECONDS ?= 600
 fuzz: install
 	$(BIN)/python bench/fuzz.py --seconds $(FUZZ_SECONDS) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
+
+# The soak: 20,000 simulated devices register in a storm and keep alive (every 5 s) for ten
+# minutes while an upper queries, subscribes and holds 50 live sessions (about 15 minutes in
+# all). SOAK_ARGS changes the run (`SOAK_ARGS=--short`: 2,000 devices, 2 minutes). JSON on
+# stdout, the plot in bench/out/soak.png, exit 1 when a check fails.
+SOAK_ARGS ?=
+soak: install
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 # The overload bench (a storm at 3x the sustainable rate, with and without shedding), a short
 # soak, the fault tests and a minute of fuzzing, with one summary (bench/out/reliability.json);

@@ -104,14 +104,18 @@ def children_cpu() -> float:
 class Gateway:
     """The gateway under test, as a subprocess. ``downlink``: lines of its ``[downlink]``
     section (by default no sync and no subscription: SIPp devices answer no MANSCDP);
-    ``extra``: more TOML lines at the end (``[[uplink.platforms]]`` tables); ``overload``:
-    lines of its ``[overload]`` section (by default shedding is off)."""
+    ``extra``: more TOML lines at the end (``[[uplink.platforms]]``, ``[media]`` tables);
+    ``keepalive``: (interval, timeout count); ``log``: lines of the ``[log]`` section;
+    ``overload``: lines of its ``[overload]`` section (by default shedding is off)."""
 
     def __init__(
         self,
         workdir: Path,
         downlink: list[str] | None = None,
         extra: list[str] | None = None,
+        *,
+        keepalive: tuple[float, int] = (600.0, 3),
+        log: list[str] | None = None,
         overload: list[str] | None = None,
     ) -> None:
         self.workdir = workdir
@@ -130,8 +134,8 @@ class Gateway:
                 "min_expires = 60",
                 "# a device must not be judged offline (interval x timeout_count) during the run",
                 "[keepalive]",
-                "interval = 600.0",
-                "timeout_count = 3",
+                f"interval = {keepalive[0]}",
+                f"timeout_count = {keepalive[1]}",
                 "[downlink]",
                 *(
                     downlink
@@ -142,7 +146,7 @@ class Gateway:
                 "[overload]",
                 *(overload if overload is not None else ["enabled = false"]),
                 "[log]",
-                'level = "warning"',
+                *(log if log is not None else ['level = "warning"']),
                 *(extra or []),
                 "",
             ]

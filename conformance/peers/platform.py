@@ -475,6 +475,9 @@ class SimPlatform:
     * ``grant_expires``: grant this many seconds to every registration, whatever was asked
       (below the usual 60 s minimum too: a quick refresh for tests).
 
+    ``decode_media`` (default on): calls decode the H.264 they receive; off, they only count
+    RTP packets and PS frames (a load test's many calls on few cores).
+
     A lower marked offline for silence whose registration still holds is back online with its
     next keepalive (as wvp does); one whose registration expired gets ``404`` and must register.
     """
@@ -500,6 +503,7 @@ class SimPlatform:
     refuse_keepalives: bool = False
     no_date: bool = False
     grant_expires: int | None = None
+    decode_media: bool = True
 
     # -- what it saw ------------------------------------------------------------------------
     lowers: dict[str, Lower] = field(default_factory=dict)
@@ -1043,7 +1047,9 @@ class SimPlatform:
         history = kind != "Play"
         if ssrc == "auto":
             ssrc = self._next_ssrc(history)
-        receiver = new_receiver(transport=transport, local_host=host, keep=kind == "Download")
+        receiver = new_receiver(
+            transport=transport, local_host=host, keep=kind == "Download", decode=self.decode_media
+        )
         port = await receiver.bind()
         offer = Sdp(
             origin_user=self.platform_id,

@@ -263,3 +263,15 @@ async def test_device_answering_after_the_timeout_is_cancelled(rig_factory) -> N
     await wait_for(lambda: dev.cancelled or dev.ended, 5, "device INVITE withdrawn")
     await rig.at_rest()
     assert dev.sender is None or dev.sender.frames_sent == 0
+
+
+async def test_platform_without_decoding_counts_frames_only(rig_factory) -> None:
+    """``SimPlatform.decode_media`` off (bench/soak.py's many calls): RTP and PS frames are
+    counted, no H.264 is decoded."""
+    rig = await rig_factory()
+    rig.platform.decode_media = False
+    call = await rig.invite()
+    assert await call.receiver.wait_frames(FRAMES, timeout=10) >= FRAMES
+    assert call.receiver.packets > 0 and call.receiver.decoded == 0
+    await call.bye()
+    await rig.at_rest()
