@@ -123,6 +123,7 @@ class Gateway:
             events=self.events,
             metrics=self.metrics,
             clock=clock,
+            busy=lambda: self.load_guard.behind or self.load_guard.share < 1.0,
         )
         self.downlink = Downlink(
             identity=identity,

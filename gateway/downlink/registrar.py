@@ -139,6 +139,7 @@ class Registrar:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         digest: DigestServer | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self.identity = identity
         self.auth = auth
@@ -170,6 +171,10 @@ class Registrar:
         self._tcp_devices: dict[Peer, set[str]] = {}
         self._timeout = keepalive.interval * keepalive.timeout_count
         self._check_task: asyncio.Task[None] | None = None
+        # While the gateway is behind, keepalives may be waiting in its own socket queue:
+        # a device is not judged silent then (for at most one timeout in a row).
+        self._busy = busy
+        self._deferred_since: float | None = None
 
     # -- the DeviceDirectory (gateway.model) the other parts read through ----------------
     def get(self, device_id: str, /) -> Device | None:
@@ -550,6 +555,14 @@ class Registrar:
         horizon = now - self._timeout
         order = self._by_last_seen
         stale: list[str] = []
+        if self._busy is not None and self._busy():
+            if self._deferred_since is None:
+                self._deferred_since = now
+            if now - self._deferred_since < self._timeout:
+                self.metrics.inc("keepalive.check_deferred")
+                order = {}  # judge no one silent this round; expiry is still checked
+        else:
+            self._deferred_since = None
         for device_id, seen in order.items():
             if seen > horizon:
                 break
