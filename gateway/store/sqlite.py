@@ -261,6 +261,8 @@ class SqliteStore:
     ) -> None:
         self.path = Path(path)
         self.flush_interval = flush_interval
+        self.commit_delay = min(0.02, flush_interval)
+        self._wake_soon: asyncio.TimerHandle | None = None
         self.metrics = metrics if metrics is not None else Metrics()
         self.max_pending_alarms = max_pending_alarms
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -326,14 +328,22 @@ class SqliteStore:
     def committed(self) -> asyncio.Future[None] | None:
         """A future done once everything saved so far is committed (``None``: it is already),
         for a caller that must not acknowledge what could still be lost. It wakes the writer
-        now; whatever is saved until that write starts goes in the same commit."""
+        ``commit_delay`` (20 ms) from the first such call: whatever is saved until that write
+        starts goes in the same commit, so a storm of registrations makes a few dozen commits
+        a second, not one per REGISTER."""
         batch = self._pending if self._pending else self._writing
         if batch is None:
             return None
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         batch.waiters.append(fut)
-        self._wake.set()
+        if self._wake_soon is None:
+            self._wake_soon = loop.call_later(self.commit_delay, self._wake_writer)
         return fut
+
+    def _wake_writer(self) -> None:
+        self._wake_soon = None
+        self._wake.set()
 
     async def start(self) -> None:
         self._stopping = asyncio.Event()
@@ -442,6 +452,9 @@ class SqliteStore:
     async def close(self) -> None:
         """Stop the writer (never cancelled mid-write: its thread would still be using the
         connection), write what is left, close."""
+        if self._wake_soon is not None:
+            self._wake_soon.cancel()
+            self._wake_soon = None
         if self._task is not None:
             self._stopping.set()
             self._wake.set()
