@@ -21,8 +21,11 @@ INVITE (§17.2.1); 405 with Allow (§8.2.1); 416 for a Request-URI scheme other 
 404 for a Request-URI not served (§8.2.2.1); 420 with Unsupported for a Require (§8.2.2.3: the
 core supports no extension); 500 for a handler's crash; and a guard
 that answers a request its user never answers (500, or 408 for an INVITE) rather than keep its
-transaction forever. On the client side: responses matched to transactions by (branch, CSeq
-method) (§17.1.3); the rest counted as stray.
+transaction forever. While its load guard sheds (:mod:`gateway.sip.overload`), new work
+is answered 503 with a Retry-After (§21.5.4) before any state is kept: an initial REGISTER
+from its bytes, other new out-of-dialog requests after the retransmission check, never what
+``known_sender`` vouches for. On the client side: responses matched to transactions by
+(branch, CSeq method) (§17.1.3); the rest counted as stray.
 
 Direct calls rather than a queue of event objects: keepalives and REGISTERs pass through here at
 10,000+/s, and a call allocates nothing.
