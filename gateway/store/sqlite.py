@@ -7,9 +7,10 @@ writes it with ``executemany`` in a thread, keeping SQLite's I/O off the event l
 lets them read without blocking the writer.
 
 Group commit: :meth:`SqliteStore.committed` gives a future that is done once everything saved so
-far is committed, and wakes the writer at once. The registrar answers a REGISTER only then, so a
-device told 200 OK is on disk even if the process is killed the next instant; saves made while a
-commit is being written share the next one, so a storm of registrations costs few commits.
+far is committed, and wakes the writer ``commit_delay`` (20 ms) after the first waiter. The
+registrar answers a REGISTER only then, so a device told 200 OK is on disk even if the process
+is killed the next instant; saves made meanwhile, or while a commit is being written, share the
+next one, so a storm of registrations costs a few dozen commits a second.
 
 A write that fails (disk full, I/O error) is reported (``store.write_failed`` in the log and
 the metrics) and retried, backing off from ``flush_interval`` up to ``MAX_RETRY_DELAY``: its
