@@ -20,6 +20,31 @@ Misbehaviour switches (attributes, all off by default): ``drop_keepalives``,
 ``refuse_keepalives``, ``challenge_407``, ``redirect_to``, ``no_date``, ``grant_expires``;
 :meth:`SimPlatform.restart` forgets every lower, :meth:`SimPlatform.forget_nonces` every nonce.
 Incoming NOTIFYs cost one decode and a few appends: no task per NOTIFY.
+
+Quirks of real upper platforms (issue 15), each a switch, all off by default; what each does on
+the wire:
+
+* ``bare_register_ok``: the ``200`` to a REGISTER carries no To tag and no Contact (``Expires``
+  and ``Date`` still come).
+* ``no_max_forwards``: every request the platform sends in a transaction (MESSAGE, SUBSCRIBE,
+  INVITE, INFO, BYE, its CANCEL) leaves without a ``Max-Forwards`` header: the line is taken out
+  of the bytes as they go to the socket (the ACK of a 2xx, sent outside a transaction, keeps it).
+* ``bye_cseq_of_invite``: a call's BYE carries the INVITE's CSeq number (``CSeq: 1 BYE`` after
+  ``CSeq: 1 INVITE``), whatever in-dialog requests went between.
+* ``info_cseq_method``: a call's INFO has ``CSeq: <n> Info`` (the request line stays ``INFO``);
+  RFC 3261 §7.1, §8.1.1.5 make methods case-sensitive, so the method differs from the line's.
+* ``refuse_new_call_id``: an authenticated REGISTER (Expires > 0) from a lower whose
+  registration under another Call-ID still holds is answered
+  ``500 Server Internal Error (registration held under another Call-ID)`` and binds nothing.
+* ``min_catalog_items`` / ``max_catalog_items`` (0: off): a ``Response/Catalog`` MESSAGE or a
+  catalog NOTIFY with fewer / more items than that is answered
+  ``500 Server Internal Error (catalog message with <n> items)`` and its items are not
+  recorded (the platform's parser "crashed"). A message whose ``SumNum`` is below the minimum
+  is exempt (nothing could do better).
+* ``requests_over_udp``: every request the platform starts towards a lower (queries, controls,
+  SUBSCRIBE, INVITE and the call's in-dialog requests) goes over UDP to the host and port of
+  the Contact the lower registered, even when the lower registered over TCP; the Request-URI
+  carries no ``transport`` parameter.
 """
 
 from __future__ import annotations
@@ -91,7 +116,7 @@ from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.errors import ParseError, TransactionTimeout, TransportError
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.transport import Peer
-from gateway.sip.uri import is_digits
+from gateway.sip.uri import is_digits, parse_uri
 
 if TYPE_CHECKING:
     from conformance.media.stream import MediaReceiver, MediaSender
@@ -290,6 +315,45 @@ class Subscription:
     responses: list[Response] = field(default_factory=list)
 
 
+class _WireFilter:
+    """Between the core and the transports: rewrites the requests the platform sends, as its
+    quirk switches say (``no_max_forwards``, ``info_cseq_method``). Responses pass unchanged."""
+
+    __slots__ = ("network", "platform")
+
+    def __init__(self, network: Any, platform: SimPlatform) -> None:
+        self.network = network
+        self.platform = platform
+
+    def send(self, peer: Peer, data: bytes) -> bool:
+        p = self.platform
+        if not data.startswith(b"SIP/2.0 ") and (p.no_max_forwards or p.info_cseq_method):
+            data = _rewrite_request(
+                data, no_max_forwards=p.no_max_forwards, info_cseq=p.info_cseq_method
+            )
+        return bool(self.network.send(peer, data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.network, name)
+
+
+def _rewrite_request(data: bytes, *, no_max_forwards: bool, info_cseq: bool) -> bytes:
+    """``data`` (one request) without its Max-Forwards line, and/or an INFO's CSeq method
+    written ``Info``; the body is untouched."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    is_info = lines[0].startswith(b"INFO ")
+    out = [lines[0]]
+    for line in lines[1:]:
+        name = line.partition(b":")[0].strip().lower()
+        if no_max_forwards and name == b"max-forwards":
+            continue
+        if info_cseq and is_info and name == b"cseq":
+            line = line.replace(b" INFO", b" Info")
+        out.append(line)
+    return b"\r\n".join(out) + sep + body
+
+
 class _RawTap:
     """Between the transports and the endpoint: keeps the bytes of the message being handled, so
     a synchronous handler can record a Response MESSAGE exactly as it came off the wire."""
@@ -368,6 +432,8 @@ class PlatformCall:
             return None
         self._end("platform")
         self.platform._emit(f"{self.lower_id} BYE {self.channel_id} call_id={self.call_id}")
+        if self.platform.bye_cseq_of_invite:
+            self.dialog.local_cseq = self.dialog.invite_cseq - 1  # the BYE takes the next
         return await send_bye(self.platform.endpoint, self.dialog, timeout)
 
     async def info(
@@ -474,6 +540,10 @@ class SimPlatform:
     * ``no_date``: leave ``Date`` out of the ``200`` to REGISTER (no time sync, reference §2.4).
     * ``grant_expires``: grant this many seconds to every registration, whatever was asked
       (below the usual 60 s minimum too: a quick refresh for tests).
+    * The quirks of real platforms in the module docstring: ``bare_register_ok``,
+      ``no_max_forwards``, ``bye_cseq_of_invite``, ``info_cseq_method``,
+      ``refuse_new_call_id``, ``min_catalog_items``, ``max_catalog_items``,
+      ``requests_over_udp``.
 
     ``decode_media`` (default on): calls decode the H.264 they receive; off, they only count
     RTP packets and PS frames (a load test's many calls on few cores).
@@ -504,6 +574,17 @@ class SimPlatform:
     no_date: bool = False
     grant_expires: int | None = None
     decode_media: bool = True
+    # Quirks of real platforms (module docstring).
+    bare_register_ok: bool = False
+    no_max_forwards: bool = False
+    bye_cseq_of_invite: bool = False
+    info_cseq_method: bool = False
+    refuse_new_call_id: bool = False
+    min_catalog_items: int = 0
+    max_catalog_items: int = 0
+    requests_over_udp: bool = False
+    # Catalog messages refused for their item count: (items, SumNum).
+    refused_catalogs: list[tuple[int, int | None]] = field(default_factory=list)
 
     # -- what it saw ------------------------------------------------------------------------
     lowers: dict[str, Lower] = field(default_factory=dict)
@@ -562,6 +643,8 @@ class SimPlatform:
         ep.route("ACK", self._on_ack)
         ep.route("BYE", self._on_bye)
         ep.on_connection_lost(self._on_connection_lost)
+        if not isinstance(ep.core.network, _WireFilter):
+            ep.core.network = _WireFilter(ep.core.network, self)
         listener = ep.transports.listener
         if isinstance(listener, _RawTap):
             self._tap = listener
@@ -678,11 +761,23 @@ class SimPlatform:
         if expires == 0:
             self._unregister(lower_id, ctx.peer)
             return answer(200, "OK", ("Expires", "0"), *date)
+        held = self.lowers.get(lower_id)
+        if (
+            self.refuse_new_call_id
+            and held is not None
+            and held.registered
+            and held.expires_at > time.monotonic()
+            and held.call_id != req.call_id
+        ):
+            self._emit(f"{lower_id} refused: registration held under Call-ID {held.call_id}")
+            return answer(500, "Server Internal Error (registration held under another Call-ID)")
         granted = max(MIN_EXPIRES, min(MAX_EXPIRES, expires))
         if self.grant_expires is not None and self.grant_expires > 0:
             granted = self.grant_expires
         self._bind(lower_id, req, ctx.peer, granted, gb_ver)
         more = [("Expires", str(granted)), *date]
+        if self.bare_register_ok:
+            return make_response(req, 200, "OK", to_tag=None, headers=[*extra, *more])
         contacts = req.contacts
         if contacts:
             more.insert(0, ("Contact", str(contacts[0].with_param("expires", str(granted)))))
@@ -813,6 +908,9 @@ class SimPlatform:
             self.keepalive_log.append((time.monotonic(), sender, req, msg, status))
             return resp
         if msg.ROOT == "Response":
+            refused = self._refuse_catalog(req, msg)
+            if refused is not None:
+                return refused
             pending = self._pending.get((msg.CMD, msg.sn))
             if pending is not None:
                 tap = self._tap
@@ -830,13 +928,41 @@ class SimPlatform:
                 f" method={msg.alarm_method} sn={msg.sn}"
             )
             lower = self.lowers.get(sender)
-            self.spawn(self._acknowledge_alarm(sender, msg, lower.peer if lower else ctx.peer))
+            peer = self.peer_of(lower) if lower else ctx.peer
+            self.spawn(self._acknowledge_alarm(sender, msg, peer))
             return self._answer(req, 200)
         if isinstance(msg, MobilePositionNotify):
             self.positions.append(msg)
         self.messages.append(msg)
         self._emit(f"{sender} {msg.ROOT}/{msg.CMD} {msg.device_id} sn={msg.sn}")
         return self._answer(req, 200)
+
+    def _refuse_catalog(self, req: Request, msg: Message) -> Response | None:
+        """The ``min_catalog_items`` / ``max_catalog_items`` quirk: a 500 for a catalog message
+        with too few or too many items (``None``: it passes)."""
+        if msg.CMD != "Catalog" or not (self.min_catalog_items or self.max_catalog_items):
+            return None
+        count = len(getattr(msg, "items", ()))
+        sum_num = getattr(msg, "sum_num", None)
+        exempt = isinstance(sum_num, int) and sum_num < self.min_catalog_items
+        short = count < self.min_catalog_items and not exempt
+        over = bool(self.max_catalog_items) and count > self.max_catalog_items
+        if not (short or over):
+            return None
+        self.refused_catalogs.append((count, sum_num if isinstance(sum_num, int) else None))
+        self._emit(f"catalog {req.method} with {count} items refused (sum_num={sum_num})")
+        return self._answer(req, 500, f"Server Internal Error (catalog message with {count} items)")
+
+    def peer_of(self, lower: Lower) -> Peer:
+        """Where requests to ``lower`` go: the address of its last REGISTER; with
+        ``requests_over_udp``, UDP to the host and port of its registered Contact."""
+        if not self.requests_over_udp or not lower.contact:
+            return lower.peer
+        try:
+            uri = parse_uri(lower.contact)
+        except ParseError:
+            return lower.peer
+        return Peer("udp", uri.host, uri.port or 5060)
 
     async def _acknowledge_alarm(self, lower_id: str, alarm: AlarmNotify, peer: Peer) -> None:
         """``Response/Alarm`` ``Result OK`` back to the source (reference §5.3)."""
@@ -907,7 +1033,7 @@ class SimPlatform:
         pending = self._pending[key] = _Pending(msg.CMD, expect, start)
         try:
             body = encode(msg, self.charset, gb2022=lower.gb2022)
-            resp = await self._send(target or msg.device_id, lower.peer, body, timeout)
+            resp = await self._send(target or msg.device_id, self.peer_of(lower), body, timeout)
             status = resp.status if resp is not None else 0
             if 200 <= status < 300:
                 deadline = start + timeout
@@ -1042,7 +1168,7 @@ class SimPlatform:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
         lower = self.lower(lower_id)
-        peer = lower.peer
+        peer = self.peer_of(lower)
         host = self.endpoint.local_host(peer)
         history = kind != "Play"
         if ssrc == "auto":
@@ -1444,7 +1570,8 @@ class SimPlatform:
         else:
             query = MobilePositionQuery(sn=sn, device_id=target, interval=5)
             event = "presence"
-        uri = f"sip:{target}@{_host_port(lower.peer)}"
+        peer = self.peer_of(lower)
+        uri = f"sip:{target}@{_host_port(peer)}"
         sub = Subscription(
             lower_id=lower_id,
             kind=kind,
@@ -1454,7 +1581,7 @@ class SimPlatform:
             local_tag=self.endpoint.tag(),
             to_uri=uri,
             remote_target=uri,
-            peer=lower.peer,
+            peer=peer,
             query=query,
             requested=expires,
         )
@@ -1543,6 +1670,9 @@ class SimPlatform:
             except DecodeError as exc:
                 # Still 200: an error answer would end the subscription (RFC 6665 §4.2.2).
                 self._emit(f"{sub.lower_id} NOTIFY with bad MANSCDP: {exc}")
+        refused = self._refuse_catalog(req, msg) if msg is not None else None
+        if refused is not None:
+            return refused
         self.notifies.append((req, msg))
         sub.notifies += 1
         state = (req.get_header("Subscription-State") or "").partition(";")[0].strip().lower()
