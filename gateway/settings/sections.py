@@ -206,6 +206,10 @@ class UpperPlatform(_Section):
     industry_code: str = "00"
     catalog_batch_udp_bytes: int = Field(1300, ge=1000, le=65000)
     catalog_batch_tcp_items: int = Field(50, ge=1, le=10_000)
+    # Items per catalog MESSAGE or NOTIFY, whatever the byte budget (a platform that refuses
+    # one-item messages; one that cannot take many). 0: no maximum.
+    catalog_min_items: int = Field(1, ge=1, le=10_000)
+    catalog_max_items: int = Field(0, ge=0, le=10_000)
     # Other addresses the upper sends in-dialog requests (BYE, INFO) from: a platform with
     # several NICs, or a cluster (RFC 3261 §12.2.2 matches dialogs by Call-ID and tags).
     other_hosts: tuple[str, ...] = Field((), max_length=64)
@@ -224,6 +228,16 @@ class UpperPlatform(_Section):
     @classmethod
     def _industry(cls, value: str) -> str:
         return _digits(value, (2,), "a 2-digit industry code")
+
+    @model_validator(mode="after")
+    def _item_counts(self) -> UpperPlatform:
+        # With max >= 2·min - 1 any count from min up splits into messages within both.
+        if self.catalog_max_items and self.catalog_max_items < 2 * self.catalog_min_items - 1:
+            raise ValueError(
+                "catalog_max_items must be 0 or at least 2 × catalog_min_items - 1"
+                " (so that any number of items splits into messages within both)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _recode_needs_civil_code(self) -> UpperPlatform:

@@ -13,8 +13,8 @@ The rules, on the server side: RFC 3261 §17.2.3 matching (and the pre-3261 fall
 retransmission is absorbed and the last response resent; the ACK for a 2xx matched to its INVITE
 by Call-ID and CSeq number (§13.2.2.4, RFC 6026); CANCEL per §9.2; ``received``/``rport``
 stamped on the top Via (RFC 3581 §4); a request checked before any transaction state is kept
-for it (Via, From, To, Call-ID, CSeq matching the method, Max-Forwards except on an ACK, a
-Require list: present, well formed and not given twice, §8.2.2, §16.3) and else answered 400
+for it (Via, From, To, Call-ID, CSeq matching the method, a Max-Forwards that parses when
+present, a Require list: present, well formed and not given twice, §8.2.2) and else answered 400
 naming the header, statelessly (505 for
 another SIP version, 513 for a message too large; an ACK is never answered); 100 Trying for an
 INVITE (§17.2.1); 405 with Allow (§8.2.1); 416 for a Request-URI scheme other than sip/sips and
@@ -141,6 +141,10 @@ class SipCore:
         #: ``known_sender(from_user, peer)`` (a device registered at that host, a configured
         #: upper). Such requests are never shed, a registered device's refresh included.
         self.known_sender: Callable[[str, Peer], bool] | None = None
+        #: told of each request refused by :func:`check_request` (after its 400 went out), with
+        #: the error: who sent what wrong, for a transaction user that keeps per-peer records.
+        #: The request failed validation: read only what the error says is sound.
+        self.on_refused: Callable[[Request, Peer, ParseError], None] | None = None
 
     # -- configuration --------------------------------------------------------------------
     def allow(self, method: str) -> None:
@@ -288,7 +292,15 @@ class SipCore:
                 counters.inc("sip.rx.bad_ack_dropped")
             else:
                 self._reject(req, peer, exc.status, exc.reason, _warning(exc))
+            refused = self.on_refused
+            if refused is not None:
+                try:
+                    refused(req, peer, exc)
+                except Exception:
+                    log.exception("sip.on_refused_failed", peer=str(peer))
             return
+        if req.method != "ACK" and req.max_forwards is None:
+            counters.inc("sip.rx.no_max_forwards")
         stamp_via(req, peer)
 
         txn = self._server_txns.get(key)
@@ -570,12 +582,18 @@ class SipCore:
 def check_request(req: Request) -> tuple[CSeq, list[str]]:
     """The checks a request passes before the core keeps anything for it (RFC 3261 §8.2.2,
     §16.3): no header given twice that may appear once, a top Via, From and To that parse, a
-    Call-ID that is one, a CSeq whose method is the request's, a Max-Forwards of 1*DIGIT, and
-    a Require list that splits. Raises :class:`ParseError` naming the header. A Via of several
-    values is checked whole (RFC 4475 §3.1.2.1: empty values are an error). An ACK needs only
-    what matching it needs: no Max-Forwards (dropping an ACK for want of one would leave its
-    INVITE's 2xx retransmitted to the end, §13.3.1.4). Returns the CSeq, and the options of
-    the Require headers (``[]`` without one)."""
+    Call-ID that is one, a CSeq whose method is the request's, a Max-Forwards of 1*DIGIT when
+    there is one, and a Require list that splits. Raises :class:`ParseError` naming the header.
+    A Via of several values is checked whole (RFC 4475 §3.1.2.1: empty values are an error).
+
+    A missing Max-Forwards is accepted (issue 15; counted as ``sip.rx.no_max_forwards`` by the
+    caller). RFC 3261 §8.1.1.6 makes it a UAC's MUST, but the UAS rules of §8.2 do not check
+    it: it is a proxy's loop guard (§16.3), and the gateway is the endpoint of every request it
+    serves, never forwarding one (what it sends on is a new request with its own
+    Max-Forwards). Real upper platforms leave it out, and RFC 4475 §3.4 asks for such
+    (RFC 2543) requests to be processed. Nothing more is kept for such a request than for any
+    other that passes here. Returns the CSeq, and the options of the Require headers (``[]``
+    without one)."""
     census = check_single_values(req)
     if not census.vias:
         raise ParseError("Missing Via")
@@ -588,8 +606,9 @@ def check_request(req: Request) -> tuple[CSeq, list[str]]:
     method = req.method
     if cseq.method != method:
         raise ParseError("CSeq Method Mismatch", f"{cseq.method[:20]} != {method[:20]}")
-    if method != "ACK" and req.max_forwards is None:
-        raise ParseError("Missing Max-Forwards")
+    # A Max-Forwards that is there must be 1*DIGIT; one that is missing is no reason to refuse
+    # (see the docstring).
+    _ = req.max_forwards
     if not census.require:
         return cseq, []
     try:

@@ -43,6 +43,7 @@ class Dialog:
     local_cseq: int
     invite_cseq: int = 0
     remote_cseq: int = 0
+    remote_method: str = ""  # the method of the request that set ``remote_cseq``
 
     @classmethod
     def as_uac(cls, invite: Request, answer: Response, peer: Peer) -> Dialog:
@@ -91,6 +92,7 @@ class Dialog:
             local_cseq=local_cseq,
             invite_cseq=invite.cseq.seq,
             remote_cseq=invite.cseq.seq,
+            remote_method=invite.method,
         )
 
     def request(
@@ -152,12 +154,22 @@ class Dialog:
         )
 
     def accepts(self, req: Request) -> bool:
-        """Is ``req`` a new in-dialog request in order (§12.2.2)? Updates the remote CSeq."""
+        """Is ``req`` a new in-dialog request in order (§12.2.2)? Updates the remote CSeq.
+
+        §12.2.2 refuses (500) a CSeq lower than the last; a higher one is in order. An equal
+        one is taken when the method differs from the last request's (a platform that numbers
+        its BYE or INFO like its INVITE): it cannot be a copy of that request, whose
+        retransmissions the transaction layer absorbs. An equal one of the same method is a
+        second request under one number and is refused."""
+        if req.method == "ACK":
+            return True
         seq = req.cseq.seq
-        if self.remote_cseq and seq <= self.remote_cseq and req.method != "ACK":
+        if self.remote_cseq and (
+            seq < self.remote_cseq or (seq == self.remote_cseq and req.method == self.remote_method)
+        ):
             return False
-        if req.method != "ACK":
-            self.remote_cseq = seq
+        self.remote_cseq = seq
+        self.remote_method = req.method
         return True
 
 

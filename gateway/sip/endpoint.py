@@ -29,7 +29,7 @@ from gateway.sip.builder import new_branch, new_call_id, new_tag
 from gateway.sip.builder import random_token as random_token
 from gateway.sip.core import SipCore
 from gateway.sip.counters import Counters
-from gateway.sip.errors import TransactionTimeout, TransportError
+from gateway.sip.errors import ParseError, TransactionTimeout, TransportError
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.overload import LoadGuard
 from gateway.sip.timers import TimerQueues
@@ -210,6 +210,20 @@ class Endpoint:
 
     def on_connection_lost(self, callback: Callable[[Peer], None]) -> None:
         self._connection_lost.append(callback)
+
+    def on_refused(self, callback: Callable[[Request, Peer, ParseError], None]) -> None:
+        """``callback`` hears of each request the core refused before any transaction (its
+        400, 505 or 513 already sent), with the error (:attr:`SipCore.on_refused`)."""
+        previous = self.core.on_refused
+        if previous is None:
+            self.core.on_refused = callback
+            return
+
+        def both(req: Request, peer: Peer, exc: ParseError) -> None:
+            previous(req, peer, exc)
+            callback(req, peer, exc)
+
+        self.core.on_refused = both
 
     def mark_trusted(self, peer: Peer) -> None:
         """A device registered from ``peer``: over TCP, its connection is kept when the

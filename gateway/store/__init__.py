@@ -47,6 +47,16 @@ class Store(Protocol):
     def save_mapping(self, upper_id: str, local_id: str, upper_item: str, now: float) -> None:
         """Record a recoded ID; mappings are never changed or removed once written."""
 
+    def load_upper_registrations(self) -> dict[str, tuple[str, str, int]]:
+        """Upper ID -> (Call-ID, From tag, CSeq) of the gateway's last accepted REGISTER there
+        (RFC 3261 §10.2.4: refreshes keep the Call-ID, the CSeq grows)."""
+        ...
+
+    def save_upper_registration(
+        self, upper_id: str, call_id: str, from_tag: str, cseq: int, now: float
+    ) -> None:
+        """Queue the gateway's registration at an upper (one row per upper, replaced)."""
+
     def committed(self) -> asyncio.Future[None] | None:
         """Done once everything saved so far is durable (``None``: it already is). Callers
         that acknowledge a save to a peer (the registrar's 200 OK) await it; many share one

@@ -14,6 +14,7 @@ class MemoryStore:
         self.items: dict[tuple[str, str], CatalogItem] = {}
         self.alarms: list[Alarm] = []
         self.id_map: list[tuple[str, str, str]] = []
+        self.upper_registrations: dict[str, tuple[str, str, int]] = {}
 
     def load_devices(self) -> list[Device]:
         return [replace(d) for d in self.devices.values()]
@@ -44,6 +45,14 @@ class MemoryStore:
 
     def save_mapping(self, upper_id: str, local_id: str, upper_item: str, now: float) -> None:
         self.id_map.append((upper_id, local_id, upper_item))
+
+    def load_upper_registrations(self) -> dict[str, tuple[str, str, int]]:
+        return dict(self.upper_registrations)
+
+    def save_upper_registration(
+        self, upper_id: str, call_id: str, from_tag: str, cseq: int, now: float
+    ) -> None:
+        self.upper_registrations[upper_id] = (call_id, from_tag, cseq)
 
     def committed(self) -> None:
         return None  # nothing is ever more durable than it is now

@@ -21,8 +21,11 @@ oldest dropped and counted). Futures waiting on it stay pending until it lands.
 Tables: ``devices`` (registrations and what devices said about themselves), ``channels`` (every
 catalog item a device reported: channels and the tree nodes above them, civil regions, business
 groups, virtual organisations; every field is kept as JSON in ``fields``, the ones queries need
-are columns with indexes), ``alarms``, and ``id_map`` (the ID each item has for each upper
-platform under ``id_policy = "recode"``; a row is never changed once written).
+are columns with indexes), ``alarms``, ``id_map`` (the ID each item has for each upper
+platform under ``id_policy = "recode"``; a row is never changed once written), and
+``upper_registrations`` (per upper, the Call-ID, From tag and CSeq of the gateway's last
+accepted REGISTER there, so a restarted gateway refreshes the registration the upper may still
+hold instead of starting a second one).
 """
 
 from __future__ import annotations
@@ -100,6 +103,13 @@ CREATE TABLE IF NOT EXISTS id_map (
     created_at REAL NOT NULL,
     PRIMARY KEY (upper_id, local_id),
     UNIQUE (upper_id, upper_item)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS upper_registrations (
+    upper_id   TEXT PRIMARY KEY,
+    call_id    TEXT NOT NULL,
+    from_tag   TEXT NOT NULL,
+    cseq       INTEGER NOT NULL,
+    updated_at REAL NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -222,11 +232,13 @@ class _Batch:
     items: dict[tuple[str, str], tuple[CatalogItem, float] | None] = field(default_factory=dict)
     alarms: list[Alarm] = field(default_factory=list)
     mappings: list[tuple[str, str, str, float]] = field(default_factory=list)
+    # upper ID -> (upper ID, Call-ID, From tag, CSeq, time) of its registration.
+    uppers: dict[str, Row] = field(default_factory=dict)
     # Done when this batch is committed (group commit: one per caller of ``committed``).
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.devices or self.items or self.alarms or self.mappings)
+        return bool(self.devices or self.items or self.alarms or self.mappings or self.uppers)
 
     def merge_older(self, older: _Batch) -> None:
         """Put back a batch that failed to write, under anything newer queued since."""
@@ -236,6 +248,8 @@ class _Batch:
             self.items.setdefault(ikey, value)
         self.alarms[:0] = older.alarms
         self.mappings[:0] = older.mappings
+        for ukey, urow in older.uppers.items():
+            self.uppers.setdefault(ukey, urow)
         self.waiters[:0] = older.waiters
 
     def committed(self) -> None:
@@ -324,6 +338,17 @@ class SqliteStore:
 
     def save_mapping(self, upper_id: str, local_id: str, upper_item: str, now: float) -> None:
         self._pending.mappings.append((upper_id, local_id, upper_item, now))
+
+    # -- the gateway's registration at each upper --------------------------------------------
+    def load_upper_registrations(self) -> dict[str, tuple[str, str, int]]:
+        """Upper ID -> (Call-ID, From tag, CSeq) of the gateway's last accepted REGISTER."""
+        cur = self._db.execute("SELECT upper_id, call_id, from_tag, cseq FROM upper_registrations")
+        return {u: (c, t, int(n)) for u, c, t, n in cur.fetchall()}
+
+    def save_upper_registration(
+        self, upper_id: str, call_id: str, from_tag: str, cseq: int, now: float
+    ) -> None:
+        self._pending.uppers[upper_id] = (upper_id, call_id, from_tag, cseq, now)
 
     # -- writing ----------------------------------------------------------------------------
     def committed(self) -> asyncio.Future[None] | None:
@@ -443,6 +468,12 @@ class SqliteStore:
                     "INSERT OR IGNORE INTO id_map (upper_id, local_id, upper_item, created_at) "
                     "VALUES (?, ?, ?, ?)",
                     batch.mappings,
+                )
+            if batch.uppers:
+                db.executemany(
+                    "INSERT OR REPLACE INTO upper_registrations "
+                    "(upper_id, call_id, from_tag, cseq, updated_at) VALUES (?, ?, ?, ?, ?)",
+                    list(batch.uppers.values()),
                 )
             db.execute("COMMIT")
         except BaseException:

@@ -523,6 +523,7 @@ class Calls:
         call_id = req.call_id
         out = self.media.outputs_by_call.get(call_id)
         if out is not None and self._in_dialog(out.dialog, out.upper_id, req, ctx.peer):
+            self._note_bye_cseq(out.dialog, out.upper_id, req)
             self.media.end_output(out, "BYE from the receiver", bye=False)
             return self.endpoint.answer(req, 200, "OK")
         leg = self.media.legs_by_call.get(call_id)
@@ -534,6 +535,18 @@ class Calls:
         self.metrics.inc("media.bye.unknown")
         log.info("media.bye_unknown", call_id=call_id, peer=str(ctx.peer))
         return self.endpoint.answer(req, 481, "Call/Transaction Does Not Exist")
+
+    def _note_bye_cseq(self, dialog: Dialog | None, upper_id: str | None, req: Request) -> None:
+        """A BYE whose CSeq is not above the dialog's last (some uppers reuse the INVITE's).
+        RFC 3261 §12.2.2 answers a lower one 500 and leaves an equal one undefined; the BYE
+        still ends the session: it comes from the other end of the dialog (Call-ID, both tags,
+        a known host), and refusing it would only leave media flowing to a receiver that has
+        hung up."""
+        if dialog is None or req.cseq.seq > dialog.remote_cseq:
+            return
+        s = self.uplink.sessions.get(upper_id) if upper_id is not None else None
+        if s is not None:
+            s.quirks.note("bye_cseq_not_above", cseq=req.cseq.seq, last=dialog.remote_cseq)
 
     def on_cancel(self, req: Request, ctx: ServerContext) -> None:
         """The endpoint has answered 487 already; stop the work behind the INVITE."""

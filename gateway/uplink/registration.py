@@ -13,7 +13,18 @@ over at the configured address.
 ``X-GB-Ver: 3.0`` is sent when the upper is configured for 2022. The ``Date`` of the 200 OK is
 the upper's clock (GB time sync); its offset from ours is logged. The time granted is that of
 the 200's Contact that is ours (RFC 3261 §10.2.4: the 200 lists every binding of the AOR, which
-may include others'), else its Expires header, else what we asked for.
+may include others'), else its Expires header, else what we asked for; a 200 without To tag or
+Contact (some platforms) still registers, noted as a quirk of the upper
+(:mod:`gateway.uplink.quirks`).
+
+The REGISTERs of a registration share one Call-ID and From tag, the CSeq growing (RFC 3261
+§10.2.4). Each accepted one is saved in the store (Call-ID, From tag, CSeq), and after a restart
+the gateway goes on with that Call-ID, ``CSEQ_RESUME_GAP`` above the saved CSeq: to the upper it
+is a refresh of the registration it may still hold (§10.3 step 7 takes a higher CSeq under the
+same Call-ID). A new registration (after losing the upper, or after a redirect) takes a new
+Call-ID; should the upper answer that ``500`` (a platform that refuses a second Call-ID while it
+holds the first, issue 15), the gateway backs off as after any failure and tries again with the
+Call-ID of its last accepted registration, which the upper takes as a refresh.
 """
 
 from __future__ import annotations
@@ -43,10 +54,16 @@ from gateway.sip import (
     parse_name_addr,
     parse_uri,
 )
+from gateway.store import Store
+from gateway.uplink.quirks import UpperQuirks
 
 log = structlog.get_logger("gateway.uplink.registration")
 
 MAX_REDIRECTS = 3
+# After a restart the saved CSeq may be a REGISTER or two behind the last one sent (a crash
+# between a 200 and the store's next commit): going on this far above keeps the CSeq higher
+# than any the upper saw (RFC 3261 §10.3 step 7 refuses one that is not).
+CSEQ_RESUME_GAP = 10
 
 
 class UpperLink:
@@ -63,8 +80,10 @@ class UpperLink:
         on_offline: Callable[[UpperLink, str], None],
         next_sn: Callable[[], int],
         clock: Callable[[], float] = time.time,
+        store: Store | None = None,
     ) -> None:
         self.upper = upper
+        self.store = store
         self.gateway = identity
         self.endpoint = endpoint
         self.metrics = metrics
@@ -87,18 +106,41 @@ class UpperLink:
         # One Call-ID and From tag for the REGISTERs of a registration, CSeq growing (RFC 3261
         # §10.2.4); a new registration (after losing the upper, or a redirect) restarts it.
         self._registers = RequestSequence()
+        # The sequence of the last registration the upper accepted: the one it may still hold.
+        self._held: RequestSequence | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._wake = asyncio.Event()
         self._lost = False
         self.log = log.bind(upper=upper.id)
+        self.quirks = UpperQuirks(metrics, self.log)
 
     @property
     def aor(self) -> str:
         return f"sip:{self.gateway.id}@{self.gateway.domain}"
 
+    @property
+    def call_id(self) -> str:
+        """The Call-ID of the REGISTERs being sent."""
+        return self._registers.call_id
+
     def start(self) -> None:
+        self._resume()
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _resume(self) -> None:
+        """Go on with the registration saved before a restart (module docstring)."""
+        saved = self.store.load_upper_registrations().get(self.upper.id) if self.store else None
+        if saved is None:
+            return
+        call_id, from_tag, cseq = saved
+        self._registers = RequestSequence(call_id, from_tag, cseq + CSEQ_RESUME_GAP)
+        self._held = self._registers
+        self.log.info("uplink.register_resumed", call_id=call_id, cseq=cseq)
+
+    def _new_registration(self) -> None:
+        """A new Call-ID, CSeq from 1 (the From tag kept); ``_held`` keeps the old one."""
+        self._registers = RequestSequence(from_tag=self._registers.from_tag)
 
     async def close(self, *, unregister: bool = True) -> None:
         # The flag as well as the cancel: on Python 3.11 a cancel that lands while
@@ -206,7 +248,7 @@ class UpperLink:
             self.log.warning("uplink.offline", reason=reason)
             self.on_offline(self, reason)
         # A fresh registration (new Call-ID) after losing the upper, where it all started.
-        self._registers.restart()
+        self._new_registration()
         self._go_home()
 
     # -- REGISTER ---------------------------------------------------------------------------
@@ -269,11 +311,23 @@ class UpperLink:
                 self.log.info("uplink.redirected", to=str(target), server_id=server_id)
                 self.metrics.inc("uplink.redirected")
                 self.peer, self.server_id = target, server_id
-                self._registers.restart()
+                self._new_registration()
                 auth, challenges = None, 0
                 client = DigestClient(self.gateway.id, self.upper.password)
                 continue
+            if status == 500:
+                self._refused_new_call_id()
             return self._registered(resp, expires)
+
+    def _refused_new_call_id(self) -> None:
+        """A 500 to a REGISTER with a new Call-ID while an earlier registration may still be
+        held: the next attempt (after the usual back-off) uses the held one's Call-ID."""
+        held = self._held
+        if held is None or held is self._registers or held.call_id == self._registers.call_id:
+            return
+        self.quirks.note("register_500_new_call_id", refused=self._registers.call_id)
+        self.log.info("uplink.register_back_to_held_call_id", call_id=held.call_id)
+        self._registers = held
 
     def _redirect_target(self, resp: Response) -> tuple[Peer, str] | None:
         """Where a 302 sends us, and the ID of the server there (the Contact's user part)."""
@@ -329,9 +383,15 @@ class UpperLink:
             self.metrics.inc("uplink.register_refused")
             self.log.warning("uplink.register_refused", status=resp.status, reason=resp.reason)
             return False
+        self._held = seq = self._registers
+        if self.store is not None:
+            self.store.save_upper_registration(
+                self.upper.id, seq.call_id, seq.from_tag, seq.cseq, self.clock()
+            )
         if expires == 0:
             self.online = False
             return True
+        self._note_bare_ok(resp)
         granted = self._granted(resp)
         self.expires = granted if granted and granted > 0 else expires
         self.registered_at = self.clock()
@@ -344,6 +404,18 @@ class UpperLink:
             self.log.info("uplink.online", expires=self.expires, peer=str(self.peer))
             self.on_online(self)
         return True
+
+    def _note_bare_ok(self, resp: Response) -> None:
+        """A 200 that binds us should carry the registrar's To tag (RFC 3261 §8.2.6.2) and
+        list our binding in Contact (§10.3 step 8); some uppers send neither."""
+        try:
+            tag = resp.to.tag
+        except ParseError:
+            tag = None
+        if not tag:
+            self.quirks.note("register_ok_without_to_tag")
+        if resp.get_header("Contact") is None:
+            self.quirks.note("register_ok_without_contact")
 
     def _note_date(self, value: str | None) -> None:
         """GB time sync: the upper's ``Date`` is ``yyyy-MM-ddTHH:mm:ss.SSS``, local time."""

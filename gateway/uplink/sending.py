@@ -214,11 +214,16 @@ class Sender:
         goes again in messages for UDP. Stops at the first message not accepted. Returns how
         many messages went out and whether all did."""
         up = s.upper
+        catalog = empty.CMD == "Catalog"  # answer parts and NOTIFYs alike
         limits = BatchLimits(
             reliable=s.reliable,
             tcp_items=up.catalog_batch_tcp_items,
             udp_budget=udp_budget(up.catalog_batch_udp_bytes, overhead, len(self.encode(s, empty))),
+            min_items=up.catalog_min_items if catalog else 1,
+            max_items=up.catalog_max_items if catalog else 0,
         )
+        # With a minimum, a batch goes whole (over UDP if TCP fails), never re-split below it.
+        splittable = 1 if limits.min_items <= 1 else 10**9
         gb2022 = up.gb_version == "2022"
 
         def size_of(item: Any) -> int:
@@ -230,7 +235,7 @@ class Sender:
         sent = 0
         for batch in batches(items, limits, size_of, usable):
             try:
-                if not await send(batch, len(batch) > 1):
+                if not await send(batch, len(batch) > splittable):
                     return sent, False
                 sent += 1
             except TcpFailed:

@@ -72,7 +72,7 @@ from gateway.manscdp import Decoded, DeviceConfig, DeviceControl, Message
 from gateway.metrics import Metrics
 from gateway.model import DeviceDirectory
 from gateway.settings import Identity, UplinkSection
-from gateway.sip import Endpoint, Peer, Request, Response, ServerContext
+from gateway.sip import Endpoint, ParseError, Peer, Request, Response, ServerContext
 from gateway.store import Store
 from gateway.tasks import TaskSet
 from gateway.uplink.answers import about_gateway, answer_catalog
@@ -151,11 +151,13 @@ class Uplink:
                 on_offline=self._upper_offline,
                 next_sn=self.next_sn,
                 clock=clock,
+                store=store,
             )
             view = SharedView(upper, identity, catalog, devices, idmap)
             self.sessions[upper.id] = UpperSession(upper, link, idmap, view)
 
     def start(self) -> None:
+        self.endpoint.on_refused(self.request_refused)
         rows = self.store.load_id_map()
         uppers = {up.id for up in self.cfg.platforms}
         for s in self.sessions.values():
@@ -237,10 +239,30 @@ class Uplink:
             s = next((x for x in self.sessions.values() if x.link.server_id == user), None)
         if s is None or ctx.peer.host != s.link.peer.host:
             return None
+        if req.max_forwards is None:
+            s.quirks.note("no_max_forwards", method=req.method)
+        if ctx.peer.transport != s.link.peer.transport:
+            # Answered all the same: the answer goes back the way the request came (RFC 3261
+            # §18.2.2), what the gateway starts goes over the registration's link.
+            s.quirks.note("request_over_other_transport", transport=ctx.peer.transport)
         if ctx.peer.transport == "tcp":
             # A connection the upper opened to us: kept when the connection cap makes room.
             self.endpoint.mark_trusted(ctx.peer)
         return s
+
+    def request_refused(self, req: Request, peer: Peer, exc: ParseError) -> None:
+        """The SIP core refused a request before any handler saw it: when it came from an
+        upper's host with that upper's ID in From, note the quirk (the 400 has gone out)."""
+        if exc.reason != "CSeq Method Mismatch":
+            return
+        try:
+            user = req.from_.uri.user or ""
+        except ParseError:
+            return
+        s = self.sessions.get(user)
+        if s is None or peer.host not in s.hosts():
+            return
+        s.quirks.note("cseq_method_mismatch", method=req.method[:20], detail=exc.detail[:60])
 
     def _refused(self, req: Request, ctx: ServerContext, what: str) -> Response:
         self.metrics.inc("uplink.not_an_upper")

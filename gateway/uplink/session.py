@@ -10,6 +10,7 @@ import structlog
 
 from gateway.settings import UpperPlatform
 from gateway.uplink.idmap import IdMap
+from gateway.uplink.quirks import UpperQuirks
 from gateway.uplink.registration import UpperLink
 from gateway.uplink.share import SharedView
 from gateway.uplink.subscriptions import InboundSubscription
@@ -37,6 +38,12 @@ class UpperSession:
         """Every address the upper is known by: configured, where its registrar is now (after
         a 302), and ``other_hosts`` (several NICs, a cluster)."""
         return {self.upper.host, self.link.home.host, self.link.peer.host, *self.upper.other_hosts}
+
+    @property
+    def quirks(self) -> UpperQuirks:
+        """What this upper does that the standard does not ask for, with counts
+        (:mod:`gateway.uplink.quirks`): the per-upper record for a status page or API."""
+        return self.link.quirks
 
     @property
     def online(self) -> bool:
