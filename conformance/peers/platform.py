@@ -33,6 +33,7 @@ the wire:
   ``CSeq: 1 INVITE``), whatever in-dialog requests went between.
 * ``info_cseq_method``: a call's INFO has ``CSeq: <n> Info`` (the request line stays ``INFO``);
   RFC 3261 §7.1, §8.1.1.5 make methods case-sensitive, so the method differs from the line's.
+  The answers, whose CSeq copies ``Info``, are matched to the INFO all the same.
 * ``refuse_new_call_id``: an authenticated REGISTER (Expires > 0) from a lower whose
   registration under another Call-ID still holds is answered
   ``500 Server Internal Error (registration held under another Call-ID)`` and binds nothing.
@@ -354,18 +355,32 @@ def _rewrite_request(data: bytes, *, no_max_forwards: bool, info_cseq: bool) -> 
     return b"\r\n".join(out) + sep + body
 
 
+def _info_cseq_back(data: bytes) -> bytes:
+    """A response whose CSeq says ``Info`` (copied from our quirky INFO), read as ``INFO``: the
+    platform's own stack matches the answers to what it sent."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    lines = [
+        line.replace(b" Info", b" INFO") if line.lower().startswith(b"cseq:") else line
+        for line in head.split(b"\r\n")
+    ]
+    return b"\r\n".join(lines) + sep + body
+
+
 class _RawTap:
     """Between the transports and the endpoint: keeps the bytes of the message being handled, so
     a synchronous handler can record a Response MESSAGE exactly as it came off the wire."""
 
-    __slots__ = ("endpoint", "last", "last_transport")
+    __slots__ = ("endpoint", "info_cseq", "last", "last_transport")
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.last = b""
         self.last_transport = ""
+        self.info_cseq: Callable[[], bool] = lambda: False
 
     def message_received(self, data: bytes, peer: Peer) -> None:
+        if data.startswith(b"SIP/2.0 ") and self.info_cseq():
+            data = _info_cseq_back(data)
         self.last, self.last_transport = data, peer.transport
         try:
             self.endpoint.message_received(data, peer)
@@ -651,6 +666,8 @@ class SimPlatform:
         elif listener is ep:
             self._tap = _RawTap(ep)
             ep.transports.listener = self._tap
+        if self._tap is not None:
+            self._tap.info_cseq = lambda: self.info_cseq_method
         self._installed = True
         return self
 
