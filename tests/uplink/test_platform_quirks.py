@@ -197,9 +197,7 @@ async def test_catalog_messages_hold_the_items_the_upper_takes(
     """The platform answers 500 to a catalog message of one item or more than three; with
     ``catalog_min_items = 2`` and ``catalog_max_items = 3`` every part is taken."""
     p = platform(upper_endpoint, min_catalog_items=2, max_catalog_items=3)
-    up = upper_config(
-        upper_endpoint, transport=transport, catalog_min_items=2, catalog_max_items=3
-    )
+    up = upper_config(upper_endpoint, transport=transport, catalog_min_items=2, catalog_max_items=3)
     gw = await gateway_with(start_gateway, up)
     dev = nvr(device_endpoint, gw, channel_count=5)
     await synced_nvr(gw, dev)
