@@ -209,6 +209,22 @@ async def test_catalog_messages_hold_the_items_the_upper_takes(
     assert not p.refused_catalogs
 
 
+async def test_without_the_settings_such_a_platform_loses_catalog_parts(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    """The switch bites: one item per message (``catalog_batch_tcp_items = 1``) and no
+    ``catalog_min_items``, the platform refuses every part and the answer stays partial."""
+    p = platform(upper_endpoint, min_catalog_items=2)
+    up = upper_config(upper_endpoint, transport="tcp", catalog_batch_tcp_items=1)
+    gw = await gateway_with(start_gateway, up)
+    dev = nvr(device_endpoint, gw, channel_count=2)
+    await synced_nvr(gw, dev)
+    await online_at(p)
+    res = await p.catalog(GW, timeout=3.0)
+    assert res.partial and not res.items
+    assert p.refused_catalogs and p.refused_catalogs[0] == (1, 4)
+
+
 @pytest.mark.parametrize(("low", "high"), [(1, 1), (2, 0), (2, 3), (3, 5), (2, 4), (4, 0)])
 def test_within_counts_keeps_every_batch_in_bounds(low: int, high: int) -> None:
     for shape in itertools.product([1, 2, 3, 5, 9], repeat=3):
