@@ -68,7 +68,8 @@ def invite(cseq: int = 1) -> Request:
 def in_dialog(method: str, cseq: int) -> Request:
     msg = parse(
         (
-            f"{method} sip:a@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK{cseq}\r\n"
+            f"{method} sip:a@192.0.2.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK{cseq}\r\n"
             f"From: <sip:up@x>;tag=up\r\nTo: <sip:a@x>;tag=gw\r\nCall-ID: c1\r\n"
             f"CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         ).encode()
