@@ -30,8 +30,8 @@ QUIRKS = {
     # 500 to a REGISTER with a new Call-ID while it holds our registration under the old one:
     # the gateway goes back to the old Call-ID.
     "register_500_new_call_id": "500 to a REGISTER with a new Call-ID",
-    # Requests over another transport than the one we registered over (UDP to a TCP link).
-    "request_over_other_transport": "requests over another transport than the registration's",
+    # Requests over UDP from an upper we registered to over TCP: served.
+    "request_over_other_transport": "requests over UDP while registered over TCP",
 }
 
 

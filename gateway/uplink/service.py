@@ -241,9 +241,11 @@ class Uplink:
             return None
         if req.max_forwards is None:
             s.quirks.note("no_max_forwards", method=req.method)
-        if ctx.peer.transport != s.link.peer.transport:
-            # Answered all the same: the answer goes back the way the request came (RFC 3261
-            # §18.2.2), what the gateway starts goes over the registration's link.
+        if s.link.peer.reliable and not ctx.peer.reliable:
+            # UDP from an upper we registered to over TCP (its Request-URI has no transport):
+            # served all the same; the answer goes back the way the request came (RFC 3261
+            # §18.2.2), what the gateway starts goes over the registration's link. (TCP from
+            # an upper on a UDP link is no quirk: §18.1.1 sends large requests over TCP.)
             s.quirks.note("request_over_other_transport", transport=ctx.peer.transport)
         if ctx.peer.transport == "tcp":
             # A connection the upper opened to us: kept when the connection cap makes room.
