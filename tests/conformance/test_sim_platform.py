@@ -550,3 +550,85 @@ async def test_cli_platform_run() -> None:
     assert f"{LOWER} Catalog subscribe {LOWER} event=Catalog;id=1" in text
     assert f"{LOWER} offline: no keepalive" in text
     assert "gb28181-sim: stopped (1 lowers seen, 0 online)" in text
+
+
+# -- quirks of real platforms (issue 15): what each switch does on the wire ---------------------
+
+
+async def test_bare_register_ok_has_no_to_tag_and_no_contact(
+    upper: SimPlatform, lower: LowerStub
+) -> None:
+    upper.bare_register_ok = True
+    resp = await lower.register(expires=600)
+    assert resp.status == 200 and resp.to.tag is None and resp.get_header("Contact") is None
+    assert resp.get_header("Expires") == "600" and DATE.match(resp.get_header("Date") or "")
+    assert lower.responses[0].to.tag  # the 401 still has one
+    assert upper.lowers[LOWER].registered
+
+
+async def test_refuse_new_call_id_while_the_old_registration_holds(
+    upper: SimPlatform, lower: LowerStub
+) -> None:
+    upper.refuse_new_call_id = True
+    await registered(upper, lower)
+    held = lower.call_id
+    lower.call_id = lower.ep.call_id()
+    resp = await lower.register()
+    assert (resp.status, resp.reason) == (
+        500,
+        "Server Internal Error (registration held under another Call-ID)",
+    )
+    assert upper.lowers[LOWER].call_id == held
+    lower.call_id = held  # the held one refreshes
+    assert (await lower.register()).status == 200
+    assert (await lower.register(expires=0)).status == 200  # unregistered: any Call-ID again
+    lower.call_id = lower.ep.call_id()
+    assert (await lower.register()).status == 200
+
+
+@pytest.mark.parametrize(("low", "high", "refused"), [(2, 0, [(1, 5)]), (0, 2, [(3, 5)])])
+async def test_catalog_messages_outside_the_counts_get_500(
+    upper: SimPlatform, lower: LowerStub, low: int, high: int, refused: list[tuple[int, int]]
+) -> None:
+    """The stub answers in parts of 2, 3 and 1 items."""
+    upper.min_catalog_items, upper.max_catalog_items = low, high
+    await registered(upper, lower)
+    result = await upper.catalog(LOWER, idle=0.3)
+    assert result.partial and upper.refused_catalogs == refused
+    kept = [len(m.items) for m in result.responses]  # type: ignore[attr-defined]
+    assert all(n != refused[0][0] for n in kept)
+    # A message whose SumNum is below the minimum is exempt.
+    upper.refused_catalogs.clear()
+    lower.parts, lower.sum_num = [[item(1)]], 1
+    assert not (await upper.catalog(LOWER)).partial
+    assert upper.refused_catalogs == []
+
+
+async def test_no_max_forwards_and_info_cseq_are_taken_off_the_wire(
+    upper: SimPlatform, lower: LowerStub
+) -> None:
+    upper.no_max_forwards = True
+    await registered(upper, lower)
+    assert (await upper.device_info(LOWER)).ok
+    req, _ = lower.received[-1]
+    assert req.max_forwards is None and req.get_header("Max-Forwards") is None
+    upper.no_max_forwards = False
+    assert (await upper.device_info(LOWER)).ok
+    assert lower.received[-1][0].max_forwards == 70
+
+
+async def test_requests_over_udp_to_a_lower_registered_over_tcp(
+    upper: SimPlatform, lower: LowerStub
+) -> None:
+    upper.requests_over_udp = True
+    lower.upper = Peer("tcp", "127.0.0.1", upper.endpoint.port)
+    await registered(upper, lower)
+    state = upper.lowers[LOWER]
+    assert state.peer.transport == "tcp" and state.contact.endswith(";transport=tcp")
+    assert upper.peer_of(state) == Peer("udp", "127.0.0.1", lower.ep.port)
+    result = await upper.device_info(LOWER)
+    assert result.ok
+    req, _ = lower.received[-1]
+    assert req.top_via.transport == "UDP" and "transport" not in req.uri
+    upper.requests_over_udp = False
+    assert upper.peer_of(state) == state.peer
