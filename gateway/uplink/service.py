@@ -33,6 +33,10 @@ map, what it may see (:class:`SharedView`) and the subscriptions it made.
   an alarm outside it goes as a MESSAGE, as to an upper without an alarm subscription.
 * When an upper goes offline its subscriptions are dropped (it re-subscribes when it is back)
   and :class:`~gateway.events.UpperOffline` tells the session layer to end its media.
+* Quirks of real uppers (issue 15) are served where the standard allows (no Max-Forwards,
+  UDP requests on a TCP registration, a BYE numbered like its INVITE) or refused cleanly (a
+  CSeq naming another method: 400), and noted on the upper's record
+  (:mod:`~gateway.uplink.quirks`, ``UpperSession.quirks``).
 
 This module is the async facade: the handlers it installs, start and close, sending. The rules
 live beside it, each readable on its own: :mod:`~gateway.uplink.answers` (queries about the

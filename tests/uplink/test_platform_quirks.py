@@ -13,12 +13,14 @@ import pytest
 from conformance.peers.mansrtsp import CONTENT_TYPE as MANSRTSP
 from conformance.peers.mansrtsp import pause
 from gateway.app import Gateway
+from gateway.store import SqliteStore
 from gateway.uplink.batching import within_counts
 from tests.conftest import make_config, wait_for
 from tests.media.rig import device_session
 from tests.uplink.test_uplink import (
     GW,
     UP,
+    UP2,
     gateway_with,
     nvr,
     online_at,
@@ -164,6 +166,23 @@ async def test_a_restarted_gateway_refreshes_the_registration_the_upper_holds(
     assert all(resp.status != 500 for _, _, resp in after)
     assert after[-1][1].cseq.seq > 10  # above any CSeq the first run used
     assert gw.uplink is not None and gw.uplink.sessions[UP].link.online
+
+
+async def test_the_store_keeps_one_registration_per_upper(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "gw.db")
+    await store.start()
+    store.save_upper_registration(UP, "old@x", "t1", 3, 1.0)
+    store.save_upper_registration(UP, "new@x", "t1", 7, 2.0)
+    store.save_upper_registration(UP2, "other@x", "t2", 1, 2.0)
+    await store.close()
+    again = SqliteStore(tmp_path / "gw.db")
+    try:
+        assert again.load_upper_registrations() == {
+            UP: ("new@x", "t1", 7),
+            UP2: ("other@x", "t2", 1),
+        }
+    finally:
+        await again.close()
 
 
 async def test_a_500_to_a_new_call_id_brings_the_held_one_back(
