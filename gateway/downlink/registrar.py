@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 import structlog
 
 from gateway.downlink.lockout import FailureLimits, NewLockOut
+from gateway.downlink.quirks import DeviceQuirks
 from gateway.events import DeviceOffline, DeviceOnline, EventBus
 from gateway.metrics import Metrics
 from gateway.model import Device
@@ -140,8 +141,10 @@ class Registrar:
         clock: Callable[[], float] = time.time,
         digest: DigestServer | None = None,
         busy: Callable[[], bool] | None = None,
+        quirks: DeviceQuirks | None = None,
     ) -> None:
         self.identity = identity
+        self.quirks = quirks if quirks is not None else DeviceQuirks(metrics)
         self.auth = auth
         self.cfg = settings
         self.keepalive = keepalive

@@ -330,7 +330,7 @@ class Subscriptions:
                     log.info(
                         "notify.repaired", device_id=dev.device_id, repairs=list(decoded.repairs)
                     )
-                self.downlink.note_charset(dev, decoded)
+                self.downlink.note_body(dev, req, decoded)
                 self._apply(dev, decoded.message)
         if state.terminated and sub is not None and sub.ending:
             self._forget(sub)
