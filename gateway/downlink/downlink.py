@@ -273,7 +273,7 @@ class Downlink:
         return self._rng.randrange(1, 2**31 - 1)
 
     # -- sending ----------------------------------------------------------------------------
-    async def request(self, dev: Device, req: Request) -> Response:
+    async def request(self, dev: Device, req: Request, *, timeout: float | None = None) -> Response:
         """Send ``req`` to ``dev`` in a client transaction and return the final response.
 
         Some devices drop the second of two requests that reach them in one TCP segment (the
@@ -284,19 +284,21 @@ class Downlink:
         flight, and the device is remembered: its requests go one at a time from then on."""
         peer = self.peer(dev)
         if not peer.reliable:
-            return await self.endpoint.request(req, peer)
+            return await self.endpoint.request(req, peer, timeout=timeout)
         device_id = dev.device_id
         if self.quirks.has(device_id, "drops_pipelined"):
-            return await self._one_at_a_time(device_id, req, peer, keep_via=False)
+            return await self._one_at_a_time(device_id, req, peer, timeout, keep_via=False)
         busy = self._in_flight.get(device_id, 0)
         self._in_flight[device_id] = busy + 1
+        first = 4 * self.endpoint.timers.t1
         try:
             if not busy:
-                return await self.endpoint.request(req, peer)
+                return await self.endpoint.request(req, peer, timeout=timeout)
             try:
-                return await self.endpoint.request(req, peer, timeout=4 * self.endpoint.timers.t1)
+                return await self.endpoint.request(req, peer, timeout=min(first, timeout or first))
             except TransactionTimeout:
-                pass
+                if timeout is not None and timeout <= first:
+                    raise
         finally:
             left = self._in_flight[device_id] - 1
             if left:
@@ -304,10 +306,10 @@ class Downlink:
             else:
                 del self._in_flight[device_id]
         self.quirks.note(device_id, "drops_pipelined", method=req.method, call_id=req.call_id)
-        return await self._one_at_a_time(device_id, req, peer, keep_via=True)
+        return await self._one_at_a_time(device_id, req, peer, timeout, keep_via=True)
 
     async def _one_at_a_time(
-        self, device_id: str, req: Request, peer: Peer, *, keep_via: bool
+        self, device_id: str, req: Request, peer: Peer, timeout: float | None, *, keep_via: bool
     ) -> Response:
         lane = self._lanes.get(device_id)
         if lane is None:
@@ -315,7 +317,7 @@ class Downlink:
         lane.users += 1
         try:
             async with lane.lock:
-                return await self.endpoint.request(req, peer, keep_via=keep_via)
+                return await self.endpoint.request(req, peer, timeout=timeout, keep_via=keep_via)
         finally:
             lane.users -= 1
             if not lane.users and self._lanes.get(device_id) is lane:
@@ -499,8 +501,9 @@ class Downlink:
             res = await self.query(target_id, c)
             return cast(DeviceControlResponse, res.response)
         sn = self.next_sn()
-        await self.send(target_id, replace(c, sn=sn))
+        # Before the send: the device's Response may come in before its 200 is read.
         self._remember_answerless(target_id, sn)
+        await self.send(target_id, replace(c, sn=sn))
         return None
 
     def _remember_answerless(self, target_id: str, sn: int) -> None:

@@ -528,8 +528,10 @@ class Registrar:
             peer.host,
             peer.port,
         ):
-            # The registration ran out: ask for a new one (see the module docstring).
+            # The registration ran out: ask for a new one (see the module docstring). The
+            # device is alive, so the grace, not the keepalive timeout, decides its end.
             self.metrics.inc("keepalive.lapsed")
+            self._touch(dev.device_id, self.clock())
             return self.endpoint.answer(req, 404, "Not Found (registration expired)")
         if dev.port != peer.port or dev.host != peer.host or dev.transport != peer.transport:
             self.metrics.inc("keepalive.address_mismatch")

@@ -214,7 +214,7 @@ class Subscriptions:
         known_mute = quirks.has(device_id, UNANSWERED)
         timeout = 4 * self.endpoint.timers.t1 if known_mute else None
         try:
-            resp = await self.endpoint.request(req, self.downlink.peer(dev), timeout=timeout)
+            resp = await self.downlink.request(dev, req, timeout=timeout)
         except SipError as exc:
             sub.in_flight = False
             self.metrics.inc("subscribe.failed")
