@@ -33,8 +33,8 @@ Misbehaviour switches (attributes, all off by default) let tests make the device
 ``ptz_response``, ``no_parent_id``, ``ascii_names``, ``register_to_domain``,
 ``address_request_uri``, ``unsolicited_sn1``, ``pipeline_messages``; for media
 ``invite_delay``, ``invite_refuse``, ``invite_mute``, ``wrong_ssrc``, ``media_mute``,
-``tcp_retries``, ``tcp_retry_interval``, ``answer_transport``, ``echo_offer_address`` — see
-:class:`SimDevice`.
+``tcp_retries``, ``tcp_retry_interval``, ``answer_transport``, ``echo_offer_address``,
+``long_y``, ``ok_without_to_tag``, ``payload_type`` — see :class:`SimDevice`.
 """
 
 from __future__ import annotations
@@ -434,6 +434,12 @@ class SimDevice:
       answers ``RTP/AVP`` to a TCP offer and sends UDP; ``tcp-active`` answers
       ``a=setup:active`` (and connects) even to an ``active`` offer, against RFC 4145 §4.1.
     * ``echo_offer_address``: the answer's ``c=``/``m=`` repeat the offer's own address.
+    * ``long_y``: the answer's ``y=`` is 20 digits: the SSRC's 10, then ten zeros (the RTP
+      still carries the SSRC).
+    * ``ok_without_to_tag``: the INVITE's 200 has no To tag, and its Contact is the caller's
+      own (copied from the INVITE). The device's dialog is found by Call-ID all the same.
+    * ``payload_type``: the RTP payload type of the stream (96 by default); 33 also answers
+      ``a=rtpmap:33 MP2T/90000``, as devices sending MPEG-TS do (the bytes stay the clip's).
     """
 
     endpoint: Endpoint
@@ -519,6 +525,9 @@ class SimDevice:
     tcp_retry_interval: float = 1.0
     answer_transport: str | None = None
     echo_offer_address: bool = False
+    long_y: bool = False
+    ok_without_to_tag: bool = False
+    payload_type: int = 96
 
     # -- what it saw ------------------------------------------------------------------------
     queries: list[Message] = field(default_factory=list)
@@ -1734,6 +1743,7 @@ class SimDevice:
             on_end=lambda: self._media_ended(session),
             retries=self.tcp_retries,
             retry_interval=self.tcp_retry_interval,
+            payload_type=self.payload_type,
         )
         session.sender = sender
         try:
@@ -1765,17 +1775,18 @@ class SimDevice:
             media="video",
             port=offer.port if self.echo_offer_address else port or DISCARD_PORT,
             proto=proto,
-            formats=[96],
-            rtpmap={96: "PS/90000"},
+            formats=[self.payload_type],
+            rtpmap={self.payload_type: "MP2T/90000" if self.payload_type == 33 else "PS/90000"},
             direction="sendonly",
             setup=setup,
             connection_new=proto != "RTP/AVP",
-            ssrc=ssrc,
+            ssrc=ssrc + "0" * 10 if self.long_y else ssrc,
             media_info=f"v/2/5/{self.fps}/1/2048a///",
             file_size=session.file_size,
         )
         session.answer = answer
-        session.dialog = Dialog.as_uas(req, tag, ctx.peer)
+        # ok_without_to_tag: no tag was given, so none is the dialog's (RFC 2543 style).
+        session.dialog = Dialog.as_uas(req, "" if self.ok_without_to_tag else tag, ctx.peer)
         session.answered = True
         session.status = 200
         self._emit(
@@ -1784,10 +1795,12 @@ class SimDevice:
             f" role={session.role} call_id={session.call_id}",
         )
         contact = f"<{self.endpoint.contact_uri(session.channel_id, ctx.peer)}>"
+        if self.ok_without_to_tag:
+            contact = req.get_header("Contact") or contact
         return make_response(
             req,
             200,
-            to_tag=tag,
+            to_tag=None if self.ok_without_to_tag else tag,
             headers=[
                 ("Contact", contact),
                 ("Content-Type", SDP_TYPE),
@@ -1841,7 +1854,7 @@ class SimDevice:
         """BYE from the other side of a media or broadcast dialog: stop, 200."""
         session = self.media_sessions.get(req.call_id)
         if session is not None and session.dialog is not None and not session.ended:
-            if req.to.tag != session.dialog.local_tag:
+            if (req.to.tag or "") != session.dialog.local_tag:
                 return make_response(req, 481, "Call/Transaction Does Not Exist (wrong tag)")
             self._finish(session, "remote")
             return make_response(req, 200)
