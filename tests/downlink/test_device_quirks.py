@@ -15,7 +15,7 @@ from gateway.downlink import QUIRKS, DeviceQuirks
 from gateway.events import CatalogSynced, DeviceOffline
 from gateway.manscdp import CatalogItem, DeviceInfoQuery, ptz
 from gateway.metrics import Metrics
-from gateway.sip import Endpoint, Peer, Request, parse
+from gateway.sip import Endpoint, Peer, parse
 from tests.conftest import sim, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -317,5 +317,55 @@ async def test_ascii_bodies_do_not_undo_a_charset_seen_in_real_text(
     assert gw.quirks.of(NVR) == {}
 
 
-def _request_uri(req: Request) -> str:
-    return str(req.request_uri)
+# -- 9. already tolerated: kept working ---------------------------------------------------------
+async def test_register_to_the_domain_with_a_matching_digest_uri(
+    start_gateway, device_endpoint
+) -> None:
+    gw = await start_gateway(downlink={"sync_on_register": False})
+    dev = nvr(device_endpoint, gw, register_to_domain=True)
+    assert (await dev.register()).status == 200
+    sent = dev.build_register(3600)
+    assert str(sent.request_uri) == "sip:3402000000"
+    assert gw.registrar.get(NVR) is not None and gw.registrar.get(NVR).online  # type: ignore[union-attr]
+
+
+async def test_messages_to_an_address_request_uri_are_served(
+    start_gateway, device_endpoint
+) -> None:
+    gw = await start_gateway(downlink=FAST)
+    done = synced(gw)
+    dev = nvr(device_endpoint, gw, address_request_uri=True, channel_count=2)
+    assert str(dev.build_message(b"").request_uri) == f"sip:127.0.0.1:{gw.port}"
+    assert (await dev.register()).status == 200
+    assert (await dev.keepalive()).status == 200
+    await wait_for(lambda: bool(done), 15, "catalog sync")
+    assert done[0].added == 2 and not done[0].partial
+
+
+async def test_unsolicited_answers_with_sn_1_are_answered_and_ignored(
+    start_gateway, device_endpoint
+) -> None:
+    gw = await start_gateway(downlink={"sync_on_register": False})
+    dev = nvr(device_endpoint, gw, unsolicited_sn1=True, channel_count=2)
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: len(dev.answer_statuses) == 3, 5, "DeviceInfo and 2 catalog parts")
+    assert {(cmd, sn, status) for cmd, sn, status in dev.answer_statuses} == {
+        ("DeviceInfo", 1, 200),
+        ("Catalog", 1, 200),
+    }
+    assert gw.metrics.get("message.stray_response") == 3
+    assert gw.catalog.items_of(NVR) == []  # nothing taken that was not asked for
+
+
+async def test_two_messages_in_one_tcp_segment_are_both_served(
+    start_gateway, device_endpoint
+) -> None:
+    gw = await start_gateway(downlink=FAST)
+    done = synced(gw)
+    dev = nvr(
+        device_endpoint, gw, "tcp", pipeline_messages=True, channel_count=6, items_per_message=1
+    )
+    assert (await dev.register()).status == 200
+    await wait_for(lambda: bool(done), 15, "catalog sync")
+    assert done[0].added == 6 and not done[0].partial
+    assert [s for _, _, s in dev.answer_statuses if s != 200] == []
