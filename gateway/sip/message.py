@@ -6,8 +6,10 @@ keepalive that only needs Call-ID, CSeq and the top Via pays for nothing else.
 
 Leniency (devices in the field need it): LF-only line ends, folded header lines, compact header
 names, any header-name case, header bytes in UTF-8 or GBK/GB18030, leading CRLFs, leading zeros in
-numbers (``1*DIGIT``). Limits: 1 MiB a message (and so a Content-Length), 64 KiB a header block,
-128 headers, 8 KiB a header line; beyond them, and on anything malformed, ``ParseError``
+numbers (``1*DIGIT``), and a datagram whose Content-Length counted the body's characters, not
+its bytes (:func:`counted_in_characters`: taken whole, marked in ``declared_length``). Limits:
+1 MiB a message (and so a Content-Length), 64 KiB a header block, 128 headers, 8 KiB a header
+line; beyond them, and on anything malformed, ``ParseError``
 (``status`` 513 for what is too large, 505 for a SIP version other than 2.0, else 400). A header
 that may appear once (RFC 3261 §7.3.1: Call-ID, CSeq, From, To, Max-Forwards, Content-Length,
 Content-Type, Expires) appearing twice is malformed, which copy is right cannot be known: the
