@@ -92,6 +92,16 @@ def test_parse_still_drops_bytes_past_content_length_that_are_no_such_count() ->
     assert len(cut.body) == char_count(chinese) and cut.declared_length is None
 
 
+@pytest.mark.timeout(10)
+def test_character_count_on_a_datagram_of_hostile_size() -> None:
+    # The check decodes the rest of the datagram at most twice: a 60 KB one costs little,
+    # whatever its bytes.
+    body = ("<a>" + "中" * 20_000 + "</a>").encode()
+    assert parse(_datagram(body, char_count(body))).body == body
+    junk = parse(_datagram(b"x" * 10 + b"\xff" * 60_000, 10))
+    assert junk.body == b"x" * 10 and junk.declared_length is None
+
+
 async def test_udp_device_counting_characters_delivers_its_name_and_catalog(
     start_gateway, device_endpoint
 ) -> None:
