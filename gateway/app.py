@@ -16,7 +16,14 @@ import structlog
 
 from gateway import logs
 from gateway.catalog import Catalog
-from gateway.downlink import CatalogSync, Downlink, Registrar, Subscriptions, VoiceBroadcast
+from gateway.downlink import (
+    CatalogSync,
+    DeviceQuirks,
+    Downlink,
+    Registrar,
+    Subscriptions,
+    VoiceBroadcast,
+)
 from gateway.events import (
     AlarmReceived,
     CatalogChange,
@@ -106,8 +113,11 @@ class Gateway:
             load_guard=self.load_guard,
         )
         self.endpoint.core.known_sender = self._known_sender
+        # The field quirks seen per device (gateway.downlink.quirks), one book for every part.
+        self.quirks = DeviceQuirks(self.metrics)
         self.catalog = Catalog(
             store=self.store,
+            quirks=self.quirks,
             events=self.events,
             metrics=self.metrics,
             gateway_id=identity.id,
@@ -124,6 +134,7 @@ class Gateway:
             metrics=self.metrics,
             clock=clock,
             busy=lambda: self.load_guard.behind or self.load_guard.share < 1.0,
+            quirks=self.quirks,
         )
         self.downlink = Downlink(
             identity=identity,
@@ -135,6 +146,7 @@ class Gateway:
             events=self.events,
             metrics=self.metrics,
             clock=clock,
+            quirks=self.quirks,
         )
         self.subscriptions = Subscriptions(
             identity=identity,
@@ -188,6 +200,7 @@ class Gateway:
             metrics=self.metrics,
             hang_up=hang_up,
             clock=clock,
+            quirks=self.quirks,
         )
         # The device side of a voice broadcast reaches the upper's part only through this
         # AudioSource: the downlink never imports the uplink.

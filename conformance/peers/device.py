@@ -28,9 +28,13 @@ INVITE the source for audio (§9.12). Every session is kept in ``media_sessions`
 Misbehaviour switches (attributes, all off by default) let tests make the device break rules:
 ``charset_lie``, ``drop_parts``, ``response_delay``, ``garbage``, ``wrong_sum_num``,
 ``no_keepalive``, ``mute``, ``wrong_ptz_checksum``, ``no_initial_report``,
-``no_position_reports``, ``reports_after_end``; for media
+``no_position_reports``, ``reports_after_end``; field quirks of real devices (issue 15)
+``content_length_chars``, ``no_refresh``, ``drop_pipelined``, ``subscribe_mute``,
+``ptz_response``, ``no_parent_id``, ``ascii_names``, ``register_to_domain``,
+``address_request_uri``, ``unsolicited_sn1``, ``pipeline_messages``; for media
 ``invite_delay``, ``invite_refuse``, ``invite_mute``, ``wrong_ssrc``, ``media_mute``,
-``tcp_retries``, ``tcp_retry_interval`` — see :class:`SimDevice`.
+``tcp_retries``, ``tcp_retry_interval``, ``answer_transport``, ``echo_offer_address``,
+``long_y``, ``ok_without_to_tag``, ``payload_type`` — see :class:`SimDevice`.
 """
 
 from __future__ import annotations
@@ -146,7 +150,7 @@ from gateway.sip.dialog import Dialog, InviteFailed, OutgoingInvite, send_bye
 from gateway.sip.digest import DigestClient
 from gateway.sip.endpoint import Endpoint, ServerContext
 from gateway.sip.errors import ParseError, TransactionTimeout, TransportError
-from gateway.sip.message import REASONS, Request, Response, make_response
+from gateway.sip.message import REASONS, Request, Response, make_response, parse
 from gateway.sip.transport import Peer
 
 log = structlog.get_logger("conformance.device")
@@ -235,6 +239,31 @@ def _now_text() -> str:
 
 def _reason(text: str) -> str:
     return " ".join(text.split())[:120]
+
+
+def char_count(body: bytes) -> int:
+    """How many characters ``body`` holds in the charset it is written in (UTF-8 when it
+    decodes as such, else GB 18030): what a device with ``content_length_chars`` declares."""
+    try:
+        return len(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        return len(body.decode("gb18030", errors="replace"))
+
+
+class _CharCountedRequest(Request):
+    """A request whose Content-Length counts the body's characters (``content_length_chars``);
+    the body bytes all follow, as the field quirk sends them."""
+
+    __slots__ = ()
+
+    def to_bytes(self) -> bytes:
+        data = super().to_bytes()
+        n, chars = len(self.body), char_count(self.body)
+        if chars == n:
+            return data
+        head, sep, body = data.partition(b"\r\n\r\n")
+        head = head.replace(f"Content-Length: {n}".encode(), f"Content-Length: {chars}".encode())
+        return head + sep + body
 
 
 def _host_port(peer: Peer) -> str:
@@ -342,6 +371,40 @@ class SimDevice:
       §9.11).
     * ``reports_after_end``: position NOTIFYs go on after the subscription ended.
 
+    Field quirks of real devices (issue 15; default off):
+
+    * ``content_length_chars``: every MESSAGE and NOTIFY the device sends carries a
+      Content-Length that counts the body's *characters* (the body decoded in the charset it
+      is written in), not its bytes: smaller than the body whenever it holds Chinese text. The
+      body bytes are all sent (over UDP the datagram holds them all; over TCP the stream does,
+      so the receiver's framing cuts the message short and reads its tail as the next one).
+    * ``no_refresh``: registers once and never refreshes: the keepalive loop never registers
+      again before the registration runs out; keepalives go on. A non-2xx to a keepalive still
+      counts as a missed one and a 404 makes it register at once, as without the switch.
+    * ``drop_pipelined``: over TCP, a request that arrives in the same read as an earlier
+      message on its connection (two messages in one segment) is dropped unread: no answer,
+      nothing recorded but ``pipelined_dropped``. Set it before :meth:`install`.
+    * ``subscribe_mute``: a SUBSCRIBE gets no response at all (it is recorded in
+      ``subscribes``, then dropped: retransmissions are absorbed by the transaction layer).
+    * ``ptz_response``: a DeviceControl carrying a ``PTZCmd`` (no application answer in the
+      standard) gets, after its 200, a ``Response/DeviceControl`` with the control's SN and
+      ``Result`` OK, as for a RecordCmd.
+    * ``no_parent_id``: channel items carry no ``ParentID`` (and no business group).
+    * ``ascii_names``: every name the device sends is ASCII (``IPC-<serial>`` for the device,
+      ``Camera <n>`` and ``Road <n>`` for channels, which carry no ``Info``; presets
+      ``Preset <n>``; groups of ``with_groups`` keep theirs), so with ``charset="UTF-8"``
+      every body is plain ASCII under ``encoding="UTF-8"``.
+    * ``register_to_domain``: the REGISTER's Request-URI is ``sip:<domain>`` (no user), and the
+      digest ``uri`` matches it.
+    * ``address_request_uri``: MESSAGEs the device sends go to ``sip:<server host>:<port>``
+      (no user part) instead of ``sip:<server ID>@<domain>``.
+    * ``unsolicited_sn1``: right after each successful REGISTER, the device sends a
+      ``Response/DeviceInfo`` and a ``Response/Catalog`` (its whole catalog) with ``SN`` 1,
+      nobody having asked.
+    * ``pipeline_messages``: over TCP, the Response MESSAGEs of one answer go two at a time,
+      written in one segment (both are requests of their own transaction), instead of one
+      after another's final response.
+
     Registration follows a ``302`` (2022 §9.1.2.3; reference §2.5) to the server its Contact
     names; a registration refused there, or one that gets no answer, starts over at the server
     the device was configured with (``redirect_home``).
@@ -371,6 +434,12 @@ class SimDevice:
       answers ``RTP/AVP`` to a TCP offer and sends UDP; ``tcp-active`` answers
       ``a=setup:active`` (and connects) even to an ``active`` offer, against RFC 4145 §4.1.
     * ``echo_offer_address``: the answer's ``c=``/``m=`` repeat the offer's own address.
+    * ``long_y``: the answer's ``y=`` is 20 digits: the SSRC's 10, then ten zeros (the RTP
+      still carries the SSRC).
+    * ``ok_without_to_tag``: the INVITE's 200 has no To tag, and its Contact is the caller's
+      own (copied from the INVITE). The device's dialog is found by Call-ID all the same.
+    * ``payload_type``: the RTP payload type of the stream (96 by default); 33 also answers
+      ``a=rtpmap:33 MP2T/90000``, as devices sending MPEG-TS do (the bytes stay the clip's).
     """
 
     endpoint: Endpoint
@@ -428,6 +497,17 @@ class SimDevice:
     no_initial_report: bool = False
     no_position_reports: bool = False
     reports_after_end: bool = False
+    content_length_chars: bool = False
+    no_refresh: bool = False
+    drop_pipelined: bool = False
+    subscribe_mute: bool = False
+    ptz_response: bool = False
+    no_parent_id: bool = False
+    ascii_names: bool = False
+    register_to_domain: bool = False
+    address_request_uri: bool = False
+    unsolicited_sn1: bool = False
+    pipeline_messages: bool = False
 
     # -- media (reference §6) ---------------------------------------------------------------
     fps: int = 25
@@ -445,6 +525,9 @@ class SimDevice:
     tcp_retry_interval: float = 1.0
     answer_transport: str | None = None
     echo_offer_address: bool = False
+    long_y: bool = False
+    ok_without_to_tag: bool = False
+    payload_type: int = 96
 
     # -- what it saw ------------------------------------------------------------------------
     queries: list[Message] = field(default_factory=list)
@@ -472,6 +555,7 @@ class SimDevice:
     missed_keepalives: int = 0
     recording: bool = False
     guard: bool = False
+    pipelined_dropped: int = 0  # requests dropped by drop_pipelined
     ptz_position: tuple[float, float, float] = (0.0, 0.0, 1.0)  # pan, tilt, zoom
     home_position: HomePosition | None = None
     hub: DeviceHub | None = field(default=None, repr=False)
@@ -483,7 +567,13 @@ class SimDevice:
 
     def __post_init__(self) -> None:
         if self.name is None:
-            self.name = f"NVR-{self.device_id[-6:]}"
+            self.name = (
+                f"IPC-{self.device_id[-6:]}" if self.ascii_names else f"NVR-{self.device_id[-6:]}"
+            )
+        if self.ascii_names and self.presets is DEFAULT_PRESETS:
+            self.presets = tuple(
+                replace(p, preset_name=f"Preset {p.preset_id}") for p in DEFAULT_PRESETS
+            )
         if self.basic_param is None:
             self.basic_param = BasicParam(
                 name=self.name, expiration=self.expires, heart_beat_interval=60, heart_beat_count=3
@@ -497,6 +587,12 @@ class SimDevice:
     @property
     def server_uri(self) -> str:
         return f"sip:{self.server_id}@{self.domain}"
+
+    @property
+    def register_uri(self) -> str:
+        """The REGISTER's Request-URI (and digest ``uri``): ``sip:<domain>`` with
+        ``register_to_domain``."""
+        return f"sip:{self.domain}" if self.register_to_domain else self.server_uri
 
     @property
     def gb2022(self) -> bool:
@@ -550,7 +646,7 @@ class SimDevice:
             headers.append(("X-GB-Ver", self.gb_version))
         if authorization:
             headers.append(("Authorization", authorization))
-        return Request("REGISTER", self.server_uri, headers)
+        return Request("REGISTER", self.register_uri, headers)
 
     async def register(self, expires: int | None = None, *, max_challenges: int = 2) -> Response:
         """REGISTER, answering up to ``max_challenges`` 401s and following a ``302`` to the
@@ -582,7 +678,7 @@ class SimDevice:
             if challenge is None:
                 break
             self.last_challenge = challenge[1]
-            authorization = client.authorization(challenge[1], "REGISTER", self.server_uri)
+            authorization = client.authorization(challenge[1], "REGISTER", self.register_uri)
         return resp
 
     def _follow(self, resp: Response) -> bool:
@@ -634,17 +730,29 @@ class SimDevice:
         if self.registered:
             self._refresh_at = time.monotonic() + granted * 0.8
             self._emit("registered", f"expires={granted} call_id={self.call_id}")
+            if self.unsolicited_sn1 and self.hub is not None:
+                self._spawn(self._send_unsolicited())
         else:
             self._emit("unregistered")
+
+    async def _send_unsolicited(self) -> None:
+        """``unsolicited_sn1``: DeviceInfo and the catalog, SN 1, nobody having asked."""
+        info = DeviceInfoQuery(sn=1, device_id=self.device_id)
+        await self._send_parts(info, self._answer_device_info(info), False)
+        catalog = CatalogQuery(sn=1, device_id=self.device_id)
+        await self._send_parts(catalog, self._answer_catalog(catalog), True)
 
     async def unregister(self) -> Response:
         return await self.register(0)
 
     def build_message(self, body: bytes) -> Request:
         """An out-of-dialog MESSAGE from this device to its server (reference §3.1)."""
-        return Request(
+        uri = self.server_uri
+        if self.address_request_uri:
+            uri = f"sip:{_host_port(self.server)}"
+        return self._request_class()(
             "MESSAGE",
-            self.server_uri,
+            uri,
             [
                 ("From", f"<{self.aor}>;tag={os.urandom(4).hex()}"),
                 ("To", f"<{self.server_uri}>"),
@@ -656,6 +764,9 @@ class SimDevice:
             ],
             body,
         )
+
+    def _request_class(self) -> type[Request]:
+        return _CharCountedRequest if self.content_length_chars else Request
 
     async def keepalive(self, status: str = "OK", extra: str = "") -> Response:
         """Send one Notify/Keepalive and return the server's answer (nothing else happens)."""
@@ -680,7 +791,8 @@ class SimDevice:
 
     async def _heartbeat(self) -> Response | None:
         try:
-            if not self.registered or time.monotonic() >= self._refresh_at:
+            due = time.monotonic() >= self._refresh_at and not self.no_refresh
+            if not self.registered or due:
                 return await self.register()
             if self.no_keepalive:
                 return None
@@ -764,7 +876,7 @@ class SimDevice:
         if self.with_groups:
             _, vo1, vo2 = self.group_ids()
             parent = f"{self.device_id}/{vo1 if n % 2 else vo2}"
-        return channel_item(
+        item = channel_item(
             self.device_id,
             self.channel_id(n),
             n,
@@ -774,6 +886,11 @@ class SimDevice:
             model=self.channel_model,
             gb2022=self.gb2022,
         )
+        if self.ascii_names:
+            item = replace(item, name=f"Camera {n}", address=f"Road {n}", info=None)
+        if self.no_parent_id:
+            item = replace(item, parent_id=None, business_group_id=None)
+        return item
 
     def _base_items(self) -> Iterator[CatalogItem]:
         if self.with_groups:
@@ -925,11 +1042,19 @@ class SimDevice:
             self._emit("answered", f"{label} messages=1 (garbage)")
             return 1
         sent = total = 0
+        pair: list[tuple[Message, Request]] = []
+        together = 2 if self.pipeline_messages and self.server.reliable else 1
         for i, part in enumerate(parts):
             total += 1
             if split and i in self.drop_parts:
                 continue
             req = self.build_message(self.encode(part))
+            if together > 1:  # pipeline_messages: two written in the same turn
+                pair.append((part, req))
+                if len(pair) == together:
+                    sent += await self._send_together(pair)
+                    pair = []
+                continue
             peer = None
             large = len(req.to_bytes()) + VIA_ALLOWANCE > UDP_LIMIT
             if self.large_over_tcp and not self.server.reliable and large:
@@ -937,8 +1062,16 @@ class SimDevice:
             resp = await self._send(req, peer)
             self.answer_statuses.append((part.CMD, part.sn, resp.status if resp else 0))
             sent += 1
+        if pair:
+            sent += await self._send_together(pair)
         self._emit("answered", f"{label} messages={sent}/{total}")
         return sent
+
+    async def _send_together(self, pair: list[tuple[Message, Request]]) -> int:
+        resps = await asyncio.gather(*(self._send(req) for _, req in pair))
+        for (part, _), resp in zip(pair, resps, strict=True):
+            self.answer_statuses.append((part.CMD, part.sn, resp.status if resp else 0))
+        return len(pair)
 
     async def _send(self, req: Request, peer: Peer | None = None) -> Response | None:
         try:
@@ -1154,7 +1287,7 @@ class SimDevice:
         self._emit("control", f"{msg.device_id} " + " ".join(details))
         if msg.tele_boot is not None:
             self._spawn(self.reboot())
-        if msg.expects_response:
+        if msg.expects_response or (self.ptz_response and msg.ptz_cmd is not None):
             answer = DeviceControlResponse(sn=msg.sn, device_id=msg.device_id, result="OK")
             self._spawn(self._send_parts(msg, [answer], False))
 
@@ -1193,9 +1326,12 @@ class SimDevice:
     # -- subscriptions (RFC 6665; reference §5) ----------------------------------------------
     def on_subscribe(
         self, req: Request, ctx: ServerContext, decoded: Decoded | DecodeError | None
-    ) -> Response:
+    ) -> Response | None:
         """Accept a Catalog/Alarm/MobilePosition/PTZPosition SUBSCRIBE, refresh or end one."""
         self.subscribes.append(req)
+        if self.subscribe_mute:
+            self._emit("subscribe-ignored", f"call_id={req.call_id}")
+            return None
         expires = req.expires
         if expires is None:
             expires = self.subscription_expires
@@ -1326,7 +1462,7 @@ class SimDevice:
         """A NOTIFY inside ``sub``'s dialog (reference §5.1)."""
         sub.cseq += 1
         to = f"<{sub.remote_uri}>" + (f";tag={sub.remote_tag}" if sub.remote_tag else "")
-        req = Request(
+        req = self._request_class()(
             "NOTIFY",
             sub.target,
             [
@@ -1607,6 +1743,7 @@ class SimDevice:
             on_end=lambda: self._media_ended(session),
             retries=self.tcp_retries,
             retry_interval=self.tcp_retry_interval,
+            payload_type=self.payload_type,
         )
         session.sender = sender
         try:
@@ -1638,17 +1775,18 @@ class SimDevice:
             media="video",
             port=offer.port if self.echo_offer_address else port or DISCARD_PORT,
             proto=proto,
-            formats=[96],
-            rtpmap={96: "PS/90000"},
+            formats=[self.payload_type],
+            rtpmap={self.payload_type: "MP2T/90000" if self.payload_type == 33 else "PS/90000"},
             direction="sendonly",
             setup=setup,
             connection_new=proto != "RTP/AVP",
-            ssrc=ssrc,
+            ssrc=ssrc + "0" * 10 if self.long_y else ssrc,
             media_info=f"v/2/5/{self.fps}/1/2048a///",
             file_size=session.file_size,
         )
         session.answer = answer
-        session.dialog = Dialog.as_uas(req, tag, ctx.peer)
+        # ok_without_to_tag: no tag was given, so none is the dialog's (RFC 2543 style).
+        session.dialog = Dialog.as_uas(req, "" if self.ok_without_to_tag else tag, ctx.peer)
         session.answered = True
         session.status = 200
         self._emit(
@@ -1657,10 +1795,12 @@ class SimDevice:
             f" role={session.role} call_id={session.call_id}",
         )
         contact = f"<{self.endpoint.contact_uri(session.channel_id, ctx.peer)}>"
+        if self.ok_without_to_tag:
+            contact = req.get_header("Contact") or contact
         return make_response(
             req,
             200,
-            to_tag=tag,
+            to_tag=None if self.ok_without_to_tag else tag,
             headers=[
                 ("Contact", contact),
                 ("Content-Type", SDP_TYPE),
@@ -1714,7 +1854,7 @@ class SimDevice:
         """BYE from the other side of a media or broadcast dialog: stop, 200."""
         session = self.media_sessions.get(req.call_id)
         if session is not None and session.dialog is not None and not session.ended:
-            if req.to.tag != session.dialog.local_tag:
+            if (req.to.tag or "") != session.dialog.local_tag:
                 return make_response(req, 481, "Call/Transaction Does Not Exist (wrong tag)")
             self._finish(session, "remote")
             return make_response(req, 200)
@@ -1963,6 +2103,44 @@ _ANSWERS: dict[type[Message], tuple[Callable[[SimDevice, Any], Iterable[Message]
 _HUBS: weakref.WeakKeyDictionary[Endpoint, DeviceHub] = weakref.WeakKeyDictionary()
 
 
+class _PipelineDropper:
+    """Stands between the endpoint's transports and the endpoint for ``drop_pipelined``: a
+    request that comes over TCP in the same read as an earlier message from that connection
+    (delivered in the same turn of the loop) is dropped when it is for a device with the
+    switch on."""
+
+    def __init__(self, hub: DeviceHub, inner: Any) -> None:
+        self.hub = hub
+        self.inner = inner
+        self._reading: set[Peer] = set()
+
+    def message_received(self, data: bytes, peer: Peer) -> None:
+        if peer.transport == "tcp":
+            if peer in self._reading:
+                device = self._target(data)
+                if device is not None and device.drop_pipelined:
+                    device.pipelined_dropped += 1
+                    device._emit("pipelined-dropped", f"from {peer}")
+                    return
+            else:
+                self._reading.add(peer)
+                asyncio.get_running_loop().call_soon(self._reading.discard, peer)
+        self.inner.message_received(data, peer)
+
+    def _target(self, data: bytes) -> SimDevice | None:
+        try:
+            msg = parse(data)
+        except ParseError:
+            return None
+        return self.hub.resolve(msg) if isinstance(msg, Request) else None
+
+    def connection_lost(self, peer: Peer) -> None:
+        self.inner.connection_lost(peer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 class DeviceHub:
     """Many simulated devices on one endpoint: owns its MESSAGE and SUBSCRIBE routes and hands
     each request to the device it is addressed to; runs one keepalive loop for all.
@@ -1980,6 +2158,7 @@ class DeviceHub:
         self.calls: dict[str, SimDevice] = {}  # Call-ID of a live media dialog -> its device
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keepalive_task: asyncio.Task[None] | None = None
+        self._dropper: _PipelineDropper | None = None
         endpoint.route("MESSAGE", self._on_message)
         endpoint.route("SUBSCRIBE", self._on_subscribe)
         endpoint.route("INVITE", self._on_invite)
@@ -2020,6 +2199,10 @@ class DeviceHub:
             self._blocks[key] = device
         self.devices[device.device_id] = device
         device.hub = self
+        if device.drop_pipelined and self._dropper is None:
+            transports = self.endpoint.transports
+            self._dropper = _PipelineDropper(self, transports.listener)
+            transports.listener = self._dropper
         return device
 
     def find(self, item_id: str) -> SimDevice | None:
@@ -2073,7 +2256,7 @@ class DeviceHub:
             return self._not_found(req)
         return device.on_message(req, ctx, decoded)
 
-    def _on_subscribe(self, req: Request, ctx: ServerContext) -> Response:
+    def _on_subscribe(self, req: Request, ctx: ServerContext) -> Response | None:
         decoded: Decoded | DecodeError | None = None
         if req.body.strip():
             try:

@@ -18,7 +18,10 @@ An item is only taken with a ``DeviceID`` that is an ID (reference §1.2, §1.4)
 carry. The 2016 18-digit "coding rule B" was deleted in 2022 and is refused like anything else.
 An item with another ``DeviceID`` is refused and counted (``catalog.bad_item_id``); the good items
 of the same message are kept. ``ParentID`` and ``BusinessGroupID`` are kept as sent: real devices
-fill them loosely, and they only place an item in the tree.
+fill them loosely, and they only place an item in the tree. A channel or device item with
+neither (a field quirk: the item would float at the root of an upper's tree) is hung under the
+device that reported it, whose own item, if it reports one, then says ``Parental`` 1; each such
+item is counted on the device (``no_parent_id``, :class:`QuirkBook`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import structlog
 
@@ -42,6 +46,12 @@ _HAS_STATUS = frozenset({"channel", "device"})
 # What a NOTIFY status event sets Status to (reference §5.2). VLOST and DEFECT keep their own
 # event name on the change but the channel cannot stream, so it counts as OFF.
 _STATUS_OF_EVENT = {"ON": "ON", "OFF": "OFF", "VLOST": "OFF", "DEFECT": "OFF"}
+
+
+class QuirkBook(Protocol):
+    """Where a device's field quirks are counted (``gateway.downlink.DeviceQuirks``)."""
+
+    def note(self, device_id: str, quirk: str, n: int = 1, **detail: object) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +80,10 @@ class Catalog:
         metrics: Metrics,
         gateway_id: str,
         clock: Callable[[], float] = time.time,
+        quirks: QuirkBook | None = None,
     ) -> None:
         self.store = store
+        self.quirks = quirks
         self.events = events
         self.metrics = metrics
         self.gateway_id = gateway_id
@@ -145,15 +157,39 @@ class Catalog:
             log.warning("catalog.bad_item_id", device_id=owner, refused=refused, first=first)
         return good, refused
 
-    def _normalise(self, item: CatalogItem) -> CatalogItem:
-        """Drop the NOTIFY ``Event`` and a ParentID naming the gateway itself."""
+    def _normalise(self, owner: str, item: CatalogItem) -> CatalogItem:
+        """Drop the NOTIFY ``Event`` and a ParentID naming the gateway itself; hang an orphan
+        (:func:`is_orphan`) under ``owner``; the owner's own item is a parent (``Parental``
+        1) when anything of its hangs under it."""
         changes: dict[str, object] = {}
         if item.event is not None:
             changes["event"] = None
         if item.parent_id and self.gateway_id in item.parent_id:
             parents = [p for p in item.parent_ids if p != self.gateway_id]
             changes["parent_id"] = "/".join(parents) or None
+        if is_orphan(owner, item) and "parent_id" not in changes:
+            changes["parent_id"] = owner
+        elif item.device_id == owner and item.parental != 1 and self._has_children(owner):
+            changes["parental"] = 1
         return replace(item, **changes) if changes else item  # type: ignore[arg-type]
+
+    def _has_children(self, owner: str) -> bool:
+        return any(owner in i.parent_ids for i in self._by_owner.get(owner, {}).values())
+
+    def _orphans(self, owner: str, items: list[CatalogItem]) -> int:
+        """Count (as the device's quirk) the items it sent without a place in the tree."""
+        n = sum(1 for i in items if is_orphan(owner, i))
+        if n:
+            self.metrics.inc("catalog.no_parent_id", n)
+            if self.quirks is not None:
+                self.quirks.note(owner, "no_parent_id", n, first=items[0].device_id)
+        return n
+
+    def _adopt(self, owner: str, now: float) -> None:
+        """After orphans were hung under ``owner``: its own item says it is a parent."""
+        own = self._by_owner.get(owner, {}).get(owner)
+        if own is not None and own.parental != 1:
+            self._changed(owner, owner, "UPDATE", own, replace(own, parental=1), now)
 
     def _put(self, owner: str, item: CatalogItem) -> None:
         self._by_owner.setdefault(owner, {})[item.device_id] = item
@@ -201,8 +237,11 @@ class Catalog:
         seen: set[str] = set()
         added = changed = removed = 0
         good, refused = self._valid(owner, items)
+        orphans = self._orphans(owner, good)
+        # The device's own item last, once what hangs under it is known.
+        good.sort(key=lambda i: i.device_id == owner)
         for raw in good:
-            item = self._normalise(raw)
+            item = self._normalise(owner, raw)
             item_id = item.device_id
             seen.add(item_id)
             before = old.get(item_id)
@@ -216,6 +255,8 @@ class Catalog:
             for item_id in [i for i in old if i not in seen]:
                 removed += 1
                 self._changed(owner, item_id, "DEL", old[item_id], None, now)
+        if orphans:
+            self._adopt(owner, now)
         total = len(self._by_owner.get(owner, {}))
         return SyncDiff(added, removed, changed, total, refused)
 
@@ -224,6 +265,10 @@ class Catalog:
         now = self.clock()
         count = 0
         good, _ = self._valid(owner, items)
+        orphans = self._orphans(
+            owner, [i for i in good if (i.event or "").upper() in ("", "NONE", "ADD", "UPDATE")]
+        )
+        good.sort(key=lambda i: i.device_id == owner)
         for raw in good:
             event = (raw.event or "").upper()
             item_id = raw.device_id
@@ -244,7 +289,7 @@ class Catalog:
                     continue
                 self._changed(owner, item_id, "DEL", before, None, now)
             elif event in ("ADD", "UPDATE"):
-                after = self._normalise(raw)
+                after = self._normalise(owner, raw)
                 if before == after:
                     continue
                 kind = "ADD" if before is None else "UPDATE"
@@ -256,6 +301,8 @@ class Catalog:
                 )
                 continue
             count += 1
+        if orphans:
+            self._adopt(owner, now)
         return count
 
     def set_device_status(self, owner: str, status: str) -> int:
@@ -269,6 +316,17 @@ class Catalog:
             self._changed(owner, item.device_id, status, item, replace(item, status=status), now)
             count += 1
         return count
+
+
+def is_orphan(owner: str, item: CatalogItem) -> bool:
+    """A channel or device item, not the reporting device itself, with neither ``ParentID``
+    nor business group: nowhere in the tree."""
+    return (
+        not item.parent_id
+        and not item.group_id
+        and item.device_id != owner
+        and item_kind(item.device_id) in _HAS_STATUS
+    )
 
 
 def _diff_event(before: CatalogItem, after: CatalogItem) -> str:

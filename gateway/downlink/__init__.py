@@ -6,14 +6,17 @@ from gateway.downlink.broadcast import AudioSource, PendingBroadcast, VoiceBroad
 from gateway.downlink.collector import Collector, Outcome, QueryResult
 from gateway.downlink.downlink import Downlink
 from gateway.downlink.queries import DeviceUnavailable, QueryError, QueryRejected, QueryTimeout
+from gateway.downlink.quirks import QUIRKS, DeviceQuirks
 from gateway.downlink.registrar import Registrar, gb_date, make_tz
 from gateway.downlink.subscriptions import Subscriptions
 from gateway.downlink.sync import CatalogSync
 
 __all__ = [
+    "QUIRKS",
     "AudioSource",
     "CatalogSync",
     "Collector",
+    "DeviceQuirks",
     "DeviceUnavailable",
     "Downlink",
     "Outcome",

@@ -3,7 +3,9 @@
 Reference §8.3: many devices declare ``GB2312`` and send UTF-8, or the other way round, and
 answer only bodies written the way they write theirs. The gateway answers a device in the
 charset its bodies really used, under the encoding name its prolog declared; until it has seen
-one, in GB2312.
+one, in GB2312. A body in plain ASCII tells nothing by its bytes, but its prolog still says
+what the device writes: while nothing better is known, that declaration is taken (a device that
+only ever sends ASCII names under ``encoding="UTF-8"`` is answered in UTF-8, not GB2312).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from gateway.manscdp import Decoded, Message, encode
 from gateway.model import Device
 
-__all__ = ["DEFAULT_CHARSET", "body_charset", "encode_for"]
+__all__ = ["DEFAULT_CHARSET", "body_charset", "declared_charset", "encode_for"]
 
 DEFAULT_CHARSET = "GB2312"
 
@@ -23,6 +25,17 @@ def body_charset(decoded: Decoded) -> tuple[str, str] | None:
         return None
     charset = "UTF-8" if decoded.charset == "UTF-8" else DEFAULT_CHARSET
     return charset, decoded.declared or charset
+
+
+def declared_charset(decoded: Decoded) -> tuple[str, str] | None:
+    """For a plain-ASCII body (:func:`body_charset` is ``None``): (the charset its prolog
+    declares, as the gateway will write it, the declared name); ``None`` when it declares
+    none."""
+    declared = decoded.declared
+    if decoded.charset is not None or not declared:
+        return None
+    utf8 = declared.replace("-", "").replace("_", "").upper() == "UTF8"
+    return ("UTF-8" if utf8 else DEFAULT_CHARSET), declared
 
 
 def encode_for(dev: Device, msg: Message) -> bytes:

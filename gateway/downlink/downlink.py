@@ -24,6 +24,7 @@ import itertools
 import os
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TypeVar, cast
@@ -31,7 +32,12 @@ from typing import Any, TypeVar, cast
 import structlog
 
 from gateway.catalog import Catalog
-from gateway.downlink.charset import body_charset, encode_for
+from gateway.downlink.charset import (
+    DEFAULT_CHARSET,
+    body_charset,
+    declared_charset,
+    encode_for,
+)
 from gateway.downlink.collector import Collector, QueryResult
 from gateway.downlink.queries import (
     DeviceUnavailable,
@@ -41,6 +47,7 @@ from gateway.downlink.queries import (
     QueryRejected,
     QueryTimeout,
 )
+from gateway.downlink.quirks import DeviceQuirks
 from gateway.downlink.reports import alarm_from
 from gateway.events import (
     AlarmReceived,
@@ -91,6 +98,7 @@ from gateway.sip import (
     Response,
     ServerContext,
     SipError,
+    TransactionTimeout,
     build_request,
 )
 from gateway.store import Store
@@ -108,7 +116,19 @@ __all__ = [
 
 log = structlog.get_logger("gateway.downlink")
 
+ANSWERLESS_KEPT = 1024  # answerless controls remembered (ptz_response quirk)
+
 R = TypeVar("R", bound=Message)
+
+
+class _Lane:
+    """One request at a time to a device (see :meth:`Downlink.request`)."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
 
 
 class Downlink:
@@ -127,9 +147,11 @@ class Downlink:
         events: EventBus,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        quirks: DeviceQuirks | None = None,
     ) -> None:
         self.identity = identity
         self.cfg = settings
+        self.quirks = quirks if quirks is not None else DeviceQuirks(metrics)
         self.endpoint = endpoint
         # Devices are only read here, through the directory the registrar implements.
         self.devices = devices
@@ -150,6 +172,13 @@ class Downlink:
         self._closing = False
         # The last position of each device or channel (only IDs the reporting device owns).
         self.positions: dict[str, Any] = {}
+        # Controls that have no answer in the standard (PTZCmd...), by SN, to the device they
+        # went to and until when an answer to one is taken as the ``ptz_response`` quirk.
+        self._answerless: OrderedDict[int, tuple[str, float]] = OrderedDict()
+        # Requests in flight per device over TCP, and the one-at-a-time lane of each device
+        # known to drop pipelined requests (both only while something is in flight).
+        self._in_flight: dict[str, int] = {}
+        self._lanes: dict[str, _Lane] = {}
 
     async def close(self) -> None:
         self._closing = True
@@ -182,11 +211,29 @@ class Downlink:
     def peer(dev: Device) -> Peer:
         return Peer(dev.transport, dev.host, dev.port)
 
+    def note_body(self, dev: Device, req: Request, decoded: Decoded) -> None:
+        """What a device's request says of how it writes: its charset, and a Content-Length
+        that counted characters (the SIP parser took the whole datagram, see
+        :func:`gateway.sip.message.counted_in_characters`)."""
+        if req.declared_length is not None:
+            self.quirks.note(
+                dev.device_id,
+                "content_length_chars",
+                declared=req.declared_length,
+                body=len(req.body),
+            )
+        self.note_charset(dev, decoded)
+
     def note_charset(self, dev: Device, decoded: Decoded) -> None:
-        """Remember the charset a device's bodies really use, to answer it in kind."""
+        """Remember the charset a device's bodies really use, to answer it in kind; from a
+        plain-ASCII body, the one it declares while none is known (:func:`declared_charset`)."""
         seen = body_charset(decoded)
         if seen is None:
-            return
+            seen = None if dev.charset else declared_charset(decoded)
+            if seen is None:
+                return
+            if seen[0] != DEFAULT_CHARSET:
+                self.quirks.note(dev.device_id, "ascii_declared_charset", declared=seen[1])
         charset, declared = seen
         if (dev.charset, dev.declared_charset) != (charset, declared):
             if dev.charset:
@@ -226,6 +273,56 @@ class Downlink:
         return self._rng.randrange(1, 2**31 - 1)
 
     # -- sending ----------------------------------------------------------------------------
+    async def request(self, dev: Device, req: Request, *, timeout: float | None = None) -> Response:
+        """Send ``req`` to ``dev`` in a client transaction and return the final response.
+
+        Some devices drop the second of two requests that reach them in one TCP segment (the
+        ``drops_pipelined`` quirk): a request sent over TCP while another to the same device
+        is in flight waits only ``4 × T1`` for an answer (a device answers a MESSAGE at once);
+        unanswered, it is sent again, the same transaction (same Via branch, RFC 3261 §17.1:
+        a device that did read it only answers again), once the device has nothing else in
+        flight, and the device is remembered: its requests go one at a time from then on."""
+        peer = self.peer(dev)
+        if not peer.reliable:
+            return await self.endpoint.request(req, peer, timeout=timeout)
+        device_id = dev.device_id
+        if self.quirks.has(device_id, "drops_pipelined"):
+            return await self._one_at_a_time(device_id, req, peer, timeout, keep_via=False)
+        busy = self._in_flight.get(device_id, 0)
+        self._in_flight[device_id] = busy + 1
+        first = 4 * self.endpoint.timers.t1
+        try:
+            if not busy:
+                return await self.endpoint.request(req, peer, timeout=timeout)
+            try:
+                return await self.endpoint.request(req, peer, timeout=min(first, timeout or first))
+            except TransactionTimeout:
+                if timeout is not None and timeout <= first:
+                    raise
+        finally:
+            left = self._in_flight[device_id] - 1
+            if left:
+                self._in_flight[device_id] = left
+            else:
+                del self._in_flight[device_id]
+        self.quirks.note(device_id, "drops_pipelined", method=req.method, call_id=req.call_id)
+        return await self._one_at_a_time(device_id, req, peer, timeout, keep_via=True)
+
+    async def _one_at_a_time(
+        self, device_id: str, req: Request, peer: Peer, timeout: float | None, *, keep_via: bool
+    ) -> Response:
+        lane = self._lanes.get(device_id)
+        if lane is None:
+            lane = self._lanes[device_id] = _Lane()
+        lane.users += 1
+        try:
+            async with lane.lock:
+                return await self.endpoint.request(req, peer, timeout=timeout, keep_via=keep_via)
+        finally:
+            lane.users -= 1
+            if not lane.users and self._lanes.get(device_id) is lane:
+                del self._lanes[device_id]
+
     async def send(self, device_id: str, msg: Message) -> Response:
         """Send ``msg`` in a MESSAGE to the device behind ``device_id`` (the message's own
         DeviceID is the target in the Request-URI) and return the SIP final response; no
@@ -233,7 +330,7 @@ class Downlink:
         dev = self._online(device_id)
         req = self.build_request("MESSAGE", dev, msg.device_id, self.body_for(dev, msg), [])
         try:
-            resp = await self.endpoint.request(req, self.peer(dev))
+            resp = await self.request(dev, req)
         except SipError as exc:
             self.metrics.inc("downlink.send_failed")
             raise QueryTimeout(f"{msg.CMD} to {dev.device_id}: {exc}") from None
@@ -286,7 +383,7 @@ class Downlink:
         )
         req = self.build_request("MESSAGE", dev, q.device_id, self.body_for(dev, q), [])
         self.metrics.inc(f"query.sent.{q.CMD}")
-        result = await self.pending.collect(collector, self.endpoint.request(req, self.peer(dev)))
+        result = await self.pending.collect(collector, self.request(dev, req))
         if result.partial:
             self._log_partial(result)
         return result
@@ -403,8 +500,36 @@ class Downlink:
         if c.expects_response:
             res = await self.query(target_id, c)
             return cast(DeviceControlResponse, res.response)
-        await self.send(target_id, replace(c, sn=self.next_sn()))
+        sn = self.next_sn()
+        # Before the send: the device's Response may come in before its 200 is read.
+        self._remember_answerless(target_id, sn)
+        await self.send(target_id, replace(c, sn=sn))
         return None
+
+    def _remember_answerless(self, target_id: str, sn: int) -> None:
+        """A control with no answer in the standard went out: an answer to it within the
+        response timeout is a quirk, not a stray (bounded: the last 1,024)."""
+        dev = self.device(target_id)
+        if dev is None:
+            return
+        book = self._answerless
+        book[sn] = (dev.device_id, asyncio.get_running_loop().time() + self.cfg.response_timeout)
+        while len(book) > ANSWERLESS_KEPT:
+            book.popitem(last=False)
+
+    def _answerless_control(self, dev: Device, msg: Message) -> bool:
+        """A ``Response/DeviceControl`` to a control that has none (a PTZCmd): taken quietly
+        and counted as the device's ``ptz_response`` quirk (True), not logged as a stray."""
+        if not isinstance(msg, DeviceControlResponse) or (msg.CMD, msg.sn) in self.pending:
+            return False
+        sent = self._answerless.get(msg.sn)
+        if sent is None or sent[0] != dev.device_id:
+            return False
+        if sent[1] < asyncio.get_running_loop().time():
+            del self._answerless[msg.sn]
+            return False
+        self.quirks.note(dev.device_id, "ptz_response", sn=msg.sn, result=msg.result)
+        return True
 
     async def ptz(self, channel_id: str, command: PtzCommand | str) -> None:
         """Send a PTZCmd (reference §4.2); the string goes out exactly as given."""
@@ -444,7 +569,9 @@ class Downlink:
         sender = req.from_.uri.user or ""
         dev = self.device(sender)
         if dev is not None:
-            self.note_charset(dev, decoded)
+            self.note_body(dev, req, decoded)
+            if self._answerless_control(dev, msg):
+                return self._ok(req)
         self.deliver(msg, sender, ctx.peer)
         return self._ok(req)
 
@@ -456,7 +583,7 @@ class Downlink:
         dev = self._sender(req, ctx.peer)
         if dev is None:
             return self._not_registered(req, ctx, "Alarm")
-        self.note_charset(dev, decoded)
+        self.note_body(dev, req, decoded)
         msg = cast(AlarmNotify, decoded.message)
         self.alarm_received(dev, msg)
         # GB/T 28181-2022 §9.4: the platform answers the alarm with a Response/Alarm MESSAGE.
@@ -492,7 +619,7 @@ class Downlink:
         if dev is None:
             return self._not_registered(req, ctx, "MobilePosition")
         msg = cast(MobilePositionNotify, decoded.message)
-        self.note_charset(dev, decoded)
+        self.note_body(dev, req, decoded)
         # A one-shot MobilePosition query is answered with this Notify; the reports of a
         # subscription are not answers (and no stray ones) while no such query is pending.
         if (msg.CMD, msg.sn) in self.pending:
@@ -522,7 +649,7 @@ class Downlink:
         dev = self._sender(req, ctx.peer)
         if dev is None:
             return self._not_registered(req, ctx, "Catalog notify")
-        self.note_charset(dev, decoded)
+        self.note_body(dev, req, decoded)
         self.catalog.apply_notify(dev.device_id, cast(CatalogNotify, decoded.message).items)
         return self._ok(req)
 

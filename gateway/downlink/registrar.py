@@ -18,6 +18,15 @@ registrar's ordering rules (same Call-ID needs a higher CSeq).
   gets 404 so that it registers again.
 * Offline: when the registration expires, after ``interval × timeout_count`` seconds without a
   keepalive, or when the TCP connection the device registered on drops.
+* A device that registers once and never refreshes (a field quirk, ``no_refresh``) while its
+  keepalives go on is not dropped at the expiry: it *lapses* (counted on the device, logged
+  ``device.registration_lapsed``) and its next keepalive from the very address and transport it
+  registered from gets 404 ``registration expired``, which devices answer by registering again
+  (reference §2.8: any non-2xx is a missed heartbeat; the simulated device registers at once).
+  It stays online meanwhile (no offline/online flap for a binding that was authenticated),
+  for at most ``interval × (timeout_count + 2)`` seconds; then it goes offline
+  (``expired (never refreshed)``). Keeping it online on keepalives alone, for ever, would let
+  unauthenticated datagrams hold a binding past the lifetime the device asked for.
 
 The device's address is the source of its last *authenticated* REGISTER. A keepalive from another
 address over UDP does not move it: keepalives are unauthenticated, and moving the address on one
@@ -39,6 +48,7 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 import structlog
 
 from gateway.downlink.lockout import FailureLimits, NewLockOut
+from gateway.downlink.quirks import DeviceQuirks
 from gateway.events import DeviceOffline, DeviceOnline, EventBus
 from gateway.metrics import Metrics
 from gateway.model import Device
@@ -140,8 +150,10 @@ class Registrar:
         clock: Callable[[], float] = time.time,
         digest: DigestServer | None = None,
         busy: Callable[[], bool] | None = None,
+        quirks: DeviceQuirks | None = None,
     ) -> None:
         self.identity = identity
+        self.quirks = quirks if quirks is not None else DeviceQuirks(metrics)
         self.auth = auth
         self.cfg = settings
         self.keepalive = keepalive
@@ -171,6 +183,10 @@ class Registrar:
         self._tcp_devices: dict[Peer, set[str]] = {}
         self._timeout = keepalive.interval * keepalive.timeout_count
         self._check_task: asyncio.Task[None] | None = None
+        # Devices whose registration ran out while keepalives went on: until when they may
+        # still register again before they go offline (the no_refresh quirk).
+        self._lapsed: dict[str, float] = {}
+        self._grace = keepalive.interval * (keepalive.timeout_count + 2)
         # While the gateway is behind, keepalives may be waiting in its own socket queue:
         # a device is not judged silent then (for at most one timeout in a row).
         self._busy = busy
@@ -423,6 +439,7 @@ class Registrar:
         gb_ver: str,
     ) -> None:
         now = self.clock()
+        self._lapsed.pop(device_id, None)
         first_time = dev is None
         if dev is None:
             dev = Device(device_id)
@@ -506,6 +523,16 @@ class Registrar:
             log.info("keepalive.unregistered", peer=str(ctx.peer), device_id=device_id)
             return self.endpoint.answer(req, 404, "Not Found (device not registered)")
         peer = ctx.peer
+        if dev.device_id in self._lapsed and (dev.transport, dev.host, dev.port) == (
+            peer.transport,
+            peer.host,
+            peer.port,
+        ):
+            # The registration ran out: ask for a new one (see the module docstring). The
+            # device is alive, so the grace, not the keepalive timeout, decides its end.
+            self.metrics.inc("keepalive.lapsed")
+            self._touch(dev.device_id, self.clock())
+            return self.endpoint.answer(req, 404, "Not Found (registration expired)")
         if dev.port != peer.port or dev.host != peer.host or dev.transport != peer.transport:
             self.metrics.inc("keepalive.address_mismatch")
             log.info(
@@ -540,6 +567,7 @@ class Registrar:
 
     def _set_offline(self, dev: Device, reason: str) -> None:
         dev.online = False
+        self._lapsed.pop(dev.device_id, None)
         self._by_last_seen.pop(dev.device_id, None)
         if dev.transport == "tcp":
             self._untrack_tcp(dev)
@@ -578,7 +606,31 @@ class Registrar:
             _, device_id = heapq.heappop(heap)
             dev = self.devices.get(device_id)
             if dev is not None and dev.online and dev.expires_at <= now:
-                self._set_offline(dev, "expired")
+                self._expired(dev, now)
+
+    def _expired(self, dev: Device, now: float) -> None:
+        """The registration ran out: offline, unless keepalives still come (lapse first)."""
+        device_id = dev.device_id
+        until = self._lapsed.get(device_id)
+        if until is None:
+            if dev.last_seen > dev.registered_at and now - dev.last_seen < self._timeout:
+                until = self._lapsed[device_id] = now + self._grace
+                heapq.heappush(self._expiries, (until, device_id))
+                self.metrics.inc("register.lapsed")
+                self.quirks.note(device_id, "no_refresh", expires=dev.expires)
+                log.info(
+                    "device.registration_lapsed",
+                    device_id=device_id,
+                    quirk="no_refresh",
+                    expires=dev.expires,
+                    grace=self._grace,
+                )
+                return
+            self._set_offline(dev, "expired")
+        elif until <= now:
+            self._set_offline(dev, "expired (never refreshed)")
+        else:  # the heap was rebuilt from expires_at: wait for the end of the grace again
+            heapq.heappush(self._expiries, (until, device_id))
 
     async def _check_loop(self) -> None:
         period = self.keepalive.check_interval

@@ -11,6 +11,12 @@ answered 481 (RFC 6665 §4.1.2.2: the dialog is gone) or failing after the subsc
 starts a new dialog. Refreshes are jittered so that thousands of subscriptions made in one burst
 do not all come due in the same second.
 
+A device that never answers a SUBSCRIBE at all (a field quirk, ``subscribe_unanswered``: each
+attempt is 11 retransmissions over UDP, RFC 3261 §17.1.2.2) is remembered on the device's quirk
+book: its next attempts wait twice as long each time (``subscription_retry`` × 2, × 4... up to
+× 64), also after it registers again, and give up after ``4 × T1`` instead of timer F. The first
+answer of any kind forgets the quirk.
+
 NOTIFYs are matched to their subscription by Call-ID alone, not by tags and Event as
 :meth:`gateway.sip.subscription.Subscriber.matches` would: a device that writes either wrongly
 still has its NOTIFYs applied. They are answered 200; a NOTIFY from a registered device outside
@@ -53,10 +59,14 @@ from gateway.sip import (
     ServerContext,
     SipError,
     Subscriber,
+    TransactionTimeout,
     parse_subscription_state,
 )
 
 log = structlog.get_logger("gateway.downlink.subscriptions")
+
+UNANSWERED = "subscribe_unanswered"  # the quirk (gateway.downlink.quirks)
+MAX_BACKOFF_DOUBLINGS = 6
 
 CATALOG, ALARM, POSITION = "Catalog", "Alarm", "MobilePosition"
 
@@ -142,10 +152,23 @@ class Subscriptions:
 
     # -- lifecycle per device ---------------------------------------------------------------
     def device_online(self, device_id: str) -> None:
-        """Subscribe afresh (old dialogs are forgotten: the device may have rebooted)."""
+        """Subscribe afresh (old dialogs are forgotten: the device may have rebooted); a device
+        known not to answer SUBSCRIBE only after its back-off (:meth:`retry_delay`)."""
         self.device_offline(device_id)
+        unanswered = self.downlink.quirks.has(device_id, UNANSWERED)
         for kind, expires in self.kinds():
-            self.downlink.spawn(self.subscribe(device_id, kind, expires))
+            if unanswered:
+                sub = self._new(device_id, kind, expires)
+                if sub is not None:
+                    self._retry(sub)
+            else:
+                self.downlink.spawn(self.subscribe(device_id, kind, expires))
+
+    def retry_delay(self, device_id: str) -> float:
+        """How long to wait before the next attempt after a failure: ``subscription_retry``,
+        doubled for each SUBSCRIBE the device left unanswered (at most × 64)."""
+        misses = self.downlink.quirks.of(device_id).get(UNANSWERED, 0)
+        return self.cfg.subscription_retry * float(1 << min(misses, MAX_BACKOFF_DOUBLINGS))
 
     def device_offline(self, device_id: str) -> None:
         for kind in (CATALOG, ALARM, POSITION):
@@ -176,19 +199,9 @@ class Subscriptions:
         dev = self.downlink.device(device_id)
         if dev is None or not dev.online or self._closed:
             return False
-        sub = self._subs.get((device_id, kind))
+        sub = self._subs.get((device_id, kind)) or self._new(device_id, kind, expires)
         if sub is None:
-            event = f"Catalog;id={next(self._event_ids)}" if kind == CATALOG else "presence"
-            uri = self._device_uri(dev)
-            subscriber = Subscriber.create(
-                target=uri,
-                local_uri=self._gateway_uri(),
-                remote_uri=uri,
-                event=event,
-                peer=self.downlink.peer(dev),
-            )
-            sub = Subscription(device_id, kind, expires, subscriber)
-            self._add(sub)
+            return False
         if sub.in_flight and expires != 0:
             return sub.active  # one request at a time in a dialog; the answer decides
         sub.cancel_timer()
@@ -196,16 +209,24 @@ class Subscriptions:
             sub.ending = True
         req = self._request(dev, sub, expires)
         sub.in_flight = True
+        quirks = self.downlink.quirks
+        # A device known not to answer gets a short wait, not 11 retransmissions.
+        known_mute = quirks.has(device_id, UNANSWERED)
+        timeout = 4 * self.endpoint.timers.t1 if known_mute else None
         try:
-            resp = await self.endpoint.request(req, self.downlink.peer(dev))
+            resp = await self.downlink.request(dev, req, timeout=timeout)
         except SipError as exc:
             sub.in_flight = False
             self.metrics.inc("subscribe.failed")
             log.info("subscribe.no_answer", device_id=device_id, kind=kind, error=str(exc))
+            if isinstance(exc, TransactionTimeout) and not sub.subscriber.confirmed:
+                quirks.note(device_id, UNANSWERED, kind=kind)
             if self._subs.get((device_id, kind)) is sub and not sub.ending:
                 self._retry(self._fresh_if_dead(sub, 0))
             return False
         sub.in_flight = False
+        if quirks.has(device_id, UNANSWERED):
+            quirks.forget(device_id, UNANSWERED)  # it answers after all
         if self._subs.get((device_id, kind)) is not sub:
             return False  # the device went offline or re-registered meanwhile
         if expires == 0:
@@ -247,6 +268,24 @@ class Subscriptions:
         )
         return True
 
+    def _new(self, device_id: str, kind: str, expires: int) -> Subscription | None:
+        """A subscription not yet asked for, in a new dialog, to an online device."""
+        dev = self.downlink.device(device_id)
+        if dev is None or not dev.online:
+            return None
+        event = f"Catalog;id={next(self._event_ids)}" if kind == CATALOG else "presence"
+        uri = self._device_uri(dev)
+        subscriber = Subscriber.create(
+            target=uri,
+            local_uri=self._gateway_uri(),
+            remote_uri=uri,
+            event=event,
+            peer=self.downlink.peer(dev),
+        )
+        sub = Subscription(device_id, kind, expires, subscriber)
+        self._add(sub)
+        return sub
+
     def _fresh_if_dead(self, sub: Subscription, status: int) -> Subscription:
         """After a 481, or a failed refresh past expiry, the dialog is gone: the next attempt
         is an initial SUBSCRIBE in a new dialog."""
@@ -268,7 +307,7 @@ class Subscriptions:
             return
         sub.cancel_timer()
         loop = asyncio.get_running_loop()
-        wait = self.cfg.subscription_retry if delay is None else delay
+        wait = self.retry_delay(sub.device_id) if delay is None else delay
         sub.timer = loop.call_later(
             wait * random.uniform(0.9, 1.1),
             lambda: self.downlink.spawn(self.subscribe(sub.device_id, sub.kind, sub.expires)),
@@ -330,7 +369,7 @@ class Subscriptions:
                     log.info(
                         "notify.repaired", device_id=dev.device_id, repairs=list(decoded.repairs)
                     )
-                self.downlink.note_charset(dev, decoded)
+                self.downlink.note_body(dev, req, decoded)
                 self._apply(dev, decoded.message)
         if state.terminated and sub is not None and sub.ending:
             self._forget(sub)

@@ -32,7 +32,7 @@ import socket
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -124,6 +124,12 @@ class LocalSession:
     transport: Transport
 
 
+class QuirkBook(Protocol):
+    """Where a device's field quirks are counted (``gateway.downlink.DeviceQuirks``)."""
+
+    def note(self, device_id: str, quirk: str, n: int = 1, **detail: object) -> int: ...
+
+
 class SessionTable(Generic[D]):
     """Legs, outputs, live-leg sharing, SSRC/port allocation and teardown.
 
@@ -141,9 +147,11 @@ class SessionTable(Generic[D]):
         metrics: Metrics,
         hang_up: Callable[[D], Coroutine[Any, Any, object]],
         clock: Callable[[], float] = time.time,
+        quirks: QuirkBook | None = None,
     ) -> None:
         self.cfg = media
         self.relay = relay
+        self.quirks = quirks
         self.metrics = metrics
         self.clock = clock
         self._hang_up = hang_up
@@ -224,6 +232,13 @@ class SessionTable(Generic[D]):
         role = settled_transport(leg.transport, answer)
         if role != leg.transport:
             self.metrics.inc("media.answer.transport_changed")
+            if self.quirks is not None and leg.device_id:
+                self.quirks.note(
+                    leg.device_id,
+                    "answer_transport",
+                    offered=leg.transport,
+                    answered=f"{answer.proto} setup={answer.setup or '-'}",
+                )
             log.info(
                 "media.answer_transport_changed",
                 key=leg.key,

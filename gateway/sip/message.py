@@ -6,8 +6,10 @@ keepalive that only needs Call-ID, CSeq and the top Via pays for nothing else.
 
 Leniency (devices in the field need it): LF-only line ends, folded header lines, compact header
 names, any header-name case, header bytes in UTF-8 or GBK/GB18030, leading CRLFs, leading zeros in
-numbers (``1*DIGIT``). Limits: 1 MiB a message (and so a Content-Length), 64 KiB a header block,
-128 headers, 8 KiB a header line; beyond them, and on anything malformed, ``ParseError``
+numbers (``1*DIGIT``), and a datagram whose Content-Length counted the body's characters, not
+its bytes (:func:`counted_in_characters`: taken whole, marked in ``declared_length``). Limits:
+1 MiB a message (and so a Content-Length), 64 KiB a header block, 128 headers, 8 KiB a header
+line; beyond them, and on anything malformed, ``ParseError``
 (``status`` 513 for what is too large, 505 for a SIP version other than 2.0, else 400). A header
 that may appear once (RFC 3261 §7.3.1: Call-ID, CSeq, From, To, Max-Forwards, Content-Length,
 Content-Type, Expires) appearing twice is malformed, which copy is right cannot be known: the
@@ -113,12 +115,15 @@ REASONS = {
 class Message:
     """Common part of requests and responses: an ordered header list and a body of bytes."""
 
-    __slots__ = ("_cache", "_items", "body")
+    __slots__ = ("_cache", "_items", "body", "declared_length")
 
     def __init__(self, headers: Iterable[tuple[str, str]] = (), body: bytes = b"") -> None:
         self._items: list[tuple[str, str, str]] = [(header_key(n), n, v) for n, v in headers]
         self.body = body
         self._cache: dict[str, Any] = {}
+        # The Content-Length the sender wrote when the body taken is not that many bytes: a
+        # datagram whose Content-Length counted characters (:func:`counted_in_characters`).
+        self.declared_length: int | None = None
 
     # -- raw header access -------------------------------------------------------------
     def get_header(self, name: str) -> str | None:
@@ -496,8 +501,33 @@ def parse(data: bytes) -> Request | Response:
             )
         if body_start + length > n:
             raise ParseError("Truncated Body", f"Content-Length {length}, {n - body_start} bytes")
-        msg.body = data[body_start : body_start + length]
+        end = body_start + length
+        if end < n and counted_in_characters(data, body_start, length):
+            msg.declared_length = length
+            end = n
+        msg.body = data[body_start:end]
     return msg
+
+
+def counted_in_characters(data: bytes, body_start: int, length: int) -> bool:
+    """Did the sender count the body in characters rather than bytes (a field quirk of devices
+    with Chinese text: a 297-byte body sent with ``Content-Length: 287``)? Only a datagram can
+    hold bytes past its Content-Length (a stream is cut at it, :mod:`gateway.sip.framing`);
+    RFC 3261 §18.3 discards them, which cuts such a body short. They are kept instead when the
+    whole rest of the datagram, read as UTF-8 or as GB 18030 (strictly), is exactly
+    ``length`` characters: then the declared body is a cut in the middle of the text, and the
+    rest is its true end, never a second message or padding (those would not add up)."""
+    rest = data[body_start:]
+    if len(rest) <= length or not length:
+        return False
+    for codec in ("utf-8", "gb18030"):
+        try:
+            text = rest.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        if len(text) == length:
+            return True
+    return False
 
 
 class HeaderCensus(NamedTuple):

@@ -50,7 +50,16 @@ from gateway.manscdp import (
     ptz,
 )
 from gateway.metrics import Metrics
-from gateway.sip import Endpoint, Peer, Request, Response, ServerContext, TimerConfig, make_response
+from gateway.sip import (
+    Endpoint,
+    Peer,
+    Request,
+    Response,
+    ServerContext,
+    TimerConfig,
+    TransactionTimeout,
+    make_response,
+)
 from gateway.sip.digest import compute_response
 from tests.conftest import wait_for
 
@@ -640,3 +649,69 @@ async def test_cli_device_run(platform: Platform) -> None:
     assert f"{NVR} control {ch} PTZCmd PTZCmd={move}" in text
     assert text.rstrip().endswith("gb28181-sim: stopped")
     assert platform.known == set()  # both unregistered on the way out
+
+
+# -- field quirks of real devices (issue 15): what each switch puts on the wire ----------------
+
+
+async def test_quirk_switches_on_the_wire(device_endpoint: Endpoint, platform: Platform) -> None:
+    dev = await registered(
+        device_endpoint,
+        platform,
+        channel_count=2,
+        name="大门",
+        charset="UTF-8",
+        content_length_chars=True,
+        ptz_response=True,
+        no_parent_id=True,
+        subscribe_mute=True,
+        address_request_uri=True,
+    )
+    # content_length_chars: the Content-Length counts characters; every byte is sent (over
+    # UDP the parser takes the datagram whole, seeing the count add up).
+    (info,) = await platform.ask(NVR, DeviceInfoQuery(sn=platform.sn(), device_id=NVR))
+    assert info.device_name == "大门"  # type: ignore[attr-defined]
+    req = next(r for r, d in platform.messages if d is not None and d.message.CMD == "DeviceInfo")
+    assert req.declared_length == len(req.body.decode()) == len(req.body) - 4
+    # address_request_uri: sip:host:port, no user.
+    assert req.request_uri.user is None and req.request_uri.port == platform.ep.port
+    # no_parent_id: channels carry no ParentID.
+    (part, *_) = await platform.ask(NVR, CatalogQuery(sn=platform.sn(), device_id=NVR), parts=2)
+    assert all(i.parent_id is None for i in part.items)  # type: ignore[attr-defined]
+    # ptz_response: a PTZCmd is answered with a Response/DeviceControl carrying its SN.
+    cam = dev.channel_id(1)
+    control = DeviceControl(sn=platform.sn(), device_id=cam, ptz_cmd=ptz.ptz_stop().encode())
+    (answer,) = await platform.ask(cam, control, device=NVR)
+    assert answer.ROOT == "Response" and answer.result == "OK"  # type: ignore[attr-defined]
+    # subscribe_mute: no response at all.
+    sub, peer = platform.request(
+        "SUBSCRIBE", NVR, encode(CatalogQuery(sn=platform.sn(), device_id=NVR)), Event="Catalog"
+    )
+    with pytest.raises(TransactionTimeout):
+        await platform.ep.request(sub, peer, timeout=0.5)
+    assert len(dev.subscribes) == 1 and not dev.subscriptions
+
+
+async def test_ascii_names_no_refresh_and_unsolicited_sn1(
+    device_endpoint: Endpoint, platform: Platform
+) -> None:
+    dev = await registered(
+        device_endpoint,
+        platform,
+        charset="UTF-8",
+        ascii_names=True,
+        unsolicited_sn1=True,
+        no_refresh=True,
+        register_to_domain=True,
+    )
+    assert platform.registers[-1].request_uri.user is None
+    await wait_for(lambda: len(platform.answers("Catalog", 1)) == 1, 5, "unsolicited catalog")
+    (info,) = platform.answers("DeviceInfo", 1)
+    assert info.device_name == f"IPC-{NVR[-6:]}"  # type: ignore[attr-defined]
+    bodies = [r.body for r, _ in platform.messages]
+    assert all(b.isascii() and b'encoding="UTF-8"' in b for b in bodies)
+    # no_refresh: with the registration due, the heartbeat still only keeps alive.
+    dev._refresh_at = 0.0
+    registers = len(platform.registers)
+    resp = await dev.heartbeat()
+    assert resp is not None and resp.status == 200 and len(platform.registers) == registers
