@@ -81,9 +81,9 @@ class KeepaliveTiming:
 
 
 def refresh_wait(granted: float) -> float:
-    """How long after a registration granted ``granted`` seconds its refresh may come and still
-    be in time: the lifetime itself plus a small transit margin (the REGISTER is judged by
-    when it arrives, and a refresh sent just before expiry is in time)."""
+    """How long after a registration granted ``granted`` seconds the suite looks for its
+    refresh: the lifetime and a little more, to say what came late (a refresh is in time when
+    its first REGISTER arrives before the lifetime is over)."""
     return granted + min(2.0, max(0.5, granted / 30))
 
 
