@@ -149,11 +149,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_selection(c)
     c.add_argument(
         "--register-timeout", type=_seconds, default=30.0, metavar="SECONDS",
-        help="how long to wait for the registrations the role needs (default 30)",
+        help="how long to wait for the registrations the role needs, at the start and again "
+        "after a case that ended, refused or let lapse one (then plus one of the target's "
+        "keepalive periods) (default 30)",
     )  # fmt: skip
     c.add_argument(
         "--case-timeout", type=_seconds, default=60.0, metavar="SECONDS",
-        help="longest a case may take (default 60)",
+        help="longest a case may take, besides what it waits on the target's own timers "
+        "(keepalives, refreshes) (default 60)",
     )  # fmt: skip
     c.add_argument(
         "--keepalive-interval", type=_seconds, default=None, metavar="SECONDS",

@@ -233,8 +233,9 @@ async def _after_case(
     waited = asyncio.get_running_loop().time() - started
     note = StateNote(info.id, problems, reset, not still, waited, still)
     run.state_log.append(note)
-    result.aftermath = note.describe()
-    log.info("conformance.state_after_case", case=info.id, note=result.aftermath)
+    if problems:  # switches put back alone are only logged (results.json's state_log)
+        result.aftermath = note.describe()
+    log.info("conformance.state_after_case", case=info.id, note=note.describe())
     if progress is not None and problems:
         progress.note(note.describe())
 
