@@ -229,7 +229,11 @@ async def _after_case(
         if progress is not None:
             left = "; ".join(problems)
             progress.note(f"{info.id} left: {left}; restoring (up to {timeout:.0f} s)")
-        still = tuple(await restore(timeout))
+        try:
+            still = tuple(await restore(timeout))
+        except Exception as exc:  # the harness could not even try: as good as not restored
+            log.exception("conformance.restore_failed", case=info.id)
+            still = (*problems, f"(restoring raised {_describe(exc)})")
     waited = asyncio.get_running_loop().time() - started
     note = StateNote(info.id, problems, reset, not still, waited, still)
     run.state_log.append(note)
@@ -281,8 +285,12 @@ async def run_case(
         result.verdict = "error"
         if isinstance(exc, TimeoutError) and scope.expired():
             when = scope.when()
-            allowed = limit if when is None else max(limit, when - began)
-            result.reason = f"no verdict within the case timeout ({allowed:g} s)"
+            allowed = limit if when is None else when - began
+            if allowed > limit + 1.0:  # a wait on the target's timers pushed it (ctx.allow)
+                text = f"{allowed:.0f} s, extended for the target's timers"
+            else:
+                text = f"{limit:g} s"
+            result.reason = f"no verdict within the case timeout ({text})"
         else:
             result.reason = _describe(exc)
         result.traceback = "".join(traceback.format_exception(exc))
