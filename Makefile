@@ -77,7 +77,7 @@ reliability: install test-deps
 # The whole conformance suite in gateway mode against the gateway as it ships (a real process on
 # its defaults: keepalive 60 s, registration 3600 s; only ports, data dir and the uplink to the
 # suite's upper set) with two simulated NVRs below it. Reports in bench/out/conformance; exit 1
-# unless every applicable case passes. The cases wait on the real timers: about N minutes.
+# unless every applicable case passes. The cases wait on the real timers: about 12 minutes.
 # CONFORMANCE_ARGS passes more options (e.g. `--edition 2016`, or `-- -k A-KA` for the suite).
 CONFORMANCE_ARGS ?=
 conformance: install
