@@ -5,7 +5,7 @@ registration refreshed after tens of seconds), so the suite says what it is doin
 
 * on a terminal, one live line, redrawn about twice a second::
 
-    [ 6/72] A-KA-01 Device side: keepalive · waiting for a keepalive from … · 12 s of up to 186 s
+    [ 6/72] A-KA-01 · 12 s of up to 186 s waiting for a keepalive from … · Device side: keepalive
 
 * otherwise (a log, CI) plain lines: one when a wait has gone on for :data:`PLAIN_AFTER`
   seconds (short waits say nothing), one when that wait ends, and the runner's own notes (the
@@ -134,16 +134,19 @@ class Progress:
         return f"[{self.index:>{digits}}/{self.total}] "
 
     def line(self) -> str:
-        """The live line as it stands now (without the terminal's control characters)."""
+        """The live line as it stands now (without the terminal's control characters): the
+        case's ID, the seconds so far, what it waits for, and its title last (a narrow
+        terminal cuts the end of the line)."""
         now = self.clock()
-        parts = [f"{self._prefix()}{self.case}".rstrip()] if self.case else []
+        case_id, _, title = self.case.partition(" ")
+        parts = [f"{self._prefix()}{case_id}"] if self.case else []
         if self.waits:
             w = self.waits[-1]
-            parts.append(
-                f"waiting for {w.what} · {now - w.started:.0f} s of up to {w.timeout:.0f} s"
-            )
+            parts.append(f"{now - w.started:.0f} s of up to {w.timeout:.0f} s waiting for {w.what}")
         elif self.case:
             parts.append(f"{now - self.case_started:.0f} s")
+        if title:
+            parts.append(title)
         return " · ".join(p for p in parts if p)
 
     def _columns(self) -> int:
