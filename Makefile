@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint typecheck pytest test-deps bench fuzz soak reliability clean
+.PHONY: install run test lint typecheck pytest test-deps bench fuzz soak reliability conformance clean
 
 install: $(STAMP)
 
@@ -73,6 +73,15 @@ soak: install
 # about 25 minutes. RELIABILITY_ARGS=--quick: a 20 s storm. Exit 1 when any part did not hold.
 reliability: install test-deps
 	$(BIN)/python bench/reliability.py $(RELIABILITY_ARGS)
+
+# The whole conformance suite in gateway mode against the gateway as it ships (a real process on
+# its defaults: keepalive 60 s, registration 3600 s; only ports, data dir and the uplink to the
+# suite's upper set) with two simulated NVRs below it. Reports in bench/out/conformance; exit 1
+# unless every applicable case passes. The cases wait on the real timers: about 12 minutes.
+# CONFORMANCE_ARGS passes more options (e.g. `--edition 2016`, or `-- -k A-KA` for the suite).
+CONFORMANCE_ARGS ?=
+conformance: install
+	$(BIN)/python bench/conformance_run.py $(CONFORMANCE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -4,7 +4,8 @@ A case (:mod:`.case`) is an ``async def`` that drives the suite's simulated peer
 role's harness and judges what the target does, through its :class:`~.context.Context`. The
 runner (:mod:`.runner`) plays the selected cases one by one, the trace (:mod:`.trace`) records
 every SIP message of the suite's endpoints, and :mod:`.report` writes what happened for people
-(terminal table, HTML) and for programs (JUnit XML, JSON). :mod:`.cli` is
+(terminal table, HTML) and for programs (JUnit XML, JSON). :mod:`.timing` says how long to wait
+for the target's own timers, :mod:`.progress` shows what a run is doing. :mod:`.cli` is
 ``gb28181-conformance``.
 
 Cases declare themselves with ``from conformance.suite.case import case`` (not re-exported here:
@@ -22,7 +23,9 @@ from conformance.suite.case import (
 )
 from conformance.suite.context import Context, Step
 from conformance.suite.options import EDITIONS, ROLES, Options
-from conformance.suite.runner import CaseResult, RunResult, run_suite
+from conformance.suite.progress import Progress
+from conformance.suite.runner import CaseResult, RunResult, StateNote, run_suite
+from conformance.suite.timing import KeepaliveTiming
 from conformance.suite.trace import Trace, TraceEntry
 
 __all__ = [
@@ -35,9 +38,12 @@ __all__ = [
     "CaseResult",
     "CaseSkipped",
     "Context",
+    "KeepaliveTiming",
     "Options",
+    "Progress",
     "Registry",
     "RunResult",
+    "StateNote",
     "Step",
     "Trace",
     "TraceEntry",

@@ -5,8 +5,10 @@ and -2022 it checks, and the target roles it applies to.
 
 ``gb28181-conformance run --target-role device|platform|gateway ...`` plays the opposite role(s)
 against the target over real SIP and RTP, prints a line per case as it ends and a summary table,
-and with ``--report DIR`` writes ``junit.xml``, ``report.html`` and ``results.json`` there. The
-exit status is 0 when no case failed or errored, 1 otherwise, 2 on bad usage.
+and with ``--report DIR`` writes ``junit.xml``, ``report.html`` and ``results.json`` there. While
+it runs, stderr shows the case running and what it waits for (a live line on a terminal, plain
+lines otherwise). The exit status is 0 when no case failed or errored, 1 otherwise, 2 on bad
+usage.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import structlog
 from conformance.argtypes import count as _count
 from conformance.argtypes import gb_id as _gb_id
 from conformance.argtypes import port as _port
+from conformance.argtypes import positive as _positive
 from conformance.argtypes import seconds as _seconds
 from conformance.suite.case import GRADES, REGISTRY, Registry, compile_expression, load_cases
 from conformance.suite.options import EDITIONS, MEDIA_TRANSPORTS, ROLES, Options
+from conformance.suite.progress import Progress
 from conformance.suite.report import clause_text, summary_table
 from conformance.suite.runner import CaseResult, HarnessFactory, RunResult, run_suite
 
@@ -145,11 +149,24 @@ def _parser() -> argparse.ArgumentParser:
     _add_selection(c)
     c.add_argument(
         "--register-timeout", type=_seconds, default=30.0, metavar="SECONDS",
-        help="how long to wait for the registrations the role needs (default 30)",
+        help="how long to wait for the registrations the role needs, at the start and again "
+        "after a case that ended, refused or let lapse one (then plus one of the target's "
+        "keepalive periods) (default 30)",
     )  # fmt: skip
     c.add_argument(
         "--case-timeout", type=_seconds, default=60.0, metavar="SECONDS",
-        help="longest a case may take (default 60)",
+        help="longest a case may take, besides what it waits on the target's own timers "
+        "(keepalives, refreshes) (default 60)",
+    )  # fmt: skip
+    c.add_argument(
+        "--keepalive-interval", type=_seconds, default=None, metavar="SECONDS",
+        help="the target's heartbeat period; cases waiting on the target's keepalives wait 3 "
+        "periods and a margin (default: learned from its keepalives, else GB/T 28181's 60)",
+    )  # fmt: skip
+    c.add_argument(
+        "--grant-expires", type=_positive, default=60, metavar="SECONDS",
+        help="the registration lifetime the suite grants when a case checks that the target "
+        "refreshes in time (default 60)",
     )  # fmt: skip
     c.add_argument("--report", metavar="DIR", help="write junit.xml, report.html, results.json")
 
@@ -208,6 +225,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         cascade=args.cascade,
         register_timeout=args.register_timeout,
         case_timeout=args.case_timeout,
+        keepalive_interval=args.keepalive_interval,
+        grant_expires=args.grant_expires,
         select=tuple(args.select),
         grades=tuple(dict.fromkeys(args.grades)),
         report_dir=args.report,
@@ -257,6 +276,8 @@ def _progress(out: TextIO) -> Callable[[CaseResult], None]:
             file=out,
             flush=True,
         )
+        if result.aftermath:
+            print(f"      {result.aftermath}", file=out, flush=True)
 
     return show
 
@@ -266,7 +287,9 @@ async def run(
     registry: Registry | None,
     harness_factory: HarnessFactory | None,
     out: TextIO,
+    err: TextIO | None = None,
 ) -> RunResult:
+    """Run the suite, a line per case on ``out``, the progress on ``err`` (None: none)."""
     o = options
     print(
         f"gb28181-conformance: {o.target_role} at {o.target_host}:{o.target_port}/{o.transport}, "
@@ -275,7 +298,11 @@ async def run(
         flush=True,
     )
     return await run_suite(
-        options, registry=registry, harness_factory=harness_factory, on_result=_progress(out)
+        options,
+        registry=registry,
+        harness_factory=harness_factory,
+        on_result=_progress(out),
+        progress=Progress(err) if err is not None else None,
     )
 
 
@@ -305,10 +332,12 @@ def main(
     registry: Registry | None = None,
     harness_factory: HarnessFactory | None = None,
     out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """The command line. ``registry`` and ``harness_factory`` replace the suite's own cases and
-    harness (tests, embedding); ``out`` replaces stdout."""
+    harness (tests, embedding); ``out`` replaces stdout, ``err`` the stderr progress goes to."""
     out = out or sys.stdout
+    err = err or sys.stderr
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -327,7 +356,7 @@ def main(
     _configure_logging()
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            result = runner.run(run(options, registry, harness_factory, out))
+            result = runner.run(run(options, registry, harness_factory, out, err))
     except KeyboardInterrupt:
         print("gb28181-conformance: interrupted", file=sys.stderr)
         if options.report_dir:

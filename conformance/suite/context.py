@@ -16,10 +16,15 @@ from typing import Any, NoReturn
 from conformance.suite.case import UNSET, CaseFailed, CaseInfo, CaseSkipped
 from conformance.suite.operator import NO_OPERATOR, Action, Operator
 from conformance.suite.options import Options
+from conformance.suite.progress import waiting
+from conformance.suite.timing import KeepaliveTiming
 from conformance.suite.trace import Trace, TraceEntry
 
 # How many of the case's latest messages a failure carries.
 FAILURE_MESSAGES = 20
+# Seconds a case keeps after a wait that pushed its deadline (:meth:`Context.allow`): the
+# checks and the clean-up that follow the wait.
+AFTER_WAIT = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,7 @@ class Context:
         self.media: dict[str, Any] = {}
         self.mark = trace.mark()
         self.started = trace.now()
+        self.scope: asyncio.Timeout | None = None  # the case's deadline, set by the runner
 
     # -- recording ----------------------------------------------------------------------------
     def step(self, text: str) -> None:
@@ -96,15 +102,42 @@ class Context:
         """How long to wait for the effect of an action asked of the operator."""
         return self.options.operator_timeout
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    # -- the target's own timers ----------------------------------------------------------------
+    def keepalive_timing(self) -> KeepaliveTiming:
+        """The target's heartbeat period: the run's ``keepalive_interval``, else learned from
+        its keepalives so far (the harness's :meth:`target_keepalives`), else 60 s."""
+        arrivals = getattr(self.harness, "target_keepalive_times", None)
+        times = arrivals() if callable(arrivals) else []
+        return KeepaliveTiming.of(self.options.keepalive_interval, times)
+
+    def allow(self, seconds: float) -> None:
+        """Let the case run at least ``seconds`` more (plus :data:`AFTER_WAIT`), past the case
+        timeout if need be: for a wait whose length the target's own timers decide (the case
+        timeout guards against a hang, not against a target configured with a 60 s
+        heartbeat)."""
+        if self.scope is None:
+            return
+        when = self.scope.when()
+        wanted = asyncio.get_running_loop().time() + seconds + AFTER_WAIT
+        if when is not None and wanted > when:
+            self.scope.reschedule(wanted)
+
+    async def wait_for(
+        self, predicate: Callable[[], bool], timeout: float, what: str, *, extend: bool = False
+    ) -> None:
         """Wait until ``predicate()`` holds; fail the case with ``what`` after ``timeout``
-        seconds. Polls every 10 ms at first, backing off to 100 ms."""
+        seconds. Polls every 10 ms at first, backing off to 100 ms. ``extend``: the wait
+        follows the target's own timers, so the case may run past its timeout for it
+        (:meth:`allow`). The run's progress shows the wait."""
+        if extend:
+            self.allow(timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         delay = 0.01
-        while not predicate():
-            left = deadline - loop.time()
-            if left <= 0:
-                self.fail(f"timed out after {timeout:g} s waiting for {what}")
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 1.5, 0.1)
+        with waiting(what, timeout):
+            while not predicate():
+                left = deadline - loop.time()
+                if left <= 0:
+                    self.fail(f"timed out after {timeout:g} s waiting for {what}")
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 1.5, 0.1)

@@ -26,12 +26,20 @@ Cases use what is here: ``platform`` (queries, controls, INVITEs to ``lower_id``
 (what arrived below a gateway), :meth:`Harness.channel_ids`, :meth:`Harness.device_for`, the
 REGISTER and keepalive logs, and a few helpers that leave the world as they found it
 (:meth:`Harness.manual`, :meth:`Harness.resync`, :meth:`Harness.spare_device`).
+
+Between cases the runner asks :meth:`Harness.state_problems` what is not as the role needs it
+(the target not registered to the suite's platform, a suite device not registered to the
+target) and :meth:`Harness.restore` puts it back: the switches of the suite's platform and
+devices return to what they were when the run started, and it waits for the registrations to
+come back (the suite's devices register again on their own; a target the suite's platform
+forgot learns it from its next keepalive's 404).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -42,6 +50,7 @@ import structlog
 from conformance.peers.device import DeviceHub, SimDevice
 from conformance.peers.platform import QueryResult, SimPlatform
 from conformance.suite.options import Options
+from conformance.suite.progress import waiting
 from gateway.manscdp.messages import CatalogItem, CatalogQuery, Message
 from gateway.metrics import Metrics
 from gateway.sip.endpoint import Endpoint
@@ -59,6 +68,40 @@ PLAYBACK_FRAMES = 250  # at most this many frames per playback or download (10 s
 SPARE_BASE = 9900  # serials of the spare devices cases register (type 132, far from the rest)
 VIDEO_TYPES = frozenset({"131", "132"})
 _SEND_ERRORS = (TransactionTimeout, TransportError, OSError)
+# Fields of the suite's simulated peers that are state, not switches: never put back between
+# cases (every other plain field is a switch a case may have turned and the runner restores).
+_PLATFORM_STATE = frozenset({"platform_id", "domain", "keepalive_interval",
+                             "keepalive_timeout_count", "realm"})  # fmt: skip
+_DEVICE_STATE = frozenset({
+    "device_id", "server", "server_id", "domain", "call_id", "from_tag", "cseq", "sn",
+    "registered", "reboots", "redirects", "redirect_home", "missed_keepalives", "recording",
+    "guard", "ptz_position", "home_position", "last_challenge", "expires",
+})  # fmt: skip
+_PLAIN = (bool, int, float, str, tuple, frozenset, type(None))
+
+
+def _switches(obj: Any, state: frozenset[str]) -> dict[str, Any]:
+    """The plain-valued init fields of a simulated peer that are not ``state``: its switches."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        if not f.init or f.name.startswith("_") or f.name in state:
+            continue
+        value = getattr(obj, f.name)
+        if isinstance(value, _PLAIN):
+            out[f.name] = value
+        elif f.name == "passwords" and isinstance(value, dict):  # per-ID passwords: a switch
+            out[f.name] = dict(value)
+    return out
+
+
+def _put_back(obj: Any, saved: Mapping[str, Any]) -> list[str]:
+    """Set ``obj``'s switches back to ``saved``; the names of those that had changed."""
+    changed = []
+    for name, value in saved.items():
+        if getattr(obj, name) != value:
+            setattr(obj, name, dict(value) if isinstance(value, dict) else value)
+            changed.append(name)
+    return changed
 
 
 class HarnessError(RuntimeError):
@@ -94,6 +137,8 @@ class Harness:
         self.platform_events: deque[str] = deque(maxlen=5000)
         self._channels: list[str] = []
         self._catalog: list[CatalogItem] = []
+        # The switches of the suite's platform and devices as the run started (restore()).
+        self._saved: list[tuple[Any, dict[str, Any]]] = []
 
     # -- what the suite plays ------------------------------------------------------------------
     @property
@@ -144,6 +189,7 @@ class Harness:
             await self._start_platform()
             await self._wait_registered(deadline, "the device")
             await self.refresh_channels()
+            self._save_switches()
             return
         if not o.suite_device_ids:
             raise HarnessError(f"the {self.role} role needs suite device IDs")
@@ -153,6 +199,68 @@ class Harness:
             who = "the platform" if o.cascade else "the gateway"
             await self._wait_registered(deadline, f"{who} (to the suite's upper platform)")
             await self._wait_synced(deadline)
+        self._save_switches()
+
+    # -- between cases --------------------------------------------------------------------------
+    def _save_switches(self) -> None:
+        peers: list[tuple[Any, frozenset[str]]] = []
+        if self.platform is not None:
+            peers.append((self.platform, _PLATFORM_STATE))
+        peers += [(d, _DEVICE_STATE) for d in self.devices]
+        self._saved = [(peer, _switches(peer, state)) for peer, state in peers]
+
+    def reset_switches(self) -> list[str]:
+        """Put every switch of the suite's platform and devices back as it was when the run
+        started; return what had been left changed (``platform.grant_expires``, …)."""
+        changed = []
+        for peer, saved in self._saved:
+            who = "platform" if peer is self.platform else getattr(peer, "device_id", "?")
+            changed += [f"{who}.{name}" for name in _put_back(peer, saved)]
+        return changed
+
+    def target_keepalive_times(self) -> list[float]:
+        """Arrival times (``time.monotonic()``) of the target's keepalives to the suite's
+        platform, oldest first (what the suite learns the target's heartbeat period from)."""
+        if self.platform is None or not self.suite_is_platform:
+            return []
+        return [k[0] for k in self.keepalives_from(self.lower_id)]
+
+    def state_problems(self) -> list[str]:
+        """What is not as every case expects to find it (empty: all is well): the target
+        registered to the suite's platform (device and gateway roles), each suite device
+        registered to the target (platform and gateway roles)."""
+        out = []
+        if self.suite_is_platform and self.platform is not None and not self.registered():
+            where = "upper platform" if self.role == "gateway" else "platform"
+            out.append(f"the target {self.lower_id} is not registered to the suite's {where}")
+        if self.suite_has_devices:
+            out += [
+                f"suite device {d.device_id} is not registered to the target"
+                for d in self.devices
+                if not d.registered
+            ]
+        return out
+
+    async def restore(self, timeout: float) -> list[str]:
+        """Put the switches back (:meth:`reset_switches`) and wait, at most ``timeout``
+        seconds, until :meth:`state_problems` has nothing to say; return what is still wrong.
+
+        The suite's devices register again on their own (their keepalive loop registers a
+        device that is not registered); a target the suite's platform forgot or refused learns
+        it from its next keepalive (404) and must register again by itself."""
+        changed = self.reset_switches()
+        if changed:
+            log.info("conformance.switches_reset", switches=changed)
+        problems = self.state_problems()
+        if not problems:
+            return []
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        with waiting("; ".join(problems) + ": to be registered again", timeout):
+            while problems and loop.time() < end:
+                await asyncio.sleep(0.1)
+                problems = self.state_problems()
+        return problems
 
     async def _start_platform(self) -> None:
         o = self.options
@@ -193,17 +301,18 @@ class Harness:
         self.hub = DeviceHub(ep, on_event=self._device_event)
         for i, device_id in enumerate(o.suite_device_ids):
             self.devices.append(self.hub.add(self._make_device(device_id, i)))
-        waiting = list(self.devices)
+        pending = list(self.devices)
         last = ""
-        while waiting:
-            results = await asyncio.gather(*(self._try_register(d) for d in waiting))
-            last = "; ".join(r for r in results if r)
-            waiting = [d for d in waiting if not d.registered]
-            if not waiting:
-                break
-            if time.monotonic() + 1.0 > deadline:
-                raise HarnessError(f"the suite's devices could not register: {last}")
-            await asyncio.sleep(1.0)
+        with waiting("the suite's devices to register to the target", o.register_timeout):
+            while pending:
+                results = await asyncio.gather(*(self._try_register(d) for d in pending))
+                last = "; ".join(r for r in results if r)
+                pending = [d for d in pending if not d.registered]
+                if not pending:
+                    break
+                if time.monotonic() + 1.0 > deadline:
+                    raise HarnessError(f"the suite's devices could not register: {last}")
+                await asyncio.sleep(1.0)
         self.hub.start_keepalive(KEEPALIVE_INTERVAL)
 
     async def _try_register(self, device: SimDevice) -> str:
@@ -220,13 +329,14 @@ class Harness:
 
     async def _wait_registered(self, deadline: float, who: str) -> None:
         platform = self.need_platform()
-        while not self.registered():
-            if time.monotonic() >= deadline:
-                raise HarnessError(
-                    f"{who} {self.lower_id} did not register within "
-                    f"{self.options.register_timeout:g} s"
-                )
-            await asyncio.sleep(0.05)
+        with waiting(f"{who} {self.lower_id} to register", deadline - time.monotonic()):
+            while not self.registered():
+                if time.monotonic() >= deadline:
+                    raise HarnessError(
+                        f"{who} {self.lower_id} did not register within "
+                        f"{self.options.register_timeout:g} s"
+                    )
+                await asyncio.sleep(0.05)
         log.info(
             "conformance.target_registered",
             target=self.lower_id,
@@ -244,12 +354,14 @@ class Harness:
         """Until the upper's catalog lists every item of every suite device (or the deadline:
         the catalog cases then say what is missing)."""
         wanted = {i.device_id for d in self.devices for i in d.catalog_items()}
-        while True:
-            res = await self.catalog(timeout=5.0, idle=1.0)
-            seen = {i.device_id for i in res.items}
-            if wanted <= seen or time.monotonic() + 0.5 >= deadline:
-                break
-            await asyncio.sleep(0.3)
+        what = "the target to list every suite device's catalog to the upper"
+        with waiting(what, max(0.0, deadline - time.monotonic())):
+            while True:
+                res = await self.catalog(timeout=5.0, idle=1.0)
+                seen = {i.device_id for i in res.items}
+                if wanted <= seen or time.monotonic() + 0.5 >= deadline:
+                    break
+                await asyncio.sleep(0.3)
 
     async def close(self) -> None:
         if self.hub is not None:

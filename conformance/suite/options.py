@@ -42,6 +42,12 @@ class Options:
     channels: int = 4  # channels per simulated device
     register_timeout: float = 30.0
     case_timeout: float = 60.0
+    # The target's heartbeat period (s); None: learned from its keepalives (else GB/T 28181's
+    # 60 s). Cases that wait on the target's own timers wait a multiple of it, not case_timeout.
+    keepalive_interval: float | None = None
+    # The lifetime (s) the suite's registrar grants when a case checks that the target refreshes
+    # its registration in time (RFC 3261 §10.2.4: the granted time binds the registering side).
+    grant_expires: int = 60
     # -k style expressions matched on "ID title"; a case must match every one.
     select: tuple[str, ...] = ()
     grades: tuple[str, ...] = ()  # empty: every grade
@@ -76,6 +82,10 @@ class Options:
             raise ValueError("the hook operator needs a command (operator_hook)")
         if self.case_timeout <= 0 or self.register_timeout <= 0 or self.operator_timeout <= 0:
             raise ValueError("timeouts must be positive")
+        if self.keepalive_interval is not None and self.keepalive_interval <= 0:
+            raise ValueError("keepalive_interval must be positive")
+        if self.grant_expires < 1:
+            raise ValueError("grant_expires must be at least 1 s")
 
     def public(self) -> dict[str, Any]:
         """The options as plain values for reports, the password and the operator hook (which

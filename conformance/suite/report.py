@@ -20,6 +20,7 @@ from typing import Any
 
 from lxml import etree
 
+from conformance.suite.operator import NO_OPERATOR
 from conformance.suite.runner import VERDICTS, CaseResult, RunResult
 from conformance.suite.trace import TraceEntry
 
@@ -120,6 +121,7 @@ def summary_table(run: RunResult, *, title_width: int = 48, note_width: int = 60
             f"{_fit(f'{r.duration:.2f}', 7, right=True)}  {note}".rstrip()
         )
     lines += ["", f"Totals: {totals_text(run)}"]
+    lines += _state_lines(run)
     bad = [r for r in results if r.verdict in ("fail", "error") and not run.run_error]
     if bad:
         lines += ["", "Failures and errors:"]
@@ -132,6 +134,23 @@ def summary_table(run: RunResult, *, title_width: int = 48, note_width: int = 60
     if run.interrupted:
         lines += ["", "The run was interrupted."]
     return "\n".join(lines)
+
+
+def _state_lines(run: RunResult) -> list[str]:
+    """What cases left the target in, for the terminal: each state the runner had to put back
+    and whether it could, and how many cases were not run because it could not."""
+    notes = [n for n in run.state_log if n.problems]
+    if not notes:
+        return []
+    lines = ["", "Left out of place by cases (and put back by the runner before the next):"]
+    lines += [f"  {_printable(n.describe())}" for n in notes]
+    blocked = [r for r in run.results if r.blocked_by]
+    if blocked:
+        by = ", ".join(dict.fromkeys(r.blocked_by for r in blocked))
+        lines.append(
+            f"  {len(blocked)} later cases were not run: the state {by} left could not be restored"
+        )
+    return lines
 
 
 # -- JUnit XML -----------------------------------------------------------------------------------
@@ -200,7 +219,7 @@ def junit_xml(run: RunResult) -> bytes:
             el = etree.SubElement(tc, "failure", message=_xml(r.reason, 1000), type="CaseFailed")
             el.text = _xml(_junit_body(r))
         elif r.verdict == "error":
-            kind = "RunError" if run.run_error else "CaseError"
+            kind = "RunError" if run.run_error else ("NotRun" if r.blocked_by else "CaseError")
             el = etree.SubElement(tc, "error", message=_xml(r.reason, 1000), type=kind)
             el.text = _xml(_junit_body(r))
         elif r.verdict == "skip":
@@ -221,6 +240,8 @@ def _case_output(r: CaseResult) -> str:
         f"GB/T 28181-2016 {clause_text(r.info.clause_2016)}, "
         f"GB/T 28181-2022 {clause_text(r.info.clause_2022)}"
     ]
+    if r.aftermath:
+        lines.append(f"Left behind: {r.aftermath}")
     lines += [f"+{s.t:.3f}s {s.text}" for s in r.steps]
     lines += [f"{k}: {v}" for k, v in r.media.items()]
     if r.trace:
@@ -280,6 +301,9 @@ def results_dict(run: RunResult) -> dict[str, Any]:
                 "traceback": r.traceback,
                 "steps": [{"t": round(s.t, 6), "text": s.text} for s in r.steps],
                 "media_figures": _jsonable(r.media),
+                "aftermath": r.aftermath,
+                "blocked_by": r.blocked_by,
+                "applicable": applicable(r, run),
                 "failure_messages": [_entry_dict(e, r.started) for e in r.messages],
                 "trace": [_entry_dict(e, r.started) for e in r.trace],
             }
@@ -296,8 +320,28 @@ def results_dict(run: RunResult) -> dict[str, Any]:
         "run_traceback": run.run_traceback,
         "start_trace": [_entry_dict(e, 0.0) for e in run.start_trace],
         "totals": {**run.counts(), "total": len(run.results)},
+        "state_log": [
+            {
+                "after": n.case_id,
+                "problems": list(n.problems),
+                "switches_reset": list(n.reset),
+                "restored": n.restored,
+                "waited": round(n.waited, 3),
+                "still": list(n.still),
+            }
+            for n in run.state_log
+        ],
         "cases": cases,
     }
+
+
+def applicable(r: CaseResult, run: RunResult) -> bool:
+    """Whether a case applies to this run: its role and edition match and, if it needs an
+    operator, the run has one (a skip for any other reason is an applicable case not
+    passed)."""
+    if r.info.not_applicable(run.options):
+        return False
+    return not (r.info.operator and r.verdict == "skip" and r.reason == NO_OPERATOR)
 
 
 # -- HTML ----------------------------------------------------------------------------------------
@@ -345,6 +389,7 @@ details.msg > summary, details.start-trace > summary { cursor: pointer; }
 .note { color: #57606a; font-style: italic; }
 .controls { margin: .6em 0; } .controls label { margin-right: .8em; }
 .run-error { border: 2px solid var(--error); padding: .5em 1em; margin: .6em 0; }
+.state li.not-restored { color: var(--error); font-weight: 600; }
 [hidden] { display: none !important; }
 """
 
@@ -448,6 +493,10 @@ def _case_html(r: CaseResult) -> str:
         ("Editions", ", ".join(sorted(i.editions))),
         ("Duration", f"{r.duration:.3f} s"),
     ]
+    if r.aftermath:
+        facts.append(("Left behind", r.aftermath))
+    if r.blocked_by:
+        facts.append(("Not run because of", r.blocked_by))
     parts = [
         f'<details class="case c-{r.verdict}" id="{_anchor(i.id)}" data-verdict="{r.verdict}">',
         f'<summary><span class="verdict v-{r.verdict}">{r.verdict.upper()}</span> '
@@ -521,6 +570,21 @@ def html_report(run: RunResult) -> str:
             f"{_trace_table(run.start_trace, 0.0, set())}</details>"
         )
     interrupted = '<p class="reason">The run was interrupted.</p>' if run.interrupted else ""
+    notes = [n for n in run.state_log if n.problems]
+    state = ""
+    if notes:
+        state = (
+            '<section class="state" id="state"><h2>Left out of place by cases</h2>'
+            "<p>What a case left the target in; the runner put it back before the next case "
+            "(or could not: the cases after it were not run while it lasted).</p><ul>"
+            + "".join(
+                f'<li class="{"restored" if n.restored else "not-restored"}">'
+                f'<a href="#{_anchor(n.case_id)}">{_e(n.case_id)}</a>: '
+                f"{_e(n.describe().split(': ', 1)[1])}</li>"
+                for n in notes
+            )
+            + "</ul></section>"
+        )
     filters = "".join(
         f'<label><input type="checkbox" data-filter="{v}" checked> {v}</label>' for v in VERDICTS
     )
@@ -554,6 +618,7 @@ def html_report(run: RunResult) -> str:
             f" of {len(run.results)} cases</p>",
             run_error,
             interrupted,
+            state,
             '<nav class="controls"><button type="button" id="expand-all">Expand all</button> '
             '<button type="button" id="collapse-all">Collapse all</button> '
             f"Show: {filters}</nav></header>",

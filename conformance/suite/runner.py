@@ -8,6 +8,15 @@ Verdicts: ``pass``; ``fail`` (the case raised :class:`CaseFailed`: the target br
 ``skip`` (:class:`CaseSkipped`, or the case does not apply to the target's role or edition);
 ``error`` (anything else: an exception, the case's timeout, or a run that could not start, such
 as a target that never registered; the suite could not judge).
+
+Cases are independent: after each one the runner asks the harness what the case left out of
+place (``state_problems()``: a registration ended, refused or lapsed) and has it put back
+(``restore(timeout)``: switches reset, registrations awaited for ``register_timeout`` plus one
+of the target's keepalive periods, since a target learns it was forgotten from its next
+keepalive). What a case left behind is kept in its result (``aftermath``) and in the run's
+``state_log``; when it cannot be put back, the later cases are not run while it lasts: each is
+an ``error`` saying "not run", which case left the target so (``blocked_by``) and in what
+state, never an error of its own. Harnesses without these two methods are not checked.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ from conformance.suite.case import (
 from conformance.suite.context import Context, Step
 from conformance.suite.operator import NO_OPERATOR, Operator, make_operator
 from conformance.suite.options import Options
+from conformance.suite.progress import Progress, attach, detach
+from conformance.suite.timing import KeepaliveTiming
 from conformance.suite.trace import Trace, TraceEntry
 
 log = structlog.get_logger("conformance.suite.runner")
@@ -59,6 +70,36 @@ class CaseResult:
     trace: list[TraceEntry] = field(default_factory=list)  # every SIP message during the case
     messages: list[TraceEntry] = field(default_factory=list)  # the ones the failure names
     media: dict[str, Any] = field(default_factory=dict)
+    # What the case left out of place and what became of it ("" when nothing was).
+    aftermath: str = ""
+    # Not run: the ID of the case that left the target in a state that could not be restored.
+    blocked_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StateNote:
+    """What a case left out of place (``problems``), what the runner reset (``reset``) and
+    whether the registrations came back within ``waited`` seconds (``restored``)."""
+
+    case_id: str
+    problems: tuple[str, ...]
+    reset: tuple[str, ...]
+    restored: bool
+    waited: float
+    still: tuple[str, ...] = ()  # what was still wrong when the runner gave up
+
+    def describe(self) -> str:
+        what = "; ".join(self.problems) or "nothing out of place"
+        if self.reset:
+            what += f" (switches reset: {', '.join(self.reset)})"
+        if not self.problems:
+            return f"after {self.case_id}: {what}"
+        if self.restored:
+            return f"after {self.case_id}: {what}; restored after {self.waited:.1f} s"
+        return (
+            f"after {self.case_id}: {what}; NOT restored within {self.waited:.0f} s "
+            f"(still: {'; '.join(self.still)})"
+        )
 
 
 @dataclass(slots=True)
@@ -72,6 +113,13 @@ class RunResult:
     start_trace: list[TraceEntry] = field(default_factory=list)  # while the harness started
     interrupted: bool = False
     reports: dict[str, Path] = field(default_factory=dict)
+    # What cases left out of place, in order (only cases that left something).
+    state_log: list[StateNote] = field(default_factory=list)
+
+    @property
+    def unrestored(self) -> list[StateNote]:
+        """The notes of states the runner could not put back."""
+        return [n for n in self.state_log if n.problems and not n.restored]
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(VERDICTS, 0)
@@ -148,6 +196,54 @@ async def _close_harness(harness: Any) -> None:
         log.exception("conformance.harness_close_failed")
 
 
+def restore_timeout(options: Options, harness: Any) -> float:
+    """How long the runner waits for the registrations to come back after a case:
+    ``register_timeout`` plus one of the target's keepalive periods and a margin (a target the
+    suite's platform forgot hears it from its next keepalive's 404)."""
+    arrivals = getattr(harness, "target_keepalive_times", None)
+    timing = KeepaliveTiming.of(
+        options.keepalive_interval, arrivals() if callable(arrivals) else []
+    )
+    return options.register_timeout + timing.wait(1)
+
+
+async def _after_case(
+    info: CaseInfo, options: Options, harness: Any, run: RunResult, result: CaseResult,
+    progress: Progress | None,
+) -> None:  # fmt: skip
+    """Check and put back what the case left (harnesses with ``state_problems`` and
+    ``restore``); record it in ``result.aftermath`` and ``run.state_log``."""
+    problems_of = getattr(harness, "state_problems", None)
+    restore = getattr(harness, "restore", None)
+    if not callable(problems_of) or not callable(restore):
+        return
+    reset_of = getattr(harness, "reset_switches", None)
+    reset = tuple(reset_of()) if callable(reset_of) else ()
+    problems = tuple(problems_of())
+    if not problems and not reset:
+        return
+    timeout = restore_timeout(options, harness)
+    started = asyncio.get_running_loop().time()
+    still: tuple[str, ...] = ()
+    if problems:
+        if progress is not None:
+            left = "; ".join(problems)
+            progress.note(f"{info.id} left: {left}; restoring (up to {timeout:.0f} s)")
+        try:
+            still = tuple(await restore(timeout))
+        except Exception as exc:  # the harness could not even try: as good as not restored
+            log.exception("conformance.restore_failed", case=info.id)
+            still = (*problems, f"(restoring raised {_describe(exc)})")
+    waited = asyncio.get_running_loop().time() - started
+    note = StateNote(info.id, problems, reset, not still, waited, still)
+    run.state_log.append(note)
+    if problems:  # switches put back alone are only logged (results.json's state_log)
+        result.aftermath = note.describe()
+    log.info("conformance.state_after_case", case=info.id, note=note.describe())
+    if progress is not None and problems:
+        progress.note(note.describe())
+
+
 def case_timeout(info: CaseInfo, options: Options) -> float:
     """``case_timeout``, plus twice ``operator_timeout`` for each action the case asks of an
     operator: a hook may take that long to run, and the case waits that long again for the
@@ -168,6 +264,9 @@ async def run_case(
     result = CaseResult(info, "pass", started=ctx.started)
     limit = case_timeout(info, options)
     scope = asyncio.timeout(limit)
+    ctx.scope = scope
+    loop = asyncio.get_running_loop()
+    began = loop.time()
     try:
         async with scope:
             await info.func(ctx)
@@ -185,7 +284,13 @@ async def run_case(
     except Exception as exc:
         result.verdict = "error"
         if isinstance(exc, TimeoutError) and scope.expired():
-            result.reason = f"no verdict within the case timeout ({limit:g} s)"
+            when = scope.when()
+            allowed = limit if when is None else when - began
+            if allowed > limit + 1.0:  # a wait on the target's timers pushed it (ctx.allow)
+                text = f"{allowed:.0f} s, extended for the target's timers"
+            else:
+                text = f"{limit:g} s"
+            result.reason = f"no verdict within the case timeout ({text})"
         else:
             result.reason = _describe(exc)
         result.traceback = "".join(traceback.format_exception(exc))
@@ -204,6 +309,7 @@ async def run_suite(
     harness_factory: HarnessFactory | None = None,
     on_result: Callable[[CaseResult], None] | None = None,
     operator: Operator | None = None,
+    progress: Progress | None = None,
 ) -> RunResult:
     """Run the cases ``options`` selects from ``registry`` (default: the suite's own, loaded)
     against the target; write the reports when ``options.report_dir`` is set.
@@ -211,7 +317,8 @@ async def run_suite(
     ``harness_factory(options)`` builds the harness (default: ``conformance.suite.harness``'s
     ``Harness``). ``on_result`` hears each case's result as it is known. ``operator`` acts at
     the target when a case asks (default: the one ``options.operator`` names; with none, the
-    cases that need one are skipped).
+    cases that need one are skipped). ``progress`` shows the case running and what it waits
+    for (the CLI's stderr).
     """
     from conformance.suite.report import write_reports
 
@@ -233,16 +340,41 @@ async def run_suite(
 
     def done(result: CaseResult) -> None:
         run.results.append(result)
+        if progress is not None:
+            progress.end_case()
         if on_result is not None:
             on_result(result)
 
+    token = attach(progress)
+    blocked: StateNote | None = None  # a state the runner could not put back, while it lasts
     try:
+        if progress is not None:
+            progress.start(len(selected))
         if any(not why_not(c) for c in selected):
             harness = await _start_harness(
                 options, harness_factory or default_harness_factory, trace, run
             )
-        for info in selected:
+        for index, info in enumerate(selected, 1):
+            if progress is not None:
+                progress.begin_case(index, info.id, info.title)
             reason = why_not(info)
+            if blocked is not None and not reason and not run.run_error:
+                now_wrong = tuple(harness.state_problems())
+                if now_wrong:
+                    done(
+                        CaseResult(
+                            info,
+                            "error",
+                            started=trace.now(),
+                            reason=f"not run: {'; '.join(now_wrong)} since {blocked.case_id} "
+                            f"(not restored within {blocked.waited:.0f} s)",
+                            blocked_by=blocked.case_id,
+                        )
+                    )
+                    continue
+                if progress is not None:
+                    progress.note(f"the target is back as the run needs it: running {info.id}")
+                blocked = None
             if reason:
                 done(CaseResult(info, "skip", started=trace.now(), reason=reason))
             elif run.run_error:
@@ -260,6 +392,11 @@ async def run_suite(
                 log.info("conformance.case_started", case=info.id)
                 result = await run_case(info, options, harness, trace, operator)
                 log.info("conformance.case_done", case=info.id, verdict=result.verdict)
+                await _after_case(info, options, harness, run, result, progress)
+                if run.state_log and run.state_log[-1].case_id == info.id:
+                    note = run.state_log[-1]
+                    if note.problems and not note.restored:
+                        blocked = note
                 done(result)
     except asyncio.CancelledError:
         # Interrupted (Ctrl-C): the cases not run are errors, and the reports still get written.
@@ -270,6 +407,9 @@ async def run_suite(
                 run.results.append(CaseResult(info, "error", reason="the run was interrupted"))
         raise
     finally:
+        if progress is not None:
+            await progress.stop()
+        detach(token)
         if harness is not None:
             await _close_harness(harness)
         trace.untap_all()

@@ -118,6 +118,7 @@ def gateway_options(gw: Gateway, upper: int, **kw: Any) -> Options:
         "suite_device_ids": NVRS,
         "register_timeout": 20,
         "case_timeout": 30,
+        "grant_expires": 4,  # A-REG-04: the gateway refreshes in about 2.4 s, not 36
     }
     settings.update(kw)
     return Options(**settings)
@@ -265,10 +266,14 @@ def run_device(device_endpoint: Endpoint) -> RunDevice:
     """Run the suite in device mode against a SimDevice (an IPC with two channels, a voice
     output and a custom tree, 6 catalog items; keeping alive every 0.5 s; sending large
     answers over TCP as RFC 3261 asks) given
-    ``switches``; ``select`` picks the cases."""
+    ``switches``; ``select`` picks the cases; ``suite``: more options of the run."""
 
     async def run(
-        *select: str, edition: str = "2022", case_timeout: float = 20.0, **switches: Any
+        *select: str,
+        edition: str = "2022",
+        case_timeout: float = 20.0,
+        suite: dict[str, Any] | None = None,
+        **switches: Any,
     ) -> RunResult:
         port = free_port()
         settings: dict[str, Any] = {
@@ -291,6 +296,8 @@ def run_device(device_endpoint: Endpoint) -> RunDevice:
             case_timeout=case_timeout,
             edition=edition,
             select=tuple(select),
+            grant_expires=4,  # A-REG-04: the device refreshes after 3.2 s
+            **(suite or {}),
         )
         try:
             return await run_suite(options)
@@ -406,7 +413,10 @@ async def test_missing_catalog_item_below_a_gateway_is_seen_from_above(
 
 @pytest.mark.timeout(30)
 async def test_no_keepalive_fails_the_keepalive_case(run_device: RunDevice) -> None:
-    run = await run_device("A-KA or A-REG-01", case_timeout=4.0, no_keepalive=True)
+    # Told the period (nothing to learn it from): the case waits 3 × 0.5 s and a margin.
+    run = await run_device(
+        "A-KA or A-REG-01", case_timeout=4.0, suite={"keepalive_interval": 0.5}, no_keepalive=True
+    )
     assert verdicts(run) == {"A-KA-01": "fail", "A-REG-01": "pass"}
     assert f"waiting for a keepalive from {DEVICE}" in by_id(run)["A-KA-01"].reason
 

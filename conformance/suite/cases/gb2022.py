@@ -38,6 +38,7 @@ from conformance.suite.cases.common import (
 )
 from conformance.suite.context import Context
 from conformance.suite.harness import is_video_channel
+from conformance.suite.progress import waiting
 from gateway.manscdp.messages import (
     CatalogNotify,
     DeviceControl,
@@ -131,14 +132,16 @@ async def redirect(ctx: Context) -> None:
 
     Pass: the target registers at the second platform (digest, 200) with its ID in the
     Request-URI and keeps alive there; once refused there it comes back to the first platform
-    (2022 §9.1.2.3: start over at the redirect server). The case waits at most the case
-    timeout (run with a timeout above the target's heartbeat interval)."""
+    (2022 §9.1.2.3: start over at the redirect server). Each wait is up to 3 of the target's
+    heartbeat periods and a margin; the way back home adds the register timeout (a retry
+    time)."""
     h = ctx.harness
     platform = h.need_platform()
     o = ctx.options
     other_id = o.suite_platform_id[:-1] + str((int(o.suite_platform_id[-1]) + 1) % 10)
     other = await h.extra_platform(other_id, "redirected")
-    limit = max(3.0, (o.case_timeout - 4) / 2)
+    timing = ctx.keepalive_timing()
+    limit = timing.wait()
     try:
         host, port = o.local_host, other.endpoint.port
         platform.redirect_to = (host, port)
@@ -150,17 +153,23 @@ async def redirect(ctx: Context) -> None:
             lower = other.lowers.get(h.lower_id)
             return lower is not None and lower.registered
 
-        await ctx.wait_for(there, limit, "the target to register at the server the 302 named")
+        await ctx.wait_for(there, limit, "the target to register at the server the 302 named",
+                           extend=True)  # fmt: skip
         reg = next(r for _, r, a in other.register_answers if a.status == 200)
         ctx.expect_equal(reg.request_uri.user, other_id, "Request-URI user at the new server")
         ctx.step("registered at the second platform")
         await ctx.wait_for(lambda: other.lowers[h.lower_id].keepalives > 0, limit,
-                           "a keepalive at the second platform")  # fmt: skip
+                           "a keepalive at the second platform", extend=True)  # fmt: skip
     finally:
         platform.redirect_to = platform.redirect_server_id = None
         other.refuse_keepalives = True
         other.password = o.password + "-changed"
-        back = await until(h.registered, limit)
+        # Its next keepalive there is refused, its REGISTER there too; then it may wait its
+        # retry time (at most the register timeout) before it starts over at home.
+        home = limit + o.register_timeout
+        ctx.allow(home)
+        with waiting("the target to come back to the first platform", home):
+            back = await until(h.registered, home)
         await h.close_extra(other)
     ctx.check(back, "refused at the server it was sent to, the target did not come back to the "
               "redirect server (2022 §9.1.2.3)")  # fmt: skip

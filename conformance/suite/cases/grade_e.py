@@ -9,10 +9,12 @@ upper's SN).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from conformance.suite.case import case
 from conformance.suite.cases.common import control, fail_problems, query_one, until
 from conformance.suite.context import Context
+from conformance.suite.timing import DEFAULT_KEEPALIVE_INTERVAL, KEEPALIVE_COUNT, margin
 from gateway.manscdp.messages import (
     BasicParam,
     ConfigDownloadQuery,
@@ -25,6 +27,17 @@ from gateway.manscdp.messages import (
 )
 
 BOTH = ("2016", "2022")
+
+
+def offline_wait(ctx: Context, dev: Any) -> float:
+    """How long a target may take to call a silent suite device offline: the heartbeat count
+    × period the device declares (its BasicParam; ``--keepalive-interval`` replaces the period)
+    and a margin (GB/T 28181 §9.6)."""
+    param = getattr(dev, "basic_param", None)
+    count = getattr(param, "heart_beat_count", None) or KEEPALIVE_COUNT
+    period = ctx.options.keepalive_interval or getattr(param, "heart_beat_interval", None)
+    period = float(period or DEFAULT_KEEPALIVE_INTERVAL)
+    return count * period + margin(period)
 
 
 @case(
@@ -41,9 +54,10 @@ async def offline_after_missed_keepalives(ctx: Context) -> None:
     stops sending keepalives; once the gateway reports it offline the device resumes (its
     next keepalive, refused, makes it register again).
 
-    Pass: within the case time the gateway NOTIFYs the device ``OFF`` (it counted the missed
-    keepalives); the device's next keepalive is refused (404: it must register again); after
-    it registers the gateway NOTIFYs it ``ON``."""
+    Pass: within the heartbeat count × period the device declares (its BasicParam: 3 × 60 s;
+    ``--keepalive-interval`` gives the period instead) and a margin, the gateway NOTIFYs the
+    device ``OFF`` (it counted the missed keepalives); the device's next keepalive is refused
+    (404: it must register again); after it registers the gateway NOTIFYs it ``ON``."""
     h = ctx.harness
     platform = h.need_platform()
     dev = h.devices[-1]
@@ -51,12 +65,13 @@ async def offline_after_missed_keepalives(ctx: Context) -> None:
     ctx.expect_equal(sub.status, 200, "the catalog SUBSCRIBE")
     mark = len(platform.catalog_events)
     try:
-        limit = max(5.0, ctx.options.case_timeout - 10)
+        limit = offline_wait(ctx, dev)
         dev.no_keepalive = True
         t0 = time.monotonic()
-        ctx.step(f"{dev.device_id} stops keeping alive")
+        ctx.step(f"{dev.device_id} stops keeping alive; the gateway may take {limit:g} s")
         await ctx.wait_for(lambda: ("OFF", dev.device_id) in platform.catalog_events[mark:],
-                           limit, f"the gateway to report {dev.device_id} OFF")  # fmt: skip
+                           limit, f"the gateway to report {dev.device_id} OFF",
+                           extend=True)  # fmt: skip
         ctx.step(f"OFF after {time.monotonic() - t0:.1f} s of silence")
         t1 = time.monotonic()
         dev.no_keepalive = False
@@ -86,8 +101,8 @@ async def offline_after_missed_keepalives(ctx: Context) -> None:
 )
 async def register_again(ctx: Context) -> None:
     """Steps: the suite's platform forgets the target (as after its own restart); the
-    target's next keepalive gets 404. The case waits at most the case timeout (run with a
-    timeout above the target's heartbeat interval).
+    target's next keepalive gets 404. The case waits up to 3 of the target's heartbeat periods
+    and a margin for each keepalive (``--keepalive-interval``, else learned, else 60 s).
 
     Pass: the target registers again (401, then 200) after the refused keepalive and keeps
     alive afterwards (a keepalive answered 200)."""
@@ -95,25 +110,28 @@ async def register_again(ctx: Context) -> None:
     platform = h.need_platform()
     t0 = time.monotonic()
     platform.restart()
-    limit = max(3.0, ctx.options.case_timeout - 3)
+    timing = ctx.keepalive_timing()
+    limit = timing.wait()
+    ctx.step(f"platform forgot the target; waiting up to {limit:g} s ({timing.describe()})")
 
     def refused() -> float | None:
         return next((k[0] for k in h.keepalives_from(h.lower_id) if k[0] > t0 and k[4] == 404),
                     None)  # fmt: skip
 
-    await ctx.wait_for(lambda: refused() is not None, limit, "a keepalive (to be refused)")
+    await ctx.wait_for(lambda: refused() is not None, limit, "a keepalive (to be refused)",
+                       extend=True)  # fmt: skip
     t1 = refused()
     assert t1 is not None
     ctx.step(f"keepalive refused with 404 after {t1 - t0:.1f} s")
     await ctx.wait_for(
         lambda: any(e[0] > t1 and e[2].status == 200 for e in h.registers_from(h.lower_id)),
-        min(limit, 10.0), "the target to register again",
+        max(10.0, ctx.options.register_timeout), "the target to register again", extend=True,
     )  # fmt: skip
     t2 = next(e[0] for e in h.registers_from(h.lower_id) if e[0] > t1 and e[2].status == 200)
     ctx.step(f"registered again {t2 - t1:.1f} s after the 404")
     await ctx.wait_for(
         lambda: any(k[0] > t2 and k[4] == 200 for k in h.keepalives_from(h.lower_id)),
-        limit, "a keepalive after registering again",
+        limit, "a keepalive after registering again", extend=True,
     )  # fmt: skip
 
 
