@@ -75,7 +75,7 @@ _PLATFORM_STATE = frozenset({"platform_id", "domain", "keepalive_interval",
 _DEVICE_STATE = frozenset({
     "device_id", "server", "server_id", "domain", "call_id", "from_tag", "cseq", "sn",
     "registered", "reboots", "redirects", "redirect_home", "missed_keepalives", "recording",
-    "guard", "ptz_position", "home_position", "last_challenge", "expires",
+    "guard", "ptz_position", "home_position", "last_challenge", "expires", "pipelined_dropped",
 })  # fmt: skip
 _PLAIN = (bool, int, float, str, tuple, frozenset, type(None))
 
