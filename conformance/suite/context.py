@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from conformance.suite.case import UNSET, CaseFailed, CaseInfo, CaseSkipped
+from conformance.suite.findings import Findings
 from conformance.suite.operator import NO_OPERATOR, Action, Operator
 from conformance.suite.options import Options
 from conformance.suite.progress import waiting
@@ -52,6 +53,7 @@ class Context:
         self.case = case
         self.steps: list[Step] = []
         self.media: dict[str, Any] = {}
+        self.findings = Findings()
         self.mark = trace.mark()
         self.started = trace.now()
         self.scope: asyncio.Timeout | None = None  # the case's deadline, set by the runner
@@ -64,6 +66,13 @@ class Context:
     def record_media(self, **figures: Any) -> None:
         """Figures of a media check for the report, e.g. ``frames_decoded=50, ssrc="..."``."""
         self.media.update(figures)
+
+    def finding(self, quirk: str, detail: str) -> None:
+        """Record that the target shows ``quirk`` (a key of
+        :data:`~conformance.suite.findings.QUIRKS`): reported apart from the verdict, with the
+        last messages of the case as evidence."""
+        self.findings.add(quirk, detail, self.trace.now(), *self.messages()[-2:])
+        self.step(f"finding {quirk}: {detail}")
 
     def messages(self) -> list[TraceEntry]:
         """The SIP messages since the case began."""

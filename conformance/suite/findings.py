@@ -29,6 +29,8 @@ from gateway.sip.errors import ParseError
 from gateway.sip.message import Request, Response, parse
 
 EVIDENCE = 3  # messages kept per finding
+BELOW = "devices"  # the label of the suite's devices: what they receive, the target sent as
+# their platform (it may rightly echo their own charset, for one)
 REFRESH_GRACE = 2.0  # seconds past a registration's expiry before "never refreshed" is said
 SUBSCRIBE_PATIENCE = 8.0  # seconds an unanswered SUBSCRIBE must have had before it counts
 
@@ -154,6 +156,12 @@ class Findings:
         room = EVIDENCE - len(found.evidence)
         if room > 0:
             found.evidence.extend(evidence[:room])
+
+    def add_finding(self, finding: Finding) -> None:
+        """Take a finding made elsewhere (a case's), as :meth:`merge` does."""
+        other = Findings()
+        other._by_quirk[finding.quirk] = finding
+        self.merge(other)
 
     def merge(self, other: Findings) -> None:
         for f in other.all():
@@ -396,7 +404,7 @@ class _Scanner:
                     e,
                 )
         body_bytes = req.body
-        if _declared(body_bytes) in ("UTF-8", "UTF8") and body_bytes.isascii():
+        if e.label != BELOW and _declared(body_bytes) in ("UTF-8", "UTF8") and body_bytes.isascii():
             self.found.add(
                 "utf8-declared-ascii-only",
                 "a body declared UTF-8 whose bytes are all ASCII",
@@ -423,8 +431,8 @@ class _Scanner:
         if cmd == "Catalog":
             for item in _ITEM.findall(text):
                 found_id = _ITEM_ID.search(item)
-                if found_id is None or "<ParentID" in item:
-                    continue
+                if found_id is None or "<ParentID" in item or "<Name" not in item:
+                    continue  # a status event (DeviceID and Event) needs no ParentID
                 item_id = found_id.group(1)
                 if len(item_id) == 20 and int(item_id[10:13]) in _DEVICE_TYPES:
                     self.found.add(
@@ -466,7 +474,7 @@ class _Scanner:
         if resp.status == 200:
             if resp.to.tag is None:
                 self.found.add("register-200-without-to-tag", "REGISTER 200 OK, no To tag", e.t, e)
-            if resp.get_header("Contact") is None:
+            if resp.get_header("Contact") is None and resp.expires != 0:
                 self.found.add(
                     "register-200-without-contact", "REGISTER 200 OK, no Contact", e.t, e
                 )

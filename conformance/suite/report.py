@@ -131,6 +131,7 @@ def summary_table(run: RunResult, *, title_width: int = 48, note_width: int = 60
                 lines.append("    expected: " + _printable(r.expected, "\n              "))
             if r.seen is not None:
                 lines.append("    seen:     " + _printable(r.seen, "\n              "))
+    lines += findings_lines(run)
     if run.interrupted:
         lines += ["", "The run was interrupted."]
     return "\n".join(lines)
@@ -150,6 +151,18 @@ def _state_lines(run: RunResult) -> list[str]:
         lines.append(
             f"  {len(blocked)} later cases were not run: the state {by} left could not be restored"
         )
+    return lines
+
+
+def findings_lines(run: RunResult) -> list[str]:
+    """The quirks the target showed, for the text summary (nothing when it showed none)."""
+    if not run.findings:
+        return []
+    lines = ["", "Findings (quirks of real equipment the target shows; not verdicts):"]
+    for f in run.findings:
+        where = f" during {f.case}" if f.case else ""
+        times = f" ({f.count} times)" if f.count > 1 else ""
+        lines.append(f"  [{f.side}] {f.quirk}{times}{where}: {_printable(f.detail)}")
     return lines
 
 
@@ -331,6 +344,7 @@ def results_dict(run: RunResult) -> dict[str, Any]:
             }
             for n in run.state_log
         ],
+        "findings": [f.as_dict() for f in run.findings],
         "cases": cases,
     }
 
@@ -531,6 +545,28 @@ def _case_html(r: CaseResult) -> str:
     return "\n".join(parts)
 
 
+def _findings_html(run: RunResult) -> str:
+    if not run.findings:
+        return ""
+    rows = "".join(
+        f'<tr data-quirk="{_e(f.quirk)}"><td>{_e(f.side)}</td><td><code>{_e(f.quirk)}</code>'
+        f"</td><td>{_e(f.title)}</td><td>{_e(f.detail)}</td>"
+        f'<td class="num">{f.count}</td><td>'
+        + (f'<a href="#{_anchor(f.case)}">{_e(f.case)}</a>' if f.case else "-")
+        + "</td><td><pre>"
+        + _e("\n".join(e.describe() for e in f.evidence))
+        + "</pre></td></tr>"
+        for f in run.findings
+    )
+    return (
+        f'<details class="findings" id="findings" open><summary>Findings: {len(run.findings)}'
+        " quirks of real equipment the target shows (not verdicts)</summary>"
+        '<table class="summary"><thead><tr><th>Side</th><th>Quirk</th><th>What</th>'
+        '<th>Seen first</th><th class="num">Times</th><th>Case</th><th>Messages</th></tr>'
+        f"</thead><tbody>{rows}</tbody></table></details>"
+    )
+
+
 def html_report(run: RunResult) -> str:
     o = run.options
     counts = run.counts()
@@ -585,6 +621,7 @@ def html_report(run: RunResult) -> str:
             )
             + "</ul></section>"
         )
+    findings = _findings_html(run)
     filters = "".join(
         f'<label><input type="checkbox" data-filter="{v}" checked> {v}</label>' for v in VERDICTS
     )
@@ -619,6 +656,7 @@ def html_report(run: RunResult) -> str:
             run_error,
             interrupted,
             state,
+            findings,
             '<nav class="controls"><button type="button" id="expand-all">Expand all</button> '
             '<button type="button" id="collapse-all">Collapse all</button> '
             f"Show: {filters}</nav></header>",

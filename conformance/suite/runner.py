@@ -43,6 +43,7 @@ from conformance.suite.case import (
     load_cases,
 )
 from conformance.suite.context import Context, Step
+from conformance.suite.findings import Finding, scan
 from conformance.suite.operator import NO_OPERATOR, Operator, make_operator
 from conformance.suite.options import Options
 from conformance.suite.progress import Progress, attach, detach
@@ -74,6 +75,7 @@ class CaseResult:
     aftermath: str = ""
     # Not run: the ID of the case that left the target in a state that could not be restored.
     blocked_by: str = ""
+    findings: list[Finding] = field(default_factory=list)  # quirks the case provoked
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,7 @@ class RunResult:
     reports: dict[str, Path] = field(default_factory=dict)
     # What cases left out of place, in order (only cases that left something).
     state_log: list[StateNote] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)  # quirks seen: not verdicts
 
     @property
     def unrestored(self) -> list[StateNote]:
@@ -299,7 +302,26 @@ async def run_case(
         result.steps = list(ctx.steps)
         result.media = dict(ctx.media)
         result.trace = ctx.messages()
+        result.findings = ctx.findings.all()
     return result
+
+
+def gather_findings(trace: Trace, results: list[CaseResult]) -> list[Finding]:
+    """The quirks of the whole run: what the trace shows (:func:`~conformance.suite.findings.scan`)
+    and what the cases provoked, each named with the case during which it was first seen."""
+    found = scan(trace.entries)
+    for r in results:
+        for f in r.findings:
+            f.case = r.info.id
+            found.add_finding(f)
+    out = found.all()
+    for f in out:
+        if not f.case:
+            f.case = next(
+                (r.info.id for r in results if r.started <= f.first_seen <= r.started + r.duration),
+                "",
+            )
+    return out
 
 
 async def run_suite(
@@ -414,6 +436,7 @@ async def run_suite(
             await _close_harness(harness)
         trace.untap_all()
         run.duration = trace.now()
+        run.findings = gather_findings(trace, run.results)
         if options.report_dir is not None:
             run.reports = write_reports(run, Path(options.report_dir))
     return run

@@ -16,8 +16,10 @@ def sip(first: str, headers: list[str], body: bytes = b"", length: int | None = 
     return ("\r\n".join([first, *headers, f"Content-Length: {n}"]) + "\r\n\r\n").encode() + body
 
 
-def entry(t: float, direction: str, data: bytes, peer: str = UDP) -> TraceEntry:
-    return TraceEntry(t, direction, peer, first_line(data), data, "test")
+def entry(
+    t: float, direction: str, data: bytes, peer: str = UDP, label: str = "platform"
+) -> TraceEntry:
+    return TraceEntry(t, direction, peer, first_line(data), data, label)
 
 
 def request(
@@ -190,7 +192,8 @@ def test_ptz_response_and_unsolicited_response() -> None:
 
 def test_catalog_items_without_parent() -> None:
     items = (
-        "<Item><DeviceID>34020000002150000001</DeviceID></Item>"  # a business group: no parent due
+        "<Item><DeviceID>34020000002150000001</DeviceID><Name>g</Name></Item>"  # a group
+        "<Item><DeviceID>34020000001320000012</DeviceID><Event>OFF</Event></Item>"  # an event
         "<Item><DeviceID>34020000001320000011</DeviceID><Name>a</Name></Item>"
     )
     body = xml("Notify", "Catalog", 2, items).encode()
@@ -268,6 +271,9 @@ def test_request_uris_and_charset() -> None:
         "request-uri-ip-port",
         "utf8-declared-ascii-only",
     }
+    # A platform that answers a UTF-8 device of the suite's in UTF-8 only echoes it.
+    echoed = [entry(0.0, "received", request("MESSAGE", body=body), label="devices")]
+    assert quirks(scan(echoed)) == set()
 
 
 def test_platform_quirks() -> None:
@@ -291,6 +297,12 @@ def test_platform_quirks() -> None:
         f"</DeviceID><ParentID>{DEV}</ParentID></Item>",
     ).encode()
     catalog = request("MESSAGE", call_id="m1", body=one)
+    unreg = request("REGISTER", call_id="r1", cseq="9 REGISTER", extra=("Expires: 0",))
+    unregistered = response(200, "REGISTER", call_id="r1", seq=9, extra=("Expires: 0",))
+    assert (
+        quirks(scan([entry(0.0, "sent", unreg, TCP), entry(0.1, "received", unregistered, TCP)]))
+        == set()
+    )
     trace = [
         entry(0.0, "sent", reg, TCP),
         entry(0.1, "received", ok, TCP),

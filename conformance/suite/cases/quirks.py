@@ -1,0 +1,134 @@
+"""Robustness probes for known quirks: provoke what the trace alone cannot show.
+
+Most quirks of field equipment show in the messages of any run and are reported by
+:mod:`conformance.suite.findings` as findings. Two need the suite to provoke them, and these
+cases do that. What they see is a finding, not a verdict: a case passes whatever quirk it finds
+(it fails only when the target stops working), so a run's pass/fail stays about the standard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from conformance.suite.case import case
+from conformance.suite.cases.common import query_one, until
+from conformance.suite.context import Context
+from conformance.suite.trace import TraceEntry
+from gateway.manscdp.messages import DeviceInfoQuery
+
+BOTH = ("2016", "2022")
+PIPELINE_WAIT = 5.0  # seconds for the answers to two pipelined requests
+
+
+def _device_info_request(ctx: Context, call_id: str, sn: int, host: str, port: int) -> bytes:
+    o = ctx.options
+    h = ctx.harness
+    peer = h.target_peer
+    body = (
+        '<?xml version="1.0" encoding="GB2312"?>\r\n<Query>\r\n<CmdType>DeviceInfo</CmdType>\r\n'
+        f"<SN>{sn}</SN>\r\n<DeviceID>{h.lower_id}</DeviceID>\r\n</Query>\r\n"
+    ).encode()
+    branch = "z9hG4bK" + os.urandom(6).hex()
+    lines = [
+        f"MESSAGE sip:{h.lower_id}@{peer.host}:{peer.port} SIP/2.0",
+        f"Via: SIP/2.0/TCP {host}:{port};rport;branch={branch}",
+        f"From: <sip:{o.suite_platform_id}@{o.suite_domain}>;tag={os.urandom(4).hex()}",
+        f"To: <sip:{h.lower_id}@{o.suite_domain}>",
+        f"Call-ID: {call_id}",
+        "CSeq: 1 MESSAGE",
+        "Max-Forwards: 70",
+        "Content-Type: Application/MANSCDP+xml",
+        f"Content-Length: {len(body)}",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _answered(entries: list[TraceEntry], call_id: str) -> bool:
+    needle = f"Call-ID: {call_id}".encode()
+    return any(
+        e.direction == "received" and e.data.startswith(b"SIP/2.0 ") and needle in e.data
+        for e in entries
+    )
+
+
+@case(
+    "R-QRK-01",
+    "Two requests in one TCP segment: both are answered",
+    grade="R",
+    clause_2016="18.3 of RFC 3261",
+    clause_2022="18.3 of RFC 3261",
+    roles=("device", "gateway"),
+    editions=BOTH,
+)
+async def pipelined_requests(ctx: Context) -> None:
+    """Steps: over the target's TCP connection the suite writes two DeviceInfo query MESSAGEs
+    in one send (one TCP segment), then waits for their responses.
+
+    Finding ``drops-pipelined-request`` when only the first is answered (RFC 3261 §18.3 cuts a
+    stream at each Content-Length, so both should be). Pass unless neither is answered and the
+    target no longer answers a normal query afterwards."""
+    h = ctx.harness
+    peer = h.target_peer
+    if peer.transport != "tcp":
+        ctx.skip("the target talks to the suite over UDP: no TCP segment to share")
+    platform = h.platform
+    host = platform.endpoint.local_host(peer)
+    port = ctx.options.local_port
+    ids = [f"pipelined-{i}-{os.urandom(4).hex()}" for i in (1, 2)]
+    sns = [9100 + int.from_bytes(os.urandom(2), "big") % 800 + i for i in (0, 1)]
+    data = b"".join(
+        _device_info_request(ctx, cid, sn, host, port) for cid, sn in zip(ids, sns, strict=True)
+    )
+    ctx.step(f"sent two DeviceInfo queries (SN {sns[0]}, {sns[1]}) in one write")
+    sent = platform.endpoint.transports.send(peer, data)
+    ctx.check(sent, "the suite could not write to the target's TCP connection")
+    await until(lambda: all(_answered(ctx.messages(), cid) for cid in ids), PIPELINE_WAIT)
+    answered = [_answered(ctx.messages(), cid) for cid in ids]
+    ctx.step(f"answered: first {answered[0]}, second {answered[1]}")
+    if answered[0] and not answered[1]:
+        ctx.finding(
+            "drops-pipelined-request",
+            "of two MESSAGEs written in one TCP segment only the first was answered",
+        )
+    if not any(answered):
+        # Neither: either a target that is gone, or one that refuses raw writes; ask normally.
+        await query_one(
+            ctx, DeviceInfoQuery(sn=0, device_id=h.lower_id), "DeviceInfo after pipelined queries"
+        )
+
+
+@case(
+    "R-QRK-02",
+    "A REGISTER with a new Call-ID while the old registration stands",
+    grade="R",
+    clause_2016="10.2.4 of RFC 3261",
+    clause_2022="10.2.4 of RFC 3261",
+    roles=("platform", "gateway"),
+    editions=BOTH,
+)
+async def new_call_id(ctx: Context) -> None:
+    """Steps: a spare suite device registers, then registers again with a new Call-ID (what a
+    device does after it restarts), then unregisters.
+
+    RFC 3261 §10.3 lets a registrar take a new Call-ID as a new binding that replaces the old
+    one's contact. Finding ``register-500-new-call-id`` when the target answers 500 instead
+    (the scan of the trace reports it). Pass unless the target then refuses the device with its
+    original Call-ID as well."""
+    h = ctx.harness
+    dev = h.spare_device(11, install=True)
+    try:
+        first = await dev.register()
+        ctx.step(f"registered: {first.status} {first.reason}")
+        ctx.expect_equal(first.status, 200, "the spare device's first REGISTER")
+        old = dev.call_id
+        dev.call_id, dev.from_tag, dev.cseq = os.urandom(8).hex(), os.urandom(4).hex(), 0
+        second = await dev.register()
+        ctx.step(f"new Call-ID {dev.call_id}: {second.status} {second.reason}")
+        if second.status != 200:
+            dev.call_id = old
+            again = await dev.register()
+            ctx.step(f"old Call-ID again: {again.status} {again.reason}")
+            ctx.expect_equal(again.status, 200, "a REGISTER with the registration's own Call-ID")
+    finally:
+        await asyncio.shield(h.drop_spare(dev))
