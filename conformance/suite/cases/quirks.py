@@ -16,15 +16,17 @@ from conformance.suite.cases.common import query_one, until
 from conformance.suite.context import Context
 from conformance.suite.trace import TraceEntry
 from gateway.manscdp.messages import DeviceInfoQuery
+from gateway.sip.transport import Peer
 
 BOTH = ("2016", "2022")
 PIPELINE_WAIT = 5.0  # seconds for the answers to two pipelined requests
 
 
-def _device_info_request(ctx: Context, call_id: str, sn: int, host: str, port: int) -> bytes:
+def _device_info_request(
+    ctx: Context, peer: Peer, call_id: str, sn: int, host: str, port: int
+) -> bytes:
     o = ctx.options
     h = ctx.harness
-    peer = h.target_peer
     body = (
         '<?xml version="1.0" encoding="GB2312"?>\r\n<Query>\r\n<CmdType>DeviceInfo</CmdType>\r\n'
         f"<SN>{sn}</SN>\r\n<DeviceID>{h.lower_id}</DeviceID>\r\n</Query>\r\n"
@@ -69,7 +71,8 @@ async def pipelined_requests(ctx: Context) -> None:
     stream at each Content-Length, so both should be). Pass unless neither is answered and the
     target no longer answers a normal query afterwards."""
     h = ctx.harness
-    peer = h.target_peer
+    lower = h.platform.lowers.get(h.lower_id) if h.platform is not None else None
+    peer = lower.peer if lower is not None else h.target_peer  # where the target registered from
     if peer.transport != "tcp":
         ctx.skip("the target talks to the suite over UDP: no TCP segment to share")
     platform = h.platform
@@ -78,7 +81,8 @@ async def pipelined_requests(ctx: Context) -> None:
     ids = [f"pipelined-{i}-{os.urandom(4).hex()}" for i in (1, 2)]
     sns = [9100 + int.from_bytes(os.urandom(2), "big") % 800 + i for i in (0, 1)]
     data = b"".join(
-        _device_info_request(ctx, cid, sn, host, port) for cid, sn in zip(ids, sns, strict=True)
+        _device_info_request(ctx, peer, cid, sn, host, port)
+        for cid, sn in zip(ids, sns, strict=True)
     )
     ctx.step(f"sent two DeviceInfo queries (SN {sns[0]}, {sns[1]}) in one write")
     sent = platform.endpoint.transports.send(peer, data)
