@@ -384,8 +384,9 @@ class SimDevice:
     * ``drop_pipelined``: over TCP, a request that arrives in the same read as an earlier
       message on its connection (two messages in one segment) is dropped unread: no answer,
       nothing recorded but ``pipelined_dropped``. Set it before :meth:`install`.
-    * ``subscribe_mute``: a SUBSCRIBE gets no response at all (it is recorded in
-      ``subscribes``, then dropped: retransmissions are absorbed by the transaction layer).
+    * ``subscribe_mute``: a SUBSCRIBE gets no response at all, not even the endpoint's 500 when
+      nothing answers in time (it is recorded in ``subscribes``, then ignored: retransmissions
+      are absorbed by the transaction layer).
     * ``ptz_response``: a DeviceControl carrying a ``PTZCmd`` (no application answer in the
       standard) gets, after its 200, a ``Response/DeviceControl`` with the control's SN and
       ``Result`` OK, as for a RecordCmd.
@@ -1331,6 +1332,7 @@ class SimDevice:
         self.subscribes.append(req)
         if self.subscribe_mute:
             self._emit("subscribe-ignored", f"call_id={req.call_id}")
+            ctx.ignore()  # not even the endpoint's own 500 when the timeout comes
             return None
         expires = req.expires
         if expires is None:

@@ -54,7 +54,15 @@ from gateway.sip.message import (
 )
 from gateway.sip.overload import LoadGuard, from_user, is_initial_register, quick_response
 from gateway.sip.peer import Peer
-from gateway.sip.transaction import ClientTransaction, Scheduler, ServerTransaction, TimerConfig
+from gateway.sip.transaction import (
+    COMPLETED,
+    PROCEEDING,
+    TRYING,
+    ClientTransaction,
+    Scheduler,
+    ServerTransaction,
+    TimerConfig,
+)
 from gateway.sip.uri import SipUri
 
 log = structlog.get_logger("gateway.sip.core")
@@ -443,6 +451,15 @@ class SipCore:
     def _retry_headers(self) -> list[tuple[str, str]]:
         assert self.guard is not None
         return [("Retry-After", str(self.guard.retry_after()))]
+
+    def ignore(self, txn: ServerTransaction) -> None:
+        """The user will never answer this request (a simulated peer playing one that ignores
+        it): nothing is sent, not even the unanswered guard's 500; retransmissions are absorbed
+        for the request's timeout (64 x T1), then the transaction is forgotten."""
+        if txn.state not in (TRYING, PROCEEDING):
+            return
+        txn.state = COMPLETED  # with no last response: a retransmission gets nothing
+        self.scheduler.call_later(self.timers.timeout, self._server_done, txn)
 
     def _unanswered(self, txn: ServerTransaction, peer: Peer) -> None:
         req = txn.request

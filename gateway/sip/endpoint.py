@@ -77,6 +77,11 @@ class ServerContext:
         if self._txn is not None:
             self.endpoint.core.reply(self._txn, self.request, status, reason, headers or (), body)
 
+    def ignore(self) -> None:
+        """Never answer this request (:meth:`SipCore.ignore`)."""
+        if self._txn is not None:
+            self.endpoint.core.ignore(self._txn)
+
 
 class Endpoint:
     """The asyncio side of a SIP endpoint; the rules live in :attr:`core`."""

@@ -554,6 +554,27 @@ def test_an_unanswered_request_is_answered_after_the_timeout(method: str, status
     assert not any(t.state in ("trying", "proceeding") for t in p.uas.server_transactions.values())
 
 
+def test_an_ignored_request_gets_nothing_at_all_and_is_forgotten() -> None:
+    """``ignore``: a simulated device that never answers a request: no response, not even the
+    guard's 500; retransmissions absorbed while the transaction lasts; then nothing kept."""
+    p = Pair()
+    data = request().to_bytes()
+    p.inject(data)
+    p.clock.advance(0.1)
+    _, _, txn = p.user.requests[0]
+    assert txn is not None
+    p.uas.ignore(txn)
+    p.clock.advance(T.timeout / 2)
+    p.inject(data)  # a retransmission
+    assert len(p.user.requests) == 1
+    p.clock.advance(T.timeout)
+    assert p.to(UAC) == []
+    assert p.uas_metrics.get("sip.rx.unanswered") == 0
+    assert txn not in p.uas.server_transactions.values()
+    p.uas.ignore(txn)  # once done, nothing more happens
+    assert p.to(UAC) == []
+
+
 def test_an_answered_request_is_left_alone_by_the_guard() -> None:
     p = Pair()
     out, _ = p.send(request())
