@@ -567,7 +567,10 @@ class Downlink:
         """Every ``Response`` MESSAGE: 200 at once, then to the collector waiting for it."""
         msg = decoded.message
         sender = req.from_.uri.user or ""
-        dev = self.device(sender)
+        # Only a registered, online device at its own host gets its quirks and charset noted:
+        # anyone can name a device in From (the collector still matches the answer by sender
+        # and address on its own).
+        dev = self._sender(req, ctx.peer)
         if dev is not None:
             self.note_body(dev, req, decoded)
             if self._answerless_control(dev, msg):

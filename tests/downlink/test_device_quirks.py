@@ -379,3 +379,36 @@ async def test_two_messages_in_one_tcp_segment_are_both_served(
     await wait_for(lambda: bool(done), 15, "catalog sync")
     assert done[0].added == 6 and not done[0].partial
     assert [s for _, _, s in dev.answer_statuses if s != 200] == []
+
+
+async def test_a_stranger_naming_a_device_changes_neither_its_charset_nor_its_quirks(
+    start_gateway, device_endpoint
+) -> None:
+    # Anyone can write a device's ID in From: only the device itself, registered and at its
+    # own host, has its declared charset recorded and its quirks noted.
+    gw = await start_gateway(downlink={**FAST, "sync_on_register": False})
+    dev = nvr(device_endpoint, gw)
+    assert (await dev.register()).status == 200
+    record = gw.registrar.get(NVR)
+    assert record is not None
+    before = (record.charset, record.declared_charset)
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\r\n<Response>\r\n<CmdType>DeviceInfo</CmdType>'
+        f"\r\n<SN>77</SN>\r\n<DeviceID>{NVR}</DeviceID>\r\n<Result>OK</Result>\r\n</Response>\r\n"
+    ).encode()
+    loop = asyncio.get_running_loop()
+    got: list[bytes] = []
+
+    class Stranger(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            got.append(data)
+
+    transport, _ = await loop.create_datagram_endpoint(Stranger, local_addr=("127.0.0.2", 0))
+    try:
+        transport.sendto(_datagram(body, len(body)), ("127.0.0.1", gw.port))
+        await wait_for(lambda: bool(got), 5, "the answer to the stranger")
+    finally:
+        transport.close()
+    assert got[0].startswith(b"SIP/2.0 200")
+    assert (record.charset, record.declared_charset) == before
+    assert gw.quirks.of(NVR) == {}
