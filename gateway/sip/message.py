@@ -515,17 +515,19 @@ def counted_in_characters(data: bytes, body_start: int, length: int) -> bool:
     hold bytes past its Content-Length (a stream is cut at it, :mod:`gateway.sip.framing`);
     RFC 3261 §18.3 discards them, which cuts such a body short. They are kept instead when the
     whole rest of the datagram, read as UTF-8 or as GB 18030 (strictly), is exactly
-    ``length`` characters: then the declared body is a cut in the middle of the text, and the
-    rest is its true end, never a second message or padding (those would not add up)."""
+    ``length`` characters (not counting a trailing line end): then the declared body is a cut
+    in the middle of the text, and the rest is its true end, never a second message or padding
+    (those would not add up; a rest of only line ends or blanks is padding however counted)."""
     rest = data[body_start:]
-    if len(rest) <= length or not length:
-        return False
+    if len(rest) <= length or not length or not rest[length:].strip(b" \t\r\n"):
+        return False  # nothing past the body but line ends or blanks: padding, discarded
     for codec in ("utf-8", "gb18030"):
         try:
             text = rest.decode(codec)
         except UnicodeDecodeError:
             continue
-        if len(text) == length:
+        # A trailing line end the sender did not count either is part of the same quirk.
+        if len(text) == length or len(text.rstrip("\r\n")) == length:
             return True
     return False
 

@@ -81,6 +81,17 @@ def test_parse_takes_a_datagram_whose_length_counted_characters(charset: str) ->
     assert msg.declared_length == char_count(body) < len(body)
 
 
+def test_line_ends_after_the_body_are_padding_however_it_was_counted() -> None:
+    # A body counted right in bytes followed by a CRLF: padding, cut off, no quirk.
+    one = f"<Response><Name>{NAME[0]}</Name></Response>".encode()
+    msg = parse(_datagram(one + b"\r\n", len(one)))
+    assert msg.body == one and msg.declared_length is None
+    # A body counted in characters followed by a CRLF nobody counted: still the quirk.
+    chinese = f"<Response><Name>{NAME}</Name></Response>".encode()
+    msg = parse(_datagram(chinese + b"\r\n", char_count(chinese)))
+    assert msg.body.rstrip() == chinese and msg.declared_length == char_count(chinese)
+
+
 def test_parse_still_drops_bytes_past_content_length_that_are_no_such_count() -> None:
     # RFC 3261 §18.3: extra bytes of a datagram are discarded, unless they are the rest of
     # a body counted in characters; padding or a second message is never taken.
