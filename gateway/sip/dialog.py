@@ -157,17 +157,21 @@ class Dialog:
         """Is ``req`` a new in-dialog request in order (§12.2.2)? Updates the remote CSeq.
 
         §12.2.2 refuses (500) a CSeq lower than the last; a higher one is in order. An equal
-        one is taken when the method differs from the last request's (a platform that numbers
-        its BYE or INFO like its INVITE): it cannot be a copy of that request, whose
-        retransmissions the transaction layer absorbs. An equal one of the same method is a
-        second request under one number and is refused."""
+        one is taken only as the first request after the INVITE, numbered like it (a platform
+        that numbers its BYE or INFO like its INVITE): it cannot be a copy of the INVITE, whose
+        retransmissions the transaction layer absorbs. Any other equal one (a second request
+        under a number already used in the dialog) is refused."""
         if req.method == "ACK":
             return True
         seq = req.cseq.seq
-        if self.remote_cseq and (
-            seq < self.remote_cseq or (seq == self.remote_cseq and req.method == self.remote_method)
-        ):
-            return False
+        if self.remote_cseq and seq <= self.remote_cseq:
+            first_after_invite = (
+                seq == self.invite_cseq == self.remote_cseq
+                and self.remote_method == "INVITE"
+                and req.method != "INVITE"
+            )
+            if not first_after_invite:
+                return False
         self.remote_cseq = seq
         self.remote_method = req.method
         return True

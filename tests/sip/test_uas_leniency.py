@@ -78,13 +78,19 @@ def in_dialog(method: str, cseq: int) -> Request:
     return msg
 
 
-def test_an_in_dialog_cseq_equal_to_the_last_is_in_order_for_another_method() -> None:
-    """§12.2.2 refuses a lower CSeq only. Equal under another method (an INFO or BYE numbered
-    like the INVITE) is taken; equal under the same method, or lower, is not."""
+def test_an_in_dialog_cseq_equal_to_the_invites_is_taken_once() -> None:
+    """§12.2.2 refuses a lower CSeq. The first request after the INVITE numbered like it (an
+    INFO or BYE of a platform that does so) is taken; any later request under a number already
+    used in the dialog, or a lower one, is not (alternating INFO 5 / BYE 5 / INFO 5 would
+    otherwise all pass)."""
     dialog = Dialog.as_uas(invite(5), "gw", PEER)
     assert dialog.accepts(in_dialog("INFO", 5))
     assert not dialog.accepts(in_dialog("INFO", 5))  # a second INFO under 5
+    assert not dialog.accepts(in_dialog("BYE", 5))  # another method, but 5 is used twice now
     assert not dialog.accepts(in_dialog("INFO", 4))  # lower
-    assert dialog.accepts(in_dialog("BYE", 5))
     assert dialog.accepts(in_dialog("INFO", 6))
+    assert not dialog.accepts(in_dialog("BYE", 6))
+    other = Dialog.as_uas(invite(5), "gw", PEER)
+    assert other.accepts(in_dialog("BYE", 5))
+    assert not other.accepts(in_dialog("INVITE", 5))  # a re-INVITE is never numbered so
     assert dialog.accepts(in_dialog("ACK", 1))  # ACKs are never ordered
