@@ -91,6 +91,9 @@ class Catalog:
         self._by_owner: dict[str, dict[str, CatalogItem]] = {}
         # item ID -> the device that reported it (the last one, for shared tree nodes).
         self._owner: dict[str, str] = {}
+        # The Parental each device last reported on its own item: what it goes back to when
+        # nothing hangs under it any more (see :meth:`_parental`).
+        self._reported_parental: dict[str, int | None] = {}
 
     # -- reading ----------------------------------------------------------------------------
     def load(self) -> None:
@@ -169,8 +172,10 @@ class Catalog:
             changes["parent_id"] = "/".join(parents) or None
         if is_orphan(owner, item) and "parent_id" not in changes:
             changes["parent_id"] = owner
-        elif item.device_id == owner and item.parental != 1 and self._has_children(owner):
-            changes["parental"] = 1
+        elif item.device_id == owner:
+            self._reported_parental[owner] = item.parental
+            if item.parental != 1 and self._has_children(owner):
+                changes["parental"] = 1
         return replace(item, **changes) if changes else item  # type: ignore[arg-type]
 
     def _has_children(self, owner: str) -> bool:
@@ -185,11 +190,18 @@ class Catalog:
                 self.quirks.note(owner, "no_parent_id", n, first=items[0].device_id)
         return n
 
-    def _adopt(self, owner: str, now: float) -> None:
-        """After orphans were hung under ``owner``: its own item says it is a parent."""
-        own = self._by_owner.get(owner, {}).get(owner)
-        if own is not None and own.parental != 1:
-            self._changed(owner, owner, "UPDATE", own, replace(own, parental=1), now)
+    def _parental(self, owner: str, now: float) -> None:
+        """After orphans were hung under ``owner``, or items left it: its own item says it is
+        a parent (``Parental`` 1) while anything hangs under it, and what the device itself
+        reported once nothing does."""
+        items = self._by_owner.get(owner, {})
+        own = items.get(owner)
+        if own is None:
+            return
+        has = any(owner in i.parent_ids for k, i in items.items() if k != owner)
+        want = 1 if has else self._reported_parental.get(owner, own.parental)
+        if own.parental != want:
+            self._changed(owner, owner, "UPDATE", own, replace(own, parental=want), now)
 
     def _put(self, owner: str, item: CatalogItem) -> None:
         self._by_owner.setdefault(owner, {})[item.device_id] = item
@@ -201,6 +213,8 @@ class Catalog:
             items.pop(item_id, None)
             if not items:
                 del self._by_owner[owner]
+        if item_id == owner:
+            self._reported_parental.pop(owner, None)
         if self._owner.get(item_id) == owner:
             del self._owner[item_id]
             if item_kind(item_id) not in _HAS_STATUS:
@@ -255,8 +269,8 @@ class Catalog:
             for item_id in [i for i in old if i not in seen]:
                 removed += 1
                 self._changed(owner, item_id, "DEL", old[item_id], None, now)
-        if orphans:
-            self._adopt(owner, now)
+        if orphans or removed:
+            self._parental(owner, now)
         total = len(self._by_owner.get(owner, {}))
         return SyncDiff(added, removed, changed, total, refused)
 
@@ -269,6 +283,7 @@ class Catalog:
             owner, [i for i in good if (i.event or "").upper() in ("", "NONE", "ADD", "UPDATE")]
         )
         good.sort(key=lambda i: i.device_id == owner)
+        deleted = False
         for raw in good:
             event = (raw.event or "").upper()
             item_id = raw.device_id
@@ -288,6 +303,7 @@ class Catalog:
                 if before is None:
                     continue
                 self._changed(owner, item_id, "DEL", before, None, now)
+                deleted = True
             elif event in ("ADD", "UPDATE"):
                 after = self._normalise(owner, raw)
                 if before == after:
@@ -301,8 +317,8 @@ class Catalog:
                 )
                 continue
             count += 1
-        if orphans:
-            self._adopt(owner, now)
+        if orphans or deleted:
+            self._parental(owner, now)
         return count
 
     def set_device_status(self, owner: str, status: str) -> int:

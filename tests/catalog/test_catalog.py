@@ -229,3 +229,24 @@ async def test_sqlite_keeps_every_field_and_reloads(tmp_path: Path) -> None:
     assert reloaded.get(item.device_id) == item
     assert reloaded.owner_of(cam(2).device_id) == NVR
     assert replace(item, name="x") != reloaded.get(item.device_id)
+
+
+def test_the_device_item_is_a_parent_exactly_while_orphans_hang_under_it() -> None:
+    """Items without ParentID hang under their device, which says Parental 1 while any do and
+    what it reported itself once none do (after a sync without them, or a DEL)."""
+    catalog, seen, _ = make()
+    own = CatalogItem(device_id=NVR, name="NVR", parental=0, status="ON")
+    orphan = replace(cam(1), parent_id=None)
+    catalog.apply_sync(NVR, [own, orphan], partial=False)
+    assert catalog.get(NVR).parental == 1  # type: ignore[union-attr]
+    assert [i.device_id for i in catalog.children(NVR)] == [orphan.device_id]
+    catalog.apply_sync(NVR, [own], partial=False)
+    assert catalog.get(NVR).parental == 0  # type: ignore[union-attr]
+    assert catalog.children(NVR) == []
+    catalog.apply_sync(NVR, [own, orphan], partial=False)
+    assert catalog.get(NVR).parental == 1  # type: ignore[union-attr]
+    seen.clear()
+    catalog.apply_sync(NVR, [own, orphan], partial=False)
+    assert seen == []  # the same sync again: no churn
+    catalog.apply_notify(NVR, [CatalogItem(device_id=orphan.device_id, event="DEL")])
+    assert catalog.get(NVR).parental == 0  # type: ignore[union-attr]
