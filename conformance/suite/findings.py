@@ -579,7 +579,7 @@ def _is_ip(host: str) -> bool:
     return (len(parts) == 4 and all(p.isdigit() for p in parts)) or host.startswith("[")
 
 
-def _split_stream(data: bytes) -> list[bytes]:
+def split_stream(data: bytes) -> list[bytes]:
     """The SIP messages of one write to a stream (the suite writes two at once to provoke
     ``drops-pipelined-request``), cut at each Content-Length; a datagram is one message."""
     out = []
@@ -603,7 +603,7 @@ def scan(entries: Iterable[TraceEntry]) -> Findings:
     for whole in entries:
         scanner.end = max(scanner.end, whole.t)
         if whole.direction == "sent" and _is_transport(whole, "tcp"):
-            parts = [replace(whole, data=d) for d in _split_stream(whole.data)]
+            parts = [replace(whole, data=d) for d in split_stream(whole.data)]
         else:
             parts = [whole]
         for e in parts:

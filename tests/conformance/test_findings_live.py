@@ -219,11 +219,14 @@ async def test_media_answers_that_bend_the_offer_are_findings(
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("drops", [False, True])
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
 async def test_a_device_that_drops_pipelined_requests_is_found_by_r_qrk_01(
-    target_endpoint: Endpoint, drops: bool
+    target_endpoint: Endpoint, drops: bool, transport: str
 ) -> None:
+    """Over TCP the two requests go on the device's own connection; a device registered over
+    UDP gets them on a TCP connection the case opens to it."""
     run = await run_against_device(
-        target_endpoint, "R-QRK-01", transport="tcp", drop_pipelined=drops
+        target_endpoint, "R-QRK-01", transport=transport, drop_pipelined=drops
     )
     # A finding, not a verdict: the case passes either way.
     assert {r.info.id: r.verdict for r in run.results}["R-QRK-01"] == "pass"

@@ -48,7 +48,7 @@ DEVICE = "34020000001320000001"
 EXPECTED_SKIPS = {
     "gateway": {"A-CAT-02"},
     "platform": set(),
-    "device": {"R-QRK-01"},  # the device registers over UDP: no TCP segment to share
+    "device": set(),
 }
 
 

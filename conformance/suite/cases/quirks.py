@@ -9,11 +9,13 @@ cases do that. What they see is a finding, not a verdict: a case passes whatever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 from conformance.suite.case import case
 from conformance.suite.cases.common import query_one, until
 from conformance.suite.context import Context
+from conformance.suite.findings import split_stream
 from conformance.suite.trace import TraceEntry
 from gateway.manscdp.messages import DeviceInfoQuery
 from gateway.sip.transport import Peer
@@ -64,8 +66,10 @@ def _answered(entries: list[TraceEntry], call_id: str) -> bool:
     editions=BOTH,
 )
 async def pipelined_requests(ctx: Context) -> None:
-    """Steps: over the target's TCP connection the suite writes two DeviceInfo query MESSAGEs
-    in one send (one TCP segment), then waits for their responses.
+    """Steps: the suite writes two DeviceInfo query MESSAGEs in one send (one TCP segment) to
+    the target: over the TCP connection it registered on, or, when it talks to the suite over
+    UDP, over a TCP connection the case opens to the address it registers from (a target that
+    takes none is skipped, saying so); then it waits for their responses.
 
     Finding ``drops-pipelined-request`` when only the first is answered (RFC 3261 §18.3 cuts a
     stream at each Content-Length, so both should be). Pass unless neither is answered and the
@@ -73,22 +77,12 @@ async def pipelined_requests(ctx: Context) -> None:
     h = ctx.harness
     lower = h.platform.lowers.get(h.lower_id) if h.platform is not None else None
     peer = lower.peer if lower is not None else h.target_peer  # where the target registered from
-    if peer.transport != "tcp":
-        ctx.skip("the target talks to the suite over UDP: no TCP segment to share")
-    platform = h.platform
-    host = platform.endpoint.local_host(peer)
-    port = ctx.options.local_port
     ids = [f"pipelined-{i}-{os.urandom(4).hex()}" for i in (1, 2)]
     sns = [9100 + int.from_bytes(os.urandom(2), "big") % 800 + i for i in (0, 1)]
-    data = b"".join(
-        _device_info_request(ctx, peer, cid, sn, host, port)
-        for cid, sn in zip(ids, sns, strict=True)
-    )
-    ctx.step(f"sent two DeviceInfo queries (SN {sns[0]}, {sns[1]}) in one write")
-    sent = platform.endpoint.transports.send(peer, data)
-    ctx.check(sent, "the suite could not write to the target's TCP connection")
-    await until(lambda: all(_answered(ctx.messages(), cid) for cid in ids), PIPELINE_WAIT)
-    answered = [_answered(ctx.messages(), cid) for cid in ids]
+    if peer.transport == "tcp":
+        answered = await _over_the_registration(ctx, peer, ids, sns)
+    else:
+        answered = await _over_a_connection_of_its_own(ctx, peer, ids, sns)
     ctx.step(f"answered: first {answered[0]}, second {answered[1]}")
     if answered[0] and not answered[1]:
         ctx.finding(
@@ -100,6 +94,68 @@ async def pipelined_requests(ctx: Context) -> None:
         await query_one(
             ctx, DeviceInfoQuery(sn=0, device_id=h.lower_id), "DeviceInfo after pipelined queries"
         )
+
+
+async def _over_the_registration(
+    ctx: Context, peer: Peer, ids: list[str], sns: list[int]
+) -> list[bool]:
+    platform = ctx.harness.platform
+    host = platform.endpoint.local_host(peer)
+    data = b"".join(
+        _device_info_request(ctx, peer, cid, sn, host, ctx.options.local_port)
+        for cid, sn in zip(ids, sns, strict=True)
+    )
+    ctx.step(f"sent two DeviceInfo queries (SN {sns[0]}, {sns[1]}) in one write")
+    sent = platform.endpoint.transports.send(peer, data)
+    ctx.check(sent, "the suite could not write to the target's TCP connection")
+    await until(lambda: all(_answered(ctx.messages(), cid) for cid in ids), PIPELINE_WAIT)
+    return [_answered(ctx.messages(), cid) for cid in ids]
+
+
+async def _over_a_connection_of_its_own(
+    ctx: Context, peer: Peer, ids: list[str], sns: list[int]
+) -> list[bool]:
+    tcp = Peer("tcp", peer.host, peer.port)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(peer.host, peer.port), PIPELINE_WAIT
+        )
+    except (OSError, TimeoutError):
+        ctx.skip(f"the target talks to the suite over UDP and takes no TCP connection at {tcp}")
+    try:
+        host, port = writer.get_extra_info("sockname")[:2]
+        data = b"".join(
+            _device_info_request(ctx, tcp, cid, sn, host, port)
+            for cid, sn in zip(ids, sns, strict=True)
+        )
+        ctx.step(
+            f"opened a TCP connection to {tcp}; sent two DeviceInfo queries (SN {sns[0]}, "
+            f"{sns[1]}) in one write"
+        )
+        ctx.trace.record("sent", tcp, data, "platform", "one write, on a connection of the case's")
+        writer.write(data)
+        await writer.drain()
+        got = b""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PIPELINE_WAIT
+        while not all(f"Call-ID: {cid}".encode() in got for cid in ids):
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), left)
+            except (TimeoutError, OSError):
+                break
+            if not chunk:
+                break
+            got += chunk
+        for message in split_stream(got):
+            ctx.trace.record("received", tcp, message, "platform")
+        return [f"Call-ID: {cid}".encode() in got for cid in ids]
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 @case(
