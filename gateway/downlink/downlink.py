@@ -279,9 +279,11 @@ class Downlink:
         Some devices drop the second of two requests that reach them in one TCP segment (the
         ``drops_pipelined`` quirk): a request sent over TCP while another to the same device
         is in flight waits only ``4 × T1`` for an answer (a device answers a MESSAGE at once);
-        unanswered, it is sent again, the same transaction (same Via branch, RFC 3261 §17.1:
-        a device that did read it only answers again), once the device has nothing else in
-        flight, and the device is remembered: its requests go one at a time from then on."""
+        unanswered, it is sent again at once, the same transaction (same Via branch, RFC 3261
+        §17.1: a device that did read it only answers again), for what is left of
+        ``timeout``. When that second sending is answered, the device is remembered
+        (``drops_pipelined``): its requests go one at a time from then on. A device that
+        answers neither is silent, not quirky, and is not marked."""
         peer = self.peer(dev)
         if not peer.reliable:
             return await self.endpoint.request(req, peer, timeout=timeout)
@@ -305,8 +307,10 @@ class Downlink:
                 self._in_flight[device_id] = left
             else:
                 del self._in_flight[device_id]
+        left_over = None if timeout is None else timeout - first
+        resp = await self._one_at_a_time(device_id, req, peer, left_over, keep_via=True)
         self.quirks.note(device_id, "drops_pipelined", method=req.method, call_id=req.call_id)
-        return await self._one_at_a_time(device_id, req, peer, timeout, keep_via=True)
+        return resp
 
     async def _one_at_a_time(
         self, device_id: str, req: Request, peer: Peer, timeout: float | None, *, keep_via: bool

@@ -13,9 +13,10 @@ do not all come due in the same second.
 
 A device that never answers a SUBSCRIBE at all (a field quirk, ``subscribe_unanswered``: each
 attempt is 11 retransmissions over UDP, RFC 3261 §17.1.2.2) is remembered on the device's quirk
-book: its next attempts wait twice as long each time (``subscription_retry`` × 2, × 4... up to
-× 64), also after it registers again, and give up after ``4 × T1`` instead of timer F. The first
-answer of any kind forgets the quirk.
+book: its next attempts wait ``subscription_retry`` × 2^n, where n counts the unanswered
+SUBSCRIBEs of every kind (catalog, alarm, position: with all three on, the first round already
+makes it × 8), up to × 64, also after it registers again, and give up after ``4 × T1`` instead of
+timer F. The first answer of any kind forgets the quirk.
 
 NOTIFYs are matched to their subscription by Call-ID alone, not by tags and Event as
 :meth:`gateway.sip.subscription.Subscriber.matches` would: a device that writes either wrongly
