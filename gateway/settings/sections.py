@@ -208,7 +208,9 @@ class UpperPlatform(_Section):
     catalog_batch_tcp_items: int = Field(50, ge=1, le=10_000)
     # Items per catalog MESSAGE or NOTIFY, whatever the byte budget (a platform that refuses
     # one-item messages; one that cannot take many). 0: no maximum.
-    catalog_min_items: int = Field(1, ge=1, le=10_000)
+    # At most 50: a message held to the minimum may have to go over UDP when TCP fails, and 50
+    # full items (about 40 KB, as catalog_batch_tcp_items) still fit in a datagram.
+    catalog_min_items: int = Field(1, ge=1, le=50)
     catalog_max_items: int = Field(0, ge=0, le=10_000)
     # Other addresses the upper sends in-dialog requests (BYE, INFO) from: a platform with
     # several NICs, or a cluster (RFC 3261 §12.2.2 matches dialogs by Call-ID and tags).
