@@ -369,6 +369,7 @@ async def run_suite(
 
     token = attach(progress)
     blocked: StateNote | None = None  # a state the runner could not put back, while it lasts
+    grace = 0.0  # seconds the blocked cases may still wait, together, for the target
     try:
         if progress is not None:
             progress.start(len(selected))
@@ -381,7 +382,12 @@ async def run_suite(
                 progress.begin_case(index, info.id, info.title)
             reason = why_not(info)
             if blocked is not None and not reason and not run.run_error:
-                now_wrong = tuple(harness.state_problems())
+                # A target may come back later than the restore waited: the blocked cases
+                # share one more wait of that length (polling), then are reported at once.
+                started = asyncio.get_running_loop().time()
+                now_wrong = tuple(await harness.restore(grace)) if grace > 0 else ()
+                now_wrong = now_wrong or tuple(harness.state_problems())
+                grace -= asyncio.get_running_loop().time() - started
                 if now_wrong:
                     done(
                         CaseResult(
@@ -419,6 +425,7 @@ async def run_suite(
                     note = run.state_log[-1]
                     if note.problems and not note.restored:
                         blocked = note
+                        grace = restore_timeout(options, harness)
                 done(result)
     except asyncio.CancelledError:
         # Interrupted (Ctrl-C): the cases not run are errors, and the reports still get written.

@@ -282,6 +282,37 @@ async def test_a_state_that_cannot_be_restored_marks_later_cases_not_run(
     assert 'type="NotRun"' in junit
 
 
+class ComesBackLate(SimDevice):
+    """A device that, once forgotten, registers again only ``LATE`` seconds later: after the
+    runner's restore has given up (4.3 s here), within the one more wait the blocked cases
+    share."""
+
+    LATE = 6.0
+    gone_at: float | None = None
+
+    def _emit(self, event: str, detail: str = "") -> None:
+        super()._emit(event, detail)
+        if event == "keepalive-404" and self.gone_at is None:
+            self.gone_at = time.monotonic()
+
+    async def register(self, expires: int | None = None, *, max_challenges: int = 2) -> Response:
+        if self.gone_at is not None and time.monotonic() < self.gone_at + self.LATE:
+            raise OSError("not yet")
+        return await super().register(expires, max_challenges=max_challenges)
+
+
+@pytest.mark.timeout(60)
+async def test_a_target_that_comes_back_late_runs_the_next_cases(device_endpoint: Endpoint) -> None:
+    run, _ = await run_against(
+        device_endpoint, registry=lapse_registry(), device_class=ComesBackLate, heartbeat=0.3,
+        register_timeout=2.0, keepalive_interval=0.3,
+    )  # fmt: skip
+    results = by_id(run)
+    assert "NOT restored" in results["T-IND-01"].aftermath
+    assert results["T-IND-02"].verdict == "pass", summary(run)
+    assert results["T-IND-03"].verdict == "pass", summary(run)
+
+
 @pytest.mark.timeout(90)
 async def test_below_a_gateway_a_lapsed_uplink_registration_is_restored(
     gateways: Gateways,
