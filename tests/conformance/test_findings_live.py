@@ -4,7 +4,6 @@ and none for a peer that shows none."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,22 +13,12 @@ from conformance.suite.operator import Action
 from conformance.suite.options import Options
 from conformance.suite.report import summary_table
 from conformance.suite.runner import RunResult, run_suite
-from gateway.metrics import Metrics
 from gateway.sip.endpoint import Endpoint
-from gateway.sip.transaction import TimerConfig
 
 PLATFORM_ID = "34020000002000000001"
 DOMAIN = "3402000000"
 NVR = "34020000001180000101"
 PASSWORD = "12345678"
-
-
-@pytest.fixture
-async def target_endpoint() -> AsyncIterator[Endpoint]:
-    ep = Endpoint(metrics=Metrics(), timers=TimerConfig(t1=0.1, t2=0.4, t4=0.5))
-    await ep.start("127.0.0.1", 0)
-    yield ep
-    await ep.close()
 
 
 async def run_against_platform(ep: Endpoint, transport: str, **switches: object) -> RunResult:
@@ -71,8 +60,8 @@ def quirks(run: RunResult) -> set[str]:
 
 
 @pytest.mark.timeout(60)
-async def test_a_platform_without_quirks_shows_none(target_endpoint: Endpoint) -> None:
-    run = await run_against_platform(target_endpoint, "tcp")
+async def test_a_platform_without_quirks_shows_none(device_endpoint: Endpoint) -> None:
+    run = await run_against_platform(device_endpoint, "tcp")
     assert not run.run_error, run.run_error
     verdicts = {r.info.id: r.verdict for r in run.results}
     assert verdicts["R-QRK-02"] == "pass", verdicts
@@ -80,9 +69,9 @@ async def test_a_platform_without_quirks_shows_none(target_endpoint: Endpoint) -
 
 
 @pytest.mark.timeout(60)
-async def test_the_quirks_of_a_city_platform_are_findings(target_endpoint: Endpoint) -> None:
+async def test_the_quirks_of_a_city_platform_are_findings(device_endpoint: Endpoint) -> None:
     run = await run_against_platform(
-        target_endpoint,
+        device_endpoint,
         "tcp",
         bare_register_ok=True,
         no_max_forwards=True,
@@ -150,18 +139,18 @@ DEVICE_CASES = ("A-REG-04 or D-INFO-01 or A-CAT-01 or A-PTZ-01 or N-SUB-01 or A-
 
 
 @pytest.mark.timeout(90)
-async def test_a_device_without_quirks_shows_none(target_endpoint: Endpoint) -> None:
-    run = await run_against_device(target_endpoint, *DEVICE_CASES)
+async def test_a_device_without_quirks_shows_none(device_endpoint: Endpoint) -> None:
+    run = await run_against_device(device_endpoint, *DEVICE_CASES)
     assert not run.run_error, run.run_error
     assert quirks(run) == set(), [f.as_dict() for f in run.findings]
 
 
 @pytest.mark.timeout(90)
 async def test_the_quirks_of_a_field_device_are_findings(
-    target_endpoint: Endpoint, tmp_path: Path
+    device_endpoint: Endpoint, tmp_path: Path
 ) -> None:
     run = await run_against_device(
-        target_endpoint,
+        device_endpoint,
         *DEVICE_CASES,
         content_length_chars=True,
         ptz_response=True,
@@ -208,9 +197,9 @@ async def test_the_quirks_of_a_field_device_are_findings(
     ],
 )
 async def test_media_answers_that_bend_the_offer_are_findings(
-    target_endpoint: Endpoint, case: str, switches: dict[str, object], quirk: str
+    device_endpoint: Endpoint, case: str, switches: dict[str, object], quirk: str
 ) -> None:
-    run = await run_against_device(target_endpoint, case, **switches)
+    run = await run_against_device(device_endpoint, case, **switches)
     assert not run.run_error, run.run_error
     assert quirk in quirks(run), [f.as_dict() for f in run.findings]
     (finding,) = [f for f in run.findings if f.quirk == quirk]
@@ -221,12 +210,12 @@ async def test_media_answers_that_bend_the_offer_are_findings(
 @pytest.mark.parametrize("drops", [False, True])
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
 async def test_a_device_that_drops_pipelined_requests_is_found_by_r_qrk_01(
-    target_endpoint: Endpoint, drops: bool, transport: str
+    device_endpoint: Endpoint, drops: bool, transport: str
 ) -> None:
     """Over TCP the two requests go on the device's own connection; a device registered over
     UDP gets them on a TCP connection the case opens to it."""
     run = await run_against_device(
-        target_endpoint, "R-QRK-01", transport=transport, drop_pipelined=drops
+        device_endpoint, "R-QRK-01", transport=transport, drop_pipelined=drops
     )
     # A finding, not a verdict: the case passes either way.
     assert {r.info.id: r.verdict for r in run.results}["R-QRK-01"] == "pass"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from conformance.suite.options import Options
 from conformance.suite.runner import CaseResult, RunResult, run_suite
 from gateway.app import Gateway
 from gateway.metrics import Metrics
-from gateway.sip import Endpoint, Peer, TimerConfig
+from gateway.sip import Endpoint, Peer
 from tests.conftest import make_config
 
 GW = "34020000002000000001"
@@ -252,14 +252,6 @@ async def test_gateway_downlink_passes_in_platform_mode(gateways: Gateways) -> N
     run = await run_suite(options, harness_factory=gateways.harness(gw))
     assert_all_applicable_pass(run, "platform")
     assert by_id(run)["A-CAT-03"].verdict == "pass"
-
-
-@pytest.fixture
-async def device_endpoint() -> AsyncIterator[Endpoint]:
-    ep = Endpoint(metrics=Metrics(), timers=TimerConfig(t1=0.1, t2=0.4, t4=0.5))
-    await ep.start("127.0.0.1", 0)
-    yield ep
-    await ep.close()
 
 
 RunDevice = Callable[..., Awaitable[RunResult]]

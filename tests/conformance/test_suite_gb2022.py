@@ -16,7 +16,7 @@ endpoint; gateway mode against an in-process gateway below the suite's upper pla
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -25,8 +25,7 @@ from conformance.peers.device import SimDevice
 from conformance.suite.cases import gb2022
 from conformance.suite.options import Options
 from conformance.suite.runner import CaseResult, RunResult, run_suite
-from gateway.metrics import Metrics
-from gateway.sip import Endpoint, Peer, TimerConfig
+from gateway.sip import Endpoint, Peer
 from tests.conformance.test_suite_cases import (
     DEVICE,
     Gateways,
@@ -59,12 +58,6 @@ needs_raw = pytest.mark.skipif(
 
 
 # -- device mode against a SimDevice ---------------------------------------------------------
-@pytest.fixture
-async def device_endpoint() -> AsyncIterator[Endpoint]:
-    ep = Endpoint(metrics=Metrics(), timers=TimerConfig(t1=0.1, t2=0.4, t4=0.5))
-    await ep.start("127.0.0.1", 0)
-    yield ep
-    await ep.close()
 
 
 RunDevice = Callable[..., Awaitable[tuple[RunResult, SimDevice]]]

@@ -18,7 +18,7 @@ import contextlib
 import io
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -466,14 +466,6 @@ class DeviceOperator:
             await dev.send_alarm(dev.channel_id(1), priority=self.priority, method=5)
         else:
             raise AssertionError(action.name)
-
-
-@pytest.fixture
-async def device_endpoint() -> AsyncIterator[Endpoint]:
-    ep = Endpoint(metrics=Metrics(), timers=TimerConfig(t1=0.1, t2=0.4, t4=0.5))
-    await ep.start("127.0.0.1", 0)
-    yield ep
-    await ep.close()
 
 
 async def _run_device(ep: Endpoint, priority: int, *ids: str) -> RunResult:

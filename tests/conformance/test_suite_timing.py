@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,7 @@ from conformance.suite.progress import Progress
 from conformance.suite.report import html_report, results_dict, summary_table
 from conformance.suite.runner import RunResult, run_suite
 from conformance.suite.timing import DEFAULT_KEEPALIVE_INTERVAL, KeepaliveTiming
-from gateway.metrics import Metrics
-from gateway.sip import Endpoint, Peer, Response, TimerConfig
+from gateway.sip import Endpoint, Peer, Response
 from tests.conformance.test_suite_cases import (
     DEVICE,
     Gateways,
@@ -66,12 +64,6 @@ def test_new_options_are_checked() -> None:
 
 
 # -- a device target ----------------------------------------------------------------------------
-@pytest.fixture
-async def device_endpoint() -> AsyncIterator[Endpoint]:
-    ep = Endpoint(metrics=Metrics(), timers=TimerConfig(t1=0.1, t2=0.4, t4=0.5))
-    await ep.start("127.0.0.1", 0)
-    yield ep
-    await ep.close()
 
 
 class KeepsItsOwnLifetime(SimDevice):
