@@ -115,6 +115,10 @@ class Catalog:
     def items_of(self, owner_id: str) -> list[CatalogItem]:
         return list(self._by_owner.get(owner_id, {}).values())
 
+    def reported_by(self, owner_id: str) -> Iterable[CatalogItem]:
+        """``owner_id``'s items without a copy (not to be iterated across a change)."""
+        return self._by_owner.get(owner_id, {}).values()
+
     def get(self, item_id: str) -> CatalogItem | None:
         owner = self._owner.get(item_id)
         if owner is None:

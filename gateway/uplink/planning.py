@@ -9,8 +9,10 @@ every shared item), a device (itself and its channels), a channel (itself) or a 
 * A catalog change goes to every catalog subscription that sees and covers the item: an ADD or
   UPDATE with the item as the upper sees it, anything else with the item's ID only, and nothing
   for an item the upper never knew. Tree nodes go only to uppers that share everything.
-* A device going on- or offline that reported no catalog item for itself: ``ON``/``OFF`` with
-  its ID.
+* A device that reported no catalog item for itself is in an upper's view, as the parent the
+  gateway makes for it, while any item of its is: its first item's ADD brings an ADD of the
+  device first, its last item's DEL a DEL of it; its going on- or offline meanwhile is
+  ``ON``/``OFF`` with its ID.
 * An alarm of a shared channel (or device) goes in the alarm subscription's dialog when that
   covers it, else as a MESSAGE (as to an upper without an alarm subscription).
 * A mobile position goes only in a MobilePosition subscription that covers it.
@@ -139,7 +141,10 @@ class NotifyPlanner:
             stored = change.after or change.before
             if not self.covered(a, sub, change.owner_id, change.item_id, stored):
                 continue
+            device = None if tree else self._device_coming_or_going(a, sub, change)
             if change.event in ("ADD", "UPDATE") and change.after is not None:
+                if device is not None:
+                    out.append(device)  # the parent first
                 item = a.view.translate(change.owner_id, change.after)
             else:
                 mapped = a.idmap.known_upper(change.item_id)
@@ -147,14 +152,49 @@ class NotifyPlanner:
                     continue  # the upper never knew this item
                 item = CatalogItem(device_id=mapped)
             out.append(CatalogNotice(a, change.event, item))
+            if device is not None and device.event == "DEL":
+                out.append(device)  # after its last child
         return out
+
+    def _device_coming_or_going(
+        self, a: A, sub: InboundSubscription, change: CatalogChange
+    ) -> CatalogNotice[A] | None:
+        """A device that lists no item for itself is in the upper's view (as the parent the
+        gateway makes for it, :meth:`SharedView.device_item`) while any item of its is: its
+        first item's ADD brings an ADD of the device, its last item's DEL a DEL of it."""
+        owner = change.owner_id
+        if change.item_id == owner or self.catalog.owner_of(owner) is not None:
+            return None  # the device's own item: its own changes say it
+        adding = change.before is None and change.after is not None
+        if not adding and not (change.after is None and change.before is not None):
+            return None
+        dev = a.view.devices.get(owner)
+        if dev is None or not self.covered(a, sub, owner, owner):
+            return None
+        if self._shows_device(a, owner, besides=change.item_id):
+            return None  # the device was shown already, and still is
+        if adding:
+            return CatalogNotice(a, "ADD", a.view.device_item(dev))
+        mapped = a.idmap.known_upper(owner)
+        return None if mapped is None else CatalogNotice(a, "DEL", CatalogItem(device_id=mapped))
+
+    def _shows_device(self, a: A, owner: str, besides: str | None = None) -> bool:
+        """Is ``owner`` in the upper's view as the parent the gateway makes for it: does any
+        item of its (other than ``besides``) show there (:meth:`SharedView.build`)?"""
+        return any(
+            i.device_id != besides
+            and item_kind(i.device_id) not in TREE_KINDS
+            and a.view.channel_visible(owner, i.device_id)
+            for i in self.catalog.reported_by(owner)
+        )
 
     def device_event(
         self, audiences: Iterable[A], device_id: str, event: str
     ) -> list[CatalogNotice[A]]:
         """``ON``/``OFF`` of a registered device, for the catalog subscriptions that see and
         cover it; none when the device listed itself in its catalog (its item's own change
-        says it)."""
+        says it), nor while none of its items is in the upper's view (the device is not
+        either: its first item's ADD brings it, with its status)."""
         if self.catalog.owner_of(device_id) is not None:
             return []
         return [
@@ -163,6 +203,7 @@ class NotifyPlanner:
             if (sub := a.subs.get("Catalog")) is not None
             and a.view.device_visible(device_id)
             and self.covered(a, sub, device_id, device_id)
+            and self._shows_device(a, device_id)
         ]
 
     @staticmethod
