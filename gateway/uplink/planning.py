@@ -11,8 +11,8 @@ every shared item), a device (itself and its channels), a channel (itself) or a 
   for an item the upper never knew. Tree nodes go only to uppers that share everything.
 * A device that reported no catalog item for itself is in an upper's view, as the parent the
   gateway makes for it, while any item of its is: its first item's ADD brings an ADD of the
-  device first, its last item's DEL a DEL of it; its going on- or offline meanwhile is
-  ``ON``/``OFF`` with its ID.
+  device first, its last item's DEL a DEL of it. Its going on- or offline is ``ON``/``OFF``
+  with its ID.
 * An alarm of a shared channel (or device) goes in the alarm subscription's dialog when that
   covers it, else as a MESSAGE (as to an upper without an alarm subscription).
 * A mobile position goes only in a MobilePosition subscription that covers it.
@@ -193,8 +193,8 @@ class NotifyPlanner:
     ) -> list[CatalogNotice[A]]:
         """``ON``/``OFF`` of a registered device, for the catalog subscriptions that see and
         cover it; none when the device listed itself in its catalog (its item's own change
-        says it), nor while none of its items is in the upper's view (the device is not
-        either: its first item's ADD brings it, with its status)."""
+        says it). (A device none of whose items is in the view yet still has its ON/OFF go
+        up: an upper may follow registrations before catalogs.)"""
         if self.catalog.owner_of(device_id) is not None:
             return []
         return [
@@ -203,7 +203,6 @@ class NotifyPlanner:
             if (sub := a.subs.get("Catalog")) is not None
             and a.view.device_visible(device_id)
             and self.covered(a, sub, device_id, device_id)
-            and self._shows_device(a, device_id)
         ]
 
     @staticmethod
