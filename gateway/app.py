@@ -147,6 +147,8 @@ class Gateway:
             metrics=self.metrics,
             clock=clock,
             quirks=self.quirks,
+            # Only while the socket queue is behind right now: a part may be waiting in it.
+            busy=lambda: self.load_guard.behind,
         )
         self.subscriptions = Subscriptions(
             identity=identity,

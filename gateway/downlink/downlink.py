@@ -148,6 +148,7 @@ class Downlink:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         quirks: DeviceQuirks | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self.identity = identity
         self.cfg = settings
@@ -164,7 +165,7 @@ class Downlink:
         self._rng = random.Random(os.urandom(16))
         self._cseq = itertools.count(1)
         # The queries waiting for their answers, by (CmdType, SN).
-        self.pending = PendingQueries(metrics)
+        self.pending = PendingQueries(metrics, busy=busy)
         self._limits = QueryLimits(
             self.cfg.max_queries_per_device, self.cfg.max_queued_per_device, metrics
         )

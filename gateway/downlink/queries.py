@@ -11,7 +11,7 @@ resources, with a bounded queue behind it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -109,8 +109,12 @@ class _Waiting:
 class PendingQueries:
     """The queries waiting for answers, by (CmdType, SN)."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, *, busy: Callable[[], bool] | None = None) -> None:
         self.metrics = metrics
+        # While the gateway is behind (shedding, its socket queue backlogged), the next part of
+        # a multi-part answer may be waiting in its own queue: the idle timeout then starts
+        # again rather than end the query (never past the query's ``max_time``).
+        self.busy = busy
         self._waiting: dict[tuple[str, int], _Waiting] = {}
 
     def __contains__(self, key: object) -> bool:
@@ -168,6 +172,16 @@ class PendingQueries:
         waiting: set[asyncio.Future[Any]] = {w.wake, sip}
         while True:
             now = loop.time()
+            if (
+                self.busy is not None
+                and res.responses
+                and not c.done
+                and c.deadline <= now
+                and c.deadline < c.started + c.max_time
+                and self.busy()
+            ):
+                c.last = now  # the parts may be in our own socket queue: one more idle period
+                self.metrics.inc("query.idle_deferred")
             outcome = c.expire(now)
             if outcome is Outcome.PARTIAL:
                 return res

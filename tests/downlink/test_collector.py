@@ -377,3 +377,41 @@ def test_answers_from_a_wrong_sender_or_target_are_not_accepted() -> None:
     assert c.accepts("34020000001310000001", "34020000001310000001", PEER)
     assert not c.accepts("34020000001180000009", "34020000001310000009", PEER)
     assert not c.accepts(DEV, DEV, Peer("tcp", "10.0.0.9", 5060))
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("behind", [False, True])
+async def test_a_gateway_that_is_behind_waits_another_idle_period_for_the_next_part(
+    behind: bool,
+) -> None:
+    """Under load the next part may sit in the gateway's own socket queue: while the gateway
+    is behind, the idle timeout starts again instead of ending the query as partial."""
+    import asyncio
+
+    from gateway.downlink.queries import PendingQueries
+    from gateway.metrics import Metrics
+    from gateway.sip import Response
+
+    metrics = Metrics()
+    pending = PendingQueries(metrics, busy=lambda: behind)
+    loop = asyncio.get_running_loop()
+    c = collector("Catalog", started=loop.time(), idle_timeout=0.2, response_timeout=0.1)
+
+    async def request() -> Response:
+        return Response(200)
+
+    async def parts() -> None:
+        await asyncio.sleep(0.05)
+        pending.deliver(part(1, sum_num=2), DEV, PEER, loop.time())
+        await asyncio.sleep(0.35)  # past one idle period
+        pending.deliver(part(2, sum_num=2), DEV, PEER, loop.time())
+
+    sender = asyncio.ensure_future(parts())
+    res = await pending.collect(c, request())
+    await sender
+    if behind:
+        assert not res.partial and len(res.items) == 2
+        assert metrics.get("query.idle_deferred") >= 1
+    else:
+        assert res.partial and len(res.items) == 1
+        assert metrics.get("query.idle_deferred") == 0
