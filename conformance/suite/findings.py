@@ -23,7 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from conformance.suite.trace import TraceEntry
+from conformance.suite.trace import TraceEntry, decode_message
+from gateway.manscdp.xmlio import declared_encoding
 from gateway.media.sdp import Sdp, SdpError, parse_sdp
 from gateway.sip.errors import ParseError
 from gateway.sip.message import Request, Response, parse
@@ -106,7 +107,6 @@ QUIRKS: dict[str, tuple[str, str]] = {
     ),
 }
 
-_DECLARED = re.compile(rb"<\?xml[^>]*encoding\s*=\s*[\"']([A-Za-z0-9_-]+)", re.IGNORECASE)
 _ROOT = re.compile(r"<\s*(Query|Response|Control|Notify)\b")
 _CMD = re.compile(r"<CmdType>\s*([A-Za-z]+)\s*</CmdType>")
 _SN = re.compile(r"<SN>\s*(\d+)\s*</SN>")
@@ -184,18 +184,6 @@ class Findings:
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def _body_text(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("gb18030", errors="replace")
-
-
-def _declared(body: bytes) -> str | None:
-    m = _DECLARED.search(body[:200])
-    return m.group(1).decode("ascii").upper() if m else None
 
 
 def _split(data: bytes) -> tuple[bytes, bytes]:
@@ -279,7 +267,7 @@ class _Scanner:
                 self.invites[key] = (_sdp(msg.body), contact, e)
             elif msg.method == "SUBSCRIBE":
                 self.subscribes.setdefault(key, e)
-                root, cmd, sn = _cmd(_body_text(msg.body))
+                root, cmd, sn = _cmd(decode_message(msg.body))
                 if cmd and sn:
                     self.queries.add((cmd, sn))
             elif msg.method == "REGISTER":
@@ -287,7 +275,7 @@ class _Scanner:
                 if user:
                     self.suite_registers[key] = (user, msg.call_id, e)
             elif msg.method == "MESSAGE" and msg.body:
-                body = _body_text(msg.body)
+                body = decode_message(msg.body)
                 root, cmd, sn = _cmd(body)
                 if root == "Query" and cmd and sn:
                     self.queries.add((cmd, sn))
@@ -394,8 +382,8 @@ class _Scanner:
             and declared_length is not None
             and len(raw_body.rstrip(b"\r\n")) > declared_length
         ):
-            whole = _body_text(raw_body)
-            cut = _body_text(raw_body[:declared_length])
+            whole = decode_message(raw_body)
+            cut = decode_message(raw_body[:declared_length])
             if _XML_END.search(whole.strip()) and not _XML_END.search(cut.strip()):
                 chars = len(whole.rstrip("\r\n")), len(whole)
                 self.found.add(
@@ -406,14 +394,18 @@ class _Scanner:
                     e,
                 )
         body_bytes = req.body
-        if e.label != BELOW and _declared(body_bytes) in ("UTF-8", "UTF8") and body_bytes.isascii():
+        if (
+            e.label != BELOW
+            and declared_encoding(body_bytes) in ("UTF-8", "UTF8")
+            and body_bytes.isascii()
+        ):
             self.found.add(
                 "utf8-declared-ascii-only",
                 "a body declared UTF-8 whose bytes are all ASCII",
                 e.t,
                 e,
             )
-        text = _body_text(raw_body if raw_body else body_bytes)
+        text = decode_message(raw_body if raw_body else body_bytes)
         root, cmd, sn = _cmd(text)
         if root != "Response" and not (root == "Notify" and cmd == "Catalog"):
             return

@@ -135,6 +135,12 @@ def _remove_unsafe(text: str, repairs: list[str]) -> str:
     return fixed
 
 
+def declared_encoding(data: bytes) -> str | None:
+    """The ``encoding`` of the body's XML prolog, upper case; ``None`` without one."""
+    m = _DECLARED.match(data)
+    return m.group(1).decode("ascii").upper() if m else None
+
+
 def parse(data: bytes) -> Parsed:
     """Parse a MANSCDP body into an element tree, repairing known garbage."""
     if len(data) > MAX_BODY:
@@ -143,8 +149,7 @@ def parse(data: bytes) -> Parsed:
     if b"\x00" in data:
         data = data.replace(b"\x00", b"")
         repairs.append("NUL bytes removed")
-    m = _DECLARED.match(data)
-    declared = m.group(1).decode("ascii").upper() if m else None
+    declared = declared_encoding(data)
     text, charset, decode_repairs = decode_text(data, declared)
     repairs.extend(decode_repairs)
     text = text.lstrip("\ufeff")
