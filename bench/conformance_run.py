@@ -96,6 +96,8 @@ def gateway_config(sip_port: int, upper_port: int, media: tuple[int, int], data:
             'host = "127.0.0.1"',
             f"port_min = {media[0]}",
             f"port_max = {media[1]}",
+            "[http]",
+            "port = 0",
             "[store]",
             f"path = {json.dumps(str(data / 'gateway.db'))}",
             "[[uplink.platforms]]",

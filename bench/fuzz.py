@@ -87,6 +87,8 @@ class GatewayProcess:
                     "[sip]",
                     'host = "0.0.0.0"',  # both loopback addresses: honest and fuzzer
                     f"port = {self.port}",
+                    "[http]",
+                    "port = 0",
                     "[store]",
                     'backend = "sqlite"',
                     f'path = "{workdir / "gateway.db"}"',

@@ -126,6 +126,8 @@ class Gateway:
                 "[sip]",
                 'host = "127.0.0.1"',
                 f"port = {self.port}",
+                "[http]",
+                "port = 0",
                 "[store]",
                 'backend = "sqlite"',
                 f'path = "{workdir / "gateway.db"}"',

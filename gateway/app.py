@@ -15,7 +15,9 @@ from typing import Any
 import structlog
 
 from gateway import logs
+from gateway.api import ApiContext, ApiServer
 from gateway.catalog import Catalog
+from gateway.directory import Directory
 from gateway.downlink import (
     CatalogSync,
     DeviceQuirks,
@@ -123,6 +125,8 @@ class Gateway:
             gateway_id=identity.id,
             clock=clock,
         )
+        # Units and device accounts: seeded from [auth] at first start, then kept in the store.
+        self.directory = Directory(config.auth, identity, self.store, clock)
         self.registrar = Registrar(
             identity=identity,
             auth=config.auth,
@@ -135,6 +139,7 @@ class Gateway:
             clock=clock,
             busy=lambda: self.load_guard.behind or self.load_guard.share < 1.0,
             quirks=self.quirks,
+            credentials=self.directory.password,
         )
         self.downlink = Downlink(
             identity=identity,
@@ -234,6 +239,27 @@ class Gateway:
             metrics=self.metrics,
         )
         self.routes = build_routes(self)
+        self.api: ApiServer | None = None
+        if config.http.enabled:
+            self.api = ApiServer(
+                ApiContext(
+                    config=config,
+                    store=self.store,
+                    metrics=self.metrics,
+                    events=self.events,
+                    endpoint=self.endpoint,
+                    registrar=self.registrar,
+                    catalog=self.catalog,
+                    downlink=self.downlink,
+                    sync=self.sync,
+                    uplink=self.uplink,
+                    media=self.media,
+                    calls=self.calls,
+                    quirks=self.quirks,
+                    directory=self.directory,
+                    clock=clock,
+                )
+            )
         self._log_roller: asyncio.Future[None] | None = None
         self._wire()
 
@@ -288,6 +314,7 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.config
         await self.store.start()
+        self.directory.load()
         # The catalog first: devices found expired while loading turn their channels OFF.
         self.catalog.load()
         self.registrar.load()
@@ -296,6 +323,8 @@ class Gateway:
         await self.registrar.start()
         self.sync.start()
         self.uplink.start()
+        if self.api is not None:
+            await self.api.start()
         self._log_roller = asyncio.ensure_future(self._roll_logs())
         log.info(
             "gateway.started",
@@ -304,6 +333,7 @@ class Gateway:
             host=cfg.sip.host,
             port=self.endpoint.port,
             store=cfg.store.backend,
+            http_port=self.api.port if self.api is not None else None,
         )
 
     @property
@@ -323,6 +353,8 @@ class Gateway:
     async def close(self) -> None:
         if self._log_roller is not None:
             self._log_roller.cancel()
+        if self.api is not None:
+            await self.api.close()
         await self.calls.close()
         await self.media.close()
         await self.uplink.close()

@@ -63,6 +63,7 @@ AUDIT = frozenset(
         "invite.answered",
         "media.leg_ended",
         "media.output_ended",
+        "api.audit",  # only authenticated writes are audited
     }
 )
 

@@ -65,6 +65,23 @@ class Alarm:
     id: int | None = None
 
 
+@dataclass(slots=True)
+class AuditEntry:
+    """One write through the HTTP API: who (a user or token name, and its role), what
+    (``action`` such as ``unit.create``, its ``target`` and a short ``detail``), when (UNIX
+    seconds) and from where (the client address). ``id`` is given by the store."""
+
+    at: float
+    who: str
+    role: str
+    action: str
+    target: str = ""
+    detail: str = ""
+    source: str = ""
+    outcome: str = "ok"
+    id: int | None = None
+
+
 class DeviceDirectory(Protocol):
     """The registered devices, read-only: what every part outside ``downlink/`` may know of the
     registrar's bindings. The registrar implements it; tests may pass any object of this shape.

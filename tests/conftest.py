@@ -27,6 +27,7 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "sip": {"host": "127.0.0.1", "port": 0},
         "store": {"backend": "sqlite", "path": str(tmp_path / "gw.db"), "flush_interval": 0.05},
         "log": {"level": "warning"},
+        "http": {"port": 0},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

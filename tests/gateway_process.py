@@ -56,6 +56,7 @@ class GatewayProcess:
             "sip": {"host": "127.0.0.1", "port": 0},
             "store": {"backend": "memory"},
             "log": {"level": "info", "format": "json"},
+            "http": {"port": 0},
         }
         for name, values in sections.items():
             data.setdefault(name, {}).update(values)

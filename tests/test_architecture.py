@@ -35,6 +35,7 @@ FLOORS: dict[str, int] = {
     # rather than on floor 0 as the first plan had it.
     "gateway.events": 2,
     "gateway.cluster": 2,
+    "gateway.directory": 2,  # social units and device accounts (credentials)
     "gateway.catalog": 3,
     "gateway.media": 3,
     "gateway.downlink": 4,

@@ -151,8 +151,12 @@ class Registrar:
         digest: DigestServer | None = None,
         busy: Callable[[], bool] | None = None,
         quirks: DeviceQuirks | None = None,
+        credentials: Callable[[str], str | None] | None = None,
     ) -> None:
         self.identity = identity
+        # The password a device must use, or None when it may not register: the directory's
+        # accounts and policy (changed at run time through the API), else the [auth] section.
+        self.credentials = credentials if credentials is not None else auth.device_password
         self.quirks = quirks if quirks is not None else DeviceQuirks(metrics)
         self.auth = auth
         self.cfg = settings
@@ -276,7 +280,7 @@ class Registrar:
             log.warning("register.bad_id", peer=str(ctx.peer), device_id=device_id)
             return answer(400, "Bad Request (device ID must be 20 digits)")
         assert device_id is not None
-        password = self.auth.device_password(device_id)
+        password = self.credentials(device_id)
         if password is None:
             metrics.inc("register.unknown_device")
             log.warning("register.unknown_device", peer=str(ctx.peer), device_id=device_id)

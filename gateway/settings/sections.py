@@ -310,6 +310,52 @@ class LogSection(_Section):
     unlimited: tuple[str, ...] | None = Field(None, max_length=256)
 
 
+Role = Literal["viewer", "operator", "admin"]
+
+
+class HttpToken(_Section):
+    """A bearer token of the HTTP API given in the configuration (``[[http.tokens]]``): the
+    token itself or its SHA-256 (hex), never both."""
+
+    name: str = Field(min_length=1, max_length=64)
+    role: Role = "viewer"
+    token: str = Field("", max_length=256)
+    token_sha256: str = Field("", max_length=64)
+
+    @model_validator(mode="after")
+    def _one(self) -> HttpToken:
+        if bool(self.token) == bool(self.token_sha256):
+            raise ValueError("give exactly one of token and token_sha256")
+        if self.token and len(self.token) < 16:
+            raise ValueError("token: at least 16 characters")
+        h = self.token_sha256
+        if h and (len(h) != 64 or any(c not in "0123456789abcdefABCDEF" for c in h)):
+            raise ValueError("token_sha256: 64 hex digits")
+        return self
+
+
+class HttpSection(_Section):
+    """The HTTP server of the API, the console and ``/metrics`` (``gateway.api``)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    tokens: tuple[HttpToken, ...] = Field((), max_length=1000)
+    # Console logins last this long (seconds) without use.
+    session_ttl: float = Field(12 * 3600.0, gt=0, le=30 * 86400)
+    # Server-Sent Events are coalesced over this many seconds.
+    sse_interval: float = Field(1.0, gt=0, le=60)
+    # Requests bigger than this are refused with 413 (imports included).
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+
+    @model_validator(mode="after")
+    def _unique(self) -> HttpSection:
+        names = [t.name for t in self.tokens]
+        if len(names) != len(set(names)):
+            raise ValueError("tokens: names must be unique")
+        return self
+
+
 class Config(_Section):
     gateway: GatewaySection = GatewaySection()
     sip: SipSection = SipSection()
@@ -322,6 +368,7 @@ class Config(_Section):
     media: MediaSection = MediaSection()
     store: StoreSection = StoreSection()
     log: LogSection = LogSection()
+    http: HttpSection = HttpSection()
 
     def device_password(self, device_id: str) -> str | None:
         """The password a device must use, or ``None`` when it may not register at all."""

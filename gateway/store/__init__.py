@@ -11,10 +11,10 @@ class would repeat every field and double the work of syncing 200,000 channels.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.manscdp import CatalogItem
-from gateway.model import Alarm, Device
+from gateway.model import Alarm, AuditEntry, Device
 
 
 class Store(Protocol):
@@ -57,10 +57,34 @@ class Store(Protocol):
     ) -> None:
         """Queue the gateway's registration at an upper (one row per upper, replaced)."""
 
+    def load_records(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        """Every stored record of ``kind`` (units, accounts, users, tokens, uppers...) as
+        (key, data), in key order. The operations side (``gateway.api`` and the directory) keeps
+        its objects this way: a JSON document per key, so a new field needs no migration."""
+        ...
+
+    def save_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
+        """Queue a record (replaces the one under the same kind and key). ``data`` must be
+        JSON-serialisable; a copy is taken now."""
+
+    def delete_record(self, kind: str, key: str) -> None: ...
+
+    def save_audit(self, entry: AuditEntry) -> None:
+        """Queue an audit entry (who did what, when, from where); entries are never changed."""
+
+    def load_audit(self, *, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
+        """The newest entries first (with their ``id``), older than ``before`` when given.
+        Entries still queued are included."""
+        ...
+
     def committed(self) -> asyncio.Future[None] | None:
         """Done once everything saved so far is durable (``None``: it already is). Callers
         that acknowledge a save to a peer (the registrar's 200 OK) await it; many share one
         commit."""
+
+    def healthy(self) -> bool:
+        """False while writes are failing (``/readyz`` says so)."""
+        ...
 
     async def flush(self) -> None:
         """Write everything queued so far."""

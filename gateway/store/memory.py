@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
+from typing import Any
 
 from gateway.manscdp import CatalogItem
-from gateway.model import Alarm, Device
+from gateway.model import Alarm, AuditEntry, Device
 
 
 class MemoryStore:
@@ -15,6 +17,8 @@ class MemoryStore:
         self.alarms: list[Alarm] = []
         self.id_map: list[tuple[str, str, str]] = []
         self.upper_registrations: dict[str, tuple[str, str, int]] = {}
+        self.records: dict[str, dict[str, dict[str, Any]]] = {}
+        self.audit: list[AuditEntry] = []
 
     def load_devices(self) -> list[Device]:
         return [replace(d) for d in self.devices.values()]
@@ -54,8 +58,28 @@ class MemoryStore:
     ) -> None:
         self.upper_registrations[upper_id] = (call_id, from_tag, cseq)
 
+    def load_records(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        rows = self.records.get(kind, {})
+        return [(key, copy.deepcopy(rows[key])) for key in sorted(rows)]
+
+    def save_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
+        self.records.setdefault(kind, {})[key] = copy.deepcopy(data)
+
+    def delete_record(self, kind: str, key: str) -> None:
+        self.records.get(kind, {}).pop(key, None)
+
+    def save_audit(self, entry: AuditEntry) -> None:
+        self.audit.append(replace(entry, id=len(self.audit) + 1))
+
+    def load_audit(self, *, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
+        rows = [e for e in reversed(self.audit) if before is None or (e.id or 0) < before]
+        return [replace(e) for e in rows[:limit]]
+
     def committed(self) -> None:
         return None  # nothing is ever more durable than it is now
+
+    def healthy(self) -> bool:
+        return True
 
     async def flush(self) -> None:
         return None

@@ -25,7 +25,10 @@ are columns with indexes), ``alarms``, ``id_map`` (the ID each item has for each
 platform under ``id_policy = "recode"``; a row is never changed once written), and
 ``upper_registrations`` (per upper, the Call-ID, From tag and CSeq of the gateway's last
 accepted REGISTER there, so a restarted gateway refreshes the registration the upper may still
-hold instead of starting a second one).
+hold instead of starting a second one), ``records`` (the operations side's objects: units,
+device accounts, users, API tokens, uppers added through the API; one JSON document per kind
+and key) and ``audit`` (every write through the HTTP API; never changed). Audit entries get
+their ``id`` when saved, so a listing includes the ones not yet written.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,7 @@ import structlog
 
 from gateway.manscdp import CatalogItem, from_plain, item_kind, to_plain
 from gateway.metrics import Metrics
-from gateway.model import Alarm, Device
+from gateway.model import Alarm, AuditEntry, Device
 
 log = structlog.get_logger("gateway.store.sqlite")
 
@@ -104,6 +107,23 @@ CREATE TABLE IF NOT EXISTS id_map (
     PRIMARY KEY (upper_id, local_id),
     UNIQUE (upper_id, upper_item)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+    kind       TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    data       TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit (
+    id         INTEGER PRIMARY KEY,
+    at         REAL NOT NULL,
+    who        TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    detail     TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    outcome    TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS upper_registrations (
     upper_id   TEXT PRIMARY KEY,
     call_id    TEXT NOT NULL,
@@ -234,11 +254,22 @@ class _Batch:
     mappings: list[tuple[str, str, str, float]] = field(default_factory=list)
     # upper ID -> (upper ID, Call-ID, From tag, CSeq, time) of its registration.
     uppers: dict[str, Row] = field(default_factory=dict)
+    # (kind, key) -> the record's JSON, or None to delete.
+    records: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    audit: list[AuditEntry] = field(default_factory=list)
     # Done when this batch is committed (group commit: one per caller of ``committed``).
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.devices or self.items or self.alarms or self.mappings or self.uppers)
+        return bool(
+            self.devices
+            or self.items
+            or self.alarms
+            or self.mappings
+            or self.uppers
+            or self.records
+            or self.audit
+        )
 
     def merge_older(self, older: _Batch) -> None:
         """Put back a batch that failed to write, under anything newer queued since."""
@@ -250,12 +281,18 @@ class _Batch:
         self.mappings[:0] = older.mappings
         for ukey, urow in older.uppers.items():
             self.uppers.setdefault(ukey, urow)
+        for rkey, rdata in older.records.items():
+            self.records.setdefault(rkey, rdata)
+        self.audit[:0] = older.audit
         self.waiters[:0] = older.waiters
 
     def committed(self) -> None:
         for fut in self.waiters:
             if not fut.done():
                 fut.set_result(None)
+
+
+_AUDIT_COLUMNS = ("at", "who", "role", "action", "target", "detail", "source", "outcome")
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -289,6 +326,8 @@ class SqliteStore:
         _migrate(self._db)
         self._pending = _Batch()
         self._writing: _Batch | None = None
+        last = self._db.execute("SELECT MAX(id) FROM audit").fetchone()[0]
+        self._audit_ids = int(last or 0)
         self._failures = 0  # writes failed in a row
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -339,6 +378,48 @@ class SqliteStore:
     def save_mapping(self, upper_id: str, local_id: str, upper_item: str, now: float) -> None:
         self._pending.mappings.append((upper_id, local_id, upper_item, now))
 
+    # -- the operations side: records and the audit log --------------------------------------
+    def _queued(self) -> list[_Batch]:
+        """What is saved but not yet committed, oldest first."""
+        return [b for b in (self._writing, self._pending) if b is not None]
+
+    def load_records(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        rows: dict[str, str | None] = dict(
+            self._db.execute("SELECT key, data FROM records WHERE kind = ?", (kind,)).fetchall()
+        )
+        for batch in self._queued():
+            for (k, key), data in batch.records.items():
+                if k == kind:
+                    rows[key] = data
+        return [(key, json.loads(data)) for key, data in sorted(rows.items()) if data is not None]
+
+    def save_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
+        self._pending.records[(kind, key)] = json.dumps(data, ensure_ascii=False)
+
+    def delete_record(self, kind: str, key: str) -> None:
+        self._pending.records[(kind, key)] = None
+
+    def save_audit(self, entry: AuditEntry) -> None:
+        self._audit_ids += 1
+        self._pending.audit.append(replace(entry, id=self._audit_ids))
+
+    def load_audit(self, *, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
+        top = before if before is not None else self._audit_ids + 1
+        queued = [e for b in self._queued() for e in b.audit if (e.id or 0) < top]
+        cur = self._db.execute(
+            f"SELECT id, {', '.join(_AUDIT_COLUMNS)} FROM audit WHERE id < ? "
+            "ORDER BY id DESC LIMIT ?",
+            (top, limit),
+        )
+        stored = [
+            AuditEntry(**dict(zip(_AUDIT_COLUMNS, row[1:], strict=True)), id=row[0])
+            for row in cur.fetchall()
+        ]
+        seen = {e.id for e in stored}
+        merged = stored + [replace(e) for e in queued if e.id not in seen]
+        merged.sort(key=lambda e: e.id or 0, reverse=True)
+        return merged[:limit]
+
     # -- the gateway's registration at each upper --------------------------------------------
     def load_upper_registrations(self) -> dict[str, tuple[str, str, int]]:
         """Upper ID -> (Call-ID, From tag, CSeq) of the gateway's last accepted REGISTER."""
@@ -366,6 +447,9 @@ class SqliteStore:
         if self._wake_soon is None:
             self._wake_soon = loop.call_later(self.commit_delay, self._wake_writer)
         return fut
+
+    def healthy(self) -> bool:
+        return self._failures == 0
 
     def _wake_writer(self) -> None:
         self._wake_soon = None
@@ -474,6 +558,21 @@ class SqliteStore:
                     "INSERT OR REPLACE INTO upper_registrations "
                     "(upper_id, call_id, from_tag, cseq, updated_at) VALUES (?, ?, ?, ?, ?)",
                     list(batch.uppers.values()),
+                )
+            if batch.records:
+                db.executemany(
+                    "INSERT OR REPLACE INTO records (kind, key, data) VALUES (?, ?, ?)",
+                    [(k, key, d) for (k, key), d in batch.records.items() if d is not None],
+                )
+                db.executemany(
+                    "DELETE FROM records WHERE kind = ? AND key = ?",
+                    [rkey for rkey, d in batch.records.items() if d is None],
+                )
+            if batch.audit:
+                db.executemany(
+                    f"INSERT OR IGNORE INTO audit (id, {', '.join(_AUDIT_COLUMNS)}) "
+                    f"VALUES (?{', ?' * len(_AUDIT_COLUMNS)})",
+                    [(e.id, *(getattr(e, c) for c in _AUDIT_COLUMNS)) for e in batch.audit],
                 )
             db.execute("COMMIT")
         except BaseException:

@@ -1,0 +1,45 @@
+"""The HTTP side (floor 5): the REST API under ``/api/v1``, the console, health and metrics.
+
+``ApiServer`` is built by the composition root with an :class:`ApiContext` (the parts it may
+use) and started after the SIP endpoint. Authentication and roles are in ``auth.py``, the audit
+log in ``audit.py``, the error shape in ``errors.py``; each router module serves one area.
+"""
+
+from __future__ import annotations
+
+from gateway.api.auth import Authenticator, Principal, hash_password
+from gateway.api.context import ApiContext
+from gateway.api.factory import build_app
+from gateway.api.server import HttpServer
+
+
+class ApiServer:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+        http = ctx.config.http
+        self.auth = Authenticator(http, ctx.store, ctx.metrics, ctx.clock)
+        ctx.extras["auth"] = self.auth
+        self.app = build_app(ctx)
+        self.server = HttpServer(self.app, http.host, http.port)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def start(self) -> None:
+        self.auth.load()
+        await self.server.start()
+
+    async def close(self) -> None:
+        await self.server.close()
+
+
+__all__ = [
+    "ApiContext",
+    "ApiServer",
+    "Authenticator",
+    "HttpServer",
+    "Principal",
+    "build_app",
+    "hash_password",
+]

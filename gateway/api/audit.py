@@ -1,0 +1,74 @@
+"""The audit log: every write through the API (who, what, when, from where, the outcome).
+
+A middleware records each POST, PUT, PATCH and DELETE under ``/api/v1`` once it is answered,
+whether it succeeded or was refused (403 for a role too low), so no route can forget to. A
+request without a valid token is not stored (a stranger could fill the log), only counted.
+``action`` is the method and the route's path template (``PATCH /api/v1/units/{unit_id}``),
+``target`` the path's values, ``detail`` what the route put in ``request.state.audit_detail``
+(never a password). Entries go to the store (``Store.save_audit``) and to the log as
+``api.audit`` (an audit event: never rate limited).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
+
+from gateway.model import AuditEntry
+
+log = structlog.get_logger("gateway.api")
+
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _route_template(request: Request) -> tuple[str, dict[str, Any]]:
+    for route in request.app.router.routes:
+        match, child = route.matches(request.scope)
+        if match is Match.FULL:
+            return getattr(route, "path", request.url.path), dict(child.get("path_params", {}))
+    return request.url.path, {}
+
+
+async def audit_writes(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    if request.method not in WRITES or not request.url.path.startswith("/api/"):
+        return await call_next(request)
+    response = await call_next(request)
+    ctx = request.app.state.ctx
+    principal = getattr(request.state, "principal", None)
+    who = getattr(request.state, "audit_who", None) or (
+        principal.name if principal is not None else None
+    )
+    if who is None:
+        # No valid token (refused with 401): a stranger may send any number of these, so they
+        # are counted (``api.unauthenticated``) and never stored.
+        return response
+    template, params = _route_template(request)
+    entry = AuditEntry(
+        at=ctx.clock(),
+        who=who,
+        role=principal.role if principal is not None else "-",
+        action=f"{request.method} {template}",
+        target=",".join(f"{k}={v}" for k, v in params.items())[:200],
+        detail=str(getattr(request.state, "audit_detail", ""))[:500],
+        source=request.client.host if request.client else "",
+        outcome=str(response.status_code),
+    )
+    ctx.store.save_audit(entry)
+    ctx.metrics.inc("api.audit")
+    log.info(
+        "api.audit",
+        who=entry.who,
+        role=entry.role,
+        action=entry.action,
+        target=entry.target,
+        outcome=entry.outcome,
+        source=entry.source,
+    )
+    return response

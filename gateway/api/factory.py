@@ -1,0 +1,128 @@
+"""The FastAPI application: routers, error handlers, the audit middleware, offline docs.
+
+Every router module under ``gateway/api`` exposes ``router``; :data:`ROUTERS` lists them. The
+OpenAPI document is at ``/api/v1/openapi.json`` and the interactive docs at ``/api/v1/docs``,
+with Swagger UI's assets served by the gateway from the ``swagger-ui-bundle`` package (no CDN).
+The console's static files are served at ``/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import __version__
+from gateway.api import auth_routes, health
+from gateway.api.audit import audit_writes
+from gateway.api.context import ApiContext
+from gateway.api.errors import error_body, install_error_handlers
+
+PREFIX = "/api/v1"
+STATIC = Path(__file__).parent / "static"
+
+# (module's router, its prefix). Helpers add theirs here.
+ROUTERS: list[tuple[Any, str]] = [
+    (health.router, ""),
+    (auth_routes.router, PREFIX),
+]
+
+
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes with 413, by its Content-Length or, when
+    chunked, as soon as more arrives: nothing bigger is ever buffered."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await self._refuse(send)
+                    return
+        seen = 0
+        limit = self.limit
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooBig
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooBig:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse(
+            error_body(f"request body over {self.limit} bytes"), status_code=413
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": response.raw_headers,
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+
+class _TooBig(Exception):
+    pass
+
+
+def build_app(ctx: ApiContext) -> FastAPI:
+    app = FastAPI(
+        title="GB/T 28181 gateway",
+        version=__version__,
+        openapi_url=f"{PREFIX}/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+    install_error_handlers(app, ctx.metrics)
+    app.middleware("http")(audit_writes)
+    for router, prefix in ROUTERS:
+        app.include_router(router, prefix=prefix)
+    _docs(app)
+    app.mount("/", StaticFiles(directory=STATIC, html=True), name="console")
+    app.add_middleware(BodyLimit, limit=ctx.config.http.max_body_bytes)
+    return app
+
+
+def _docs(app: FastAPI) -> None:
+    from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
+
+    app.mount(
+        f"{PREFIX}/docs-assets",
+        StaticFiles(directory=str(swagger_ui_path)),
+        name="docs-assets",
+    )
+
+    @app.get(f"{PREFIX}/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=f"{PREFIX}/openapi.json",
+            title="GB/T 28181 gateway API",
+            swagger_js_url=f"{PREFIX}/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{PREFIX}/docs-assets/swagger-ui.css",
+            swagger_favicon_url=f"{PREFIX}/docs-assets/favicon-32x32.png",
+        )
