@@ -55,20 +55,33 @@ class BodyLimit:
                     await self._refuse(send)
                     return
         seen = 0
+        over = False
         limit = self.limit
 
         async def counted() -> Message:
-            nonlocal seen
+            # Past the limit the app is told the client went away, and whatever it answers
+            # is replaced by the 413 below.
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _TooBig
+                    over = True
+                    return {"type": "http.disconnect"}
             return message
 
+        async def guarded(message: Message) -> None:
+            if not over:
+                await send(message)
+
         try:
-            await self.app(scope, counted, send)
-        except _TooBig:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not over:
+                raise
+        if over:
             await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
@@ -83,10 +96,6 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": response.body})
-
-
-class _TooBig(Exception):
-    pass
 
 
 def build_app(ctx: ApiContext) -> FastAPI:
