@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,6 +23,32 @@ from gateway.sip import Endpoint, Peer, TimerConfig
 # Logging is configured once for the whole run, so the per-event-name rate limit is set as high
 # as it goes: a failing test's captured log must not miss lines another test used up.
 configure_logging(config_from_dict({"log": {"level": "info", "burst": 100_000}}))
+
+
+HANG_DUMP_AFTER = 100.0  # seconds: before pytest-timeout's 120 s ends the run
+
+
+def _dump_tasks() -> None:
+    """A test (or its teardown) hangs: print every task of each running event loop, which
+    pytest-timeout's thread stacks do not show (an idle loop shows only run_until_complete)."""
+    for obj in gc.get_objects():
+        if isinstance(obj, asyncio.AbstractEventLoop) and obj.is_running():
+
+            def dump(loop: asyncio.AbstractEventLoop = obj) -> None:
+                print(f"--- tasks of {loop!r} after {HANG_DUMP_AFTER} s ---", file=sys.stderr)
+                for task in asyncio.all_tasks(loop):
+                    task.print_stack(file=sys.stderr)
+
+            obj.call_soon_threadsafe(dump)
+
+
+@pytest.fixture(autouse=True)
+def _hang_dump() -> Any:
+    timer = threading.Timer(HANG_DUMP_AFTER, _dump_tasks)
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
