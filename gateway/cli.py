@@ -94,15 +94,19 @@ def _user(config: Config, args: argparse.Namespace) -> int:
         return 2
     from pathlib import Path
 
-    from gateway.api.auth import USER, hash_password, password_problem, user_view, valid_name
+    from gateway.api import Authenticator, hash_password
     from gateway.store import SqliteStore
+
+    kind = Authenticator.USER_KIND
+    valid_name, password_problem = Authenticator.valid_name, Authenticator.password_problem
+    user_view = Authenticator.user_view
 
     command = args.user_command
     if command == "list":
         records: dict[str, dict[str, object]] = {}
         if Path(config.store.path).exists():
             store = SqliteStore(config.store.path)
-            records = dict(store.load_records(USER))
+            records = dict(store.load_records(kind))
             asyncio.run(store.close())
         users = [user_view(name, data) for name, data in sorted(records.items())]
         if args.json:
@@ -121,7 +125,7 @@ def _user(config: Config, args: argparse.Namespace) -> int:
         return 2
     store = SqliteStore(config.store.path)
     try:
-        data = dict(store.load_records(USER)).get(name)
+        data = dict(store.load_records(kind)).get(name)
         if command == "add" and data is not None:
             print(f"user: {name!r} exists", file=sys.stderr)
             return 1
@@ -145,7 +149,7 @@ def _user(config: Config, args: argparse.Namespace) -> int:
             }
         else:
             data = {**(data or {}), "disabled": command == "disable"}
-        store.save_record(USER, name, data)
+        store.save_record(kind, name, data)
     finally:
         asyncio.run(store.close())  # writes what was saved
     done = {"add": "created", "passwd": "password set", "disable": "disabled"}

@@ -120,7 +120,24 @@ class _Session:
     expires_at: float
 
 
+def user_view(username: str, data: dict[str, Any]) -> dict[str, Any]:
+    """What the API shows of a user: never the password hash."""
+    return {
+        "username": username,
+        "role": data.get("role"),
+        "disabled": bool(data.get("disabled")),
+        "created_at": data.get("created_at"),
+    }
+
+
 class Authenticator:
+    # What ``gb28181-gateway user`` needs to write users as the API does (it reaches this
+    # module only through ``gateway.api``'s public face).
+    USER_KIND = USER
+    valid_name = staticmethod(valid_name)
+    password_problem = staticmethod(password_problem)
+    user_view = staticmethod(user_view)
+
     def __init__(
         self,
         settings: HttpSection,
@@ -361,16 +378,6 @@ class Authenticator:
         del self.users[username]
         self.store.delete_record(USER, username)
         self.end_sessions_of(username)
-
-
-def user_view(username: str, data: dict[str, Any]) -> dict[str, Any]:
-    """What the API shows of a user: never the password hash."""
-    return {
-        "username": username,
-        "role": data.get("role"),
-        "disabled": bool(data.get("disabled")),
-        "created_at": data.get("created_at"),
-    }
 
 
 def bearer_token(request: Request) -> str | None:
