@@ -319,7 +319,11 @@ class Uplink:
             raise UpperError(f"upper {new.id} exists already", "id", 409)
         if new.id == self.gw.id:
             raise UpperError("id: an upper cannot have the gateway's own ID", "id", 422)
-        changed = {k for k in type(new).model_fields if getattr(old, k) != getattr(new, k)}
+        changed = {
+            k
+            for k in type(new).model_fields
+            if k != "share" and getattr(old, k) != getattr(new, k)  # (kept in self.shares)
+        }
         if changed - SOFT_FIELDS:
             await self._stop_session(upper_id, "settings changed")
             share = self.shares.pop(upper_id)

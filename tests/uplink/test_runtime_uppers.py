@@ -105,6 +105,9 @@ async def test_runtime_uppers_survive_a_restart_and_the_toml_seeds_only_once(
     gw = await gateway_with(start_gateway, seeded)
     await online_at(p)
     assert gw.uplink.shares[UP] == Share(devices=(NVR1,))
+    link = gw.uplink.sessions[UP].link
+    await gw.uplink.update_upper(UP, {"keepalive_interval": 0.25})  # in place
+    assert gw.uplink.sessions[UP].link is link and gw.uplink.shares[UP] == Share(devices=(NVR1,))
     other = upper_config(upper_endpoint, id="34010000002000000009", enabled=False)
     await gw.uplink.add_upper(UpperPlatform.model_validate(other))
     await gw.uplink.set_share(UP, Share(channels=("34020000001310000001",)))
