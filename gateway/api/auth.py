@@ -64,6 +64,21 @@ NAME_PATTERN = r"^[A-Za-z0-9._@-]{1,64}$"
 _NAME = re.compile(NAME_PATTERN)
 
 _hasher = PasswordHasher()
+# Logins hash one at a time (argon2 is slow on purpose: two at once would take both cores of a
+# small machine from the SIP side); beyond this many waiting, a login is refused with 503.
+MAX_LOGINS_WAITING = 16
+_DUMMY: list[str] = []
+
+
+def _check(stored_hash: str | None, password: str) -> bool:
+    """In a thread: the password against the user's hash, or (no such user) against a hash
+    made once, so that both cost the same; the latter is always False."""
+    if stored_hash is None:
+        if not _DUMMY:
+            _DUMMY.append(_hasher.hash(secrets.token_hex(16)))
+        password_matches(_DUMMY[0], password)
+        return False
+    return password_matches(stored_hash, password)
 
 
 def sha256_hex(token: str) -> str:
@@ -158,7 +173,8 @@ class Authenticator:
         self.users: dict[str, dict[str, Any]] = {}  # username -> {role, hash, disabled, ...}
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
-        self._hashing = asyncio.Semaphore(2)
+        self._hashing = asyncio.Semaphore(1)
+        self._logins_waiting = 0
         self._users_read_at = 0.0
 
     def load(self) -> None:
@@ -266,11 +282,19 @@ class Authenticator:
         if self._locked(username):
             self.metrics.inc("api.login.locked_out")
             raise ApiError(429, f"too many failed logins for {username!r}; try again later")
-        user = self._user(username)
-        async with self._hashing:
-            ok = user is not None and await asyncio.to_thread(
-                password_matches, user["hash"], password
-            )
+        if self._logins_waiting >= MAX_LOGINS_WAITING:
+            self.metrics.inc("api.login.busy")
+            raise ApiError(503, "too many logins at once; try again in a moment")
+        self._logins_waiting += 1
+        try:
+            async with self._hashing:
+                user = self._user(username)
+                # An unknown name costs the same hash as a known one: the answer's timing
+                # does not tell which names exist.
+                stored = user["hash"] if user is not None else None
+                ok = await asyncio.to_thread(_check, stored, password)
+        finally:
+            self._logins_waiting -= 1
         if not ok or user is None or user.get("disabled"):
             self._failed(username)
             self.metrics.inc("api.login.failed")

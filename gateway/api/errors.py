@@ -41,8 +41,11 @@ def error_body(message: str, field: str | None = None) -> dict[str, Any]:
 
 
 def _field_of(loc: tuple[Any, ...] | list[Any]) -> str | None:
-    """``("body", "name")`` -> ``name``; ``("query", "limit")`` -> ``limit``."""
+    """``("body", "name")`` -> ``name``; ``("query", "limit")`` -> ``limit``; ``("body",)``
+    (no body, or not an object) -> ``body``."""
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    if not parts and loc and loc[0] == "body":
+        return "body"
     return ".".join(parts) or None
 
 

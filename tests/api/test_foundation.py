@@ -89,3 +89,36 @@ async def test_writes_are_audited_but_strangers_are_not_stored(api: Api) -> None
     ]
     assert entries[0].source == "127.0.0.1"
     assert isinstance(api.base, str) and httpx.URL(api.base).port == api.gw.api.port
+
+
+async def test_a_missing_body_is_named(api: Api) -> None:
+    r = await api.anonymous.post("/api/v1/auth/login")
+    assert r.status_code == 422 and r.json()["field"] == "body"
+    assert r.json()["error"].startswith("body: ")
+
+
+async def test_an_unknown_name_costs_a_hash_like_a_known_one(api: Api) -> None:
+    """Both paths verify an argon2 hash (the answer's timing does not reveal which names
+    exist); counted as failed logins."""
+    import gateway.api.auth as auth_module
+
+    calls: list[str] = []
+    real = auth_module.password_matches
+
+    def spy(stored: str, password: str) -> bool:
+        calls.append(stored)
+        return real(stored, password)
+
+    auth_module.password_matches = spy
+    try:
+        assert api.gw.api is not None
+        await api.gw.api.auth.add_user("carol", "carols password", "viewer")
+        for name in ("carol", "nobody"):
+            r = await api.anonymous.post(
+                "/api/v1/auth/login", json={"username": name, "password": "wrong one"}
+            )
+            assert r.status_code == 401
+    finally:
+        auth_module.password_matches = real
+    assert len(calls) == 2 and all(c.startswith("$argon2") for c in calls)
+    assert api.gw.metrics.get("api.login.failed") == 2
