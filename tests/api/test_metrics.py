@@ -13,7 +13,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.api._prom import ChannelCounts
 from gateway.events import DeviceOnline, EventBus
+from gateway.media import Leg, LegStats, Output, StreamStats
+from gateway.media._relay_types import OutputStats  # not on the package's face
 from gateway.metrics import Histogram, Metrics
 from gateway.sip import Endpoint
 from tests.api.conftest import Api
@@ -84,6 +87,16 @@ async def test_a_device_registering_and_keeping_alive_is_counted(
     s = await scrape(api)
     assert value(s, "gb_event_loop_lag_seconds_count") >= 1
     assert ("gb_event_loop_lag_last_seconds", ()) in s
+    # Offline: its channels go OFF (counted from the catalog's change events, which agree with
+    # a count of the catalog made afresh).
+    assert (await dev.unregister()).status == 200
+    s = await scrape(api)
+    assert value(s, "gb_devices_online") == 0 and value(s, "gb_devices_registered") == 1
+    assert value(s, "gb_channels") == 3 and value(s, "gb_channels_online") == 0
+    assert api.gw.api is not None
+    fresh = ChannelCounts(api.gw.api.ctx)
+    assert fresh.counts() == (3, 0)
+    fresh.close()
 
 
 async def test_per_unit_online_devices(api: Api, device_endpoint: Endpoint) -> None:
@@ -269,3 +282,48 @@ def _is_json_object(line: bytes) -> bool:
         return isinstance(json.loads(line), dict)
     except ValueError:
         return False
+
+
+async def test_sessions_by_kind_and_transport_and_relay_figures(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session table's legs and outputs, and the relay's figures for each open stream
+    (asked of the relay at each scrape)."""
+    media = api.gw.media
+    play: Leg[Any] = Leg("s1", "Play", "34020000001320000011", transport="udp")
+    play.outputs["o1"] = Output("o1", play, "0100000001", False, "udp", ("127.0.0.1", 9))
+    play.outputs["o2"] = Output("o2", play, "0100000002", False, "tcp-active", None)
+    back: Leg[Any] = Leg("s2", "Playback", "34020000001320000012", transport="tcp-passive")
+    monkeypatch.setitem(media.legs, "s1", play)
+    monkeypatch.setitem(media.legs, "s2", back)
+    figures = {
+        "s1": (1000, 1_200_000, 7, [(990, 1_100_000, 3)]),
+        "s2": (10, 12_000, 0, []),
+    }
+
+    async def stats(stream_id: str) -> StreamStats:
+        if stream_id not in figures:
+            raise KeyError(stream_id)
+        packets, size, lost, outs = figures[stream_id]
+        return StreamStats(
+            stream_id,
+            LegStats(packets, size, lost, 0, 0.0, None, None, None, 0),
+            [OutputStats(f"o{i}", p, b, d, True) for i, (p, b, d) in enumerate(outs)],
+            5000,
+        )
+
+    monkeypatch.setattr(media.relay, "stats", stats)
+    s = await scrape(api)
+    assert value(s, "gb_sessions", kind="Play", transport="udp") == 1
+    assert value(s, "gb_sessions", kind="Playback", transport="tcp-passive") == 1
+    assert value(s, "gb_session_outputs", transport="udp") == 1
+    assert value(s, "gb_session_outputs", transport="tcp-active") == 1
+    assert value(s, "gb_relay_received_packets") == 1010
+    assert value(s, "gb_relay_received_bytes") == 1_212_000
+    assert value(s, "gb_relay_lost_packets") == 7
+    assert value(s, "gb_relay_sent_packets") == 990
+    assert value(s, "gb_relay_dropped_packets") == 3
+    # A stream that ended between the table's read and the relay's answer is skipped.
+    del figures["s2"]
+    s = await scrape(api)
+    assert value(s, "gb_relay_received_packets") == 1000
