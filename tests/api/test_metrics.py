@@ -18,7 +18,7 @@ from gateway.events import DeviceOnline, EventBus
 from gateway.media import Leg, LegStats, Output, StreamStats
 from gateway.media._relay_types import OutputStats  # not on the package's face
 from gateway.metrics import Histogram, Metrics
-from gateway.sip import Endpoint
+from gateway.sip import Endpoint, Peer, TimerConfig, TransactionTimeout, build_request
 from tests.api.conftest import Api
 from tests.conftest import RawUdp, sim, wait_for
 from tests.gateway_process import GatewayProcess
@@ -327,3 +327,18 @@ async def test_sessions_by_kind_and_transport_and_relay_figures(
     del figures["s2"]
     s = await scrape(api)
     assert value(s, "gb_relay_received_packets") == 1000
+
+
+async def test_a_request_nobody_answers_is_counted_as_timed_out(raw_udp: RawUdp) -> None:
+    metrics = Metrics()
+    ep = Endpoint(metrics=metrics, timers=TimerConfig(t1=0.01, t2=0.04, t4=0.05))
+    await ep.start("127.0.0.1", 0)
+    try:
+        uri = f"sip:{DEVICE}@127.0.0.1:{raw_udp.port}"
+        req = build_request("MESSAGE", uri, from_uri=f"sip:{OTHER}@3402000000", to_uri=uri)
+        with pytest.raises(TransactionTimeout):
+            await ep.request(req, Peer("udp", "127.0.0.1", raw_udp.port))
+    finally:
+        await ep.close()
+    assert metrics.get("sip.tx.request.MESSAGE") == 1
+    assert metrics.get("sip.tx.timeout.MESSAGE") == 1
