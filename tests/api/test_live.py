@@ -188,3 +188,15 @@ async def test_a_quiet_stream_gets_pings(start_api: Any, monkeypatch: pytest.Mon
         events = read_events(resp)
         await next_of(events, "sessions")
         assert await next_of(events, "comment") == "ping"
+
+
+@pytest.mark.timeout(60)
+async def test_the_gateway_stops_with_a_stream_open(start_api: Any) -> None:
+    api: Api = await start_api()
+    bus = api.gw.events
+    before = subscribers(bus)
+    async with api.viewer.stream("GET", "/api/v1/events") as resp:
+        await next_of(read_events(resp), "sessions")
+        assert subscribers(bus) == before + len(KINDS)
+        await api.gw.close()
+        assert subscribers(bus) == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from tests.gateway_process import GatewayProcess
 DEVICE = "34020000001320000001"
 OTHER = "34020000001320000002"
 OP_TOKEN = "operator-token-for-the-log-test"
+ROOT = Path(__file__).resolve().parents[2]
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -342,3 +344,18 @@ async def test_a_request_nobody_answers_is_counted_as_timed_out(raw_udp: RawUdp)
         await ep.close()
     assert metrics.get("sip.tx.request.MESSAGE") == 1
     assert metrics.get("sip.tx.timeout.MESSAGE") == 1
+
+
+async def test_the_grafana_dashboard_uses_only_metrics_the_gateway_serves(api: Api) -> None:
+    text = (await api.anonymous.get("/metrics")).text
+    families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    served = {
+        f + suffix for f in families for suffix in ("", "_total", "_bucket", "_sum", "_count")
+    }
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "gb28181-gateway.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]
+    assert len(exprs) > 20
+    used = {name for e in exprs for name in re.findall(r"\bgb_[a-z_]+", e)}
+    assert used - served == set()
+    for wanted in ("gb_unit_devices_online", "gb_catalog_sync_seconds_bucket"):
+        assert wanted in used
