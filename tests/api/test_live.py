@@ -78,7 +78,19 @@ async def test_a_device_going_online_and_offline_arrives(
         alarm = Alarm(DEVICE, DEVICE, priority=1, method=2, description="door")
         api.gw.events.publish(AlarmReceived(alarm))
         items = (await next_of(events, "alarm"))["items"]
-        assert items[0]["device_id"] == DEVICE and items[0]["description"] == "door"
+        assert items == [
+            {
+                "id": None,
+                "device_id": DEVICE,
+                "channel_id": DEVICE,
+                "priority": 1,
+                "method": 2,
+                "type": None,
+                "time": "",
+                "description": "door",
+                "received_at": 0.0,
+            }
+        ]
         api.gw.events.publish(CatalogChange(DEVICE, "34020000001320000009", "ADD", None, None))
         assert (await next_of(events, "catalog")) == {"devices": [DEVICE], "dropped": 0}
 
