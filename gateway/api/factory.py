@@ -18,7 +18,18 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
-from gateway.api import accounts, audit_routes, auth_routes, health, tokens, units, uppers, users
+from gateway.api import (
+    accounts,
+    audit_routes,
+    auth_routes,
+    health,
+    live,
+    metrics_route,
+    tokens,
+    units,
+    uppers,
+    users,
+)
 from gateway.api.audit import audit_writes
 from gateway.api.context import ApiContext
 from gateway.api.errors import error_body, install_error_handlers
@@ -36,6 +47,8 @@ ROUTERS: list[tuple[Any, str]] = [
     (units.router, PREFIX),
     (accounts.router, PREFIX),
     (uppers.router, PREFIX),
+    (metrics_route.router, ""),
+    (live.router, PREFIX),
 ]
 
 
