@@ -20,7 +20,6 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 import structlog
 from prometheus_client.core import (
@@ -155,18 +154,6 @@ class ChannelCounts:
                 online += is_online
             self.total, self.online, self._counted_at = total, online, now
         return self.total, self.online
-
-
-def upper_state(session: Any) -> str:
-    """``registered``, ``registering`` (its registration task runs, no binding yet) or
-    ``offline``."""
-    link = session.link
-    if link.online:
-        return "registered"
-    task = getattr(link, "_task", None)
-    if task is not None and not task.done():
-        return "registering"
-    return "offline"
 
 
 def _bucket_bound(bound: float) -> str:
@@ -432,10 +419,10 @@ class GatewayCollector(Collector):
             "1 for the upper's current registration state.",
             labels=["upper", "state"],
         )
-        for uid, session in list(self.ctx.uplink.sessions.items()):
-            now = upper_state(session)
+        for uid in list(self.ctx.uplink.platforms):
+            now = self.ctx.uplink.state_of(uid)
             registered.add_metric([uid], 1 if now == "registered" else 0)
-            for s in ("registered", "registering", "offline"):
+            for s in ("registered", "registering", "offline", "disabled"):
                 state.add_metric([uid, s], 1 if s == now else 0)
         yield registered
         yield state

@@ -13,8 +13,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from gateway.api._prom import upper_state
-
 router = APIRouter(tags=["health"])
 
 MAX_LAG = 5.0
@@ -31,8 +29,9 @@ async def readyz(request: Request) -> JSONResponse:
     ctx = request.app.state.ctx
     sip = ctx.endpoint.port > 0
     store_ok = ctx.store.healthy()
+    uplink = ctx.uplink
     uppers: list[dict[str, Any]] = [
-        {"id": uid, "state": upper_state(s)} for uid, s in ctx.uplink.sessions.items()
+        {"id": uid, "state": uplink.state_of(uid)} for uid in list(uplink.platforms)
     ]
     lag_monitor = ctx.extras.get("lag")
     lag = lag_monitor.last if lag_monitor is not None else 0.0
