@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
-from gateway.api import auth_routes, health
+from gateway.api import alarms, auth_routes, commands, devices, health, sessions, stats, tree
 from gateway.api.audit import audit_writes
 from gateway.api.context import ApiContext
 from gateway.api.errors import error_body, install_error_handlers
@@ -30,6 +30,12 @@ STATIC = Path(__file__).parent / "static"
 ROUTERS: list[tuple[Any, str]] = [
     (health.router, ""),
     (auth_routes.router, PREFIX),
+    (devices.router, PREFIX),
+    (tree.router, PREFIX),
+    (alarms.router, PREFIX),
+    (sessions.router, PREFIX),
+    (commands.router, PREFIX),
+    (stats.router, PREFIX),
 ]
 
 
