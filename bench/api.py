@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import httpx  # noqa: E402
 
-from gateway.app import Gateway, configure_logging  # noqa: E402
+from gateway.app import Gateway, configure_logging, install_event_loop_policy  # noqa: E402
 from gateway.manscdp import CatalogItem  # noqa: E402
 from gateway.model import Device  # noqa: E402
 from gateway.settings import config_from_dict  # noqa: E402
@@ -198,6 +198,7 @@ def main() -> None:
     parser.add_argument("--unassigned", type=int, default=20)
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
+    install_event_loop_policy()  # the loop production runs on (uvloop on Linux)
     print(json.dumps(asyncio.run(run(args)), indent=2, ensure_ascii=False))
 
 
