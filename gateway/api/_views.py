@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway.api.context import ApiContext
-from gateway.events import CatalogChange
+from gateway.events import CatalogChange, DeviceOnline
 from gateway.manscdp import CatalogItem, item_kind
 from gateway.model import Device
 
@@ -131,8 +131,11 @@ class Views:
         self._owner_set: set[str] = set()
         self._owners_stale = True
         self._devices: list[str] = []
-        self._devices_key: tuple[int, int] = (-1, -1)
+        self._devices_key: tuple[int, int, int] = (-1, -1, -1)
+        self._device_changes = 0  # bumped when a device registers or an account changes
         ctx.events.subscribe(CatalogChange, self._on_change)
+        ctx.events.subscribe(DeviceOnline, self._on_device)
+        ctx.directory.listeners.append(self._on_directory)
 
     @classmethod
     def of(cls, ctx: ApiContext) -> Views:
@@ -146,6 +149,12 @@ class Views:
         self._dirty.add(event.owner_id)
         if event.after is None or event.owner_id not in self._owner_set:
             self._owners_stale = True  # a device may have come or gone
+
+    def _on_device(self, event: DeviceOnline) -> None:
+        self._device_changes += 1
+
+    def _on_directory(self, what: str, device_ids: Iterable[str]) -> None:
+        self._device_changes += 1
 
     # -- per device ---------------------------------------------------------------------------
     def view(self, owner: str) -> DeviceView:
@@ -179,7 +188,7 @@ class Views:
         """Every known device: registered ones and those with an account, sorted by ID."""
         devices = self.ctx.registrar.devices
         accounts = self.ctx.directory.accounts
-        key = (len(devices), len(accounts))
+        key = (len(devices), len(accounts), self._device_changes)
         if key != self._devices_key:
             self._devices = sorted(set(devices) | set(accounts))
             self._devices_key = key

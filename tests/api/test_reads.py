@@ -310,3 +310,14 @@ def test_http_connections_do_not_wait_for_a_delayed_ack() -> None:
         assert loop.run_until_complete(main()) != 0
     finally:
         loop.close()
+
+
+async def test_device_list_follows_account_changes_of_the_same_count(api: Api) -> None:
+    """One account removed and another added between two pages: the cached, sorted device
+    list is rebuilt (its key is not only the number of devices)."""
+    d = api.gw.directory
+    d.add_account(NVR1, name="first")
+    assert [x["id"] for x in (await get(api, "/devices"))["items"]] == [NVR1]
+    d.remove_account(NVR1)
+    d.add_account(NVR2, name="second")
+    assert [x["id"] for x in (await get(api, "/devices"))["items"]] == [NVR2]
