@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway.api.context import ApiContext
-from gateway.events import CatalogChange, DeviceOnline
+from gateway.events import CatalogChange, DeviceOffline, DeviceOnline
 from gateway.manscdp import CatalogItem, item_kind
 from gateway.model import Device
 
@@ -133,8 +133,12 @@ class Views:
         self._devices: list[str] = []
         self._devices_key: tuple[int, int, int] = (-1, -1, -1)
         self._device_changes = 0  # bumped when a device registers or an account changes
+        # Bumped by every change any count can depend on: the per-unit totals are kept for it.
+        self.version = 0
+        self._unit_totals: tuple[int, dict[str, dict[str, int]]] | None = None
         ctx.events.subscribe(CatalogChange, self._on_change)
         ctx.events.subscribe(DeviceOnline, self._on_device)
+        ctx.events.subscribe(DeviceOffline, self._on_offline)
         ctx.directory.listeners.append(self._on_directory)
 
     @classmethod
@@ -146,14 +150,20 @@ class Views:
         return views
 
     def _on_change(self, event: CatalogChange) -> None:
+        self.version += 1
         self._dirty.add(event.owner_id)
         if event.after is None or event.owner_id not in self._owner_set:
             self._owners_stale = True  # a device may have come or gone
 
     def _on_device(self, event: DeviceOnline) -> None:
+        self.version += 1
         self._device_changes += 1
 
+    def _on_offline(self, event: DeviceOffline) -> None:
+        self.version += 1
+
     def _on_directory(self, what: str, device_ids: Iterable[str]) -> None:
+        self.version += 1
         self._device_changes += 1
 
     # -- per device ---------------------------------------------------------------------------
@@ -269,3 +279,33 @@ class Views:
             "channels_total": chans,
             "channels_online": chans_on,
         }
+
+    def unit_totals(self) -> dict[str, dict[str, int]]:
+        """:meth:`totals` of every unit (and ``_unassigned``, and ``""``: everything), in one
+        pass over the devices, kept until something they count changes (:attr:`version`; the
+        units' own list is checked too: adding an empty unit fires no event)."""
+        units = self.ctx.directory.units
+        cached = self._unit_totals
+        if cached is not None and cached[0] == self.version and units.keys() <= cached[1].keys():
+            return cached[1]
+        zero = {"devices_total": 0, "devices_online": 0, "channels_total": 0, "channels_online": 0}
+        out: dict[str, dict[str, int]] = {u: dict(zero) for u in units}
+        out[UNASSIGNED] = dict(zero)
+        out[""] = dict(zero)
+        regs = self.ctx.registrar.devices
+        unit_of = self.ctx.directory.unit_of
+        for d in self.device_ids():
+            unit = unit_of(d)
+            dev = regs.get(d)
+            on = int(dev is not None and dev.online)
+            t, o = self.counts(d)
+            for key in (unit.id if unit is not None else UNASSIGNED, ""):
+                acc = out.get(key)
+                if acc is None:
+                    continue
+                acc["devices_total"] += 1
+                acc["devices_online"] += on
+                acc["channels_total"] += t
+                acc["channels_online"] += o
+        self._unit_totals = (self.version, out)
+        return out

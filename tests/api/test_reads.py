@@ -232,7 +232,7 @@ async def test_alarms_newest_first_filtered_by_device(start_api, device_endpoint
 
 async def test_stats_now_and_history_survive_a_restart(start_api, device_endpoint) -> None:
     api: Api = await start_api(downlink=FAST)
-    unit_id, _, _ = await setup(api, device_endpoint)
+    unit_id, _, two = await setup(api, device_endpoint)
     now = await get(api, "/stats")
     assert now["devices"] == {"total": 3, "online": 2}
     assert now["channels"] == {"total": 8, "online": 8}
@@ -262,6 +262,16 @@ async def test_stats_now_and_history_survive_a_restart(start_api, device_endpoin
     again = StatsSampler(api.gw.api.ctx)
     again.load()
     assert list(again.points)[-1] == point
+
+    # The counts are kept between changes and follow them.
+    await two.unregister()
+    await wait_for(lambda: not api.gw.registrar.devices[NVR2].online, 5, "NVR2 offline")
+    after = await get(api, "/stats")
+    assert after["devices"] == {"total": 3, "online": 1}
+    assert after["channels"] == {"total": 8, "online": 3}
+    empty = api.gw.directory.add_unit("Empty")
+    assert empty.id in {u["id"] for u in (await get(api, "/stats"))["units"]}
+    assert empty.id in {n["id"] for n in (await get(api, "/tree"))["items"]}
 
 
 async def test_stats_ring_is_bounded_and_persisted_per_hour(api: Api) -> None:
