@@ -87,9 +87,10 @@ class StatsSampler:
             self._task = None
 
     async def _run(self) -> None:
-        await asyncio.sleep(min(1.0, self.interval))  # warms the views soon after start
+        await asyncio.sleep(min(1.0, self.interval))
         while True:
             try:
+                await Views.of(self.ctx).warm()  # a few devices per turn of the loop
                 self.sample()
             except Exception:
                 log.exception("stats.sample_failed")

@@ -331,3 +331,24 @@ async def test_device_list_follows_account_changes_of_the_same_count(api: Api) -
     d.remove_account(NVR1)
     d.add_account(NVR2, name="second")
     assert [x["id"] for x in (await get(api, "/devices"))["items"]] == [NVR2]
+
+
+async def test_views_warm_up_a_few_devices_per_turn(api: Api) -> None:
+    """After a start the views are built by the sampler a few devices at a time, and what is
+    built is what a request would have built."""
+    from gateway.api._views import Views
+
+    for n in range(1, 6):
+        owner = f"3402000000118000000{n}"
+        items = [
+            CatalogItem(device_id=f"340200000013100{n:02d}{c:03d}", name=f"cam {c}", status="ON")
+            for c in range(1, 4)
+        ]
+        api.gw.catalog.apply_sync(owner, items, partial=False)
+    assert api.gw.api is not None
+    views = Views.of(api.gw.api.ctx)
+    views._views.clear()
+    assert await views.warm(batch=2) == 5
+    assert await views.warm() == 0  # nothing stale
+    assert views.counts("34020000001180000003") == (3, 3)
+    assert (await get(api, "/channels"))["total"] == 15
