@@ -74,6 +74,11 @@ async def test_ptz_and_presets_reach_the_nvr_as_ptzcmd_bytes(start_api, device_e
     )
     assert other.status_code == 404
     assert len(dev.ptz_commands) == 4  # nothing refused went out
+    await api.gw.store.flush()
+    audit = api.gw.store.load_audit(limit=20)
+    ptz = [e for e in audit if e.action.endswith("/ptz") and e.outcome == "202"]
+    assert len(ptz) == 3 and {e.detail for e in ptz} == {"left 100", "zoomin 255", "stop 128"}
+    assert all(e.who == "operator-token" and e.role == "operator" for e in ptz)
 
 
 async def test_records_info_status_sync_and_teleboot(start_api, device_endpoint) -> None:
@@ -130,6 +135,11 @@ async def test_offline_silent_and_unknown_devices(start_api, device_endpoint) ->
     silent = await api.operator.post(url("/info"))
     assert silent.status_code == 504 and "did not answer" in silent.json()["error"]
     dev.mute = False
+    dev.wrong_ptz_checksum = True  # its own checksum rule: refuses ours with a SIP 400
+    cam = dev.channel_id(1)
+    refused = await api.operator.post(url(f"/channels/{cam}/ptz"), json={"command": "left"})
+    assert refused.status_code == 502 and "400" in refused.json()["error"]
+    dev.wrong_ptz_checksum = False
     await dev.unregister()
     await wait_for(lambda: not api.gw.registrar.devices[NVR].online, 5, "offline")
     for call in (
