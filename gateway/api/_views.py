@@ -9,7 +9,14 @@ device rebuilds only its view (O(its items)). Global lists are concatenations of
 views in device-ID order, so a page is found by summing counts over devices, not over channels.
 
 The device list (a few thousand devices) is the union of the registered devices and the device
-accounts, sorted by ID, re-sorted only when one of them is added or removed.
+accounts, sorted by ID, re-sorted only when a device registers or an account changes. The
+totals per unit (devices and channels, total and online) are computed in one pass over the
+devices and kept until :attr:`Views.version` moves (any catalog change, a device on or offline,
+a directory change), so the tree's root and ``/stats`` cost O(units) between changes.
+
+After a start the views of every device are built by :meth:`Views.warm` (from the stats
+sampler), a few devices per turn of the event loop, so 200,000 channels (about half a second of
+CPU) never stall SIP for long.
 """
 
 from __future__ import annotations
