@@ -20,10 +20,18 @@ from gateway.api.auth import Principal, operator
 from gateway.api.context import ApiContext
 from gateway.api.devices import ctx_of
 from gateway.api.errors import ApiError
-from gateway.downlink import DeviceUnavailable, QueryTimeout
-from gateway.downlink.queries import QueryError, QueryRejected
-from gateway.manscdp import DeviceControl, Message, PtzCommand, RecordItem, ptz_move, ptz_stop
-from gateway.manscdp.ptz import preset_call, preset_delete, preset_set
+from gateway.downlink import DeviceUnavailable, QueryError, QueryRejected, QueryTimeout
+from gateway.manscdp import (
+    DeviceControl,
+    Message,
+    PtzCommand,
+    RecordItem,
+    preset_call,
+    preset_delete,
+    preset_set,
+    ptz_move,
+    ptz_stop,
+)
 from gateway.model import Device
 
 router = APIRouter(tags=["commands"])

@@ -26,9 +26,7 @@ from gateway.api.auth import Principal, operator, viewer
 from gateway.api.context import ApiContext
 from gateway.api.devices import ctx_of
 from gateway.api.errors import ApiError
-from gateway.media import MediaError
-from gateway.media.relay import RelayError, Transport
-from gateway.media.sessions import Leg, is_ready
+from gateway.media import Leg, MediaError, RelayError, Transport, is_ready
 
 router = APIRouter(tags=["sessions"])
 
