@@ -13,6 +13,7 @@ from gateway.api.auth import Authenticator, Principal, hash_password
 from gateway.api.context import ApiContext
 from gateway.api.factory import build_app
 from gateway.api.server import HttpServer
+from gateway.api.stats import sampler_of
 
 
 class ApiServer:
@@ -27,6 +28,7 @@ class ApiServer:
         ctx.extras["lag"] = self.lag
         ctx.extras["prometheus"] = make_registry(ctx, self.lag)
         self.app = build_app(ctx)
+        self.stats = sampler_of(ctx)
         self.server = HttpServer(self.app, http.host, http.port)
 
     @property
@@ -38,8 +40,10 @@ class ApiServer:
         route_uvicorn_logs()
         self.lag.start()
         await self.server.start()
+        self.stats.start()
 
     async def close(self) -> None:
+        await self.stats.close()
         await self.server.close()
         await self.lag.close()
 

@@ -20,12 +20,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import __version__
 from gateway.api import (
     accounts,
+    alarms,
     audit_routes,
     auth_routes,
+    commands,
+    devices,
     health,
     live,
     metrics_route,
+    sessions,
+    stats,
     tokens,
+    tree,
     units,
     uppers,
     users,
@@ -49,6 +55,12 @@ ROUTERS: list[tuple[Any, str]] = [
     (uppers.router, PREFIX),
     (metrics_route.router, ""),
     (live.router, PREFIX),
+    (devices.router, PREFIX),
+    (tree.router, PREFIX),
+    (alarms.router, PREFIX),
+    (sessions.router, PREFIX),
+    (commands.router, PREFIX),
+    (stats.router, PREFIX),
 ]
 
 
