@@ -124,3 +124,20 @@ export async function download(path, fallbackName) {
   setTimeout(() => URL.revokeObjectURL(url), 10000);
   return a.download;
 }
+
+// A file sent as multipart/form-data (field "file"); the answer is JSON.
+export async function upload(path, file) {
+  const headers = {};
+  if (session && session.token) headers.Authorization = `Bearer ${session.token}`;
+  const form = new FormData();
+  form.append("file", file, file.name);
+  let resp;
+  try {
+    resp = await fetch(BASE + path, { method: "POST", headers, body: form });
+  } catch (exc) {
+    throw new ApiError(0, String(exc && exc.message ? exc.message : exc), null);
+  }
+  if (resp.status === 401) onUnauthorized();
+  if (!resp.ok) throw await errorOf(resp);
+  return resp.json();
+}

@@ -414,8 +414,10 @@ function route() {
   }
   const path = decodeURIComponent(location.hash.replace(/^#/, "")) || "/";
   resetPage();
-  const view = $("#view");
-  view.replaceChildren();
+  // A fresh container per visit: a slow page still loading when the route changes fills a
+  // detached element, never the new page.
+  const view = h("div", { class: "page" });
+  $("#view").replaceChildren(view);
   for (const [re, fn, nav] of ROUTES) {
     const m = re.exec(path);
     if (!m) continue;
@@ -597,7 +599,33 @@ async function unitsPage(view) {
           }),
       }, t("units.new"))
     : null;
-  view.append(pageTitle(t("nav.units"), add));
+  const picker = h("input", { type: "file", accept: ".csv,.xlsx", hidden: true, id: "import-file" });
+  const importBtn = can("operator")
+    ? h("button", { id: "import-accounts", onclick: () => picker.click() }, t("units.import"))
+    : null;
+  const exportCsv = h("button", { onclick: () => A.download("/accounts/export.csv", "accounts.csv").catch(showError) }, t("units.export_csv"));
+  const exportXlsx = h("button", { onclick: () => A.download("/accounts/export.xlsx", "accounts.xlsx").catch(showError) }, t("units.export_xlsx"));
+  const report = h("div", { class: "once", hidden: true, id: "import-report" });
+  picker.addEventListener("change", async () => {
+    const file = picker.files && picker.files[0];
+    picker.value = "";
+    if (!file) return;
+    try {
+      const r = await A.upload("/accounts/import", file);
+      report.hidden = false;
+      report.replaceChildren(
+        h("div", {}, t("units.imported", r.created ?? 0, r.updated ?? 0, (r.errors || []).length)),
+        (r.errors || []).length
+          ? h("ul", {}, r.errors.slice(0, 50).map((e) => h("li", {}, `#${e.row}: ${e.error}`)))
+          : null,
+        h("button", { class: "small", onclick: () => { report.hidden = true; } }, "×")
+      );
+      table.reload();
+    } catch (err) {
+      showError(err);
+    }
+  });
+  view.append(pageTitle(t("nav.units"), importBtn, picker, can("operator") ? [exportCsv, exportXlsx] : null, add), report);
   const table = pagedTable({
     name: "units",
     path: "/units",
