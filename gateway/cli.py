@@ -42,7 +42,114 @@ def _parser() -> argparse.ArgumentParser:
     )
     rts.add_argument("--config", metavar="FILE", help="TOML configuration file")
     rts.add_argument("--json", action="store_true", help="print JSON")
+    usr = sub.add_parser(
+        "user", help="manage console users in the store (works whether the gateway runs or not)"
+    )
+    usub = usr.add_subparsers(dest="user_command", required=True)
+    add = usub.add_parser("add", help="create a user (the first admin: --role admin)")
+    add.add_argument("username")
+    add.add_argument("--role", choices=("viewer", "operator", "admin"), default="viewer")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    add.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    lst = usub.add_parser("list", help="list the users")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    pwd = usub.add_parser("passwd", help="set a user's password")
+    pwd.add_argument("username")
+    pwd.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    pwd.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    dis = usub.add_parser("disable", help="disable a user (their console sessions end)")
+    dis.add_argument("username")
+    dis.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    ena = usub.add_parser("enable", help="enable a disabled user again")
+    ena.add_argument("username")
+    ena.add_argument("--config", metavar="FILE", help="TOML configuration file")
     return p
+
+
+def _read_password(from_stdin: bool) -> str | None:
+    """The new password: the first line of standard input, or typed twice (not echoed)."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password again: ") != first:
+        print("user: the passwords differ", file=sys.stderr)
+        return None
+    return first
+
+
+def _user(config: Config, args: argparse.Namespace) -> int:
+    """``user add|list|passwd|disable|enable``: read and write the ``user`` records in the
+    store as the API does (argon2id hashes). The store is SQLite in WAL mode, so this works
+    while the gateway runs; the gateway reads the users again at each login and, for open
+    sessions, every few seconds (``gateway.api.auth.USERS_RELOAD``)."""
+    if not _sqlite_only(config, "user"):
+        return 2
+    from pathlib import Path
+
+    from gateway.api.auth import USER, hash_password, password_problem, user_view, valid_name
+    from gateway.store import SqliteStore
+
+    command = args.user_command
+    if command == "list":
+        records: dict[str, dict[str, object]] = {}
+        if Path(config.store.path).exists():
+            store = SqliteStore(config.store.path)
+            records = dict(store.load_records(USER))
+            asyncio.run(store.close())
+        users = [user_view(name, data) for name, data in sorted(records.items())]
+        if args.json:
+            print(json.dumps(users, ensure_ascii=False, indent=2))
+            return 0
+        print(f"{'USERNAME':<32}  {'ROLE':<8}  STATE")
+        for u in users:
+            state = "disabled" if u["disabled"] else "enabled"
+            print(f"{u['username']!s:<32}  {u['role']!s:<8}  {state}")
+        print(f"{len(users)} users")
+        return 0
+
+    name: str = args.username
+    if command == "add" and not valid_name(name):
+        print("user: a name is 1-64 letters, digits or ._-@", file=sys.stderr)
+        return 2
+    store = SqliteStore(config.store.path)
+    try:
+        data = dict(store.load_records(USER)).get(name)
+        if command == "add" and data is not None:
+            print(f"user: {name!r} exists", file=sys.stderr)
+            return 1
+        if command != "add" and data is None:
+            print(f"user: no user {name!r}", file=sys.stderr)
+            return 1
+        if command in ("add", "passwd"):
+            password = _read_password(args.password_stdin)
+            if password is None:
+                return 1
+            problem = password_problem(password)
+            if problem is not None:
+                print(f"user: the password {problem}", file=sys.stderr)
+                return 2
+            data = {
+                "role": getattr(args, "role", "viewer"),
+                "disabled": False,
+                "created_at": time.time(),
+                **(data or {}),
+                "hash": hash_password(password),
+            }
+        else:
+            data = {**(data or {}), "disabled": command == "disable"}
+        store.save_record(USER, name, data)
+    finally:
+        asyncio.run(store.close())  # writes what was saved
+    done = {"add": "created", "passwd": "password set", "disable": "disabled"}
+    print(f"user {name}: {done.get(command, 'enabled')}")
+    return 0
 
 
 def _routes(config: Config, as_json: bool) -> int:
@@ -182,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _idmap(config, args.upper, args.json)
     if args.command == "routes":
         return _routes(config, args.json)
+    if args.command == "user":
+        return _user(config, args)
     from gateway.app import configure_logging, install_event_loop_policy, serve
 
     configure_logging(config)

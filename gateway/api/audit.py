@@ -27,11 +27,25 @@ WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def _route_template(request: Request) -> tuple[str, dict[str, Any]]:
-    for route in request.app.router.routes:
-        match, child = route.matches(request.scope)
-        if match is Match.FULL:
-            return getattr(route, "path", request.url.path), dict(child.get("path_params", {}))
-    return request.url.path, {}
+    """The answered route's path template with its prefixes, and the path's values. Routing
+    left the route in the scope; FastAPI keeps a router's routes without the prefix it was
+    included under, so the prefix is what the path has before the route's own part."""
+    route = request.scope.get("route")
+    template = getattr(route, "path_format", None)
+    params = dict(request.scope.get("path_params") or {})
+    path = request.scope.get("path", request.url.path)
+    if isinstance(template, str):
+        try:
+            tail = template.format(**{k: str(v) for k, v in params.items()})
+        except (KeyError, IndexError, ValueError):
+            tail = None
+        if tail is not None and path.endswith(tail):
+            return path[: len(path) - len(tail)] + template, params
+    for candidate in request.app.router.routes:
+        match, child = candidate.matches(request.scope)
+        if match is Match.FULL and isinstance(getattr(candidate, "path", None), str):
+            return candidate.path, dict(child.get("path_params", {}))
+    return path, params
 
 
 async def audit_writes(

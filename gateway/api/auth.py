@@ -15,12 +15,21 @@ Users (record kind ``user``) have passwords hashed with argon2id. Hashing is slo
 it runs in a thread, at most two at a time; a name that fails too often is refused for a while
 (``LOGIN_FAILURES`` in ``LOGIN_WINDOW`` seconds) so a stranger cannot guess or burn the CPU.
 Tokens are compared by their SHA-256, a dictionary lookup that reveals nothing about near misses.
+
+Users and API tokens are managed by an admin (``users.py``, ``tokens.py``) or, for users, from the
+command line (``gb28181-gateway user ...``, which writes the store directly, running gateway or
+not). The users are therefore read from the store again on every login and, for open sessions,
+at most every ``USERS_RELOAD`` seconds: a user disabled from the command line loses their
+sessions within that time. Changing a user's role or disabling them ends their sessions at once
+when done through the API; the last enabled admin user can be neither demoted, disabled nor
+deleted (409), so the console always has someone who can manage it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -45,6 +54,14 @@ MAX_SESSIONS = 10_000
 LOGIN_FAILURES = 5
 LOGIN_WINDOW = 300.0
 MAX_FAILURE_NAMES = 10_000
+MAX_USERS = 10_000
+MAX_API_TOKENS = 1_000
+USERS_RELOAD = 5.0  # seconds between re-reads of the users while sessions are used
+MIN_PASSWORD = 8
+MAX_PASSWORD = 256
+# User and token names: 1-64 ASCII letters, digits and ``._-@``.
+NAME_PATTERN = r"^[A-Za-z0-9._@-]{1,64}$"
+_NAME = re.compile(NAME_PATTERN)
 
 _hasher = PasswordHasher()
 
@@ -62,6 +79,22 @@ def password_matches(stored_hash: str, password: str) -> bool:
         return _hasher.verify(stored_hash, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` may name a user or an API token (1-64 of ``A-Za-z0-9._-@``)."""
+    return _NAME.fullmatch(name) is not None
+
+
+def password_problem(password: str) -> str | None:
+    """Why ``password`` may not be a user's password, or None."""
+    if len(password) < MIN_PASSWORD:
+        return f"must be at least {MIN_PASSWORD} characters"
+    if len(password) > MAX_PASSWORD:
+        return f"must be at most {MAX_PASSWORD} characters"
+    if "\x00" in password:
+        return "must not contain NUL"
+    return None
 
 
 def new_token() -> str:
@@ -109,9 +142,10 @@ class Authenticator:
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
         self._hashing = asyncio.Semaphore(2)
+        self._users_read_at = 0.0
 
     def load(self) -> None:
-        self.users = dict(self.store.load_records(USER))
+        self.reload_users()
         self.api_tokens = dict(self.store.load_records(TOKEN))
         self._by_digest = {
             data["sha256"]: Principal(name, data["role"], "token")
@@ -134,15 +168,37 @@ class Authenticator:
         if session.expires_at <= now:
             del self._sessions[digest]
             return None
+        if now - self._users_read_at >= USERS_RELOAD:
+            self.reload_users()  # the command line may have disabled someone
         user = self.users.get(session.principal.name)
-        if user is None or user.get("disabled"):
+        if user is None or user.get("disabled") or user.get("role") != session.principal.role:
             del self._sessions[digest]
             return None
         session.expires_at = now + self.settings.session_ttl
         self._sessions.move_to_end(digest)
         return session.principal
 
+    def list_tokens(self) -> list[dict[str, Any]]:
+        """Every token by name: the configured ones (``source`` "config") then the API's."""
+        items: list[dict[str, Any]] = [
+            {"name": name, "role": role, "source": "config", "created_at": None}
+            for name, role in sorted(self.config_token_names())
+        ]
+        items += [
+            {"name": name, "role": d["role"], "source": "api", "created_at": d.get("created_at")}
+            for name, d in sorted(self.api_tokens.items())
+        ]
+        return items
+
     def create_token(self, name: str, role: Role) -> str:
+        """A new API token named ``name`` (shown once; only its SHA-256 is kept). ApiError 409
+        when the name is taken (by a configured token too) or there are too many."""
+        if not valid_name(name):
+            raise ApiError(422, "name: 1-64 letters, digits or ._-@", "name")
+        if name in self.api_tokens or name in {n for n, _ in self.config_token_names()}:
+            raise ApiError(409, f"name: a token named {name!r} exists", "name")
+        if len(self.api_tokens) >= MAX_API_TOKENS:
+            raise ApiError(409, f"name: at most {MAX_API_TOKENS} API tokens", "name")
         token = new_token()
         digest = sha256_hex(token)
         data: dict[str, Any] = {"role": role, "sha256": digest, "created_at": self.clock()}
@@ -152,6 +208,10 @@ class Authenticator:
         return token
 
     def revoke_token(self, name: str) -> bool:
+        """Forget an API token at once (its next request gets 401). ApiError 409 for a token
+        from the configuration file (remove it there); False when there is no such token."""
+        if name not in self.api_tokens and name in {n for n, _ in self.config_token_names()}:
+            raise ApiError(409, f"name: token {name!r} is in the configuration file", "name")
         data = self.api_tokens.pop(name, None)
         if data is None:
             return False
@@ -160,13 +220,16 @@ class Authenticator:
         return True
 
     # -- users and console logins ------------------------------------------------------------
+    def reload_users(self) -> None:
+        """Read the users from the store (the command line writes there while we run)."""
+        self.users = dict(self.store.load_records(USER))
+        self._users_read_at = self.clock()
+
     def _user(self, username: str) -> dict[str, Any] | None:
-        user = self.users.get(username)
-        if user is None:
-            # Added by ``gb28181-gateway user add`` while the gateway runs: read the store again.
-            self.users = dict(self.store.load_records(USER))
-            user = self.users.get(username)
-        return user
+        # Added, disabled or given a new password by ``gb28181-gateway user ...`` while the
+        # gateway runs: read the store again (logins are rare and each costs a hash anyway).
+        self.reload_users()
+        return self.users.get(username)
 
     def _locked(self, username: str) -> bool:
         now = self.clock()
@@ -212,12 +275,102 @@ class Authenticator:
         for digest in ended:
             del self._sessions[digest]
 
-    async def add_user(self, username: str, password: str, role: Role) -> None:
+    async def _hash(self, password: str) -> str:
         async with self._hashing:
-            hashed = await asyncio.to_thread(hash_password, password)
+            return await asyncio.to_thread(hash_password, password)
+
+    def list_users(self) -> list[dict[str, Any]]:
+        """Every user by name: {username, role, disabled, created_at} (never the hash)."""
+        self.reload_users()
+        return [user_view(name, data) for name, data in sorted(self.users.items())]
+
+    def _enabled_admins(self) -> set[str]:
+        return {
+            n for n, d in self.users.items() if d.get("role") == "admin" and not d.get("disabled")
+        }
+
+    def _keep_an_admin(self, username: str, role: str, disabled: bool) -> None:
+        """ApiError 409 when ``username`` is the last enabled admin and would stop being one."""
+        admins = self._enabled_admins()
+        if admins == {username} and (role != "admin" or disabled):
+            raise ApiError(409, f"{username!r} is the last enabled admin", "username")
+
+    async def add_user(self, username: str, password: str, role: Role) -> dict[str, Any]:
+        """Create a user; ApiError 422 for a bad name or password, 409 when the name is taken."""
+        if not valid_name(username):
+            raise ApiError(422, "username: 1-64 letters, digits or ._-@", "username")
+        problem = password_problem(password)
+        if problem is not None:
+            raise ApiError(422, f"password: {problem}", "password")
+        self.reload_users()
+        if username in self.users:
+            raise ApiError(409, f"username: user {username!r} exists", "username")
+        if len(self.users) >= MAX_USERS:
+            raise ApiError(409, f"username: at most {MAX_USERS} users", "username")
+        hashed = await self._hash(password)
         data = {"role": role, "hash": hashed, "disabled": False, "created_at": self.clock()}
         self.users[username] = data
         self.store.save_record(USER, username, data)
+        return user_view(username, data)
+
+    async def update_user(
+        self,
+        username: str,
+        *,
+        password: str | None = None,
+        role: Role | None = None,
+        disabled: bool | None = None,
+    ) -> dict[str, Any]:
+        """Change a user's password, role or disabled flag. A new role or disabling ends their
+        sessions. ApiError 404 (no such user), 409 (the last enabled admin), 422 (password)."""
+        hashed: str | None = None
+        if password is not None:
+            problem = password_problem(password)
+            if problem is not None:
+                raise ApiError(422, f"password: {problem}", "password")
+            if username not in self.users:
+                self.reload_users()
+            if username not in self.users:
+                raise ApiError(404, f"no user {username!r}", "username")
+            hashed = await self._hash(password)
+        # From here on nothing awaits: the checks and the change see the same users.
+        self.reload_users()
+        current = self.users.get(username)
+        if current is None:
+            raise ApiError(404, f"no user {username!r}", "username")
+        new_role = role if role is not None else current["role"]
+        new_disabled = disabled if disabled is not None else bool(current.get("disabled"))
+        self._keep_an_admin(username, new_role, new_disabled)
+        data = dict(current)
+        if hashed is not None:
+            data["hash"] = hashed
+        data["role"] = new_role
+        data["disabled"] = new_disabled
+        self.users[username] = data
+        self.store.save_record(USER, username, data)
+        if new_role != current["role"] or (new_disabled and not current.get("disabled")):
+            self.end_sessions_of(username)
+        return user_view(username, data)
+
+    def delete_user(self, username: str) -> None:
+        """Remove a user and end their sessions; ApiError 404, or 409 for the last admin."""
+        self.reload_users()
+        if username not in self.users:
+            raise ApiError(404, f"no user {username!r}", "username")
+        self._keep_an_admin(username, "-", True)
+        del self.users[username]
+        self.store.delete_record(USER, username)
+        self.end_sessions_of(username)
+
+
+def user_view(username: str, data: dict[str, Any]) -> dict[str, Any]:
+    """What the API shows of a user: never the password hash."""
+    return {
+        "username": username,
+        "role": data.get("role"),
+        "disabled": bool(data.get("disabled")),
+        "created_at": data.get("created_at"),
+    }
 
 
 def bearer_token(request: Request) -> str | None:

@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
-from gateway.api import auth_routes, health
+from gateway.api import audit_routes, auth_routes, health, tokens, users
 from gateway.api.audit import audit_writes
 from gateway.api.context import ApiContext
 from gateway.api.errors import error_body, install_error_handlers
@@ -30,6 +30,9 @@ STATIC = Path(__file__).parent / "static"
 ROUTERS: list[tuple[Any, str]] = [
     (health.router, ""),
     (auth_routes.router, PREFIX),
+    (users.router, PREFIX),
+    (tokens.router, PREFIX),
+    (audit_routes.router, PREFIX),
 ]
 
 
