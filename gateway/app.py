@@ -9,7 +9,7 @@ import asyncio
 import gc
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -17,7 +17,7 @@ import structlog
 from gateway import logs
 from gateway.api import ApiContext, ApiServer
 from gateway.catalog import Catalog
-from gateway.directory import Directory
+from gateway.directory import ACCOUNT_REVOKED, POLICY_CHANGED, Directory
 from gateway.downlink import (
     CatalogSync,
     DeviceQuirks,
@@ -274,6 +274,16 @@ class Gateway:
             self.events.subscribe(event_type, subscriber)
         self.endpoint.on_connection_lost(self.registrar.on_connection_lost)
         self.endpoint.on_connection_lost(self.uplink.connection_lost)
+        self.directory.listeners.append(self._directory_changed)
+
+    def _directory_changed(self, what: str, device_ids: Iterable[str]) -> None:
+        """An account disabled, removed or re-passworded, or unknown devices now rejected:
+        bindings made with credentials no longer valid stop being served."""
+        if what == ACCOUNT_REVOKED:
+            for device_id in device_ids:
+                self.registrar.revoke(device_id, "account revoked")
+        elif what == POLICY_CHANGED:
+            self.registrar.revoke_unauthorised("unknown devices rejected")
 
     def event_subscribers(self) -> list[tuple[type[Any], Callable[[Any], None]]]:
         """Who hears each event the parts publish (``gb28181-gateway routes`` prints these)."""

@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
-from gateway.api import audit_routes, auth_routes, health, tokens, users
+from gateway.api import accounts, audit_routes, auth_routes, health, tokens, units, users
 from gateway.api.audit import audit_writes
 from gateway.api.context import ApiContext
 from gateway.api.errors import error_body, install_error_handlers
@@ -33,6 +33,8 @@ ROUTERS: list[tuple[Any, str]] = [
     (users.router, PREFIX),
     (tokens.router, PREFIX),
     (audit_routes.router, PREFIX),
+    (units.router, PREFIX),
+    (accounts.router, PREFIX),
 ]
 
 

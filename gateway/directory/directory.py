@@ -3,7 +3,8 @@
 A *unit* (社会单位: an enterprise, school, bank, hospital...) is what operators think in: it has
 a name, a kind, an address, a contact and a civil code, and owns device accounts. Each unit
 has a virtual-organisation ID (type 216, GB/T 28181-2022 Annex D) under which the uppers see
-its cameras. A *device account* is a device ID allowed to register, with its SIP digest
+its cameras; it is made once, when the unit is created, and never changes (an upper's tree
+keys on it). A *device account* is a device ID allowed to register, with its SIP digest
 password (kept in clear: digest authentication needs it, and the unit's credential sheet shows
 it), its unit, and whether it is enabled.
 
@@ -13,7 +14,19 @@ store) the TOML file's ``[auth]`` section seeds the accounts and the policy; aft
 store is the truth and the API changes it.
 
 Everything is kept in memory (read on every REGISTER) and written through to the store as
-records (kinds ``unit``, ``account``, ``directory``).
+records (kinds ``unit``, ``account``, ``directory``), one record per unit or account changed.
+
+Every change is checked first (:class:`DirectoryError` names the field and the HTTP status the
+API answers) and nothing is stored or changed for a refused one. Listeners hear what changed,
+once per operation (a bulk import is one call per kind of change, with all its IDs):
+
+* ``ACCOUNT_ADDED``: new accounts;
+* ``ACCOUNT_CHANGED``: name or unit changed;
+* ``ACCOUNT_REVOKED``: removed, disabled or given a new password: a binding made with the old
+  credentials must not be served any more (the registrar drops it);
+* ``UNIT_CHANGED``: the unit of these devices was edited, or removed (they are unassigned);
+* ``POLICY_CHANGED``: the unknown-devices policy changed (no IDs: whoever registered without an
+  account may have lost the right).
 """
 
 from __future__ import annotations
@@ -21,8 +34,8 @@ from __future__ import annotations
 import secrets
 import string
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from gateway.settings import AuthSection, Identity
@@ -34,8 +47,28 @@ META = "directory"
 UnitKind = Literal["enterprise", "school", "bank", "hospital", "government", "other"]
 UNIT_KINDS: tuple[str, ...] = ("enterprise", "school", "bank", "hospital", "government", "other")
 Policy = Literal["accept", "reject"]
+POLICIES: tuple[str, ...] = ("accept", "reject")
 PASSWORD_ALPHABET = string.ascii_letters + string.digits
 PASSWORD_LENGTH = 16
+MAX_PASSWORD = 64
+MAX_NAME = 100
+MAX_TEXT = 200  # address
+MAX_PHONE = 32
+MAX_SERIAL = 999_999  # the 6-digit serial after the network digit (GB/T 28181-2022 Annex D)
+DEVICE_TYPE_NVR = "118"
+VIRTUAL_ORG = "216"
+
+ACCOUNT_ADDED = "account.added"
+ACCOUNT_CHANGED = "account.changed"
+ACCOUNT_REVOKED = "account.revoked"
+UNIT_CHANGED = "unit.changed"
+POLICY_CHANGED = "policy.changed"
+
+# A cell starting with one of these is a formula to a spreadsheet: names and passwords go into
+# the credential sheet, so they may not start with one (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@")
+UNIT_FIELDS = ("name", "kind", "address", "contact", "phone", "civil_code")
+ACCOUNT_FIELDS = ("name", "unit_id", "password", "enabled")
 
 
 def generate_password(length: int = PASSWORD_LENGTH) -> str:
@@ -75,12 +108,131 @@ class Account:
 
 
 class DirectoryError(ValueError):
-    """A change refused; ``field`` names what was wrong (the API answers 4xx with it)."""
+    """A change refused; ``field`` names what was wrong (the API answers ``status`` with it)."""
 
-    def __init__(self, message: str, field: str | None = None, status: int = 400) -> None:
+    def __init__(self, message: str, field: str | None = None, status: int = 422) -> None:
         super().__init__(message)
+        self.message = message
         self.field = field
         self.status = status
+
+
+# -- checks (each raises DirectoryError naming the field) ------------------------------------
+def _text(value: object, name: str, *, low: int, high: int) -> str:
+    if not isinstance(value, str):
+        raise DirectoryError(f"{name}: must be a string", name)
+    value = value.strip()
+    if len(value) < low:
+        raise DirectoryError(f"{name}: must not be empty", name)
+    if len(value) > high:
+        raise DirectoryError(f"{name}: at most {high} characters", name)
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+        raise DirectoryError(f"{name}: must not contain control characters", name)
+    return value
+
+
+def check_name(value: object, name: str = "name", *, required: bool = False) -> str:
+    """A unit's or a device's name: 1 (when required) to 100 characters, no control characters,
+    not starting like a spreadsheet formula."""
+    text = _text(value, name, low=1 if required else 0, high=MAX_NAME)
+    if text.startswith(_FORMULA_START):
+        raise DirectoryError(f"{name}: must not start with = + - or @", name)
+    return text
+
+
+def check_kind(value: object) -> str:
+    if value not in UNIT_KINDS:
+        raise DirectoryError(f"kind: must be one of {', '.join(UNIT_KINDS)}", "kind")
+    return str(value)
+
+
+def check_civil_code(value: object) -> str:
+    """Empty, or a civil-region code of 2, 4, 6 or 8 digits (GB/T 2260 and its subdivisions)."""
+    if value is None or value == "":
+        return ""
+    if not (
+        isinstance(value, str)
+        and len(value) in (2, 4, 6, 8)
+        and value.isascii()
+        and value.isdigit()
+    ):
+        raise DirectoryError("civil_code: must be empty or 2, 4, 6 or 8 digits", "civil_code")
+    return value
+
+
+def check_device_id(value: object) -> str:
+    if not (isinstance(value, str) and len(value) == 20 and value.isascii() and value.isdigit()):
+        raise DirectoryError("device_id: must be a 20-digit GB/T 28181 ID", "device_id")
+    return value
+
+
+def check_password(value: object) -> str:
+    """1-64 printable ASCII characters without ``"`` (some devices put it in a quoted string
+    in their configuration), not starting like a spreadsheet formula."""
+    if not isinstance(value, str) or not value:
+        raise DirectoryError("password: must not be empty", "password")
+    if len(value) > MAX_PASSWORD:
+        raise DirectoryError(f"password: at most {MAX_PASSWORD} characters", "password")
+    if not all(0x20 <= ord(c) <= 0x7E and c != '"' for c in value):
+        raise DirectoryError('password: printable ASCII only, and no "', "password")
+    if value.startswith(_FORMULA_START):
+        raise DirectoryError("password: must not start with = + - or @", "password")
+    return value
+
+
+def _check_unit_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "name":
+            out[key] = check_name(value, required=True)
+        elif key == "kind":
+            out[key] = check_kind(value)
+        elif key == "civil_code":
+            out[key] = check_civil_code(value)
+        elif key == "address":
+            out[key] = _text(value, key, low=0, high=MAX_TEXT)
+        elif key == "contact":
+            out[key] = check_name(value, key)
+        elif key == "phone":
+            out[key] = _text(value, key, low=0, high=MAX_PHONE)
+        else:
+            raise DirectoryError(f"{key}: not a field of a unit", key)
+    return out
+
+
+def _known(cls: type[Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored fields this version knows (a record written by a newer one loads)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRow:
+    """One row of a bulk import: what the file says (None: the column is absent or empty, so
+    an existing account keeps its value). ``unit`` is a unit's ID or its exact name."""
+
+    row: int
+    device_id: str | None = None
+    name: str | None = None
+    password: str | None = None
+    unit: str | None = None
+    # Already found wrong while reading the file (e.g. an ID stored as a number).
+    error: str | None = None
+    error_field: str | None = None
+
+
+@dataclass(slots=True)
+class ImportProblem:
+    row: int
+    field: str | None
+    error: str
+
+
+@dataclass(slots=True)
+class ImportReport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    errors: list[ImportProblem] = field(default_factory=list)
 
 
 @dataclass
@@ -94,10 +246,12 @@ class Directory:
     units: dict[str, Unit] = field(default_factory=dict)
     accounts: dict[str, Account] = field(default_factory=dict)
     unknown_devices: Policy = "accept"
-    # Called with the device IDs whose account changed (disabled, removed, moved to another
-    # unit) so the registrar and the uplink can react.
+    # Called with (what, device IDs) after each change; ``what`` is one of the constants above.
     listeners: list[Callable[[str, Iterable[str]], None]] = field(default_factory=list)
     _members: dict[str, set[str]] = field(default_factory=dict)
+    # The next free serial under each ID prefix (centre + industry + type): IDs are made in
+    # O(1), not by scanning the accounts.
+    _next_serial: dict[str, int] = field(default_factory=dict)
 
     # -- start ----------------------------------------------------------------------------------
     def load(self) -> None:
@@ -105,9 +259,12 @@ class Directory:
         if "seeded" not in meta:
             self._seed()
             return
-        self.unknown_devices = meta["seeded"].get("unknown_devices", "accept")
-        self.units = {k: Unit(**v) for k, v in self.store.load_records(UNIT)}
-        self.accounts = {k: Account(**v) for k, v in self.store.load_records(ACCOUNT)}
+        policy = meta["seeded"].get("unknown_devices", "accept")
+        self.unknown_devices = "reject" if policy == "reject" else "accept"
+        self.units = {k: Unit(**_known(Unit, v)) for k, v in self.store.load_records(UNIT)}
+        self.accounts = {
+            k: Account(**_known(Account, v)) for k, v in self.store.load_records(ACCOUNT)
+        }
         self._index()
 
     def _seed(self) -> None:
@@ -121,9 +278,21 @@ class Directory:
 
     def _index(self) -> None:
         self._members = {}
+        self._next_serial = {}
         for acc in self.accounts.values():
             if acc.unit_id is not None:
                 self._members.setdefault(acc.unit_id, set()).add(acc.device_id)
+            self._note_id(acc.device_id)
+        for unit in self.units.values():
+            self._note_id(unit.vo_id)
+
+    def _note_id(self, gb_id: str) -> None:
+        """Keep the next serial under ``gb_id``'s prefix past it."""
+        if len(gb_id) != 20 or not gb_id.isdigit():
+            return
+        prefix, serial = gb_id[:13], int(gb_id[13:])
+        if serial >= self._next_serial.get(prefix, 1):
+            self._next_serial[prefix] = serial + 1
 
     def _save_meta(self) -> None:
         self.store.save_record(META, "seeded", {"unknown_devices": self.unknown_devices})
@@ -136,6 +305,8 @@ class Directory:
 
     def _changed(self, what: str, device_ids: Iterable[str]) -> None:
         ids = list(device_ids)
+        if not ids and what != POLICY_CHANGED:
+            return
         for listener in self.listeners:
             listener(what, ids)
 
@@ -147,9 +318,14 @@ class Directory:
             return acc.password if acc.enabled else None
         return self.auth.password if self.unknown_devices == "accept" else None
 
-    def set_unknown_devices(self, policy: Policy) -> None:
-        self.unknown_devices = policy
+    def set_unknown_devices(self, policy: str) -> None:
+        if policy not in POLICIES:
+            raise DirectoryError("unknown_devices: must be accept or reject", "unknown_devices")
+        changed = policy != self.unknown_devices
+        self.unknown_devices = "reject" if policy == "reject" else "accept"
         self._save_meta()
+        if changed:
+            self._changed(POLICY_CHANGED, ())
 
     # -- units ------------------------------------------------------------------------------------
     def unit_of(self, device_id: str) -> Unit | None:
@@ -162,36 +338,45 @@ class Directory:
         """The device IDs of a unit's accounts."""
         return frozenset(self._members.get(unit_id, ()))
 
-    def add_unit(self, name: str, **fields: Any) -> Unit:
+    def unit(self, unit_id: str) -> Unit:
+        """The unit, or DirectoryError 404."""
+        unit = self.units.get(unit_id)
+        if unit is None:
+            raise DirectoryError(f"no unit {unit_id}", "unit_id", status=404)
+        return unit
+
+    def find_unit(self, id_or_name: str) -> Unit | None:
+        """A unit by its ID, else by its exact name (the first one made, if two share it)."""
+        unit = self.units.get(id_or_name)
+        if unit is not None:
+            return unit
+        named = [u for u in self.units.values() if u.name == id_or_name.strip()]
+        return min(named, key=lambda u: (u.created_at, u.id)) if named else None
+
+    def add_unit(self, name: str, **values: Any) -> Unit:
+        checked = _check_unit_fields({"name": name, **values})
         unit_id = "u" + secrets.token_hex(4)
         while unit_id in self.units:
             unit_id = "u" + secrets.token_hex(4)
-        unit = Unit(unit_id, name, created_at=self.clock(), **fields)
-        unit.vo_id = self._new_vo_id(unit.civil_code)
+        unit = Unit(unit_id, created_at=self.clock(), **checked)
+        unit.vo_id = self._new_id(unit.civil_code, VIRTUAL_ORG)
         self.units[unit_id] = unit
+        self._note_id(unit.vo_id)
         self._save_unit(unit)
         return unit
 
-    def _new_vo_id(self, civil_code: str) -> str:
-        """civil code (8 digits) + industry 00 + type 216 + a serial of 7 digits."""
-        prefix = (civil_code or self.identity.civil_code or self.identity.id[:8]).ljust(8, "0")
-        prefix = prefix[:8] + "00216"
-        used = {u.vo_id for u in self.units.values()}
-        serial = len(self.units) + 1
-        while f"{prefix}{serial:07d}" in used:
-            serial += 1
-        return f"{prefix}{serial:07d}"
-
-    def update_unit(self, unit_id: str, **fields: Any) -> Unit:
-        unit = self._unit(unit_id)
-        for key, value in fields.items():
+    def update_unit(self, unit_id: str, **values: Any) -> Unit:
+        unit = self.unit(unit_id)
+        checked = _check_unit_fields(values)
+        for key, value in checked.items():
             setattr(unit, key, value)
         self._save_unit(unit)
-        self._changed("unit", self.members(unit_id))
+        self._changed(UNIT_CHANGED, self.members(unit_id))
         return unit
 
     def remove_unit(self, unit_id: str, *, force: bool = False) -> None:
-        self._unit(unit_id)
+        """Remove a unit; with devices only when ``force`` (its accounts are unassigned)."""
+        self.unit(unit_id)
         members = self.members(unit_id)
         if members and not force:
             raise DirectoryError(
@@ -204,77 +389,224 @@ class Directory:
         del self.units[unit_id]
         self._members.pop(unit_id, None)
         self.store.delete_record(UNIT, unit_id)
-        self._changed("unit", members)
+        self._changed(UNIT_CHANGED, members)
 
-    def _unit(self, unit_id: str) -> Unit:
-        unit = self.units.get(unit_id)
-        if unit is None:
-            raise DirectoryError(f"no unit {unit_id}", "unit_id", status=404)
-        return unit
+    # -- IDs ---------------------------------------------------------------------------------
+    def _prefix(self, civil_code: str, type_code: str) -> str:
+        civil = civil_code or self.identity.civil_code or self.identity.id[:8]
+        return civil.ljust(8, "0")[:8] + "00" + type_code
+
+    def _new_id(
+        self, civil_code: str, type_code: str, taken: Callable[[str], bool] | None = None
+    ) -> str:
+        """centre code (the civil code, padded to 8 digits) + industry 00 + ``type_code`` +
+        network 0 + a 6-digit serial: the next one free under that prefix, O(1) amortised."""
+        prefix = self._prefix(civil_code, type_code)
+        serial = self._next_serial.get(prefix, 1)
+        while True:
+            if serial > MAX_SERIAL:
+                raise DirectoryError(
+                    f"device_id: no free ID left under {prefix}", "device_id", status=409
+                )
+            candidate = f"{prefix}{serial:07d}"
+            if candidate not in self.accounts and not (taken is not None and taken(candidate)):
+                return candidate
+            serial += 1
+            self._next_serial[prefix] = serial
+
+    def new_device_id(
+        self,
+        unit_id: str | None,
+        type_code: str = DEVICE_TYPE_NVR,
+        taken: Callable[[str], bool] | None = None,
+    ) -> str:
+        """A free device ID: the unit's civil code (or the gateway's), industry 00, the type
+        (118: NVR) and a serial. It is not reserved: :meth:`add_account` takes it."""
+        civil = self.units[unit_id].civil_code if unit_id in self.units else ""
+        return self._new_id(civil, type_code, taken)
 
     # -- accounts ---------------------------------------------------------------------------------
+    def account(self, device_id: str) -> Account:
+        acc = self.accounts.get(device_id)
+        if acc is None:
+            raise DirectoryError(f"no account for device {device_id}", "device_id", 404)
+        return acc
+
     def add_account(
         self,
-        device_id: str,
+        device_id: str | None = None,
         *,
         password: str | None = None,
         name: str = "",
         unit_id: str | None = None,
         enabled: bool = True,
+        taken: Callable[[str], bool] | None = None,
     ) -> Account:
-        if device_id in self.accounts:
-            raise DirectoryError(f"device {device_id} already has an account", "device_id", 409)
+        """A new account; the device ID is made from the unit's civil code when not given, the
+        password generated when not given."""
+        acc = self._new_account(device_id, password, name, unit_id, enabled, taken)
+        self._put(acc)
+        self._changed(ACCOUNT_ADDED, [acc.device_id])
+        return acc
+
+    def _new_account(
+        self,
+        device_id: str | None,
+        password: str | None,
+        name: str,
+        unit_id: str | None,
+        enabled: bool,
+        taken: Callable[[str], bool] | None = None,
+    ) -> Account:
+        if device_id is not None and device_id != "":
+            device_id = check_device_id(device_id)
+            if device_id in self.accounts:
+                raise DirectoryError(
+                    f"device_id: {device_id} already has an account", "device_id", 409
+                )
+        name = check_name(name)
         if unit_id is not None:
-            self._unit(unit_id)
-        acc = Account(
+            self.unit(unit_id)
+        password = check_password(password) if password is not None else generate_password()
+        if not isinstance(enabled, bool):
+            raise DirectoryError("enabled: must be true or false", "enabled")
+        if not device_id:
+            device_id = self.new_device_id(unit_id, taken=taken)
+        return Account(
             device_id,
-            password or generate_password(),
+            password,
             name=name,
             unit_id=unit_id,
             enabled=enabled,
             created_at=self.clock(),
         )
-        self.accounts[device_id] = acc
-        if unit_id is not None:
-            self._members.setdefault(unit_id, set()).add(device_id)
+
+    def _put(self, acc: Account) -> None:
+        self.accounts[acc.device_id] = acc
+        if acc.unit_id is not None:
+            self._members.setdefault(acc.unit_id, set()).add(acc.device_id)
+        self._note_id(acc.device_id)
         self._save_account(acc)
-        self._changed("account", [device_id])
+
+    def update_account(self, device_id: str, **values: Any) -> Account:
+        """Change ``name``, ``unit_id``, ``password`` or ``enabled``. A new password or a
+        disabled account revokes the device's registration (``ACCOUNT_REVOKED``)."""
+        acc = self.account(device_id)
+        checked = self._check_account_fields(values)
+        revoked = self._apply(acc, checked)
+        self._save_account(acc)
+        self._changed(ACCOUNT_REVOKED if revoked else ACCOUNT_CHANGED, [device_id])
         return acc
 
-    def update_account(self, device_id: str, **fields: Any) -> Account:
-        acc = self.accounts.get(device_id)
-        if acc is None:
-            raise DirectoryError(f"no account for device {device_id}", "device_id", 404)
-        if "unit_id" in fields and fields["unit_id"] is not None:
-            self._unit(fields["unit_id"])
+    def _check_account_fields(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            if key == "name":
+                out[key] = check_name(value)
+            elif key == "password":
+                out[key] = check_password(value)
+            elif key == "unit_id":
+                if value is not None:
+                    self.unit(value)
+                out[key] = value
+            elif key == "enabled":
+                if not isinstance(value, bool):
+                    raise DirectoryError("enabled: must be true or false", "enabled")
+                out[key] = value
+            else:
+                raise DirectoryError(f"{key}: not a field of an account", key)
+        return out
+
+    def _apply(self, acc: Account, checked: Mapping[str, Any]) -> bool:
+        """Set checked values; True when the change revokes the credentials in use."""
+        revoked = ("password" in checked and checked["password"] != acc.password) or (
+            checked.get("enabled") is False and acc.enabled
+        )
         old_unit = acc.unit_id
-        for key, value in fields.items():
+        for key, value in checked.items():
             setattr(acc, key, value)
         if acc.unit_id != old_unit:
             if old_unit is not None:
-                self._members.get(old_unit, set()).discard(device_id)
+                self._members.get(old_unit, set()).discard(acc.device_id)
             if acc.unit_id is not None:
-                self._members.setdefault(acc.unit_id, set()).add(device_id)
-        self._save_account(acc)
-        self._changed("account", [device_id])
-        return acc
+                self._members.setdefault(acc.unit_id, set()).add(acc.device_id)
+        return revoked
 
     def remove_account(self, device_id: str) -> None:
-        acc = self.accounts.pop(device_id, None)
-        if acc is None:
-            raise DirectoryError(f"no account for device {device_id}", "device_id", 404)
+        acc = self.account(device_id)
+        del self.accounts[device_id]
         if acc.unit_id is not None:
             self._members.get(acc.unit_id, set()).discard(device_id)
         self.store.delete_record(ACCOUNT, device_id)
-        self._changed("account", [device_id])
+        self._changed(ACCOUNT_REVOKED, [device_id])
 
-    def new_device_id(self, unit_id: str | None, type_code: str = "118") -> str:
-        """A free device ID: the unit's civil code (or the gateway's), industry 00, the type
-        (118: NVR) and a serial."""
-        civil = self.units[unit_id].civil_code if unit_id in self.units else ""
-        prefix = (civil or self.identity.civil_code or self.identity.id[:8]).ljust(8, "0")[:8]
-        prefix += "00" + type_code
-        serial = 1
-        while f"{prefix}{serial:07d}" in self.accounts:
-            serial += 1
-        return f"{prefix}{serial:07d}"
+    # -- bulk --------------------------------------------------------------------------------
+    def import_accounts(
+        self,
+        rows: Iterable[ImportRow],
+        *,
+        may_change_password: bool = True,
+        taken: Callable[[str], bool] | None = None,
+    ) -> ImportReport:
+        """Create or update an account per row: each row is checked on its own, a bad one is
+        reported (row number, field, message) and the good ones are applied. One store record
+        per account; listeners are called once per kind of change with all its IDs. An
+        existing account's password is only changed when ``may_change_password`` (else the row
+        is refused)."""
+        report = ImportReport()
+        seen: set[str] = set()
+        revoked: list[str] = []
+        changed: list[str] = []
+        for row in rows:
+            try:
+                if row.error is not None:
+                    raise DirectoryError(row.error, row.error_field)
+                device_id = (row.device_id or "").strip()
+                if device_id in seen:
+                    raise DirectoryError(
+                        f"device_id: {device_id} is in the file twice", "device_id"
+                    )
+                unit_id = self._import_unit(row.unit)
+                if device_id and device_id in self.accounts:
+                    acc = self.accounts[device_id]
+                    values: dict[str, Any] = {}
+                    if row.name is not None:
+                        values["name"] = row.name
+                    if row.unit is not None:
+                        values["unit_id"] = unit_id
+                    if row.password is not None and row.password != acc.password:
+                        if not may_change_password:
+                            raise DirectoryError(
+                                "password: changing a device's password needs admin",
+                                "password",
+                                403,
+                            )
+                        values["password"] = row.password
+                    checked = self._check_account_fields(values)
+                    if self._apply(acc, checked):
+                        revoked.append(device_id)
+                    else:
+                        changed.append(device_id)
+                    self._save_account(acc)
+                    report.updated.append(device_id)
+                else:
+                    acc = self._new_account(
+                        device_id or None, row.password, row.name or "", unit_id, True, taken
+                    )
+                    self._put(acc)
+                    report.created.append(acc.device_id)
+                seen.add(acc.device_id)
+            except DirectoryError as exc:
+                report.errors.append(ImportProblem(row.row, exc.field, exc.message))
+        self._changed(ACCOUNT_ADDED, report.created)
+        self._changed(ACCOUNT_CHANGED, changed)
+        self._changed(ACCOUNT_REVOKED, revoked)
+        return report
+
+    def _import_unit(self, unit: str | None) -> str | None:
+        if unit is None:
+            return None
+        found = self.find_unit(unit)
+        if found is None:
+            raise DirectoryError(f"unit: no unit {unit[:MAX_NAME]!r} (ID or name)", "unit", 404)
+        return found.id

@@ -17,7 +17,8 @@ registrar's ordering rules (same Call-ID needs a higher CSeq).
 * Keepalive: a registered, online device gets 200 and its liveness is refreshed; anyone else
   gets 404 so that it registers again.
 * Offline: when the registration expires, after ``interval × timeout_count`` seconds without a
-  keepalive, or when the TCP connection the device registered on drops.
+  keepalive, when the TCP connection the device registered on drops, or when its account is
+  disabled, removed or given a new password (:meth:`Registrar.revoke`).
 * A device that registers once and never refreshes (a field quirk, ``no_refresh``) while its
   keepalives go on is not dropped at the expiry: it *lapses* (counted on the device, logged
   ``device.registration_lapsed``) and its next keepalive from the very address and transport it
@@ -579,6 +580,32 @@ class Registrar:
         self.metrics.inc("device.offline")
         log.info("device.offline", device_id=dev.device_id, reason=reason)
         self.events.publish(DeviceOffline(dev.device_id, reason))
+
+    def revoke(self, device_id: str, reason: str) -> bool:
+        """The device's account was disabled, removed or given a new password: its binding
+        (made with the old credentials) is dropped at once, as an expiry would, and the device
+        goes offline through the usual path (``DeviceOffline``: channels OFF, calls ended).
+        Its keepalives then get 404 and its next REGISTER is checked against the account as it
+        is now (403, or a challenge for the new password). True if a live binding was dropped."""
+        dev = self.devices.get(device_id)
+        if dev is None:
+            return False
+        dev.expires_at = min(dev.expires_at, self.clock())
+        dev.expires = 0
+        if not dev.online:
+            self._lapsed.pop(device_id, None)
+            self.store.save_device(dev)
+            return False
+        self.metrics.inc("register.revoked")
+        log.info("device.revoked", device_id=device_id, reason=reason)
+        self._set_offline(dev, reason)  # saves the device
+        return True
+
+    def revoke_unauthorised(self, reason: str) -> int:
+        """Revoke every online device that may no longer register at all (the unknown-devices
+        policy turned to ``reject``); how many went offline."""
+        gone = [d.device_id for d in self.devices.values() if d.online]
+        return sum(self.revoke(i, reason) for i in gone if self.credentials(i) is None)
 
     def check(self) -> None:
         """Mark offline every device whose keepalives stopped or whose registration ran out."""
