@@ -11,6 +11,7 @@ from gateway.api.auth import Authenticator, Principal, hash_password
 from gateway.api.context import ApiContext
 from gateway.api.factory import build_app
 from gateway.api.server import HttpServer
+from gateway.api.stats import sampler_of
 
 
 class ApiServer:
@@ -20,6 +21,7 @@ class ApiServer:
         self.auth = Authenticator(http, ctx.store, ctx.metrics, ctx.clock)
         ctx.extras["auth"] = self.auth
         self.app = build_app(ctx)
+        self.stats = sampler_of(ctx)
         self.server = HttpServer(self.app, http.host, http.port)
 
     @property
@@ -29,8 +31,10 @@ class ApiServer:
     async def start(self) -> None:
         self.auth.load()
         await self.server.start()
+        self.stats.start()
 
     async def close(self) -> None:
+        await self.stats.close()
         await self.server.close()
 
 

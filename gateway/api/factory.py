@@ -18,7 +18,21 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
-from gateway.api import accounts, audit_routes, auth_routes, health, tokens, units, users
+from gateway.api import (
+    accounts,
+    alarms,
+    audit_routes,
+    auth_routes,
+    commands,
+    devices,
+    health,
+    sessions,
+    stats,
+    tokens,
+    tree,
+    units,
+    users,
+)
 from gateway.api.audit import audit_writes
 from gateway.api.context import ApiContext
 from gateway.api.errors import error_body, install_error_handlers
@@ -35,6 +49,12 @@ ROUTERS: list[tuple[Any, str]] = [
     (audit_routes.router, PREFIX),
     (units.router, PREFIX),
     (accounts.router, PREFIX),
+    (devices.router, PREFIX),
+    (tree.router, PREFIX),
+    (alarms.router, PREFIX),
+    (sessions.router, PREFIX),
+    (commands.router, PREFIX),
+    (stats.router, PREFIX),
 ]
 
 

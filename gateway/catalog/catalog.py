@@ -27,7 +27,7 @@ item is counted on the device (``no_parent_id``, :class:`QuirkBook`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, KeysView
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -128,6 +128,10 @@ class Catalog:
     def owner_of(self, item_id: str) -> str | None:
         """The registered device that reported ``item_id`` (where requests for it go)."""
         return self._owner.get(item_id)
+
+    def owners(self) -> KeysView[str]:
+        """The devices that reported items (a live view: not to be iterated across a change)."""
+        return self._by_owner.keys()
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_owner.values())

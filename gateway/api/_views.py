@@ -1,0 +1,271 @@
+"""Read views over the catalog, the registrar and the directory, fit for 200,000 channels.
+
+The API's list pages, searches and tree levels must not walk every catalog item per request.
+What is derived from one device's items (its channels sorted by ID, their counts, the lowercase
+search keys, its tree: children by parent and channel counts below each node) is kept per
+reporting device in a :class:`DeviceView` and rebuilt lazily: every
+:class:`~gateway.events.CatalogChange` marks its owner dirty (O(1)), and the next read of that
+device rebuilds only its view (O(its items)). Global lists are concatenations of the per-device
+views in device-ID order, so a page is found by summing counts over devices, not over channels.
+
+The device list (a few thousand devices) is the union of the registered devices and the device
+accounts, sorted by ID, re-sorted only when one of them is added or removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from gateway.api.context import ApiContext
+from gateway.events import CatalogChange, DeviceOnline
+from gateway.manscdp import CatalogItem, item_kind
+from gateway.model import Device
+
+UNASSIGNED = "_unassigned"
+TREE_KINDS = {
+    "region": "region",
+    "system": "region",
+    "business_group": "business_group",
+    "virtual_org": "virtual_org",
+    "device": "device",
+    "channel": "channel",
+}
+
+
+def is_on(item: CatalogItem) -> bool:
+    return (item.status or "").upper() == "ON"
+
+
+@dataclass(slots=True)
+class DeviceView:
+    """What one device reported, arranged for reading (see the module docstring)."""
+
+    channels: list[CatalogItem] = field(default_factory=list)  # sorted by ID
+    keys: list[str] = field(default_factory=list)  # "id\x1fname", lowercase, per channel
+    blob: str = ""  # every key joined: one substring test says whether any channel matches
+    online: int = 0
+    # The device's tree: parent ID ("" for the top, under the device) -> child item IDs.
+    children: dict[str, list[str]] = field(default_factory=dict)
+    # Channels (total, online) at and below each tree node.
+    below: dict[str, tuple[int, int]] = field(default_factory=dict)
+    items: dict[str, CatalogItem] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return len(self.channels)
+
+
+def build_device_view(owner: str, items: Iterable[CatalogItem]) -> DeviceView:
+    """One device's view: O(its items), with a guard against ParentID cycles."""
+    view = DeviceView()
+    by_id = {i.device_id: i for i in items if i.device_id != owner}
+    view.items = by_id
+    chans = sorted(
+        (i for i in by_id.values() if item_kind(i.device_id) == "channel"),
+        key=lambda i: i.device_id,
+    )
+    view.channels = chans
+    view.keys = [f"{i.device_id}\x1f{i.name or ''}".lower() for i in chans]
+    view.blob = "\n".join(view.keys)
+    view.online = sum(1 for i in chans if is_on(i))
+    children: dict[str, list[str]] = {}
+    for item_id in sorted(by_id):
+        item = by_id[item_id]
+        parents = [p for p in item.parent_ids if p in by_id and p != item_id]
+        if not parents:
+            group = item.group_id
+            if group and group in by_id and group != item_id:
+                parents = [group]
+        for p in parents or [""]:
+            children.setdefault(p, []).append(item_id)
+    view.children = children
+    view.below = _count_below(by_id, children)
+    return view
+
+
+def _count_below(
+    by_id: dict[str, CatalogItem], children: dict[str, list[str]]
+) -> dict[str, tuple[int, int]]:
+    """Channels (total, online) at and below each node, iteratively (no recursion limit);
+    a node reached again through a ParentID cycle counts as nothing the second time."""
+    below: dict[str, tuple[int, int]] = {}
+    for root in by_id:
+        if root in below:
+            continue
+        stack: list[tuple[str, bool]] = [(root, False)]
+        open_: set[str] = set()
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                open_.discard(node)
+                item = by_id[node]
+                total = online = 0
+                if item_kind(node) == "channel":
+                    total, online = 1, int(is_on(item))
+                for child in children.get(node, ()):
+                    t, o = below.get(child, (0, 0))
+                    total += t
+                    online += o
+                below[node] = (total, online)
+                continue
+            if node in below or node in open_:
+                continue
+            open_.add(node)
+            stack.append((node, True))
+            for child in children.get(node, ()):
+                if child not in below and child not in open_:
+                    stack.append((child, False))
+    return below
+
+
+class Views:
+    """Cached views for the API (one per gateway, in ``ctx.extras["views"]``)."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+        self._views: dict[str, DeviceView] = {}
+        self._dirty: set[str] = set()
+        self._all_built = False
+        self._owners: list[str] = []
+        self._owner_set: set[str] = set()
+        self._owners_stale = True
+        self._devices: list[str] = []
+        self._devices_key: tuple[int, int, int] = (-1, -1, -1)
+        self._device_changes = 0  # bumped when a device registers or an account changes
+        ctx.events.subscribe(CatalogChange, self._on_change)
+        ctx.events.subscribe(DeviceOnline, self._on_device)
+        ctx.directory.listeners.append(self._on_directory)
+
+    @classmethod
+    def of(cls, ctx: ApiContext) -> Views:
+        views = ctx.extras.get("views")
+        if views is None:
+            views = ctx.extras["views"] = cls(ctx)
+        assert isinstance(views, Views)
+        return views
+
+    def _on_change(self, event: CatalogChange) -> None:
+        self._dirty.add(event.owner_id)
+        if event.after is None or event.owner_id not in self._owner_set:
+            self._owners_stale = True  # a device may have come or gone
+
+    def _on_device(self, event: DeviceOnline) -> None:
+        self._device_changes += 1
+
+    def _on_directory(self, what: str, device_ids: Iterable[str]) -> None:
+        self._device_changes += 1
+
+    # -- per device ---------------------------------------------------------------------------
+    def view(self, owner: str) -> DeviceView:
+        v = self._views.get(owner)
+        if v is None or owner in self._dirty:
+            self._dirty.discard(owner)
+            v = build_device_view(owner, self.ctx.catalog.reported_by(owner))
+            self._views[owner] = v
+        return v
+
+    def owners(self) -> list[str]:
+        """The devices that reported items, sorted (re-sorted when one may have come or gone)."""
+        if self._owners_stale:
+            self._owners_stale = False
+            self._owners = sorted(self.ctx.catalog.owners())
+            self._owner_set = set(self._owners)
+            for gone in [o for o in self._views if o not in self._owner_set]:
+                del self._views[gone]
+            self._dirty &= self._owner_set
+        return self._owners
+
+    def counts(self, owner: str) -> tuple[int, int]:
+        """(channels, online channels) of a device."""
+        if owner not in self.ctx.catalog.owners():
+            return 0, 0
+        v = self.view(owner)
+        return v.total, v.online
+
+    # -- devices ------------------------------------------------------------------------------
+    def device_ids(self) -> list[str]:
+        """Every known device: registered ones and those with an account, sorted by ID."""
+        devices = self.ctx.registrar.devices
+        accounts = self.ctx.directory.accounts
+        key = (len(devices), len(accounts), self._device_changes)
+        if key != self._devices_key:
+            self._devices = sorted(set(devices) | set(accounts))
+            self._devices_key = key
+        return self._devices
+
+    def device(self, device_id: str) -> Device | None:
+        return self.ctx.registrar.devices.get(device_id)
+
+    def known(self, device_id: str) -> bool:
+        return device_id in self.ctx.registrar.devices or device_id in self.ctx.directory.accounts
+
+    def device_name(self, device_id: str) -> str:
+        acc = self.ctx.directory.accounts.get(device_id)
+        if acc is not None and acc.name:
+            return acc.name
+        dev = self.device(device_id)
+        if dev is not None and dev.name:
+            return dev.name
+        own = self.ctx.catalog.get(device_id)
+        return (own.name or "") if own is not None else ""
+
+    def online(self, device_id: str) -> bool:
+        dev = self.device(device_id)
+        return dev is not None and dev.online
+
+    def unit_devices(self, unit_id: str) -> list[str]:
+        if unit_id == UNASSIGNED:
+            return [d for d in self.device_ids() if self.ctx.directory.unit_of(d) is None]
+        return sorted(self.ctx.directory.members(unit_id))
+
+    # -- channels across devices ----------------------------------------------------------------
+    def all_channels(
+        self, owners: Iterable[str], q: str, offset: int, limit: int
+    ) -> tuple[int, list[tuple[str, CatalogItem]]]:
+        """(total, the page) of the channels of ``owners`` in order, those matching ``q``."""
+        q = q.lower()
+        total = 0
+        page: list[tuple[str, CatalogItem]] = []
+        end = offset + limit
+        for owner in owners:
+            v = self.view(owner)
+            if not v.channels:
+                continue
+            if not q:
+                n = v.total
+                if total + n > offset and total < end:
+                    lo = max(offset - total, 0)
+                    hi = min(end - total, n)
+                    page.extend((owner, c) for c in v.channels[lo:hi])
+                total += n
+                continue
+            if q not in v.blob:
+                continue
+            hits = [i for i, k in enumerate(v.keys) if q in k]
+            n = len(hits)
+            if total + n > offset and total < end:
+                lo = max(offset - total, 0)
+                hi = min(end - total, n)
+                page.extend((owner, v.channels[i]) for i in hits[lo:hi])
+            total += n
+        return total, page
+
+    def totals(self, device_ids: Iterable[str]) -> dict[str, int]:
+        """Devices and channels, total and online, over ``device_ids``."""
+        devices = online = chans = chans_on = 0
+        regs = self.ctx.registrar.devices
+        for d in device_ids:
+            devices += 1
+            dev = regs.get(d)
+            if dev is not None and dev.online:
+                online += 1
+            t, o = self.counts(d)
+            chans += t
+            chans_on += o
+        return {
+            "devices_total": devices,
+            "devices_online": online,
+            "channels_total": chans,
+            "channels_online": chans_on,
+        }
