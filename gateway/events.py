@@ -123,7 +123,26 @@ class EventBus:
     def subscribe(self, kind: type[E], callback: Callable[[E], None]) -> None:
         self._subs[kind].append(callback)
 
+    def unsubscribe(self, kind: type[E], callback: Callable[[E], None]) -> None:
+        """Stop calling ``callback`` for ``kind`` (it may be called from a subscriber, during a
+        publish: the list is replaced, not changed, so that publish goes on undisturbed).
+        Unknown callbacks are ignored."""
+        subs = self._subs.get(kind)
+        if subs is None:
+            return
+        kept = [c for c in subs if c is not callback]
+        if kept:
+            self._subs[kind] = kept
+        else:
+            del self._subs[kind]
+
+    def subscribers(self, kind: type) -> int:
+        """How many callbacks hear ``kind`` (for tests and diagnostics)."""
+        return len(self._subs.get(kind, ()))
+
     def publish(self, event: object) -> None:
+        # ``unsubscribe`` replaces the list, so removing a subscriber from inside a callback
+        # does not disturb this loop.
         for callback in self._subs.get(type(event), ()):
             try:
                 callback(event)

@@ -7,6 +7,7 @@ log in ``audit.py``, the error shape in ``errors.py``; each router module serves
 
 from __future__ import annotations
 
+from gateway.api._prom import LoopLag, make_registry
 from gateway.api.auth import Authenticator, Principal, hash_password
 from gateway.api.context import ApiContext
 from gateway.api.factory import build_app
@@ -20,6 +21,11 @@ class ApiServer:
         http = ctx.config.http
         self.auth = Authenticator(http, ctx.store, ctx.metrics, ctx.clock)
         ctx.extras["auth"] = self.auth
+        # The event-loop lag monitor (read by /metrics and /readyz) and this server's own
+        # Prometheus registry: nothing shared between two gateways in one process.
+        self.lag = LoopLag(ctx.metrics)
+        ctx.extras["lag"] = self.lag
+        ctx.extras["prometheus"] = make_registry(ctx, self.lag)
         self.app = build_app(ctx)
         self.stats = sampler_of(ctx)
         self.server = HttpServer(self.app, http.host, http.port)
@@ -30,12 +36,14 @@ class ApiServer:
 
     async def start(self) -> None:
         self.auth.load()
+        self.lag.start()
         await self.server.start()
         self.stats.start()
 
     async def close(self) -> None:
         await self.stats.close()
         await self.server.close()
+        await self.lag.close()
 
 
 __all__ = [

@@ -26,6 +26,8 @@ from gateway.api import (
     commands,
     devices,
     health,
+    live,
+    metrics_route,
     sessions,
     stats,
     tokens,
@@ -55,6 +57,8 @@ ROUTERS: list[tuple[Any, str]] = [
     (sessions.router, PREFIX),
     (commands.router, PREFIX),
     (stats.router, PREFIX),
+    (metrics_route.router, ""),
+    (live.router, PREFIX),
 ]
 
 

@@ -1,4 +1,10 @@
-"""``/healthz`` (the process answers) and ``/readyz`` (store, SIP, uppers)."""
+"""``/healthz`` (the process answers) and ``/readyz`` (store, SIP, uppers, event-loop lag).
+
+``/readyz`` is 503 while the store does not answer, SIP is not listening, or the event loop
+was last seen more than :data:`MAX_LAG` seconds late (everything the gateway does waits behind
+it). The uppers' states are reported but do not make the gateway unready: an upper that is
+down is not fixed by restarting the gateway or sending its devices elsewhere.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from gateway.api._prom import upper_state
+
 router = APIRouter(tags=["health"])
+
+MAX_LAG = 5.0
+"""Seconds of event-loop lag past which the gateway says it is not ready."""
 
 
 @router.get("/healthz")
@@ -21,9 +32,17 @@ async def readyz(request: Request) -> JSONResponse:
     sip = ctx.endpoint.port > 0
     store_ok = ctx.store.healthy()
     uppers: list[dict[str, Any]] = [
-        {"id": uid, "state": "registered" if s.link.online else "offline"}
-        for uid, s in ctx.uplink.sessions.items()
+        {"id": uid, "state": upper_state(s)} for uid, s in ctx.uplink.sessions.items()
     ]
-    ready = sip and store_ok
-    body = {"ready": ready, "sip": sip, "store": store_ok, "uppers": uppers}
+    lag_monitor = ctx.extras.get("lag")
+    lag = lag_monitor.last if lag_monitor is not None else 0.0
+    lag_ok = lag <= MAX_LAG
+    ready = sip and store_ok and lag_ok
+    body = {
+        "ready": ready,
+        "sip": sip,
+        "store": store_ok,
+        "uppers": uppers,
+        "loop_lag_seconds": round(lag, 4),
+    }
     return JSONResponse(body, status_code=200 if ready else 503)

@@ -204,6 +204,7 @@ class CatalogSync:
         dev.synced_at = self.clock()
         dl.store.save_device(dev)
         self.metrics.inc("sync.partial" if result.partial else "sync.complete")
+        self.metrics.observe("sync.seconds", time.monotonic() - started)
         log.info(
             "catalog.synced",
             device_id=device_id,

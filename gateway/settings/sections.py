@@ -347,6 +347,10 @@ class HttpSection(_Section):
     sse_interval: float = Field(1.0, gt=0, le=60)
     # Requests bigger than this are refused with 413 (imports included).
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    # ``/metrics`` without a token (Prometheus scrapes it); false: a viewer token is needed.
+    metrics_public: bool = True
+    # Open Server-Sent Event streams at most; more are refused with 503.
+    sse_max_connections: int = Field(100, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _unique(self) -> HttpSection:

@@ -67,6 +67,32 @@ from gateway.sip.uri import SipUri
 
 log = structlog.get_logger("gateway.sip.core")
 
+# Counter names by method, made once: the hot path looks one up instead of formatting it, and a
+# stranger's made-up method counts as ``other`` (the names stay a bounded set).
+_METHODS = (
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "INFO",
+    "INVITE",
+    "MESSAGE",
+    "NOTIFY",
+    "OPTIONS",
+    "PRACK",
+    "PUBLISH",
+    "REFER",
+    "REGISTER",
+    "SUBSCRIBE",
+    "UPDATE",
+)
+_RX_REQUEST = {m: f"sip.rx.request.{m}" for m in _METHODS}
+_TX_RESPONSE = {m: f"sip.tx.response.{m}." for m in _METHODS}
+
+
+def _tx_response_prefix(method: str) -> str:
+    """``sip.tx.response.<METHOD>.``, to which the status is added for each response sent."""
+    return _TX_RESPONSE.get(method, "sip.tx.response.other.")
+
 
 class Network(Protocol):
     """Where the core's bytes go. ``False``: there is no way to ``peer`` now (no connection)."""
@@ -277,6 +303,7 @@ class SipCore:
         try:
             resp = make_response(req, status, reason, to_tag=self.tag(), headers=headers)
             self.network.send(peer, resp.to_bytes())
+            self.counters.inc(f"{_tx_response_prefix(req.method)}{status}")
         except Exception:
             log.debug("sip.reject_failed", peer=str(peer))
 
@@ -307,6 +334,7 @@ class SipCore:
                 except Exception:
                     log.exception("sip.on_refused_failed", peer=str(peer))
             return
+        counters.inc(_RX_REQUEST.get(req.method, "sip.rx.request.other"))
         if req.method != "ACK" and req.max_forwards is None:
             counters.inc("sip.rx.no_max_forwards")
         stamp_via(req, peer)
@@ -359,7 +387,7 @@ class SipCore:
             reliable=peer.reliable,
             sched=self.scheduler,
             cfg=self.timers,
-            send=_Sender(self, peer),
+            send=_Sender(self, peer, _tx_response_prefix(req.method)),
             on_terminated=self._server_done,
         )
         txn.key = key
@@ -507,6 +535,8 @@ class SipCore:
             self.counters.inc("sip.rx.stray_response")
             log.debug("sip.rx.stray_response", peer=str(peer), status=resp.status)
             return
+        # Matched to a transaction of ours: its method is one the gateway sends.
+        self.counters.inc(f"sip.rx.response.{key[1]}.{resp.status}")
         txn.receive_response(resp)
 
     # -- outgoing -------------------------------------------------------------------------
@@ -544,6 +574,7 @@ class SipCore:
             on_terminated=forget,
         )
         client_txns[key] = txn
+        self.counters.inc(f"sip.tx.request.{req.method}")
         txn.start()
         if sender.failed:
             txn.transport_error()
@@ -641,19 +672,26 @@ def _warning(exc: ParseError) -> list[tuple[str, str]]:
 
 
 class _Sender:
-    """Sends a server transaction's bytes to its peer. A two-slot object rather than a closure
-    or a partial (a quarter of their size): one lives in every transaction kept for timer J."""
+    """Sends a server transaction's bytes to its peer. A three-slot object rather than a closure
+    or a partial (a quarter of their size): one lives in every transaction kept for timer J.
 
-    __slots__ = ("core", "peer")
+    Each response sent (a retransmission too: messages on the wire) is counted as
+    ``sip.tx.response.<METHOD>.<status>``; ``counted`` is that name without the status, and the
+    status is read from the status line's fixed place (``SIP/2.0 200 ...``)."""
 
-    def __init__(self, core: SipCore, peer: Peer) -> None:
+    __slots__ = ("core", "counted", "peer")
+
+    def __init__(self, core: SipCore, peer: Peer, counted: str) -> None:
         self.core = core
         self.peer = peer
+        self.counted = counted
 
     def __call__(self, data: bytes) -> None:
         core = self.core
         if not core.network.send(self.peer, data):
             core.counters.inc("sip.tx.unroutable")
+            return
+        core.counters.inc(self.counted + data[8:11].decode("ascii", "replace"))
 
 
 class _ClientSender:

@@ -384,6 +384,7 @@ class Endpoint:
             if txn is not None and txn.unreachable:  # an ICMP error (RFC 3261 §18.4)
                 fut.set_exception(TransportError(f"{req.method} to {peer}: unreachable"))
             else:
+                self.metrics.inc(f"sip.tx.timeout.{req.method}")
                 fut.set_exception(TransactionTimeout(f"{req.method} to {peer}: no final response"))
 
         try:
@@ -406,6 +407,7 @@ class Endpoint:
                 return await fut
             return await asyncio.wait_for(fut, limit)
         except TimeoutError:
+            self.metrics.inc(f"sip.tx.timeout.{req.method}")
             raise TransactionTimeout(
                 f"{req.method} to {peer}: no final response in {limit} s"
             ) from None

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -489,6 +490,7 @@ class SqliteStore:
                 return
             batch, self._pending = self._pending, _Batch()
             self._writing = batch
+            started = time.monotonic()
             try:
                 await asyncio.to_thread(self._write, batch)
             except Exception as exc:
@@ -498,6 +500,7 @@ class SqliteStore:
                 self._write_failed(exc)
                 raise
             self._writing = None
+            self.metrics.observe("store.write_seconds", time.monotonic() - started)
             if self._failures:
                 log.warning("store.write_recovered", path=str(self.path), failures=self._failures)
                 self._failures = 0
