@@ -225,23 +225,28 @@ async def test_console_onboards_a_unit_end_to_end(
         # -- download the credential sheets (fetched with the bearer token) -------------------
         async with page.expect_download() as dl:
             await page.click("#sheet-csv")
-        sheet = await (await dl.value).path()
-        text = Path(sheet).read_text(encoding="utf-8-sig")
+        download = await dl.value
+        assert download.suggested_filename.endswith(".csv")
+        text = Path(await download.path()).read_text(encoding="utf-8-sig")
         rows = list(csv.DictReader(io.StringIO(text)))
         row = next(r for r in rows if r["device_id"] == device_id)
         assert row["password"] == password
         assert row["name"] == "教学楼 NVR"
         assert row["sip_server_id"] == GW
         assert int(row["sip_port"]) == gw.port
+        assert "UDP" in row["transport"]
         async with page.expect_download() as dl:
             await page.click("#sheet-xlsx")
-        xlsx = await (await dl.value).path()
-        book = openpyxl.load_workbook(xlsx, read_only=True)
+        download = await dl.value
+        assert download.suggested_filename.endswith(".xlsx")
+        xlsx = Path(await download.path()).read_bytes()
+        book = openpyxl.load_workbook(io.BytesIO(xlsx), read_only=True)
         values = [list(r) for r in book.active.iter_rows(values_only=True)]
-        header = values[0]
+        at = next(n for n, r in enumerate(values) if "device_id" in r)  # under a title row
+        header = values[at]
         xrow = next(
             dict(zip(header, r, strict=False))
-            for r in values[1:]
+            for r in values[at + 1 :]
             if r[header.index("device_id")] == device_id
         )
         assert xrow["password"] == password
@@ -250,7 +255,7 @@ async def test_console_onboards_a_unit_end_to_end(
         dev = SimDevice(
             nvr_ep,
             device_id,
-            Peer(row["transport"].lower() or "udp", row["sip_host"], int(row["sip_port"])),
+            Peer("udp", row["sip_host"], int(row["sip_port"])),
             server_id=row["sip_server_id"],
             domain=row["sip_domain"],
             password=row["password"],
@@ -307,25 +312,6 @@ async def test_console_onboards_a_unit_end_to_end(
         await page.wait_for_selector(f'li[data-node="{channel}"]', timeout=UI_WAIT)
         await shots.take("tree")
 
-        # -- share the unit with the upper: its catalog now has the unit's cameras ------------
-        before = await platform.catalog(GW)
-        assert device_id not in {i.device_id for i in before.items}
-        await go(page, "uppers")
-        await page.wait_for_selector(f'tr[data-upper="{UP}"]')
-        await shots.take("uppers")
-        await page.click(f'tr[data-upper="{UP}"] td:nth-child(2)')
-        await page.fill('input[data-picker="units"]', "第三中学")
-        await page.click(f'[data-picker-box="units"] button[data-add="{unit_id}"]', timeout=UI_WAIT)
-        await page.click("#share-save")
-        await page.wait_for_selector(".toast.ok", timeout=UI_WAIT)
-        share = (await api.admin.get(f"/api/v1/uppers/{UP}/share")).json()
-        assert share["units"] == [unit_id]
-        await shots.take("upper-share")
-        after = await platform.catalog(GW)
-        seen = {i.device_id for i in after.items}
-        assert {device_id, *dev.channel_ids()} <= seen
-        assert unit["vo_id"] in seen  # the unit, as a virtual organisation
-
         # -- the other pages render ------------------------------------------------------------
         await go(page, "overview")
         await page.wait_for_selector('[data-tile="devices"]')
@@ -345,6 +331,25 @@ async def test_console_onboards_a_unit_end_to_end(
             await go(page, nav)
             await page.wait_for_selector(ready, timeout=UI_WAIT)
             await shots.take(nav)
+
+        # -- share the unit with the upper: its catalog now has the unit's cameras ------------
+        before = await platform.catalog(GW)
+        assert device_id not in {i.device_id for i in before.items}
+        await go(page, "uppers")
+        await page.wait_for_selector(f'tr[data-upper="{UP}"]')
+        await shots.take("uppers")
+        await page.click(f'tr[data-upper="{UP}"] td:nth-child(2)')
+        await page.fill('input[data-picker="units"]', "第三中学")
+        await page.click(f'[data-picker-box="units"] button[data-add="{unit_id}"]', timeout=UI_WAIT)
+        await page.click("#share-save")
+        await page.wait_for_selector(".toast.ok", timeout=UI_WAIT)
+        share = (await api.admin.get(f"/api/v1/uppers/{UP}/share")).json()
+        assert share["units"] == [unit_id]
+        await shots.take("upper-share")
+        after = await platform.catalog(GW)
+        seen = {i.device_id for i in after.items}
+        assert {device_id, *dev.channel_ids()} <= seen
+        assert unit["vo_id"] in seen  # the unit, as a virtual organisation
 
         # -- English, remembered across a reload; the login survives it (sessionStorage) -------
         await page.click("#lang-switch")

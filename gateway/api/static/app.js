@@ -45,7 +45,8 @@ function debounce(fn, ms) {
 
 function fmtTime(unix) {
   if (unix === null || unix === undefined || unix === "") return "—";
-  const d = new Date(Number(unix) * 1000);
+  // UNIX seconds, or an ISO 8601 text (record items carry the device's own local times).
+  const d = typeof unix === "string" && !/^[\d.]+$/.test(unix) ? new Date(unix) : new Date(Number(unix) * 1000);
   if (Number.isNaN(d.getTime())) return String(unix);
   const p = (n) => String(n).padStart(2, "0");
   return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(
@@ -721,7 +722,7 @@ async function unitPage(view, unitId) {
       { label: t("field.id"), value: (a) => devLink(a.device_id), cls: "mono" },
       { label: t("field.name"), value: (a) => a.name || "" },
       { label: t("field.enabled"), value: (a) => (a.enabled ? t("common.yes") : t("common.no")) },
-      { label: t("field.created_at"), value: (a) => fmtTime(a.created_at) },
+      { label: t("field.created_at"), value: (a) => fmtTime(a.created_at), cls: "time" },
       {
         label: t("common.actions"),
         value: (a) =>
@@ -800,7 +801,7 @@ function deviceColumns() {
     { label: t("field.unit"), value: (d) => (d.unit ? link(`#/units/${encodeURIComponent(d.unit.id)}`, d.unit.name || d.unit.id) : "—") },
     { label: t("field.host"), value: (d) => (d.host ? `${d.host}:${d.port} ${d.transport || ""}` : "—"), cls: "mono" },
     { label: t("field.channels"), value: (d) => ratio(d.channels), cls: "num" },
-    { label: t("field.last_keepalive"), value: (d) => fmtTime(d.last_keepalive) },
+    { label: t("field.last_keepalive"), value: (d) => fmtTime(d.last_keepalive), cls: "time" },
   ];
 }
 
@@ -1022,7 +1023,7 @@ function channelTools(device, channel) {
         const items = r.items || [];
         results.replaceChildren(
           items.length
-            ? h("table", { class: "grid" },
+            ? h("table", { class: "grid compact" },
                 h("thead", {}, h("tr", {}, h("th", {}, t("records.start")), h("th", {}, t("records.end")), h("th", {}, t("field.name")), h("th", {}, t("records.type")), h("th", {}, t("records.file")))),
                 h("tbody", {}, items.map((x) => h("tr", {}, h("td", {}, fmtTime(x.start)), h("td", {}, fmtTime(x.end)), h("td", {}, x.name || ""), h("td", {}, x.type || ""), h("td", { class: "mono" }, x.file_path || "")))))
             : h("p", { class: "muted" }, t("common.none")),
@@ -1303,7 +1304,7 @@ async function sessionsPage(view) {
       { label: t("sessions.bitrate"), value: (s) => fmtBitrate(s.bitrate_bps), cls: "num" },
       { label: t("sessions.bytes"), value: (s) => fmtBytes(s.bytes), cls: "num" },
       { label: t("sessions.lost"), value: (s) => String(s.packets_lost ?? 0), cls: "num" },
-      { label: t("sessions.started"), value: (s) => fmtTime(s.started_at) },
+      { label: t("sessions.started"), value: (s) => fmtTime(s.started_at), cls: "time" },
       {
         label: "",
         value: (s) =>
@@ -1334,7 +1335,7 @@ async function alarmsPage(view) {
     tools: [device],
     params: () => ({ device: device.value.trim() }),
     columns: [
-      { label: t("alarms.time"), value: (a) => fmtTime(a.time ?? a.received_at) },
+      { label: t("alarms.time"), value: (a) => fmtTime(a.time ?? a.received_at), cls: "time" },
       { label: t("alarms.device"), value: (a) => devLink(a.device_id), cls: "mono" },
       { label: t("alarms.channel"), value: (a) => a.channel_id || "", cls: "mono" },
       { label: t("alarms.priority"), value: (a) => String(a.priority ?? "") },
@@ -1359,11 +1360,11 @@ async function auditPage(view) {
     tools: [who, action],
     params: () => ({ who: who.value.trim(), action: action.value.trim() }),
     columns: [
-      { label: t("audit.at"), value: (a) => fmtTime(a.at) },
+      { label: t("audit.at"), value: (a) => fmtTime(a.at), cls: "time" },
       { label: t("audit.who"), value: (a) => `${a.who || ""}${a.role ? ` (${a.role})` : ""}` },
-      { label: t("audit.action"), value: (a) => a.action || "", cls: "mono" },
-      { label: t("audit.target"), value: (a) => (typeof a.target === "object" && a.target ? JSON.stringify(a.target) : a.target || ""), cls: "mono" },
-      { label: t("audit.detail"), value: (a) => (typeof a.detail === "object" && a.detail ? JSON.stringify(a.detail) : a.detail || "") },
+      { label: t("audit.action"), value: (a) => a.action || "", cls: "mono wrap" },
+      { label: t("audit.target"), value: (a) => (typeof a.target === "object" && a.target ? JSON.stringify(a.target) : a.target || ""), cls: "mono wrap" },
+      { label: t("audit.detail"), value: (a) => (typeof a.detail === "object" && a.detail ? JSON.stringify(a.detail) : a.detail || ""), cls: "wrap" },
       { label: t("audit.outcome"), value: (a) => String(a.outcome ?? "") },
       { label: t("audit.source"), value: (a) => a.source || "", cls: "mono" },
     ],
@@ -1390,7 +1391,7 @@ async function usersPage(view) {
       { label: t("login.username"), value: (u) => u.username },
       { label: t("field.role"), value: (u) => u.role },
       { label: t("users.disabled"), value: (u) => (u.disabled ? t("common.yes") : t("common.no")) },
-      { label: t("field.created_at"), value: (u) => fmtTime(u.created_at) },
+      { label: t("field.created_at"), value: (u) => fmtTime(u.created_at), cls: "time" },
       {
         label: t("common.actions"),
         value: (u) => [
@@ -1442,7 +1443,7 @@ async function usersPage(view) {
       { label: t("field.name"), value: (x) => x.name },
       { label: t("field.role"), value: (x) => x.role },
       { label: t("tokens.source"), value: (x) => x.source || "" },
-      { label: t("field.created_at"), value: (x) => fmtTime(x.created_at) },
+      { label: t("field.created_at"), value: (x) => fmtTime(x.created_at), cls: "time" },
       {
         label: t("common.actions"),
         value: (x) =>
