@@ -13,6 +13,7 @@ saved as a screenshot in the test's output directory and in ``bench/out/console/
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import shutil
@@ -97,14 +98,30 @@ class Shots:
         self.saved.append(path)
 
 
+class Sink(asyncio.DatagramProtocol):
+    """A UDP port a session streams to: counts what arrives."""
+
+    def __init__(self) -> None:
+        self.packets = 0
+        self.port = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.port = int(transport.get_extra_info("sockname")[1])
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.packets += 1
+
+
 class Watched:
     """What went wrong in the page: script errors, and console errors other than the browser's
     own note of an HTTP error status (the API's 4xx answers the test provokes)."""
 
     def __init__(self, page: Page) -> None:
         self.errors: list[str] = []
+        self.requests: list[tuple[str, str]] = []  # (method, URL)
         page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
         page.on("console", self._console)
+        page.on("request", lambda req: self.requests.append((req.method, req.url)))
 
     def _console(self, msg: Any) -> None:
         if msg.type == "error" and "Failed to load resource" not in msg.text:
@@ -312,6 +329,32 @@ async def test_console_onboards_a_unit_end_to_end(
         await page.wait_for_selector(f'li[data-node="{channel}"]', timeout=UI_WAIT)
         await shots.take("tree")
 
+        # -- a live session to a local port: the sessions page shows its bytes, and stops it --
+        loop = asyncio.get_running_loop()
+        sink_transport, sink = await loop.create_datagram_endpoint(
+            Sink, local_addr=("127.0.0.1", 0)
+        )
+        try:
+            await go(page, "sessions")
+            await page.click("#new-session")
+            await page.fill('.modal input[name="channel_id"]', channel)
+            await page.fill('.modal input[name="port"]', str(sink.port))
+            await page.click('.modal button[type="submit"]')
+            row = f'[data-list="sessions"] tr[data-channel="{channel}"]'
+            await page.wait_for_selector(row, timeout=UI_WAIT)
+            await wait_for(lambda: sink.packets > 0, 10, "RTP at the session's address")
+            await page.wait_for_function(
+                "sel => Number(document.querySelector(sel)?.dataset.bytes) > 0",
+                arg=row,
+                timeout=UI_WAIT,
+            )
+            await shots.take("sessions")
+            await page.click(f"{row} button.danger")
+            await page.click(".modal button.danger")
+            await page.wait_for_selector(row, state="detached", timeout=UI_WAIT)
+        finally:
+            sink_transport.close()
+
         # -- the other pages render ------------------------------------------------------------
         await go(page, "overview")
         await page.wait_for_selector('[data-tile="devices"]')
@@ -323,7 +366,6 @@ async def test_console_onboards_a_unit_end_to_end(
         await shots.take("overview")
         for nav, ready in [
             ("devices", f'[data-list="devices"] tr[data-device="{device_id}"]'),
-            ("sessions", '[data-list="sessions"] tbody tr'),
             ("alarms", '[data-list="alarms"] tbody tr'),
             ("audit", '[data-list="audit"] tbody tr td'),
             ("users", '[data-list="users"] tbody tr'),
@@ -367,6 +409,15 @@ async def test_console_onboards_a_unit_end_to_end(
         assert await page.evaluate("sessionStorage.getItem('gbgw.session')") is None
         assert (await api.client(token).get("/api/v1/auth/me")).status_code == 401
         assert watched.errors == []
+        # Nothing from elsewhere (no CDN), and no list asked without a page size: the console
+        # never loads "everything".
+        urls = [u for _, u in watched.requests if not u.startswith(("blob:", "data:"))]
+        assert all(u.startswith(api.base + "/") for u in urls), urls
+        lists = ("units", "devices", "channels", "accounts", "tree", "alarms", "audit", "users")
+        for method, url in watched.requests:
+            path = url.removeprefix(api.base).split("?")[0]
+            if method == "GET" and path.split("/")[-1] in lists:
+                assert "limit=" in url, url
     finally:
         if dev is not None:
             dev.stop()

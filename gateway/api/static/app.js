@@ -473,14 +473,14 @@ async function overviewPage(view) {
     const units = (s.units || []).slice().sort((a, b) => (a.online_rate ?? 0) - (b.online_rate ?? 0)).slice(0, 20);
     unitsBox.replaceChildren(
       units.length
-        ? h("table", { class: "grid" },
+        ? h("div", { class: "scroll" }, h("table", { class: "grid" },
             h("thead", {}, h("tr", {}, h("th", {}, t("field.name")), h("th", {}, t("field.devices")), h("th", {}, t("field.channels")), h("th", {}, t("field.rate")))),
             h("tbody", {}, units.map((u) =>
               h("tr", { "data-unit": u.id },
                 h("td", {}, link(`#/units/${encodeURIComponent(u.id)}`, u.name || u.id)),
                 h("td", {}, ratio(u.devices)),
                 h("td", {}, ratio(u.channels)),
-                h("td", {}, rateBar(u.online_rate, u.channels))))))
+                h("td", {}, rateBar(u.online_rate, u.channels)))))))
         : h("p", { class: "muted" }, t("common.none"))
     );
     uppersBox.replaceChildren(
@@ -1289,12 +1289,30 @@ function idPicker(name, path, initial, describe) {
 // Sessions, alarms, the audit log.
 
 async function sessionsPage(view) {
-  view.append(pageTitle(t("nav.sessions")));
+  const add = can("operator")
+    ? h("button", {
+        class: "primary",
+        id: "new-session",
+        onclick: () =>
+          formModal(t("sessions.new"), [
+            { name: "channel_id", label: t("sessions.channel"), required: true },
+            { name: "host", label: t("sessions.to_host"), required: true, value: "127.0.0.1" },
+            { name: "port", label: t("sessions.to_port"), type: "number", required: true },
+            { name: "transport", label: t("field.transport"), type: "select", options: [["udp", "UDP"], ["tcp", "TCP"]] },
+          ], {}, async (v) => {
+            await A.post("/sessions", v);
+            notify(t("common.saved"));
+            table.reload();
+          }),
+      }, t("sessions.new"))
+    : null;
+  view.append(pageTitle(t("nav.sessions"), add));
   const leg = (l) => (l ? `${l.host}:${l.port} ${l.transport || ""}${l.ssrc ? ` ssrc=${l.ssrc}` : ""}` : "—");
   const table = pagedTable({
     name: "sessions",
     path: "/sessions",
     search: false,
+    rowAttrs: (x) => ({ "data-session": x.id, "data-channel": x.channel_id, "data-bytes": x.bytes ?? 0 }),
     columns: [
       { label: "ID", value: (s) => s.id, cls: "mono" },
       { label: t("sessions.kind"), value: (s) => s.kind },
@@ -1322,7 +1340,7 @@ async function sessionsPage(view) {
   });
   view.append(section(t("nav.sessions"), table.el));
   live.onSessions.push(debounce(table.reload, 300));
-  page.timers.push(setInterval(table.reload, 5000)); // bitrates move
+  page.timers.push(setInterval(table.reload, 2000)); // bitrates move
 }
 
 async function alarmsPage(view) {
