@@ -413,7 +413,17 @@ async def test_console_onboards_a_unit_end_to_end(
         # never loads "everything".
         urls = [u for _, u in watched.requests if not u.startswith(("blob:", "data:"))]
         assert all(u.startswith(api.base + "/") for u in urls), urls
-        lists = ("units", "devices", "channels", "accounts", "tree", "alarms", "audit", "users")
+        lists = (
+            "units",
+            "devices",
+            "channels",
+            "accounts",
+            "tree",
+            "alarms",
+            "audit",
+            "users",
+            "uppers",
+        )
         for method, url in watched.requests:
             path = url.removeprefix(api.base).split("?")[0]
             if method == "GET" and path.split("/")[-1] in lists:
@@ -423,3 +433,41 @@ async def test_console_onboards_a_unit_end_to_end(
             dev.stop()
         await context.close()
         platform.stop()
+
+
+async def test_a_viewer_sees_no_write_controls_and_an_expired_login_returns_to_the_form(
+    start_api: Callable[..., Awaitable[Api]], browser: Browser, tmp_path: Path
+) -> None:
+    api = await start_api()
+    assert api.gw.api is not None
+    await api.gw.api.auth.add_user("watcher", "viewer-Pa55word", "viewer")
+    unit = (await api.operator.post("/api/v1/units", json={"name": "银行网点"})).json()
+    context = await browser.new_context(viewport={"width": 1280, "height": 860})
+    page = await context.new_page()
+    watched = Watched(page)
+    shots = Shots(page, tmp_path / "screenshots")
+    try:
+        await page.goto(api.base + "/")
+        await page.fill("#login-username", "watcher")
+        await page.fill("#login-password", "viewer-Pa55word")
+        await page.click("#login-submit")
+        await page.wait_for_selector('#nav a[data-nav="units"]')
+        navs = await page.locator("#nav a").evaluate_all("as => as.map(a => a.dataset.nav)")
+        assert "users" not in navs and "audit" not in navs and "units" in navs
+        await go(page, "units")
+        await page.wait_for_selector(f'tr[data-unit="{unit["id"]}"]')
+        assert await page.locator("#new-unit").count() == 0
+        await page.click(f'tr[data-unit="{unit["id"]}"] a')
+        await page.wait_for_selector('[data-list="unit-accounts"]')
+        assert await page.locator("#add-account, #sheet-csv").count() == 0
+        await shots.take("viewer-unit")
+        # The login ends on the server (as a restart or a timeout would): the next call's 401
+        # brings the form back instead of a broken page.
+        token = await page.evaluate("JSON.parse(sessionStorage.getItem('gbgw.session')).token")
+        api.gw.api.auth.logout(token)
+        await go(page, "devices")
+        await page.wait_for_selector("#login-username", timeout=UI_WAIT)
+        assert await page.evaluate("sessionStorage.getItem('gbgw.session')") is None
+        assert watched.errors == []
+    finally:
+        await context.close()

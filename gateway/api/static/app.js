@@ -1115,21 +1115,23 @@ async function uppersPage(view) {
       }, t("uppers.new"))
     : null;
   view.append(pageTitle(t("nav.uppers"), add));
-  const data = await A.get("/uppers");
-  const items = data.items || [];
-  const table = h("table", { class: "grid" },
-    h("thead", {}, h("tr", {}, [t("field.id"), t("field.name"), t("field.host"), t("field.state"), t("field.last_keepalive"), t("field.subscriptions"), t("field.share")].map((x) => h("th", {}, x)))),
-    h("tbody", {}, items.length ? items.map((u) =>
-      h("tr", { class: "clickable", "data-upper": u.id, onclick: () => { location.hash = `#/uppers/${encodeURIComponent(u.id)}`; } },
-        h("td", { class: "mono" }, link(`#/uppers/${encodeURIComponent(u.id)}`, u.id)),
-        h("td", {}, u.name || ""),
-        h("td", { class: "mono" }, `${u.host}:${u.port} ${u.transport || ""}`),
-        h("td", {}, stateBadge(u.state)),
-        h("td", {}, fmtTime(u.last_keepalive)),
-        h("td", {}, (u.subscriptions || []).map((s) => s.kind).join(", ") || "—"),
-        h("td", {}, shareSummary(u.share))))
-      : h("tr", {}, h("td", { colspan: 7, class: "muted" }, t("common.none")))));
-  view.append(section(t("nav.uppers"), h("div", { class: "scroll" }, table)));
+  const table = pagedTable({
+    name: "uppers",
+    path: "/uppers",
+    columns: [
+      { label: t("field.id"), value: (u) => link(`#/uppers/${encodeURIComponent(u.id)}`, u.id), cls: "mono" },
+      { label: t("field.name"), value: (u) => u.name || "" },
+      { label: t("field.host"), value: (u) => `${u.host}:${u.port} ${u.transport || ""}`, cls: "mono" },
+      { label: t("field.state"), value: (u) => stateBadge(u.state) },
+      { label: t("field.last_keepalive"), value: (u) => fmtTime(u.last_keepalive), cls: "time" },
+      { label: t("field.subscriptions"), value: (u) => (u.subscriptions || []).map((x) => x.kind).join(", ") || "—" },
+      { label: t("field.share"), value: (u) => shareSummary(u.share) },
+    ],
+    rowAttrs: (u) => ({ "data-upper": u.id }),
+    onRow: (u) => { location.hash = `#/uppers/${encodeURIComponent(u.id)}`; },
+  });
+  view.append(section(t("nav.uppers"), table.el));
+  page.timers.push(setInterval(table.reload, 5000)); // registration states move
 }
 
 function shareSummary(share) {
