@@ -26,7 +26,7 @@ import pytest
 
 from conformance.peers.device import SimDevice
 from conformance.peers.platform import SimPlatform
-from gateway.manscdp.ptz import TILT_UP, ZOOM_IN, decode_ptz
+from gateway.manscdp.ptz import TILT_UP, ZOOM_IN, decode_ptz, preset_call
 from gateway.metrics import Metrics
 from gateway.sip import Endpoint, Peer
 from tests.api.conftest import Api
@@ -306,7 +306,15 @@ async def test_console_onboards_a_unit_end_to_end(
         await page.click('button[data-ptz="zoomin"]')
         await wait_for(lambda: len(dev.ptz_commands) >= 4, 10, "zoom and stop")
         assert decode_ptz(dev.ptz_commands[2]).code & ZOOM_IN
+        await page.fill("#preset-index", "3")
+        await page.click('button[data-preset="goto"]')
+        await wait_for(lambda: len(dev.ptz_commands) >= 5, 10, "preset call")
+        preset = decode_ptz(dev.ptz_commands[4])
+        assert preset == preset_call(3)
         await shots.take("device-channels-ptz")
+        await page.click("#btn-info")
+        await page.wait_for_selector("#device-result dl", timeout=UI_WAIT)
+        assert "SimVision" in await page.locator("#device-result").inner_text()
 
         # -- record search shows the NVR's files --------------------------------------------
         await page.click("#rec-search")
