@@ -934,7 +934,7 @@ async function devicePage(view, deviceId) {
     if (data.dropped || (data.changes || []).some((c) => c.id === device.id)) refresh();
   });
   live.onCatalog.push((data) => {
-    if ((data.devices || []).includes(device.id)) refresh();
+    if (data.dropped || (data.devices || []).includes(device.id)) refresh();
   });
 }
 
