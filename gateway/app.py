@@ -185,6 +185,7 @@ class Gateway:
             events=self.events,
             metrics=self.metrics,
             clock=clock,
+            directory=self.directory,
         )
         media = config.media
         relay = make_relay(

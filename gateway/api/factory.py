@@ -33,6 +33,7 @@ from gateway.api import (
     tokens,
     tree,
     units,
+    uppers,
     users,
 )
 from gateway.api.audit import audit_writes
@@ -59,6 +60,7 @@ ROUTERS: list[tuple[Any, str]] = [
     (stats.router, PREFIX),
     (metrics_route.router, ""),
     (live.router, PREFIX),
+    (uppers.router, PREFIX),
 ]
 
 

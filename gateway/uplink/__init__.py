@@ -4,8 +4,17 @@ INVITEs (live, playback, download, MANSRTSP) relayed to devices. Uses the downli
 
 from gateway.uplink.calls import Calls, UpperAudio
 from gateway.uplink.idmap import IdMap
-from gateway.uplink.service import Uplink
+from gateway.uplink.service import Uplink, UpperError
 from gateway.uplink.session import UpperSession
-from gateway.uplink.share import SharedView
+from gateway.uplink.share import Share, SharedView
 
-__all__ = ["Calls", "IdMap", "SharedView", "Uplink", "UpperAudio", "UpperSession"]
+__all__ = [
+    "Calls",
+    "IdMap",
+    "Share",
+    "SharedView",
+    "Uplink",
+    "UpperAudio",
+    "UpperError",
+    "UpperSession",
+]

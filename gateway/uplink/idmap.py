@@ -60,6 +60,10 @@ class IdMap:
     def __len__(self) -> int:
         return len(self._up)
 
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every recoded ID: (local ID, the ID the upper knows it by), by local ID."""
+        return sorted(self._up.items())
+
     def _fixed(self, local_id: str) -> bool:
         return not self.recode or local_id == self.gateway_id or is_civil_code(local_id)
 

@@ -160,6 +160,23 @@ class UpperNotifier:
         for sub in list(s.subs.values()):
             self.end(s, sub, notify=False)
 
+    async def end_all(self, s: UpperSession, reason: str) -> None:
+        """The upper is going away (removed, or its settings changed): each subscription
+        ends with a terminating NOTIFY (RFC 6665 §4.2.2; ``reason`` e.g. ``noresource``),
+        awaited (a short while at most) so it goes out before the registration ends."""
+        sends = []
+        for sub in list(s.subs.values()):
+            state = sub.notifier.terminate(reason)
+            self.end(s, sub, notify=False)
+            sub.queue.clear()
+            if s.link.online:
+                sends.append(self.notify(s, sub, b"", state=state))
+        if sends:
+            try:
+                await asyncio.wait_for(asyncio.gather(*sends, return_exceptions=True), 2.0)
+            except TimeoutError:
+                s.log.info("uplink.final_notify_timeout")
+
     def close(self, sessions: Iterable[UpperSession]) -> None:
         for s in sessions:
             for sub in s.subs.values():
@@ -240,6 +257,10 @@ class UpperNotifier:
         await self._send_catalog_notifies(s, sub, self.planner.offline_items(view))
 
     # -- events → NOTIFYs -------------------------------------------------------------------
+    def queue(self, notices: Iterable[CatalogNotice[UpperSession]]) -> None:
+        """Queue catalog notices for their uppers' catalog subscriptions (batched)."""
+        self._queue(notices)
+
     def _queue(self, notices: Iterable[CatalogNotice[UpperSession]]) -> None:
         for n in notices:
             s = n.audience

@@ -141,10 +141,9 @@ class NotifyPlanner:
             stored = change.after or change.before
             if not self.covered(a, sub, change.owner_id, change.item_id, stored):
                 continue
-            device = None if tree else self._device_coming_or_going(a, sub, change)
+            around = [] if tree else self._device_coming_or_going(a, sub, change)
             if change.event in ("ADD", "UPDATE") and change.after is not None:
-                if device is not None:
-                    out.append(device)  # the parent first
+                out.extend(n for n in around if n.event == "ADD")  # the parents first
                 item = a.view.translate(change.owner_id, change.after)
             else:
                 mapped = a.idmap.known_upper(change.item_id)
@@ -152,31 +151,50 @@ class NotifyPlanner:
                     continue  # the upper never knew this item
                 item = CatalogItem(device_id=mapped)
             out.append(CatalogNotice(a, change.event, item))
-            if device is not None and device.event == "DEL":
-                out.append(device)  # after its last child
+            out.extend(n for n in around if n.event == "DEL")  # after their last child
         return out
 
     def _device_coming_or_going(
         self, a: A, sub: InboundSubscription, change: CatalogChange
-    ) -> CatalogNotice[A] | None:
+    ) -> list[CatalogNotice[A]]:
         """A device that lists no item for itself is in the upper's view (as the parent the
         gateway makes for it, :meth:`SharedView.device_item`) while any item of its is: its
-        first item's ADD brings an ADD of the device, its last item's DEL a DEL of it."""
+        first item's ADD brings an ADD of the device, its last item's DEL a DEL of it. The
+        same one floor up: a unit (its virtual organisation) is in the view while any of its
+        devices is; the ADD of its first device brings its ADD before, the DEL of its last one
+        its DEL after. Returned parents first for an ADD, children first for a DEL."""
         owner = change.owner_id
         if change.item_id == owner or self.catalog.owner_of(owner) is not None:
-            return None  # the device's own item: its own changes say it
+            return []  # the device's own item: its own changes say it
         adding = change.before is None and change.after is not None
         if not adding and not (change.after is None and change.before is not None):
-            return None
+            return []
         dev = a.view.devices.get(owner)
         if dev is None or not self.covered(a, sub, owner, owner):
-            return None
+            return []
         if self._shows_device(a, owner, besides=change.item_id):
-            return None  # the device was shown already, and still is
+            return []  # the device was shown already, and still is
+        unit = self._unit_coming_or_going(a, sub, owner, adding)
         if adding:
-            return CatalogNotice(a, "ADD", a.view.device_item(dev))
+            return [*unit, CatalogNotice(a, "ADD", a.view.device_item(dev))]
         mapped = a.idmap.known_upper(owner)
-        return None if mapped is None else CatalogNotice(a, "DEL", CatalogItem(device_id=mapped))
+        device = [] if mapped is None else [CatalogNotice(a, "DEL", CatalogItem(device_id=mapped))]
+        return [*device, *unit]
+
+    def _unit_coming_or_going(
+        self, a: A, sub: InboundSubscription, owner: str, adding: bool
+    ) -> list[CatalogNotice[A]]:
+        """The ADD (or DEL) of the unit of ``owner``, whose device comes into (or leaves) the
+        view, when no other device of the unit is in it."""
+        node = a.view.home_of(owner)
+        if node is None or not self.covered(a, sub, owner, node.vo_id):
+            return []
+        if any(m != owner and self._shows_device(a, m) for m in node.members):
+            return []
+        if adding:
+            return [CatalogNotice(a, "ADD", a.view.unit_item(node))]
+        mapped = a.idmap.known_upper(node.vo_id)
+        return [] if mapped is None else [CatalogNotice(a, "DEL", CatalogItem(device_id=mapped))]
 
     def _shows_device(self, a: A, owner: str, besides: str | None = None) -> bool:
         """Is ``owner`` in the upper's view as the parent the gateway makes for it: does any
@@ -206,13 +224,42 @@ class NotifyPlanner:
         ]
 
     @staticmethod
+    def view_change(
+        a: A, before: Iterable[CatalogItem], after: Iterable[CatalogItem]
+    ) -> list[CatalogNotice[A]]:
+        """What an upper's catalog subscription hears when what it may see changes (its
+        share, or the units): the view it was shown (``before``) and the one it is shown now
+        (``after``), both in the upper's IDs, parents first. ADD for what came into view
+        (parents first), UPDATE for what moved or was renamed (a device into a unit), DEL for
+        what left it (children first)."""
+        old = {i.device_id: i for i in before}
+        out: list[CatalogNotice[A]] = []
+        seen: set[str] = set()
+        for item in after:
+            seen.add(item.device_id)
+            prev = old.get(item.device_id)
+            if prev is None:
+                out.append(CatalogNotice(a, "ADD", item))
+            elif (prev.parent_id, prev.name, prev.civil_code) != (
+                item.parent_id,
+                item.name,
+                item.civil_code,
+            ):
+                out.append(CatalogNotice(a, "UPDATE", item))
+        for item in reversed(list(old.values())):
+            if item.device_id not in seen:
+                out.append(CatalogNotice(a, "DEL", CatalogItem(device_id=item.device_id)))
+        return out
+
+    @staticmethod
     def notify_items(pending: Iterable[tuple[str, CatalogItem]]) -> list[CatalogItem]:
         """The items of one catalog NOTIFY from what was queued, each carrying its Event,
         devices first: when a site loses power, the upper hears which NVRs went before it
         hears about each of their channels (the order within one item's own events is kept:
-        the sort is stable)."""
+        the sort is stable). Before the devices, the tree nodes being added (a unit that comes
+        into the view): an upper hears of a parent before what hangs under it."""
         items = [replace(item, event=event) for event, item in pending]
-        items.sort(key=lambda i: item_kind(i.device_id) != "device")
+        items.sort(key=_notify_rank)
         return items
 
     @staticmethod
@@ -304,3 +351,11 @@ class NotifyPlanner:
                 )
                 out.append(PositionDelivery(a, sub, msg))
         return out
+
+
+def _notify_rank(item: CatalogItem) -> int:
+    """Where an item goes in one catalog NOTIFY (:meth:`NotifyPlanner.notify_items`)."""
+    kind = item_kind(item.device_id)
+    if kind in TREE_KINDS and item.event == "ADD":
+        return 0
+    return 1 if kind == "device" else 2

@@ -103,6 +103,7 @@ class UpperLink:
         self.failures = 0
         self.registrations = 0
         self.keepalive_misses = 0
+        self.last_keepalive: float | None = None  # when the upper last answered one (2xx)
         # One Call-ID and From tag for the REGISTERs of a registration, CSeq growing (RFC 3261
         # §10.2.4); a new registration (after losing the upper, or a redirect) restarts it.
         self._registers = RequestSequence()
@@ -147,6 +148,7 @@ class UpperLink:
         # asyncio.wait_for's inner connect is failing can be lost (the connect error is raised
         # instead); the loop sees the flag and stops anyway.
         self._stopping = True
+        self._wake.set()  # a lost cancel still ends the keepalive loop's wait
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -201,12 +203,14 @@ class UpperLink:
 
     async def _stay_registered(self) -> None:
         """Keepalives until it is time to refresh; returns when the upper is lost."""
-        interval = self.upper.keepalive_interval
-        while True:
+        while not self._stopping:
+            interval = self.upper.keepalive_interval  # (changeable at run time)
             refresh_at = self.registered_at + self.expires * random.uniform(0.55, 0.65)
             next_beat = self.clock() + interval
             if refresh_at <= next_beat:
                 await self._sleep(max(0.0, refresh_at - self.clock()))
+                if self._stopping:
+                    return
                 if self._lost:
                     return self._went_offline("connection lost")
                 try:
@@ -218,6 +222,8 @@ class UpperLink:
                     return self._went_offline("refresh failed")
                 continue
             await self._sleep(interval)
+            if self._stopping:
+                return
             if self._lost:
                 return self._went_offline("connection lost")
             verdict = await self.keepalive()
@@ -454,4 +460,5 @@ class UpperLink:
             self.log.info("uplink.keepalive_refused", status=resp.status, reason=resp.reason)
             return "refused"
         self.metrics.inc("uplink.keepalive_ok")
+        self.last_keepalive = self.clock()
         return "ok"

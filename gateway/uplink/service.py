@@ -33,6 +33,15 @@ map, what it may see (:class:`SharedView`) and the subscriptions it made.
   an alarm outside it goes as a MESSAGE, as to an upper without an alarm subscription.
 * When an upper goes offline its subscriptions are dropped (it re-subscribes when it is back)
   and :class:`~gateway.events.UpperOffline` tells the session layer to end its media.
+* The uppers are a runtime set: seeded from ``[[uplink.platforms]]`` at the first start
+  (records of kind ``upper`` in the store, with what each is shared), then the store is the
+  truth and :meth:`Uplink.add_upper`, :meth:`Uplink.update_upper`, :meth:`Uplink.remove_upper`
+  and :meth:`Uplink.set_share` change it while the gateway runs. An upper removed, or whose
+  registration settings change, hears its subscriptions end (``noresource``) and is
+  unregistered (``Expires: 0``); its media sessions end (:class:`~gateway.events.UpperOffline`).
+* When what an upper sees changes (its share; the units and their devices, from the
+  directory), a catalog subscription hears the difference: ADD for what came into its view,
+  DEL for what left it, UPDATE for what moved (:meth:`NotifyPlanner.view_change`).
 * Quirks of real uppers (issue 15) are served where the standard allows (no Max-Forwards,
   UDP requests on a TCP registration, a BYE numbered like its INVITE) or refused cleanly (a
   CSeq naming another method: 400), and noted on the upper's record
@@ -54,13 +63,15 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import structlog
+from pydantic import ValidationError
 
 from gateway.catalog import Catalog
+from gateway.directory import Directory
 from gateway.downlink import Downlink, make_tz
 from gateway.events import (
     AlarmReceived,
@@ -75,24 +86,53 @@ from gateway.events import (
 from gateway.manscdp import Decoded, DeviceConfig, DeviceControl, Message
 from gateway.metrics import Metrics
 from gateway.model import DeviceDirectory
-from gateway.settings import Identity, UplinkSection
+from gateway.settings import Identity, UplinkSection, UpperPlatform
 from gateway.sip import Endpoint, ParseError, Peer, Request, Response, ServerContext
 from gateway.store import Store
 from gateway.tasks import TaskSet
 from gateway.uplink.answers import about_gateway, answer_catalog
 from gateway.uplink.forwarding import FORWARDED, Forwarder
 from gateway.uplink.idmap import IdMap
-from gateway.uplink.notifier import UpperNotifier
+from gateway.uplink.notifier import NOTIFY_DELAY, UpperNotifier
 from gateway.uplink.planning import NotifyPlanner
 from gateway.uplink.registration import UpperLink
 from gateway.uplink.sending import Sender
 from gateway.uplink.session import UpperSession
-from gateway.uplink.share import SharedView
+from gateway.uplink.share import Share, SharedView
 from gateway.uplink.subscriptions import InboundSubscription
 
-__all__ = ["InboundSubscription", "Uplink", "UpperSession"]
+__all__ = ["InboundSubscription", "Uplink", "UpperError", "UpperSession"]
 
 log = structlog.get_logger("gateway.uplink")
+
+UPPER = "upper"  # store records: one per upper, {"platform": {...}, "share": {...}}
+META = "uplink"  # store record "seeded": the TOML's uppers were copied once
+# Settings an upper's registration is made of: changing one means unregistering and starting
+# over (the others are read as they are each time they are used).
+SOFT_FIELDS = frozenset(
+    {
+        "name",
+        "keepalive_interval",
+        "keepalive_timeout_count",
+        "retry_interval",
+        "charset",
+        "catalog_batch_udp_bytes",
+        "catalog_batch_tcp_items",
+        "catalog_min_items",
+        "catalog_max_items",
+        "other_hosts",
+    }
+)
+
+
+class UpperError(ValueError):
+    """A change to the uppers refused; ``field`` names what was wrong, ``status`` the HTTP
+    status an API would answer."""
+
+    def __init__(self, message: str, field: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
 
 
 class Uplink:
@@ -112,8 +152,10 @@ class Uplink:
         events: EventBus,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        directory: Directory | None = None,
     ) -> None:
         self.cfg = settings
+        self.directory = directory
         self.gw = identity
         self.endpoint = endpoint
         self.catalog = catalog
@@ -142,36 +184,240 @@ class Uplink:
         self.forwarder = Forwarder(
             downlink=downlink, metrics=metrics, send=self.send, send_parts=self.send_parts
         )
-        for upper in settings.platforms:
-            if not upper.enabled:
-                continue
-            idmap = IdMap(upper, store, self.gw.id, clock)
-            link = UpperLink(
-                upper,
-                identity=identity,
-                endpoint=endpoint,
-                metrics=metrics,
-                on_online=self._upper_online,
-                on_offline=self._upper_offline,
-                next_sn=self.next_sn,
-                clock=clock,
-                store=store,
-            )
-            view = SharedView(upper, identity, catalog, devices, idmap)
-            self.sessions[upper.id] = UpperSession(upper, link, idmap, view)
+        # Every upper (the disabled ones too) and what each is shared: the TOML's until
+        # :meth:`start` reads the store.
+        self.platforms: dict[str, UpperPlatform] = {up.id: up for up in settings.platforms}
+        self.shares: dict[str, Share] = {up.id: Share.seed(up.share) for up in settings.platforms}
+        self._started = False
+        self._units_dirty = False
+        for upper in self.platforms.values():
+            if upper.enabled:
+                self.sessions[upper.id] = self._new_session(upper)
+        if directory is not None:
+            directory.listeners.append(self._directory_changed)
+
+    def _new_session(self, upper: UpperPlatform) -> UpperSession:
+        idmap = IdMap(upper, self.store, self.gw.id, self.clock)
+        idmap.reserved |= set(self.platforms)
+        link = UpperLink(
+            upper,
+            identity=self.gw,
+            endpoint=self.endpoint,
+            metrics=self.metrics,
+            on_online=self._upper_online,
+            on_offline=self._upper_offline,
+            next_sn=self.next_sn,
+            clock=self.clock,
+            store=self.store,
+        )
+        view = SharedView(
+            upper,
+            self.gw,
+            self.catalog,
+            self.devices,
+            idmap,
+            self.shares[upper.id],
+            self.directory,
+        )
+        return UpperSession(upper, link, idmap, view)
 
     def start(self) -> None:
         self.endpoint.on_refused(self.request_refused)
+        self._load_uppers()
         rows = self.store.load_id_map()
-        uppers = {up.id for up in self.cfg.platforms}
+        uppers = set(self.platforms)
         for s in self.sessions.values():
             s.idmap.reserved |= uppers
             s.idmap.load(rows)
             s.link.start()
+        self._started = True
         if self.sessions:
             log.info("uplink.started", uppers=list(self.sessions))
 
+    # -- the uppers, changeable at run time ------------------------------------------------
+    def _load_uppers(self) -> None:
+        """At the first start, copy the TOML's uppers into the store; after that, the store's
+        uppers are the ones served (the TOML's are ignored)."""
+        if "seeded" not in dict(self.store.load_records(META)):
+            for upper_id in self.platforms:
+                self._save(upper_id)
+            self.store.save_record(META, "seeded", {"at": self.clock()})
+            return
+        platforms: dict[str, UpperPlatform] = {}
+        shares: dict[str, Share] = {}
+        for key, data in self.store.load_records(UPPER):
+            try:
+                upper = UpperPlatform.model_validate(data["platform"])
+                share = Share.from_dict(data.get("share") or {})
+            except (ValidationError, KeyError, TypeError, ValueError) as exc:
+                log.warning("uplink.bad_upper_record", key=key, error=str(exc)[:200])
+                continue
+            platforms[upper.id] = upper
+            shares[upper.id] = share
+        self.platforms, self.shares = platforms, shares
+        self.sessions = {up.id: self._new_session(up) for up in platforms.values() if up.enabled}
+
+    def _save(self, upper_id: str) -> None:
+        upper = self.platforms[upper_id]
+        self.store.save_record(
+            UPPER,
+            upper_id,
+            {
+                # The password is kept: digest authentication needs it.
+                "platform": upper.model_dump(mode="json", exclude={"share"}),
+                "share": self.shares[upper_id].as_dict(),
+            },
+        )
+
+    def _start_session(self, upper: UpperPlatform) -> None:
+        s = self._new_session(upper)
+        s.idmap.load(self.store.load_id_map())
+        for other in self.sessions.values():
+            other.idmap.reserved.add(upper.id)
+        self.sessions[upper.id] = s
+        if self._started:
+            s.link.start()
+
+    async def _stop_session(self, upper_id: str, reason: str) -> None:
+        """End everything of an upper's session: its catalog answer, its subscriptions (with
+        a terminating NOTIFY), its media (UpperOffline), its registration (unregistered)."""
+        s = self.sessions.pop(upper_id, None)
+        if s is None:
+            return
+        if s.catalog_task is not None and not s.catalog_task.done():
+            s.catalog_task.cancel()
+        await self.notifier.end_all(s, "noresource")
+        self.events.publish(UpperOffline(upper_id, reason))
+        await s.link.close(unregister=True)
+        s.log.info("uplink.upper_stopped", reason=reason)
+
+    async def add_upper(self, upper: UpperPlatform, share: Share | None = None) -> None:
+        """A new upper: stored, and (when enabled) registered to at once."""
+        if upper.id in self.platforms:
+            raise UpperError(f"upper {upper.id} exists already", "id", 409)
+        if upper.id == self.gw.id:
+            raise UpperError("id: an upper cannot have the gateway's own ID", "id", 422)
+        self.platforms[upper.id] = upper
+        self.shares[upper.id] = share if share is not None else Share.seed(upper.share)
+        self._save(upper.id)
+        if upper.enabled:
+            self._start_session(upper)
+        self.metrics.inc("uplink.upper_added")
+        log.info("uplink.upper_added", upper=upper.id, enabled=upper.enabled)
+
+    async def update_upper(self, upper_id: str, changes: Mapping[str, Any]) -> UpperPlatform:
+        """Change an upper's settings (validated as :class:`UpperPlatform`; a
+        :class:`pydantic.ValidationError` names the bad field). A change to how it is
+        registered to (address, ID, password...) unregisters the old registration first and
+        registers anew; the rest takes effect in place."""
+        old = self._upper(upper_id)
+        data = old.model_dump()
+        data.update(changes)
+        data.pop("share", None)
+        new = UpperPlatform.model_validate(data)
+        if new.id != upper_id and new.id in self.platforms:
+            raise UpperError(f"upper {new.id} exists already", "id", 409)
+        if new.id == self.gw.id:
+            raise UpperError("id: an upper cannot have the gateway's own ID", "id", 422)
+        changed = {k for k in type(new).model_fields if getattr(old, k) != getattr(new, k)}
+        if changed - SOFT_FIELDS:
+            await self._stop_session(upper_id, "settings changed")
+            share = self.shares.pop(upper_id)
+            del self.platforms[upper_id]
+            if new.id != upper_id:
+                self.store.delete_record(UPPER, upper_id)
+            self.platforms[new.id] = new
+            self.shares[new.id] = share
+            self._save(new.id)
+            if new.enabled:
+                self._start_session(new)
+        else:
+            self.platforms[upper_id] = new
+            self._save(upper_id)
+            s = self.sessions.get(upper_id)
+            if s is not None:
+                s.upper = s.link.upper = s.view.upper = new
+        log.info("uplink.upper_updated", upper=upper_id, changed=sorted(changed))
+        return new
+
+    async def remove_upper(self, upper_id: str) -> None:
+        """Unregister from an upper, end its subscriptions and media, forget it."""
+        self._upper(upper_id)
+        await self._stop_session(upper_id, "removed")
+        del self.platforms[upper_id]
+        del self.shares[upper_id]
+        self.store.delete_record(UPPER, upper_id)
+        self.metrics.inc("uplink.upper_removed")
+        log.info("uplink.upper_removed", upper=upper_id)
+
+    async def set_share(self, upper_id: str, share: Share) -> None:
+        """What ``upper_id`` is shared, now; a catalog subscription of it hears the change."""
+        self._upper(upper_id)
+        self.shares[upper_id] = share
+        self._save(upper_id)
+        s = self.sessions.get(upper_id)
+        if s is not None:
+            await self._change_view(s, lambda: s.view.refresh(share))
+        log.info("uplink.share_changed", upper=upper_id, **share.as_dict())
+
+    def _upper(self, upper_id: str) -> UpperPlatform:
+        upper = self.platforms.get(upper_id)
+        if upper is None:
+            raise UpperError(f"no upper {upper_id}", "id", 404)
+        return upper
+
+    async def _change_view(self, s: UpperSession, change: Callable[[], None]) -> None:
+        """Apply ``change`` to what ``s`` sees; when it holds a catalog subscription, tell it
+        the difference (the view its subscription names, before and after)."""
+        async with s.view_lock:
+            sub = s.subs.get("Catalog")
+            if sub is None or sub.ended or not s.link.online:
+                change()
+                return
+            target = None if self.planner.is_gateway(sub.target) else sub.target
+            before = await s.view.build_async(target)
+            change()
+            after = await s.view.build_async(target)
+            notices = self.planner.view_change(s, before, after)
+            self.notifier.queue(notices)
+            if notices:
+                s.log.info("uplink.view_changed", notices=len(notices))
+
+    def _directory_changed(self, what: str, device_ids: Iterable[str]) -> None:
+        """Units or accounts changed. A view with no catalog subscription to tell takes a
+        new snapshot of the units when next used; the others are diffed and told, a burst
+        (a bulk import) at once, after ``NOTIFY_DELAY``."""
+        told = False
+        for s in self.sessions.values():
+            sub = s.subs.get("Catalog")
+            if sub is None or sub.ended or not s.link.online:
+                s.view.invalidate()
+            else:
+                told = True
+        if told and not self._units_dirty:
+            self._units_dirty = True
+            self.spawn(self._refresh_units())
+
+    async def _refresh_units(self) -> None:
+        await asyncio.sleep(NOTIFY_DELAY)
+        self._units_dirty = False
+        for s in list(self.sessions.values()):
+            await self._change_view(s, s.view.refresh)
+
+    def state_of(self, upper_id: str) -> str:
+        """``disabled``, ``registered``, ``registering`` (trying, no failure yet) or
+        ``offline`` (refused or unreachable: backing off)."""
+        upper = self._upper(upper_id)
+        s = self.sessions.get(upper_id)
+        if not upper.enabled or s is None:
+            return "disabled"
+        if s.link.online:
+            return "registered"
+        return "registering" if s.link.failures == 0 else "offline"
+
     async def close(self) -> None:
+        if self.directory is not None and self._directory_changed in self.directory.listeners:
+            self.directory.listeners.remove(self._directory_changed)
         self._tasks.cancel_all()
         self.notifier.close(self.sessions.values())
         await asyncio.gather(*(s.link.close() for s in self.sessions.values()))
@@ -187,7 +433,9 @@ class Uplink:
         for s in self.sessions.values():
             local = s.idmap.to_local(user)
             if local is not None and (
-                self.catalog.owner_of(local) is not None or local in self.devices
+                self.catalog.owner_of(local) is not None
+                or local in self.devices
+                or s.view.unit_node(local) is not None
             ):
                 return True
         return False
@@ -334,6 +582,8 @@ class Uplink:
         if s.view.resolve(target) is not None:
             return True
         local = s.idmap.to_local(target)
+        if local is not None and s.view.unit_visible(local):
+            return True  # a unit, as a virtual organisation
         if local is None or self.catalog.get(local) is None:
             return False
         return s.view.share_all or local in s.view.shared

@@ -28,6 +28,9 @@ class UpperSession:
         self.catalog_task: asyncio.Task[Any] | None = None
         # Over a UDP link: until when large requests skip TCP (it failed); 0: TCP is tried.
         self.tcp_retry_at = 0.0
+        # Changes of what the upper sees (its share, the units) one at a time: each builds
+        # the view before and after to tell the upper the difference.
+        self.view_lock = asyncio.Lock()
         self.log = log.bind(upper=upper.id)
 
     @property

@@ -20,13 +20,26 @@ Catalog query's answer, a subscription's first NOTIFY) is what it covers, with t
 those items hang under (an NVR's virtual organisations and their business group, with their
 ancestors): a ParentID or business group in the answer that names a tree node the upper sees
 names one in the answer. Only the named item's own ParentID points outside it.
+
+What an upper is shared (:class:`Share`) changes at run time: all, or any mix of social units
+(every device of the unit), devices (all each reported) and channels. The view keeps a snapshot
+of the units (which devices each has, its name, civil code and virtual-organisation ID) taken
+by :meth:`SharedView.refresh`, so that the uplink can build the view before and after a change
+and tell the upper the difference.
+
+Units as virtual organisations: each unit with at least one device in the view is a type 216
+item (its ``vo_id``, its name, its civil code) hanging under the gateway. A device of a unit
+hangs under the unit's item (the device item the gateway makes, and a device's own item without
+a visible parent); so does any item of its that would otherwise hang under the gateway itself.
+Channels under their device, or under a tree node the device reported, keep that parent.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from gateway.catalog import Catalog
 from gateway.manscdp import CatalogItem, item_kind
@@ -37,6 +50,80 @@ from gateway.uplink.idmap import IdMap
 TREE_KINDS = frozenset({"region", "business_group", "virtual_org", "system"})
 _CHUNK = 5000
 _ORDER = {"system": 0, "region": 1, "business_group": 2, "virtual_org": 3, "device": 4}
+# Type codes of what registers itself (front-end devices, 111-130, and platforms, 200): an ID
+# of the TOML's ``share = [...]`` with another type names a channel.
+_CHANNEL_TYPES = range(131, 200)
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """What an upper is shared: everything (``all``), or social units (every device of each),
+    devices (all each reported) and channels. Devices and channels are one set when deciding
+    what is visible; they are kept apart for the people who read them."""
+
+    all: bool = False
+    units: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+
+    @classmethod
+    def seed(cls, value: str | Iterable[str]) -> Share:
+        """The TOML's ``share``: ``"all"``, or IDs naming devices or channels."""
+        if value == "all":
+            return cls(all=True)
+        ids = list(dict.fromkeys(value))
+        channels = tuple(i for i in ids if i[10:13].isdigit() and int(i[10:13]) in _CHANNEL_TYPES)
+        return cls(devices=tuple(i for i in ids if i not in channels), channels=channels)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "all": self.all,
+            "units": list(self.units),
+            "devices": list(self.devices),
+            "channels": list(self.channels),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Share:
+        return cls(
+            all=bool(data.get("all", False)),
+            units=tuple(dict.fromkeys(data.get("units", ()))),
+            devices=tuple(dict.fromkeys(data.get("devices", ()))),
+            channels=tuple(dict.fromkeys(data.get("channels", ()))),
+        )
+
+
+class UnitLike(Protocol):
+    """A social unit as the view needs it (:class:`gateway.directory.Unit` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def civil_code(self) -> str: ...
+
+    @property
+    def vo_id(self) -> str: ...
+
+
+class Units(Protocol):
+    """Where units and their devices are kept (:class:`gateway.directory.Directory`)."""
+
+    @property
+    def units(self) -> Mapping[str, Any]: ...
+
+    def members(self, unit_id: str) -> frozenset[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UnitNode:
+    """A unit as the view saw it at its last :meth:`SharedView.refresh`."""
+
+    unit_id: str
+    vo_id: str
+    name: str
+    civil_code: str
+    members: frozenset[str] = field(default_factory=frozenset)
 
 
 class SharedView:
@@ -47,30 +134,116 @@ class SharedView:
         catalog: Catalog,
         devices: DeviceDirectory,
         idmap: IdMap,
+        share: Share | None = None,
+        units: Units | None = None,
     ) -> None:
         self.upper = upper
         self.gateway = identity
         self.catalog = catalog
         self.devices = devices
         self.idmap = idmap
-        self.share_all = upper.share == "all"
-        self.shared: frozenset[str] = (
-            frozenset() if upper.share == "all" else frozenset(upper.share)
+        self.units = units
+        self.share = share if share is not None else Share.seed(upper.share)
+        self.share_all = False
+        self.shared: frozenset[str] = frozenset()
+        self._home: dict[str, UnitNode] = {}  # device ID -> its unit
+        self._vos: dict[str, UnitNode] = {}  # a unit's virtual-organisation ID -> the unit
+        self._stale = False
+        self.refresh()
+
+    # -- what is shared ---------------------------------------------------------------------
+    def refresh(self, share: Share | None = None) -> None:
+        """Take ``share`` (when given) and a new snapshot of the units: who is in which, and
+        what is shared through a unit."""
+        if share is not None:
+            self.share = share
+        shared = set(self.share.devices) | set(self.share.channels)
+        home: dict[str, UnitNode] = {}
+        vos: dict[str, UnitNode] = {}
+        if self.units is not None:
+            wanted = set(self.share.units)
+            for unit_id, unit in list(self.units.units.items()):
+                members = self.units.members(unit_id)
+                if unit_id in wanted:
+                    shared |= members
+                if not unit.vo_id:
+                    continue
+                node = UnitNode(unit_id, unit.vo_id, unit.name, unit.civil_code, members)
+                vos[unit.vo_id] = node
+                for device_id in members:
+                    home[device_id] = node
+        self.share_all = self.share.all
+        self.shared = frozenset(shared)
+        self._home = home
+        self._vos = vos
+        self._stale = False
+
+    def invalidate(self) -> None:
+        """The units changed: take a new snapshot when next asked anything (a burst of
+        changes, a bulk import, costs one)."""
+        self._stale = True
+
+    def _fresh(self) -> None:
+        if self._stale:
+            self.refresh()
+
+    def home_of(self, device_id: str) -> UnitNode | None:
+        """The unit of a device (as last refreshed), or ``None``."""
+        self._fresh()
+        return self._home.get(device_id)
+
+    def unit_node(self, local_id: str) -> UnitNode | None:
+        """The unit whose virtual organisation ``local_id`` is, or ``None``."""
+        self._fresh()
+        return self._vos.get(local_id)
+
+    def unit_visible(self, local_id: str) -> bool:
+        """Is ``local_id`` the virtual organisation of a unit with a device in this view?"""
+        self._fresh()
+        node = self._vos.get(local_id)
+        return node is not None and any(
+            any(True for _ in self._visible_items(m)) for m in node.members
+        )
+
+    def _visible_items(self, owner: str) -> Iterator[CatalogItem]:
+        for i in self.catalog.reported_by(owner):
+            if item_kind(i.device_id) not in TREE_KINDS and self.channel_visible(
+                owner, i.device_id
+            ):
+                yield i
+
+    def _home_id(self, owner: str) -> str:
+        """What an item of ``owner`` with no visible parent hangs under, in the upper's IDs:
+        its unit's virtual organisation, or the gateway."""
+        self._fresh()
+        node = self._home.get(owner)
+        return self.gateway.id if node is None else self.idmap.to_upper(node.vo_id)
+
+    def unit_item(self, node: UnitNode) -> CatalogItem:
+        """A unit as a virtual organisation (type 216) under the gateway."""
+        return CatalogItem(
+            device_id=self.idmap.to_upper(node.vo_id),
+            name=node.name,
+            civil_code=node.civil_code or self.gateway.civil_code or None,
+            parent_id=self.gateway.id,
         )
 
     # -- visibility -------------------------------------------------------------------------
     def channel_visible(self, owner: str, item_id: str) -> bool:
         """May this upper see a channel (or device item) ``item_id`` reported by ``owner``?"""
+        self._fresh()
         return self.share_all or owner in self.shared or item_id in self.shared
 
     def device_visible(self, device_id: str) -> bool:
         """May this upper see a registered device (it shares the device or one channel of it)?"""
+        self._fresh()
         if self.share_all or device_id in self.shared:
             return True
         return any(self.catalog.owner_of(i) == device_id for i in self.shared)
 
     def resolve(self, upper_item: str) -> tuple[str, str] | None:
         """(owner device, local ID) of an ID the upper used, when this upper may see it."""
+        self._fresh()
         local = self.idmap.to_local(upper_item)
         if local is None:
             return None
@@ -83,6 +256,18 @@ class SharedView:
             whole = self.share_all or local in self.shared
             return (local, local) if whole else None
         return None
+
+    def counts(self) -> tuple[int, int]:
+        """(channels in the view, how many of them are ON): every visible item but the tree
+        nodes (an NVR's own item included)."""
+        total = online = 0
+        for owner, item in self.catalog:
+            if item_kind(item.device_id) in TREE_KINDS:
+                continue
+            if self.channel_visible(owner, item.device_id):
+                total += 1
+                online += item.status == "ON"
+        return total, online
 
     # -- items ------------------------------------------------------------------------------
     def system_item(self) -> CatalogItem:
@@ -111,7 +296,7 @@ class SharedView:
             civil_code=self.gateway.civil_code or dev.device_id[:6],
             address="",
             parental=1,
-            parent_id=self.gateway.id,
+            parent_id=self._home_id(dev.device_id),
             register_way=1,
             secrecy=0,
             status="ON" if dev.online else "OFF",
@@ -125,7 +310,7 @@ class SharedView:
         if kind == "business_group":
             parents = [gw]  # its owning system, from the upper's side: the gateway
         elif not parents and kind != "virtual_org" and kind != "region":
-            parents = [gw]
+            parents = [self._home_id(owner)]
         group = item.business_group_id
         info = item.info
         if info is not None and info.business_group_id:
@@ -186,10 +371,14 @@ class SharedView:
         ``item``: the item when it is no longer stored (a deletion); ``memo``: answers for
         intermediate nodes, shared by calls with the same ``target``. Visibility is not
         checked here."""
+        self._fresh()
         if item_id == target:
             return True
         if owner == target and item_kind(item_id) not in TREE_KINDS:
             return True
+        unit = self._vos.get(target)
+        if unit is not None:
+            return owner in unit.members  # a unit: whatever its devices reported
         if item is None:
             item = self.catalog.get(item_id)
             if item is None:
@@ -236,6 +425,7 @@ class SharedView:
         return out
 
     def _build(self, target: str | None, out: list[CatalogItem]) -> Iterator[None]:
+        self._fresh()
         channels: list[tuple[str, CatalogItem]] = []
         owners: dict[str, None] = {}
         wanted_nodes: dict[str, None] = {}
@@ -274,7 +464,11 @@ class SharedView:
             devices = [dev for dev in devices if inside(dev.device_id, dev.device_id)]
             covered = [(owner, node) for owner, node in nodes if inside(owner, node.device_id)]
             nodes = covered + self._nodes_above(target, nodes, covered + channels)
+        homes = {node.vo_id: node for o in owners if (node := self._home.get(o)) is not None}
+        if inside is not None:
+            homes = {vo: node for vo, node in homes.items() if inside(vo, vo)}
         view: list[CatalogItem] = [self.system_item()] if inside is None else []
+        view.extend(self.unit_item(node) for node in homes.values())
         view.extend(
             sorted(
                 (self.translate(owner, node) for owner, node in nodes),
