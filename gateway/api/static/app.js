@@ -110,7 +110,10 @@ const devLink = (id) => link(`#/devices/${encodeURIComponent(id)}`, id);
 
 function notify(message, kind = "ok") {
   const box = h("div", { class: `toast ${kind}`, role: kind === "error" ? "alert" : "status" }, message);
-  $("#toasts").append(box);
+  const toasts = $("#toasts");
+  toasts.append(box);
+  while (toasts.children.length > 3) toasts.firstElementChild.remove();
+  box.addEventListener("click", () => box.remove());
   setTimeout(() => box.remove(), kind === "error" ? 8000 : 3500);
 }
 
@@ -1202,7 +1205,8 @@ async function upperPage(view, upperId) {
   const share = await A.get(`${path}/share`);
   const all = h("input", { type: "checkbox", id: "share-all", checked: Boolean(share.all) });
   const pickers = {
-    units: idPicker("units", "/units", share.units || [], (u) => `${u.name || ""}`),
+    units: idPicker("units", "/units", share.units || [], (u) => `${u.name || ""}`,
+      (id) => A.get(`/units/${encodeURIComponent(id)}`).then((u) => u.name || id)),
     devices: idPicker("devices", "/devices", share.devices || [], (d) => `${d.name || ""}`),
     channels: idPicker("channels", "/channels", share.channels || [], (c) => `${c.name || ""} @ ${c.device_id || ""}`),
   };
@@ -1250,14 +1254,15 @@ async function upperPage(view, upperId) {
 }
 
 // Picked IDs as removable chips, and a server search (a few results at a time) to add more.
-function idPicker(name, path, initial, describe) {
+function idPicker(name, path, initial, describe, resolve) {
   const picked = new Set(initial);
+  const labels = new Map(); // id -> a name to show on its chip
   const chips = h("div", { class: "chips" });
   const results = h("ul", { class: "picker-results" });
   const input = h("input", { type: "search", placeholder: t("common.search"), "data-picker": name });
   const draw = () => {
     chips.replaceChildren(
-      ...[...picked].map((id) => h("span", { class: "chip", "data-id": id }, id, h("button", { class: "x", title: t("common.delete"), onclick: () => { picked.delete(id); draw(); } }, "×")))
+      ...[...picked].map((id) => h("span", { class: "chip", "data-id": id, title: id }, labels.get(id) || id, h("button", { class: "x", title: t("common.delete"), onclick: () => { picked.delete(id); draw(); } }, "×")))
     );
     if (!picked.size) chips.append(h("span", { class: "muted" }, "—"));
   };
@@ -1274,7 +1279,11 @@ function idPicker(name, path, initial, describe) {
           h("li", {}, h("button", {
             class: "small",
             "data-add": item.id,
-            onclick: () => { picked.add(item.id); draw(); },
+            onclick: () => {
+              picked.add(item.id);
+              if (resolve) labels.set(item.id, item.name || item.id);
+              draw();
+            },
           }, "+"), " ", h("code", {}, item.id), " ", describe(item)))
       );
       if (!(data.items || []).length) results.append(h("li", { class: "muted" }, t("common.none")));
@@ -1284,6 +1293,10 @@ function idPicker(name, path, initial, describe) {
   }, 250);
   input.addEventListener("input", search);
   draw();
+  if (resolve) {
+    // Units have short server-made IDs: show their names (a few lookups, the first 50 only).
+    Promise.all([...picked].slice(0, 50).map((id) => resolve(id).then((label) => labels.set(id, label), () => {}))).then(draw);
+  }
   return { el: h("div", { class: "picker", "data-picker-box": name }, chips, input, results), ids: () => [...picked] };
 }
 
