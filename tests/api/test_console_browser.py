@@ -84,15 +84,18 @@ async def nvr_ep() -> AsyncIterator[Endpoint]:
 class Shots:
     """Screenshots of each page, in the test's directory and in bench/out/console/."""
 
-    def __init__(self, page: Page, out: Path) -> None:
+    def __init__(self, page: Page, out: Path, prefix: str) -> None:
         self.page = page
         self.out = out
+        self.prefix = prefix
         self.saved: list[Path] = []
         out.mkdir(parents=True, exist_ok=True)
         SHOTS.mkdir(parents=True, exist_ok=True)
+        for old in SHOTS.glob(f"{prefix}-*.png"):  # a previous run's
+            old.unlink()
 
     async def take(self, name: str) -> None:
-        path = self.out / f"{len(self.saved):02d}-{name}.png"
+        path = self.out / f"{self.prefix}-{len(self.saved):02d}-{name}.png"
         await self.page.screenshot(path=str(path), full_page=True)
         shutil.copy(path, SHOTS / path.name)
         self.saved.append(path)
@@ -177,7 +180,7 @@ async def test_console_onboards_a_unit_end_to_end(
     )
     page = await context.new_page()
     watched = Watched(page)
-    shots = Shots(page, tmp_path / "screenshots")
+    shots = Shots(page, tmp_path / "screenshots", "onboard")
     dev: SimDevice | None = None
     try:
         # -- log in (Chinese by default) ------------------------------------------------------
@@ -363,6 +366,15 @@ async def test_console_onboards_a_unit_end_to_end(
         finally:
             sink_transport.close()
 
+        # -- an alarm from the NVR appears on the open alarms page -------------------------
+        await go(page, "alarms")
+        await page.wait_for_selector('[data-list="alarms"] tbody tr')
+        await dev.send_alarm(description="周界入侵")
+        alarm_row = '[data-list="alarms"] tr[data-alarm]'
+        await page.wait_for_selector(f"{alarm_row}:has-text('周界入侵')", timeout=UI_WAIT)
+        assert await page.evaluate("window.__sameDocument") is True
+        await shots.take("alarms")
+
         # -- the other pages render ------------------------------------------------------------
         await go(page, "overview")
         await page.wait_for_selector('[data-tile="devices"]')
@@ -374,7 +386,6 @@ async def test_console_onboards_a_unit_end_to_end(
         await shots.take("overview")
         for nav, ready in [
             ("devices", f'[data-list="devices"] tr[data-device="{device_id}"]'),
-            ("alarms", '[data-list="alarms"] tbody tr'),
             ("audit", '[data-list="audit"] tbody tr td'),
             ("users", '[data-list="users"] tbody tr'),
         ]:
@@ -453,7 +464,7 @@ async def test_a_viewer_sees_no_write_controls_and_an_expired_login_returns_to_t
     context = await browser.new_context(viewport={"width": 1280, "height": 860})
     page = await context.new_page()
     watched = Watched(page)
-    shots = Shots(page, tmp_path / "screenshots")
+    shots = Shots(page, tmp_path / "screenshots", "viewer")
     try:
         await page.goto(api.base + "/")
         await page.fill("#login-username", "watcher")

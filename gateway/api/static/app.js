@@ -1365,6 +1365,7 @@ async function alarmsPage(view) {
     name: "alarms",
     path: "/alarms",
     search: false,
+    rowAttrs: (a) => ({ "data-alarm": a.id, "data-device": a.device_id }),
     tools: [device],
     params: () => ({ device: device.value.trim() }),
     columns: [
