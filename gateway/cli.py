@@ -1,4 +1,5 @@
-"""``gb28181-gateway``: run the gateway, or look at what its store holds while it runs."""
+"""``gb28181-gateway``: run the gateway, look at what its store holds while it runs, or manage
+the console's users (``user add|list|passwd|disable|enable``; the first admin comes from here)."""
 
 from __future__ import annotations
 

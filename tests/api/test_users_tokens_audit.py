@@ -283,3 +283,34 @@ async def test_cli_user_add_then_login_over_http(
     assert (await boss.get("/api/v1/auth/me")).status_code == 401
     assert await cli(["user", "passwd", "nobody", "--password-stdin", "--config", str(cfg)]) == 1
     assert await cli(["user", "add", "bad name", "--config", str(cfg)]) == 2
+
+
+def test_cli_user_prompts_twice_and_refuses_what_it_cannot_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "cli.toml"
+    cfg.write_text(f'[store]\npath = "{tmp_path / "users.db"}"\n')
+    assert main(["user", "list", "--config", str(cfg)]) == 0
+    assert "0 users" in capsys.readouterr().out
+    assert not (tmp_path / "users.db").exists()  # listing creates no store
+    typed = iter(["first try!", "second try"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": next(typed))
+    assert main(["user", "add", "erin", "--role", "operator", "--config", str(cfg)]) == 1
+    assert "differ" in capsys.readouterr().err
+    typed = iter(["same words", "same words"])
+    assert main(["user", "add", "erin", "--role", "operator", "--config", str(cfg)]) == 0
+    typed = iter(["short", "short"])
+    assert main(["user", "passwd", "erin", "--config", str(cfg)]) == 2
+    assert "at least 8" in capsys.readouterr().err
+    assert main(["user", "disable", "erin", "--config", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["user", "list", "--config", str(cfg)]) == 0
+    table = capsys.readouterr().out
+    assert "erin" in table and "operator" in table and "disabled" in table
+    assert main(["user", "enable", "erin", "--config", str(cfg)]) == 0
+    assert main(["user", "list", "--json", "--config", str(cfg)]) == 0
+    (erin,) = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert erin["username"] == "erin" and erin["disabled"] is False and "hash" not in erin
+    memory = tmp_path / "memory.toml"
+    memory.write_text('[store]\nbackend = "memory"\n')
+    assert main(["user", "list", "--config", str(memory)]) == 2
