@@ -3,9 +3,12 @@ bulk imports, listeners, persistence and the first-start seed."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.directory import (
     ACCOUNT_ADDED,
@@ -297,3 +300,80 @@ def test_policy_and_default_password() -> None:
     assert d.password("34020000001320000777") == "default1"
     d.set_unknown_devices("reject")
     assert d.password("34020000001320000777") is None
+
+
+def test_unit_names_are_unique() -> None:
+    d = make()
+    a = d.add_unit("一中")
+    b = d.add_unit("二中")
+    err = refused(d.add_unit, " 一中 ")
+    assert err.status == 409 and err.field == "name"
+    assert refused(d.update_unit, b.id, name="一中").status == 409
+    assert d.update_unit(a.id, name="一中").name == "一中"  # its own name is fine
+    assert d.find_unit("二中") == b and d.find_unit(a.id) == a and d.find_unit("三中") is None
+
+
+def test_a_failing_listener_does_not_stop_the_others() -> None:
+    d = make()
+
+    def broken(what: str, ids: Iterable[str]) -> None:
+        raise RuntimeError("listener bug")
+
+    d.listeners.append(broken)
+    heard = Heard(d)
+    d.add_account(DEV)
+    assert heard.calls == [(ACCOUNT_ADDED, [DEV])] and DEV in d.accounts
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    name=st.text(max_size=120),
+    kind=st.sampled_from(["school", "bank", "", "castle", "Other"]),
+    civil=st.text(alphabet="0123456789x", max_size=9),
+    device_id=st.one_of(st.none(), st.text(alphabet="0123456789a", min_size=18, max_size=21)),
+    password=st.one_of(st.none(), st.text(max_size=70)),
+)
+def test_hostile_values_are_refused_or_taken_never_half(
+    name: str, kind: str, civil: str, device_id: str | None, password: str | None
+) -> None:
+    store = MemoryStore()
+    d = make(store)
+    try:
+        unit = d.add_unit(name, kind=kind, civil_code=civil)
+    except DirectoryError as exc:
+        assert exc.field in ("name", "kind", "civil_code") and exc.status == 422
+        assert d.units == {} and store.load_records("unit") == []
+        unit = None
+    try:
+        acc = d.add_account(
+            device_id, password=password, name=name, unit_id=unit.id if unit else None
+        )
+    except DirectoryError as exc:
+        assert exc.field in ("device_id", "password", "name")
+        assert d.accounts == {} and store.load_records("account") == []
+    else:
+        assert len(acc.device_id) == 20 and acc.device_id.isdigit()
+        assert 1 <= len(acc.password) <= 64 and '"' not in acc.password
+        assert dict(store.load_records("account"))[acc.device_id]["password"] == acc.password
+
+
+async def test_a_big_import_gives_the_event_loop_turns() -> None:
+    d = make()
+    heard = Heard(d)
+    ticks = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    rows = [ImportRow(i + 2, name=f"NVR {i}", password="secret123") for i in range(2000)]
+    report = await d.import_accounts_async(rows, batch=100)
+    done = True
+    await task
+    assert len(report.created) == 2000 and report.errors == []
+    assert ticks >= 19  # a turn for the rest of the loop every 100 rows
+    assert heard.calls == [(ACCOUNT_ADDED, sorted(report.created))]  # still once

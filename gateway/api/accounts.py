@@ -214,7 +214,7 @@ async def import_accounts(
         rows = await asyncio.to_thread(read_rows, data)
     except SheetError as exc:
         raise ApiError(422, str(exc), "file") from None
-    report = ctx.directory.import_accounts(
+    report = await ctx.directory.import_accounts_async(
         rows, may_change_password=who.may("admin"), taken=_taken(ctx)
     )
     request.state.audit_detail = (

@@ -31,6 +31,7 @@ once per operation (a bulk import is one call per kind of change, with all its I
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import string
 import time
@@ -38,8 +39,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+import structlog
+
 from gateway.settings import AuthSection, Identity
 from gateway.store import Store
+
+log = structlog.get_logger("gateway.directory")
 
 UNIT = "unit"
 ACCOUNT = "account"
@@ -308,7 +313,10 @@ class Directory:
         if not ids and what != POLICY_CHANGED:
             return
         for listener in self.listeners:
-            listener(what, ids)
+            try:
+                listener(what, ids)
+            except Exception:  # the change is made and stored: the others still hear it
+                log.exception("directory.listener_failed", what=what, devices=len(ids))
 
     # -- what the registrar asks on every REGISTER -----------------------------------------------
     def password(self, device_id: str) -> str | None:
@@ -346,15 +354,24 @@ class Directory:
         return unit
 
     def find_unit(self, id_or_name: str) -> Unit | None:
-        """A unit by its ID, else by its exact name (the first one made, if two share it)."""
+        """A unit by its ID, else by its exact name."""
         unit = self.units.get(id_or_name)
         if unit is not None:
             return unit
-        named = [u for u in self.units.values() if u.name == id_or_name.strip()]
-        return min(named, key=lambda u: (u.created_at, u.id)) if named else None
+        name = id_or_name.strip()
+        return next((u for u in self.units.values() if u.name == name), None)
+
+    def _unique_name(self, name: str, unit_id: str | None = None) -> None:
+        """Unit names are unique (an import names units by name)."""
+        for unit in self.units.values():
+            if unit.name == name and unit.id != unit_id:
+                raise DirectoryError(
+                    f"name: unit {unit.id} is already called {name!r}", "name", 409
+                )
 
     def add_unit(self, name: str, **values: Any) -> Unit:
         checked = _check_unit_fields({"name": name, **values})
+        self._unique_name(checked["name"])
         unit_id = "u" + secrets.token_hex(4)
         while unit_id in self.units:
             unit_id = "u" + secrets.token_hex(4)
@@ -368,6 +385,8 @@ class Directory:
     def update_unit(self, unit_id: str, **values: Any) -> Unit:
         unit = self.unit(unit_id)
         checked = _check_unit_fields(values)
+        if "name" in checked:
+            self._unique_name(checked["name"], unit_id)
         for key, value in checked.items():
             setattr(unit, key, value)
         self._save_unit(unit)
@@ -553,60 +572,93 @@ class Directory:
         per account; listeners are called once per kind of change with all its IDs. An
         existing account's password is only changed when ``may_change_password`` (else the row
         is refused)."""
-        report = ImportReport()
-        seen: set[str] = set()
-        revoked: list[str] = []
-        changed: list[str] = []
+        job = _Import(self, may_change_password, taken)
         for row in rows:
-            try:
-                if row.error is not None:
-                    raise DirectoryError(row.error, row.error_field)
-                device_id = (row.device_id or "").strip()
-                if device_id in seen:
-                    raise DirectoryError(
-                        f"device_id: {device_id} is in the file twice", "device_id"
-                    )
-                unit_id = self._import_unit(row.unit)
-                if device_id and device_id in self.accounts:
-                    acc = self.accounts[device_id]
-                    values: dict[str, Any] = {}
-                    if row.name is not None:
-                        values["name"] = row.name
-                    if row.unit is not None:
-                        values["unit_id"] = unit_id
-                    if row.password is not None and row.password != acc.password:
-                        if not may_change_password:
-                            raise DirectoryError(
-                                "password: changing a device's password needs admin",
-                                "password",
-                                403,
-                            )
-                        values["password"] = row.password
-                    checked = self._check_account_fields(values)
-                    if self._apply(acc, checked):
-                        revoked.append(device_id)
-                    else:
-                        changed.append(device_id)
-                    self._save_account(acc)
-                    report.updated.append(device_id)
-                else:
-                    acc = self._new_account(
-                        device_id or None, row.password, row.name or "", unit_id, True, taken
-                    )
-                    self._put(acc)
-                    report.created.append(acc.device_id)
-                seen.add(acc.device_id)
-            except DirectoryError as exc:
-                report.errors.append(ImportProblem(row.row, exc.field, exc.message))
-        self._changed(ACCOUNT_ADDED, report.created)
-        self._changed(ACCOUNT_CHANGED, changed)
-        self._changed(ACCOUNT_REVOKED, revoked)
-        return report
+            job.take(row)
+        return job.finish()
 
-    def _import_unit(self, unit: str | None) -> str | None:
+    async def import_accounts_async(
+        self,
+        rows: Iterable[ImportRow],
+        *,
+        may_change_password: bool = True,
+        taken: Callable[[str], bool] | None = None,
+        batch: int = 500,
+    ) -> ImportReport:
+        """:meth:`import_accounts`, giving the event loop a turn every ``batch`` rows (a city's
+        file of 100,000 rows takes seconds; SIP keeps being served meanwhile). Each row is
+        checked against the directory as it is when the row's turn comes."""
+        job = _Import(self, may_change_password, taken)
+        for n, row in enumerate(rows, start=1):
+            job.take(row)
+            if n % batch == 0:
+                await asyncio.sleep(0)
+        return job.finish()
+
+    def _import_unit(self, unit: str | None, by_name: Mapping[str, str]) -> str | None:
         if unit is None:
             return None
-        found = self.find_unit(unit)
+        if unit in self.units:
+            return unit
+        found = by_name.get(unit.strip())
         if found is None:
             raise DirectoryError(f"unit: no unit {unit[:MAX_NAME]!r} (ID or name)", "unit", 404)
-        return found.id
+        return found
+
+
+class _Import:
+    """One bulk import under way (see :meth:`Directory.import_accounts`)."""
+
+    def __init__(
+        self, d: Directory, may_change_password: bool, taken: Callable[[str], bool] | None
+    ) -> None:
+        self.d = d
+        self.may_change_password = may_change_password
+        self.taken = taken
+        self.report = ImportReport()
+        self.by_name = {u.name: u.id for u in d.units.values()}  # not a scan per row
+        self.seen: set[str] = set()
+        self.revoked: list[str] = []
+        self.changed: list[str] = []
+
+    def take(self, row: ImportRow) -> None:
+        d = self.d
+        try:
+            if row.error is not None:
+                raise DirectoryError(row.error, row.error_field)
+            device_id = (row.device_id or "").strip()
+            if device_id in self.seen:
+                raise DirectoryError(f"device_id: {device_id} is in the file twice", "device_id")
+            unit_id = d._import_unit(row.unit, self.by_name)
+            acc = d.accounts.get(device_id) if device_id else None
+            if acc is not None:
+                values: dict[str, Any] = {}
+                if row.name is not None:
+                    values["name"] = row.name
+                if row.unit is not None:
+                    values["unit_id"] = unit_id
+                if row.password is not None and row.password != acc.password:
+                    if not self.may_change_password:
+                        raise DirectoryError(
+                            "password: changing a device's password needs admin", "password", 403
+                        )
+                    values["password"] = row.password
+                checked = d._check_account_fields(values)
+                (self.revoked if d._apply(acc, checked) else self.changed).append(device_id)
+                d._save_account(acc)
+                self.report.updated.append(device_id)
+            else:
+                acc = d._new_account(
+                    device_id or None, row.password, row.name or "", unit_id, True, self.taken
+                )
+                d._put(acc)
+                self.report.created.append(acc.device_id)
+            self.seen.add(acc.device_id)
+        except DirectoryError as exc:
+            self.report.errors.append(ImportProblem(row.row, exc.field, exc.message))
+
+    def finish(self) -> ImportReport:
+        self.d._changed(ACCOUNT_ADDED, self.report.created)
+        self.d._changed(ACCOUNT_CHANGED, self.changed)
+        self.d._changed(ACCOUNT_REVOKED, self.revoked)
+        return self.report

@@ -313,3 +313,37 @@ async def test_changes_persist_and_the_toml_seeds_only_once(
     # A new ID continues after the ones made before the restart.
     more = (await api2.operator.post(f"{V1}/accounts", json={"unit_id": unit["id"]})).json()
     assert more["device_id"] > added["device_id"]
+
+
+def _xlsx(*rows: list[Any]) -> bytes:
+    wb = Workbook()
+    for row in rows:
+        wb.active.append(row)
+    buf = io.BytesIO()
+    wb.save(buf)
+    return buf.getvalue()
+
+
+@pytest.mark.timeout(30)
+def test_sheet_reading_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A workbook that expands past the cap is refused before openpyxl reads it; files with
+    more rows than the cap, or no header, are refused as a whole; cells stay text."""
+    from gateway.api import sheets
+
+    book = _xlsx(["device_id", "name"], ["34020000001180000001", " 东门 "])
+    rows = sheets.read_rows(book)
+    assert [(r.row, r.device_id, r.name) for r in rows] == [(2, "34020000001180000001", "东门")]
+    monkeypatch.setattr(sheets, "MAX_XLSX_BYTES", 1000)
+    with pytest.raises(sheets.SheetError, match="expands"):
+        sheets.read_rows(book)
+    monkeypatch.setattr(sheets, "MAX_ROWS", 3)
+    many = "device_id\n" + "".join(f"3402000000118000000{i}\n" for i in range(5))
+    with pytest.raises(sheets.SheetError, match="more than 3 rows"):
+        sheets.read_rows(many.encode())
+    for junk in (b"", b"\x00\x01\x02", b"\xff\xfe\xfd", b"a,b\n" * 20, b'"unterminated\n'):
+        with pytest.raises(sheets.SheetError):
+            sheets.read_rows(junk)
+    # What the gateway writes never turns into a formula or a number in Excel.
+    written = sheets.to_xlsx("t", ["device_id", "name"], [["34020000001180000001", "=1+1"]])
+    ws = load_workbook(io.BytesIO(written)).active
+    assert [c.data_type for c in ws[3]] == ["s", "s"] and ws["B3"].value == "=1+1"
