@@ -116,18 +116,20 @@ def gb_time(value: str, ctx: ApiContext, field: str) -> str:
     """ISO 8601 or UNIX seconds -> the device's local ``yyyy-MM-ddTHH:mm:ss`` (§9.5)."""
     text = value.strip()
     try:
-        seconds = float(text)
-    except ValueError:
         try:
-            when = datetime.fromisoformat(text)
+            seconds = float(text)
         except ValueError:
-            raise ApiError(422, f"{field}: must be ISO 8601 or UNIX seconds", field) from None
-        if when.tzinfo is not None:
-            when = when.astimezone(ctx.registrar.tz)
-    else:
-        if not 0 <= seconds < 1e11:
-            raise ApiError(422, f"{field}: out of range", field)
-        when = datetime.fromtimestamp(seconds, ctx.registrar.tz)
+            when = datetime.fromisoformat(text)
+            if when.tzinfo is not None:
+                when = when.astimezone(ctx.registrar.tz)
+        else:
+            if not 0 <= seconds < 1e11:  # also NaN and infinities
+                raise ValueError("out of range")
+            when = datetime.fromtimestamp(seconds, ctx.registrar.tz)
+        if not 1970 <= when.year <= 9998:
+            raise ValueError("out of range")
+    except (ValueError, OverflowError, OSError):
+        raise ApiError(422, f"{field}: must be ISO 8601 or UNIX seconds", field) from None
     return when.strftime("%Y-%m-%dT%H:%M:%S")
 
 

@@ -87,9 +87,10 @@ class StatsSampler:
             self._task = None
 
     async def _run(self) -> None:
-        await asyncio.sleep(min(1.0, self.interval))  # warms the views soon after start
+        await asyncio.sleep(min(1.0, self.interval))
         while True:
             try:
+                await Views.of(self.ctx).warm()  # a few devices per turn of the loop
                 self.sample()
             except Exception:
                 log.exception("stats.sample_failed")
@@ -98,7 +99,7 @@ class StatsSampler:
     def sample(self) -> tuple[float, int, int, int, int]:
         """Take one point now and persist its hour."""
         views = Views.of(self.ctx)
-        t = views.totals(views.device_ids())
+        t = views.unit_totals()[""]
         now = self.ctx.clock()
         point = (
             round(now, 1),
@@ -147,14 +148,13 @@ def _pair(t: dict[str, int], what: str) -> dict[str, int]:
 async def stats(request: Request, who: Annotated[Principal, Depends(viewer)]) -> dict[str, Any]:
     ctx = ctx_of(request)
     views = Views.of(ctx)
-    overall = views.totals(views.device_ids())
+    every = views.unit_totals()
+    overall = every[""]
     units = []
     for unit in sorted(ctx.directory.units.values(), key=lambda u: (u.name, u.id)):
-        t = views.totals(ctx.directory.members(unit.id))
-        units.append(_unit_stats(unit.id, unit.name, t))
-    loose = views.unit_devices(UNASSIGNED)
-    if loose:
-        units.append(_unit_stats(UNASSIGNED, "unassigned", views.totals(loose)))
+        units.append(_unit_stats(unit.id, unit.name, every[unit.id]))
+    if every[UNASSIGNED]["devices_total"]:
+        units.append(_unit_stats(UNASSIGNED, "unassigned", every[UNASSIGNED]))
     uppers = []
     for uid, s in ctx.uplink.sessions.items():
         state = "registered" if s.link.online else "offline"

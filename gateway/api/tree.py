@@ -46,13 +46,11 @@ async def tree(
     nodes: list[dict[str, Any]]
     if not parent:
         nodes = []
+        every = views.unit_totals()
         for unit in sorted(units.values(), key=lambda u: (u.name, u.id)):
-            t = views.totals(ctx.directory.members(unit.id))
-            nodes.append(_group_node(unit.id, unit.name, "unit", t))
-        loose = views.unit_devices(UNASSIGNED)
-        if loose:
-            t = views.totals(loose)
-            nodes.append(_group_node(UNASSIGNED, "unassigned", "unit", t))
+            nodes.append(_group_node(unit.id, unit.name, "unit", every[unit.id]))
+        if every[UNASSIGNED]["devices_total"]:
+            nodes.append(_group_node(UNASSIGNED, "unassigned", "unit", every[UNASSIGNED]))
         return {"total": len(nodes), "items": nodes[offset : offset + limit]}
     if parent in units or parent == UNASSIGNED:
         ids = views.unit_devices(parent)

@@ -74,6 +74,11 @@ async def test_ptz_and_presets_reach_the_nvr_as_ptzcmd_bytes(start_api, device_e
     )
     assert other.status_code == 404
     assert len(dev.ptz_commands) == 4  # nothing refused went out
+    await api.gw.store.flush()
+    audit = api.gw.store.load_audit(limit=20)
+    ptz = [e for e in audit if e.action.endswith("/ptz") and e.outcome == "202"]
+    assert len(ptz) == 3 and {e.detail for e in ptz} == {"left 100", "zoomin 255", "stop 128"}
+    assert all(e.who == "operator-token" and e.role == "operator" for e in ptz)
 
 
 async def test_records_info_status_sync_and_teleboot(start_api, device_endpoint) -> None:
@@ -130,6 +135,11 @@ async def test_offline_silent_and_unknown_devices(start_api, device_endpoint) ->
     silent = await api.operator.post(url("/info"))
     assert silent.status_code == 504 and "did not answer" in silent.json()["error"]
     dev.mute = False
+    dev.wrong_ptz_checksum = True  # its own checksum rule: refuses ours with a SIP 400
+    cam = dev.channel_id(1)
+    refused = await api.operator.post(url(f"/channels/{cam}/ptz"), json={"command": "left"})
+    assert refused.status_code == 502 and "400" in refused.json()["error"]
+    dev.wrong_ptz_checksum = False
     await dev.unregister()
     await wait_for(lambda: not api.gw.registrar.devices[NVR].online, 5, "offline")
     for call in (
@@ -211,3 +221,58 @@ async def test_live_session_to_a_udp_port(start_api, device_endpoint) -> None:
     finally:
         transport.close()
         await dev.close_media()
+
+
+@pytest.mark.timeout(60)
+async def test_hostile_inputs_get_4xx_never_500(start_api, device_endpoint) -> None:
+    api, dev = await started(start_api, device_endpoint)
+    cam = dev.channel_id(1)
+    records = url(f"/channels/{cam}/records")
+    for start in (
+        "1e309",
+        "nan",
+        "-1",
+        "9999-12-31T23:59:59-14:00",
+        "0001-01-01T00:00:00+14:00",
+        "2026-13-01",
+        "\x00",
+        "1" * 40,
+    ):
+        r = await api.operator.get(records, params={"start": start, "end": "10"})
+        assert r.status_code == 422 and r.json()["field"] == "start", (start, r.text)
+    reads = [
+        ("/api/v1/tree", {"parent": "../../etc"}),
+        ("/api/v1/tree", {"parent": "\u202e%00"}),
+        ("/api/v1/tree", {"parent": "x" * 65}),
+        ("/api/v1/tree", {"parent": cam, "device": "nobody"}),
+        ("/api/v1/devices", {"q": "\x00\x1f\n"}),
+        ("/api/v1/devices", {"offset": -1}),
+        ("/api/v1/devices", {"limit": 0}),
+        ("/api/v1/devices", {"online": "maybe"}),
+        ("/api/v1/channels", {"q": "\x1f"}),
+        ("/api/v1/channels", {"q": "x" * 65}),
+        ("/api/v1/alarms", {"limit": "many"}),
+        ("/api/v1/stats/history", {"hours": "-1"}),
+        ("/api/v1/devices/%00", {}),
+    ]
+    for path, params in reads:
+        r = await api.viewer.get(path, params=params)
+        assert r.status_code in (200, 404, 422), (path, params, r.text)
+        assert "error" in r.json() or "items" in r.json()
+    writes = [
+        ("/api/v1/sessions", {"channel_id": cam, "host": "127.0.0.1", "port": 0}),
+        ("/api/v1/sessions", {"channel_id": cam, "host": "::1", "port": 70000}),
+        ("/api/v1/sessions", {"channel_id": cam, "host": "127.0.0.1", "port": 9, "x": 1}),
+        (
+            "/api/v1/sessions",
+            {"channel_id": cam, "host": "127.0.0.1", "port": 9, "transport": "sctp"},
+        ),
+        (url(f"/channels/{cam}/ptz"), {"command": "left", "speed": 256}),
+        (url(f"/channels/{cam}/ptz"), ["left"]),
+        (url(f"/channels/{cam}/preset"), {"action": "goto", "index": 256}),
+    ]
+    for path, body in writes:
+        r = await api.operator.post(path, json=body)
+        assert r.status_code == 422, (path, body, r.text)
+    assert dev.ptz_commands == [] and not api.gw.media.legs
+    assert api.gw.metrics.get("api.error") == 0

@@ -232,7 +232,7 @@ async def test_alarms_newest_first_filtered_by_device(start_api, device_endpoint
 
 async def test_stats_now_and_history_survive_a_restart(start_api, device_endpoint) -> None:
     api: Api = await start_api(downlink=FAST)
-    unit_id, _, _ = await setup(api, device_endpoint)
+    unit_id, _, two = await setup(api, device_endpoint)
     now = await get(api, "/stats")
     assert now["devices"] == {"total": 3, "online": 2}
     assert now["channels"] == {"total": 8, "online": 8}
@@ -262,6 +262,16 @@ async def test_stats_now_and_history_survive_a_restart(start_api, device_endpoin
     again = StatsSampler(api.gw.api.ctx)
     again.load()
     assert list(again.points)[-1] == point
+
+    # The counts are kept between changes and follow them.
+    await two.unregister()
+    await wait_for(lambda: not api.gw.registrar.devices[NVR2].online, 5, "NVR2 offline")
+    after = await get(api, "/stats")
+    assert after["devices"] == {"total": 3, "online": 1}
+    assert after["channels"] == {"total": 8, "online": 3}
+    empty = api.gw.directory.add_unit("Empty")
+    assert empty.id in {u["id"] for u in (await get(api, "/stats"))["units"]}
+    assert empty.id in {n["id"] for n in (await get(api, "/tree"))["items"]}
 
 
 async def test_stats_ring_is_bounded_and_persisted_per_hour(api: Api) -> None:
@@ -321,3 +331,24 @@ async def test_device_list_follows_account_changes_of_the_same_count(api: Api) -
     d.remove_account(NVR1)
     d.add_account(NVR2, name="second")
     assert [x["id"] for x in (await get(api, "/devices"))["items"]] == [NVR2]
+
+
+async def test_views_warm_up_a_few_devices_per_turn(api: Api) -> None:
+    """After a start the views are built by the sampler a few devices at a time, and what is
+    built is what a request would have built."""
+    from gateway.api._views import Views
+
+    for n in range(1, 6):
+        owner = f"3402000000118000000{n}"
+        items = [
+            CatalogItem(device_id=f"340200000013100{n:02d}{c:03d}", name=f"cam {c}", status="ON")
+            for c in range(1, 4)
+        ]
+        api.gw.catalog.apply_sync(owner, items, partial=False)
+    assert api.gw.api is not None
+    views = Views.of(api.gw.api.ctx)
+    views._views.clear()
+    assert await views.warm(batch=2) == 5
+    assert await views.warm() == 0  # nothing stale
+    assert views.counts("34020000001180000003") == (3, 3)
+    assert (await get(api, "/channels"))["total"] == 15
