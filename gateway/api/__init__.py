@@ -7,6 +7,7 @@ log in ``audit.py``, the error shape in ``errors.py``; each router module serves
 
 from __future__ import annotations
 
+from gateway.api._logbridge import route_uvicorn_logs
 from gateway.api._prom import LoopLag, make_registry
 from gateway.api.auth import Authenticator, Principal, hash_password
 from gateway.api.context import ApiContext
@@ -36,6 +37,7 @@ class ApiServer:
 
     async def start(self) -> None:
         self.auth.load()
+        route_uvicorn_logs()
         self.lag.start()
         await self.server.start()
         self.stats.start()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
 from typing import Annotated, Any
 
 import structlog
@@ -43,6 +42,7 @@ from gateway.events import (
     DeviceOnline,
     EventBus,
 )
+from gateway.model import Alarm
 
 log = structlog.get_logger("gateway.api.live")
 
@@ -113,7 +113,7 @@ class LiveClient:
 
     def _alarm(self, event: AlarmReceived) -> None:
         if len(self.alarms) < MAX_ALARMS:
-            self.alarms.append(asdict(event.alarm))
+            self.alarms.append(alarm_item(event.alarm))
         else:
             self.alarms_dropped += 1
 
@@ -157,6 +157,21 @@ class LiveClient:
                 yield ": ping\n\n"
                 last_write = loop.time()
             await asyncio.sleep(interval)
+
+
+def alarm_item(alarm: Alarm) -> dict[str, Any]:
+    """An alarm in the shape of ``GET /api/v1/alarms`` items (the API contract)."""
+    return {
+        "id": alarm.id,
+        "device_id": alarm.device_id,
+        "channel_id": alarm.channel_id,
+        "priority": alarm.priority,
+        "method": alarm.method,
+        "type": alarm.alarm_type,
+        "time": alarm.time,
+        "description": alarm.description,
+        "received_at": alarm.received_at,
+    }
 
 
 def _message(event: str, data: dict[str, Any]) -> str:
