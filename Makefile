@@ -22,12 +22,14 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/gb28181-gateway run $(if $(CONFIG),--config $(CONFIG))
 
-# Debian packages the tests need: SIPp (sip-tester) and chromium (the conformance report is
-# looked at in a real browser; Playwright drives this binary and downloads none).
+# Debian packages the tests need: SIPp (sip-tester) and chromium (the conformance report and the
+# web console are looked at in a real browser; Playwright drives this binary and downloads none),
+# with a Chinese font so the console's screenshots (bench/out/console/) are readable.
 test-deps:
 	@missing=""; \
 	command -v sipp >/dev/null 2>&1 || missing="$$missing sip-tester"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	test -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc || missing="$$missing fonts-wqy-microhei"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		$(SUDO) apt-get update -qq && \
@@ -53,6 +55,7 @@ bench: install test-deps
 	$(BIN)/python bench/uplink.py
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/edge.py
+	$(BIN)/python bench/api.py
 
 # Wire fuzzing against a gateway process for ten minutes (the test suite runs 40 seconds of it).
 # FUZZ_SECONDS and FUZZ_SEED change the run; the JSON report goes to stdout, exit 1 on findings.
