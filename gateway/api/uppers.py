@@ -133,6 +133,8 @@ def _describe(uplink: Uplink, upper_id: str) -> dict[str, Any]:
         ],
         share=uplink.shares[upper_id].as_dict(),
         channels={"total": total, "online": online},
+        # The platform quirks seen from this upper (gateway.uplink.quirks), by name.
+        quirks=dict(s.quirks.counts) if s is not None else {},
     )
     return out
 

@@ -72,6 +72,10 @@ async def test_an_upper_added_through_the_api_registers_and_is_removed(
         await asyncio.sleep(0.05)
     again = await api.admin.post(U, json=body(upper_endpoint.port))
     assert again.status_code == 409 and again.json()["field"] == "id"
+    # The platform quirks this upper showed are part of its description.
+    assert (await api.viewer.get(f"{U}/{UP}")).json()["quirks"] == {}
+    api.gw.uplink.sessions[UP].quirks.note("no_max_forwards")
+    assert (await api.viewer.get(f"{U}/{UP}")).json()["quirks"] == {"no_max_forwards": 1}
 
     listed = (await api.viewer.get(U)).json()
     assert listed["total"] == 1 and listed["items"][0]["state"] == "registered"
