@@ -18,9 +18,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from gateway.api._views import Views, is_on
 from gateway.api.auth import Principal, admin, operator, viewer
 from gateway.api.context import ApiContext
 from gateway.api.errors import ApiError
+from gateway.manscdp import item_kind
 from gateway.settings import UpperPlatform
 from gateway.uplink import IdMap, Share, SharedView, Uplink, UpperError
 
@@ -114,13 +116,54 @@ def _view(uplink: Uplink, upper_id: str) -> SharedView:
     )
 
 
-def _describe(uplink: Uplink, upper_id: str) -> dict[str, Any]:
+def _counts(ctx: ApiContext, upper_id: str) -> tuple[int, int]:
+    """(channels the upper sees, how many ON), kept until something it depends on changes: the
+    API views' version (any catalog change, a device on or offline, a directory change) or the
+    upper's share."""
+    uplink = ctx.uplink
+    key = (Views.of(ctx).version, repr(uplink.shares[upper_id].as_dict()))
+    cache: dict[str, tuple[Any, tuple[int, int]]] = ctx.extras.setdefault("upper_counts", {})
+    hit = cache.get(upper_id)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    counts = _visible_channels(ctx, _view(uplink, upper_id))
+    cache[upper_id] = (key, counts)
+    return counts
+
+
+def _visible_channels(ctx: ApiContext, view: SharedView) -> tuple[int, int]:
+    """(channels, ON) the upper sees, from the API's per-device views: a device shared whole
+    (or everything shared) adds its totals, O(devices); a channel shared alone adds itself.
+    Channels as everywhere in the API (items of a channel type)."""
+    views = Views.of(ctx)
+    total = online = 0
+    for owner in views.owners():
+        if view.channel_visible(owner, owner):  # the whole device is shared
+            dv = views.view(owner)
+            total += dv.total
+            online += dv.online
+    if view.share_all:
+        return total, online
+    catalog = ctx.catalog
+    for item_id in view.shared:
+        reporter = catalog.owner_of(item_id)
+        if reporter is None or view.channel_visible(reporter, reporter):
+            continue  # not reported, or counted with its device
+        item = views.view(reporter).items.get(item_id)
+        if item is not None and item_kind(item_id) == "channel":
+            total += 1
+            online += is_on(item)
+    return total, online
+
+
+def _describe(ctx: ApiContext, upper_id: str) -> dict[str, Any]:
+    uplink = ctx.uplink
     upper = uplink.platforms.get(upper_id)
     if upper is None:
         raise ApiError(404, f"no upper {upper_id}")
     out = upper.model_dump(mode="json", exclude={"password", "share"})
     s = uplink.sessions.get(upper_id)
-    total, online = _view(uplink, upper_id).counts()
+    total, online = _counts(ctx, upper_id)
     out.update(
         state=uplink.state_of(upper_id),
         last_keepalive=s.link.last_keepalive if s is not None else None,
@@ -155,7 +198,7 @@ async def list_uppers(
     )
     return {
         "total": len(ids),
-        "items": [_describe(uplink, uid) for uid in ids[offset : offset + limit]],
+        "items": [_describe(_ctx(request), uid) for uid in ids[offset : offset + limit]],
     }
 
 
@@ -177,14 +220,14 @@ async def create_upper(
     except UpperError as exc:
         raise _refused(exc) from None
     request.state.audit_detail = f"upper {upper.id} at {upper.host}:{upper.port}"
-    return _describe(ctx.uplink, upper.id)
+    return _describe(ctx, upper.id)
 
 
 @router.get("/{upper_id}")
 async def get_upper(
     request: Request, upper_id: str, who: Annotated[Principal, Depends(viewer)]
 ) -> dict[str, Any]:
-    return _describe(_ctx(request).uplink, upper_id)
+    return _describe(_ctx(request), upper_id)
 
 
 @router.patch("/{upper_id}")
@@ -210,7 +253,7 @@ async def update_upper(
         await uplink.set_share(new.id, share)
     # Which settings changed, never their values (a password is among them).
     request.state.audit_detail = "changed: " + ", ".join(sorted(body))
-    return _describe(uplink, new.id)
+    return _describe(_ctx(request), new.id)
 
 
 @router.delete("/{upper_id}", status_code=204)

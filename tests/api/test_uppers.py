@@ -164,3 +164,30 @@ async def test_share_and_id_map(api: Api) -> None:
     assert page["id_policy"] == "recode" and page["total"] == 1
     assert page["items"] == [{"local_id": "34020000001310000007", "upper_id": mapped}]
     assert (await api.viewer.get(f"{U}/{UP2}/id-map?limit=501")).status_code == 422
+
+
+async def test_the_channel_counts_follow_the_catalog_and_the_share(api: Api) -> None:
+    """An upper's channel counts are kept between requests (counting walks the catalog) and
+    follow every change they depend on: a sync, channels going OFF, the share."""
+    from dataclasses import replace
+
+    from gateway.manscdp import CatalogItem
+
+    made = await api.admin.post(U, json=body(9))  # nobody there: it keeps trying, no matter
+    assert made.status_code == 201
+    nvr = "34020000001180000077"
+    assert (await api.viewer.get(f"{U}/{UP}")).json()["channels"] == {"total": 0, "online": 0}
+    chans = [
+        CatalogItem(device_id=f"3402000000131000{n:04d}", name=f"c{n}", parent_id=nvr, status="ON")
+        for n in range(1, 4)
+    ]
+    api.gw.catalog.apply_sync(nvr, chans, partial=False)
+    assert (await api.viewer.get(f"{U}/{UP}")).json()["channels"] == {"total": 3, "online": 3}
+    off = [chans[0], *(replace(c, status="OFF") for c in chans[1:])]
+    api.gw.catalog.apply_sync(nvr, off, partial=False)
+    assert (await api.viewer.get(f"{U}/{UP}")).json()["channels"] == {"total": 3, "online": 1}
+    shared = await api.operator.put(
+        f"{U}/{UP}/share", json={"all": False, "units": [], "devices": [], "channels": []}
+    )
+    assert shared.status_code == 200, shared.text
+    assert (await api.viewer.get(f"{U}/{UP}")).json()["channels"] == {"total": 0, "online": 0}
