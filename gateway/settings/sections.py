@@ -349,6 +349,10 @@ class HttpSection(_Section):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     # ``/metrics`` without a token (Prometheus scrapes it); false: a viewer token is needed.
     metrics_public: bool = True
+    # A scrape within this many seconds of the last one gets the same text (and concurrent
+    # scrapes share one rendering): /metrics costs O(devices) per rendering, so a stranger
+    # polling it cannot make the gateway do that work more often. 0: render every scrape.
+    metrics_min_interval: float = Field(1.0, ge=0, le=60)
     # Open Server-Sent Event streams at most; more are refused with 503.
     sse_max_connections: int = Field(100, ge=1, le=10_000)
 

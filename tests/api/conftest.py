@@ -60,7 +60,13 @@ async def start_api(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Api
     started: list[Api] = []
 
     async def start(**sections: dict[str, Any]) -> Api:
-        http = {"port": 0, "tokens": HTTP_TOKENS, **sections.pop("http", {})}
+        # Scrapes see each change at once (no reuse of the last rendering).
+        http = {
+            "port": 0,
+            "tokens": HTTP_TOKENS,
+            "metrics_min_interval": 0,
+            **sections.pop("http", {}),
+        }
         gw = Gateway(make_config(tmp_path, http=http, **sections))
         await gw.start()
         assert gw.api is not None

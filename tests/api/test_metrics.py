@@ -367,3 +367,26 @@ async def test_the_grafana_dashboard_uses_only_metrics_the_gateway_serves(api: A
     assert used - served == set()
     for wanted in ("gb_unit_devices_online", "gb_catalog_sync_seconds_bucket"):
         assert wanted in used
+
+
+async def test_scrapes_within_the_interval_reuse_one_rendering(start_api: Any) -> None:
+    """However often /metrics is asked, the gateway renders it at most once per
+    http.metrics_min_interval; scrapes meanwhile get the same text."""
+    api = await start_api(http={"metrics_min_interval": 60})
+    assert api.gw.api is not None
+    _registry, collector = api.gw.api.ctx.extras["prometheus"]
+    renders = 0
+    real = collector.refresh
+
+    async def counted() -> None:
+        nonlocal renders
+        renders += 1
+        await real()
+
+    collector.refresh = counted
+    texts = await asyncio.gather(*(api.anonymous.get("/metrics") for _ in range(5)))
+    texts += [await api.anonymous.get("/metrics") for _ in range(5)]
+    assert {t.status_code for t in texts} == {200}
+    assert len({t.text for t in texts}) == 1
+    assert renders == 1
+    assert api.gw.metrics.get("api.metrics.reused") >= 5
