@@ -13,16 +13,19 @@ where the token is one of:
 
 Users (record kind ``user``) have passwords hashed with argon2id. Hashing is slow on purpose, so
 it runs in a thread, at most two at a time; a name that fails too often is refused for a while
-(``LOGIN_FAILURES`` in ``LOGIN_WINDOW`` seconds) so a stranger cannot guess or burn the CPU.
+(``LOGIN_FAILURES`` in ``LOGIN_WINDOW`` seconds) so a stranger cannot guess or burn the CPU, and
+login attempts are rate limited before any hash, all together and per client address (429).
+A session remembers its user's hash: a new password (API or command line) ends it.
 Tokens are compared by their SHA-256, a dictionary lookup that reveals nothing about near misses.
 
 Users and API tokens are managed by an admin (``users.py``, ``tokens.py``) or, for users, from the
 command line (``gb28181-gateway user ...``, which writes the store directly, running gateway or
-not). The users are therefore read from the store again on every login and, for open sessions,
-at most every ``USERS_RELOAD`` seconds: a user disabled from the command line loses their
-sessions within that time. Changing a user's role or disabling them ends their sessions at once
-when done through the API; the last enabled admin user can be neither demoted, disabled nor
-deleted (409), so the console always has someone who can manage it.
+not). The users are therefore read from the store again by logins (at most once a second) and,
+for open sessions, at most every ``USERS_RELOAD`` seconds: a user disabled (or given a new
+password) from the command line loses their sessions within that time. Changing a user's
+password or role or disabling them ends their sessions at once when done through the API; the
+last enabled admin user can be neither demoted, disabled nor deleted (409), so the console
+always has someone who can manage it.
 """
 
 from __future__ import annotations
