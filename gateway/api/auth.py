@@ -13,16 +13,19 @@ where the token is one of:
 
 Users (record kind ``user``) have passwords hashed with argon2id. Hashing is slow on purpose, so
 it runs in a thread, at most two at a time; a name that fails too often is refused for a while
-(``LOGIN_FAILURES`` in ``LOGIN_WINDOW`` seconds) so a stranger cannot guess or burn the CPU.
+(``LOGIN_FAILURES`` in ``LOGIN_WINDOW`` seconds) so a stranger cannot guess or burn the CPU, and
+login attempts are rate limited before any hash, all together and per client address (429).
+A session remembers its user's hash: a new password (API or command line) ends it.
 Tokens are compared by their SHA-256, a dictionary lookup that reveals nothing about near misses.
 
 Users and API tokens are managed by an admin (``users.py``, ``tokens.py``) or, for users, from the
 command line (``gb28181-gateway user ...``, which writes the store directly, running gateway or
-not). The users are therefore read from the store again on every login and, for open sessions,
-at most every ``USERS_RELOAD`` seconds: a user disabled from the command line loses their
-sessions within that time. Changing a user's role or disabling them ends their sessions at once
-when done through the API; the last enabled admin user can be neither demoted, disabled nor
-deleted (409), so the console always has someone who can manage it.
+not). The users are therefore read from the store again by logins (at most once a second) and,
+for open sessions, at most every ``USERS_RELOAD`` seconds: a user disabled (or given a new
+password) from the command line loses their sessions within that time. Changing a user's
+password or role or disabling them ends their sessions at once when done through the API; the
+last enabled admin user can be neither demoted, disabled nor deleted (409), so the console
+always has someone who can manage it.
 """
 
 from __future__ import annotations
@@ -36,12 +39,15 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import parse_qs
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from fastapi import Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api.errors import ApiError
+from gateway.api.errors import ApiError, error_body
 from gateway.metrics import Metrics
 from gateway.settings import HttpSection, Role
 from gateway.store import Store
@@ -63,7 +69,17 @@ MAX_PASSWORD = 256
 NAME_PATTERN = r"^[A-Za-z0-9._@-]{1,64}$"
 _NAME = re.compile(NAME_PATTERN)
 
-_hasher = PasswordHasher()
+# Explicit argon2id parameters: OWASP's minimum (19 MiB, 2 passes, one lane) costs a few
+# times less CPU than the library's defaults (64 MiB, 3 passes, 4 lanes); hashes made with other
+# parameters still verify, since argon2 keeps them in the hash.
+_hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+# Login attempts (before any hash): all together, and per client address.
+LOGIN_RATE = 5.0  # a second, all addresses
+LOGIN_BURST = 10.0
+ADDRESS_RATE = 1.0  # a second, one address
+ADDRESS_BURST = 5.0
+MAX_ADDRESSES = 10_000
+USERS_REREAD = 1.0  # seconds: a login re-reads the users from the store at most this often
 # Logins hash one at a time (argon2 is slow on purpose: two at once would take both cores of a
 # small machine from the SIP side); beyond this many waiting, a login is refused with 503.
 MAX_LOGINS_WAITING = 16
@@ -133,6 +149,27 @@ class Principal:
 class _Session:
     principal: Principal
     expires_at: float
+    password_hash: str  # the user's hash at login: a new password ends the session
+
+
+class TokenBucket:
+    """``rate`` tokens a second up to ``burst``; :meth:`take` spends one if there is one."""
+
+    __slots__ = ("at", "burst", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
 
 def user_view(username: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +212,9 @@ class Authenticator:
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
         self._hashing = asyncio.Semaphore(1)
         self._logins_waiting = 0
-        self._users_read_at = 0.0
+        self._users_read_at = -USERS_RELOAD
+        self._login_bucket = TokenBucket(LOGIN_RATE, LOGIN_BURST, clock())
+        self._address_buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def load(self) -> None:
         self.reload_users()
@@ -204,7 +243,12 @@ class Authenticator:
         if now - self._users_read_at >= USERS_RELOAD:
             self.reload_users()  # the command line may have disabled someone
         user = self.users.get(session.principal.name)
-        if user is None or user.get("disabled") or user.get("role") != session.principal.role:
+        if (
+            user is None
+            or user.get("disabled")
+            or user.get("role") != session.principal.role
+            or user.get("hash") != session.password_hash
+        ):
             del self._sessions[digest]
             return None
         session.expires_at = now + self.settings.session_ttl
@@ -260,8 +304,10 @@ class Authenticator:
 
     def _user(self, username: str) -> dict[str, Any] | None:
         # Added, disabled or given a new password by ``gb28181-gateway user ...`` while the
-        # gateway runs: read the store again (logins are rare and each costs a hash anyway).
-        self.reload_users()
+        # gateway runs: read the store again, but at most once every USERS_REREAD seconds (a
+        # stranger's attempts must not each cost a read of every user).
+        if self.clock() - self._users_read_at >= USERS_REREAD:
+            self.reload_users()
         return self.users.get(username)
 
     def _locked(self, username: str) -> bool:
@@ -277,8 +323,26 @@ class Authenticator:
         while len(self._failures) > MAX_FAILURE_NAMES:
             self._failures.popitem(last=False)
 
-    async def login(self, username: str, password: str) -> tuple[str, Principal, float]:
+    def _throttled(self, address: str) -> bool:
+        """Whether a login attempt from ``address`` is over the rate: its own bucket (kept for
+        the :data:`MAX_ADDRESSES` latest addresses) or the one of all addresses together."""
+        now = self.clock()
+        bucket = self._address_buckets.get(address)
+        if bucket is None:
+            bucket = self._address_buckets[address] = TokenBucket(ADDRESS_RATE, ADDRESS_BURST, now)
+            while len(self._address_buckets) > MAX_ADDRESSES:
+                self._address_buckets.popitem(last=False)
+        else:
+            self._address_buckets.move_to_end(address)
+        return not (bucket.take(now) and self._login_bucket.take(now))
+
+    async def login(
+        self, username: str, password: str, address: str = ""
+    ) -> tuple[str, Principal, float]:
         """A new session token for a user's name and password; ApiError 401/429 otherwise."""
+        if self._throttled(address):
+            self.metrics.inc("api.login.throttled")
+            raise ApiError(429, "too many login attempts; try again in a few seconds")
         if self._locked(username):
             self.metrics.inc("api.login.locked_out")
             raise ApiError(429, f"too many failed logins for {username!r}; try again later")
@@ -303,7 +367,7 @@ class Authenticator:
         token = new_token()
         principal = Principal(username, user["role"], "user")
         expires_at = self.clock() + self.settings.session_ttl
-        self._sessions[sha256_hex(token)] = _Session(principal, expires_at)
+        self._sessions[sha256_hex(token)] = _Session(principal, expires_at, user["hash"])
         while len(self._sessions) > MAX_SESSIONS:
             self._sessions.popitem(last=False)
         return token, principal, expires_at
@@ -349,6 +413,11 @@ class Authenticator:
         if len(self.users) >= MAX_USERS:
             raise ApiError(409, f"username: at most {MAX_USERS} users", "username")
         hashed = await self._hash(password)
+        self.reload_users()  # another add of this name may have finished while we hashed
+        if username in self.users:
+            raise ApiError(409, f"username: user {username!r} exists", "username")
+        if len(self.users) >= MAX_USERS:
+            raise ApiError(409, f"username: at most {MAX_USERS} users", "username")
         data = {"role": role, "hash": hashed, "disabled": False, "created_at": self.clock()}
         self.users[username] = data
         self.store.save_record(USER, username, data)
@@ -362,8 +431,9 @@ class Authenticator:
         role: Role | None = None,
         disabled: bool | None = None,
     ) -> dict[str, Any]:
-        """Change a user's password, role or disabled flag. A new role or disabling ends their
-        sessions. ApiError 404 (no such user), 409 (the last enabled admin), 422 (password)."""
+        """Change a user's password, role or disabled flag. A new password, a new role or
+        disabling ends their sessions. ApiError 404 (no such user), 409 (the last enabled
+        admin), 422 (password)."""
         hashed: str | None = None
         if password is not None:
             problem = password_problem(password)
@@ -389,7 +459,11 @@ class Authenticator:
         data["disabled"] = new_disabled
         self.users[username] = data
         self.store.save_record(USER, username, data)
-        if new_role != current["role"] or (new_disabled and not current.get("disabled")):
+        if (
+            new_role != current["role"]
+            or (new_disabled and not current.get("disabled"))
+            or hashed is not None
+        ):
             self.end_sessions_of(username)
         return user_view(username, data)
 
@@ -412,22 +486,32 @@ def bearer_token(request: Request) -> str | None:
     return None
 
 
+UNAUTHENTICATED = "missing or invalid bearer token"
+WWW_AUTHENTICATE = 'Bearer realm="gb28181-gateway"'
+EVENTS_PATH = "/api/v1/events"
+"""The one path where the token may come as ``?access_token=`` (a browser's EventSource
+sends no headers)."""
+
+
+def request_token(scope_path: str, header_token: str | None, query_token: str | None) -> str | None:
+    """The request's token: its bearer token, or on :data:`EVENTS_PATH` only ``access_token``."""
+    if header_token is None and scope_path == EVENTS_PATH:
+        return query_token
+    return header_token
+
+
 def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
     """A FastAPI dependency: the request's principal, which must hold ``role`` or above."""
 
     async def dependency(request: Request) -> Principal:
         auth: Authenticator = request.app.state.ctx.extras["auth"]
-        token = bearer_token(request)
-        if token is None and request.url.path.endswith("/events"):
-            token = request.query_params.get("access_token")  # EventSource sends no headers
+        token = request_token(
+            request.url.path, bearer_token(request), request.query_params.get("access_token")
+        )
         principal = auth.authenticate(token) if token else None
         if principal is None:
             auth.metrics.inc("api.unauthenticated")
-            raise ApiError(
-                401,
-                "missing or invalid bearer token",
-                headers={"WWW-Authenticate": 'Bearer realm="gb28181-gateway"'},
-            )
+            raise ApiError(401, UNAUTHENTICATED, headers={"WWW-Authenticate": WWW_AUTHENTICATE})
         request.state.principal = principal
         if not principal.may(role):
             auth.metrics.inc("api.forbidden")
@@ -440,3 +524,54 @@ def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
 viewer = require("viewer")
 operator = require("operator")
 admin = require("admin")
+
+
+_OPEN_PATHS = ("/api/v1/openapi.json",)
+
+
+def _needs_token(method: str, path: str) -> bool:
+    """Whether the gate asks this request for a token: everything under ``/api/v1/`` but the
+    login, the OpenAPI document and the docs."""
+    if not path.startswith("/api/v1/"):
+        return False
+    if path == "/api/v1/auth/login" and method == "POST":
+        return False
+    return not (path in _OPEN_PATHS or path.startswith("/api/v1/docs"))
+
+
+class AuthGate:
+    """A pure ASGI middleware: a request under ``/api/v1/`` without a token the
+    :class:`Authenticator` accepts is answered 401 before its body is read (FastAPI parses a
+    body before the route's dependencies run, so a stranger's 5 MB JSON would cost a parse and
+    bad JSON would get 422). The roles are still checked by the dependencies."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _needs_token(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        header: str | None = None
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, rest = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and rest.strip():
+                    header = rest.strip()
+                break
+        query: str | None = None
+        if header is None and scope["path"] == EVENTS_PATH:
+            found = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("access_token")
+            query = found[-1] if found else None
+        token = request_token(scope["path"], header, query)
+        auth: Authenticator = scope["app"].state.ctx.extras["auth"]
+        if token and auth.authenticate(token) is not None:
+            await self.app(scope, receive, send)
+            return
+        auth.metrics.inc("api.unauthenticated")
+        response = JSONResponse(
+            error_body(UNAUTHENTICATED),
+            status_code=401,
+            headers={"WWW-Authenticate": WWW_AUTHENTICATE},
+        )
+        await response(scope, receive, send)

@@ -21,7 +21,9 @@ class Login(BaseModel):
 @router.post("/login")
 async def login(body: Login, request: Request) -> dict[str, Any]:
     auth: Authenticator = request.app.state.ctx.extras["auth"]
-    token, principal, expires_at = await auth.login(body.username, body.password)
+    token, principal, expires_at = await auth.login(
+        body.username, body.password, request.client.host if request.client else ""
+    )
     request.state.principal = principal
     request.state.audit_detail = "login"
     return {

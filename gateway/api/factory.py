@@ -36,7 +36,8 @@ from gateway.api import (
     uppers,
     users,
 )
-from gateway.api.audit import audit_writes
+from gateway.api.audit import AuditWrites
+from gateway.api.auth import AuthGate
 from gateway.api.context import ApiContext
 from gateway.api.errors import error_body, install_error_handlers
 
@@ -129,6 +130,45 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": response.body})
 
 
+CONSOLE_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+_ALWAYS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+class SecurityHeaders:
+    """A pure ASGI middleware: ``nosniff``, ``DENY`` framing and no referrer on every answer,
+    and on the console's pages (not ``/api/``, not ``/metrics``) a Content-Security-Policy
+    allowing only the gateway's own scripts. Swagger UI (``/api/v1/docs``) has an inline
+    script, so it gets none."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        console = not (path.startswith("/api/") or path == "/metrics")
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                headers += _ALWAYS
+                if console:
+                    headers.append((b"content-security-policy", CONSOLE_CSP.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 def build_app(ctx: ApiContext) -> FastAPI:
     app = FastAPI(
         title="GB/T 28181 gateway",
@@ -139,12 +179,16 @@ def build_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     install_error_handlers(app, ctx.metrics)
-    app.middleware("http")(audit_writes)
     for router, prefix in ROUTERS:
         app.include_router(router, prefix=prefix)
     _docs(app)
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="console")
+    # Added last runs first: headers on every answer, then the body limit, the token gate
+    # (before any body is read), the audit of writes.
+    app.add_middleware(AuditWrites)
+    app.add_middleware(AuthGate)
     app.add_middleware(BodyLimit, limit=ctx.config.http.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
     return app
 
 

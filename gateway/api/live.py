@@ -16,7 +16,8 @@ A storm of a thousand status changes a second thus reaches a browser as about on
 interval. What a connection holds is bounded (by those limits), open connections are bounded
 by ``[http] sse_max_connections`` (503 beyond), a ``: ping`` comment goes out after
 :data:`HEARTBEAT` quiet seconds so proxies keep the stream open, and a connection's bus
-subscriptions are removed when it ends, however it ends.
+subscriptions are removed when it ends, however it ends. The stream checks its token again every
+interval and ends once the token is revoked (deleted, its user disabled, logged out).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.auth import Principal, viewer
+from gateway.api.auth import Authenticator, Principal, bearer_token, request_token, viewer
 from gateway.api.context import ApiContext
 from gateway.api.errors import ApiError
 from gateway.events import (
@@ -141,14 +142,20 @@ class LiveClient:
             self.sent_sessions = active
         return out
 
-    async def stream(self, interval: float) -> AsyncIterator[str]:
+    async def stream(
+        self, interval: float, still_allowed: Callable[[], bool] = lambda: True
+    ) -> AsyncIterator[str]:
         """What piled up, once per ``interval`` (the session count at once); a ping after
         :data:`HEARTBEAT` quiet seconds. Whatever comes during an interval goes in the next
-        message: that is the coalescing."""
+        message: that is the coalescing. The stream ends at the first tick where
+        ``still_allowed`` says no (its token deleted, its user disabled or logged out)."""
         loop = asyncio.get_running_loop()
         yield "retry: 3000\n\n"
         last_write = loop.time()
         while True:
+            if not still_allowed():
+                log.info("live.revoked")
+                return
             out = self.drain()
             if out:
                 yield "".join(out)
@@ -202,9 +209,15 @@ class EventStream(StreamingResponse):
     """The SSE response; whatever ends it (the client going, the server stopping, an error,
     or never being started at all) closes its client in the hub."""
 
-    def __init__(self, hub: LiveHub, client: LiveClient, interval: float) -> None:
+    def __init__(
+        self,
+        hub: LiveHub,
+        client: LiveClient,
+        interval: float,
+        still_allowed: Callable[[], bool] = lambda: True,
+    ) -> None:
         super().__init__(
-            client.stream(interval),
+            client.stream(interval, still_allowed),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -238,4 +251,13 @@ async def events(request: Request, who: Annotated[Principal, Depends(viewer)]) -
         raise ApiError(503, f"too many live streams (at most {hub.limit})")
     ctx.metrics.inc("api.live.opened")
     log.debug("live.opened", who=who.name, clients=len(hub.clients))
-    return EventStream(hub, client, ctx.config.http.sse_interval)
+    auth: Authenticator = ctx.extras["auth"]
+    token = request_token(
+        request.url.path, bearer_token(request), request.query_params.get("access_token")
+    )
+
+    def still_allowed() -> bool:
+        # Every tick: a deleted token, a disabled or logged-out user ends the stream.
+        return token is not None and auth.authenticate(token) is not None
+
+    return EventStream(hub, client, ctx.config.http.sse_interval, still_allowed)

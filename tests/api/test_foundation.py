@@ -4,6 +4,7 @@ shape, the body limit and the audit log."""
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.api.conftest import Api
 
@@ -97,9 +98,12 @@ async def test_a_missing_body_is_named(api: Api) -> None:
     assert r.json()["error"].startswith("body: ")
 
 
-async def test_an_unknown_name_costs_a_hash_like_a_known_one(api: Api) -> None:
+async def test_an_unknown_name_costs_a_hash_like_a_known_one(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Both paths verify an argon2 hash (the answer's timing does not reveal which names
-    exist); counted as failed logins."""
+    exist); counted as failed logins. The login's thread runs ``_check``, which looks up
+    ``password_matches`` in the module, so the spy sees both."""
     import gateway.api.auth as auth_module
 
     calls: list[str] = []
@@ -109,16 +113,14 @@ async def test_an_unknown_name_costs_a_hash_like_a_known_one(api: Api) -> None:
         calls.append(stored)
         return real(stored, password)
 
-    auth_module.password_matches = spy
-    try:
-        assert api.gw.api is not None
-        await api.gw.api.auth.add_user("carol", "carols password", "viewer")
-        for name in ("carol", "nobody"):
-            r = await api.anonymous.post(
-                "/api/v1/auth/login", json={"username": name, "password": "wrong one"}
-            )
-            assert r.status_code == 401
-    finally:
-        auth_module.password_matches = real
+    monkeypatch.setattr(auth_module, "password_matches", spy)
+    assert api.gw.api is not None
+    await api.gw.api.auth.add_user("carol", "carols password", "viewer")
+    for name in ("carol", "nobody"):
+        r = await api.anonymous.post(
+            "/api/v1/auth/login", json={"username": name, "password": "wrong one"}
+        )
+        assert r.status_code == 401
     assert len(calls) == 2 and all(c.startswith("$argon2") for c in calls)
+    assert calls[0] != calls[1]  # the user's hash, then the stand-in for an unknown name
     assert api.gw.metrics.get("api.login.failed") == 2

@@ -212,3 +212,27 @@ async def test_the_gateway_stops_with_a_stream_open(start_api: Any) -> None:
         assert subscribers(bus) == before + len(KINDS)
         await api.gw.close()
         assert subscribers(bus) == before
+
+
+@pytest.mark.timeout(30)
+async def test_a_stream_ends_when_its_token_is_deleted(start_api: Any) -> None:
+    api: Api = await start_api(http={"sse_interval": 0.1})
+    made = await api.admin.post("/api/v1/tokens", json={"name": "wall", "role": "viewer"})
+    assert made.status_code == 201, made.text
+    token = made.json()["token"]
+    before = subscribers(api.gw.events)
+    async with api.anonymous.stream("GET", f"/api/v1/events?access_token={token}") as resp:
+        assert resp.status_code == 200
+        events = read_events(resp)
+        assert await next_of(events, "sessions") == {"active": 0}
+        assert (await api.admin.delete("/api/v1/tokens/wall")).status_code == 204
+
+        async def drained() -> None:
+            async for _ in events:
+                pass
+
+        await asyncio.wait_for(drained(), 10.0)  # the server ended the stream
+    await wait_for(
+        lambda: subscribers(api.gw.events) == before, what="the stream's subscriptions gone"
+    )
+    assert api.gw.api is not None and not live.hub_of(api.gw.api.ctx).clients

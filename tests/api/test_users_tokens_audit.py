@@ -83,10 +83,11 @@ async def test_users_create_change_delete_and_validation(api: Api) -> None:
     token = await _login(api, "alice", "correct horse")
     alice = api.client(token)
     assert (await alice.get("/api/v1/auth/me")).json()["role"] == "viewer"
-    # A new password works at once (the open session stays: only role or disable end it).
+    # A new password works at once and ends the sessions opened with the old one.
     r = await api.admin.patch(f"{USERS}/alice", json={"password": "battery staple"})
     assert r.status_code == 200 and "hash" not in r.json()
-    await _login(api, "alice", "battery staple")
+    assert (await alice.get("/api/v1/auth/me")).status_code == 401
+    alice = api.client(await _login(api, "alice", "battery staple"))
     assert (await alice.get("/api/v1/auth/me")).status_code == 200
     # A role change ends her sessions; she logs in again with the new role.
     r = await api.admin.patch(f"{USERS}/alice", json={"role": "operator"})
@@ -246,6 +247,9 @@ async def test_cli_user_add_then_login_over_http(
     args = ["user", "add", "boss", "--role", "admin", "--password-stdin", "--config", str(cfg)]
     assert await cli(args) == 0
     assert await cli(args) == 1  # exists
+    assert api.gw.api is not None
+    auth = api.gw.api.auth
+    auth._users_read_at -= USERS_RELOAD  # a login re-reads the users at most once a second
     token = await _login(api, "boss", "first admin pw")
     boss = api.client(token)
     assert (await boss.get("/api/v1/auth/me")).json() == {
@@ -266,20 +270,22 @@ async def test_cli_user_add_then_login_over_http(
     # A new password from the command line: the old one stops working, the new one works.
     monkeypatch.setattr("sys.stdin", io.StringIO("second admin pw\n"))
     assert await cli(["user", "passwd", "boss", "--password-stdin", "--config", str(cfg)]) == 0
+    auth._users_read_at -= USERS_RELOAD
     bad = await api.anonymous.post(
         "/api/v1/auth/login", json={"username": "boss", "password": "first admin pw"}
     )
     assert bad.status_code == 401
-    await _login(api, "boss", "second admin pw")
+    # The session opened with the old password has ended (the users were read again).
+    assert (await boss.get("/api/v1/auth/me")).status_code == 401
+    boss = api.client(await _login(api, "boss", "second admin pw"))
     # Disabled from the command line: logins are refused and open sessions end once the
     # gateway reads the users again (at most USERS_RELOAD seconds later).
     assert await cli(["user", "disable", "boss", "--config", str(cfg)]) == 0
+    auth._users_read_at -= USERS_RELOAD
     bad = await api.anonymous.post(
         "/api/v1/auth/login", json={"username": "boss", "password": "second admin pw"}
     )
     assert bad.status_code == 401
-    assert api.gw.api is not None
-    api.gw.api.auth._users_read_at -= USERS_RELOAD  # as if that time had passed
     assert (await boss.get("/api/v1/auth/me")).status_code == 401
     assert await cli(["user", "passwd", "nobody", "--password-stdin", "--config", str(cfg)]) == 1
     assert await cli(["user", "add", "bad name", "--config", str(cfg)]) == 2
