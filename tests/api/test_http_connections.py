@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
+from gateway.api import server as server_module
+from gateway.api.server import ConnectionBook
+from gateway.metrics import Metrics
 from tests.api.conftest import TOKENS, Api
 
 # Waits are for conditions; this only bounds a hang (a loaded 2-core machine included).
@@ -207,3 +211,34 @@ async def test_sse_stream_and_slow_upload_outlive_the_header_timeout(
     assert not sse_reader.at_eof()
     close(idle, (sse_reader, sse_writer), (up_reader, up_writer))
     await wait_for(lambda: book.total == 0)
+
+
+class LogRecorder:
+    """Stands in for the module's logger: (level, event, fields) of each line."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **fields: self.lines.append((level, event, fields))
+
+
+def test_refusals_are_all_counted_but_logged_at_most_once_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    recorder = LogRecorder()
+    monkeypatch.setattr(server_module, "log", recorder)
+    metrics = Metrics()
+    book = ConnectionBook(max_connections=3, max_per_ip=1, header_timeout=1.0, metrics=metrics)
+    assert book.admit("192.0.2.1")
+    refused = [book.admit("192.0.2.1") for _ in range(100)]
+    assert not any(refused)
+    assert book.admit("192.0.2.2") and book.admit("192.0.2.3")
+    assert not book.admit("192.0.2.4")
+    assert metrics.get("http.refused_connections") == 101
+    assert [(level, event, f["reason"]) for level, event, f in recorder.lines] == [
+        ("warning", "http.refused_connection", "per_ip")
+    ]
+    for ip in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):
+        book.release(ip)
+    assert book.total == 0 and book.per_ip == {}
