@@ -355,6 +355,13 @@ class HttpSection(_Section):
     metrics_min_interval: float = Field(1.0, ge=0, le=60)
     # Open Server-Sent Event streams at most; more are refused with 503.
     sse_max_connections: int = Field(100, ge=1, le=10_000)
+    # Open HTTP connections in all, and from one client address (loopback included); a
+    # connection beyond either is closed at once (``http.refused_connections``).
+    max_connections: int = Field(256, ge=1, le=100_000)
+    max_connections_per_ip: int = Field(64, ge=1, le=100_000)
+    # Seconds a connection may take to deliver a whole request head, from its opening or from
+    # the end of the previous response; then it is closed (``http.header_timeouts``).
+    header_timeout: float = Field(10.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _unique(self) -> HttpSection:
