@@ -185,6 +185,39 @@ async def test_unknown_devices_policy(api: Api, device_endpoint: Endpoint) -> No
     assert (await stranger.register()).status == 200
 
 
+async def test_a_new_account_ends_a_binding_made_with_the_default_password(
+    api: Api, device_endpoint: Endpoint
+) -> None:
+    """Under ``accept`` a device without an account registers with the default password; once
+    it is given an account with another password (or a disabled one) that binding is no longer
+    valid and goes at once, as for a changed password. One given the default password stays."""
+    gw = api.gw
+    default = gw.directory.auth.password
+    ids = [f"3402000000132000078{n}" for n in range(3)]
+    devs = [sim(device_endpoint, gw, i) for i in ids]  # the default password
+    for dev in devs:
+        assert (await dev.register()).status == 200
+    offline: list[DeviceOffline] = []
+    gw.events.subscribe(DeviceOffline, offline.append)
+    generated = await api.admin.post(f"{V1}/accounts", json={"device_id": ids[0]})
+    assert generated.status_code == 201 and generated.json()["password"] != default
+    disabled = await api.admin.post(
+        f"{V1}/accounts", json={"device_id": ids[1], "password": default, "enabled": False}
+    )
+    assert disabled.status_code == 201
+    same = await api.admin.post(f"{V1}/accounts", json={"device_id": ids[2], "password": default})
+    assert same.status_code == 201
+    assert [gw.registrar.get(i).online for i in ids] == [False, False, True]  # type: ignore[union-attr]
+    assert offline == [
+        DeviceOffline(ids[0], "account added"),
+        DeviceOffline(ids[1], "account added"),
+    ]
+    assert (await devs[0].register()).status == 403  # the old (default) password
+    assert (await devs[1].register()).status == 403  # disabled
+    devs[0].password = generated.json()["password"]
+    assert (await devs[0].register()).status == 200
+
+
 async def test_import_reports_bad_rows_and_applies_good_ones(api: Api) -> None:
     unit = await new_unit(api)
     await api.operator.post(
