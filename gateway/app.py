@@ -17,7 +17,7 @@ import structlog
 from gateway import logs
 from gateway.api import ApiContext, ApiServer
 from gateway.catalog import Catalog
-from gateway.directory import ACCOUNT_REVOKED, POLICY_CHANGED, Directory
+from gateway.directory import ACCOUNT_ADDED, ACCOUNT_REVOKED, POLICY_CHANGED, Directory
 from gateway.downlink import (
     CatalogSync,
     DeviceQuirks,
@@ -279,10 +279,20 @@ class Gateway:
 
     def _directory_changed(self, what: str, device_ids: Iterable[str]) -> None:
         """An account disabled, removed or re-passworded, or unknown devices now rejected:
-        bindings made with credentials no longer valid stop being served."""
+        bindings made with credentials no longer valid stop being served. A new account for a
+        device registered with the default password (unknown devices accepted) revokes that
+        binding when the account is disabled or has another password."""
         if what == ACCOUNT_REVOKED:
             for device_id in device_ids:
                 self.registrar.revoke(device_id, "account revoked")
+        elif what == ACCOUNT_ADDED:
+            default = self.directory.auth.password
+            for device_id in device_ids:
+                dev = self.registrar.devices.get(device_id)
+                if dev is None or not dev.online:
+                    continue
+                if self.directory.password(device_id) != default:
+                    self.registrar.revoke(device_id, "account added")
         elif what == POLICY_CHANGED:
             self.registrar.revoke_unauthorised("unknown devices rejected")
 

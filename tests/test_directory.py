@@ -377,3 +377,20 @@ async def test_a_big_import_gives_the_event_loop_turns() -> None:
     assert len(report.created) == 2000 and report.errors == []
     assert ticks >= 19  # a turn for the rest of the loop every 100 rows
     assert heard.calls == [(ACCOUNT_ADDED, sorted(report.created))]  # still once
+
+
+async def test_a_cancelled_import_still_tells_the_listeners() -> None:
+    """The rows applied before a cancellation are stored: the listeners hear of them (and so
+    the registrar's revocations happen) even though the import did not finish."""
+    d = make()
+    heard = Heard(d)
+    rows = [ImportRow(i + 2, name=f"NVR {i}", password="secret123") for i in range(1000)]
+    task = asyncio.create_task(d.import_accounts_async(rows, batch=100))
+    for _ in range(3):  # let it apply a few batches
+        await asyncio.sleep(0)
+    applied = sorted(d.accounts)
+    assert 0 < len(applied) < 1000
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert heard.calls == [(ACCOUNT_ADDED, sorted(d.accounts))]

@@ -3,7 +3,10 @@
 A session is a leg of the :class:`~gateway.media.SessionTable` (the gateway's INVITE to a
 device, or to an upper for broadcast audio) with its outputs (uppers' sessions, broadcast audio
 to a device, local sessions). The figures come from the relay: bytes and packets in, bitrate,
-packets lost (RFC 3550 §6.4.1) and when the last key frame came (UNIX seconds).
+packets lost (RFC 3550 §6.4.1) and when the last key frame came (UNIX seconds). ``GET`` is paged
+like every list (``offset``, ``limit`` at most 500, ``total``), oldest first; the page's figures
+are asked of the relay all at once, each within :data:`STATS_TIMEOUT` (a session whose figures
+do not come in time is listed with zeros).
 
 ``POST`` starts a live session of a channel sent to a given RTP address: the live leg of the
 channel is shared when one runs (one INVITE per source stream), else the device is INVITEd,
@@ -15,20 +18,24 @@ last output). ``DELETE`` with a leg's ID (``s…``) ends the whole session and B
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.auth import Principal, operator, viewer
 from gateway.api.context import ApiContext
 from gateway.api.devices import ctx_of
 from gateway.api.errors import ApiError
-from gateway.media import Leg, MediaError, RelayError, Transport, is_ready
+from gateway.media import Leg, MediaError, RelayError, StreamStats, Transport, is_ready
 
 router = APIRouter(tags=["sessions"])
+STATS_TIMEOUT = 2.0  # seconds the relay has to give a session's figures
+Offset = Annotated[int, Query(ge=0, le=10_000_000)]
+Limit = Annotated[int, Query(ge=1, le=500)]
 
 
 class NewSession(BaseModel):
@@ -39,14 +46,22 @@ class NewSession(BaseModel):
     transport: Literal["udp", "tcp"] = "udp"
 
 
+async def _stats(ctx: ApiContext, key: str) -> StreamStats | None:
+    try:
+        return await asyncio.wait_for(ctx.media.relay.stats(key), STATS_TIMEOUT)
+    except (RelayError, OSError, TimeoutError):
+        return None
+
+
 async def session_item(ctx: ApiContext, leg: Leg[Any]) -> dict[str, Any]:
+    return _item(ctx, leg, await _stats(ctx, leg.key))
+
+
+def _item(ctx: ApiContext, leg: Leg[Any], st: StreamStats | None) -> dict[str, Any]:
+    """The description of a leg with the relay's figures ``st`` (None: not known)."""
     bytes_in = packets_lost = 0
     bitrate = 0.0
     last_key: float | None = None
-    try:
-        st = await ctx.media.relay.stats(leg.key)
-    except (RelayError, OSError):
-        st = None
     if st is not None:
         bytes_in = st.input.bytes
         packets_lost = st.input.lost
@@ -94,12 +109,17 @@ async def session_item(ctx: ApiContext, leg: Leg[Any]) -> dict[str, Any]:
 
 @router.get("/sessions")
 async def list_sessions(
-    request: Request, who: Annotated[Principal, Depends(viewer)]
+    request: Request,
+    who: Annotated[Principal, Depends(viewer)],
+    offset: Offset = 0,
+    limit: Limit = 50,
 ) -> dict[str, Any]:
     ctx = ctx_of(request)
     legs = sorted(ctx.media.legs.values(), key=lambda x: x.started_at)
-    items = [await session_item(ctx, leg) for leg in legs]
-    return {"total": len(items), "items": items}
+    page = legs[offset : offset + limit]
+    stats = await asyncio.gather(*(_stats(ctx, leg.key) for leg in page))
+    items = [_item(ctx, leg, st) for leg, st in zip(page, stats, strict=True)]
+    return {"total": len(legs), "items": items}
 
 
 @router.post("/sessions", status_code=201)

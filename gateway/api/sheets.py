@@ -7,7 +7,11 @@ a number would lose digits, and a string starting with ``=`` would become a form
 
 Reading is bounded: the file is at most ``[http] max_body_bytes``, an XLSX's parts may expand to
 at most :data:`MAX_XLSX_BYTES` (a zip bomb is refused before openpyxl sees it), and at most
-:data:`MAX_ROWS` rows are taken.
+:data:`MAX_ROWS` rows are taken. openpyxl pads a sheet's rows and columns out to its declared
+dimension, so a tiny file with one cell at ``XFD200000`` would keep a thread busy for minutes: a
+worksheet declaring more than :data:`MAX_SCAN_ROWS` rows or :data:`MAX_COLUMNS` columns is
+refused, only the first :data:`MAX_COLUMNS` columns are read, and every row scanned (empty ones
+too) counts against :data:`MAX_SCAN_ROWS` (the dimension may be missing or lie).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ SHEET_COLUMNS: tuple[str, ...] = (
 IMPORT_COLUMNS = ("device_id", "name", "password", "unit")
 MAX_ROWS = 100_000
 MAX_XLSX_BYTES = 64 * 1024 * 1024
+MAX_COLUMNS = 64  # an import needs 4 columns; an export has 9
+MAX_SCAN_ROWS = MAX_ROWS + 1000  # rows an XLSX may hold, empty ones included
 HEADER_SEARCH_ROWS = 10  # an XLSX may have a title row (or a few) above the header
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 CSV_TYPE = "text/csv; charset=utf-8"
@@ -135,7 +141,21 @@ def _xlsx_table(data: bytes) -> Iterable[tuple[int, list[Any]]]:
         ws = wb.worksheets[0] if wb.worksheets else None
         if ws is None:
             raise SheetError("file: the workbook has no sheet")
-        for number, row in enumerate(ws.iter_rows(values_only=True), start=1):
+        declared_rows, declared_cols = ws.max_row, ws.max_column  # None without a dimension
+        if declared_rows is not None and declared_rows > MAX_SCAN_ROWS:
+            raise SheetError(
+                f"file: the worksheet spans {declared_rows} rows (at most {MAX_SCAN_ROWS}); "
+                "delete the cells far below the table"
+            )
+        if declared_cols is not None and declared_cols > MAX_COLUMNS:
+            raise SheetError(
+                f"file: the worksheet spans {declared_cols} columns (at most {MAX_COLUMNS}); "
+                "delete the cells far right of the table"
+            )
+        rows = ws.iter_rows(max_col=MAX_COLUMNS, values_only=True)
+        for number, row in enumerate(rows, start=1):
+            if number > MAX_SCAN_ROWS:
+                raise SheetError(f"file: the worksheet has over {MAX_SCAN_ROWS} rows")
             yield number, list(row)
     except SheetError:
         raise

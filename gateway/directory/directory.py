@@ -589,10 +589,16 @@ class Directory:
         file of 100,000 rows takes seconds; SIP keeps being served meanwhile). Each row is
         checked against the directory as it is when the row's turn comes."""
         job = _Import(self, may_change_password, taken)
-        for n, row in enumerate(rows, start=1):
-            job.take(row)
-            if n % batch == 0:
-                await asyncio.sleep(0)
+        try:
+            for n, row in enumerate(rows, start=1):
+                job.take(row)
+                if n % batch == 0:
+                    await asyncio.sleep(0)
+        except BaseException:
+            # Cancelled (or failed) half way: the rows already applied are stored, so the
+            # listeners are still told and the revocations still happen.
+            job.finish()
+            raise
         return job.finish()
 
     def _import_unit(self, unit: str | None, by_name: Mapping[str, str]) -> str | None:

@@ -223,6 +223,56 @@ async def test_live_session_to_a_udp_port(start_api, device_endpoint) -> None:
         await dev.close_media()
 
 
+async def test_sessions_are_paged_and_their_figures_asked_at_once(
+    start_api, device_endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``GET /sessions`` takes offset/limit (at most 500) with the total, like every list; the
+    page's relay figures are asked concurrently, and a relay that does not answer in time
+    leaves the session listed with zeros instead of holding the request."""
+    from gateway.api import sessions
+
+    api, dev = await started(start_api, device_endpoint, live_frames=None)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(Rtp, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    try:
+        ids = []
+        for n in (1, 2):
+            r = await api.operator.post(
+                "/api/v1/sessions",
+                json={"channel_id": dev.channel_id(n), "host": "127.0.0.1", "port": port},
+            )
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["session_id"])
+        relay = api.gw.media.relay
+        in_flight = peak = 0
+        release = asyncio.Event()
+
+        async def slow_stats(key: str) -> Any:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                await release.wait()  # never set: only the timeout ends it
+            finally:
+                in_flight -= 1
+
+        monkeypatch.setattr(relay, "stats", slow_stats)
+        monkeypatch.setattr(sessions, "STATS_TIMEOUT", 0.2)
+        listed = (await api.viewer.get("/api/v1/sessions")).json()
+        assert listed["total"] == 2 and [s["id"] for s in listed["items"]] == ids
+        assert peak == 2  # both asked at once
+        assert all(s["bytes"] == 0 and s["bitrate_bps"] == 0 for s in listed["items"])
+        second = await api.viewer.get("/api/v1/sessions", params={"offset": 1, "limit": 1})
+        assert second.json()["total"] == 2
+        assert [s["id"] for s in second.json()["items"]] == ids[1:]
+        too_many = await api.viewer.get("/api/v1/sessions", params={"limit": 501})
+        assert too_many.status_code == 422 and too_many.json()["field"] == "limit"
+    finally:
+        transport.close()
+        await dev.close_media()
+
+
 @pytest.mark.timeout(60)
 async def test_hostile_inputs_get_4xx_never_500(start_api, device_endpoint) -> None:
     api, dev = await started(start_api, device_endpoint)

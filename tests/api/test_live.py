@@ -105,28 +105,40 @@ async def test_no_token_no_stream(api: Api) -> None:
 
 @pytest.mark.timeout(60)
 async def test_a_storm_of_changes_arrives_coalesced(start_api: Any) -> None:
+    """2,000 events over about a second arrive as a few messages holding the newest state of
+    each device. What is checked is what coalescing guarantees whatever the machine's load: a
+    burst (published without yielding) is never split across messages, the two events per
+    device in a burst make one change, no device twice in a message, and at most one message
+    per interval while changes came (from the measured time, plus the one before and after)."""
     interval = 0.25
     api: Api = await start_api(http={"sse_interval": interval})
     bus = api.gw.events
     devices = [f"3402000000132{n:07d}" for n in range(200)]
+    last = "34020000001329999999"
     final: dict[str, bool] = {}
     messages: list[dict[str, Any]] = []
     async with api.viewer.stream("GET", "/api/v1/events") as resp:
         events = read_events(resp)
         await next_of(events, "sessions")
         started = time.monotonic()
-        # 1,000 changes over about a second: 200 devices, each toggled five times.
+        # 10 bursts of 100 devices, each device flipped twice per burst (the second state is
+        # the one that counts), a burst every 0.1 s; each device is in every other burst.
         for burst in range(10):
             for i in range(100):
                 n = (burst * 100 + i) % 200
                 dev = devices[n]
                 online = (burst // 2 + n) % 2 == 0  # each device flips on every visit
                 final[dev] = online
-                if online:
-                    bus.publish(DeviceOnline(dev, "udp", "127.0.0.1", 5060, False))
-                else:
-                    bus.publish(DeviceOffline(dev, "expired"))
+                for state in (not online, online):
+                    if state:
+                        bus.publish(DeviceOnline(dev, "udp", "127.0.0.1", 5060, False))
+                    else:
+                        bus.publish(DeviceOffline(dev, "expired"))
+            if burst == 9:  # the last burst says it is the last (its message ends the wait)
+                final[last] = True
+                bus.publish(DeviceOnline(last, "udp", "127.0.0.1", 5060, False))
             await asyncio.sleep(0.1)
+        publishing = time.monotonic() - started
         seen: dict[str, bool] = {}
 
         async def collect() -> None:
@@ -135,16 +147,16 @@ async def test_a_storm_of_changes_arrives_coalesced(start_api: Any) -> None:
                     messages.append(data)
                     for change in data["changes"]:
                         seen[change["id"]] = change["online"]
-                    if seen == final:
+                    if last in seen:
                         return
 
         await asyncio.wait_for(collect(), 10)
-        elapsed = time.monotonic() - started
-    # About one message per interval, not one per change; the newest state of each device.
-    assert 1 < len(messages) <= elapsed / interval + 2, (len(messages), elapsed)
-    assert len(messages) < 20
-    assert sum(len(m["changes"]) for m in messages) < 1000
-    assert all(len(m["changes"]) <= live.MAX_CHANGES and m["dropped"] == 0 for m in messages)
+    sizes = [len(m["changes"]) for m in messages]
+    assert all(100 <= n <= 201 for n in sizes), sizes  # whole bursts, one change per device
+    assert all(len({c["id"] for c in m["changes"]}) == len(m["changes"]) for m in messages)
+    assert sum(sizes) <= 1001  # 2,000 events: each burst's pair per device made one change
+    assert len(messages) <= publishing / interval + 2, (len(messages), publishing)
+    assert all(m["dropped"] == 0 for m in messages)
     assert seen == final
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import zipfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -183,6 +185,39 @@ async def test_unknown_devices_policy(api: Api, device_endpoint: Endpoint) -> No
     assert (await stranger.register()).status == 200
 
 
+async def test_a_new_account_ends_a_binding_made_with_the_default_password(
+    api: Api, device_endpoint: Endpoint
+) -> None:
+    """Under ``accept`` a device without an account registers with the default password; once
+    it is given an account with another password (or a disabled one) that binding is no longer
+    valid and goes at once, as for a changed password. One given the default password stays."""
+    gw = api.gw
+    default = gw.directory.auth.password
+    ids = [f"3402000000132000078{n}" for n in range(3)]
+    devs = [sim(device_endpoint, gw, i) for i in ids]  # the default password
+    for dev in devs:
+        assert (await dev.register()).status == 200
+    offline: list[DeviceOffline] = []
+    gw.events.subscribe(DeviceOffline, offline.append)
+    generated = await api.admin.post(f"{V1}/accounts", json={"device_id": ids[0]})
+    assert generated.status_code == 201 and generated.json()["password"] != default
+    disabled = await api.admin.post(
+        f"{V1}/accounts", json={"device_id": ids[1], "password": default, "enabled": False}
+    )
+    assert disabled.status_code == 201
+    same = await api.admin.post(f"{V1}/accounts", json={"device_id": ids[2], "password": default})
+    assert same.status_code == 201
+    assert [gw.registrar.get(i).online for i in ids] == [False, False, True]  # type: ignore[union-attr]
+    assert offline == [
+        DeviceOffline(ids[0], "account added"),
+        DeviceOffline(ids[1], "account added"),
+    ]
+    assert (await devs[0].register()).status == 403  # the old (default) password
+    assert (await devs[1].register()).status == 403  # disabled
+    devs[0].password = generated.json()["password"]
+    assert (await devs[0].register()).status == 200
+
+
 async def test_import_reports_bad_rows_and_applies_good_ones(api: Api) -> None:
     unit = await new_unit(api)
     await api.operator.post(
@@ -347,3 +382,45 @@ def test_sheet_reading_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     written = sheets.to_xlsx("t", ["device_id", "name"], [["34020000001180000001", "=1+1"]])
     ws = load_workbook(io.BytesIO(written)).active
     assert [c.data_type for c in ws[3]] == ["s", "s"] and ws["B3"].value == "=1+1"
+
+
+def _far_cell_book(cell: str, *, dimension: bool = True) -> bytes:
+    """A tiny workbook with a header and one cell at ``cell``; without ``dimension`` the
+    worksheet's ``<dimension>`` element is dropped (openpyxl then cannot know the size)."""
+    wb = Workbook()
+    wb.active.append(["device_id", "name"])
+    wb.active[cell] = "x"
+    buf = io.BytesIO()
+    wb.save(buf)
+    if dimension:
+        return buf.getvalue()
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            part = zin.read(info.filename)
+            if info.filename.startswith("xl/worksheets/"):
+                part = re.sub(rb"<dimension [^>]*/>", b"", part)
+            zout.writestr(info, part)
+    return out.getvalue()
+
+
+@pytest.mark.timeout(30)  # the unbounded reading took over a minute
+async def test_a_workbook_spanning_far_is_refused_at_once(api: Api) -> None:
+    """openpyxl pads rows and columns out to the sheet's dimension: a 5 KB file with a cell at
+    XFD200000 is refused from its declared size, and without a dimension the rows scanned
+    (empty ones included) are counted and only the first columns read."""
+    from gateway.api import sheets
+
+    far = _far_cell_book("XFD200000")
+    assert len(far) < 10_000
+    files = {"file": ("far.xlsx", far, "application/octet-stream")}
+    resp = await api.admin.post(f"{V1}/accounts/import", files=files)
+    assert resp.status_code == 422 and resp.json()["field"] == "file"
+    assert "200000 rows" in resp.json()["error"]
+    with pytest.raises(sheets.SheetError, match="16384 columns"):
+        sheets.read_rows(_far_cell_book("XFD3"))
+    with pytest.raises(sheets.SheetError, match=f"over {sheets.MAX_SCAN_ROWS} rows"):
+        sheets.read_rows(_far_cell_book("XFD200000", dimension=False))
+    # Without a dimension a wide row is cut to the columns read; the table still imports.
+    rows = sheets.read_rows(_far_cell_book("XFD3", dimension=False))
+    assert rows == []  # row 3's cells past the cut are not read: an empty row
