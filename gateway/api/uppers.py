@@ -250,7 +250,10 @@ async def update_upper(
     except UpperError as exc:
         raise _refused(exc) from None
     if share is not None:
-        await uplink.set_share(new.id, share)
+        try:
+            await uplink.set_share(new.id, share)
+        except UpperError as exc:  # removed (or renamed) by another request meanwhile
+            raise _refused(exc) from None
     # Which settings changed, never their values (a password is among them).
     request.state.audit_detail = "changed: " + ", ".join(sorted(body))
     return _describe(_ctx(request), new.id)
@@ -289,7 +292,10 @@ async def put_share(
     if upper_id not in ctx.uplink.platforms:
         raise ApiError(404, f"no upper {upper_id}")
     share = _share(ctx, body)
-    await ctx.uplink.set_share(upper_id, share)
+    try:
+        await ctx.uplink.set_share(upper_id, share)
+    except UpperError as exc:  # removed by another request meanwhile
+        raise _refused(exc) from None
     request.state.audit_detail = (
         f"all={share.all} units={len(share.units)} devices={len(share.devices)}"
         f" channels={len(share.channels)}"

@@ -4,6 +4,7 @@ platform above, over real sockets."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from conformance.peers.platform import SimPlatform
 from gateway.events import UpperOffline
 from gateway.manscdp import CatalogItem, CatalogNotify
 from gateway.settings import UpperPlatform
-from gateway.uplink import Share
+from gateway.uplink import Share, UpperError, UpperSession
 from tests.conftest import wait_for
 from tests.uplink.test_uplink import (
     GW,
@@ -240,3 +241,53 @@ async def test_a_unit_comes_into_view_with_its_first_device(
         ("ADD", channels[0]),
         ("ADD", channels[1]),
     ]
+
+
+async def test_concurrent_changes_to_one_upper_leave_no_orphan_session(
+    upper_endpoint, start_gateway
+) -> None:
+    """PATCH+PATCH and DELETE+PATCH of one upper at once (each stop awaits the upper): one
+    change at a time, so no session is left without its upper, none overwritten while it still
+    registers, and the change that comes second sees the first one's result."""
+    p = platform(upper_endpoint)
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint))
+    await online_at(p)
+    uplink = gw.uplink
+    made: list[UpperSession] = []
+    new_session = uplink._new_session
+
+    def spy(upper: UpperPlatform) -> UpperSession:
+        s = new_session(upper)
+        made.append(s)
+        return s
+
+    uplink._new_session = spy  # type: ignore[method-assign]
+
+    def consistent() -> None:
+        assert set(uplink.sessions) <= set(uplink.platforms)
+        assert set(uplink.shares) == set(uplink.platforms)
+        live = {id(s) for s in uplink.sessions.values()}
+        orphans = [s for s in made if id(s) not in live and s.link._task is not None]
+        assert orphans == [], "a session nobody holds is still registering"
+
+    p.password = "bbbbbbbb"
+    both = await asyncio.gather(
+        uplink.update_upper(UP, {"password": "aaaaaaaa"}),
+        uplink.update_upper(UP, {"password": "bbbbbbbb"}),
+        return_exceptions=True,
+    )
+    assert not [r for r in both if isinstance(r, BaseException)]
+    consistent()
+    assert uplink.sessions[UP].upper.password == "bbbbbbbb"
+    await online_at(p)
+
+    gone = await asyncio.gather(
+        uplink.remove_upper(UP),
+        uplink.update_upper(UP, {"password": "cccccccc"}),
+        return_exceptions=True,
+    )
+    assert gone[0] is None
+    assert isinstance(gone[1], UpperError) and gone[1].status == 404
+    consistent()
+    assert uplink.platforms == {} and uplink.sessions == {} and uplink.shares == {}
+    assert dict(gw.store.load_records("upper")) == {}
