@@ -72,8 +72,9 @@ class Share:
         if value == "all":
             return cls(all=True)
         ids = list(dict.fromkeys(value))
-        channels = tuple(i for i in ids if i[10:13].isdigit() and int(i[10:13]) in _CHANNEL_TYPES)
-        return cls(devices=tuple(i for i in ids if i not in channels), channels=channels)
+        channels = [i for i in ids if i[10:13].isdigit() and int(i[10:13]) in _CHANNEL_TYPES]
+        picked = set(channels)  # (a set: 100,000 IDs must not cost 100,000² steps)
+        return cls(devices=tuple(i for i in ids if i not in picked), channels=tuple(channels))
 
     def as_dict(self) -> dict[str, Any]:
         return {

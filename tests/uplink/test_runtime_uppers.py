@@ -291,3 +291,35 @@ async def test_concurrent_changes_to_one_upper_leave_no_orphan_session(
     consistent()
     assert uplink.platforms == {} and uplink.sessions == {} and uplink.shares == {}
     assert dict(gw.store.load_records("upper")) == {}
+
+
+class _CountedId(str):
+    """An ID that counts how often it is compared (a set or dict finds it by hash)."""
+
+    compared = 0
+
+    def __eq__(self, other: object) -> bool:
+        _CountedId.compared += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+@pytest.mark.timeout(30)
+def test_a_large_share_list_is_split_in_linear_steps() -> None:
+    """``share = [ids]`` from the TOML or the API (up to 100,000 IDs): devices and channels
+    are told apart by set, not by a scan of the channels per ID."""
+    n = 2000
+    ids = [_CountedId(f"3402000000131{i:07d}") for i in range(n)]  # channels (131)
+    ids += [_CountedId(f"3402000000111{i:07d}") for i in range(n)]  # devices (111)
+    _CountedId.compared = 0
+    share = Share.seed(ids)
+    assert len(share.channels) == n and len(share.devices) == n
+    assert _CountedId.compared <= 4 * n  # a scan per ID: about n * n
+    too_many = ["34020000001110000001"] * 100_001
+    with pytest.raises(ValueError):
+        UpperPlatform.model_validate(upper_config_for_ids(too_many))
+
+
+def upper_config_for_ids(share: list[str]) -> dict[str, Any]:
+    return {"id": UP, "domain": UP[:10], "host": "127.0.0.1", "password": "x", "share": share}
