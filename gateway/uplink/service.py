@@ -647,6 +647,8 @@ class Uplink:
 
     # -- downlink events → NOTIFYs (:mod:`gateway.uplink.planning`) -------------------------
     def on_catalog_change(self, change: CatalogChange) -> None:
+        for s in self.sessions.values():
+            s.view.catalog_changed(change.item_id)
         self.notifier.on_catalog_change(self.sessions.values(), change)
 
     def on_device_online(self, event: DeviceOnline) -> None:

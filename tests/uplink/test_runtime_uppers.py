@@ -5,6 +5,7 @@ platform above, over real sockets."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,7 +14,8 @@ from conformance.peers.platform import SimPlatform
 from gateway.events import UpperOffline
 from gateway.manscdp import CatalogItem, CatalogNotify
 from gateway.settings import UpperPlatform
-from gateway.uplink import Share, UpperError, UpperSession
+from gateway.store import MemoryStore
+from gateway.uplink import IdMap, Share, SharedView, UpperError, UpperSession
 from tests.conftest import wait_for
 from tests.uplink.test_uplink import (
     GW,
@@ -323,3 +325,52 @@ def test_a_large_share_list_is_split_in_linear_steps() -> None:
 
 def upper_config_for_ids(share: list[str]) -> dict[str, Any]:
     return {"id": UP, "domain": UP[:10], "host": "127.0.0.1", "password": "x", "share": share}
+
+
+def test_whether_a_device_is_seen_through_a_shared_channel_is_kept_between_changes() -> None:
+    """``device_visible`` (asked per event and per item) does not walk the share each time:
+    the owners of shared IDs are worked out once per share or catalog change to a shared ID,
+    and a shared channel reported later makes its device visible."""
+    from gateway.events import CatalogChange
+    from tests.uplink.test_view import NVR1, NVR2, cam, world
+    from tests.uplink.test_view import upper as upper_of
+
+    config, catalog, devices = world()
+    later = cam(NVR2, 7)
+    shared = (cam(NVR1, 1).device_id, later.device_id) + tuple(
+        f"3402000000131{i:07d}" for i in range(500)
+    )
+    up = upper_of()
+    v = SharedView(up, config.gateway, catalog, devices, IdMap(up, MemoryStore(), GW))
+    v.refresh(Share(channels=shared))
+    catalog.events.subscribe(CatalogChange, lambda c: v.catalog_changed(c.item_id))
+    asked = 0
+    owner_of = catalog.owner_of
+
+    def counted(item_id: str) -> str | None:
+        nonlocal asked
+        asked += 1
+        return owner_of(item_id)
+
+    catalog.owner_of = counted  # type: ignore[method-assign]
+    for _ in range(100):
+        assert v.device_visible(NVR1) and not v.device_visible(NVR2)
+    assert asked <= 2 * len(shared)  # a walk per question: 200 walks
+    catalog.apply_notify(NVR2, [replace(later, event="ADD")])
+    assert v.device_visible(NVR2)
+    catalog.apply_sync(NVR2, [], partial=False)
+    assert not v.device_visible(NVR2)
+
+
+async def test_a_device_is_seen_once_its_shared_channel_is_reported(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    """Through the uplink's catalog-change path: the channel shared before its NVR came."""
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint))
+    dev = nvr(device_endpoint, gw, NVR1, channel_count=2)
+    one = sorted(dev.channel_ids())[0]
+    await gw.uplink.set_share(UP, Share(channels=(one,)))
+    view = gw.uplink.sessions[UP].view
+    assert not view.device_visible(NVR1)
+    await synced_nvr(gw, dev)
+    assert view.device_visible(NVR1)
