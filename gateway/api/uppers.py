@@ -319,9 +319,8 @@ async def id_map(
     if s is not None:
         pairs = s.idmap.pairs()
     else:
-        pairs = sorted(
-            (local, up) for uid, local, up in uplink.store.load_id_map() if uid == upper_id
-        )
+        # A disabled upper: its rows only (the store's index), not every upper's.
+        pairs = sorted((local, up) for _, local, up in uplink.store.load_id_map(upper_id))
     return {
         "id_policy": upper.id_policy,
         "total": len(pairs),

@@ -277,7 +277,7 @@ class Uplink:
         # overwriting it would leave its link registering, seen by nobody.
         await self._stop_session(upper.id, "replaced")
         s = self._new_session(upper)
-        s.idmap.load(self.store.load_id_map())
+        s.idmap.load(self.store.load_id_map(upper.id))
         for other in self.sessions.values():
             other.idmap.reserved.add(upper.id)
         self.sessions[upper.id] = s
