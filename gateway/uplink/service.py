@@ -227,6 +227,7 @@ class Uplink:
     def start(self) -> None:
         self.endpoint.on_refused(self.request_refused)
         self._load_uppers()
+        self.prune_units()
         rows = self.store.load_id_map()
         uppers = set(self.platforms)
         for s in self.sessions.values():
@@ -387,6 +388,29 @@ class Uplink:
             await self._change_view(s, lambda: s.view.refresh(share))
         log.info("uplink.share_changed", upper=upper_id, **share.as_dict())
 
+    def prune_units(self) -> None:
+        """Drop from every share the units the directory no longer has (a unit removed). The
+        directory tells its listeners which devices changed, not which unit went (and nothing
+        at all for a unit without devices), so this is called on every directory change, at
+        start and before a share is shown: O(the units shared)."""
+        if self.directory is None:
+            return
+        known = self.directory.units
+        for upper_id, share in list(self.shares.items()):
+            if all(u in known for u in share.units):
+                continue
+            pruned = replace(share, units=tuple(u for u in share.units if u in known))
+            self.shares[upper_id] = pruned
+            self._save(upper_id)
+            s = self.sessions.get(upper_id)
+            if s is not None:
+                # What the view shows changes with its next units snapshot (the unit's
+                # devices left it with the unit): only the share it reads from is swapped.
+                s.view.share = pruned
+            log.info(
+                "uplink.share_pruned", upper=upper_id, units=len(share.units) - len(pruned.units)
+            )
+
     def _upper(self, upper_id: str) -> UpperPlatform:
         upper = self.platforms.get(upper_id)
         if upper is None:
@@ -414,6 +438,7 @@ class Uplink:
         """Units or accounts changed. A view with no catalog subscription to tell takes a
         new snapshot of the units when next used; the others are diffed and told, a burst
         (a bulk import) at once, after ``NOTIFY_DELAY``."""
+        self.prune_units()
         told = False
         for s in self.sessions.values():
             sub = s.subs.get("Catalog")

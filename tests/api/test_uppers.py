@@ -228,3 +228,24 @@ async def test_id_map_pages_are_cut_from_a_kept_list_and_a_disabled_uppers_rows(
     assert {i["local_id"] for i in page["items"]} == {
         f"340200000013200000{n:02d}" for n in range(5)
     }
+
+
+async def test_a_removed_unit_leaves_every_share(api: Api) -> None:
+    """A unit removed with its devices is dropped from the shares at once (the directory's
+    change); one removed empty (the directory tells nobody) before a share is shown."""
+    d = api.gw.directory
+    full, empty = d.add_unit("第一医院", kind="hospital"), d.add_unit("空单位", kind="hospital")
+    d.add_account("34020000001180000001", unit_id=full.id)
+    for upper_id in (UP, UP2):
+        assert (
+            await api.admin.post(U, json=body(9, id=upper_id, enabled=False))
+        ).status_code == 201
+        share = {"all": False, "units": [full.id, empty.id], "devices": [], "channels": []}
+        assert (await api.operator.put(f"{U}/{upper_id}/share", json=share)).status_code == 200
+    d.remove_unit(full.id, force=True)
+    assert all(s.units == (empty.id,) for s in api.gw.uplink.shares.values())
+    d.remove_unit(empty.id)
+    for upper_id in (UP, UP2):
+        assert (await api.viewer.get(f"{U}/{upper_id}/share")).json()["units"] == []
+        assert (await api.viewer.get(f"{U}/{upper_id}")).json()["share"]["units"] == []
+        assert dict(api.gw.store.load_records("upper"))[upper_id]["share"]["units"] == []

@@ -337,9 +337,8 @@ def test_whether_a_device_is_seen_through_a_shared_channel_is_kept_between_chang
 
     config, catalog, devices = world()
     later = cam(NVR2, 7)
-    shared = (cam(NVR1, 1).device_id, later.device_id) + tuple(
-        f"3402000000131{i:07d}" for i in range(500)
-    )
+    others = [f"3402000000131{i:07d}" for i in range(500)]
+    shared = (cam(NVR1, 1).device_id, later.device_id, *others)
     up = upper_of()
     v = SharedView(up, config.gateway, catalog, devices, IdMap(up, MemoryStore(), GW))
     v.refresh(Share(channels=shared))
