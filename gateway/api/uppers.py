@@ -161,6 +161,7 @@ def _describe(ctx: ApiContext, upper_id: str) -> dict[str, Any]:
     upper = uplink.platforms.get(upper_id)
     if upper is None:
         raise ApiError(404, f"no upper {upper_id}")
+    uplink.prune_units()  # a unit removed without devices is not heard of otherwise
     out = upper.model_dump(mode="json", exclude={"password", "share"})
     s = uplink.sessions.get(upper_id)
     total, online = _counts(ctx, upper_id)
@@ -250,7 +251,10 @@ async def update_upper(
     except UpperError as exc:
         raise _refused(exc) from None
     if share is not None:
-        await uplink.set_share(new.id, share)
+        try:
+            await uplink.set_share(new.id, share)
+        except UpperError as exc:  # removed (or renamed) by another request meanwhile
+            raise _refused(exc) from None
     # Which settings changed, never their values (a password is among them).
     request.state.audit_detail = "changed: " + ", ".join(sorted(body))
     return _describe(_ctx(request), new.id)
@@ -272,6 +276,7 @@ async def get_share(
     request: Request, upper_id: str, who: Annotated[Principal, Depends(viewer)]
 ) -> dict[str, Any]:
     uplink = _ctx(request).uplink
+    uplink.prune_units()
     share = uplink.shares.get(upper_id)
     if share is None:
         raise ApiError(404, f"no upper {upper_id}")
@@ -289,7 +294,10 @@ async def put_share(
     if upper_id not in ctx.uplink.platforms:
         raise ApiError(404, f"no upper {upper_id}")
     share = _share(ctx, body)
-    await ctx.uplink.set_share(upper_id, share)
+    try:
+        await ctx.uplink.set_share(upper_id, share)
+    except UpperError as exc:  # removed by another request meanwhile
+        raise _refused(exc) from None
     request.state.audit_detail = (
         f"all={share.all} units={len(share.units)} devices={len(share.devices)}"
         f" channels={len(share.channels)}"
@@ -313,9 +321,8 @@ async def id_map(
     if s is not None:
         pairs = s.idmap.pairs()
     else:
-        pairs = sorted(
-            (local, up) for uid, local, up in uplink.store.load_id_map() if uid == upper_id
-        )
+        # A disabled upper: its rows only (the store's index), not every upper's.
+        pairs = sorted((local, up) for _, local, up in uplink.store.load_id_map(upper_id))
     return {
         "id_policy": upper.id_policy,
         "total": len(pairs),

@@ -8,7 +8,7 @@ documented in README.md; keep the two in step.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -200,7 +200,8 @@ class UpperPlatform(_Section):
     retry_interval: float = Field(60.0, gt=0)
     charset: Literal["GB2312", "UTF-8"] = "GB2312"
     gb_version: Literal["2016", "2022"] = "2016"
-    share: Literal["all"] | tuple[str, ...] = "all"
+    # "all", or at most 100,000 device and channel IDs (as the API's share lists).
+    share: Literal["all"] | Annotated[tuple[str, ...], Field(max_length=100_000)] = "all"
     id_policy: Literal["keep", "recode"] = "keep"
     civil_code: str = ""
     industry_code: str = "00"

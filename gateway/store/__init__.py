@@ -40,8 +40,9 @@ class Store(Protocol):
         """The newest alarms first."""
         ...
 
-    def load_id_map(self) -> list[tuple[str, str, str]]:
-        """(upper ID, local ID, the ID that upper knows the item by), oldest first."""
+    def load_id_map(self, upper_id: str | None = None) -> list[tuple[str, str, str]]:
+        """(upper ID, local ID, the ID that upper knows the item by), oldest first; only
+        ``upper_id``'s when given."""
         ...
 
     def save_mapping(self, upper_id: str, local_id: str, upper_item: str, now: float) -> None:

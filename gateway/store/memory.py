@@ -44,8 +44,8 @@ class MemoryStore:
     def load_alarms(self, *, limit: int = 100) -> list[Alarm]:
         return list(reversed(self.alarms[-limit:]))
 
-    def load_id_map(self) -> list[tuple[str, str, str]]:
-        return list(self.id_map)
+    def load_id_map(self, upper_id: str | None = None) -> list[tuple[str, str, str]]:
+        return [row for row in self.id_map if upper_id is None or row[0] == upper_id]
 
     def save_mapping(self, upper_id: str, local_id: str, upper_item: str, now: float) -> None:
         self.id_map.append((upper_id, local_id, upper_item))

@@ -369,11 +369,19 @@ class SqliteStore:
         return [alarm_from_row(r) for r in cur.fetchall()]
 
     # -- ID mapping for upper platforms -----------------------------------------------------
-    def load_id_map(self) -> list[tuple[str, str, str]]:
-        """(upper ID, local ID, the ID the upper knows it by), oldest first."""
-        cur = self._db.execute(
-            "SELECT upper_id, local_id, upper_item FROM id_map ORDER BY created_at"
-        )
+    def load_id_map(self, upper_id: str | None = None) -> list[tuple[str, str, str]]:
+        """(upper ID, local ID, the ID the upper knows it by), oldest first; only
+        ``upper_id``'s when given (by the primary key: the other uppers' rows are not read)."""
+        if upper_id is None:
+            cur = self._db.execute(
+                "SELECT upper_id, local_id, upper_item FROM id_map ORDER BY created_at"
+            )
+        else:
+            cur = self._db.execute(
+                "SELECT upper_id, local_id, upper_item FROM id_map WHERE upper_id = ?"
+                " ORDER BY created_at",
+                (upper_id,),
+            )
         return [(u, loc, m) for u, loc, m in cur.fetchall()]
 
     def save_mapping(self, upper_id: str, local_id: str, upper_item: str, now: float) -> None:

@@ -13,7 +13,7 @@ its recoded ID across restarts, re-syncs and re-registrations, and no two items 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway.manscdp import is_civil_code, is_gb_id
 from gateway.settings import UpperPlatform
@@ -44,6 +44,7 @@ class IdMap:
         self._up: dict[str, str] = {}
         self._down: dict[str, str] = {}
         self._next: dict[str, int] = {}
+        self._sorted: list[tuple[str, str]] | None = None  # pairs(), until the next mapping
 
     def load(self, rows: list[tuple[str, str, str]]) -> None:
         for upper_id, local_id, mapped in rows:
@@ -53,6 +54,7 @@ class IdMap:
     def _remember(self, local_id: str, mapped: str) -> None:
         self._up[local_id] = mapped
         self._down[mapped] = local_id
+        self._sorted = None
         prefix, serial = mapped[:14], int(mapped[14:])
         if serial >= self._next.get(prefix, 1):
             self._next[prefix] = serial + 1
@@ -60,9 +62,13 @@ class IdMap:
     def __len__(self) -> int:
         return len(self._up)
 
-    def pairs(self) -> list[tuple[str, str]]:
-        """Every recoded ID: (local ID, the ID the upper knows it by), by local ID."""
-        return sorted(self._up.items())
+    def pairs(self) -> Sequence[tuple[str, str]]:
+        """Every recoded ID: (local ID, the ID the upper knows it by), by local ID. Sorted
+        once per new mapping, not per call (a paged API reads it page after page); not to be
+        changed by the caller."""
+        if self._sorted is None:
+            self._sorted = sorted(self._up.items())
+        return self._sorted
 
     def _fixed(self, local_id: str) -> bool:
         return not self.recode or local_id == self.gateway_id or is_civil_code(local_id)

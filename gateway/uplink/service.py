@@ -190,6 +190,9 @@ class Uplink:
         self.shares: dict[str, Share] = {up.id: Share.seed(up.share) for up in settings.platforms}
         self._started = False
         self._units_dirty = False
+        # One change to the uppers at a time: stopping a session awaits the upper (seconds),
+        # and a change acting on what it read before that await would race another.
+        self._changing = asyncio.Lock()
         for upper in self.platforms.values():
             if upper.enabled:
                 self.sessions[upper.id] = self._new_session(upper)
@@ -224,6 +227,7 @@ class Uplink:
     def start(self) -> None:
         self.endpoint.on_refused(self.request_refused)
         self._load_uppers()
+        self.prune_units()
         rows = self.store.load_id_map()
         uppers = set(self.platforms)
         for s in self.sessions.values():
@@ -269,9 +273,12 @@ class Uplink:
             },
         )
 
-    def _start_session(self, upper: UpperPlatform) -> None:
+    async def _start_session(self, upper: UpperPlatform) -> None:
+        # A session still there (never under the lock, but cheap to be sure) is ended first:
+        # overwriting it would leave its link registering, seen by nobody.
+        await self._stop_session(upper.id, "replaced")
         s = self._new_session(upper)
-        s.idmap.load(self.store.load_id_map())
+        s.idmap.load(self.store.load_id_map(upper.id))
         for other in self.sessions.values():
             other.idmap.reserved.add(upper.id)
         self.sessions[upper.id] = s
@@ -293,6 +300,10 @@ class Uplink:
 
     async def add_upper(self, upper: UpperPlatform, share: Share | None = None) -> None:
         """A new upper: stored, and (when enabled) registered to at once."""
+        async with self._changing:
+            await self._add_upper(upper, share)
+
+    async def _add_upper(self, upper: UpperPlatform, share: Share | None) -> None:
         if upper.id in self.platforms:
             raise UpperError(f"upper {upper.id} exists already", "id", 409)
         if upper.id == self.gw.id:
@@ -301,7 +312,7 @@ class Uplink:
         self.shares[upper.id] = share if share is not None else Share.seed(upper.share)
         self._save(upper.id)
         if upper.enabled:
-            self._start_session(upper)
+            await self._start_session(upper)
         self.metrics.inc("uplink.upper_added")
         log.info("uplink.upper_added", upper=upper.id, enabled=upper.enabled)
 
@@ -309,7 +320,12 @@ class Uplink:
         """Change an upper's settings (validated as :class:`UpperPlatform`; a
         :class:`pydantic.ValidationError` names the bad field). A change to how it is
         registered to (address, ID, password...) unregisters the old registration first and
-        registers anew; the rest takes effect in place."""
+        registers anew; the rest takes effect in place. Serialised with the other changes:
+        an upper removed meanwhile is a 404."""
+        async with self._changing:
+            return await self._update_upper(upper_id, changes)
+
+    async def _update_upper(self, upper_id: str, changes: Mapping[str, Any]) -> UpperPlatform:
         old = self._upper(upper_id)
         data = old.model_dump()
         data.update(changes)
@@ -334,7 +350,7 @@ class Uplink:
             self.shares[new.id] = share
             self._save(new.id)
             if new.enabled:
-                self._start_session(new)
+                await self._start_session(new)
         else:
             self.platforms[upper_id] = new
             self._save(upper_id)
@@ -346,6 +362,10 @@ class Uplink:
 
     async def remove_upper(self, upper_id: str) -> None:
         """Unregister from an upper, end its subscriptions and media, forget it."""
+        async with self._changing:
+            await self._remove_upper(upper_id)
+
+    async def _remove_upper(self, upper_id: str) -> None:
         self._upper(upper_id)
         await self._stop_session(upper_id, "removed")
         del self.platforms[upper_id]
@@ -356,6 +376,10 @@ class Uplink:
 
     async def set_share(self, upper_id: str, share: Share) -> None:
         """What ``upper_id`` is shared, now; a catalog subscription of it hears the change."""
+        async with self._changing:
+            await self._set_share(upper_id, share)
+
+    async def _set_share(self, upper_id: str, share: Share) -> None:
         self._upper(upper_id)
         self.shares[upper_id] = share
         self._save(upper_id)
@@ -363,6 +387,29 @@ class Uplink:
         if s is not None:
             await self._change_view(s, lambda: s.view.refresh(share))
         log.info("uplink.share_changed", upper=upper_id, **share.as_dict())
+
+    def prune_units(self) -> None:
+        """Drop from every share the units the directory no longer has (a unit removed). The
+        directory tells its listeners which devices changed, not which unit went (and nothing
+        at all for a unit without devices), so this is called on every directory change, at
+        start and before a share is shown: O(the units shared)."""
+        if self.directory is None:
+            return
+        known = self.directory.units
+        for upper_id, share in list(self.shares.items()):
+            if all(u in known for u in share.units):
+                continue
+            pruned = replace(share, units=tuple(u for u in share.units if u in known))
+            self.shares[upper_id] = pruned
+            self._save(upper_id)
+            s = self.sessions.get(upper_id)
+            if s is not None:
+                # What the view shows changes with its next units snapshot (the unit's
+                # devices left it with the unit): only the share it reads from is swapped.
+                s.view.share = pruned
+            log.info(
+                "uplink.share_pruned", upper=upper_id, units=len(share.units) - len(pruned.units)
+            )
 
     def _upper(self, upper_id: str) -> UpperPlatform:
         upper = self.platforms.get(upper_id)
@@ -391,6 +438,7 @@ class Uplink:
         """Units or accounts changed. A view with no catalog subscription to tell takes a
         new snapshot of the units when next used; the others are diffed and told, a burst
         (a bulk import) at once, after ``NOTIFY_DELAY``."""
+        self.prune_units()
         told = False
         for s in self.sessions.values():
             sub = s.subs.get("Catalog")
@@ -624,6 +672,8 @@ class Uplink:
 
     # -- downlink events → NOTIFYs (:mod:`gateway.uplink.planning`) -------------------------
     def on_catalog_change(self, change: CatalogChange) -> None:
+        for s in self.sessions.values():
+            s.view.catalog_changed(change.item_id)
         self.notifier.on_catalog_change(self.sessions.values(), change)
 
     def on_device_online(self, event: DeviceOnline) -> None:

@@ -72,8 +72,9 @@ class Share:
         if value == "all":
             return cls(all=True)
         ids = list(dict.fromkeys(value))
-        channels = tuple(i for i in ids if i[10:13].isdigit() and int(i[10:13]) in _CHANNEL_TYPES)
-        return cls(devices=tuple(i for i in ids if i not in channels), channels=channels)
+        channels = [i for i in ids if i[10:13].isdigit() and int(i[10:13]) in _CHANNEL_TYPES]
+        picked = set(channels)  # (a set: 100,000 IDs must not cost 100,000² steps)
+        return cls(devices=tuple(i for i in ids if i not in picked), channels=tuple(channels))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -149,6 +150,10 @@ class SharedView:
         self._home: dict[str, UnitNode] = {}  # device ID -> its unit
         self._vos: dict[str, UnitNode] = {}  # a unit's virtual-organisation ID -> the unit
         self._stale = False
+        # The devices that report a shared ID (:meth:`device_visible`), worked out when first
+        # asked after :meth:`refresh` or after a catalog change to a shared ID
+        # (:meth:`catalog_changed`): who reports an ID changes only by such a change.
+        self._owners: frozenset[str] | None = None
         self.refresh()
 
     # -- what is shared ---------------------------------------------------------------------
@@ -176,7 +181,14 @@ class SharedView:
         self.shared = frozenset(shared)
         self._home = home
         self._vos = vos
+        self._owners = None
         self._stale = False
+
+    def catalog_changed(self, item_id: str) -> None:
+        """The catalog added, changed or removed ``item_id``: when it is shared, who reports
+        it may have changed (it came, it went, another device reports a tree node now)."""
+        if item_id in self.shared:
+            self._owners = None
 
     def invalidate(self) -> None:
         """The units changed: take a new snapshot when next asked anything (a burst of
@@ -239,7 +251,13 @@ class SharedView:
         self._fresh()
         if self.share_all or device_id in self.shared:
             return True
-        return any(self.catalog.owner_of(i) == device_id for i in self.shared)
+        owners = self._owners
+        if owners is None:  # once per change, not a walk of the share per question
+            owner_of = self.catalog.owner_of
+            owners = self._owners = frozenset(
+                o for i in self.shared if (o := owner_of(i)) is not None
+            )
+        return device_id in owners
 
     def resolve(self, upper_item: str) -> tuple[str, str] | None:
         """(owner device, local ID) of an ID the upper used, when this upper may see it."""

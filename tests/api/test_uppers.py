@@ -191,3 +191,61 @@ async def test_the_channel_counts_follow_the_catalog_and_the_share(api: Api) -> 
     )
     assert shared.status_code == 200, shared.text
     assert (await api.viewer.get(f"{U}/{UP}")).json()["channels"] == {"total": 0, "online": 0}
+
+
+async def test_id_map_pages_are_cut_from_a_kept_list_and_a_disabled_uppers_rows(
+    api: Api,
+) -> None:
+    """A registered upper's recoded IDs are sorted once per new mapping, not per page; for a
+    disabled upper only its own rows are read from the store."""
+    for upper_id in (UP, UP2):
+        cfg = body(9, id=upper_id, id_policy="recode", civil_code="3401")
+        assert (await api.admin.post(U, json=cfg)).status_code == 201
+    one, two = api.gw.uplink.sessions[UP], api.gw.uplink.sessions[UP2]
+    for n in range(5):
+        one.idmap.to_upper(f"340200000013100000{n:02d}")
+        two.idmap.to_upper(f"340200000013200000{n:02d}")
+    assert one.idmap.pairs() is one.idmap.pairs()  # kept between pages
+    first = (await api.viewer.get(f"{U}/{UP}/id-map?limit=2")).json()
+    assert first["total"] == 5 and first["items"][0]["local_id"] == "34020000001310000000"
+    one.idmap.to_upper("34020000001300000009")  # a new mapping: sorted anew
+    again = (await api.viewer.get(f"{U}/{UP}/id-map?limit=1")).json()
+    assert again["total"] == 6 and again["items"][0]["local_id"] == "34020000001300000009"
+
+    assert (await api.admin.patch(f"{U}/{UP2}", json={"enabled": False})).status_code == 200
+    await api.gw.store.flush()
+    asked: list[str | None] = []
+    load = api.gw.store.load_id_map
+
+    def spy(upper_id: str | None = None) -> list[tuple[str, str, str]]:
+        asked.append(upper_id)
+        return load(upper_id)
+
+    api.gw.store.load_id_map = spy  # type: ignore[method-assign]
+    page = (await api.viewer.get(f"{U}/{UP2}/id-map?limit=500")).json()
+    assert asked == [UP2]  # not every upper's rows
+    assert page["total"] == 5
+    assert {i["local_id"] for i in page["items"]} == {
+        f"340200000013200000{n:02d}" for n in range(5)
+    }
+
+
+async def test_a_removed_unit_leaves_every_share(api: Api) -> None:
+    """A unit removed with its devices is dropped from the shares at once (the directory's
+    change); one removed empty (the directory tells nobody) before a share is shown."""
+    d = api.gw.directory
+    full, empty = d.add_unit("第一医院", kind="hospital"), d.add_unit("空单位", kind="hospital")
+    d.add_account("34020000001180000001", unit_id=full.id)
+    for upper_id in (UP, UP2):
+        assert (
+            await api.admin.post(U, json=body(9, id=upper_id, enabled=False))
+        ).status_code == 201
+        share = {"all": False, "units": [full.id, empty.id], "devices": [], "channels": []}
+        assert (await api.operator.put(f"{U}/{upper_id}/share", json=share)).status_code == 200
+    d.remove_unit(full.id, force=True)
+    assert all(s.units == (empty.id,) for s in api.gw.uplink.shares.values())
+    d.remove_unit(empty.id)
+    for upper_id in (UP, UP2):
+        assert (await api.viewer.get(f"{U}/{upper_id}/share")).json()["units"] == []
+        assert (await api.viewer.get(f"{U}/{upper_id}")).json()["share"]["units"] == []
+        assert dict(api.gw.store.load_records("upper"))[upper_id]["share"]["units"] == []

@@ -4,6 +4,8 @@ platform above, over real sockets."""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -12,7 +14,8 @@ from conformance.peers.platform import SimPlatform
 from gateway.events import UpperOffline
 from gateway.manscdp import CatalogItem, CatalogNotify
 from gateway.settings import UpperPlatform
-from gateway.uplink import Share
+from gateway.store import MemoryStore
+from gateway.uplink import IdMap, Share, SharedView, UpperError, UpperSession
 from tests.conftest import wait_for
 from tests.uplink.test_uplink import (
     GW,
@@ -240,3 +243,133 @@ async def test_a_unit_comes_into_view_with_its_first_device(
         ("ADD", channels[0]),
         ("ADD", channels[1]),
     ]
+
+
+async def test_concurrent_changes_to_one_upper_leave_no_orphan_session(
+    upper_endpoint, start_gateway
+) -> None:
+    """PATCH+PATCH and DELETE+PATCH of one upper at once (each stop awaits the upper): one
+    change at a time, so no session is left without its upper, none overwritten while it still
+    registers, and the change that comes second sees the first one's result."""
+    p = platform(upper_endpoint)
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint))
+    await online_at(p)
+    uplink = gw.uplink
+    made: list[UpperSession] = []
+    new_session = uplink._new_session
+
+    def spy(upper: UpperPlatform) -> UpperSession:
+        s = new_session(upper)
+        made.append(s)
+        return s
+
+    uplink._new_session = spy  # type: ignore[method-assign]
+
+    def consistent() -> None:
+        assert set(uplink.sessions) <= set(uplink.platforms)
+        assert set(uplink.shares) == set(uplink.platforms)
+        live = {id(s) for s in uplink.sessions.values()}
+        orphans = [s for s in made if id(s) not in live and s.link._task is not None]
+        assert orphans == [], "a session nobody holds is still registering"
+
+    p.password = "bbbbbbbb"
+    both = await asyncio.gather(
+        uplink.update_upper(UP, {"password": "aaaaaaaa"}),
+        uplink.update_upper(UP, {"password": "bbbbbbbb"}),
+        return_exceptions=True,
+    )
+    assert not [r for r in both if isinstance(r, BaseException)]
+    consistent()
+    assert uplink.sessions[UP].upper.password == "bbbbbbbb"
+    await online_at(p)
+
+    gone = await asyncio.gather(
+        uplink.remove_upper(UP),
+        uplink.update_upper(UP, {"password": "cccccccc"}),
+        return_exceptions=True,
+    )
+    assert gone[0] is None
+    assert isinstance(gone[1], UpperError) and gone[1].status == 404
+    consistent()
+    assert uplink.platforms == {} and uplink.sessions == {} and uplink.shares == {}
+    assert dict(gw.store.load_records("upper")) == {}
+
+
+class _CountedId(str):
+    """An ID that counts how often it is compared (a set or dict finds it by hash)."""
+
+    compared = 0
+
+    def __eq__(self, other: object) -> bool:
+        _CountedId.compared += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+@pytest.mark.timeout(30)
+def test_a_large_share_list_is_split_in_linear_steps() -> None:
+    """``share = [ids]`` from the TOML or the API (up to 100,000 IDs): devices and channels
+    are told apart by set, not by a scan of the channels per ID."""
+    n = 2000
+    ids = [_CountedId(f"3402000000131{i:07d}") for i in range(n)]  # channels (131)
+    ids += [_CountedId(f"3402000000111{i:07d}") for i in range(n)]  # devices (111)
+    _CountedId.compared = 0
+    share = Share.seed(ids)
+    assert len(share.channels) == n and len(share.devices) == n
+    assert _CountedId.compared <= 4 * n  # a scan per ID: about n * n
+    too_many = ["34020000001110000001"] * 100_001
+    with pytest.raises(ValueError):
+        UpperPlatform.model_validate(upper_config_for_ids(too_many))
+
+
+def upper_config_for_ids(share: list[str]) -> dict[str, Any]:
+    return {"id": UP, "domain": UP[:10], "host": "127.0.0.1", "password": "x", "share": share}
+
+
+def test_whether_a_device_is_seen_through_a_shared_channel_is_kept_between_changes() -> None:
+    """``device_visible`` (asked per event and per item) does not walk the share each time:
+    the owners of shared IDs are worked out once per share or catalog change to a shared ID,
+    and a shared channel reported later makes its device visible."""
+    from gateway.events import CatalogChange
+    from tests.uplink.test_view import NVR1, NVR2, cam, world
+    from tests.uplink.test_view import upper as upper_of
+
+    config, catalog, devices = world()
+    later = cam(NVR2, 7)
+    others = [f"3402000000131{i:07d}" for i in range(500)]
+    shared = (cam(NVR1, 1).device_id, later.device_id, *others)
+    up = upper_of()
+    v = SharedView(up, config.gateway, catalog, devices, IdMap(up, MemoryStore(), GW))
+    v.refresh(Share(channels=shared))
+    catalog.events.subscribe(CatalogChange, lambda c: v.catalog_changed(c.item_id))
+    asked = 0
+    owner_of = catalog.owner_of
+
+    def counted(item_id: str) -> str | None:
+        nonlocal asked
+        asked += 1
+        return owner_of(item_id)
+
+    catalog.owner_of = counted  # type: ignore[method-assign]
+    for _ in range(100):
+        assert v.device_visible(NVR1) and not v.device_visible(NVR2)
+    assert asked <= 2 * len(shared)  # a walk per question: 200 walks
+    catalog.apply_notify(NVR2, [replace(later, event="ADD")])
+    assert v.device_visible(NVR2)
+    catalog.apply_sync(NVR2, [], partial=False)
+    assert not v.device_visible(NVR2)
+
+
+async def test_a_device_is_seen_once_its_shared_channel_is_reported(
+    upper_endpoint, start_gateway, device_endpoint
+) -> None:
+    """Through the uplink's catalog-change path: the channel shared before its NVR came."""
+    gw = await gateway_with(start_gateway, upper_config(upper_endpoint))
+    dev = nvr(device_endpoint, gw, NVR1, channel_count=2)
+    one = sorted(dev.channel_ids())[0]
+    await gw.uplink.set_share(UP, Share(channels=(one,)))
+    view = gw.uplink.sessions[UP].view
+    assert not view.device_visible(NVR1)
+    await synced_nvr(gw, dev)
+    assert view.device_visible(NVR1)
