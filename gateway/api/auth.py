@@ -500,11 +500,17 @@ def request_token(scope_path: str, header_token: str | None, query_token: str | 
     return header_token
 
 
+def authenticator(request: Request) -> Authenticator:
+    """The API server's :class:`Authenticator` (``ctx.extras["auth"]``)."""
+    auth: Authenticator = request.app.state.ctx.extras["auth"]
+    return auth
+
+
 def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
     """A FastAPI dependency: the request's principal, which must hold ``role`` or above."""
 
     async def dependency(request: Request) -> Principal:
-        auth: Authenticator = request.app.state.ctx.extras["auth"]
+        auth = authenticator(request)
         token = request_token(
             request.url.path, bearer_token(request), request.query_params.get("access_token")
         )

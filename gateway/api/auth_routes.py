@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.api.auth import Authenticator, Principal, bearer_token, viewer
+from gateway.api.auth import Principal, authenticator, bearer_token, viewer
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -20,7 +20,7 @@ class Login(BaseModel):
 
 @router.post("/login")
 async def login(body: Login, request: Request) -> dict[str, Any]:
-    auth: Authenticator = request.app.state.ctx.extras["auth"]
+    auth = authenticator(request)
     token, principal, expires_at = await auth.login(
         body.username, body.password, request.client.host if request.client else ""
     )
@@ -36,7 +36,7 @@ async def login(body: Login, request: Request) -> dict[str, Any]:
 
 @router.post("/logout", status_code=204)
 async def logout(request: Request, who: Annotated[Principal, Depends(viewer)]) -> Response:
-    auth: Authenticator = request.app.state.ctx.extras["auth"]
+    auth = authenticator(request)
     token = bearer_token(request)
     if token is not None:
         auth.logout(token)

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.api.auth import NAME_PATTERN, Authenticator, Principal, admin
+from gateway.api.auth import NAME_PATTERN, Principal, admin, authenticator
 from gateway.api.errors import ApiError
 from gateway.settings import Role
 
@@ -25,11 +25,6 @@ class NewToken(BaseModel):
     role: Role = "viewer"
 
 
-def _auth(request: Request) -> Authenticator:
-    auth: Authenticator = request.app.state.ctx.extras["auth"]
-    return auth
-
-
 @router.get("")
 async def list_tokens(
     request: Request,
@@ -38,7 +33,7 @@ async def list_tokens(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
-    tokens = _auth(request).list_tokens()
+    tokens = authenticator(request).list_tokens()
     if q:
         tokens = [t for t in tokens if q.lower() in t["name"].lower()]
     return {"total": len(tokens), "items": tokens[offset : offset + limit]}
@@ -49,7 +44,7 @@ async def create_token(
     body: NewToken, request: Request, who: Annotated[Principal, Depends(admin)]
 ) -> dict[str, Any]:
     request.state.audit_detail = f"name={body.name} role={body.role}"
-    auth = _auth(request)
+    auth = authenticator(request)
     token = auth.create_token(body.name, body.role)
     created = auth.api_tokens[body.name]
     return {
@@ -65,6 +60,6 @@ async def create_token(
 async def revoke_token(
     name: str, request: Request, who: Annotated[Principal, Depends(admin)]
 ) -> Response:
-    if not _auth(request).revoke_token(name):
+    if not authenticator(request).revoke_token(name):
         raise ApiError(404, f"no token {name!r}", "name")
     return Response(status_code=204)

@@ -18,9 +18,9 @@ from gateway.api.auth import (
     MAX_PASSWORD,
     MIN_PASSWORD,
     NAME_PATTERN,
-    Authenticator,
     Principal,
     admin,
+    authenticator,
 )
 from gateway.settings import Role
 
@@ -41,11 +41,6 @@ class UserChange(BaseModel):
     disabled: bool | None = None
 
 
-def _auth(request: Request) -> Authenticator:
-    auth: Authenticator = request.app.state.ctx.extras["auth"]
-    return auth
-
-
 @router.get("")
 async def list_users(
     request: Request,
@@ -54,7 +49,7 @@ async def list_users(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
-    users = _auth(request).list_users()
+    users = authenticator(request).list_users()
     if q:
         users = [u for u in users if q.lower() in u["username"].lower()]
     return {"total": len(users), "items": users[offset : offset + limit]}
@@ -65,7 +60,7 @@ async def create_user(
     body: NewUser, request: Request, who: Annotated[Principal, Depends(admin)]
 ) -> dict[str, Any]:
     request.state.audit_detail = f"username={body.username} role={body.role}"
-    return await _auth(request).add_user(body.username, body.password, body.role)
+    return await authenticator(request).add_user(body.username, body.password, body.role)
 
 
 @router.patch("/{username}")
@@ -80,7 +75,7 @@ async def change_user(
     if body.password is not None:
         changes.append("password changed")
     request.state.audit_detail = " ".join(changes)
-    return await _auth(request).update_user(
+    return await authenticator(request).update_user(
         username, password=body.password, role=body.role, disabled=body.disabled
     )
 
@@ -89,5 +84,5 @@ async def change_user(
 async def delete_user(
     username: str, request: Request, who: Annotated[Principal, Depends(admin)]
 ) -> Response:
-    _auth(request).delete_user(username)
+    authenticator(request).delete_user(username)
     return Response(status_code=204)
