@@ -25,14 +25,11 @@ from fastapi import APIRouter, Depends, File, Request, Response, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.auth import Principal, admin, operator, viewer
-from gateway.api.context import ApiContext
+from gateway.api.context import ApiContext, Limit, Offset, ctx_of
 from gateway.api.errors import ApiError
 from gateway.api.sheets import SheetError, read_rows, stamp
 from gateway.api.units import (
-    Limit,
-    Offset,
     Search,
-    ctx_of,
     refused,
     sheet_response,
     sheet_rows,

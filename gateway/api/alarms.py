@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from gateway.api.auth import Principal, viewer
-from gateway.api.devices import Limit, Offset, ctx_of
+from gateway.api.context import Limit, Offset, ctx_of
 from gateway.model import Alarm
 
 router = APIRouter(tags=["alarms"])

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from gateway.api.auth import Principal, admin
+from gateway.api.context import Limit, Offset
 from gateway.model import AuditEntry
 from gateway.store import Store
 
@@ -65,8 +66,8 @@ def _search(
 async def list_audit(
     request: Request,
     who_: Annotated[Principal, Depends(admin)],
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Offset = 0,
+    limit: Limit = 50,
     who: Annotated[str, Query(max_length=200)] = "",
     action: Annotated[str, Query(max_length=200)] = "",
 ) -> dict[str, Any]:

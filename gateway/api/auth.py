@@ -511,10 +511,14 @@ def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
 
     async def dependency(request: Request) -> Principal:
         auth = authenticator(request)
-        token = request_token(
-            request.url.path, bearer_token(request), request.query_params.get("access_token")
-        )
-        principal = auth.authenticate(token) if token else None
+        # Under /api/v1/ the gate has authenticated the request already; elsewhere (a private
+        # /metrics) it is done here.
+        principal: Principal | None = getattr(request.state, "principal", None)
+        if principal is None:
+            token = request_token(
+                request.url.path, bearer_token(request), request.query_params.get("access_token")
+            )
+            principal = auth.authenticate(token) if token else None
         if principal is None:
             auth.metrics.inc("api.unauthenticated")
             raise ApiError(401, UNAUTHENTICATED, headers={"WWW-Authenticate": WWW_AUTHENTICATE})
@@ -547,9 +551,10 @@ def _needs_token(method: str, path: str) -> bool:
 
 class AuthGate:
     """A pure ASGI middleware: a request under ``/api/v1/`` without a token the
-    :class:`Authenticator` accepts is answered 401 before its body is read (FastAPI parses a
-    body before the route's dependencies run, so a stranger's 5 MB JSON would cost a parse and
-    bad JSON would get 422). The roles are still checked by the dependencies."""
+        :class:`Authenticator` accepts is answered 401 before its body is read (FastAPI parses a
+        body before the route's dependencies run, so a stranger's 5 MB JSON would cost a parse and
+        bad JSON would get 422). The principal it found is left in the request's state for the
+    route's role dependency, which checks the role."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -571,7 +576,10 @@ class AuthGate:
             query = found[-1] if found else None
         token = request_token(scope["path"], header, query)
         auth: Authenticator = scope["app"].state.ctx.extras["auth"]
-        if token and auth.authenticate(token) is not None:
+        principal = auth.authenticate(token) if token else None
+        if principal is not None:
+            # The route's role dependency takes it from here instead of authenticating again.
+            scope.setdefault("state", {})["principal"] = principal
             await self.app(scope, receive, send)
             return
         auth.metrics.inc("api.unauthenticated")

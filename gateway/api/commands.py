@@ -17,8 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.auth import Principal, operator
-from gateway.api.context import ApiContext
-from gateway.api.devices import ctx_of
+from gateway.api.context import ApiContext, ctx_of
 from gateway.api.errors import ApiError
 from gateway.downlink import DeviceUnavailable, QueryError, QueryRejected, QueryTimeout
 from gateway.manscdp import (

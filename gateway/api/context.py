@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from fastapi import Query, Request
 
 from gateway.catalog import Catalog
 from gateway.directory import Directory
@@ -43,3 +45,14 @@ class ApiContext:
     clock: Callable[[], float] = time.time
     # Filled by the API itself at start (the authenticator, the audit log...).
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+# The paging parameters every list takes (``?offset=&limit=``).
+Offset = Annotated[int, Query(ge=0, le=10_000_000)]
+Limit = Annotated[int, Query(ge=1, le=500)]
+
+
+def ctx_of(request: Request) -> ApiContext:
+    """The gateway's parts, as the API server was given them."""
+    ctx: ApiContext = request.app.state.ctx
+    return ctx

@@ -15,20 +15,13 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from gateway.api._views import Views, is_on
 from gateway.api.auth import Principal, viewer
-from gateway.api.context import ApiContext
+from gateway.api.context import ApiContext, Limit, Offset, ctx_of
 from gateway.api.errors import ApiError
 from gateway.manscdp import CatalogItem
 
 router = APIRouter(tags=["devices"])
 
-Offset = Annotated[int, Query(ge=0, le=10_000_000)]
-Limit = Annotated[int, Query(ge=1, le=500)]
 Search = Annotated[str, Query(max_length=64)]
-
-
-def ctx_of(request: Request) -> ApiContext:
-    ctx: ApiContext = request.app.state.ctx
-    return ctx
 
 
 def device_item(ctx: ApiContext, views: Views, device_id: str) -> dict[str, Any]:

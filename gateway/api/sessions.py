@@ -23,19 +23,16 @@ import ipaddress
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.auth import Principal, operator, viewer
-from gateway.api.context import ApiContext
-from gateway.api.devices import ctx_of
+from gateway.api.context import ApiContext, Limit, Offset, ctx_of
 from gateway.api.errors import ApiError
 from gateway.media import Leg, MediaError, RelayError, StreamStats, Transport, is_ready
 
 router = APIRouter(tags=["sessions"])
 STATS_TIMEOUT = 2.0  # seconds the relay has to give a session's figures
-Offset = Annotated[int, Query(ge=0, le=10_000_000)]
-Limit = Annotated[int, Query(ge=1, le=500)]
 
 
 class NewSession(BaseModel):

@@ -23,8 +23,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from gateway.api._views import UNASSIGNED, Views
 from gateway.api.auth import Principal, viewer
-from gateway.api.context import ApiContext
-from gateway.api.devices import ctx_of
+from gateway.api.context import ApiContext, ctx_of
 
 log = structlog.get_logger("gateway.api.stats")
 

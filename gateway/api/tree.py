@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from gateway.api._views import TREE_KINDS, UNASSIGNED, Views, is_on
 from gateway.api.auth import Principal, viewer
-from gateway.api.devices import Limit, Offset, ctx_of
+from gateway.api.context import Limit, Offset, ctx_of
 from gateway.api.errors import ApiError
 from gateway.manscdp import item_kind
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api._views import Views
 from gateway.api.auth import Principal, operator, viewer
-from gateway.api.context import ApiContext
+from gateway.api.context import ApiContext, Limit, Offset, ctx_of
 from gateway.api.errors import ApiError
 from gateway.api.sheets import (
     CSV_TYPE,
@@ -34,8 +34,6 @@ from gateway.manscdp import item_kind
 
 router = APIRouter(tags=["units"])
 
-Offset = Annotated[int, Query(ge=0, le=10_000_000)]
-Limit = Annotated[int, Query(ge=1, le=500)]
 Search = Annotated[str, Query(max_length=100)]
 
 
@@ -46,11 +44,6 @@ def refused() -> Iterator[None]:
         yield
     except DirectoryError as exc:
         raise ApiError(exc.status, exc.message, exc.field) from None
-
-
-def ctx_of(request: Request) -> ApiContext:
-    ctx: ApiContext = request.app.state.ctx
-    return ctx
 
 
 def counts(ctx: ApiContext, device_ids: Iterable[str]) -> dict[str, dict[str, int]]:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from gateway.api._views import Views, is_on
 from gateway.api.auth import Principal, admin, operator, viewer
-from gateway.api.context import ApiContext
+from gateway.api.context import ApiContext, ctx_of
 from gateway.api.errors import ApiError
 from gateway.manscdp import item_kind
 from gateway.settings import UpperPlatform
@@ -41,11 +41,6 @@ class ShareBody(BaseModel):
     units: list[UnitId] = Field(default_factory=list, max_length=MAX_SHARED)
     devices: list[GbId] = Field(default_factory=list, max_length=MAX_SHARED)
     channels: list[GbId] = Field(default_factory=list, max_length=MAX_SHARED)
-
-
-def _ctx(request: Request) -> ApiContext:
-    ctx: ApiContext = request.app.state.ctx
-    return ctx
 
 
 def _invalid(exc: ValidationError, prefix: str = "") -> ApiError:
@@ -191,7 +186,7 @@ async def list_uppers(
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
-    uplink = _ctx(request).uplink
+    uplink = ctx_of(request).uplink
     ids = sorted(
         uid
         for uid, up in uplink.platforms.items()
@@ -199,7 +194,7 @@ async def list_uppers(
     )
     return {
         "total": len(ids),
-        "items": [_describe(_ctx(request), uid) for uid in ids[offset : offset + limit]],
+        "items": [_describe(ctx_of(request), uid) for uid in ids[offset : offset + limit]],
     }
 
 
@@ -209,7 +204,7 @@ async def create_upper(
     who: Annotated[Principal, Depends(admin)],
     body: Annotated[dict[str, Any], Body()],
 ) -> dict[str, Any]:
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     data = dict(body)
     share = _share_from(ctx, data.pop("share")) if "share" in data else None
     try:
@@ -228,7 +223,7 @@ async def create_upper(
 async def get_upper(
     request: Request, upper_id: str, who: Annotated[Principal, Depends(viewer)]
 ) -> dict[str, Any]:
-    return _describe(_ctx(request), upper_id)
+    return _describe(ctx_of(request), upper_id)
 
 
 @router.patch("/{upper_id}")
@@ -238,7 +233,7 @@ async def update_upper(
     who: Annotated[Principal, Depends(admin)],
     body: Annotated[dict[str, Any], Body()],
 ) -> dict[str, Any]:
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     uplink = ctx.uplink
     if upper_id not in uplink.platforms:
         raise ApiError(404, f"no upper {upper_id}")
@@ -257,7 +252,7 @@ async def update_upper(
             raise _refused(exc) from None
     # Which settings changed, never their values (a password is among them).
     request.state.audit_detail = "changed: " + ", ".join(sorted(body))
-    return _describe(_ctx(request), new.id)
+    return _describe(ctx_of(request), new.id)
 
 
 @router.delete("/{upper_id}", status_code=204)
@@ -265,7 +260,7 @@ async def delete_upper(
     request: Request, upper_id: str, who: Annotated[Principal, Depends(admin)]
 ) -> Response:
     try:
-        await _ctx(request).uplink.remove_upper(upper_id)
+        await ctx_of(request).uplink.remove_upper(upper_id)
     except UpperError as exc:
         raise _refused(exc) from None
     return Response(status_code=204)
@@ -275,7 +270,7 @@ async def delete_upper(
 async def get_share(
     request: Request, upper_id: str, who: Annotated[Principal, Depends(viewer)]
 ) -> dict[str, Any]:
-    uplink = _ctx(request).uplink
+    uplink = ctx_of(request).uplink
     uplink.prune_units()
     share = uplink.shares.get(upper_id)
     if share is None:
@@ -290,7 +285,7 @@ async def put_share(
     body: ShareBody,
     who: Annotated[Principal, Depends(operator)],
 ) -> dict[str, Any]:
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     if upper_id not in ctx.uplink.platforms:
         raise ApiError(404, f"no upper {upper_id}")
     share = _share(ctx, body)
@@ -313,7 +308,7 @@ async def id_map(
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
-    uplink = _ctx(request).uplink
+    uplink = ctx_of(request).uplink
     upper = uplink.platforms.get(upper_id)
     if upper is None:
         raise ApiError(404, f"no upper {upper_id}")
