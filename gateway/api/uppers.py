@@ -156,7 +156,6 @@ def _describe(ctx: ApiContext, upper_id: str) -> dict[str, Any]:
     upper = uplink.platforms.get(upper_id)
     if upper is None:
         raise ApiError(404, f"no upper {upper_id}")
-    uplink.prune_units()  # a unit removed without devices is not heard of otherwise
     out = upper.model_dump(mode="json", exclude={"password", "share"})
     s = uplink.sessions.get(upper_id)
     total, online = _counts(ctx, upper_id)
@@ -271,7 +270,6 @@ async def get_share(
     request: Request, upper_id: str, who: Annotated[Principal, Depends(viewer)]
 ) -> dict[str, Any]:
     uplink = ctx_of(request).uplink
-    uplink.prune_units()
     share = uplink.shares.get(upper_id)
     if share is None:
         raise ApiError(404, f"no upper {upper_id}")

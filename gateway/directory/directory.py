@@ -24,7 +24,9 @@ once per operation (a bulk import is one call per kind of change, with all its I
 * ``ACCOUNT_CHANGED``: name or unit changed;
 * ``ACCOUNT_REVOKED``: removed, disabled or given a new password: a binding made with the old
   credentials must not be served any more (the registrar drops it);
-* ``UNIT_CHANGED``: the unit of these devices was edited, or removed (they are unassigned);
+* ``UNIT_CHANGED``: the unit of these devices was edited;
+* ``UNIT_REMOVED``: a unit was removed, its devices (if any) unassigned; told even when it
+  had none, so that whoever refers to units (an upper's share) can drop it;
 * ``POLICY_CHANGED``: the unknown-devices policy changed (no IDs: whoever registered without an
   account may have lost the right).
 """
@@ -67,6 +69,7 @@ ACCOUNT_ADDED = "account.added"
 ACCOUNT_CHANGED = "account.changed"
 ACCOUNT_REVOKED = "account.revoked"
 UNIT_CHANGED = "unit.changed"
+UNIT_REMOVED = "unit.removed"
 POLICY_CHANGED = "policy.changed"
 
 # A cell starting with one of these is a formula to a spreadsheet: names and passwords go into
@@ -310,7 +313,7 @@ class Directory:
 
     def _changed(self, what: str, device_ids: Iterable[str]) -> None:
         ids = list(device_ids)
-        if not ids and what != POLICY_CHANGED:
+        if not ids and what not in (POLICY_CHANGED, UNIT_REMOVED):
             return
         for listener in self.listeners:
             try:
@@ -408,7 +411,7 @@ class Directory:
         del self.units[unit_id]
         self._members.pop(unit_id, None)
         self.store.delete_record(UNIT, unit_id)
-        self._changed(UNIT_CHANGED, members)
+        self._changed(UNIT_REMOVED, members)
 
     # -- IDs ---------------------------------------------------------------------------------
     def _prefix(self, civil_code: str, type_code: str) -> str:

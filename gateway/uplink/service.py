@@ -71,7 +71,7 @@ import structlog
 from pydantic import ValidationError
 
 from gateway.catalog import Catalog
-from gateway.directory import Directory
+from gateway.directory import UNIT_REMOVED, Directory
 from gateway.downlink import Downlink, make_tz
 from gateway.events import (
     AlarmReceived,
@@ -389,10 +389,9 @@ class Uplink:
         log.info("uplink.share_changed", upper=upper_id, **share.as_dict())
 
     def prune_units(self) -> None:
-        """Drop from every share the units the directory no longer has (a unit removed). The
-        directory tells its listeners which devices changed, not which unit went (and nothing
-        at all for a unit without devices), so this is called on every directory change, at
-        start and before a share is shown: O(the units shared)."""
+        """Drop from every share the units the directory no longer has: when the directory
+        says a unit was removed (``UNIT_REMOVED``), and at start for shares stored before.
+        O(the units shared)."""
         if self.directory is None:
             return
         known = self.directory.units
@@ -438,7 +437,8 @@ class Uplink:
         """Units or accounts changed. A view with no catalog subscription to tell takes a
         new snapshot of the units when next used; the others are diffed and told, a burst
         (a bulk import) at once, after ``NOTIFY_DELAY``."""
-        self.prune_units()
+        if what == UNIT_REMOVED:
+            self.prune_units()
         told = False
         for s in self.sessions.values():
             sub = s.subs.get("Catalog")
