@@ -231,8 +231,8 @@ async def test_id_map_pages_are_cut_from_a_kept_list_and_a_disabled_uppers_rows(
 
 
 async def test_a_removed_unit_leaves_every_share(api: Api) -> None:
-    """A unit removed with its devices is dropped from the shares at once (the directory's
-    change); one removed empty (the directory tells nobody) before a share is shown."""
+    """A removed unit is dropped from the shares at once (the directory's UNIT_REMOVED, told
+    for an empty unit too)."""
     d = api.gw.directory
     full, empty = d.add_unit("第一医院", kind="hospital"), d.add_unit("空单位", kind="hospital")
     d.add_account("34020000001180000001", unit_id=full.id)
