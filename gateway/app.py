@@ -38,6 +38,7 @@ from gateway.events import (
 )
 from gateway.media import SessionTable, make_relay
 from gateway.metrics import Metrics
+from gateway.preview import Previews
 from gateway.routes import ANY, MessageDispatcher, RouteTable
 from gateway.settings import Config
 from gateway.sip import Dialog, Endpoint, LoadGuard, Peer, SipUri, TimerConfig, send_bye
@@ -239,6 +240,14 @@ class Gateway:
             events=self.events,
             metrics=self.metrics,
         )
+        self.previews = Previews(
+            settings=config.preview,
+            calls=self.calls,
+            media=self.media,
+            downlink=self.downlink,
+            metrics=self.metrics,
+            clock=clock,
+        )
         self.routes = build_routes(self)
         self.api: ApiServer | None = None
         if config.http.enabled:
@@ -258,6 +267,7 @@ class Gateway:
                     calls=self.calls,
                     quirks=self.quirks,
                     directory=self.directory,
+                    previews=self.previews,
                     clock=clock,
                 )
             )
@@ -344,6 +354,7 @@ class Gateway:
         await self.registrar.start()
         self.sync.start()
         self.uplink.start()
+        await self.previews.start()
         if self.api is not None:
             await self.api.start()
         self._log_roller = asyncio.ensure_future(self._roll_logs())
@@ -376,6 +387,7 @@ class Gateway:
             self._log_roller.cancel()
         if self.api is not None:
             await self.api.close()
+        await self.previews.close()
         await self.calls.close()
         await self.media.close()
         await self.uplink.close()

@@ -29,7 +29,8 @@ FLOORS: dict[str, int] = {
     "gateway.model": 1,
     "gateway.media.sdp": 1,
     "gateway.media.rtp": 1,
-    "gateway.media.ps": 1,
+    "gateway.media.ps": 1,  # PS demultiplexing, RTP reassembly (preview, conformance)
+    "gateway.media.h264": 1,  # H.264 access units and parameter sets
     "gateway.store": 2,
     # The bus carries floor-1 values (catalog items, alarms, positions), so it stands above them
     # rather than on floor 0 as the first plan had it.
@@ -40,6 +41,8 @@ FLOORS: dict[str, int] = {
     "gateway.media": 3,
     "gateway.downlink": 4,
     "gateway.uplink": 4,
+    # Live preview in the browser: starts its local sessions through the uplink's Calls.
+    "gateway.preview": 4,
     "gateway.api": 5,
     "gateway.app": 6,
     "gateway.cli": 6,
@@ -54,6 +57,7 @@ SELF_CONTAINED = ("gateway.sip", "gateway.manscdp", "gateway.model")
 FLOOR4_USES: dict[str, tuple[str, ...]] = {
     "gateway.downlink": (),
     "gateway.uplink": ("gateway.downlink",),
+    "gateway.preview": ("gateway.uplink", "gateway.downlink"),
 }
 
 

@@ -20,6 +20,7 @@ from gateway.downlink import CatalogSync, DeviceQuirks, Downlink, Registrar
 from gateway.events import EventBus
 from gateway.media import SessionTable
 from gateway.metrics import Metrics
+from gateway.preview import Previews
 from gateway.settings import Config
 from gateway.sip import Endpoint
 from gateway.store import Store
@@ -42,6 +43,7 @@ class ApiContext:
     calls: Calls
     quirks: DeviceQuirks
     directory: Directory
+    previews: Previews
     clock: Callable[[], float] = time.time
     # Filled by the API itself at start (the authenticator, the audit log...).
     extras: dict[str, Any] = field(default_factory=dict)

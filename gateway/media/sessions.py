@@ -161,6 +161,9 @@ class SessionTable(Generic[D]):
         self.legs_by_call: dict[str, Leg[D]] = {}
         self.outputs_by_call: dict[str, Output[D]] = {}
         self.local: dict[str, Output[D]] = {}
+        # Told ``(output_id, reason)`` when a local session ends, whoever ended it (its leg
+        # ended, its device went offline, it was stopped): the preview frees its viewers.
+        self.local_ended: list[Callable[[str, str], None]] = []
         self._ids = itertools.count(1)
         self._tasks = TaskSet(log, "media.task_failed")
 
@@ -540,7 +543,7 @@ class SessionTable(Generic[D]):
         leg.outputs.pop(out.output_id, None)
         if out.call_id and self.outputs_by_call.get(out.call_id) is out:
             del self.outputs_by_call[out.call_id]
-        self.local.pop(out.output_id, None)
+        was_local = self.local.pop(out.output_id, None) is not None
         self._release(out)
         self.metrics.inc("media.output.ended")
         log.info(
@@ -554,6 +557,12 @@ class SessionTable(Generic[D]):
         )
         if bye and out.dialog is not None:
             self.spawn(self._hang_up(out.dialog))
+        if was_local:
+            for hear in list(self.local_ended):
+                try:
+                    hear(out.output_id, reason)
+                except Exception:
+                    log.exception("media.local_ended_listener_failed", output=out.output_id)
         if not leg.ended:
             self.spawn(self._remove_output(leg.key, out.output_id))
             if cascade and not leg.outputs and leg.waiters == 0:

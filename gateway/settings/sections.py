@@ -372,6 +372,49 @@ class HttpSection(_Section):
         return self
 
 
+class IceServer(_Section):
+    """A STUN or TURN server the preview's WebRTC side may use (none is needed on a LAN)."""
+
+    urls: tuple[str, ...] = Field(..., min_length=1, max_length=8)
+    username: str = ""
+    credential: str = ""
+
+    @model_validator(mode="after")
+    def _schemes(self) -> IceServer:
+        for url in self.urls:
+            if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
+                raise ValueError(f"ice server {url!r}: stun:, stuns:, turn: or turns: URLs only")
+        return self
+
+
+class PreviewSection(_Section):
+    """Live preview in the browser: WHEP (RFC 9725) over WebRTC with aiortc, the camera's
+    H.264 passed through without decoding (``gateway.preview``)."""
+
+    enabled: bool = True
+    # Previews open at once in all; one more is refused with 503.
+    max_sessions: int = Field(200, ge=1, le=10_000)
+    # A preview ends after this many seconds whatever the viewer does (0: never).
+    max_seconds: float = Field(3600.0, ge=0, le=7 * 86400)
+    # A new preview of a channel not yet streaming waits this long for the device's INVITE and
+    # its first key frame; then the POST fails with 503.
+    first_frame_timeout: float = Field(15.0, gt=0, le=120)
+    # Local addresses whose ICE host candidates are offered to browsers; empty: every address
+    # of the machine except loopback (aioice's own choice). Tests and a browser on the same
+    # machine use ["127.0.0.1"].
+    ice_addresses: tuple[str, ...] = Field((), max_length=32)
+    # The address written into host candidates instead of the local one, for a gateway behind
+    # a 1:1 NAT (the ports stay as bound); empty: the local addresses themselves.
+    announce_host: str = ""
+    # STUN/TURN servers; none by default (never a public one).
+    ice_servers: tuple[IceServer, ...] = Field((), max_length=8)
+    # Bytes of the last group of pictures kept per previewed channel, so that a new viewer
+    # starts at once from its key frame; a longer GOP is cut and the viewer waits.
+    gop_cache_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
+    # Frames a viewer may fall behind before it skips to the next key frame.
+    max_viewer_lag_frames: int = Field(100, ge=5, le=10_000)
+
+
 class Config(_Section):
     gateway: GatewaySection = GatewaySection()
     sip: SipSection = SipSection()
@@ -385,6 +428,7 @@ class Config(_Section):
     store: StoreSection = StoreSection()
     log: LogSection = LogSection()
     http: HttpSection = HttpSection()
+    preview: PreviewSection = PreviewSection()
 
     def device_password(self, device_id: str) -> str | None:
         """The password a device must use, or ``None`` when it may not register at all."""
