@@ -5,16 +5,17 @@ Run by the bench, never by hand: ``python bench/_preview_client.py --url URL --t
 
 * ``{"op": "open", "channels": [...]}``: one viewer per entry (a channel may repeat), a few
   at a time; answers when each has got its first frame (or failed).
-* ``{"op": "snap"}``: per viewer, the frames counted so far and the frames missing (gaps in
-  the RTP timestamps of the frames delivered).
+* ``{"op": "snap"}``: the time, and per viewer the frames counted so far, the frames missing
+  (gaps in the RTP timestamps of the frames delivered) and the last frame's timestamp.
 * ``{"op": "first_frame", "channel": C}``: one viewer timed from its WHEP POST to its first
   decoded frame (``av.VideoFrame`` from ``track.recv()``), then DELETEd and closed.
 * ``{"op": "close"}``: DELETE and close every viewer. ``{"op": "quit"}``.
 
-With ``--count-only`` nothing is decoded: aiortc's decoder thread is replaced by a stub that
-counts the complete frames its jitter buffer hands over (what a decoder would get) and checks
-their timestamps, so that a few client processes can hold a hundred viewers without measuring
-their own decoding. Host candidates are loopback only (aioice would skip 127.0.0.1).
+With ``--count-only`` nothing is decoded: each receiver's decoder queue is replaced by a
+counter, which counts the complete frames aiortc's jitter buffer hands over (what a decoder
+would get) and checks their timestamps, in the event loop (the decoder thread ends at once), so
+that a few client processes hold a hundred viewers without measuring their own decoding.
+Host candidates are loopback only (aioice would skip 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -23,9 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import queue
 import sys
-import threading
 import time
 from typing import Any
 
@@ -71,28 +70,26 @@ class Counter:
         self.frames += 1
 
 
-COUNTERS: dict[int, Counter] = {}
+class CountingQueue:
+    """Stands in for a receiver's decoder queue: each complete frame aiortc's jitter buffer
+    hands over (``put((codec, frame))``) is counted in the event loop, nothing is decoded."""
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+
+    def put(self, task: Any) -> None:
+        if task is not None:
+            self.counter.add(task[1].timestamp)
 
 
-def counting_worker(
-    loop: asyncio.AbstractEventLoop,
-    input_q: queue.Queue[Any],
-    output_q: asyncio.Queue[Any],
-    decode_error: threading.Event,
-) -> None:
-    """Stands in for ``aiortc.rtcrtpreceiver.decoder_worker``: counts, decodes nothing."""
-    counter = COUNTERS.setdefault(id(input_q), Counter())
-    while True:
-        task = input_q.get()
-        if task is None:
-            asyncio.run_coroutine_threadsafe(output_q.put(None), loop)
-            break
-        counter.add(task[1].timestamp)
+def idle_worker(*args: Any) -> None:
+    """Stands in for ``aiortc.rtcrtpreceiver.decoder_worker``: no decoder thread stays up."""
 
 
 class Viewer:
-    def __init__(self, channel: str) -> None:
+    def __init__(self, channel: str, *, count_only: bool = False) -> None:
         self.channel = channel
+        self.count_only = count_only
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.transceiver = self.pc.addTransceiver("video", direction="recvonly")
         # H.264 only (what the gateway passes through; a browser offers more, the answer picks).
@@ -113,11 +110,14 @@ class Viewer:
             raise RuntimeError(f"POST {answer.status_code}: {answer.text[:200]}")
         self.location = answer.headers.get("location")
         await self.pc.setRemoteDescription(RTCSessionDescription(answer.text, "answer"))
+        if self.count_only:
+            self.attach_counter()
         return started
 
     def attach_counter(self) -> None:
-        q = self.transceiver.receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
-        self.counter = COUNTERS.setdefault(id(q), Counter())
+        """Count instead of decoding (``--count-only``): swap the receiver's decoder queue."""
+        receiver = self.transceiver.receiver
+        receiver._RTCRtpReceiver__decoder_queue = CountingQueue(self.counter)  # type: ignore[attr-defined]
 
     async def close(self, http: httpx.AsyncClient) -> None:
         if self.location:
@@ -128,7 +128,8 @@ class Viewer:
 
 
 class Client:
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, *, count_only: bool) -> None:
+        self.count_only = count_only
         self.http = httpx.AsyncClient(
             base_url=url,
             headers={"Authorization": f"Bearer {token}"},
@@ -139,10 +140,9 @@ class Client:
 
     async def open_one(self, channel: str, gate: asyncio.Semaphore) -> str | None:
         async with gate:
-            viewer = Viewer(channel)
+            viewer = Viewer(channel, count_only=self.count_only)
             try:
                 await viewer.post(self.http)
-                viewer.attach_counter()
                 deadline = time.monotonic() + FIRST_FRAME_TIMEOUT
                 while viewer.counter.frames == 0:
                     if time.monotonic() > deadline:
@@ -170,7 +170,7 @@ class Client:
         return {
             "at": time.monotonic(),
             "viewers": [
-                [v.channel, v.counter.frames, v.counter.missing, v.counter.jumps]
+                [v.channel, v.counter.frames, v.counter.missing, v.counter.last or 0]
                 for v in self.viewers
             ],
         }
@@ -202,8 +202,8 @@ class Client:
 
 async def serve(args: argparse.Namespace) -> None:
     if args.count_only:
-        aiortc.rtcrtpreceiver.decoder_worker = counting_worker  # type: ignore[assignment]
-    client = Client(args.url, args.token)
+        aiortc.rtcrtpreceiver.decoder_worker = idle_worker  # type: ignore[assignment]
+    client = Client(args.url, args.token, count_only=args.count_only)
     loop = asyncio.get_running_loop()
     try:
         while True:
