@@ -64,6 +64,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))
 
+import av  # noqa: E402
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 import structlog  # noqa: E402
 from _preview_clip import camera_clip, clip_kbps  # noqa: E402
+from aiortc.codecs.h264 import H264Encoder  # noqa: E402
 from register import Gateway, free_port, log  # noqa: E402
 
 from conformance.peers.device import SimDevice  # noqa: E402
@@ -88,6 +91,17 @@ CLIENT = HERE / "_preview_client.py"
 # A viewer whose picture fell further behind real time than this over a window (media time
 # received vs its client's clock) is not kept up with, even if no frame is missing.
 LAG_BOUND_MS = 200.0
+
+
+def rtp_packets_per_frame(clip: tuple[Any, ...]) -> float:
+    """RTP packets aiortc's H.264 packetizer makes of a frame of ``clip``, on average."""
+    encoder = H264Encoder()
+    packets = 0
+    for n, frame in enumerate(clip):
+        packet = av.Packet(frame.data)
+        packet.pts, packet.time_base = n, Fraction(1, FPS)
+        packets += len(encoder.pack(packet)[0])
+    return packets / len(clip)
 
 
 def udp_errors() -> dict[str, int]:
@@ -214,6 +228,7 @@ class Bench:
         self.args = args
         self.workdir = workdir
         self.clip = camera_clip(gop=args.gop, kbps=args.kbps)
+        self.packets_per_frame = rtp_packets_per_frame(self.clip)
         self.channels = max(2, max(args.steps) // 4 + 1)
         self.budget = Budget(args.budget)
         self.gw: PreviewGateway | None = None
@@ -469,6 +484,14 @@ class Bench:
             "gateway_cpu_pct": round(gw_cpu, 1),
             "cpu_pct_per_preview": round(gw_cpu / viewers, 3) if viewers else None,
             "gateway_rss_mb": round(self.gw.rss() / 2**20, 1),
+            # the gateway's CPU time over the RTP packets its senders made from the frames
+            # it handed them (aiortc's packetizer cuts this clip's frames into
+            # ``rtp_packets_per_frame`` packets on average)
+            "gateway_us_per_rtp_packet": (
+                round(gw_cpu / 100 * wall / (sum(handed) * self.packets_per_frame) * 1e6, 1)
+                if handed and sum(handed)
+                else None
+            ),
             "clients_cpu_pct": round(cl_cpu, 1),
             "driver_nvr_cpu_pct": round(me_cpu, 1),
             "machine_cpu_pct": machine,
@@ -593,6 +616,7 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
             "h264_kbps": round(clip_kbps(bench.clip, FPS), 1),
             "avg_frame_bytes": round(sum(len(f.data) for f in bench.clip) / len(bench.clip)),
             "key_frame_bytes": max(len(f.data) for f in bench.clip if f.key),
+            "rtp_packets_per_frame": round(bench.packets_per_frame, 2),
         },
         "client_processes": args.clients,
     }
