@@ -370,6 +370,12 @@ class Bench:
             }
         if cold:
             result["legs_still_up_before_a_try"] = legs_kept
+            # a stream starts at a key frame: a POST answered only after half a GOP means the
+            # gateway missed the first one and waited for the next
+            half_gop_ms = self.args.gop * 500 / FPS
+            result["tries_waiting_for_a_later_key_frame"] = sum(
+                1 for a in answers if a > half_gop_ms
+            )
         return result
 
     # -- 2. capacity --------------------------------------------------------------------------
@@ -678,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         args.settle = min(args.settle, 2.0)
         args.steps = args.steps or [10, 25]
         args.clients = min(args.clients, 2)
-    args.steps = args.steps or [25, 50, 100, 150, 200]
+    args.steps = args.steps or [25, 50, 100, 125, 150, 200]
     signal.signal(signal.SIGTERM, _terminated)
     # The simulated NVR's SIP endpoint logs through structlog: to stderr, warnings only.
     structlog.configure(
