@@ -1,7 +1,8 @@
 """Media: the SDP model, RTP and its TCP framings, PS demultiplexing and H.264 access units
-(floor 1, also used by the conformance suite), and the bookkeeping of floor 3: the SSRC and port pools, the RTP relay and the session table
-(legs, outputs, live-leg sharing, teardown). The SIP flows that set sessions up are the uplink's
-(upper→device) and the downlink's (device→upper broadcast)."""
+(floor 1, also used by the conformance suite), and the bookkeeping of floor 3: the SSRC and port
+pools, the RTP relay and the session table (legs, outputs, live-leg sharing, teardown). The SIP
+flows that set sessions up are the uplink's (upper→device) and the downlink's (device→upper
+broadcast)."""
 
 from gateway.media.h264 import (
     H264RtpReceiver,
