@@ -288,12 +288,13 @@ class PsRtpReceiver:
     """PS over RTP (RFC 3550, GB/T 28181 Annex C) to elementary-stream units, sans-I/O.
 
     Packets are taken in arrival order. One frame's payloads (same timestamp) are joined and
-    fed to a :class:`PsDemuxer` at its marker bit, which also ends the pack at once, or when
-    the timestamp changes. A sequence gap counts the missing packets in :attr:`lost` and makes
-    the demuxer drop the pack in progress and resync at the next pack header, so only the
-    frame that lost a packet is lost. A packet older than the next expected one (reordered or
-    duplicate) is dropped and counted in :attr:`late`; a malformed one in :attr:`bad`. A new
-    SSRC starts the stream afresh. A frame over ``max_pack`` bytes is dropped.
+    fed to a :class:`PsDemuxer` at its marker bit or when the timestamp changes, either of
+    which also ends the pack at once (unless a PES packet is still unfinished). A sequence gap
+    counts the missing packets in :attr:`lost` and makes the demuxer drop the pack in progress
+    and resync at the next pack header, so only the frame that lost a packet is lost. A packet
+    older than the next expected one (reordered or duplicate) is dropped and counted in
+    :attr:`late`; a malformed one in :attr:`bad`. A new SSRC starts the stream afresh. A frame
+    over ``max_pack`` bytes is dropped (counted in :attr:`oversize`).
     """
 
     def __init__(self, *, max_pack: int = MAX_PACK) -> None:
@@ -340,10 +341,13 @@ class PsRtpReceiver:
         self._next = (seq + 1) & 0xFFFF
         parts = self._parts
         if timestamp != self._ts:
+            # A new timestamp is a new frame (GB/T 28181 Annex C): the last one is complete.
             if parts:
                 out += demuxer.feed(b"".join(parts) if len(parts) > 1 else parts[0])
                 parts = self._parts = []
                 self._size = 0
+                if not demuxer.pending:
+                    out += demuxer.flush()
             self._ts = timestamp
         if end > start:
             parts.append(packet[start:end])
@@ -361,6 +365,15 @@ class PsRtpReceiver:
             if not demuxer.pending:
                 out += demuxer.flush()
         return out
+
+    def flush(self) -> list[EsUnit]:
+        """End the frame in progress (the stream stopped): what it completes comes out."""
+        out: list[EsUnit] = []
+        if self._parts:
+            out += self.demuxer.feed(b"".join(self._parts))
+            self._parts = []
+            self._size = 0
+        return out + self.demuxer.flush()
 
 
 def receiver_for(encoding: str) -> PsRtpReceiver | H264RtpReceiver | None:
