@@ -364,6 +364,7 @@ class H264RtpReceiver:
         self._fu: list[bytes] | None = None
         self._size = 0
         self._damaged = False
+        self._markers = False  # the stream sets the marker bit at the end of its units
 
     def push(self, packet: bytes) -> list[EsUnit]:
         """Take one whole RTP packet; return the access units it completed."""
@@ -382,8 +383,7 @@ class H264RtpReceiver:
                 self.late += 1
                 return out
             self.lost += ahead
-            self._damaged = True
-            self._fu = None
+            self._gap(out, timestamp, ahead)
         self.packets += 1
         self._next = (seq + 1) & 0xFFFF
         if self._ts is not None and timestamp != self._ts:
@@ -392,8 +392,26 @@ class H264RtpReceiver:
         if end > start:
             self._payload(packet, start, end)
         if marker_pt & 0x80:
+            self._markers = True
             self._end(out)
         return out
+
+    def _gap(self, out: list[EsUnit], timestamp: int, missing: int) -> None:
+        """Packets are missing before one with ``timestamp``: whose were they?
+
+        The access unit in progress is damaged. If the new packet starts another unit, that one
+        is intact only when the loss is surely the old unit's tail: one packet missing, in a
+        stream that marks the ends of its units, while the old unit still waits for its marker.
+        Otherwise the new unit may lack its head (an SPS, a first slice) and is dropped too.
+        """
+        if self._ts is None:  # the last unit ended at its marker: the loss is this unit's head
+            self._damaged = True
+            return
+        self._damaged = True
+        self._fu = None
+        if timestamp != self._ts:
+            self._end(out)
+            self._damaged = not (missing == 1 and self._markers)
 
     def _payload(self, packet: bytes, start: int, end: int) -> None:
         if self._damaged:  # nothing of this access unit will be delivered: hold none of it
@@ -404,7 +422,9 @@ class H264RtpReceiver:
             self.bad += 1
             self._damaged = True
         elif 1 <= kind <= 23:
-            self._fu = None
+            if self._fu is not None:  # a fragmented NAL unit that never ended
+                self._damaged = True
+                return
             self._add(packet[start:end])
         elif kind == NAL_FU_A:
             if end - start < 3:
@@ -426,7 +446,9 @@ class H264RtpReceiver:
                 self._fu = None
                 self._nals.append(nal)
         elif kind == NAL_STAP_A:
-            self._fu = None
+            if self._fu is not None:
+                self._damaged = True
+                return
             at = start + 1
             while at + 2 < end:
                 n = (packet[at] << 8) | packet[at + 1]
@@ -456,7 +478,7 @@ class H264RtpReceiver:
         self._size = 0
 
     def _end(self, out: list[EsUnit]) -> None:
-        if self._nals or self._damaged:
+        if self._nals or self._damaged or self._fu is not None:
             if self._damaged or self._fu is not None:
                 self.dropped += 1
             else:

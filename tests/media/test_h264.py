@@ -262,6 +262,33 @@ def test_a_lost_packet_drops_only_its_access_unit(which: str) -> None:
     assert receiver.lost == 1 and receiver.dropped == 1
 
 
+def test_losing_the_stap_a_that_starts_a_key_frame_drops_that_frame() -> None:
+    """The unit after a marker lost its head (SPS and PPS in a STAP-A): the rest of it would
+    arrive whole-looking, yet cannot be decoded by a viewer starting there."""
+    clip = h264_clip()[24:27]
+    frames = packetise([f.data for f in clip])
+    assert frames[1][0][12] & 0x1F == 24
+    del frames[1][0]
+    receiver = H264RtpReceiver()
+    out = [u for packets in frames for p in packets for u in receiver.push(p)]
+    assert [u.data for u in out] == [normal(clip[0].data), normal(clip[2].data)]
+    assert receiver.lost == 1 and receiver.dropped == 1
+
+
+def test_without_marker_bits_a_loss_at_a_unit_boundary_drops_both_sides() -> None:
+    """No marker bit says whether the lost packet was the old unit's tail or the new one's head
+    (here: the SPS before an IDR), so neither unit is delivered."""
+    clip = h264_clip()[24:28]
+    frames = packetise([f.data for f in clip], stap=0)
+    frames = [[p[:1] + bytes((p[1] & 0x7F,)) + p[2:] for p in packets] for packets in frames]
+    assert frames[1][0][12] & 0x1F == 7
+    del frames[1][0]
+    receiver = H264RtpReceiver()
+    out = [u for packets in frames for p in packets for u in receiver.push(p)]
+    assert [u.data for u in out] == [normal(clip[2].data)]  # unit 3 waits for a next timestamp
+    assert receiver.dropped == 2
+
+
 def test_late_and_duplicate_packets_are_dropped_and_counted() -> None:
     clip = h264_clip()[:3]
     frames = packetise([f.data for f in clip], mtu=400)
