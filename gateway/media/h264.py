@@ -345,7 +345,7 @@ class H264RtpReceiver:
     duplicate) is dropped and counted in :attr:`late`; a sequence gap drops the access unit in
     progress (it cannot be decoded whole) and the unit resumes at the next timestamp. An access
     unit larger than ``max_au`` is dropped and counted in :attr:`oversize`. A new SSRC starts
-    afresh.
+    afresh. A unit's ``pts`` is its RTP timestamp (the 90 kHz clock, RFC 6184 §5.1).
     """
 
     def __init__(self, *, max_au: int = MAX_AU) -> None:
