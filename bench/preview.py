@@ -581,7 +581,8 @@ def summarise(path: Path) -> dict[str, Any]:
         parts[part] = parts.get(part, 0.0) + tottime
         if file.endswith("aiortc/rtp.py") and func == "serialize":
             packets += ncalls
-        rows.append((tottime, ncalls, f"{Path(file).name}:{line}:{func}"))
+        where = "/".join(Path(file).parts[-2:])
+        rows.append((tottime, ncalls, f"{where}:{line}:{func}"))
     rows.sort(reverse=True)
     per_packet = (
         {p: round(t / packets * 1e6, 2) for p, t in sorted(parts.items(), key=lambda x: -x[1])}
