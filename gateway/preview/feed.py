@@ -182,7 +182,7 @@ class Viewer:
         if self._replay < 0:
             # The sender's first request: everything that waited (the cached GOP, the frames
             # that came while ICE and DTLS were set up) is history; replay it fast.
-            self._replay = len(self.video) - 1
+            self._replay = len(self.video)
         frame = self.video.popleft()
         catch_up = self._replay > 0
         if catch_up:

@@ -245,7 +245,14 @@ class Previews:
         """Open a preview of ``channel_id`` for the SDP ``offer``; returns (session id, SDP
         answer). Raises :class:`PreviewError`."""
         try:
-            return await self._open(channel_id, offer, owner)
+            try:
+                return await self._open(channel_id, offer, owner)
+            except (PreviewError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # a bug here must answer, not hang the request
+                self.metrics.inc("preview.error")
+                log.exception("preview.open_failed", channel=channel_id[:40], owner=owner)
+                raise PreviewError(500, f"internal error ({type(exc).__name__})") from None
         except PreviewError as exc:
             self.metrics.inc(f"preview.refused.{exc.status}")
             log.info(
