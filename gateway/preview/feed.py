@@ -245,6 +245,7 @@ class Feed:
         self.started: asyncio.Future[None] = loop.create_future()  # the local session is up
         self.keyed: asyncio.Future[None] = loop.create_future()  # the first video unit to use
         self.last_unit_at: float | None = None
+        self.key_asked_at = -float("inf")  # monotonic time of the last key-frame request
 
     # -- input ------------------------------------------------------------------------------
     def use(self, receiver: UnitReceiver, params: ParamSets | None, encoding: str) -> None:

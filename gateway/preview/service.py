@@ -42,7 +42,8 @@ from aiortc import sdp as rtc_sdp
 from aiortc.exceptions import InternalError, InvalidAccessError, OperationError
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-from gateway.downlink import Downlink
+from gateway.downlink import Downlink, QueryError
+from gateway.manscdp import DeviceControl
 from gateway.media import MediaError, SessionTable
 from gateway.metrics import Metrics
 from gateway.preview.feed import (
@@ -71,6 +72,7 @@ REASONS = (
     "error",
 )
 RETRY_AFTER = 5  # seconds a client refused for the session limit is told to wait
+KEY_REQUEST_INTERVAL = 2.0  # seconds between two key-frame requests to one channel's device
 H265_MESSAGE = (
     "the channel's video is H.265, which a browser cannot be assumed to take over WebRTC; "
     "preview needs an H.264 channel"
@@ -431,6 +433,9 @@ class Previews:
         video.sender.replaceTrack(
             VideoPassthrough(session.viewer, lambda n: self._sent(session, n))
         )
+        # aiortc's sender answers a PLI or FIR (RFC 4585 §6.3.1, RFC 5104 §4.3.1) by asking its
+        # encoder for a key frame, which a passthrough track has not: ask the device instead.
+        setattr(video.sender, "_send_keyframe", lambda: self._key_frame_wanted(session.feed))  # noqa: B010
         audio_codec = session.feed.audio_codec
         if audio_codec in PASSTHROUGH_AUDIO and audio_codec.upper() in offer_codecs(offer, "audio"):
             audio = pc.addTransceiver("audio", direction="sendonly")
@@ -469,6 +474,26 @@ class Previews:
         session.bytes_sent += size
         self.metrics.inc("preview.frames_sent")
         self.metrics.inc("preview.bytes_sent", size)
+
+    def _key_frame_wanted(self, feed: Feed) -> None:
+        """A viewer lost pictures: ask the device for a key frame (GB/T 28181-2016 §9.3.2,
+        DeviceControl ``IFameCmd``), at most once per ``KEY_REQUEST_INTERVAL`` a channel."""
+        now = time.monotonic()
+        if feed.ended or now - feed.key_asked_at < KEY_REQUEST_INTERVAL:
+            self.metrics.inc("preview.key_request.limited")
+            return
+        feed.key_asked_at = now
+        self._tasks.spawn(self._ask_key_frame(feed.channel_id))
+
+    async def _ask_key_frame(self, channel_id: str) -> None:
+        self.metrics.inc("preview.key_request.sent")
+        try:
+            await self.downlink.control(
+                channel_id, DeviceControl(sn=0, device_id=channel_id, iframe_cmd="Send")
+            )
+        except QueryError as exc:
+            self.metrics.inc("preview.key_request.failed")
+            log.info("preview.key_request_failed", channel=channel_id, error=str(exc)[:200])
 
     def _state_changed(self, session: Session) -> None:
         pc = session.pc

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from aiortc.codecs.h264 import H264Encoder
 
+import gateway.preview.service as service
 from tests.conftest import wait_for
 from tests.media.rig import Rig
 from tests.preview.conftest import ViewerClient
@@ -195,3 +198,82 @@ async def test_close_ends_every_preview_as_stopping(preview_rig: Make, viewers: 
     assert rig.gw.previews.active == 0 and rig.gw.previews.feeds == {}
     assert rig.gw.metrics.get("preview.ended.stopping") == 1
     await wait_for(lambda: device_bye_count(rig) == 1, 10, "BYE to the device")
+
+
+async def test_a_second_viewer_starts_from_the_cached_gop(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig()
+    previews = rig.gw.previews
+    first = viewers()
+    await watch(rig, first)
+    await wait_for(lambda: first.frames >= 5, 20, "first viewer's frames")
+    second = viewers()
+    session_id, answer = await previews.open(rig.channel, await second.offer(), owner="t")
+    waiting = list(previews._sessions[session_id].viewer.video)
+    assert waiting and waiting[0].key, "the cached GOP, from its key frame, waits for the sender"
+    await second.accept(answer)
+    await wait_for(lambda: second.frames >= 5, 20, "second viewer's frames")
+    assert len(rig.nvr.invites) == 1
+
+
+async def test_a_picture_loss_report_asks_the_device_for_a_key_frame_rate_limited(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig()
+    client = viewers()
+    session_id = await watch(rig, client)
+    await wait_for(lambda: client.frames >= 5, 20, "frames")
+    pc = rig.gw.previews._sessions[session_id].pc
+    assert pc is not None
+    ssrc = pc.getTransceivers()[0].sender._ssrc
+    receiver = client.pc.getTransceivers()[0].receiver
+    await receiver._send_rtcp_pli(ssrc)  # RTCP PSFB PLI on the wire (RFC 4585 §6.3.1)
+    await wait_for(lambda: any(c.iframe_cmd is not None for c in rig.nvr.controls), 10, "IFameCmd")
+    await receiver._send_rtcp_pli(ssrc)
+    metrics = rig.gw.metrics
+    await wait_for(lambda: metrics.get("preview.key_request.limited") >= 1, 10, "limited")
+    assert metrics.get("preview.key_request.sent") == 1
+    assert sum(1 for c in rig.nvr.controls if c.iframe_cmd is not None) == 1
+
+
+@dataclass(frozen=True)
+class AudioUnit:
+    codec: str
+    pts: int | None
+    data: bytes
+    key: bool = False
+    kind: str = "audio"
+
+
+async def test_g711_audio_is_passed_through_when_the_browser_offers_it(
+    preview_rig: Make, viewers: Viewers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device sending G.711 (here added beside each video unit): PCMA goes out as it came."""
+    made = service.depacketiser
+
+    class WithAudio:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def push(self, packet: bytes) -> list[Any]:
+            out: list[Any] = []
+            for unit in self.inner.push(packet):
+                out += [AudioUnit("pcma", unit.pts, b"\xd5" * 320), unit]
+            return out
+
+    def with_audio(encoding: str) -> Any:
+        receiver, sets = made(encoding)  # type: ignore[misc]
+        return WithAudio(receiver), sets
+
+    monkeypatch.setattr(service, "depacketiser", with_audio)
+    rig = await preview_rig()
+    warm = viewers()  # makes the feed see audio before the next viewer's answer
+    await watch(rig, warm)
+    await wait_for(lambda: warm.frames >= 2, 20, "frames")
+    client = viewers(audio=True)
+    session_id, answer = await rig.gw.previews.open(rig.channel, await client.offer(), owner="t")
+    assert "PCMA/8000" in answer and "opus" not in answer
+    await client.accept(answer)
+    await wait_for(lambda: client.audio_frames >= 10 and client.frames >= 5, 20, "audio, video")
+    assert rig.gw.previews.session(session_id) is not None
