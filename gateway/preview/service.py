@@ -39,12 +39,14 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc import sdp as rtc_sdp
-from aiortc.exceptions import InternalError, InvalidAccessError, OperationError
+from aiortc.codecs import CODECS
+from aiortc.exceptions import OperationError
+from aiortc.rtcpeerconnection import filter_preferred_codecs, find_common_codecs
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from gateway.downlink import Downlink, QueryError
 from gateway.manscdp import DeviceControl
-from gateway.media import MediaError, SessionTable
+from gateway.media import MediaError, SessionTable, is_ready
 from gateway.metrics import Metrics
 from gateway.preview.feed import (
     PASSTHROUGH_AUDIO,
@@ -198,6 +200,7 @@ class Previews:
         self._closing = False
         self._tasks = TaskSet(log, "preview.task_failed")
         self._saved_host_addresses: Any = None
+        self._patch: Callable[[bool, bool], list[str]] | None = None
 
     # -- life -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -227,16 +230,17 @@ class Previews:
         def configured(use_ipv4: bool, use_ipv6: bool) -> list[str]:
             return [a for a in addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
-        if self._saved_host_addresses is None:
+        if self._patch is None:
             self._saved_host_addresses = aioice.ice.get_host_addresses
-        configured.preview_patch = True  # type: ignore[attr-defined]
+        self._patch = configured
         aioice.ice.get_host_addresses = configured
 
     def _unpatch_host_addresses(self) -> None:
-        if self._saved_host_addresses is not None:
-            if getattr(aioice.ice.get_host_addresses, "preview_patch", False):
-                aioice.ice.get_host_addresses = self._saved_host_addresses
-            self._saved_host_addresses = None
+        """Put aioice's own function back, unless another patch has replaced ours since."""
+        if self._patch is not None and aioice.ice.get_host_addresses is self._patch:
+            aioice.ice.get_host_addresses = self._saved_host_addresses
+        self._patch = None
+        self._saved_host_addresses = None
 
     @property
     def active(self) -> int:
@@ -276,8 +280,6 @@ class Previews:
                 retry_after=RETRY_AFTER,
             )
         offer = parse_offer(offer_sdp)
-        if "H264" not in offer_codecs(offer, "video"):
-            raise PreviewError(415, "the offer has no H.264 video, the only video sent")
         self._opening += 1
         started = time.monotonic()
         viewer = Viewer(self.cfg.max_viewer_lag_frames)
@@ -373,6 +375,8 @@ class Previews:
                 transport.close()
                 return
             port = int(transport.get_extra_info("sockname")[1])
+            leg = self.media.live_leg(feed.channel_id)
+            warm = leg is not None and is_ready(leg)
             local = await self.calls.start_local(feed.channel_id, ("127.0.0.1", port))
             if feed.ended:  # every viewer left while the device was INVITEd
                 self.calls.stop_local(local.output_id)
@@ -397,6 +401,10 @@ class Previews:
                 port=port,
             )
             feed.started.set_result(None)
+            if warm:
+                # An upper's stream already flows: the feed joins it mid-GOP, so the device is
+                # asked for a key frame rather than the viewer waiting for the next one.
+                self._key_frame_wanted(feed)
         except MediaError as exc:
             self._fail_feed(feed, _media_refusal(exc))
         except PreviewError as exc:
@@ -452,10 +460,8 @@ class Previews:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except OperationError:
-            raise PreviewError(
-                415, "the offer has no H.264 (packetization-mode 1, baseline) the gateway sends"
-            ) from None
-        except (ValueError, InvalidAccessError, InternalError) as exc:
+            raise PreviewError(415, "the offer has no codec the gateway can answer") from None
+        except Exception as exc:  # the offer is the client's: whatever aiortc refuses is a 400
             raise PreviewError(400, f"the offer cannot be used: {str(exc)[:120]}") from None
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)  # gathers every candidate: non-trickle
@@ -595,15 +601,30 @@ class Previews:
 
 
 def parse_offer(text: str) -> rtc_sdp.SessionDescription:
-    """The offer, parsed; 400 for what is not SDP or has no video m-line."""
-    if not text.strip() or not text.lstrip().startswith("v="):
+    """The offer, parsed and checked before anything is asked of the device: 400 for what is
+    not SDP, has no video m-line or lacks ICE credentials or a DTLS fingerprint (RFC 8839
+    §5.4, RFC 8842 §5); 415 when its video has no H.264 the gateway can send."""
+    if not text.lstrip().startswith("v="):
         raise PreviewError(400, "the offer is not SDP")
     try:
         offer = rtc_sdp.SessionDescription.parse(text)
     except Exception as exc:  # aiortc's parser raises whatever the text makes it hit
         raise PreviewError(400, f"the offer is not valid SDP ({type(exc).__name__})") from None
-    if not any(m.kind == "video" for m in offer.media):
+    videos = [m for m in offer.media if m.kind == "video"]
+    if not videos:
         raise PreviewError(400, "the offer has no video m-line")
+    for media in offer.media:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise PreviewError(400, "the offer has no ICE username fragment or password")
+        if media.dtls is None or not media.dtls.fingerprints:
+            raise PreviewError(400, "the offer has no DTLS fingerprint")
+    sendable = filter_preferred_codecs(
+        find_common_codecs(CODECS["video"], videos[0].rtp.codecs), h264_capabilities()
+    )
+    if not sendable:
+        raise PreviewError(
+            415, "the offer has no H.264 (packetization-mode 1, baseline) the gateway can send"
+        )
     return offer
 
 

@@ -277,3 +277,17 @@ async def test_g711_audio_is_passed_through_when_the_browser_offers_it(
     await client.accept(answer)
     await wait_for(lambda: client.audio_frames >= 10 and client.frames >= 5, 20, "audio, video")
     assert rig.gw.previews.session(session_id) is not None
+
+
+async def test_a_feed_joining_an_upper_s_stream_asks_for_a_key_frame(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig()
+    call = await rig.invite()
+    assert call.status == 200
+    await wait_for(lambda: call.receiver.decoded >= 5, 20, "the upper's frames")
+    client = viewers()
+    await watch(rig, client)
+    await wait_for(lambda: any(c.iframe_cmd is not None for c in rig.nvr.controls), 10, "IFameCmd")
+    await wait_for(lambda: client.frames >= 5, 20, "frames")
+    assert len(rig.nvr.invites) == 1

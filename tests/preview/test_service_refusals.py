@@ -42,6 +42,13 @@ async def test_an_offer_that_is_not_sdp_or_has_no_video_is_400(
     rig = await preview_rig()
     assert (await refused(rig, "hello")).status == 400
     assert (await refused(rig, "v=0\r\nbroken")).status == 400
+    good = await viewers().offer()
+    no_fingerprint = "\r\n".join(
+        line for line in good.split("\r\n") if not line.startswith("a=fingerprint:")
+    )
+    assert (await refused(rig, no_fingerprint)).status == 400
+    no_ice = "\r\n".join(line for line in good.split("\r\n") if not line.startswith("a=ice-pwd:"))
+    assert (await refused(rig, no_ice)).status == 400
     audio_only = await viewers(video=False, audio=True).offer()
     error = await refused(rig, audio_only)
     assert error.status == 400 and "video" in error.message
@@ -56,6 +63,7 @@ async def test_an_offer_without_h264_is_415(preview_rig: Make, viewers: Viewers)
     client.pc.getTransceivers()[0].setCodecPreferences(vp8)
     error = await refused(rig, await client.offer())
     assert error.status == 415 and "H.264" in error.message
+    assert rig.nvr.invites == [], "refused before the device is asked"
     await nothing_left(rig)
 
 
