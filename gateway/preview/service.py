@@ -271,6 +271,8 @@ class Previews:
             raise
 
     async def _open(self, channel_id: str, offer_sdp: str, owner: str) -> tuple[str, str]:
+        if not self.cfg.enabled:
+            raise PreviewError(503, "preview is disabled ([preview] enabled = false)")
         if self._closing:
             raise PreviewError(503, "the gateway is stopping", retry_after=RETRY_AFTER)
         if len(self._sessions) + self._opening >= self.cfg.max_sessions:
@@ -416,6 +418,10 @@ class Previews:
         except asyncio.CancelledError:
             self._fail_feed(feed, PreviewError(503, "the gateway is stopping"))
             raise
+        except Exception as exc:
+            self.metrics.inc("preview.feed.error")
+            log.exception("preview.feed_failed", channel=feed.channel_id)
+            self._fail_feed(feed, PreviewError(500, f"internal error ({type(exc).__name__})"))
 
     def _fail_feed(self, feed: Feed, exc: PreviewError) -> None:
         if not feed.started.done():

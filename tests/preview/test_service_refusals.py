@@ -164,3 +164,23 @@ def test_announce_leaves_other_candidates_and_lines_alone() -> None:
     assert out[1] == "c=IN IP4 203.0.113.7"
     assert out[2] == "a=candidate:1 1 udp 2130706431 203.0.113.7 5000 typ host"
     assert out[3].startswith("a=candidate:2 1 udp 1694498815 198.51.100.1 6000 typ srflx")
+
+
+async def test_a_feed_that_fails_unexpectedly_answers_500_at_once(
+    preview_rig: Make, viewers: Viewers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(encoding: str) -> Any:
+        raise RuntimeError("depacketiser bug")
+
+    monkeypatch.setattr(service, "depacketiser", broken)
+    rig = await preview_rig(preview={"first_frame_timeout": 60.0})
+    error = await refused(rig, await viewers().offer())
+    assert error.status == 500 and rig.gw.metrics.get("preview.feed.error") == 1
+    await nothing_left(rig)
+
+
+async def test_a_disabled_preview_refuses(preview_rig: Make, viewers: Viewers) -> None:
+    rig = await preview_rig(preview={"enabled": False})
+    error = await refused(rig, await viewers().offer())
+    assert error.status == 503 and "disabled" in error.message
+    assert rig.nvr.invites == []
