@@ -9,7 +9,8 @@ the device answered.
 
 Each viewer has its own bounded queue and its own 90 kHz timeline (:class:`Timeline`): it
 starts at 0, only goes forward, carries the source's PTS steps over the 33-bit wrap (ISO/IEC
-13818-1 §2.4.3.7) and replaces a jump or a step back with one nominal frame. A viewer of a
+13818-1 §2.4.3.7; the 32-bit RTP wrap for RFC 6184 streams) and replaces a jump or a step back
+with one nominal frame. A viewer of a
 channel already streaming starts from the cached GOP (its key frame, SPS/PPS before it), and the
 frames that waited before the viewer's sender asked for its first one are replayed with short
 steps so the browser catches up with live instead of staying one GOP behind. A viewer more than
@@ -33,6 +34,7 @@ from gateway.metrics import Metrics
 log = structlog.get_logger("gateway.preview")
 
 PTS_WRAP = 1 << 33  # PES PTS are 33-bit counts of a 90 kHz clock
+RTP_WRAP = 1 << 32  # RTP timestamps (the H.264-over-RTP receiver's unit times) are 32-bit
 VIDEO_RATE = 90_000
 NOMINAL_STEP = VIDEO_RATE // 25  # one frame at 25 fps: what a missing or absurd PTS step becomes
 MAX_STEP = 5 * VIDEO_RATE  # a larger step (or any step back) is a discontinuity, not time
@@ -106,6 +108,9 @@ class Timeline:
             delta = NOMINAL_STEP
         else:
             delta = (src - self.last_src) % PTS_WRAP
+            if delta > MAX_STEP:
+                # An RFC 6184 stream's times are 32-bit RTP timestamps (RFC 3550 §5.1).
+                delta = (src - self.last_src) % RTP_WRAP
             if delta == 0 or delta > MAX_STEP:
                 delta = NOMINAL_STEP
         if catch_up:

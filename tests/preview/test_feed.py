@@ -13,6 +13,7 @@ from gateway.preview.feed import (
     CATCH_UP_STEP,
     NOMINAL_STEP,
     PTS_WRAP,
+    RTP_WRAP,
     Feed,
     Timeline,
     VideoFrame,
@@ -85,6 +86,12 @@ def test_timeline_carries_the_33_bit_wrap() -> None:
     assert t.step(PTS_WRAP - 1800) == 0
     assert t.step(1800) == 3600  # across the wrap: a step of 3600, not a jump back
     assert t.step(5400) == 7200
+
+
+def test_timeline_carries_the_32_bit_rtp_wrap() -> None:
+    t = Timeline()
+    assert t.step(RTP_WRAP - 1800) == 0
+    assert t.step(1800) == 3600
 
 
 @pytest.mark.parametrize("bad", [0, 1800 - 3600, 1800 + 10 * 90_000, None])
