@@ -75,6 +75,7 @@ REASONS = (
 )
 RETRY_AFTER = 5  # seconds a client refused for the session limit is told to wait
 KEY_REQUEST_INTERVAL = 2.0  # seconds between two key-frame requests to one channel's device
+CONNECT_TIMEOUT = 30.0  # seconds an answered preview has to get ICE and DTLS up
 H265_MESSAGE = (
     "the channel's video is H.265, which a browser cannot be assumed to take over WebRTC; "
     "preview needs an H.264 channel"
@@ -159,6 +160,7 @@ class Session:
     first_frame_ms: float | None = None
     end_reason: str = ""
     timer: asyncio.TimerHandle | None = None
+    connect_timer: asyncio.TimerHandle | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def view(self) -> dict[str, Any]:
@@ -201,6 +203,7 @@ class Previews:
         self._tasks = TaskSet(log, "preview.task_failed")
         self._saved_host_addresses: Any = None
         self._patch: Callable[[bool, bool], list[str]] | None = None
+        self.connect_timeout = CONNECT_TIMEOUT  # tests shorten it
 
     # -- life -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -321,8 +324,13 @@ class Previews:
             self._tasks.spawn(session.pc.close())
             raise PreviewError(503, "the channel's stream ended", retry_after=RETRY_AFTER)
         self._sessions[session.id] = session
+        loop = asyncio.get_running_loop()
+        # ICE fails by itself only once it knows the peer's last candidate (RFC 8838 §4): a
+        # peer that sends no end-of-candidates and never connects must not hold the leg.
+        session.connect_timer = loop.call_later(
+            self.connect_timeout, self._connect_overdue, session.id
+        )
         if self.cfg.max_seconds > 0:
-            loop = asyncio.get_running_loop()
             session.timer = loop.call_later(
                 self.cfg.max_seconds, self._end_soon, session.id, "max_seconds"
             )
@@ -507,6 +515,12 @@ class Previews:
             self.metrics.inc("preview.key_request.failed")
             log.info("preview.key_request_failed", channel=channel_id, error=str(exc)[:200])
 
+    def _connect_overdue(self, session_id: str) -> None:
+        session = self._sessions.get(session_id)
+        if session is not None and session.state == "connecting":
+            self.metrics.inc("preview.connect_timeout")
+            self._end_soon(session_id, "ice_failed")
+
     def _state_changed(self, session: Session) -> None:
         pc = session.pc
         if pc is None or session.end_reason:
@@ -539,8 +553,9 @@ class Previews:
         session.end_reason = reason
         session.state = "ended"
         self._sessions.pop(session.id, None)
-        if session.timer is not None:
-            session.timer.cancel()
+        for timer in (session.timer, session.connect_timer):
+            if timer is not None:
+                timer.cancel()
         session.viewer.close()
         self._leave(session.feed, session.viewer)
         self.metrics.inc(f"preview.ended.{reason}")

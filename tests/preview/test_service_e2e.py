@@ -291,3 +291,25 @@ async def test_a_feed_joining_an_upper_s_stream_asks_for_a_key_frame(
     await wait_for(lambda: any(c.iframe_cmd is not None for c in rig.nvr.controls), 10, "IFameCmd")
     await wait_for(lambda: client.frames >= 5, 20, "frames")
     assert len(rig.nvr.invites) == 1
+
+
+async def test_a_peer_that_never_connects_is_ended_and_frees_the_leg(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    """A trickle client whose offer has no candidate and no end-of-candidates (and which never
+    PATCHes any, RFC 9725 lets the server refuse trickle): ICE alone would wait for ever."""
+    rig = await preview_rig()
+    previews = rig.gw.previews
+    previews.connect_timeout = 1.0
+    offer = await viewers().offer()
+    silent = "\r\n".join(
+        line
+        for line in offer.split("\r\n")
+        if not line.startswith(("a=candidate:", "a=end-of-candidates"))
+    )
+    await previews.open(rig.channel, silent, owner="t")
+    await wait_for(lambda: previews.active == 0, 15, "preview ended")
+    metrics = rig.gw.metrics
+    assert metrics.get("preview.ended.ice_failed") == 1
+    assert metrics.get("preview.connect_timeout") == 1
+    await wait_for(lambda: device_bye_count(rig) == 1, 10, "BYE to the device")
