@@ -313,3 +313,18 @@ async def test_a_peer_that_never_connects_is_ended_and_frees_the_leg(
     assert metrics.get("preview.ended.ice_failed") == 1
     assert metrics.get("preview.connect_timeout") == 1
     await wait_for(lambda: device_bye_count(rig) == 1, 10, "BYE to the device")
+
+
+async def test_viewers_opening_a_cold_channel_together_share_one_invite(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig()
+    clients = [viewers() for _ in range(3)]
+    offers = [await c.offer() for c in clients]
+    opened = await asyncio.gather(
+        *(rig.gw.previews.open(rig.channel, offer, owner="t") for offer in offers)
+    )
+    for client, (_, answer) in zip(clients, opened, strict=True):
+        await client.accept(answer)
+    await wait_for(lambda: all(c.frames >= 5 for c in clients), 20, "every viewer's frames")
+    assert len(rig.nvr.invites) == 1 and len(rig.gw.previews.feeds) == 1
