@@ -385,6 +385,10 @@ class Previews:
                 transport.close()
                 return
             port = int(transport.get_extra_info("sockname")[1])
+            # PS until the device's answer says otherwise (GB/T 28181-2016 §6.1.2: PS is the
+            # norm): the first packets, with the first key frame, may come before the answer
+            # is read here.
+            self._depacketise(feed, "PS")
             leg = self.media.live_leg(feed.channel_id)
             warm = leg is not None and is_ready(leg)
             local = await self.calls.start_local(feed.channel_id, ("127.0.0.1", port))
@@ -399,10 +403,8 @@ class Previews:
             if answer is not None and answer.rtpmap:
                 pt = answer.formats[0] if answer.formats else next(iter(answer.rtpmap))
                 encoding = answer.rtpmap.get(pt, "").partition("/")[0]
-            made = depacketiser(encoding or "PS")
-            if made is None:
-                raise PreviewError(415, f"the device sends {encoding[:20]!r}, not PS or H.264")
-            feed.use(made[0], made[1], encoding or "PS")
+            if encoding.upper() not in ("", "PS", "MP2P"):
+                self._depacketise(feed, encoding)
             log.info(
                 "preview.feed_started",
                 channel=feed.channel_id,
@@ -430,6 +432,13 @@ class Previews:
             self.metrics.inc("preview.feed.error")
             log.exception("preview.feed_failed", channel=feed.channel_id)
             self._fail_feed(feed, PreviewError(500, f"internal error ({type(exc).__name__})"))
+
+    @staticmethod
+    def _depacketise(feed: Feed, encoding: str) -> None:
+        made = depacketiser(encoding)
+        if made is None:
+            raise PreviewError(415, f"the device sends {encoding[:20]!r}, not PS or H.264")
+        feed.use(made[0], made[1], encoding)
 
     def _fail_feed(self, feed: Feed, exc: PreviewError) -> None:
         if not feed.started.done():

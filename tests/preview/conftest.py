@@ -133,5 +133,6 @@ except ImportError:
     @pytest.fixture(autouse=True)
     def _premerge_depacketiser(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(
-            "gateway.preview.service.depacketiser", lambda enc: (_PsReceiver(), _Keep())
+            "gateway.preview.service.depacketiser",
+            lambda enc: (_PsReceiver(), _Keep()) if enc.upper() in ("PS", "MP2P") else None,
         )

@@ -184,3 +184,12 @@ async def test_a_disabled_preview_refuses(preview_rig: Make, viewers: Viewers) -
     error = await refused(rig, await viewers().offer())
     assert error.status == 503 and "disabled" in error.message
     assert rig.nvr.invites == []
+
+
+async def test_a_device_sending_neither_ps_nor_h264_is_415(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig(payload_type=33)  # answers MP2T/90000
+    error = await refused(rig, await viewers().offer())
+    assert error.status == 415 and "MP2T" in error.message
+    await nothing_left(rig)
