@@ -461,9 +461,9 @@ class Previews:
         session.pc = pc
         video = pc.addTransceiver("video", direction="sendonly")
         video.setCodecPreferences(h264_capabilities())
-        video.sender.replaceTrack(
-            VideoPassthrough(session.viewer, lambda n: self._sent(session, n))
-        )
+        track = VideoPassthrough(session.viewer, lambda n: self._sent(session, n))
+        track.on("ended", lambda: self._track_ended(session))
+        video.sender.replaceTrack(track)
         # aiortc's sender answers a PLI or FIR (RFC 4585 §6.3.1, RFC 5104 §4.3.1) by asking its
         # encoder for a key frame, which a passthrough track has not: ask the device instead.
         setattr(video.sender, "_send_keyframe", lambda: self._key_frame_wanted(session.feed))  # noqa: B010
@@ -523,6 +523,18 @@ class Previews:
         except QueryError as exc:
             self.metrics.inc("preview.key_request.failed")
             log.info("preview.key_request_failed", channel=channel_id, error=str(exc)[:200])
+
+    def _track_ended(self, session: Session) -> None:
+        """aiortc stops a track when its sender's loop ends: the connection went (its state
+        tells, and ends the session with its own reason) or the loop failed (aiortc logged
+        it): a session still open a moment later ends as ``error``."""
+        if not session.end_reason:
+            asyncio.get_running_loop().call_later(1.0, self._end_if_open, session, "error")
+
+    def _end_if_open(self, session: Session, reason: str) -> None:
+        if not session.end_reason and self._sessions.get(session.id) is session:
+            log.warning("preview.sender_stopped", session=session.id[:8])
+            self._end_soon(session.id, reason)
 
     def _connect_overdue(self, session_id: str) -> None:
         session = self._sessions.get(session_id)

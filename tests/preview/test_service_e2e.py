@@ -328,3 +328,25 @@ async def test_viewers_opening_a_cold_channel_together_share_one_invite(
         await client.accept(answer)
     await wait_for(lambda: all(c.frames >= 5 for c in clients), 20, "every viewer's frames")
     assert len(rig.nvr.invites) == 1 and len(rig.gw.previews.feeds) == 1
+
+
+async def test_a_sender_that_fails_ends_its_session_as_error(
+    preview_rig: Make, viewers: Viewers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packed = H264Encoder.pack
+    calls: list[int] = []
+
+    def failing(self: H264Encoder, packet: Any) -> Any:
+        calls.append(1)
+        if len(calls) > 10:
+            raise RuntimeError("packetiser bug")
+        return packed(self, packet)
+
+    monkeypatch.setattr(H264Encoder, "pack", failing)
+    rig = await preview_rig()
+    client = viewers()
+    await watch(rig, client)
+    previews = rig.gw.previews
+    await wait_for(lambda: previews.active == 0, 15, "preview ended")
+    assert rig.gw.metrics.get("preview.ended.error") == 1
+    await wait_for(lambda: device_bye_count(rig) == 1, 10, "BYE to the device")
