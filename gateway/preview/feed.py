@@ -10,12 +10,16 @@ the device answered.
 Each viewer has its own bounded queue and its own 90 kHz timeline (:class:`Timeline`): it
 starts at 0, only goes forward, carries the source's PTS steps over the 33-bit wrap (ISO/IEC
 13818-1 §2.4.3.7; the 32-bit RTP wrap for RFC 6184 streams) and replaces a jump or a step back
-with one nominal frame. A viewer of a
-channel already streaming starts from the cached GOP (its key frame, SPS/PPS before it), and the
-frames that waited before the viewer's sender asked for its first one are replayed with short
-steps so the browser catches up with live instead of staying one GOP behind. A viewer more than
-``max_viewer_lag_frames`` behind drops its queue and waits for the next key frame: nothing
-grows without bound per viewer.
+with one nominal frame. A viewer of a channel already streaming starts from the cached GOP (its
+key frame, SPS/PPS before it), and the frames that waited before the viewer's sender asked for
+its first one are replayed with short steps so the browser catches up with live instead of
+staying one GOP behind. A viewer more than ``max_viewer_lag_frames`` behind drops its queue and
+waits for the next key frame: nothing grows without bound per viewer, and the frames in the
+queues are the feed's own objects, shared, never copied.
+
+The socket is bound to loopback only, and once the local session's relay port is known only
+datagrams from it are taken (the relay's UDP output socket is bound to that port and connected
+to ours); what comes before is depacketised with the same bounds as the device's stream.
 """
 
 from __future__ import annotations
@@ -251,6 +255,7 @@ class Feed:
         self.keyed: asyncio.Future[None] = loop.create_future()  # the first video unit to use
         self.last_unit_at: float | None = None
         self.key_asked_at = -float("inf")  # monotonic time of the last key-frame request
+        self.source_port = 0  # the relay output's port, once known: the only sender taken
 
     # -- input ------------------------------------------------------------------------------
     def use(self, receiver: UnitReceiver, params: ParamSets | None, encoding: str) -> None:
@@ -348,6 +353,10 @@ class FeedSocket(asyncio.DatagramProtocol):
         self.feed = feed
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
+        source = self.feed.source_port
+        if source and addr[1] != source:
+            self.feed.metrics.inc("preview.feed.stranger")
+            return
         self.feed.on_packet(data)
 
     def error_received(self, exc: Exception) -> None:

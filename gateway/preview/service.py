@@ -396,6 +396,7 @@ class Previews:
                 self.calls.stop_local(local.output_id)
                 return
             feed.output_id = local.output_id
+            feed.source_port = local.port
             self._by_output[local.output_id] = feed
             out = self.media.local.get(local.output_id)
             answer = out.leg.answer if out is not None else None

@@ -350,3 +350,24 @@ async def test_a_sender_that_fails_ends_its_session_as_error(
     await wait_for(lambda: previews.active == 0, 15, "preview ended")
     assert rig.gw.metrics.get("preview.ended.error") == 1
     await wait_for(lambda: device_bye_count(rig) == 1, 10, "BYE to the device")
+
+
+async def test_the_feed_takes_datagrams_from_its_relay_output_only(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig()
+    client = viewers()
+    await watch(rig, client)
+    await wait_for(lambda: client.frames >= 5, 20, "frames")
+    feed = rig.gw.previews.feeds[rig.channel]
+    assert feed.transport is not None and feed.source_port
+    port = feed.transport.get_extra_info("sockname")[1]
+    loop = asyncio.get_running_loop()
+    stranger, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
+    units = feed.units
+    stranger.sendto(b"\x80\x60" + bytes(100), ("127.0.0.1", port))
+    await wait_for(lambda: rig.gw.metrics.get("preview.feed.stranger") == 1, 5, "refused")
+    stranger.close()
+    await wait_for(lambda: feed.units > units + 5, 10, "the relay's packets still come in")
