@@ -46,7 +46,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from gateway.downlink import Downlink, QueryError
 from gateway.manscdp import DeviceControl
-from gateway.media import MediaError, SessionTable, is_ready
+from gateway.media import MediaError, ParameterSets, SessionTable, is_ready, receiver_for
 from gateway.metrics import Metrics
 from gateway.preview.feed import (
     PASSTHROUGH_AUDIO,
@@ -95,11 +95,6 @@ class PreviewError(Exception):
 def depacketiser(encoding: str) -> tuple[UnitReceiver, ParamSets] | None:
     """The receiver for the answered rtpmap encoding and a parameter-set keeper, or None for
     an encoding the gateway cannot take apart."""
-    from gateway.media import (  # type: ignore[attr-defined]  # until part A lands
-        ParameterSets,
-        receiver_for,
-    )
-
     receiver = receiver_for(encoding)
     if receiver is None:
         return None
