@@ -14,10 +14,15 @@ replaces that list by patching ``aioice.ice.get_host_addresses``: the patch is p
 it is installed by :meth:`Previews.start` and removed by :meth:`Previews.close`.
 ``preview.announce_host`` rewrites the host candidates' address in the answer (1:1 NAT).
 
-A preview ends on :meth:`Previews.end` (``deleted``), an ICE or DTLS failure (``ice_failed``),
-the peer connection closing (``closed``), its device going offline (``device_offline``), its
-leg ending otherwise (``leg_ended``), ``preview.max_seconds`` (``max_seconds``), the gateway
-stopping (``stopping``) or an internal error (``error``).
+A picture-loss report from the browser (RTCP PLI or FIR) cannot be answered by an encoder
+here: the device is asked for a key frame instead (DeviceControl ``IFameCmd``), at most once
+per ``KEY_REQUEST_INTERVAL`` a channel; so is a feed that joins a stream an upper already takes.
+
+A preview ends on :meth:`Previews.end` (``deleted``), an ICE or DTLS failure or no connection
+within ``CONNECT_TIMEOUT`` of the answer (``ice_failed``), the peer connection closing
+(``closed``), its device going offline (``device_offline``), its leg ending otherwise
+(``leg_ended``), ``preview.max_seconds`` (``max_seconds``), the gateway stopping (``stopping``)
+or its RTP sender stopping while the connection stays up (``error``).
 """
 
 from __future__ import annotations
