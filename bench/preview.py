@@ -1,8 +1,9 @@
 """Live preview (WHEP over WebRTC): time to the first frame, and how many previews one gateway
 holds without losing frames.
 
-Run: ``PYTHONPATH=. .venv/bin/python bench/preview.py`` (about 5-6 minutes; ``--quick``: under
-two). Prints one JSON object on stdout; progress on stderr.
+Run: ``PYTHONPATH=. .venv/bin/python bench/preview.py`` (about 7 minutes, 9 with
+``--profile 100``; ``--quick``: under two). Prints one JSON object on stdout; progress on
+stderr.
 
 Three kinds of process, each started here and stopped here by PID:
 
