@@ -32,6 +32,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from gateway.api.auth import Principal, viewer
 from gateway.api.context import ApiContext, Limit, Offset, ctx_of
@@ -104,10 +105,14 @@ async def _offer(request: Request) -> str:
         if too_big:
             raise ApiError(413, f"the SDP offer is over {MAX_OFFER_BYTES} bytes", "body")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_OFFER_BYTES:
-            raise ApiError(413, f"the SDP offer is over {MAX_OFFER_BYTES} bytes", "body")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_OFFER_BYTES:
+                raise ApiError(413, f"the SDP offer is over {MAX_OFFER_BYTES} bytes", "body")
+    except ClientDisconnect:
+        # Not the gateway's failure (no api.error): the player went away mid-offer.
+        raise ApiError(400, "the client went away before the offer arrived", "body") from None
     if not body.strip():
         raise ApiError(400, "the body must hold an SDP offer", "body")
     try:

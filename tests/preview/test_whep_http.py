@@ -401,3 +401,44 @@ async def test_the_dashboard_has_a_preview_row_of_served_metrics(whep: Any) -> N
         "gb_preview_sent_frames_total",
     }
     assert used <= served
+
+
+async def test_a_player_leaving_mid_offer_is_not_a_gateway_error(whep: Any) -> None:
+    """The body stops with ``http.disconnect``: answered 400 (nobody reads it), no
+    ``api.error`` and no error-level log line, nothing reaches the service."""
+    w = await whep()
+    assert w.gw.api is not None
+    incoming = [
+        {"type": "http.request", "body": b"v=0\r\n", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"/whep/channels/{CHANNEL}",
+        "raw_path": f"/whep/channels/{CHANNEL}".encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"authorization", f"Bearer {TOKENS['viewer']}".encode()),
+            (b"content-type", b"application/sdp"),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+    await w.gw.api.app(scope, receive, send)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
+    assert w.gw.metrics.get("api.error") == 0
+    assert w.fake.offers == []
