@@ -27,9 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.conftest import HTTP_TOKENS, TOKENS
 from tests.conftest import wait_for
-from tests.media.rig import Rig, device_session, nvr_endpoint, rig_factory, upper_endpoint
-
-__all__ = ["nvr_endpoint", "rig_factory", "upper_endpoint"]
+from tests.media.rig import Rig, device_session
 
 pytestmark = pytest.mark.timeout(90)
 
