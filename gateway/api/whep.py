@@ -169,7 +169,7 @@ async def open_preview(
         )
     offer = await _offer(request)
     try:
-        session_id, answer = await ctx.previews.open(channel_id, offer, owner=who.name)
+        session_id, answer = await ctx.previews.open(channel_id, offer, owner=owner_of(who))
     except PreviewError as exc:
         request.state.audit_detail = f"refused: {exc.message}"
         raise _refused(exc) from None
@@ -209,7 +209,7 @@ async def end_preview(
     ctx = ctx_of(request)
     _enabled(ctx)
     info = ctx.previews.session(session_id)
-    if info is None or (info.get("owner") != who.name and not who.may("operator")):
+    if info is None or (info.get("owner") != owner_of(who) and not who.may("operator")):
         raise ApiError(404, "no such preview session")
     watched = max(0.0, ctx.clock() - float(info.get("started_at") or ctx.clock()))
     request.state.audit_detail = (
@@ -231,6 +231,12 @@ async def session_other(session_id: str) -> Response:
     return _not_allowed(SESSION_ALLOW)
 
 
+def owner_of(who: Principal) -> str:
+    """Whose a preview is: the kind and the name (``user:alice``, ``token:nvr-checker``), so a
+    user and a token that happen to share a name do not share their previews."""
+    return f"{who.kind}:{who.name}"
+
+
 # -- the list for the console and operators -------------------------------------------------------
 @api.get("/previews")
 async def list_previews(
@@ -245,7 +251,7 @@ async def list_previews(
     cfg = ctx.config.preview
     items = ctx.previews.sessions()
     if not who.may("operator"):
-        items = [s for s in items if s.get("owner") == who.name]
+        items = [s for s in items if s.get("owner") == owner_of(who)]
     items.sort(key=lambda s: float(s.get("started_at") or 0.0))
     return {
         "enabled": cfg.enabled,

@@ -185,7 +185,7 @@ async def test_a_channel_is_pulled_and_decoded(preview: Any, device_transport: s
     assert dev.role == {"udp": "udp", "tcp-passive": "tcp-active"}[device_transport]
     (listed,) = await p.previews()
     assert listed["id"] == viewer.session_id
-    assert listed["channel_id"] == rig.channel and listed["owner"] == "viewer-token"
+    assert listed["channel_id"] == rig.channel and listed["owner"] == "token:viewer-token"
     assert listed["frames_sent"] > 0 and listed["first_frame_ms"] is not None
     assert await p.metric("gb_previews_active") == 1
     assert await p.metric("gb_preview_first_frame_seconds_count") == 1

@@ -136,7 +136,7 @@ async def test_post_offer_gets_201_answer_location_and_ice_servers(whep: Any) ->
     assert r.text == ANSWER
     (sid,) = w.fake.open_
     assert r.headers["location"] == f"/whep/sessions/{sid}"
-    assert w.fake.offers == [(CHANNEL, OFFER, "viewer-token")]
+    assert w.fake.offers == [(CHANNEL, OFFER, "token:viewer-token")]
     assert r.headers.get_list("link") == [
         '<stun:stun.example.org:3478>; rel="ice-server"',
         '<turn:turn.example.org?transport=udp>; rel="ice-server"; username="u"; '
@@ -295,10 +295,14 @@ async def test_previews_list_own_for_a_viewer_all_for_an_operator(whep: Any) -> 
     assert (await w.client(None).get("/api/v1/previews")).status_code == 401
     mine = (await viewer.get("/api/v1/previews")).json()
     assert mine["enabled"] is True and mine["active"] == 3 and mine["max_sessions"] == 7
-    assert mine["total"] == 2 and {s["owner"] for s in mine["items"]} == {"viewer-token"}
+    assert mine["total"] == 2 and {s["owner"] for s in mine["items"]} == {"token:viewer-token"}
     everyone = (await w.client(TOKENS["operator"]).get("/api/v1/previews")).json()
     assert everyone["total"] == 3
-    assert [s["owner"] for s in everyone["items"]] == ["viewer-token", "viewer2", "viewer-token"]
+    assert [s["owner"] for s in everyone["items"]] == [
+        "token:viewer-token",
+        "token:viewer2",
+        "token:viewer-token",
+    ]
     assert set(everyone["items"][0]) >= {"id", "channel_id", "owner", "started_at", "state"}
     page = (await w.client(TOKENS["admin"]).get("/api/v1/previews?offset=1&limit=1")).json()
     assert page["total"] == 3 and page["items"] == everyone["items"][1:2]
@@ -322,7 +326,8 @@ async def test_opens_and_ends_are_audited(whep: Any) -> None:
         ("viewer-token", "POST /whep/channels/{channel_id}", f"channel_id={CHANNEL}", "409"),
         ("viewer-token", "POST /whep/channels/{channel_id}", f"channel_id={CHANNEL}", "201"),
     ]
-    assert re.fullmatch(f"channel {CHANNEL} of viewer-token, watched 4[2-9] s", items[0]["detail"])
+    ended = f"channel {CHANNEL} of token:viewer-token, watched 4[2-9] s"
+    assert re.fullmatch(ended, items[0]["detail"])
     assert items[1]["detail"] == "refused: device 34020000001180000001 is offline"
     assert items[2]["detail"] == f"session {sid}"
 
@@ -442,3 +447,30 @@ async def test_a_player_leaving_mid_offer_is_not_a_gateway_error(whep: Any) -> N
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
     assert w.gw.metrics.get("api.error") == 0
     assert w.fake.offers == []
+
+
+async def test_a_user_named_like_a_token_does_not_own_its_previews(whep: Any) -> None:
+    """Ownership is the principal's kind and name: a console user called ``viewer-token`` is
+    not the token of that name."""
+    w = await whep()
+    admin = w.client(TOKENS["admin"])
+    made = await admin.post(
+        "/api/v1/users",
+        json={"username": "viewer-token", "password": "a long enough password", "role": "viewer"},
+    )
+    assert made.status_code == 201, made.text
+    login = await w.client(None).post(
+        "/api/v1/auth/login",
+        json={"username": "viewer-token", "password": "a long enough password"},
+    )
+    assert login.status_code == 200, login.text
+    namesake = w.client(login.json()["token"])
+    viewer = w.client(TOKENS["viewer"])
+    where = (await viewer.post(f"/whep/channels/{CHANNEL}", content=OFFER, headers=SDP)).headers[
+        "location"
+    ]
+    assert w.fake.offers[-1][2] == "token:viewer-token"
+    assert (await namesake.get("/api/v1/previews")).json()["total"] == 0
+    assert (await namesake.delete(where)).status_code == 404
+    assert w.fake.active == 1
+    assert (await viewer.delete(where)).status_code == 200
