@@ -46,6 +46,8 @@ from typing import Any
 import pytest
 
 from conformance.peers.device import SimDevice
+from gateway.metrics import Metrics
+from gateway.sip import Endpoint, TimerConfig
 from tests.api.conftest import Api
 from tests.conftest import sim, wait_for
 
@@ -60,6 +62,7 @@ CHROMIUM = shutil.which("chromium")
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "bench" / "out" / "console"
 NVR = "34020000001180000077"
+TS_NVR = "34020000001180000078"  # streams MPEG-TS (payload type 33): refused with 415
 USER, PASSWORD = "watcher", "preview-Pa55word"
 CHROMIUM_WEBRTC_FLAGS = [
     "--allow-loopback-in-peer-connection",
@@ -218,9 +221,11 @@ async def test_the_console_plays_channels_in_a_grid_and_ends_their_sessions(
         await page.screenshot(path=str(SHOTS / "preview-grid.png"))
 
         # -- closing a tile ends its session and, its last viewer gone, the device leg ---------
+        deleted = api.gw.metrics.get("preview.ended.deleted")
         await page.click(f'[data-player="{one}"] button[data-close="{one}"]')
         await page.wait_for_selector(f'[data-player="{one}"]', state="detached")
         await previews_become(api, [two])
+        assert api.gw.metrics.get("preview.ended.deleted") == deleted + 1  # by its DELETE
         await wait_for(lambda: not streaming(dev, one), 10, "BYE for channel 1")
         assert streaming(dev, two)
         await plays(page, two)
@@ -261,8 +266,10 @@ async def test_the_console_plays_channels_in_a_grid_and_ends_their_sessions(
         await previews_become(api, [one, two, three])
 
         # -- leaving the page ends every session it had (pagehide, keepalive DELETE) -----------
+        deleted = api.gw.metrics.get("preview.ended.deleted")
         await page.goto("about:blank")
         await previews_become(api, [])
+        assert api.gw.metrics.get("preview.ended.deleted") == deleted + 3
         for channel in (one, two, three):
             await wait_for(lambda c=channel: not streaming(dev, c), 10, f"BYE for {channel}")
 
@@ -271,4 +278,84 @@ async def test_the_console_plays_channels_in_a_grid_and_ends_their_sessions(
         assert all(u.startswith((api.base + "/", "about:", "data:")) for u in requests), requests
     finally:
         dev.stop()
+        await context.close()
+
+
+@pytest.fixture
+async def second_endpoint() -> AsyncIterator[Endpoint]:
+    ep = Endpoint(metrics=Metrics(), timers=TimerConfig(t1=0.1, t2=0.4, t4=0.5))
+    await ep.start("127.0.0.1", 0)
+    yield ep
+    await ep.close()
+
+
+async def test_refusals_show_the_gateways_words_in_the_tile(
+    start_api: Callable[..., Awaitable[Api]],
+    device_endpoint: Any,
+    second_endpoint: Endpoint,
+    browser: Browser,
+) -> None:
+    """In English this time: a device streaming MPEG-TS (a codec the gateway cannot take apart)
+    gets the 415 and its reason; with the preview limit reached, the next tile gets the 503,
+    its reason and the Retry-After; the playing tile is not disturbed."""
+    api = await start_api(
+        downlink={"response_timeout": 1.5, "idle_timeout": 0.5},
+        media=MEDIA,
+        preview={"ice_addresses": ["127.0.0.1"], "max_sessions": 1},
+    )
+    assert api.gw.api is not None
+    await api.gw.api.auth.add_user(USER, PASSWORD, "viewer")
+    nvr = sim(device_endpoint, api.gw, NVR, channel_count=2)
+    ts = sim(second_endpoint, api.gw, TS_NVR, channel_count=1, payload_type=33)
+    for dev in (nvr, ts):
+        dev.install()
+        assert (await dev.register()).status == 200
+    for device_id in (NVR, TS_NVR):
+        await wait_for(
+            lambda d=device_id: api.gw.registrar.devices[d].synced_at > 0, 20, "catalog sync"
+        )
+    one, two = nvr.channel_ids()
+    [mpeg_ts] = ts.channel_ids()
+
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    try:
+        await page.goto(api.base + "/")
+        await page.click("#lang-switch")
+        await page.fill("#login-username", USER)
+        await page.fill("#login-password", PASSWORD)
+        await page.click("#login-submit")
+        await page.click('#nav a[data-nav="tree"]')
+        await page.click('li[data-node="_unassigned"] > .twisty', timeout=UI_WAIT)
+        for device_id in (TS_NVR, NVR):
+            await page.click(f'li[data-node="{device_id}"] > .twisty', timeout=UI_WAIT)
+
+        async def refused(channel: str, status: int) -> tuple[str, Any]:
+            async with page.expect_response(
+                lambda r: r.url.endswith(f"/whep/channels/{channel}")
+            ) as r:
+                await page.click(f'li[data-node="{channel}"] button[data-play="{channel}"]')
+            answer = await r.value
+            assert answer.status == status
+            sel = f'[data-player="{channel}"][data-state="error"][data-status="{status}"]'
+            await page.wait_for_selector(sel, timeout=UI_WAIT)
+            told = await page.locator(f"{sel} .player-status").inner_text()
+            assert (await answer.json())["error"] in told, told
+            return told, answer
+
+        told, _ = await refused(mpeg_ts, 415)
+        assert told.startswith("The browser cannot play this channel's codec (HTTP 415)"), told
+        await previews_become(api, [])
+
+        await page.click(f'li[data-node="{one}"] button[data-play="{one}"]')
+        await plays(page, one)
+        told, answer = await refused(two, 503)
+        assert told.startswith("Preview not possible now (HTTP 503)"), told
+        assert f"Try again in {answer.headers['retry-after']} s" in told, told
+        await page.locator("#players").screenshot(path=str(SHOTS / "preview-refused.png"))
+        await plays(page, one)
+        await previews_become(api, [one])
+    finally:
+        nvr.stop()
+        ts.stop()
         await context.close()

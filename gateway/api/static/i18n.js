@@ -370,7 +370,7 @@ const en = {
   "preview.close": "Close preview",
   "preview.close_all": "Close all",
   "preview.retry": "Retry",
-  "preview.count": "{0} playing",
+  "preview.count": "{0} channels",
   "preview.connecting": "Connecting…",
   "preview.starting": "Waiting for the picture…",
   "preview.unstable": "Connection interrupted, waiting…",

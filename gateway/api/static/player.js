@@ -224,15 +224,18 @@ class Player {
     this.setState("error", ...lines);
   }
 
-  // Ends the session (the peer connection, and the gateway's side with a DELETE); the tile
-  // stays. Resolves when the gateway has answered the DELETE.
+  // Ends the session: the gateway's side with a DELETE, then the peer connection (closed after
+  // the DELETE is answered, so that the gateway hears "deleted" rather than a DTLS close racing
+  // it). The tile stays. Resolves when the gateway has answered.
   stop(keepalive = false) {
     if (this.done) return Promise.resolve();
     this.done = true;
-    if (this.pc) this.pc.close();
     this.video.srcObject = null;
     this.size.textContent = "";
-    return this.release(keepalive);
+    const pc = this.pc;
+    const released = this.release(keepalive);
+    if (pc) released.finally(() => pc.close());
+    return released;
   }
 
   release(keepalive) {
