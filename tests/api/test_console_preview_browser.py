@@ -76,6 +76,20 @@ MEDIA = {
     "rtp_timeout": 3.0,
     "invite_timeout": 3.0,
 }
+# Chromium starting on a busy machine can hold the loop long enough for the gateway to shed a
+# REGISTER with 503; this test is not about overload.
+NO_SHEDDING = {"enabled": False}
+
+PCS = """(() => {
+  const Real = window.RTCPeerConnection;
+  window.__pcs = [];
+  window.RTCPeerConnection = class extends Real {
+    constructor(...args) {
+      super(...args);
+      window.__pcs.push(this);
+    }
+  };
+})();"""
 
 # What the page's <video> of a channel shows: size and decoded frames.
 VIDEO = """ch => {
@@ -159,6 +173,7 @@ async def test_the_console_plays_channels_in_a_grid_and_ends_their_sessions(
         media=MEDIA,
         preview={"ice_addresses": ["127.0.0.1"]},
         http={"sse_interval": 0.2},
+        overload=NO_SHEDDING,
     )
     assert api.gw.api is not None
     await api.gw.api.auth.add_user(USER, PASSWORD, "viewer")
@@ -297,11 +312,14 @@ async def test_refusals_show_the_gateways_words_in_the_tile(
 ) -> None:
     """In English this time: a device streaming MPEG-TS (a codec the gateway cannot take apart)
     gets the 415 and its reason; with the preview limit reached, the next tile gets the 503,
-    its reason and the Retry-After; the playing tile is not disturbed."""
+    its reason and the Retry-After; the playing tile is not disturbed. Then the playing tile's
+    connection fails (as Chromium says once ICE consent is lost): the tile says so and the
+    session is DELETEd."""
     api = await start_api(
         downlink={"response_timeout": 1.5, "idle_timeout": 0.5},
         media=MEDIA,
         preview={"ice_addresses": ["127.0.0.1"], "max_sessions": 1},
+        overload=NO_SHEDDING,
     )
     assert api.gw.api is not None
     await api.gw.api.auth.add_user(USER, PASSWORD, "viewer")
@@ -318,6 +336,8 @@ async def test_refusals_show_the_gateways_words_in_the_tile(
     [mpeg_ts] = ts.channel_ids()
 
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    # Keeps a hand on the page's peer connections, to make one say "failed".
+    await context.add_init_script(PCS)
     page = await context.new_page()
     try:
         await page.goto(api.base + "/")
@@ -355,6 +375,21 @@ async def test_refusals_show_the_gateways_words_in_the_tile(
         await page.locator("#players").screenshot(path=str(SHOTS / "preview-refused.png"))
         await plays(page, one)
         await previews_become(api, [one])
+
+        deleted = api.gw.metrics.get("preview.ended.deleted")
+        await page.evaluate(
+            """() => {
+              const pc = window.__pcs.find((p) => p.connectionState === "connected");
+              Object.defineProperty(pc, "connectionState", { value: "failed" });
+              pc.dispatchEvent(new Event("connectionstatechange"));
+            }"""
+        )
+        sel = f'[data-player="{one}"][data-state="error"][data-status="0"] .player-status'
+        await page.wait_for_selector(sel, timeout=UI_WAIT)
+        assert await page.inner_text(sel) == "The media connection failed (ICE/DTLS)"
+        await previews_become(api, [])
+        assert api.gw.metrics.get("preview.ended.deleted") == deleted + 1
+        await wait_for(lambda: not streaming(nvr, one), 10, "BYE after the failure")
     finally:
         nvr.stop()
         ts.stop()
