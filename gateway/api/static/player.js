@@ -67,25 +67,31 @@ class Player {
     this.pc = null;
     this.resource = null; // the session's URL (the 201's Location) while the gateway holds it
     this.done = false; // the session is over (closed, failed, refused or ended by the gateway)
-    this.status = null; // [i18n key, ...args] of the text shown over the picture
+    this.status = null; // the lines of text shown over the picture (see say())
     this.video = h("video", { autoplay: true, muted: true, playsinline: true, "data-video": this.id });
     this.video.muted = true; // the property, not only the attribute: muted autoplay needs no gesture
     this.text = h("div", { class: "player-status", role: "status" });
     this.size = h("span", { class: "player-size" });
     this.retryBtn = h("button", { class: "small", "data-retry": this.id, hidden: true, onclick: () => restart(this) });
     this.closeBtn = h("button", { class: "x", "data-close": this.id, onclick: () => this.close() }, "×");
+    // Sound is off at first (muted autoplay needs no click); shown once the gateway sends audio.
+    this.soundBtn = h("button", { class: "small", "data-sound": this.id, hidden: true, onclick: () => this.toggleSound() });
     this.el = h(
       "div",
       { class: "player", "data-player": this.id, "data-state": "connecting" },
       h("div", { class: "player-head" },
         h("span", { class: "player-name", title: this.id }, channel.name || this.id),
         this.size,
+        this.soundBtn,
         this.retryBtn,
         this.closeBtn),
       h("div", { class: "player-body" }, this.video, this.text)
     );
     this.video.addEventListener("playing", () => {
       if (!this.done) this.setState("playing", null);
+    });
+    this.video.addEventListener("dblclick", () => {
+      if (this.video.requestFullscreen) this.video.requestFullscreen().catch(() => {});
     });
     this.video.addEventListener("resize", () => {
       this.size.textContent = this.video.videoWidth ? `${this.video.videoWidth}×${this.video.videoHeight}` : "";
@@ -96,13 +102,20 @@ class Player {
   relabel() {
     this.closeBtn.title = t("preview.close");
     this.closeBtn.setAttribute("aria-label", t("preview.close"));
+    this.soundBtn.textContent = this.video.muted ? "🔇" : "🔊";
+    this.soundBtn.title = t(this.video.muted ? "preview.sound_on" : "preview.sound_off");
+    this.video.title = t("preview.fullscreen");
     this.retryBtn.textContent = t("preview.retry");
     if (this.status) this.text.textContent = this.status.map(say).join("\n");
   }
 
+  toggleSound() {
+    this.video.muted = !this.video.muted;
+    this.relabel();
+  }
+
   // state: connecting | starting | playing | unstable | error | ended. status: what the text
-  // over the picture says, as parts: [key, ...args] (translated) or plain strings (the
-  // gateway's own words), one line each; null: nothing (the picture shows).
+  // over the picture says, one line per part (see say()); null: nothing (the picture shows).
   setState(state, ...status) {
     this.el.dataset.state = state;
     this.status = status[0] === null ? null : status;
@@ -126,7 +139,10 @@ class Player {
     pc.addTransceiver("audio", { direction: "recvonly" });
     const stream = new MediaStream();
     this.video.srcObject = stream;
-    pc.addEventListener("track", (ev) => stream.addTrack(ev.track));
+    pc.addEventListener("track", (ev) => {
+      stream.addTrack(ev.track);
+      if (ev.track.kind === "audio") this.soundBtn.hidden = false;
+    });
     pc.addEventListener("connectionstatechange", () => this.connectionChanged());
     try {
       await pc.setLocalDescription(await pc.createOffer());
@@ -232,6 +248,7 @@ class Player {
     this.done = true;
     this.video.srcObject = null;
     this.size.textContent = "";
+    this.soundBtn.hidden = true;
     const pc = this.pc;
     const released = this.release(keepalive);
     if (pc) released.finally(() => pc.close());
