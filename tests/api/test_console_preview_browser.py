@@ -19,12 +19,15 @@ Chromium flags, and why (each was removed in turn to see what breaks):
   as a peer-reflexive pair. On a host with loopback only (a container without network, checked
   with ``unshare -n``) nothing connects without it.
 * ``--disable-features=WebRtcHideLocalIpsWithMdns``: Chromium hides its host addresses behind
-  random ``<uuid>.local`` mDNS names, which aiortc cannot resolve (again only peer-reflexive
-  discovery saves the day on a host with a LAN). On a loopback-only host the mDNS registration
-  never finishes, ICE gathering never completes and no candidate is offered: with the flag, the
-  real addresses go in the offer. Chromium keeps only the LAST ``--disable-features`` switch, so
-  this one replaces Playwright's own list (features of its request interception and of Google
-  services at start-up, none of which this test uses).
+  random ``<uuid>.local`` mDNS names. On a loopback-only host their registration never
+  finishes, ICE gathering never completes and nothing connects; with the flag the real
+  addresses go in the offer. On a host with a LAN the names cost something too: aioice tries
+  to resolve them by multicast, with an asyncio lock it keeps per thread, bound to the first
+  event loop that used it; in a process that has run an earlier loop (pytest: one per test)
+  the gateway then answers the offer 400 ("... is bound to a different event loop"). Chromium
+  keeps only the LAST ``--disable-features`` switch, so this one replaces Playwright's own list
+  (features of its request interception and of Google services at start-up, none of which this
+  test uses).
 * Not needed: ``--autoplay-policy=no-user-gesture-required`` (a muted ``<video autoplay>`` plays
   without a gesture) and ``--use-fake-ui-for-media-stream`` (nothing asks for camera or
   microphone: the transceivers are receive-only).
