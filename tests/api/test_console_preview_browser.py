@@ -49,6 +49,7 @@ from typing import Any
 import pytest
 
 from conformance.peers.device import SimDevice
+from gateway.manscdp import CatalogItem
 from gateway.metrics import Metrics
 from gateway.sip import Endpoint, TimerConfig
 from tests.api.conftest import Api
@@ -66,6 +67,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "bench" / "out" / "console"
 NVR = "34020000001180000077"
 TS_NVR = "34020000001180000078"  # streams MPEG-TS (payload type 33): refused with 415
+ALARM_IN = "34020000001340000001"  # an alarm input (type 134): a channel without a picture
 USER, PASSWORD = "watcher", "preview-Pa55word"
 CHROMIUM_WEBRTC_FLAGS = [
     "--allow-loopback-in-peer-connection",
@@ -180,7 +182,8 @@ async def test_the_console_plays_channels_in_a_grid_and_ends_their_sessions(
     )
     assert api.gw.api is not None
     await api.gw.api.auth.add_user(USER, PASSWORD, "viewer")
-    dev = sim(device_endpoint, api.gw, NVR, channel_count=3)
+    alarm_input = CatalogItem(device_id=ALARM_IN, name="报警输入1", parent_id=NVR, status="ON")
+    dev = sim(device_endpoint, api.gw, NVR, channel_count=3, catalog_extra_items=[alarm_input])
     dev.install()
     assert (await dev.register()).status == 200
     await wait_for(lambda: api.gw.registrar.devices[NVR].synced_at > 0, 20, "catalog sync")
@@ -210,9 +213,12 @@ async def test_the_console_plays_channels_in_a_grid_and_ends_their_sessions(
         await page.click('#nav a[data-nav="devices"]')
         await page.click(f'tr[data-device="{NVR}"] a', timeout=UI_WAIT)
         await page.wait_for_function(
-            "() => document.querySelectorAll('tr[data-channel]').length === 3", timeout=UI_WAIT
+            "() => document.querySelectorAll('tr[data-channel]').length === 4", timeout=UI_WAIT
         )
         assert await page.locator("#players").is_hidden()
+        # Every camera has its play button; the alarm input has none.
+        assert await page.locator("tr[data-channel] button[data-play]").count() == 3
+        assert await page.locator(f'tr[data-channel="{ALARM_IN}"] button').count() == 0
 
         # -- play channel 1 from the channel list: the <video> really plays the clip -----------
         await page.click(f'tr[data-channel="{one}"] button[data-play="{one}"]')
@@ -232,6 +238,8 @@ async def test_the_console_plays_channels_in_a_grid_and_ends_their_sessions(
         await page.click('li[data-node="_unassigned"] > .twisty', timeout=UI_WAIT)
         await page.click(f'li[data-node="{NVR}"] > .twisty', timeout=UI_WAIT)
         await page.click(f'li[data-node="{two}"] button[data-play="{two}"]', timeout=UI_WAIT)
+        await page.wait_for_selector(f'li[data-node="{ALARM_IN}"]')
+        assert await page.locator(f'li[data-node="{ALARM_IN}"] button[data-play]').count() == 0
         await plays(page, two)
         await plays(page, one)  # the route changed; the panel and its pictures did not
         assert await page.locator("[data-player]").count() == 2

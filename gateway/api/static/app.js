@@ -901,7 +901,7 @@ async function devicePage(view, deviceId) {
     name: "channels",
     path: `${path}/channels`,
     columns: [
-      { label: "", value: (c) => playButton(c), cls: "play-cell" },
+      { label: "", value: (c) => (P.canPreview(c.id) ? playButton(c) : ""), cls: "play-cell" },
       { label: t("field.id"), value: (c) => c.id, cls: "mono" },
       { label: t("field.name"), value: (c) => c.name || "" },
       { label: t("field.status"), value: (c) => h("span", { class: `badge ${c.online ? "on" : "off"}` }, c.online ? t("common.online") : t("common.offline")) },
@@ -920,7 +920,7 @@ async function devicePage(view, deviceId) {
   // The device's own play button: the online channels of the list's page, as many as the grid
   // takes (a 16-channel NVR fills it).
   playAll.addEventListener("click", () => {
-    const online = channels.state.items.filter((c) => c.online);
+    const online = channels.state.items.filter((c) => c.online && P.canPreview(c.id));
     if (!online.length) notify(t("preview.none_online"), "error");
     for (const c of online) if (!P.play(c)) break;
   });
@@ -945,7 +945,8 @@ async function devicePage(view, deviceId) {
 
 function channelTools(device, channel) {
   const base = `/devices/${encodeURIComponent(device.id)}/channels/${encodeURIComponent(channel.id)}`;
-  const out = [h("h3", { class: "picked-name" }, `${channel.name || ""} `, h("code", {}, channel.id)), h("div", { class: "toolbar" }, playButton(channel, true))];
+  const out = [h("h3", { class: "picked-name" }, `${channel.name || ""} `, h("code", {}, channel.id))];
+  if (P.canPreview(channel.id)) out.push(h("div", { class: "toolbar" }, playButton(channel, true)));
   if (can("operator")) {
     // PTZ: a move while the button is held, stop on release. Commands are chained so a stop can
     // never overtake the move it ends.
@@ -1079,7 +1080,10 @@ function treeNode(node) {
   const label = h("span", { class: "node-label" }, h("span", { class: `icon k-${node.kind}`, title: t(`tree.${node.kind}`) }, t(`tree.${node.kind}`).slice(0, getLang() === "zh" ? 1 : 2)), " ",
     node.kind === "device" ? devLink(node.id) : node.kind === "unit" && node.id !== "_unassigned" ? link(`#/units/${encodeURIComponent(node.id)}`, name) : name);
   if (node.kind === "device" && node.id !== name) label.append(" ", h("span", { class: "muted" }, name));
-  if (node.kind === "channel") label.append(" ", h("code", { class: "muted" }, node.id), " ", playButton(node));
+  if (node.kind === "channel") {
+    label.append(" ", h("code", { class: "muted" }, node.id));
+    if (P.canPreview(node.id)) label.append(" ", playButton(node));
+  }
   li.append(toggle, label);
   if (node.kind === "device") li.append(" ", statusBadge(node.online, node.id));
   else if (node.kind === "channel") li.append(" ", h("span", { class: `badge ${node.online ? "on" : "off"}` }, node.online ? t("common.online") : t("common.offline")));

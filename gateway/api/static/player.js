@@ -24,6 +24,14 @@ const GATHER_TIMEOUT_MS = 2000;
 const KNOWN = new Set([0, 400, 401, 403, 404, 409, 415, 503]);
 
 const players = new Map(); // channel id -> Player
+// GB/T 28181 Appendix D type codes (ID digits 11-13) of channels that have no picture: a
+// display, alarm inputs and outputs, voice input and output. They get no play button; any
+// other ID (cameras 131/132, encoders, non-standard IDs) does, and the gateway decides.
+const NO_PICTURE = new Set(["133", "134", "135", "136", "137"]);
+
+export function canPreview(channelId) {
+  return !(/^\d{20}$/.test(channelId) && NO_PICTURE.has(channelId.slice(10, 13)));
+}
 
 function sessionIdOf(url) {
   try {
