@@ -6,14 +6,30 @@ the first PES; other packs carry neither. Video is stream ``0xE0`` with PSM ``st
 ``0x1B`` (H.264). PES packets hold at most 65 535 bytes after their length field, so a large
 frame is split over several PES packets of the same pack; only the first carries the PTS.
 
-The muxer is a pure function; the demuxer is a sans-I/O state machine (bytes in, access units
-out) that tolerates arbitrary splits of its input and resynchronises on the next pack header
-after garbage.
+The muxer is a pure function. The demuxer is the gateway's (:mod:`gateway.media.ps`, a sans-I/O
+state machine that tolerates arbitrary splits and resynchronises on the next pack header after
+garbage), narrowed here to the video access units the suite counts and decodes.
 """
 
 from __future__ import annotations
 
+from gateway.media.ps import EsUnit, parse_pts
+from gateway.media.ps import PsDemuxer as _GatewayDemuxer
+
 from .clip import Frame
+
+__all__ = [
+    "MAX_PES_PAYLOAD",
+    "PsDemuxer",
+    "crc32_mpeg",
+    "pack_header",
+    "parse_pts",
+    "parse_scr",
+    "pes_packet",
+    "program_stream_map",
+    "ps_pack",
+    "system_header",
+]
 
 PACK_START = b"\x00\x00\x01\xba"
 SYSTEM_HEADER_ID = 0xBB
@@ -128,17 +144,6 @@ def parse_scr(header: bytes) -> int:
     )
 
 
-def parse_pts(field: bytes) -> int:
-    """The 33-bit timestamp in the 5-byte PTS/DTS field of a PES header."""
-    return (
-        ((field[0] >> 1) & 0x07) << 30
-        | field[1] << 22
-        | (field[2] >> 1) << 15
-        | field[3] << 7
-        | field[4] >> 1
-    )
-
-
 def crc32_mpeg(data: bytes) -> int:
     """CRC-32/MPEG-2 (polynomial 0x04C11DB7, no reflection, initial all ones; Annex A)."""
     crc = 0xFFFFFFFF
@@ -151,160 +156,44 @@ def crc32_mpeg(data: bytes) -> int:
 
 
 class PsDemuxer:
-    """Turns a PS byte stream into video access units, one per pack.
+    """The gateway's demuxer (:class:`gateway.media.ps.PsDemuxer`) seen as the suite uses it:
+    video access units only, as bytes, and the PTS of the last one in :attr:`pts`.
 
-    A pack is complete when the next pack header (or a program end code) arrives, or on
-    :meth:`flush`. Bytes that are not a well-formed pack header, system header, PSM or PES
-    packet are skipped up to the next ``00 00 01 BA``; each such run counts once in
-    :attr:`errors`, and the pack it interrupted is dropped. A video PES whose declared length
-    runs over a pack start code was cut short; the demuxer resumes at that pack header.
+    The demultiplexing code exists once, in the gateway; this wrapper only narrows its output.
     """
 
     def __init__(self) -> None:
-        self.keyframe_packs = 0
-        self.errors = 0
-        self.packs = 0
-        self.stream_types: dict[int, int] = {}
+        self._demuxer = _GatewayDemuxer()
         self.pts: int | None = None  # PTS of the last access unit returned
-        self._buf = bytearray()
-        self._in_pack = False
-        self._pack_key = False
-        self._pack_pts: int | None = None
-        self._parts: list[bytes] = []
-        self._syncing = False
+
+    @property
+    def keyframe_packs(self) -> int:
+        return self._demuxer.keyframe_packs
+
+    @property
+    def errors(self) -> int:
+        return self._demuxer.errors
+
+    @property
+    def packs(self) -> int:
+        return self._demuxer.packs
+
+    @property
+    def stream_types(self) -> dict[int, int]:
+        return self._demuxer.stream_types
 
     def feed(self, data: bytes) -> list[bytes]:
         """Consume PS bytes; return the access units of the packs they completed."""
-        self._buf += data
-        out: list[bytes] = []
-        pos = self._parse(out)
-        del self._buf[:pos]
-        return out
+        return self._video(self._demuxer.feed(data))
 
     def flush(self) -> list[bytes]:
         """End the current pack (returning its access unit); an unfinished tail is an error."""
+        return self._video(self._demuxer.flush())
+
+    def _video(self, units: list[EsUnit]) -> list[bytes]:
         out: list[bytes] = []
-        if self._buf:
-            tail = bytes(self._buf[:4])
-            if not self._syncing:
-                self.errors += 1
-                if not PACK_START.startswith(tail):  # the tail is part of the current pack
-                    self._in_pack = False
-                    self._parts.clear()
-            self._buf.clear()
-        self._end_pack(out)
-        self._syncing = False
+        for unit in units:
+            if unit.kind == "video":
+                out.append(unit.data)
+                self.pts = unit.pts
         return out
-
-    def _parse(self, out: list[bytes]) -> int:
-        buf = self._buf
-        size = len(buf)
-        pos = 0
-        while True:
-            if self._syncing:
-                found = buf.find(PACK_START, pos)
-                if found < 0:
-                    return max(pos, size - 3)  # keep a possible start-code prefix
-                pos = found
-                self._syncing = False
-            if size - pos < 4:
-                return pos
-            if buf[pos] != 0 or buf[pos + 1] != 0 or buf[pos + 2] != 1:
-                pos = self._lose_sync(pos)
-                continue
-            stream_id = buf[pos + 3]
-            if stream_id == 0xBA:
-                if size - pos < 14:
-                    return pos
-                if buf[pos + 4] >> 6 != 0b01:  # not MPEG-2 (an MPEG-1 pack or garbage)
-                    pos = self._lose_sync(pos)
-                    continue
-                length = 14 + (buf[pos + 13] & 0x07)
-                if size - pos < length:
-                    return pos
-                self._end_pack(out)
-                self._in_pack = True
-                self.packs += 1
-                pos += length
-                continue
-            if stream_id == PROGRAM_END_ID:
-                self._end_pack(out)
-                pos += 4
-                continue
-            if stream_id < PROGRAM_END_ID or not self._in_pack:
-                pos = self._lose_sync(pos)
-                continue
-            if size - pos < 6:
-                return pos
-            length = 6 + int.from_bytes(buf[pos + 4 : pos + 6], "big")
-            if size - pos < length:
-                return pos
-            if 0xE0 <= stream_id <= 0xEF:
-                # 00 00 01 BA cannot occur inside H.264 (0xBA sets forbidden_zero_bit), so one
-                # inside a video PES means the PES was cut short: resume at that pack header.
-                cut = buf.find(PACK_START, pos + 6, pos + length)
-                if cut >= 0:
-                    self._lose_sync(pos)
-                    pos = cut
-                    continue
-            packet = bytes(buf[pos : length + pos])
-            if not self._packet(stream_id, packet):
-                pos = self._lose_sync(pos)
-                continue
-            pos += length
-
-    def _packet(self, stream_id: int, packet: bytes) -> bool:
-        """Take one system header, PSM or PES packet of the current pack; False if malformed."""
-        if stream_id == SYSTEM_HEADER_ID:
-            self._pack_key = True
-            return len(packet) >= 12
-        if stream_id == PSM_ID:
-            self._pack_key = True
-            return self._psm(packet)
-        if 0xE0 <= stream_id <= 0xEF:
-            if len(packet) < 9 or packet[6] >> 6 != 0b10:
-                return False
-            start = 9 + packet[8]
-            if start > len(packet):
-                return False
-            if packet[7] & 0x80 and packet[8] >= 5 and self._pack_pts is None:
-                self._pack_pts = parse_pts(packet[9:14])
-            self._parts.append(packet[start:])
-        return True  # audio, padding and private streams are skipped
-
-    def _psm(self, packet: bytes) -> bool:
-        if len(packet) < 16:
-            return False
-        info_end = 12 + int.from_bytes(packet[8:10], "big")
-        if info_end > len(packet):
-            return False
-        map_end = info_end + int.from_bytes(packet[info_end - 2 : info_end], "big")
-        if map_end + 4 > len(packet):
-            return False
-        at = info_end
-        while at + 4 <= map_end:
-            self.stream_types[packet[at + 1]] = packet[at]
-            at += 4 + int.from_bytes(packet[at + 2 : at + 4], "big")
-        return True
-
-    def _end_pack(self, out: list[bytes]) -> None:
-        if self._in_pack:
-            if self._pack_key:
-                self.keyframe_packs += 1
-            if self._parts:
-                out.append(b"".join(self._parts))
-                self.pts = self._pack_pts
-        self._in_pack = False
-        self._pack_key = False
-        self._pack_pts = None
-        self._parts.clear()
-
-    def _lose_sync(self, pos: int) -> int:
-        """Drop the pack in progress and skip to the next pack start code after ``pos``."""
-        self.errors += 1
-        self._syncing = True
-        self._in_pack = False
-        self._pack_key = False
-        self._pack_pts = None
-        self._parts.clear()
-        return pos + 1
