@@ -1,0 +1,195 @@
+"""What :meth:`Previews.open` refuses, with which status, and that each refusal is counted and
+leaves nothing behind (no feed, no local session, the device's leg freed)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiortc import RTCRtpSender
+
+import gateway.preview.service as service
+from gateway.preview import PreviewError
+from gateway.preview.service import H265_MESSAGE, announce
+from tests.conftest import wait_for
+from tests.media.rig import Rig
+from tests.preview.conftest import ViewerClient
+
+pytestmark = pytest.mark.timeout(60)
+
+Make = Callable[..., Awaitable[Rig]]
+Viewers = Callable[..., ViewerClient]
+
+
+async def refused(rig: Rig, offer: str, channel: str | None = None) -> PreviewError:
+    with pytest.raises(PreviewError) as caught:
+        await rig.gw.previews.open(channel or rig.channel, offer, owner="tester")
+    assert rig.gw.metrics.get(f"preview.refused.{caught.value.status}") >= 1
+    return caught.value
+
+
+async def nothing_left(rig: Rig) -> None:
+    previews = rig.gw.previews
+    assert previews.active == 0 and previews.sessions() == []
+    await wait_for(lambda: not previews.feeds and not rig.media.local, 10, "feed stopped")
+
+
+async def test_an_offer_that_is_not_sdp_or_has_no_video_is_400(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig()
+    assert (await refused(rig, "hello")).status == 400
+    assert (await refused(rig, "v=0\r\nbroken")).status == 400
+    good = await viewers().offer()
+    no_fingerprint = "\r\n".join(
+        line for line in good.split("\r\n") if not line.startswith("a=fingerprint:")
+    )
+    assert (await refused(rig, no_fingerprint)).status == 400
+    no_ice = "\r\n".join(line for line in good.split("\r\n") if not line.startswith("a=ice-pwd:"))
+    assert (await refused(rig, no_ice)).status == 400
+    audio_only = await viewers(video=False, audio=True).offer()
+    error = await refused(rig, audio_only)
+    assert error.status == 400 and "video" in error.message
+    assert rig.nvr.invites == [], "nothing asked of the device for a bad offer"
+    await nothing_left(rig)
+
+
+async def test_an_offer_without_h264_is_415(preview_rig: Make, viewers: Viewers) -> None:
+    rig = await preview_rig()
+    client = viewers()
+    vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/VP8"]
+    client.pc.getTransceivers()[0].setCodecPreferences(vp8)
+    error = await refused(rig, await client.offer())
+    assert error.status == 415 and "H.264" in error.message
+    assert rig.nvr.invites == [], "refused before the device is asked"
+    await nothing_left(rig)
+
+
+async def test_an_h265_channel_is_415_saying_the_browser_cannot_take_it(
+    preview_rig: Make, viewers: Viewers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = service.depacketiser
+
+    class AsH265:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def push(self, packet: bytes) -> list[Any]:
+            units = self.inner.push(packet)
+            return [dataclasses.replace(u, codec="h265") for u in units]
+
+    def h265(encoding: str) -> Any:
+        receiver, sets = made(encoding)  # type: ignore[misc]
+        return AsH265(receiver), sets
+
+    monkeypatch.setattr(service, "depacketiser", h265)
+    rig = await preview_rig()
+    error = await refused(rig, await viewers().offer())
+    assert error.status == 415 and error.message == H265_MESSAGE and "H.265" in error.message
+    await nothing_left(rig)
+    await wait_for(lambda: any(s.ended for s in rig.nvr.media_sessions.values()), 10, "BYE")
+
+
+async def test_unknown_channel_404_offline_device_409(preview_rig: Make, viewers: Viewers) -> None:
+    rig = await preview_rig()
+    offer = await viewers().offer()
+    assert (await refused(rig, offer, "34020000001310009999")).status == 404
+    await rig.nvr.unregister()
+    await wait_for(lambda: not rig.gw.downlink.device(rig.channel).online, 5, "offline")  # type: ignore[union-attr]
+    assert (await refused(rig, offer)).status == 409
+    await nothing_left(rig)
+
+
+async def test_a_device_that_refuses_is_503(preview_rig: Make, viewers: Viewers) -> None:
+    rig = await preview_rig(invite_refuse=486)
+    error = await refused(rig, await viewers().offer())
+    assert error.status == 503 and "486" in error.message and error.retry_after
+    await nothing_left(rig)
+
+
+async def test_no_key_frame_in_time_is_503(preview_rig: Make, viewers: Viewers) -> None:
+    rig = await preview_rig(media_mute=True, preview={"first_frame_timeout": 1.0})
+    error = await refused(rig, await viewers().offer())
+    assert error.status == 503 and "key frame" in error.message
+    await nothing_left(rig)
+    await wait_for(lambda: any(s.ended for s in rig.nvr.media_sessions.values()), 10, "BYE")
+
+
+async def test_the_session_limit_is_503_with_retry_after(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig(preview={"max_sessions": 1})
+    first = viewers()
+    _, answer = await rig.gw.previews.open(rig.channel, await first.offer(), owner="a")
+    await first.accept(answer)
+    error = await refused(rig, await viewers().offer())
+    assert error.status == 503 and error.retry_after and "limit" in error.message
+    assert rig.gw.previews.active == 1
+
+
+async def test_the_answer_has_loopback_host_candidates_only_and_no_stun(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig()
+    session_id, answer = await rig.gw.previews.open(rig.channel, await viewers().offer(), owner="a")
+    candidates = [line for line in answer.splitlines() if line.startswith("a=candidate:")]
+    assert candidates and all(" 127.0.0.1 " in c and "typ host" in c for c in candidates)
+    assert "a=rtpmap:" in answer and "H264/90000" in answer and "VP8" not in answer
+    pc = rig.gw.previews._sessions[session_id].pc
+    assert pc is not None
+    ice = pc.getTransceivers()[0].sender.transport.transport
+    # None would have made aiortc use Google's public STUN server.
+    assert ice.iceGatherer._connection.stun_server is None
+
+
+async def test_announce_host_rewrites_the_host_candidates(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig(preview={"announce_host": "203.0.113.7"})
+    _, answer = await rig.gw.previews.open(rig.channel, await viewers().offer(), owner="a")
+    candidates = [line for line in answer.splitlines() if line.startswith("a=candidate:")]
+    assert candidates and all(" 203.0.113.7 " in c for c in candidates)
+    assert "127.0.0.1" not in answer
+
+
+def test_announce_leaves_other_candidates_and_lines_alone() -> None:
+    sdp = (
+        "v=0\r\nc=IN IP4 10.0.0.5\r\n"
+        "a=candidate:1 1 udp 2130706431 10.0.0.5 5000 typ host\r\n"
+        "a=candidate:2 1 udp 1694498815 198.51.100.1 6000 typ srflx raddr 10.0.0.5 rport 5000\r\n"
+    )
+    out = announce(sdp, "203.0.113.7").splitlines()
+    assert out[1] == "c=IN IP4 203.0.113.7"
+    assert out[2] == "a=candidate:1 1 udp 2130706431 203.0.113.7 5000 typ host"
+    assert out[3].startswith("a=candidate:2 1 udp 1694498815 198.51.100.1 6000 typ srflx")
+
+
+async def test_a_feed_that_fails_unexpectedly_answers_500_at_once(
+    preview_rig: Make, viewers: Viewers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(encoding: str) -> Any:
+        raise RuntimeError("depacketiser bug")
+
+    monkeypatch.setattr(service, "depacketiser", broken)
+    rig = await preview_rig(preview={"first_frame_timeout": 60.0})
+    error = await refused(rig, await viewers().offer())
+    assert error.status == 500 and rig.gw.metrics.get("preview.feed.error") == 1
+    await nothing_left(rig)
+
+
+async def test_a_disabled_preview_refuses(preview_rig: Make, viewers: Viewers) -> None:
+    rig = await preview_rig(preview={"enabled": False})
+    error = await refused(rig, await viewers().offer())
+    assert error.status == 503 and "disabled" in error.message
+    assert rig.nvr.invites == []
+
+
+async def test_a_device_sending_neither_ps_nor_h264_is_415(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig(payload_type=33)  # answers MP2T/90000
+    error = await refused(rig, await viewers().offer())
+    assert error.status == 415 and "MP2T" in error.message
+    await nothing_left(rig)
