@@ -56,6 +56,7 @@ bench: install test-deps
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/edge.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/preview.py
 
 # Wire fuzzing against a gateway process for ten minutes (the test suite runs 40 seconds of it).
 # FUZZ_SECONDS and FUZZ_SEED change the run; the JSON report goes to stdout, exit 1 on findings.

@@ -412,6 +412,8 @@ class SimDevice:
 
     Media (reference §6; sessions in ``media_sessions`` by Call-ID):
 
+    * ``clip``: the H.264 frames streamed (:class:`~conformance.media.clip.Frame` objects; None,
+      the default: the 320x240 ``video_clip()``), e.g. a bigger clip for a bitrate bench.
     * ``live_frames``: live streams stop after this many frames (None: loop for ever).
     * ``playback_frames``: the most frames a playback/download sends (``t=`` span × ``fps``
       otherwise); then ``MediaStatus`` 121 goes in the dialog and the device waits for the BYE.
@@ -512,6 +514,7 @@ class SimDevice:
 
     # -- media (reference §6) ---------------------------------------------------------------
     fps: int = 25
+    clip: Sequence[Any] | None = None  # the frames streamed (None: ``video_clip()``)
     live_frames: int | None = None
     playback_frames: int = 50
     audio_outputs: int = 0
@@ -1818,7 +1821,7 @@ class SimDevice:
     def _media_plan(self, session: MediaSession) -> tuple[Sequence[Any], bool, int | None, int]:
         """(frames, loop, limit, bytes) of what the session will send: the clip looped for
         live view; ``t=`` × fps frames (at most ``playback_frames``) for history."""
-        clip = video_clip()
+        clip = self.clip or video_clip()
         if session.kind == "Play":
             return clip, True, self.live_frames, 0
         span = session.offer.stop - session.offer.start

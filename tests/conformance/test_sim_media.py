@@ -326,6 +326,22 @@ async def test_live_frames_limit_and_unknown_dialog(upper: SimPlatform, nvr: Sim
     assert resp.status == 481
 
 
+async def test_a_chosen_clip_is_streamed_instead_of_the_default(
+    upper: SimPlatform, nvr: SimDevice
+) -> None:
+    """``SimDevice.clip`` (the bigger picture bench/preview.py streams) replaces the default."""
+    from conformance.media.clip import h264_clip
+
+    nvr.clip = h264_clip(10, width=64, height=48, gop=5)
+    nvr.live_frames = 10
+    call = await upper.invite(NVR, nvr.channel_id(1))
+    session = nvr.media_sessions[call.call_id]
+    await asyncio.wait_for(session.end_reached.wait(), 3)
+    assert session.sender is not None and session.sender.clip == tuple(nvr.clip)
+    assert await call.receiver.wait_frames(10, 2) == 10
+    await call.bye()
+
+
 # -- voice broadcast ----------------------------------------------------------------------------
 
 
