@@ -64,6 +64,10 @@ HISTOGRAMS: dict[str, tuple[str, str]] = {
     "sync.seconds": ("gb_catalog_sync_seconds", "Catalog sync duration (query to applied)."),
     "store.write_seconds": ("gb_store_write_seconds", "SQLite store batch write duration."),
     "loop.lag_seconds": ("gb_event_loop_lag_seconds", "Event-loop lag, one check a half second."),
+    "preview.first_frame": (
+        "gb_preview_first_frame_seconds",
+        "Live preview: seconds from the WHEP POST to the first frame handed to the viewer.",
+    ),
 }
 
 
@@ -208,6 +212,7 @@ class GatewayCollector(Collector):
         yield from self._sync(counters)
         yield from self._subscriptions()
         yield from self._sessions()
+        yield from self._previews(counters)
         yield from self._uppers()
         yield from self._store(counters)
         yield from self._loop()
@@ -407,6 +412,44 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily("gb_relay_sent_bytes", f"RTP bytes sent {doc}.", value=out_bytes)
         yield GaugeMetricFamily(
             "gb_relay_dropped_packets", f"RTP packets dropped on output {doc}.", value=out_dropped
+        )
+
+    def _previews(self, counters: dict[str, int]) -> Iterable[Metric]:
+        """Live preview (``gateway.preview``): open now, and the ``preview.*`` counters as
+        families (``preview.refused.503`` -> ``gb_preview_refused_total{status="503"}``)."""
+        yield GaugeMetricFamily(
+            "gb_previews_active", "Live previews open now.", value=self.ctx.previews.active
+        )
+        yield CounterMetricFamily(
+            "gb_preview_started",
+            "Live previews opened (answered 201).",
+            value=float(counters.get("preview.started", 0)),
+        )
+        refused = CounterMetricFamily(
+            "gb_preview_refused", "Live previews refused, by HTTP status.", labels=["status"]
+        )
+        ended = CounterMetricFamily(
+            "gb_preview_ended",
+            "Live previews ended, by reason (deleted, ice_failed, closed, device_offline, "
+            "leg_ended, max_seconds, stopping, error).",
+            labels=["reason"],
+        )
+        for name, value in counters.items():
+            if name.startswith("preview.refused."):
+                refused.add_metric([name[16:]], float(value))
+            elif name.startswith("preview.ended."):
+                ended.add_metric([name[14:]], float(value))
+        yield refused
+        yield ended
+        yield CounterMetricFamily(
+            "gb_preview_sent_frames",
+            "Video frames handed to preview viewers (each viewer counted).",
+            value=float(counters.get("preview.frames_sent", 0)),
+        )
+        yield CounterMetricFamily(
+            "gb_preview_sent_bytes",
+            "Bytes of media handed to preview viewers (each viewer counted).",
+            value=float(counters.get("preview.bytes_sent", 0)),
         )
 
     # -- uppers, store, loop -----------------------------------------------------------------

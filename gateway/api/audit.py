@@ -1,7 +1,9 @@
 """The audit log: every write through the API (who, what, when, from where, the outcome).
 
 A middleware records each POST, PUT, PATCH and DELETE under ``/api/v1`` once it is answered,
-whether it succeeded or was refused (403 for a role too low), so no route can forget to. A
+whether it succeeded or was refused (403 for a role too low), so no route can forget to. The
+WHEP routes (``/whep/``) are audited the same way: a preview opened (who watched which channel,
+the session, or why it was refused) and one ended by ``DELETE`` (whose, after how long). A
 request without a valid token is not stored (a stranger could fill the log), only counted.
 ``action`` is the method and the route's path template (``PATCH /api/v1/units/{unit_id}``),
 ``target`` the path's values, ``detail`` what the route put in ``request.state.audit_detail``
@@ -25,8 +27,12 @@ from gateway.model import AuditEntry
 log = structlog.get_logger("gateway.api")
 
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+AUDITED = ("/api/", "/whep/")
+"""Path prefixes whose writes are audited."""
+WHEP = "/whep/"
 REFUSED_PER_MINUTE = 10
-"""Refused (403) writes stored and logged per principal a minute; the rest are counted."""
+"""Refused writes (403; any 4xx/5xx on ``/whep/``) stored and logged per principal a minute;
+the rest are counted."""
 MAX_PRINCIPALS = 10_000
 """Principals whose refused writes are remembered for that budget."""
 
@@ -54,13 +60,14 @@ def _route_template(request: Request) -> tuple[str, dict[str, Any]]:
 
 
 class AuditWrites:
-    """A pure ASGI middleware: a request that is not a write under ``/api/`` goes straight
-    through (an SSE stream included); a write is stored once answered, its status taken from
-    ``http.response.start``. Refused writes (403) are stored and logged at most
-    :data:`REFUSED_PER_MINUTE` a minute per principal (the latest :data:`MAX_PRINCIPALS`
-    principals are remembered); the rest are only counted (``api.audit.suppressed``), so a
-    viewer looping refused writes cannot fill the store or the log. Writes that went through
-    are all stored."""
+    """A pure ASGI middleware: a request that is not a write under ``/api/`` or ``/whep/``
+    goes straight through (an SSE stream included); a write is stored once answered, its
+    status taken from ``http.response.start``. Refused writes (403, and on ``/whep/`` any
+    4xx/5xx: a viewer may POST there, and a player retrying a busy or unknown channel must
+    not fill the log) are stored and logged at most :data:`REFUSED_PER_MINUTE` a minute per
+    principal (the latest :data:`MAX_PRINCIPALS` principals are remembered); the rest are only
+    counted (``api.audit.suppressed``), so a viewer looping refused writes cannot fill the
+    store or the log. Writes that went through are all stored."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -70,7 +77,7 @@ class AuditWrites:
         if (
             scope["type"] != "http"
             or scope["method"] not in WRITES
-            or not scope["path"].startswith("/api/")
+            or not scope["path"].startswith(AUDITED)
         ):
             await self.app(scope, receive, send)
             return
@@ -105,7 +112,8 @@ class AuditWrites:
             # No valid token (refused with 401): a stranger may send any number of these, so
             # they are counted (``api.unauthenticated``) and never stored.
             return
-        if status == 403 and not self._within_budget(who, ctx.clock()):
+        refused = status == 403 or (status >= 400 and request.url.path.startswith(WHEP))
+        if refused and not self._within_budget(who, ctx.clock()):
             ctx.metrics.inc("api.audit.suppressed")
             return
         template, params = _route_template(request)

@@ -35,6 +35,7 @@ from gateway.api import (
     units,
     uppers,
     users,
+    whep,
 )
 from gateway.api.audit import AuditWrites
 from gateway.api.auth import AuthGate
@@ -62,6 +63,8 @@ ROUTERS: list[tuple[Any, str]] = [
     (sessions.router, PREFIX),
     (commands.router, PREFIX),
     (stats.router, PREFIX),
+    (whep.router, ""),  # WHEP: /whep/channels/{id}, /whep/sessions/{id}
+    (whep.api, PREFIX),
 ]
 
 

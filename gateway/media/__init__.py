@@ -4,6 +4,7 @@ pools, the RTP relay and the session table (legs, outputs, live-leg sharing, tea
 flows that set sessions up are the uplink's (upper→device) and the downlink's (device→upper
 broadcast)."""
 
+from gateway.media._relay_ports import bind_udp
 from gateway.media.h264 import (
     H264RtpReceiver,
     ParameterSets,
@@ -81,6 +82,7 @@ __all__ = [
     "UnknownStream",
     "WorkerRelay",
     "answer_setup",
+    "bind_udp",
     "is_key",
     "is_ready",
     "make_relay",

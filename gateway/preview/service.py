@@ -51,7 +51,14 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from gateway.downlink import Downlink, QueryError
 from gateway.manscdp import DeviceControl
-from gateway.media import MediaError, ParameterSets, SessionTable, is_ready, receiver_for
+from gateway.media import (
+    MediaError,
+    ParameterSets,
+    SessionTable,
+    bind_udp,
+    is_ready,
+    receiver_for,
+)
 from gateway.metrics import Metrics
 from gateway.preview.feed import (
     PASSTHROUGH_AUDIO,
@@ -377,8 +384,10 @@ class Previews:
         """Bind the feed's socket, start the local session, pick the depacketiser."""
         loop = asyncio.get_running_loop()
         try:
+            # The relay's large kernel buffer: a busy loop must not lose the channel's frames
+            # for every viewer at once (bench/preview.py saw receive-buffer errors without it).
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: FeedSocket(feed), local_addr=("127.0.0.1", 0)
+                lambda: FeedSocket(feed), sock=bind_udp("127.0.0.1", 0, receive=True)
             )
             feed.transport = transport
             if feed.ended:

@@ -4,6 +4,7 @@ pulling the channel through :class:`gateway.preview.Previews` and decoding what 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -362,6 +363,10 @@ async def test_the_feed_takes_datagrams_from_its_relay_output_only(
     feed = rig.gw.previews.feeds[rig.channel]
     assert feed.transport is not None and feed.source_port
     port = feed.transport.get_extra_info("sockname")[1]
+    # The relay's kernel buffer (4 MiB asked; Linux reports double): a busy loop must not drop
+    # the channel's frames for every viewer at once.
+    sock = feed.transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 4 * 1024 * 1024
     loop = asyncio.get_running_loop()
     stranger, _ = await loop.create_datagram_endpoint(
         asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
