@@ -38,6 +38,15 @@ export function whenUnauthorized(fn) {
   onUnauthorized = fn;
 }
 
+// For calls made outside /api/v1 (the WHEP preview): the bearer header, and the 401 hook.
+export function authHeaders() {
+  return session && session.token ? { Authorization: `Bearer ${session.token}` } : {};
+}
+
+export function unauthorized() {
+  onUnauthorized();
+}
+
 export function qs(params) {
   const parts = [];
   for (const [k, v] of Object.entries(params || {})) {
@@ -47,7 +56,7 @@ export function qs(params) {
   return parts.length ? `?${parts.join("&")}` : "";
 }
 
-async function errorOf(resp) {
+export async function errorOf(resp) {
   let message = `HTTP ${resp.status}`;
   let field = null;
   try {
@@ -62,8 +71,7 @@ async function errorOf(resp) {
 }
 
 async function send(method, path, body, params) {
-  const headers = {};
-  if (session && session.token) headers.Authorization = `Bearer ${session.token}`;
+  const headers = authHeaders();
   const init = { method, headers };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -127,8 +135,7 @@ export async function download(path, fallbackName) {
 
 // A file sent as multipart/form-data (field "file"); the answer is JSON.
 export async function upload(path, file) {
-  const headers = {};
-  if (session && session.token) headers.Authorization = `Bearer ${session.token}`;
+  const headers = authHeaders();
   const form = new FormData();
   form.append("file", file, file.name);
   let resp;

@@ -7,33 +7,8 @@
 
 import { t, getLang, setLang } from "./i18n.js";
 import * as A from "./api.js";
-
-// ---------------------------------------------------------------------------------------------
-// Small DOM helpers. Text always goes in as text (never innerHTML), so names from devices cannot
-// inject markup.
-
-function h(tag, attrs, ...kids) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === "class") el.className = v;
-    else if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
-    else if (k === "value" || k === "checked" || k === "disabled" || k === "selected") el[k] = v;
-    else el.setAttribute(k, v === true ? "" : String(v));
-  }
-  append(el, kids);
-  return el;
-}
-
-function append(el, kids) {
-  for (const kid of kids.flat(Infinity)) {
-    if (kid === undefined || kid === null || kid === false) continue;
-    el.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
-  }
-  return el;
-}
-
-const $ = (sel, root = document) => root.querySelector(sel);
+import { h, $ } from "./dom.js";
+import * as P from "./player.js";
 
 function debounce(fn, ms) {
   let timer = null;
@@ -104,6 +79,24 @@ function stateBadge(state) {
 
 const link = (href, text, attrs = {}) => h("a", { href, ...attrs }, text);
 const devLink = (id) => link(`#/devices/${encodeURIComponent(id)}`, id);
+
+// Live preview of a channel ({id, name}) in the player panel above the page (player.js).
+function preview(channel) {
+  if (!P.play(channel)) notify(t("preview.too_many", P.MAX_TILES), "error");
+}
+
+function playButton(channel, label = false) {
+  return h("button", {
+    class: "small play",
+    "data-play": channel.id,
+    title: t("preview.play"),
+    "aria-label": `${t("preview.play")} ${channel.name || channel.id}`,
+    onclick: (ev) => {
+      ev.stopPropagation();
+      preview(channel);
+    },
+  }, label ? `▶ ${t("preview.play")}` : "▶");
+}
 
 // ---------------------------------------------------------------------------------------------
 // Notices, modals, confirmations.
@@ -893,10 +886,11 @@ async function devicePage(view, deviceId) {
         }, t("device.teleboot")),
       ]
     : [];
+  const playAll = h("button", { id: "btn-play-all", class: "play" }, `▶ ${t("preview.play_all")}`);
   view.append(
     h("div", { class: "page-head" },
       h("div", {}, link("#/devices", `← ${t("nav.devices")}`, { class: "back" }), h("h1", {}, device.name || device.id, " ", badge)),
-      h("div", { class: "actions" }, actions))
+      h("div", { class: "actions" }, playAll, actions))
   );
   view.append(section(t("device.details"), details, result));
 
@@ -907,6 +901,7 @@ async function devicePage(view, deviceId) {
     name: "channels",
     path: `${path}/channels`,
     columns: [
+      { label: "", value: (c) => (P.canPreview(c.id) ? playButton(c) : ""), cls: "play-cell" },
       { label: t("field.id"), value: (c) => c.id, cls: "mono" },
       { label: t("field.name"), value: (c) => c.name || "" },
       { label: t("field.status"), value: (c) => h("span", { class: `badge ${c.online ? "on" : "off"}` }, c.online ? t("common.online") : t("common.offline")) },
@@ -922,6 +917,13 @@ async function devicePage(view, deviceId) {
     },
   });
   view.append(h("div", { class: "cols wide-left" }, section(t("device.channels"), channels.el), section(t("device.channel"), tools)));
+  // The device's own play button: the online channels of the list's page, as many as the grid
+  // takes (a 16-channel NVR fills it).
+  playAll.addEventListener("click", () => {
+    const online = channels.state.items.filter((c) => c.online && P.canPreview(c.id));
+    if (!online.length) notify(t("preview.none_online"), "error");
+    for (const c of online) if (!P.play(c)) break;
+  });
 
   const refresh = debounce(async () => {
     try {
@@ -944,6 +946,7 @@ async function devicePage(view, deviceId) {
 function channelTools(device, channel) {
   const base = `/devices/${encodeURIComponent(device.id)}/channels/${encodeURIComponent(channel.id)}`;
   const out = [h("h3", { class: "picked-name" }, `${channel.name || ""} `, h("code", {}, channel.id))];
+  if (P.canPreview(channel.id)) out.push(h("div", { class: "toolbar" }, playButton(channel, true)));
   if (can("operator")) {
     // PTZ: a move while the button is held, stop on release. Commands are chained so a stop can
     // never overtake the move it ends.
@@ -1077,7 +1080,10 @@ function treeNode(node) {
   const label = h("span", { class: "node-label" }, h("span", { class: `icon k-${node.kind}`, title: t(`tree.${node.kind}`) }, t(`tree.${node.kind}`).slice(0, getLang() === "zh" ? 1 : 2)), " ",
     node.kind === "device" ? devLink(node.id) : node.kind === "unit" && node.id !== "_unassigned" ? link(`#/units/${encodeURIComponent(node.id)}`, name) : name);
   if (node.kind === "device" && node.id !== name) label.append(" ", h("span", { class: "muted" }, name));
-  if (node.kind === "channel") label.append(" ", h("code", { class: "muted" }, node.id));
+  if (node.kind === "channel") {
+    label.append(" ", h("code", { class: "muted" }, node.id));
+    if (P.canPreview(node.id)) label.append(" ", playButton(node));
+  }
   li.append(toggle, label);
   if (node.kind === "device") li.append(" ", statusBadge(node.online, node.id));
   else if (node.kind === "channel") li.append(" ", h("span", { class: `badge ${node.online ? "on" : "off"}` }, node.online ? t("common.online") : t("common.offline")));
@@ -1536,6 +1542,7 @@ async function usersPage(view) {
 function showLogin(message) {
   disconnectEvents();
   resetPage();
+  P.closeAll();
   document.body.classList.add("logged-out");
   $("#app").hidden = true;
   const box = $("#login");
@@ -1598,9 +1605,11 @@ function drawFrame() {
     h("button", { id: "logout", onclick: logout }, t("logout"))
   );
   setLive(Boolean(events && events.readyState === 1));
+  P.relabel();
 }
 
 async function logout() {
+  await P.closeAll();
   try {
     await A.post("/auth/logout");
   } catch (_) {
