@@ -133,6 +133,24 @@ def offer_codecs(offer: rtc_sdp.SessionDescription, kind: str) -> list[str]:
     return []
 
 
+def without_mdns_candidates(offer: str) -> str:
+    """``offer`` without the candidates named by an mDNS ``.local`` name (RFC 8839 §5.1 allows
+    an FQDN; browsers hide their addresses so, draft-ietf-mmusic-mdns-ice-candidates). Such a
+    name resolves only on the browser's own link, which the gateway is seldom on, and aioice's
+    resolver is bound to the first event loop of its thread. The browser's checks still reach
+    the gateway's candidates and are answered as peer-reflexive (RFC 8445 §7.3.1.3)."""
+    if ".local " not in offer:
+        return offer
+    kept = []
+    for line in offer.splitlines():
+        if line.startswith("a=candidate:"):
+            fields = line.split(" ")
+            if len(fields) > 4 and fields[4].lower().endswith(".local"):
+                continue
+        kept.append(line)
+    return "\r\n".join(kept) + "\r\n"
+
+
 def announce(answer: str, host: str) -> str:
     """``answer`` with ``host`` as the address of every host candidate and of ``c=``
     (RFC 8839 §5.1: the candidate's connection-address is its 5th field)."""
@@ -291,6 +309,7 @@ class Previews:
                 f"the preview limit ({self.cfg.max_sessions}) is reached",
                 retry_after=RETRY_AFTER,
             )
+        offer_sdp = without_mdns_candidates(offer_sdp)
         offer = parse_offer(offer_sdp)
         self._opening += 1
         started = time.monotonic()

@@ -9,10 +9,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aioice.ice
 import pytest
 from aiortc.codecs.h264 import H264Encoder
 
 import gateway.preview.service as service
+from gateway.preview.service import without_mdns_candidates
 from tests.conftest import wait_for
 from tests.media.rig import Rig
 from tests.preview.conftest import ViewerClient
@@ -376,3 +378,45 @@ async def test_the_feed_takes_datagrams_from_its_relay_output_only(
     await wait_for(lambda: rig.gw.metrics.get("preview.feed.stranger") == 1, 5, "refused")
     stranger.close()
     await wait_for(lambda: feed.units > units + 5, 10, "the relay's packets still come in")
+
+
+async def test_an_offer_s_mdns_candidates_are_dropped_not_resolved(
+    preview_rig: Make, viewers: Viewers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A browser hides its addresses behind ``.local`` names: the gateway drops those
+    candidates rather than asking aioice's mDNS resolver (bound to the first event loop of its
+    thread, and useless off the browser's link); the browser's checks arrive as
+    peer-reflexive and the picture comes."""
+
+    async def no_mdns(subscriber: object) -> Any:
+        raise AssertionError("the gateway must not resolve mDNS names")
+
+    monkeypatch.setattr(aioice.ice, "get_or_create_mdns_protocol", no_mdns)
+    rig = await preview_rig()
+    client = viewers()
+    offer = await client.offer()
+    name = "2f0e9a54-7c1b-4d1e-9a55-1d2c3b4a5f60.local"
+    hidden = f"a=candidate:9 1 udp 2113937151 {name} 54321 typ host"
+    at = offer.index("a=candidate:")
+    offer = offer[:at] + hidden + "\r\n" + offer[at:]
+    session_id, answer = await rig.gw.previews.open(rig.channel, offer, owner="tester")
+    await client.accept(answer)
+    await wait_for(lambda: client.frames >= 5, 20, "frames")
+    assert rig.gw.previews.session(session_id) is not None
+
+
+def test_without_mdns_candidates_keeps_every_other_line() -> None:
+    sdp = (
+        "v=0\r\na=ice-ufrag:x\r\n"
+        "a=candidate:1 1 udp 2113937151 abc.local 5000 typ host\r\n"
+        "a=candidate:2 1 udp 2113937151 127.0.0.1 5002 typ host\r\n"
+        "a=candidate:3 1 udp 1694498815 198.51.100.1 6000 typ srflx raddr 0.0.0.0 rport 0\r\n"
+    )
+    assert without_mdns_candidates(sdp).splitlines() == [
+        "v=0",
+        "a=ice-ufrag:x",
+        "a=candidate:2 1 udp 2113937151 127.0.0.1 5002 typ host",
+        "a=candidate:3 1 udp 1694498815 198.51.100.1 6000 typ srflx raddr 0.0.0.0 rport 0",
+    ]
+    plain = "v=0\r\na=candidate:2 1 udp 1 10.0.0.1 5002 typ host\r\n"
+    assert without_mdns_candidates(plain) == plain
