@@ -113,7 +113,9 @@ class AuditWrites:
             # they are counted (``api.unauthenticated``) and never stored.
             return
         refused = status == 403 or (status >= 400 and request.url.path.startswith(WHEP))
-        if refused and not self._within_budget(who, ctx.clock()):
+        # The budget is the principal's, kind and name: a user and a token of one name are two.
+        budget = f"{principal.kind}:{who}" if principal is not None else who
+        if refused and not self._within_budget(budget, ctx.clock()):
             ctx.metrics.inc("api.audit.suppressed")
             return
         template, params = _route_template(request)

@@ -343,6 +343,24 @@ async def test_refused_previews_are_audited_within_a_budget(whep: Any) -> None:
     items = (await w.client(TOKENS["admin"]).get("/api/v1/audit")).json()["items"]
     assert len(items) == 10
     assert w.gw.metrics.get("api.audit.suppressed") == 5
+    # The budget is the principal's (kind and name): a console user named like the token still
+    # has its own.
+    admin = w.client(TOKENS["admin"])
+    password = "a long enough password"
+    made = await admin.post(
+        "/api/v1/users", json={"username": "viewer-token", "password": password, "role": "viewer"}
+    )
+    assert made.status_code == 201, made.text
+    login = await w.client(None).post(
+        "/api/v1/auth/login", json={"username": "viewer-token", "password": password}
+    )
+    namesake = w.client(login.json()["token"])
+    r = await namesake.post(f"/whep/channels/{CHANNEL}", content=OFFER, headers=SDP)
+    assert r.status_code == 503
+    refused = (await admin.get("/api/v1/audit")).json()["items"]
+    opens = [e for e in refused if e["action"].startswith("POST /whep")]
+    assert len(opens) == 11
+    assert w.gw.metrics.get("api.audit.suppressed") == 5
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
