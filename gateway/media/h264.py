@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.media.rtp import payload_offset
+
 NAL_IDR, NAL_SEI, NAL_SPS, NAL_PPS, NAL_AUD = 5, 6, 7, 8, 9
 NAL_STAP_A, NAL_FU_A = 24, 28
 START_CODE = b"\x00\x00\x00\x01"
@@ -315,11 +317,9 @@ def rtp_header(packet: bytes) -> tuple[int, int, int, int, int, int] | None:
     b0 = packet[0]
     if b0 & 0xC0 != 0x80:
         return None
-    start = 12 + 4 * (b0 & 0x0F)
-    if b0 & 0x10:
-        if size < start + 4:
-            return None
-        start += 4 + 4 * ((packet[start + 2] << 8) | packet[start + 3])
+    start = payload_offset(packet, size)
+    if start < 0:
+        return None
     end = size
     if b0 & 0x20:
         pad = packet[-1]
