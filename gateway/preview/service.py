@@ -87,7 +87,8 @@ REASONS = (
 )
 RETRY_AFTER = 5  # seconds a client refused for the session limit is told to wait
 KEY_REQUEST_INTERVAL = 2.0  # seconds between two key-frame requests to one channel's device
-CONNECT_TIMEOUT = 30.0  # seconds an answered preview has to get ICE and DTLS up
+CONNECT_TIMEOUT = 10.0  # seconds an answered preview has to get ICE and DTLS up
+MAX_OWNERS_TRACKED = 4096  # owners whose open rate is remembered; the idlest are forgotten
 H265_MESSAGE = (
     "the channel's video is H.265, which a browser cannot be assumed to take over WebRTC; "
     "preview needs an H.264 channel"
@@ -224,6 +225,8 @@ class Previews:
         self._by_output: dict[str, Feed] = {}  # local session (output) -> feed
         self._sessions: dict[str, Session] = {}
         self._opening = 0  # open() calls between the limit check and a session or a refusal
+        self._opening_by: dict[str, int] = {}  # the same, per owner
+        self._buckets: dict[str, tuple[float, float]] = {}  # owner -> (tokens, monotonic at)
         self._closing = False
         self._tasks = TaskSet(log, "preview.task_failed")
         self._saved_host_addresses: Any = None
@@ -309,9 +312,11 @@ class Previews:
                 f"the preview limit ({self.cfg.max_sessions}) is reached",
                 retry_after=RETRY_AFTER,
             )
+        self._check_owner(owner)
         offer_sdp = without_mdns_candidates(offer_sdp)
         offer = parse_offer(offer_sdp)
         self._opening += 1
+        self._opening_by[owner] = self._opening_by.get(owner, 0) + 1
         started = time.monotonic()
         viewer = Viewer(self.cfg.max_viewer_lag_frames)
         feed: Feed | None = None
@@ -336,6 +341,7 @@ class Previews:
             answer = await self._answer(session, offer_sdp, offer)
         except BaseException:
             self._opening -= 1
+            self._opened_by(owner)
             if session is not None and session.pc is not None:
                 self._tasks.spawn(session.pc.close())
             viewer.close()
@@ -343,6 +349,7 @@ class Previews:
                 self._leave(feed, viewer)
             raise
         self._opening -= 1
+        self._opened_by(owner)
         if self._closing or feed.ended:
             viewer.close()
             self._leave(feed, viewer)
@@ -370,6 +377,51 @@ class Previews:
             warm=bool(viewer.video),
         )
         return session.id, answer
+
+    def _check_owner(self, owner: str) -> None:
+        """One owner's share: ``max_sessions_per_owner`` open at once (503) and
+        ``opens_per_minute`` (a token bucket, 429), so one viewer cannot take every preview
+        nor make the gateway INVITE and set up ICE/DTLS without pause."""
+        limit = self.cfg.max_sessions_per_owner
+        held = sum(1 for s in self._sessions.values() if s.owner == owner)
+        if held + self._opening_by.get(owner, 0) >= limit:
+            raise PreviewError(
+                503,
+                f"the per-viewer preview limit ({limit}) is reached: close a preview first",
+                retry_after=RETRY_AFTER,
+            )
+        rate = self.cfg.opens_per_minute / 60.0  # tokens a second
+        burst = float(self.cfg.opens_per_minute)
+        now = time.monotonic()
+        tokens, at = self._buckets.pop(owner, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        if len(self._buckets) >= MAX_OWNERS_TRACKED:
+            self._forget_owners(now, rate, burst)
+        if tokens < 1.0:
+            self._buckets[owner] = (tokens, now)
+            raise PreviewError(
+                429,
+                f"too many previews opened ({self.cfg.opens_per_minute} a minute per viewer)",
+                retry_after=max(1, int((1.0 - tokens) / rate + 0.999)),
+            )
+        self._buckets[owner] = (tokens - 1.0, now)
+
+    def _forget_owners(self, now: float, rate: float, burst: float) -> None:
+        """Keep the owner table bounded: drop owners whose bucket has refilled (they are as
+        new), then, if still full, the ones that opened least recently (dicts keep insertion
+        order and an owner is re-inserted at each open)."""
+        for owner, (tokens, at) in list(self._buckets.items()):
+            if tokens + (now - at) * rate >= burst:
+                del self._buckets[owner]
+        while len(self._buckets) >= MAX_OWNERS_TRACKED:
+            del self._buckets[next(iter(self._buckets))]
+
+    def _opened_by(self, owner: str) -> None:
+        left = self._opening_by.get(owner, 0) - 1
+        if left > 0:
+            self._opening_by[owner] = left
+        else:
+            self._opening_by.pop(owner, None)
 
     async def _join(self, channel_id: str, viewer: Viewer) -> Feed:
         """Add ``viewer`` to the channel's feed (starting it if needed) once the feed has

@@ -193,3 +193,45 @@ async def test_a_device_sending_neither_ps_nor_h264_is_415(
     error = await refused(rig, await viewers().offer())
     assert error.status == 415 and "MP2T" in error.message
     await nothing_left(rig)
+
+
+async def test_one_owner_is_limited_to_its_share_of_previews(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig(preview={"max_sessions_per_owner": 1})
+    first = viewers()
+    _, answer = await rig.gw.previews.open(rig.channel, await first.offer(), owner="a")
+    await first.accept(answer)
+    with pytest.raises(PreviewError) as caught:
+        await rig.gw.previews.open(rig.channel, await viewers().offer(), owner="a")
+    error = caught.value
+    assert error.status == 503 and error.retry_after and "per-viewer" in error.message
+    other = viewers()
+    _, answer = await rig.gw.previews.open(rig.channel, await other.offer(), owner="b")
+    await other.accept(answer)
+    assert rig.gw.previews.active == 2
+
+
+async def test_one_owner_opening_too_fast_is_429_and_the_owner_table_is_bounded(
+    preview_rig: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = await preview_rig(preview={"opens_per_minute": 2})
+    previews = rig.gw.previews
+    for _ in range(2):  # refused offers still spend the owner's tokens
+        assert (await refused(rig, "hello")).status == 400
+    error = await refused(rig, "hello")
+    assert error.status == 429 and error.retry_after and error.retry_after >= 1
+    assert "a minute" in error.message
+    with pytest.raises(PreviewError) as caught:
+        await previews.open(rig.channel, "hello", owner="someone else")
+    assert caught.value.status == 400
+    monkeypatch.setattr(service, "MAX_OWNERS_TRACKED", 8)
+    for n in range(50):
+        with pytest.raises(PreviewError):
+            await previews.open(rig.channel, "hello", owner=f"owner{n}")
+    assert len(previews._buckets) <= 8
+    assert rig.nvr.invites == []
+
+
+def test_a_peer_that_never_connects_is_given_ten_seconds() -> None:
+    assert service.CONNECT_TIMEOUT == 10.0
