@@ -28,6 +28,7 @@ or its RTP sender stopping while the connection stays up (``error``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections.abc import Callable
@@ -318,7 +319,7 @@ class Previews:
         self._opening += 1
         self._opening_by[owner] = self._opening_by.get(owner, 0) + 1
         started = time.monotonic()
-        viewer = Viewer(self.cfg.max_viewer_lag_frames)
+        viewer = Viewer(self.cfg.max_viewer_lag_frames, self.cfg.gop_cache_bytes)
         feed: Feed | None = None
         session: Session | None = None
         try:
@@ -429,6 +430,7 @@ class Previews:
         feed = self.feeds.get(channel_id)
         if feed is None or feed.ended:
             feed = Feed(channel_id, gop_cache_bytes=self.cfg.gop_cache_bytes, metrics=self.metrics)
+            feed.key_wanted = functools.partial(self._key_frame_wanted, feed)
             self.feeds[channel_id] = feed
             self._tasks.spawn(self._start_feed(feed))
         feed.add(viewer)
