@@ -89,6 +89,7 @@ REASONS = (
 RETRY_AFTER = 5  # seconds a client refused for the session limit is told to wait
 KEY_REQUEST_INTERVAL = 2.0  # seconds between two key-frame requests to one channel's device
 CONNECT_TIMEOUT = 10.0  # seconds an answered preview has to get ICE and DTLS up
+MAX_REMOTE_CANDIDATES = 16  # an offer's candidates kept per m-section (aioice checks them all)
 MAX_OWNERS_TRACKED = 4096  # owners whose open rate is remembered; the idlest are forgotten
 H265_MESSAGE = (
     "the channel's video is H.265, which a browser cannot be assumed to take over WebRTC; "
@@ -135,22 +136,40 @@ def offer_codecs(offer: rtc_sdp.SessionDescription, kind: str) -> list[str]:
     return []
 
 
-def without_mdns_candidates(offer: str) -> str:
-    """``offer`` without the candidates named by an mDNS ``.local`` name (RFC 8839 §5.1 allows
-    an FQDN; browsers hide their addresses so, draft-ietf-mmusic-mdns-ice-candidates). Such a
-    name resolves only on the browser's own link, which the gateway is seldom on, and aioice's
-    resolver is bound to the first event loop of its thread. The browser's checks still reach
-    the gateway's candidates and are answered as peer-reflexive (RFC 8445 §7.3.1.3)."""
-    if ".local " not in offer:
-        return offer
-    kept = []
+def screen_candidates(offer: str, limit: int = MAX_REMOTE_CANDIDATES) -> tuple[str, int]:
+    """``offer`` with its remote candidates screened, and how many were dropped for the limit.
+
+    * A candidate named by an mDNS ``.local`` name (RFC 8839 §5.1 allows an FQDN; browsers hide
+      their addresses so, draft-ietf-mmusic-mdns-ice-candidates) is dropped: such a name
+      resolves only on the browser's own link, which the gateway is seldom on, and aioice's
+      resolver is bound to the first event loop of its thread. The browser's checks still
+      reach the gateway's candidates and are answered as peer-reflexive (RFC 8445 §7.3.1.3).
+    * At most ``limit`` candidates are kept per m-section (the first ones: a browser lists its
+      best first, RFC 8445 §5.1.2): aioice sends connectivity checks to every pair (RFC 8445
+      §6.1.2), so an offer listing hundreds of arbitrary hosts would make each session a STUN
+      sender to all of them.
+    """
+    kept: list[str] = []
+    in_section = 0
+    dropped = 0
+    changed = False
     for line in offer.splitlines():
-        if line.startswith("a=candidate:"):
+        if line.startswith("m="):
+            in_section = 0
+        elif line.startswith("a=candidate:"):
             fields = line.split(" ")
             if len(fields) > 4 and fields[4].lower().endswith(".local"):
+                changed = True
                 continue
+            if in_section >= limit:
+                dropped += 1
+                changed = True
+                continue
+            in_section += 1
         kept.append(line)
-    return "\r\n".join(kept) + "\r\n"
+    if not changed:
+        return offer, 0
+    return "\r\n".join(kept) + "\r\n", dropped
 
 
 def announce(answer: str, host: str) -> str:
@@ -314,7 +333,10 @@ class Previews:
                 retry_after=RETRY_AFTER,
             )
         self._check_owner(owner)
-        offer_sdp = without_mdns_candidates(offer_sdp)
+        offer_sdp, dropped = screen_candidates(offer_sdp)
+        if dropped:
+            self.metrics.inc("preview.offer.candidates_dropped", dropped)
+            log.info("preview.offer_candidates_dropped", owner=owner, dropped=dropped)
         offer = parse_offer(offer_sdp)
         self._opening += 1
         self._opening_by[owner] = self._opening_by.get(owner, 0) + 1
