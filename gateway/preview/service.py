@@ -468,6 +468,9 @@ class Previews:
                 retry_after=RETRY_AFTER,
             ) from None
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the request itself is cancelled (client gone, server stopping)
             if feed.ended:  # the feed ended under us (its leg went, the gateway stops)
                 raise PreviewError(
                     503, "the channel's stream ended", retry_after=RETRY_AFTER
@@ -540,6 +543,8 @@ class Previews:
 
     @staticmethod
     def _depacketise(feed: Feed, encoding: str) -> None:
+        if encoding.upper() in ("H265", "HEVC"):  # RFC 7798's rtpmap name (HEVC: some devices)
+            raise PreviewError(415, H265_MESSAGE)
         made = depacketiser(encoding)
         if made is None:
             raise PreviewError(415, f"the device sends {encoding[:20]!r}, not PS or H.264")

@@ -3,6 +3,7 @@ leaves nothing behind (no feed, no local session, the device's leg freed)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,7 +12,9 @@ import pytest
 from aiortc import RTCRtpSender
 
 import gateway.preview.service as service
+from gateway.metrics import Metrics
 from gateway.preview import PreviewError
+from gateway.preview.feed import Feed
 from gateway.preview.service import H265_MESSAGE, announce
 from tests.conftest import wait_for
 from tests.media.rig import Rig
@@ -235,3 +238,31 @@ async def test_one_owner_opening_too_fast_is_429_and_the_owner_table_is_bounded(
 
 def test_a_peer_that_never_connects_is_given_ten_seconds() -> None:
     assert service.CONNECT_TIMEOUT == 10.0
+
+
+@pytest.mark.parametrize("name", ["H265", "HEVC", "h265"])
+async def test_a_device_answering_h265_in_its_rtpmap_gets_the_h265_message(name: str) -> None:
+    feed = Feed("34020000001320000001", gop_cache_bytes=1 << 20, metrics=Metrics())
+    with pytest.raises(PreviewError) as caught:
+        service.Previews._depacketise(feed, name)
+    assert caught.value.status == 415 and caught.value.message == H265_MESSAGE
+
+
+async def test_a_cancelled_request_stays_cancelled_when_its_feed_ends_too(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig(media_mute=True, preview={"first_frame_timeout": 30.0})
+    previews = rig.gw.previews
+    offer = await viewers().offer()
+    task = asyncio.ensure_future(previews.open(rig.channel, offer, owner="tester"))
+    await wait_for(
+        lambda: rig.channel in previews.feeds and previews.feeds[rig.channel].started.done(),
+        10,
+        "feed started",
+    )
+    feed = previews.feeds[rig.channel]
+    previews._stop_feed(feed)  # the feed ends ...
+    task.cancel()  # ... and the request is cancelled (the client went) at the same time
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await nothing_left(rig)
