@@ -32,7 +32,7 @@ import functools
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aioice.ice
@@ -207,7 +207,6 @@ class Session:
     end_reason: str = ""
     timer: asyncio.TimerHandle | None = None
     connect_timer: asyncio.TimerHandle | None = None
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def view(self) -> dict[str, Any]:
         return {
@@ -587,7 +586,9 @@ class Previews:
                     if c.mimeType.lower() == f"audio/{audio_codec}"
                 ]
             )
-            audio.sender.replaceTrack(AudioPassthrough(session.viewer))
+            audio.sender.replaceTrack(
+                AudioPassthrough(session.viewer, lambda n: self._sent_audio(session, n))
+            )
 
         pc.on("connectionstatechange", lambda: self._state_changed(session))
         try:
@@ -612,6 +613,12 @@ class Previews:
         session.frames_sent += 1
         session.bytes_sent += size
         self.metrics.inc("preview.frames_sent")
+        self.metrics.inc("preview.bytes_sent", size)
+
+    def _sent_audio(self, session: Session, size: int) -> None:
+        """An audio chunk went to the session's RTP sender: its bytes count as media sent
+        (``preview.bytes_sent``); ``preview.frames_sent`` counts video frames only."""
+        session.bytes_sent += size
         self.metrics.inc("preview.bytes_sent", size)
 
     def _key_frame_wanted(self, feed: Feed) -> None:

@@ -289,3 +289,17 @@ async def test_joining_a_flowing_feed_with_no_cached_gop_asks_for_a_key_frame() 
     viewer = Viewer(max_lag=100)
     feed.add(viewer)
     assert viewer.waiting_key and asked == [1]
+
+
+async def test_audio_passthrough_reports_the_bytes_it_hands_to_the_sender() -> None:
+    from gateway.preview.feed import AudioChunk
+    from gateway.preview.tracks import AudioPassthrough
+
+    viewer = Viewer(max_lag=100)
+    sent: list[int] = []
+    track = AudioPassthrough(viewer, sent.append)
+    viewer.push_audio(AudioChunk(bytes(160), "pcma"))
+    viewer.push_audio(AudioChunk(bytes(320), "pcma"))
+    await track.recv()
+    await track.recv()
+    assert sent == [160, 320]
