@@ -157,6 +157,11 @@ class Viewer:
         """The sender has asked for its first frame (ICE and DTLS are up)."""
         return self._replay >= 0
 
+    @property
+    def replaying(self) -> bool:
+        """Frames that waited for the connection are still being replayed fast."""
+        return self._replay != 0
+
     def start_from(self, gop: list[VideoFrame]) -> None:
         """Begin with the cached group of pictures (it starts with a key frame; the feed
         bounds its bytes)."""
