@@ -298,6 +298,9 @@ class Feed:
         # Called when a viewer begins waiting for a key frame (the service asks the device
         # for one, rate-limited); None: nobody to ask.
         self.key_wanted: Callable[[], None] | None = None
+        # The service's task starting the feed (socket, local session): cancelled when the feed
+        # stops before it is done, so no INVITE goes on for a feed nobody watches.
+        self.starter: asyncio.Task[None] | None = None
 
     # -- input ------------------------------------------------------------------------------
     def use(self, receiver: UnitReceiver, params: ParamSets | None, encoding: str) -> None:

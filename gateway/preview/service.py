@@ -453,8 +453,20 @@ class Previews:
             feed = Feed(channel_id, gop_cache_bytes=self.cfg.gop_cache_bytes, metrics=self.metrics)
             feed.key_wanted = functools.partial(self._key_frame_wanted, feed)
             self.feeds[channel_id] = feed
-            self._tasks.spawn(self._start_feed(feed))
+            feed.starter = self._tasks.spawn(self._start_feed(feed))
         feed.add(viewer)
+        try:
+            await self._wait_keyed(feed)
+        except BaseException:
+            # The viewer is the open()'s own: it leaves the feed here (open() has no feed to
+            # leave yet), and a feed left by its last viewer stops, its starting task too.
+            viewer.close()
+            self._leave(feed, viewer)
+            raise
+        return feed
+
+    async def _wait_keyed(self, feed: Feed) -> None:
+        """Until the feed has seen its first key frame; within ``first_frame_timeout``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.first_frame_timeout
         try:
@@ -475,7 +487,6 @@ class Previews:
                     503, "the channel's stream ended", retry_after=RETRY_AFTER
                 ) from None
             raise
-        return feed
 
     async def _start_feed(self, feed: Feed) -> None:
         """Bind the feed's socket, start the local session, pick the depacketiser."""
@@ -724,6 +735,11 @@ class Previews:
         output_id = feed.output_id
         was_ended = feed.ended
         feed.close()
+        starter = feed.starter
+        if starter is not None and not starter.done() and starter is not asyncio.current_task():
+            # Still binding or INVITEing: cancelled, ``SessionTable.join`` ends the output it
+            # may have added and the leg if nobody else waits for it (CANCEL/BYE to the device).
+            starter.cancel()
         if output_id is not None:
             self._by_output.pop(output_id, None)
             if not was_ended:

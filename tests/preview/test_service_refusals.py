@@ -266,3 +266,23 @@ async def test_a_cancelled_request_stays_cancelled_when_its_feed_ends_too(
     with pytest.raises(asyncio.CancelledError):
         await task
     await nothing_left(rig)
+
+
+async def test_a_feed_given_up_during_the_invite_leaves_no_leg_output_or_port(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    """The first-frame timeout expires while the device takes its time to answer: the feed's
+    starting task is cancelled at once (not left to finish the INVITE for nobody)."""
+    rig = await preview_rig(
+        invite_delay=40.0, media={"invite_timeout": 40.0}, preview={"first_frame_timeout": 0.5}
+    )
+    previews = rig.gw.previews
+    error = await refused(rig, await viewers().offer())
+    assert error.status == 503
+    await wait_for(
+        lambda: not rig.media.legs and not rig.media.local and not rig.media.live,
+        8,
+        "the leg and the output gone long before the device answers (40 s)",
+    )
+    assert not previews.feeds and not previews._by_output
+    assert all(t.done() for t in previews._tasks._tasks if "_start_feed" in repr(t.get_coro()))
