@@ -90,6 +90,7 @@ RETRY_AFTER = 5  # seconds a client refused for the session limit is told to wai
 KEY_REQUEST_INTERVAL = 2.0  # seconds between two key-frame requests to one channel's device
 CONNECT_TIMEOUT = 10.0  # seconds an answered preview has to get ICE and DTLS up
 MAX_REMOTE_CANDIDATES = 16  # an offer's candidates kept per m-section (aioice checks them all)
+NO_PICTURE_TYPES = ("133", "134", "135", "136", "137")  # GB/T 28181-2016 Appendix D
 MAX_OWNERS_TRACKED = 4096  # owners whose open rate is remembered; the idlest are forgotten
 H265_MESSAGE = (
     "the channel's video is H.265, which a browser cannot be assumed to take over WebRTC; "
@@ -332,6 +333,7 @@ class Previews:
                 retry_after=RETRY_AFTER,
             )
         self._check_owner(owner)
+        self._check_channel(channel_id)
         offer_sdp, dropped = screen_candidates(offer_sdp)
         if dropped:
             self.metrics.inc("preview.offer.candidates_dropped", dropped)
@@ -399,6 +401,25 @@ class Previews:
             warm=bool(viewer.video),
         )
         return session.id, answer
+
+    def _check_channel(self, channel_id: str) -> None:
+        """404 before anything is asked of a device for an ID that is not a video channel: not
+        a catalog item of a registered device (a device ID itself is allowed: an IPC is often
+        its own channel), or a GB/T 28181-2016 Appendix D type code (ID digits 11-13) with no
+        picture: 133-137 (display, alarm input/output, voice input/output) or 2xx (platforms,
+        business groups 215, virtual organisations 216). Other codes and non-standard IDs are
+        left to the device to accept or refuse."""
+        if channel_id not in self.downlink.devices and (
+            self.downlink.catalog.get(channel_id) is None
+            or self.downlink.device(channel_id) is None
+        ):
+            raise PreviewError(404, "no such channel")
+        if len(channel_id) == 20 and channel_id.isdigit():
+            code = channel_id[10:13]
+            if code in NO_PICTURE_TYPES or code.startswith("2"):
+                raise PreviewError(
+                    404, f"{channel_id} is not a video channel (GB/T 28181 type code {code})"
+                )
 
     def _check_owner(self, owner: str) -> None:
         """One owner's share: ``max_sessions_per_owner`` open at once (503) and

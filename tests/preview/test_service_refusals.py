@@ -286,3 +286,34 @@ async def test_a_feed_given_up_during_the_invite_leaves_no_leg_output_or_port(
     )
     assert not previews.feeds and not previews._by_output
     assert all(t.done() for t in previews._tasks._tasks if "_start_feed" in repr(t.get_coro()))
+
+
+async def test_what_is_not_a_video_channel_is_404_before_the_device_is_asked(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig(with_groups=True)
+    offer = await viewers().offer()
+    catalog = rig.gw.downlink.catalog
+    group, org, _ = rig.nvr.group_ids()
+    await wait_for(lambda: catalog.get(org) is not None, 10, "the groups in the catalog")
+    # Business group (215) and virtual organisation (216): catalog items with no picture.
+    for item_id in (group, org):
+        error = await refused(rig, offer, item_id)
+        assert error.status == 404 and "not a video channel" in error.message
+    # An alarm input (134) the device reported.
+    alarm = rig.channel[:10] + "134" + rig.channel[13:]
+    item = dataclasses.replace(rig.nvr.channel_item(1), device_id=alarm)
+    catalog.apply_notify(rig.nvr.device_id, [item])
+    assert catalog.get(alarm) is not None
+    error = await refused(rig, offer, alarm)
+    assert error.status == 404 and "134" in error.message
+    # Another device's channel ID, or one nobody reported.
+    error = await refused(rig, offer, rig.channel[:-1] + "9")
+    assert error.status == 404
+    assert rig.nvr.invites == []
+    await nothing_left(rig)
+    # A channel is still fine, and so is the device ID itself (an IPC is its own channel).
+    client = viewers()
+    _, answer = await rig.gw.previews.open(rig.channel, await client.offer(), owner="a")
+    await client.accept(answer)
+    rig.gw.previews._check_channel(rig.nvr.device_id)
