@@ -188,7 +188,8 @@ class Viewer:
             if self.video_bytes + len(frame.data) > self.max_bytes:
                 return self._skip(frame)
             self.video_bytes += len(frame.data)
-        elif len(self.video) >= self.max_lag:
+        elif len(self.video) - self._replay >= self.max_lag:
+            # The frames still to replay fast are not lag: only what came after them counts.
             return self._skip(frame)
         self.video.append(frame)
         self._video_ready.set()

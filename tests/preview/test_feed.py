@@ -252,10 +252,16 @@ async def test_a_long_gop_waiting_for_the_connection_is_not_lag() -> None:
     assert viewer.skips == 0 and not viewer.waiting_key
     first, _ = await viewer.next_video()
     assert first.key and len(viewer.video) == 129
+    # Sending: the replay of that backlog goes on while live frames come; they are no lag.
+    for n in range(130, 140):
+        await viewer.next_video()
+        feed.on_unit(video(n))
+        assert viewer.skips == 0, "a live frame during the replay is no lag"
+    assert viewer.skips == 0 and not viewer.waiting_key and len(viewer.video) == 129
     # Before sending, a new key frame re-seeds the queue with the new GOP.
     other = Viewer(max_lag=100)
     feed.add(other)
-    feed.on_unit(video(130, key=True))
+    feed.on_unit(video(140, key=True))
     assert len(other.video) == 1 and other.video[0].key
 
 
