@@ -13,9 +13,14 @@ starts at 0, only goes forward, carries the source's PTS steps over the 33-bit w
 with one nominal frame. A viewer of a channel already streaming starts from the cached GOP (its
 key frame, SPS/PPS before it), and the frames that waited before the viewer's sender asked for
 its first one are replayed with short steps so the browser catches up with live instead of
-staying one GOP behind. A viewer more than ``max_viewer_lag_frames`` behind drops its queue and
-waits for the next key frame: nothing grows without bound per viewer, and the frames in the
-queues are the feed's own objects, shared, never copied.
+staying one GOP behind. Until that first request (ICE and DTLS still connecting) the lag limit
+does not apply, since a long GOP (4 s at 25 fps is 100 frames) is no lag: the queue is the
+feed's current GOP instead, re-seeded at each key frame and bounded by the GOP cache's bytes
+(and the service's connect timeout). Once sending, a viewer more than
+``max_viewer_lag_frames`` behind drops its queue and waits for the next key frame; a viewer
+that starts waiting for a key frame makes the feed ask the device for one. Nothing grows
+without bound per viewer, and the frames in the queues are the feed's own objects, shared,
+never copied.
 
 The socket is bound to loopback only, and once the local session's relay port is known only
 datagrams from it are taken (the relay's UDP output socket is bound to that port and connected
@@ -132,9 +137,11 @@ class ViewerClosed(Exception):
 class Viewer:
     """What one preview takes from its feed: bounded queues and a wake-up."""
 
-    def __init__(self, max_lag: int) -> None:
+    def __init__(self, max_lag: int, max_bytes: int = 8 * 1024 * 1024) -> None:
         self.max_lag = max_lag
+        self.max_bytes = max_bytes  # the queue's bytes before sending starts (the GOP bound)
         self.video: deque[VideoFrame] = deque()
+        self.video_bytes = 0  # bytes in ``video`` while the replay has not started
         self.audio: deque[AudioChunk] = deque(maxlen=AUDIO_QUEUE)
         self.waiting_key = True
         self.closed = False
@@ -145,33 +152,64 @@ class Viewer:
         self._video_ready = asyncio.Event()
         self._audio_ready = asyncio.Event()
 
+    @property
+    def sending(self) -> bool:
+        """The sender has asked for its first frame (ICE and DTLS are up)."""
+        return self._replay >= 0
+
+    @property
+    def replaying(self) -> bool:
+        """Frames that waited for the connection are still being replayed fast."""
+        return self._replay != 0
+
     def start_from(self, gop: list[VideoFrame]) -> None:
-        """Begin with the cached group of pictures (it starts with a key frame)."""
-        if gop and gop[0].key:
-            self.video.extend(gop[-self.max_lag :] if len(gop) > self.max_lag else gop)
-            if not self.video[0].key:  # a GOP longer than the lag limit: wait for live
-                self.video.clear()
-                return
+        """Begin with the cached group of pictures (it starts with a key frame; the feed
+        bounds its bytes)."""
+        if gop and gop[0].key and not self.closed:
+            self.video.extend(gop)
+            self.video_bytes = sum(len(f.data) for f in gop)
             self.waiting_key = False
             self._video_ready.set()
 
-    def push_video(self, frame: VideoFrame) -> None:
+    def push_video(self, frame: VideoFrame) -> bool:
+        """Queue ``frame``; True when the viewer has just begun waiting for a key frame (the
+        feed then asks the device for one)."""
         if self.closed:
-            return
+            return False
         if self.waiting_key:
             if not frame.key:
-                return
+                return False
             self.waiting_key = False
-        if len(self.video) >= self.max_lag:
-            self.video.clear()
-            self.skips += 1
-            if self._replay > 0:
-                self._replay = 0
-            if not frame.key:
-                self.waiting_key = True
-                return
+        if not self.sending:
+            # Not sending yet: the queue is the current GOP, whatever its length.
+            if frame.key:
+                self.video.clear()
+                self.video_bytes = 0
+            if self.video_bytes + len(frame.data) > self.max_bytes:
+                return self._skip(frame)
+            self.video_bytes += len(frame.data)
+        elif len(self.video) - self._replay >= self.max_lag:
+            # The frames still to replay fast are not lag: only what came after them counts.
+            return self._skip(frame)
         self.video.append(frame)
         self._video_ready.set()
+        return False
+
+    def _skip(self, frame: VideoFrame) -> bool:
+        """Too far behind: drop the queue and go on from ``frame`` if it is a key frame, else
+        wait for one."""
+        self.video.clear()
+        self.video_bytes = 0
+        self.skips += 1
+        if self._replay > 0:
+            self._replay = 0
+        if not frame.key:
+            self.waiting_key = True
+            return True
+        self.video.append(frame)
+        self.video_bytes = len(frame.data) if not self.sending else 0
+        self._video_ready.set()
+        return False
 
     def push_audio(self, chunk: AudioChunk) -> None:
         if not self.closed:
@@ -192,6 +230,7 @@ class Viewer:
             # The sender's first request: everything that waited (the cached GOP, the frames
             # that came while ICE and DTLS were set up) is history; replay it fast.
             self._replay = len(self.video)
+            self.video_bytes = 0
         frame = self.video.popleft()
         catch_up = self._replay > 0
         if catch_up:
@@ -215,6 +254,7 @@ class Viewer:
     def close(self) -> None:
         self.closed = True
         self.video.clear()
+        self.video_bytes = 0
         self.audio.clear()
         self._video_ready.set()
         self._audio_ready.set()
@@ -256,6 +296,12 @@ class Feed:
         self.last_unit_at: float | None = None
         self.key_asked_at = -float("inf")  # monotonic time of the last key-frame request
         self.source_port = 0  # the relay output's port, once known: the only sender taken
+        # Called when a viewer begins waiting for a key frame (the service asks the device
+        # for one, rate-limited); None: nobody to ask.
+        self.key_wanted: Callable[[], None] | None = None
+        # The service's task starting the feed (socket, local session): cancelled when the feed
+        # stops before it is done, so no INVITE goes on for a feed nobody watches.
+        self.starter: asyncio.Task[None] | None = None
 
     # -- input ------------------------------------------------------------------------------
     def use(self, receiver: UnitReceiver, params: ParamSets | None, encoding: str) -> None:
@@ -306,8 +352,15 @@ class Feed:
             self.key_frames += 1
             if not self.keyed.done():
                 self.keyed.set_result(None)
+        wanted = False
         for viewer in self.viewers:
-            viewer.push_video(frame)
+            wanted = viewer.push_video(frame) or wanted
+        if wanted:
+            self._want_key()
+
+    def _want_key(self) -> None:
+        if self.key_wanted is not None:
+            self.key_wanted()
 
     def _cache(self, frame: VideoFrame) -> None:
         """The GOP cache: from the last key frame, at most ``gop_cache_bytes``; a GOP that
@@ -327,6 +380,9 @@ class Feed:
         """A new viewer starts from the cached GOP (or waits for the next key frame)."""
         viewer.start_from(self.gop)
         self.viewers.add(viewer)
+        if viewer.waiting_key and self.keyed.done() and not self.ended:
+            # The stream flows but no GOP is cached (it overflowed): ask for a key frame.
+            self._want_key()
 
     def remove(self, viewer: Viewer) -> bool:
         """Remove ``viewer``; True when it was the last one."""

@@ -28,10 +28,11 @@ or its RTP sender stopping while the connection stays up (``error``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aioice.ice
@@ -87,7 +88,10 @@ REASONS = (
 )
 RETRY_AFTER = 5  # seconds a client refused for the session limit is told to wait
 KEY_REQUEST_INTERVAL = 2.0  # seconds between two key-frame requests to one channel's device
-CONNECT_TIMEOUT = 30.0  # seconds an answered preview has to get ICE and DTLS up
+CONNECT_TIMEOUT = 10.0  # seconds an answered preview has to get ICE and DTLS up
+MAX_REMOTE_CANDIDATES = 16  # an offer's candidates kept per m-section (aioice checks them all)
+NO_PICTURE_TYPES = ("133", "134", "135", "136", "137")  # GB/T 28181-2016 Appendix D
+MAX_OWNERS_TRACKED = 4096  # owners whose open rate is remembered; the idlest are forgotten
 H265_MESSAGE = (
     "the channel's video is H.265, which a browser cannot be assumed to take over WebRTC; "
     "preview needs an H.264 channel"
@@ -133,22 +137,40 @@ def offer_codecs(offer: rtc_sdp.SessionDescription, kind: str) -> list[str]:
     return []
 
 
-def without_mdns_candidates(offer: str) -> str:
-    """``offer`` without the candidates named by an mDNS ``.local`` name (RFC 8839 §5.1 allows
-    an FQDN; browsers hide their addresses so, draft-ietf-mmusic-mdns-ice-candidates). Such a
-    name resolves only on the browser's own link, which the gateway is seldom on, and aioice's
-    resolver is bound to the first event loop of its thread. The browser's checks still reach
-    the gateway's candidates and are answered as peer-reflexive (RFC 8445 §7.3.1.3)."""
-    if ".local " not in offer:
-        return offer
-    kept = []
+def screen_candidates(offer: str, limit: int = MAX_REMOTE_CANDIDATES) -> tuple[str, int]:
+    """``offer`` with its remote candidates screened, and how many were dropped for the limit.
+
+    * A candidate named by an mDNS ``.local`` name (RFC 8839 §5.1 allows an FQDN; browsers hide
+      their addresses so, draft-ietf-mmusic-mdns-ice-candidates) is dropped: such a name
+      resolves only on the browser's own link, which the gateway is seldom on, and aioice's
+      resolver is bound to the first event loop of its thread. The browser's checks still
+      reach the gateway's candidates and are answered as peer-reflexive (RFC 8445 §7.3.1.3).
+    * At most ``limit`` candidates are kept per m-section (the first ones: a browser lists its
+      best first, RFC 8445 §5.1.2): aioice sends connectivity checks to every pair (RFC 8445
+      §6.1.2), so an offer listing hundreds of arbitrary hosts would make each session a STUN
+      sender to all of them.
+    """
+    kept: list[str] = []
+    in_section = 0
+    dropped = 0
+    changed = False
     for line in offer.splitlines():
-        if line.startswith("a=candidate:"):
+        if line.startswith("m="):
+            in_section = 0
+        elif line.startswith("a=candidate:"):
             fields = line.split(" ")
             if len(fields) > 4 and fields[4].lower().endswith(".local"):
+                changed = True
                 continue
+            if in_section >= limit:
+                dropped += 1
+                changed = True
+                continue
+            in_section += 1
         kept.append(line)
-    return "\r\n".join(kept) + "\r\n"
+    if not changed:
+        return offer, 0
+    return "\r\n".join(kept) + "\r\n", dropped
 
 
 def announce(answer: str, host: str) -> str:
@@ -186,7 +208,6 @@ class Session:
     end_reason: str = ""
     timer: asyncio.TimerHandle | None = None
     connect_timer: asyncio.TimerHandle | None = None
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def view(self) -> dict[str, Any]:
         return {
@@ -224,6 +245,8 @@ class Previews:
         self._by_output: dict[str, Feed] = {}  # local session (output) -> feed
         self._sessions: dict[str, Session] = {}
         self._opening = 0  # open() calls between the limit check and a session or a refusal
+        self._opening_by: dict[str, int] = {}  # the same, per owner
+        self._buckets: dict[str, tuple[float, float]] = {}  # owner -> (tokens, monotonic at)
         self._closing = False
         self._tasks = TaskSet(log, "preview.task_failed")
         self._saved_host_addresses: Any = None
@@ -309,11 +332,17 @@ class Previews:
                 f"the preview limit ({self.cfg.max_sessions}) is reached",
                 retry_after=RETRY_AFTER,
             )
-        offer_sdp = without_mdns_candidates(offer_sdp)
+        self._check_owner(owner)
+        self._check_channel(channel_id)
+        offer_sdp, dropped = screen_candidates(offer_sdp)
+        if dropped:
+            self.metrics.inc("preview.offer.candidates_dropped", dropped)
+            log.info("preview.offer_candidates_dropped", owner=owner, dropped=dropped)
         offer = parse_offer(offer_sdp)
         self._opening += 1
+        self._opening_by[owner] = self._opening_by.get(owner, 0) + 1
         started = time.monotonic()
-        viewer = Viewer(self.cfg.max_viewer_lag_frames)
+        viewer = Viewer(self.cfg.max_viewer_lag_frames, self.cfg.gop_cache_bytes)
         feed: Feed | None = None
         session: Session | None = None
         try:
@@ -336,6 +365,7 @@ class Previews:
             answer = await self._answer(session, offer_sdp, offer)
         except BaseException:
             self._opening -= 1
+            self._opened_by(owner)
             if session is not None and session.pc is not None:
                 self._tasks.spawn(session.pc.close())
             viewer.close()
@@ -343,6 +373,7 @@ class Previews:
                 self._leave(feed, viewer)
             raise
         self._opening -= 1
+        self._opened_by(owner)
         if self._closing or feed.ended:
             viewer.close()
             self._leave(feed, viewer)
@@ -371,15 +402,92 @@ class Previews:
         )
         return session.id, answer
 
+    def _check_channel(self, channel_id: str) -> None:
+        """404 before anything is asked of a device for an ID that is not a video channel: not
+        a catalog item of a registered device (a device ID itself is allowed: an IPC is often
+        its own channel), or a GB/T 28181-2016 Appendix D type code (ID digits 11-13) with no
+        picture: 133-137 (display, alarm input/output, voice input/output) or 2xx (platforms,
+        business groups 215, virtual organisations 216). Other codes and non-standard IDs are
+        left to the device to accept or refuse."""
+        if channel_id not in self.downlink.devices and (
+            self.downlink.catalog.get(channel_id) is None
+            or self.downlink.device(channel_id) is None
+        ):
+            raise PreviewError(404, "no such channel")
+        if len(channel_id) == 20 and channel_id.isdigit():
+            code = channel_id[10:13]
+            if code in NO_PICTURE_TYPES or code.startswith("2"):
+                raise PreviewError(
+                    404, f"{channel_id} is not a video channel (GB/T 28181 type code {code})"
+                )
+
+    def _check_owner(self, owner: str) -> None:
+        """One owner's share: ``max_sessions_per_owner`` open at once (503) and
+        ``opens_per_minute`` (a token bucket, 429), so one viewer cannot take every preview
+        nor make the gateway INVITE and set up ICE/DTLS without pause."""
+        limit = self.cfg.max_sessions_per_owner
+        held = sum(1 for s in self._sessions.values() if s.owner == owner)
+        if held + self._opening_by.get(owner, 0) >= limit:
+            raise PreviewError(
+                503,
+                f"the per-viewer preview limit ({limit}) is reached: close a preview first",
+                retry_after=RETRY_AFTER,
+            )
+        rate = self.cfg.opens_per_minute / 60.0  # tokens a second
+        burst = float(self.cfg.opens_per_minute)
+        now = time.monotonic()
+        tokens, at = self._buckets.pop(owner, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        if len(self._buckets) >= MAX_OWNERS_TRACKED:
+            self._forget_owners(now, rate, burst)
+        if tokens < 1.0:
+            self._buckets[owner] = (tokens, now)
+            raise PreviewError(
+                429,
+                f"too many previews opened ({self.cfg.opens_per_minute} a minute per viewer)",
+                retry_after=max(1, int((1.0 - tokens) / rate + 0.999)),
+            )
+        self._buckets[owner] = (tokens - 1.0, now)
+
+    def _forget_owners(self, now: float, rate: float, burst: float) -> None:
+        """Keep the owner table bounded: drop owners whose bucket has refilled (they are as
+        new), then, if still full, the ones that opened least recently (dicts keep insertion
+        order and an owner is re-inserted at each open)."""
+        for owner, (tokens, at) in list(self._buckets.items()):
+            if tokens + (now - at) * rate >= burst:
+                del self._buckets[owner]
+        while len(self._buckets) >= MAX_OWNERS_TRACKED:
+            del self._buckets[next(iter(self._buckets))]
+
+    def _opened_by(self, owner: str) -> None:
+        left = self._opening_by.get(owner, 0) - 1
+        if left > 0:
+            self._opening_by[owner] = left
+        else:
+            self._opening_by.pop(owner, None)
+
     async def _join(self, channel_id: str, viewer: Viewer) -> Feed:
         """Add ``viewer`` to the channel's feed (starting it if needed) once the feed has
         seen its first key frame; within ``first_frame_timeout``."""
         feed = self.feeds.get(channel_id)
         if feed is None or feed.ended:
             feed = Feed(channel_id, gop_cache_bytes=self.cfg.gop_cache_bytes, metrics=self.metrics)
+            feed.key_wanted = functools.partial(self._key_frame_wanted, feed)
             self.feeds[channel_id] = feed
-            self._tasks.spawn(self._start_feed(feed))
+            feed.starter = self._tasks.spawn(self._start_feed(feed))
         feed.add(viewer)
+        try:
+            await self._wait_keyed(feed)
+        except BaseException:
+            # The viewer is the open()'s own: it leaves the feed here (open() has no feed to
+            # leave yet), and a feed left by its last viewer stops, its starting task too.
+            viewer.close()
+            self._leave(feed, viewer)
+            raise
+        return feed
+
+    async def _wait_keyed(self, feed: Feed) -> None:
+        """Until the feed has seen its first key frame; within ``first_frame_timeout``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.first_frame_timeout
         try:
@@ -392,12 +500,14 @@ class Previews:
                 retry_after=RETRY_AFTER,
             ) from None
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the request itself is cancelled (client gone, server stopping)
             if feed.ended:  # the feed ended under us (its leg went, the gateway stops)
                 raise PreviewError(
                     503, "the channel's stream ended", retry_after=RETRY_AFTER
                 ) from None
             raise
-        return feed
 
     async def _start_feed(self, feed: Feed) -> None:
         """Bind the feed's socket, start the local session, pick the depacketiser."""
@@ -464,6 +574,8 @@ class Previews:
 
     @staticmethod
     def _depacketise(feed: Feed, encoding: str) -> None:
+        if encoding.upper() in ("H265", "HEVC"):  # RFC 7798's rtpmap name (HEVC: some devices)
+            raise PreviewError(415, H265_MESSAGE)
         made = depacketiser(encoding)
         if made is None:
             raise PreviewError(415, f"the device sends {encoding[:20]!r}, not PS or H.264")
@@ -506,7 +618,9 @@ class Previews:
                     if c.mimeType.lower() == f"audio/{audio_codec}"
                 ]
             )
-            audio.sender.replaceTrack(AudioPassthrough(session.viewer))
+            audio.sender.replaceTrack(
+                AudioPassthrough(session.viewer, lambda n: self._sent_audio(session, n))
+            )
 
         pc.on("connectionstatechange", lambda: self._state_changed(session))
         try:
@@ -531,6 +645,12 @@ class Previews:
         session.frames_sent += 1
         session.bytes_sent += size
         self.metrics.inc("preview.frames_sent")
+        self.metrics.inc("preview.bytes_sent", size)
+
+    def _sent_audio(self, session: Session, size: int) -> None:
+        """An audio chunk went to the session's RTP sender: its bytes count as media sent
+        (``preview.bytes_sent``); ``preview.frames_sent`` counts video frames only."""
+        session.bytes_sent += size
         self.metrics.inc("preview.bytes_sent", size)
 
     def _key_frame_wanted(self, feed: Feed) -> None:
@@ -636,6 +756,11 @@ class Previews:
         output_id = feed.output_id
         was_ended = feed.ended
         feed.close()
+        starter = feed.starter
+        if starter is not None and not starter.done() and starter is not asyncio.current_task():
+            # Still binding or INVITEing: cancelled, ``SessionTable.join`` ends the output it
+            # may have added and the leg if nobody else waits for it (CANCEL/BYE to the device).
+            starter.cancel()
         if output_id is not None:
             self._by_output.pop(output_id, None)
             if not was_ended:

@@ -51,9 +51,10 @@ class AudioPassthrough(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, viewer: Viewer) -> None:
+    def __init__(self, viewer: Viewer, sent: Callable[[int], None]) -> None:
         super().__init__()
         self.viewer = viewer
+        self._sent = sent  # told the bytes of each chunk handed to the sender
 
     async def recv(self) -> av.Packet[Any]:
         try:
@@ -64,4 +65,5 @@ class AudioPassthrough(MediaStreamTrack):
         packet = av.Packet(chunk.data)
         packet.pts = at
         packet.time_base = AUDIO_TIME_BASE
+        self._sent(len(chunk.data))
         return packet

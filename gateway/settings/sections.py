@@ -413,6 +413,10 @@ class PreviewSection(_Section):
     gop_cache_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
     # Frames a viewer may fall behind before it skips to the next key frame.
     max_viewer_lag_frames: int = Field(100, ge=5, le=10_000)
+    # Previews one owner (a token or a console user) may have open at once; one more is 503.
+    max_sessions_per_owner: int = Field(16, ge=1, le=10_000)
+    # Previews one owner may open per minute (a token bucket per owner); beyond it 429.
+    opens_per_minute: int = Field(60, ge=1, le=100_000)
 
 
 class Config(_Section):

@@ -187,6 +187,7 @@ async def test_a_slow_viewer_skips_to_the_next_key_frame_and_stays_bounded() -> 
     viewer = Viewer(max_lag=10)
     feed.add(viewer)
     feed.on_unit(video(0, key=True))
+    await viewer.next_video()  # sending: the lag limit applies
     for n in range(1, 50):
         feed.on_unit(video(n))
         assert len(viewer.video) <= 10
@@ -235,3 +236,76 @@ async def test_a_closed_viewer_wakes_its_track_and_takes_nothing() -> None:
     feed.on_unit(video(0, key=True))
     assert not viewer.video
     assert feed.remove(viewer)
+
+
+async def test_a_long_gop_waiting_for_the_connection_is_not_lag() -> None:
+    """A 4 s GOP at 25 fps (100 frames, the default lag limit) cached, and frames arriving while
+    ICE/DTLS connects: the viewer still starts from the key frame."""
+    feed, _ = await make_feed()
+    feed.on_unit(video(0, key=True))
+    for n in range(1, 100):
+        feed.on_unit(video(n))
+    viewer = Viewer(max_lag=100)
+    feed.add(viewer)
+    for n in range(100, 130):  # the handshake takes a while
+        feed.on_unit(video(n))
+    assert viewer.skips == 0 and not viewer.waiting_key
+    first, _ = await viewer.next_video()
+    assert first.key and len(viewer.video) == 129
+    # Sending: the replay of that backlog goes on while live frames come; they are no lag.
+    for n in range(130, 140):
+        await viewer.next_video()
+        feed.on_unit(video(n))
+        assert viewer.skips == 0, "a live frame during the replay is no lag"
+    assert viewer.skips == 0 and not viewer.waiting_key and len(viewer.video) == 129
+    # Before sending, a new key frame re-seeds the queue with the new GOP.
+    other = Viewer(max_lag=100)
+    feed.add(other)
+    feed.on_unit(video(140, key=True))
+    assert len(other.video) == 1 and other.video[0].key
+
+
+async def test_waiting_viewer_queue_is_bounded_by_bytes_and_asks_for_a_key_frame() -> None:
+    feed, _ = await make_feed()
+    asked: list[int] = []
+    feed.key_wanted = lambda: asked.append(1)
+    feed.on_unit(video(0, key=True))
+    viewer = Viewer(max_lag=100, max_bytes=1000)
+    feed.add(viewer)
+    for n in range(1, 40):
+        feed.on_unit(video(n, size=100))
+        assert viewer.video_bytes <= 1000
+    assert viewer.skips >= 1 and viewer.waiting_key and asked
+    # Sending now, falling behind by the lag limit also asks.
+    asked.clear()
+    feed.on_unit(video(40, key=True))
+    await viewer.next_video()
+    for n in range(41, 150):
+        feed.on_unit(video(n))
+    assert viewer.waiting_key and asked
+
+
+async def test_joining_a_flowing_feed_with_no_cached_gop_asks_for_a_key_frame() -> None:
+    feed, _ = await make_feed(cache=64)
+    asked: list[int] = []
+    feed.key_wanted = lambda: asked.append(1)
+    feed.on_unit(video(0, key=True))
+    feed.on_unit(video(1, size=200))  # the GOP overflows the cache: dropped
+    assert feed.gop == []
+    viewer = Viewer(max_lag=100)
+    feed.add(viewer)
+    assert viewer.waiting_key and asked == [1]
+
+
+async def test_audio_passthrough_reports_the_bytes_it_hands_to_the_sender() -> None:
+    from gateway.preview.feed import AudioChunk
+    from gateway.preview.tracks import AudioPassthrough
+
+    viewer = Viewer(max_lag=100)
+    sent: list[int] = []
+    track = AudioPassthrough(viewer, sent.append)
+    viewer.push_audio(AudioChunk(bytes(160), "pcma"))
+    viewer.push_audio(AudioChunk(bytes(320), "pcma"))
+    await track.recv()
+    await track.recv()
+    assert sent == [160, 320]

@@ -3,6 +3,7 @@ leaves nothing behind (no feed, no local session, the device's leg freed)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,7 +12,9 @@ import pytest
 from aiortc import RTCRtpSender
 
 import gateway.preview.service as service
+from gateway.metrics import Metrics
 from gateway.preview import PreviewError
+from gateway.preview.feed import Feed
 from gateway.preview.service import H265_MESSAGE, announce
 from tests.conftest import wait_for
 from tests.media.rig import Rig
@@ -193,3 +196,124 @@ async def test_a_device_sending_neither_ps_nor_h264_is_415(
     error = await refused(rig, await viewers().offer())
     assert error.status == 415 and "MP2T" in error.message
     await nothing_left(rig)
+
+
+async def test_one_owner_is_limited_to_its_share_of_previews(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig(preview={"max_sessions_per_owner": 1})
+    first = viewers()
+    _, answer = await rig.gw.previews.open(rig.channel, await first.offer(), owner="a")
+    await first.accept(answer)
+    with pytest.raises(PreviewError) as caught:
+        await rig.gw.previews.open(rig.channel, await viewers().offer(), owner="a")
+    error = caught.value
+    assert error.status == 503 and error.retry_after and "per-viewer" in error.message
+    other = viewers()
+    _, answer = await rig.gw.previews.open(rig.channel, await other.offer(), owner="b")
+    await other.accept(answer)
+    assert rig.gw.previews.active == 2
+
+
+async def test_one_owner_opening_too_fast_is_429_and_the_owner_table_is_bounded(
+    preview_rig: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = await preview_rig(preview={"opens_per_minute": 2})
+    previews = rig.gw.previews
+    for _ in range(2):  # refused offers still spend the owner's tokens
+        assert (await refused(rig, "hello")).status == 400
+    error = await refused(rig, "hello")
+    assert error.status == 429 and error.retry_after and error.retry_after >= 1
+    assert "a minute" in error.message
+    with pytest.raises(PreviewError) as caught:
+        await previews.open(rig.channel, "hello", owner="someone else")
+    assert caught.value.status == 400
+    monkeypatch.setattr(service, "MAX_OWNERS_TRACKED", 8)
+    for n in range(50):
+        with pytest.raises(PreviewError):
+            await previews.open(rig.channel, "hello", owner=f"owner{n}")
+    assert len(previews._buckets) <= 8
+    assert rig.nvr.invites == []
+
+
+def test_a_peer_that_never_connects_is_given_ten_seconds() -> None:
+    assert service.CONNECT_TIMEOUT == 10.0
+
+
+@pytest.mark.parametrize("name", ["H265", "HEVC", "h265"])
+async def test_a_device_answering_h265_in_its_rtpmap_gets_the_h265_message(name: str) -> None:
+    feed = Feed("34020000001320000001", gop_cache_bytes=1 << 20, metrics=Metrics())
+    with pytest.raises(PreviewError) as caught:
+        service.Previews._depacketise(feed, name)
+    assert caught.value.status == 415 and caught.value.message == H265_MESSAGE
+
+
+async def test_a_cancelled_request_stays_cancelled_when_its_feed_ends_too(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig(media_mute=True, preview={"first_frame_timeout": 30.0})
+    previews = rig.gw.previews
+    offer = await viewers().offer()
+    task = asyncio.ensure_future(previews.open(rig.channel, offer, owner="tester"))
+    await wait_for(
+        lambda: rig.channel in previews.feeds and previews.feeds[rig.channel].started.done(),
+        10,
+        "feed started",
+    )
+    feed = previews.feeds[rig.channel]
+    previews._stop_feed(feed)  # the feed ends ...
+    task.cancel()  # ... and the request is cancelled (the client went) at the same time
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await nothing_left(rig)
+
+
+async def test_a_feed_given_up_during_the_invite_leaves_no_leg_output_or_port(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    """The first-frame timeout expires while the device takes its time to answer: the feed's
+    starting task is cancelled at once (not left to finish the INVITE for nobody)."""
+    rig = await preview_rig(
+        invite_delay=40.0, media={"invite_timeout": 40.0}, preview={"first_frame_timeout": 0.5}
+    )
+    previews = rig.gw.previews
+    error = await refused(rig, await viewers().offer())
+    assert error.status == 503
+    await wait_for(
+        lambda: not rig.media.legs and not rig.media.local and not rig.media.live,
+        8,
+        "the leg and the output gone long before the device answers (40 s)",
+    )
+    assert not previews.feeds and not previews._by_output
+    assert all(t.done() for t in previews._tasks._tasks if "_start_feed" in repr(t.get_coro()))
+
+
+async def test_what_is_not_a_video_channel_is_404_before_the_device_is_asked(
+    preview_rig: Make, viewers: Viewers
+) -> None:
+    rig = await preview_rig(with_groups=True)
+    offer = await viewers().offer()
+    catalog = rig.gw.downlink.catalog
+    group, org, _ = rig.nvr.group_ids()
+    await wait_for(lambda: catalog.get(org) is not None, 10, "the groups in the catalog")
+    # Business group (215) and virtual organisation (216): catalog items with no picture.
+    for item_id in (group, org):
+        error = await refused(rig, offer, item_id)
+        assert error.status == 404 and "not a video channel" in error.message
+    # An alarm input (134) the device reported.
+    alarm = rig.channel[:10] + "134" + rig.channel[13:]
+    item = dataclasses.replace(rig.nvr.channel_item(1), device_id=alarm)
+    catalog.apply_notify(rig.nvr.device_id, [item])
+    assert catalog.get(alarm) is not None
+    error = await refused(rig, offer, alarm)
+    assert error.status == 404 and "134" in error.message
+    # Another device's channel ID, or one nobody reported.
+    error = await refused(rig, offer, rig.channel[:-1] + "9")
+    assert error.status == 404
+    assert rig.nvr.invites == []
+    await nothing_left(rig)
+    # A channel is still fine, and so is the device ID itself (an IPC is its own channel).
+    client = viewers()
+    _, answer = await rig.gw.previews.open(rig.channel, await client.offer(), owner="a")
+    await client.accept(answer)
+    rig.gw.previews._check_channel(rig.nvr.device_id)
