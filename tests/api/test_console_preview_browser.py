@@ -226,7 +226,7 @@ async def test_the_console_plays_channels_in_a_grid_and_ends_their_sessions(
         assert streaming(dev, one)
         assert sum(s.channel_id == one for s in dev.media_sessions.values()) == 1
         [first] = await live_previews(api)
-        assert first["channel_id"] == one and first["owner"] == USER
+        assert first["channel_id"] == one and first["owner"] == f"user:{USER}"
         assert await page.get_attribute(f'[data-player="{one}"]', "data-session") == first["id"]
         await page.screenshot(path=str(SHOTS / "preview.png"))
         await page.locator(f'[data-player="{one}"]').screenshot(
