@@ -43,7 +43,7 @@ typecheck: install
 	$(BIN)/mypy --strict gateway
 
 pytest: install test-deps
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
 test: install test-deps lint typecheck pytest
 
