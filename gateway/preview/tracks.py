@@ -22,48 +22,51 @@ VIDEO_TIME_BASE = fractions.Fraction(1, 90_000)
 AUDIO_TIME_BASE = fractions.Fraction(1, 8_000)
 
 
-class VideoPassthrough(MediaStreamTrack):
-    """H.264 access units of one viewer, as ``av.Packet``s."""
+class _Passthrough(MediaStreamTrack):
+    """One viewer's encoded media of one kind, as ``av.Packet``s; ``sent`` is told the bytes
+    of each one handed to the sender."""
 
-    kind = "video"
+    time_base: fractions.Fraction
 
     def __init__(self, viewer: Viewer, sent: Callable[[int], None]) -> None:
         super().__init__()
         self.viewer = viewer
         self._sent = sent
 
+    async def _next(self) -> tuple[bytes, int]:
+        raise NotImplementedError
+
     async def recv(self) -> av.Packet[Any]:
         try:
-            frame, timestamp = await self.viewer.next_video()
+            data, pts = await self._next()
         except ViewerClosed:
             self.stop()
             raise MediaStreamError from None
-        packet = av.Packet(frame.data)
-        packet.pts = timestamp
-        packet.dts = timestamp
-        packet.time_base = VIDEO_TIME_BASE
-        self._sent(len(frame.data))
+        packet = av.Packet(data)
+        packet.pts = pts
+        packet.dts = pts
+        packet.time_base = self.time_base
+        self._sent(len(data))
         return packet
 
 
-class AudioPassthrough(MediaStreamTrack):
-    """G.711 samples of one viewer, as ``av.Packet``s (sent as PCMA or PCMU as they came)."""
+class VideoPassthrough(_Passthrough):
+    """H.264 access units of one viewer."""
+
+    kind = "video"
+    time_base = VIDEO_TIME_BASE
+
+    async def _next(self) -> tuple[bytes, int]:
+        frame, timestamp = await self.viewer.next_video()
+        return frame.data, timestamp
+
+
+class AudioPassthrough(_Passthrough):
+    """G.711 samples of one viewer (sent as PCMA or PCMU as they came)."""
 
     kind = "audio"
+    time_base = AUDIO_TIME_BASE
 
-    def __init__(self, viewer: Viewer, sent: Callable[[int], None]) -> None:
-        super().__init__()
-        self.viewer = viewer
-        self._sent = sent  # told the bytes of each chunk handed to the sender
-
-    async def recv(self) -> av.Packet[Any]:
-        try:
-            chunk, at = await self.viewer.next_audio()
-        except ViewerClosed:
-            self.stop()
-            raise MediaStreamError from None
-        packet = av.Packet(chunk.data)
-        packet.pts = at
-        packet.time_base = AUDIO_TIME_BASE
-        self._sent(len(chunk.data))
-        return packet
+    async def _next(self) -> tuple[bytes, int]:
+        chunk, at = await self.viewer.next_audio()
+        return chunk.data, at
