@@ -669,6 +669,7 @@ class Registrar:
             await asyncio.sleep(period)
             try:
                 self.check()
+                self.digest.prune()
             except Exception:
                 log.exception("registrar.check_failed")
 

@@ -248,7 +248,7 @@ class DigestServer:
         return Verdict.OK
 
     def _remember(self, nonce: str, value: int) -> None:
-        self._prune()
+        self.prune()
         seen = self._nc_seen
         if nonce not in seen:
             while len(seen) >= self.max_nonces:
@@ -259,7 +259,10 @@ class DigestServer:
                 self._floor = max(self._floor, oldest[:20])
         seen[nonce] = value
 
-    def _prune(self) -> None:
+    def prune(self) -> None:
+        """Forget the nonces past their TTL (at most every quarter TTL). Called on each answer
+        and by the registrar's periodic check, so a quiet gateway does not keep the nonces of the
+        last burst until the next one."""
         now = self._clock()
         if now - self._last_prune < self.nonce_ttl / 4:
             return

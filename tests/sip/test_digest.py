@@ -280,3 +280,19 @@ def test_a_nonce_answers_only_from_the_host_it_was_issued_to() -> None:
     assert server.verify(answer("12345678"), "REGISTER", "12345678", bind="192.0.2.7") is (
         Verdict.OK
     )
+
+
+def test_prune_forgets_expired_nonces_without_a_new_answer() -> None:
+    # The registrar's periodic check calls prune(), so the nonces of the last burst of
+    # registrations do not stay in memory until the next answer arrives.
+    clock = Clock()
+    server = DigestServer("3402000000", clock=clock, nonce_ttl=10.0)
+    for _ in range(5):
+        assert server.verify(_answer(server), "REGISTER", "12345678") is Verdict.OK
+    assert len(server._nc_seen) == 5
+    clock.now += 5.0  # within the TTL: kept
+    server.prune()
+    assert len(server._nc_seen) == 5
+    clock.now += 6.0  # past it
+    server.prune()
+    assert server._nc_seen == {}
