@@ -22,13 +22,15 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/gb28181-gateway run $(if $(CONFIG),--config $(CONFIG))
 
-# Debian packages the tests need: SIPp (sip-tester) and chromium (the conformance report and the
-# web console are looked at in a real browser; Playwright drives this binary and downloads none),
-# with a Chinese font so the console's screenshots (bench/out/console/) are readable.
+# Debian packages the tests need: SIPp (sip-tester); redis-server (the cluster's shared store:
+# the tests start their own instances on loopback, never the system's service); chromium (the
+# conformance report and the web console are looked at in a real browser; Playwright drives this
+# binary and downloads none), with a Chinese font so the console's screenshots are readable.
 test-deps:
 	@missing=""; \
 	command -v sipp >/dev/null 2>&1 || missing="$$missing sip-tester"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	test -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc || missing="$$missing fonts-wqy-microhei"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \

@@ -3,6 +3,7 @@
 from gateway.settings.load import ConfigError, config_from_dict, load_config
 from gateway.settings.sections import (
     AuthSection,
+    ClusterSection,
     Config,
     DevicePassword,
     DownlinkSection,
@@ -27,6 +28,7 @@ from gateway.settings.sections import (
 
 __all__ = [
     "AuthSection",
+    "ClusterSection",
     "Config",
     "ConfigError",
     "DevicePassword",

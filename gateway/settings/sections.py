@@ -293,9 +293,31 @@ class MediaSection(_Section):
 
 
 class StoreSection(_Section):
-    backend: Literal["sqlite", "memory"] = "sqlite"
+    """Where the model is kept: ``sqlite`` (embedded default, one node), ``memory`` (tests) or
+    ``redis`` (shared by the nodes of a cluster, ``url``; keys start with ``prefix``)."""
+
+    backend: Literal["sqlite", "memory", "redis"] = "sqlite"
     path: str = "data/gateway.db"
     flush_interval: float = Field(0.2, gt=0, le=60)
+    url: str = Field("redis://127.0.0.1:6379/0", max_length=2048)
+    prefix: str = Field("gb:", max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
+    # Writes kept while Redis is unreachable; beyond it new writes are refused with an error.
+    max_queued_writes: int = Field(1_000_000, ge=1000, le=100_000_000)
+
+
+class ClusterSection(_Section):
+    """This node in a cluster of gateways sharing a Redis store (``[store] backend = "redis"``).
+    ``node_id`` names the node (unique in the cluster; default: the host name); a node holds
+    each lease (an upper platform's registration, its own liveness) for ``lease_seconds`` and
+    renews it every third of that."""
+
+    node_id: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    lease_seconds: float = Field(10.0, ge=1.0, le=600.0)
+    # Node-to-node requests (a query, control or INVITE for a device on another node) time out.
+    request_timeout: float = Field(10.0, gt=0, le=120.0)
+    # The SIP address devices reach this node on, taken over (listened on) by a survivor when
+    # this node's lease runs out (a floating address moved by keepalived/VRRP in production).
+    floating_host: str = Field("", max_length=255)
 
 
 class LogSection(_Section):
@@ -430,6 +452,7 @@ class Config(_Section):
     uplink: UplinkSection = UplinkSection()
     media: MediaSection = MediaSection()
     store: StoreSection = StoreSection()
+    cluster: ClusterSection = ClusterSection()
     log: LogSection = LogSection()
     http: HttpSection = HttpSection()
     preview: PreviewSection = PreviewSection()
