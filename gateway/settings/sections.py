@@ -8,6 +8,7 @@ documented in README.md; keep the two in step.
 
 from __future__ import annotations
 
+import socket
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -318,6 +319,10 @@ class ClusterSection(_Section):
     # The SIP address devices reach this node on, taken over (listened on) by a survivor when
     # this node's lease runs out (a floating address moved by keepalived/VRRP in production).
     floating_host: str = Field("", max_length=255)
+
+    def effective_node_id(self) -> str:
+        """``node_id``, or the host name when it is not set."""
+        return self.node_id or socket.gethostname()[:64]
 
 
 class LogSection(_Section):
