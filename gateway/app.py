@@ -432,6 +432,8 @@ def build_routes(gw: Gateway) -> RouteTable:
     t.sip("BYE", gw.calls.on_bye)
     t.sip("CANCEL", gw.calls.on_cancel)
     t.sip("INFO", gw.calls.on_info)
+    # RFC 3261 §11: what the gateway accepts, for a peer or a load balancer asking.
+    t.sip("OPTIONS", t.answer_options())
     return t
 
 

@@ -106,6 +106,22 @@ class RouteTable:
     def __len__(self) -> int:
         return len(self._routes)
 
+    def answer_options(self) -> Handler:
+        """A handler for OPTIONS (RFC 3261 §11.2): 200 with what the gateway would accept, the
+        methods of this table in ``Allow`` and the bodies it reads in ``Accept``. Platforms and
+        load balancers use it to see that a node is up, without registering."""
+
+        def on_options(req: Request, ctx: ServerContext) -> Response:
+            methods = sorted({r.method for r in self} | {"OPTIONS"})
+            headers = [
+                ("Allow", ", ".join(methods)),
+                ("Accept", "application/sdp, Application/MANSCDP+xml"),
+                ("Accept-Language", "en, zh"),
+            ]
+            return ctx.endpoint.answer(req, 200, "OK", headers=headers)
+
+        return on_options
+
     def sip_handlers(self, dispatcher: MessageDispatcher | None) -> dict[str, Handler]:
         """Method → handler for the endpoint; MESSAGE goes to ``dispatcher``."""
         out: dict[str, Handler] = {r.method: r.handler for r in self if r.method != "MESSAGE"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -69,7 +70,8 @@ def test_the_gateway_table_answers_every_flow_once() -> None:
     rows = gw.routes.describe()
     methods = {m for m, _, _ in rows}
     assert methods == {
-        "REGISTER", "MESSAGE", "SUBSCRIBE", "NOTIFY", "INVITE", "ACK", "BYE", "CANCEL", "INFO"
+        "REGISTER", "MESSAGE", "SUBSCRIBE", "NOTIFY", "INVITE", "ACK", "BYE", "CANCEL", "INFO",
+        "OPTIONS",
     }  # fmt: skip
     owners = {(m, c): h for m, c, h in rows}
     assert owners[("REGISTER", "")].endswith("Registrar.on_register")
@@ -124,3 +126,33 @@ def test_cli_prints_the_table_and_the_event_subscribers(capsys: pytest.CaptureFi
     assert events.index(("DeviceOnline", "CatalogSync")) < events.index(("DeviceOnline", "Uplink"))
     assert main(["routes"]) == 0
     assert "Query/*" in capsys.readouterr().out
+
+
+async def test_options_is_answered_200_with_allow_and_accept(
+    start_gateway: Any, raw_udp: Any
+) -> None:
+    # RFC 3261 §11.2: OPTIONS gets what an INVITE would, 200 here, with Allow and Accept; a
+    # platform or a load balancer uses it to see that the node is up without registering.
+    gw = await start_gateway()
+    raw_udp.send(
+        (
+            f"OPTIONS sip:{gw.config.gateway.id}@127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{raw_udp.port};branch=z9hG4bKopt1\r\n"
+            "From: <sip:34020000002000000099@3402000000>;tag=o1\r\n"
+            f"To: <sip:{gw.config.gateway.id}@3402000000>\r\n"
+            "Call-ID: options-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode(),
+        gw.port,
+    )
+    answer = (await raw_udp.recv()).decode()
+    assert answer.startswith("SIP/2.0 200 OK\r\n"), answer
+    headers = {
+        line.split(":", 1)[0].lower(): line.split(":", 1)[1].strip()
+        for line in answer.split("\r\n")[1:]
+        if ":" in line
+    }
+    allowed = {m.strip() for m in headers["allow"].split(",")}
+    assert {"REGISTER", "MESSAGE", "INVITE", "BYE", "SUBSCRIBE", "OPTIONS"} <= allowed
+    assert "application/sdp" in headers["accept"]
+    assert "tag=" in headers["to"]
