@@ -9,26 +9,36 @@
 # The configuration is /etc/gb28181/gateway.toml (deploy/image/gateway.toml: SIP and HTTP on
 # every address, the store in the volume); mount your own over it, or give `--config FILE`.
 # A package index other than PyPI: --build-arg PIP_INDEX_URL=... (and PIP_EXTRA_INDEX_URL,
-# PIP_TRUSTED_HOST); nothing else of the build machine is needed.
+# PIP_TRUSTED_HOST); behind a TLS-inspecting proxy, its CA bundle: mount it for the build and
+# name it, `buildah bud -v /path/ca.crt:/run/build-ca.crt:ro --build-arg PIP_CERT=/run/build-ca.crt`
+# (deploy/image/build.sh does so from pip's own setting). Nothing of it stays in the image.
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build
 ARG PIP_INDEX_URL=
 ARG PIP_EXTRA_INDEX_URL=
 ARG PIP_TRUSTED_HOST=
+ARG PIP_CERT=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY gateway ./gateway
-COPY conformance ./conformance
-# An unset build argument arrives as an empty variable, which pip would take as an empty URL.
-RUN for v in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST; do \
+# The dependencies first (their layer is reused while only the gateway's code changes), then
+# the gateway itself. An unset build argument arrives as an empty variable, which pip would
+# take as an empty URL: those are unset.
+COPY pyproject.toml ./
+RUN for v in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_CERT; do \
         eval "[ -n \"\${$v:-}\" ]" || unset "$v"; \
     done \
     && python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "the base needs Python >= 3.11")' \
     && python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --upgrade pip \
-    && /opt/venv/bin/pip install . \
+    && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt \
+    && /opt/venv/bin/pip install -r requirements.txt
+COPY README.md ./
+COPY gateway ./gateway
+COPY conformance ./conformance
+RUN for v in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_CERT; do \
+        eval "[ -n \"\${$v:-}\" ]" || unset "$v"; \
+    done \
+    && /opt/venv/bin/pip install --no-deps . \
     && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM ${BASE}
@@ -41,8 +51,8 @@ COPY --from=build /opt/venv /opt/venv
 COPY deploy/image/gateway.toml /etc/gb28181/gateway.toml
 COPY deploy/image/healthcheck.py /usr/local/lib/gb28181/healthcheck.py
 # A fixed uid/gid, so that a volume or a bind mount can be given to it beforehand.
-RUN groupadd --system --gid 10001 gateway \
-    && useradd --system --uid 10001 --gid gateway --home-dir /var/lib/gb28181 \
+RUN groupadd --gid 10001 gateway \
+    && useradd --uid 10001 --gid gateway --home-dir /var/lib/gb28181 \
         --no-create-home --shell /usr/sbin/nologin gateway \
     && mkdir -p /var/lib/gb28181 \
     && chown gateway:gateway /var/lib/gb28181 \

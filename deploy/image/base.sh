@@ -6,6 +6,7 @@
 #
 #   deploy/image/base.sh                 # builds localhost/gb28181-base:bookworm unless present
 #   GB_BASE_REBUILD=1 deploy/image/base.sh   # builds it again
+#   deploy/image/base.sh --print-mirror       # the Debian archive it would use
 #
 # Environment: GB_BASE_IMAGE (the name), DEBIAN_MIRROR (default: the first URI of apt's
 # deb.debian.org-style sources on this machine, else http://deb.debian.org/debian),
@@ -14,11 +15,6 @@ set -eu
 
 NAME=${GB_BASE_IMAGE:-localhost/gb28181-base:bookworm}
 SUITE=${DEBIAN_SUITE:-bookworm}
-
-if [ -z "${GB_BASE_REBUILD:-}" ] && buildah inspect --type image "$NAME" >/dev/null 2>&1; then
-    echo "base: $NAME is already in buildah's storage (GB_BASE_REBUILD=1 builds it again)"
-    exit 0
-fi
 
 mirror() {
     if [ -n "${DEBIAN_MIRROR:-}" ]; then
@@ -36,6 +32,16 @@ mirror() {
 }
 
 MIRROR=$(mirror)
+if [ "${1:-}" = "--print-mirror" ]; then
+    echo "$MIRROR"
+    exit 0
+fi
+
+if [ -z "${GB_BASE_REBUILD:-}" ] && buildah inspect --type image "$NAME" >/dev/null 2>&1; then
+    echo "base: $NAME is already in buildah's storage (GB_BASE_REBUILD=1 builds it again)"
+    exit 0
+fi
+
 WORK=$(mktemp -d /var/tmp/gb28181-base.XXXXXX)
 CTR=""
 cleanup() {
@@ -46,7 +52,8 @@ cleanup() {
     done
     rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 echo "base: debootstrap $SUITE from $MIRROR"
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
