@@ -87,23 +87,31 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def entrypoint_pid(root_pid: int) -> int | None:
-    """The first process below ``root_pid`` that runs in the container's root and is not
-    buildah's own (its chroot runtime and exec helper): the image's entrypoint, as the host
-    sees it. ``None`` until it runs."""
-    own_root = os.readlink("/proc/self/root")
+def _argv(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+
+
+def entrypoint_pid(root_pid: int, command: list[str]) -> int | None:
+    """The image's entrypoint as the host sees it: the process below ``root_pid`` that
+    buildah's exec helper (``buildah-chroot-exec``) started and that runs ``command`` (a
+    script's interpreter may come first). ``None`` until it runs."""
+    tail = [a.encode() for a in command[1:]]
     tree = _children()
-    todo = list(tree.get(root_pid, []))
+    todo = [(root_pid, b"")]
     while todo:
-        pid = todo.pop(0)
-        todo += tree.get(pid, [])
+        pid, parent = todo.pop(0)
         try:
-            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
-            root = os.readlink(f"/proc/{pid}/root")
+            argv = _argv(pid) if pid != root_pid else [b"buildah"]
         except OSError:
             continue
-        if root != own_root and not os.path.basename(argv0).startswith(b"buildah"):
+        name = os.path.basename(argv[0]) if argv else b""
+        if (
+            parent == b"buildah-chroot-exec"
+            and not name.startswith(b"buildah")
+            and argv[len(argv) - len(tail) :] == tail
+        ):
             return pid
+        todo += [(child, name) for child in tree.get(pid, [])]
     return None
 
 
@@ -128,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         config = image_config(container)
         mounts: list[str] = []
         volumes = [str(v) for v in config["Volumes"]]  # type: ignore[attr-defined]
+        # buildah run would also mount a fresh copy of each declared volume at its path, and
+        # which of that copy and the -v bind below ends on top is not fixed: the working
+        # container (not the image) forgets its volumes, so only the bind is there.
+        for volume in volumes:
+            buildah("config", "--volume", f"{volume}-", container)
         if volumes:
             data = Path(opts.data) if opts.data else Path(tempfile.mkdtemp(prefix="gb28181-vol."))
             data.mkdir(parents=True, exist_ok=True)
@@ -163,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         def forward(signum: int, frame: object) -> None:
             nonlocal stopping
             stopping = True
-            pid = entrypoint_pid(proc.pid)
+            pid = entrypoint_pid(proc.pid, command)
             if pid is not None:
                 os.kill(pid, signal.SIGTERM)
             else:
@@ -173,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, forward)
         if opts.pidfile:
             while proc.poll() is None and not stopping:
-                pid = entrypoint_pid(proc.pid)
+                pid = entrypoint_pid(proc.pid, command)
                 if pid is not None:
                     Path(opts.pidfile).write_text(f"{pid}\n")
                     break
