@@ -14,32 +14,35 @@
 # (deploy/image/build.sh does so from pip's own setting). Nothing of it stays in the image.
 ARG BASE=python:3.11-slim
 
-FROM ${BASE} AS build
+# The dependencies in a virtual environment, and the build backend in one of its own: these
+# layers are reused while only the gateway's code changes (a rebuild then needs no network).
+FROM ${BASE} AS deps
 ARG PIP_INDEX_URL=
 ARG PIP_EXTRA_INDEX_URL=
 ARG PIP_TRUSTED_HOST=
 ARG PIP_CERT=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-# The dependencies first (their layer is reused while only the gateway's code changes), then
-# the gateway itself. An unset build argument arrives as an empty variable, which pip would
-# take as an empty URL: those are unset.
 COPY pyproject.toml ./
+# An unset build argument arrives as an empty variable, which pip would take as an empty URL.
 RUN for v in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_CERT; do \
         eval "[ -n \"\${$v:-}\" ]" || unset "$v"; \
     done \
     && python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "the base needs Python >= 3.11")' \
+    && python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); \
+open("requirements.txt", "w").write("\n".join(p["project"]["dependencies"]) + "\n"); \
+open("build-requirements.txt", "w").write("\n".join(p["build-system"]["requires"]) + "\n")' \
     && python3 -m venv /opt/venv \
-    && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt \
-    && /opt/venv/bin/pip install -r requirements.txt
+    && /opt/venv/bin/pip install -r requirements.txt \
+    && python3 -m venv /opt/build \
+    && /opt/build/bin/pip install -r build-requirements.txt
+
+# The gateway as a wheel.
+FROM deps AS wheel
 COPY README.md ./
 COPY gateway ./gateway
 COPY conformance ./conformance
-RUN for v in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_CERT; do \
-        eval "[ -n \"\${$v:-}\" ]" || unset "$v"; \
-    done \
-    && /opt/venv/bin/pip install --no-deps . \
-    && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM ${BASE}
 ENV VIRTUAL_ENV=/opt/venv \
@@ -47,17 +50,20 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     LANG=C.UTF-8
-COPY --from=build /opt/venv /opt/venv
-COPY deploy/image/gateway.toml /etc/gb28181/gateway.toml
-COPY deploy/image/healthcheck.py /usr/local/lib/gb28181/healthcheck.py
 # A fixed uid/gid, so that a volume or a bind mount can be given to it beforehand.
 RUN groupadd --gid 10001 gateway \
-    && useradd --uid 10001 --gid gateway --home-dir /var/lib/gb28181 \
-        --no-create-home --shell /usr/sbin/nologin gateway \
+    && useradd --uid 10001 --gid gateway --home-dir /var/lib/gb28181 --no-create-home \
+        --shell /usr/sbin/nologin gateway \
     && mkdir -p /var/lib/gb28181 \
     && chown gateway:gateway /var/lib/gb28181 \
-    && chmod 0750 /var/lib/gb28181 \
+    && chmod 0750 /var/lib/gb28181
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=wheel /wheels /tmp/wheels
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-index /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels \
     && /opt/venv/bin/gb28181-gateway --version
+COPY deploy/image/gateway.toml /etc/gb28181/gateway.toml
+COPY deploy/image/healthcheck.py /usr/local/lib/gb28181/healthcheck.py
 
 # SIP on one port over UDP and TCP (sip.port); HTTP: API, console, /metrics, /healthz
 # (http.port); RTP over UDP and RFC 4571 TCP on the media range (media.port_min..port_max).
