@@ -168,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
                 container,
                 "--",
                 *command,
-            ]
+            ],
+            # A terminal's Ctrl-C reaches this script alone, which stops the gateway cleanly
+            # (buildah itself would kill it).
+            start_new_session=True,
         )
 
         stopping = False
@@ -177,10 +180,13 @@ def main(argv: list[str] | None = None) -> int:
             nonlocal stopping
             stopping = True
             pid = entrypoint_pid(proc.pid, command)
-            if pid is not None:
-                os.kill(pid, signal.SIGTERM)
-            else:
-                proc.terminate()
+            try:
+                if pid is not None:
+                    os.kill(pid, signal.SIGTERM)
+                else:
+                    proc.terminate()
+            except ProcessLookupError:
+                pass
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)

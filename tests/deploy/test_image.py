@@ -251,8 +251,9 @@ def runner(image: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
         rig["pid"] = int(pidfile.read_text())
         yield rig
     finally:
-        # Only what this fixture started: run.py (it forwards SIGTERM to the gateway), then
-        # its process group (run.py and its buildah), then the gateway itself by its PID.
+        # Only what this fixture started: run.py (it forwards SIGTERM to the gateway); if it
+        # does not end, run.py's process group and the gateway by its PID (buildah run, in a
+        # session of its own, ends with the gateway).
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
