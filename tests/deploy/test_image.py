@@ -343,6 +343,8 @@ def test_the_image_runs_the_gateway_as_its_user_with_its_data_in_the_volume(
     assert any(e.get("event") == "gateway.stopped" for e in _log_events(log))
     assert not Path(f"/proc/{pid}").exists()
     assert runner["name"] not in _containers()
+    # What the gateway kept outlives the container, in the volume's folder.
+    assert db.exists() and db.stat().st_size > 0
 
 
 @pytest.mark.image
