@@ -141,8 +141,12 @@ class UpperNotifier:
 
     async def _full_catalog_notify(self, s: UpperSession, sub: InboundSubscription) -> None:
         target = None if self.planner.is_gateway(sub.target) else sub.target
-        view = await s.view.build_async(target)
-        await self._send_catalog_notifies(s, sub, [replace(i, event="UPDATE") for i in view])
+        items = [replace(i, event="UPDATE") for i in await s.view.build_async(target)]
+        if items:
+            await self._send_catalog_notifies(s, sub, items)
+        else:  # nothing shared: still one NOTIFY (SumNum 0), the dialog goes on from here
+            msg = self.planner.catalog_notify(self.next_sn(), ())
+            await self.notify(s, sub, self.sender.encode(s, msg))
 
     def _arm_expiry(self, s: UpperSession, sub: InboundSubscription, seconds: float) -> None:
         if sub.timer is not None:
