@@ -5,15 +5,22 @@ next query, and goes on with the upper's subscription."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from conformance.peers.device import SimDevice
+from gateway.metrics import Metrics
+from gateway.sip import Endpoint, Peer, TimerConfig
 from tests.cluster.rig import GW, HOSTS, ClusterRig
 from tests.conftest import wait_for
 from tests.redisrig import REDIS_SERVER
+
+NVR = "34020000001180000001"
 
 
 def _loopback_usable() -> bool:
@@ -58,9 +65,7 @@ async def test_sigkill_of_the_holder_moves_the_registration(rig: ClusterRig) -> 
     sub = await upper.subscribe(GW, "Catalog", expires=600)
     assert sub.status == 200
     # The holder keeps the subscription in Redis within a third of a lease.
-    await wait_for(
-        lambda: bool(rig.redis.ping()) and _has_field(rig, "sub:Catalog"), 5, "sub kept"
-    )
+    await wait_for(lambda: bool(rig.redis.ping()) and _has_field(rig, "sub:Catalog"), 5, "sub kept")
     notifies = sub.notifies
     await holder.kill()
     survivor, elapsed = await rig.failover(holder)
@@ -95,3 +100,37 @@ def _has_field(rig: ClusterRig, field: str) -> bool:
     with socket.create_connection((rig.redis.host, rig.redis.port), timeout=1) as s:
         s.sendall(f"HEXISTS gb:upst:{rig.upper_config()['id']} {field}\r\n".encode())
         return s.recv(16).startswith(b":1")
+
+
+@pytest.mark.timeout(120)
+async def test_sessions_of_the_dead_holder_are_ended_on_the_upper(rig: ClusterRig) -> None:
+    """A live view through the holder; the holder is killed: the next holder ends the call on
+    the upper's side with BYE (its media died with the node)."""
+    upper = rig.upper
+    holder = await rig.holder()
+    ep = Endpoint(metrics=Metrics(), timers=TimerConfig(t1=0.1, t2=0.4, t4=0.5))
+    await ep.start("127.0.0.1", 0)
+    try:
+        nvr = SimDevice(
+            ep, NVR, Peer("udp", holder.host, holder.port), channel_count=1, live_frames=100_000
+        )
+        nvr.install()
+        assert (await nvr.register()).status == 200
+        channel = nvr.channel_id(1)
+        deadline = time.monotonic() + 20
+        while True:  # until the node has the device's catalog (its sync after REGISTER)
+            result = await upper.catalog(GW, timeout=2.0, idle=0.5)
+            if any(item.device_id == channel for item in result.items):
+                break
+            assert time.monotonic() < deadline, "the channel never reached the catalog"
+        call = await upper.invite(GW, channel, timeout=5.0)
+        assert call.status == 200
+        # The holder keeps the dialog in Redis within a third of a lease.
+        await wait_for(lambda: _has_field(rig, f"dlg:{call.call_id}"), 5, "dialog kept")
+        await holder.kill()
+        await rig.failover(holder)
+        await asyncio.wait_for(call.ended.wait(), 10)
+        assert call.ended_by == "lower"
+        await wait_for(lambda: not _has_field(rig, f"dlg:{call.call_id}"), 5, "dialog dropped")
+    finally:
+        await ep.close()
