@@ -17,7 +17,7 @@ import structlog
 from gateway import logs
 from gateway.api import ApiContext, ApiServer
 from gateway.catalog import Catalog
-from gateway.cluster import Cluster
+from gateway.cluster import Cluster, FloatingAddresses, NodeInfo
 from gateway.directory import ACCOUNT_ADDED, ACCOUNT_REVOKED, POLICY_CHANGED, Directory
 from gateway.downlink import (
     CatalogSync,
@@ -259,6 +259,13 @@ class Gateway:
         )
         if self.uplink.takeover is not None:
             self.uplink.takeover.dialogs_of = self._upper_dialogs
+        # A dead node's floating SIP address, taken over with its devices (in a cluster).
+        self.floating = FloatingAddresses(
+            self.cluster,
+            self.endpoint,
+            own_host=config.cluster.floating_host,
+            on_taken=self._adopt_devices,
+        )
         self.previews = Previews(
             settings=config.preview,
             calls=self.calls,
@@ -348,6 +355,23 @@ class Gateway:
             if out.upper_id == upper_id and out.dialog is not None
         ]
 
+    async def _adopt_devices(self, node_id: str, info: NodeInfo) -> None:
+        """This node took over ``node_id``'s floating address: the devices that registered
+        through it (read fresh from the shared store) are served here from now on."""
+        reload = getattr(self.store, "reload", None)
+        if reload is not None:
+            await reload()
+        device_nodes = getattr(self.store, "device_nodes", None)
+        owners: dict[str, str] = device_nodes() if device_nodes is not None else {}
+        known = self.registrar.devices
+        adopted = [
+            dev
+            for dev in self.store.load_devices()
+            if owners.get(dev.device_id) == node_id or dev.device_id not in known
+        ]
+        self.registrar.adopt(adopted)
+        log.info("cluster.devices_adopted", dead_node=node_id, devices=len(adopted))
+
     def _known_sender(self, user: str, peer: Peer) -> bool:
         """Under overload, new requests from these are served, not shed: a device registered
         from that host (its keepalives, its answers to our queries, its refreshes) and a
@@ -385,6 +409,7 @@ class Gateway:
                 sip_host=cfg.sip.advertised_host or cfg.sip.host, sip_port=self.endpoint.port
             )
         self.cluster.start()
+        self.floating.start()
         self.uplink.start()
         await self.previews.start()
         if self.api is not None:
