@@ -138,10 +138,14 @@ class ClusterRig:
         host = self.registered_from()
         return next(n for n in self.nodes if n.host == host)
 
-    async def failover(self, dead: Node, timeout: float = 30.0) -> tuple[Node, float]:
-        """After ``dead`` was killed: the node that registered in its place, and how long after
-        ``dead`` was killed (now) the upper's next query was answered from it."""
-        killed = time.monotonic()
+    async def failover(
+        self, dead: Node, timeout: float = 30.0, *, killed: float | None = None
+    ) -> tuple[Node, float]:
+        """After ``dead`` was killed (at monotonic time ``killed``, default now): the node
+        that registered in its place, and how long after the kill the upper's next query was
+        answered from it."""
+        if killed is None:
+            killed = time.monotonic()
         await wait_for(
             lambda: self.registered_from() not in (None, dead.host), timeout, "taken over"
         )
