@@ -573,6 +573,8 @@ class Uplink:
             s = next((x for x in self.sessions.values() if x.link.server_id == user), None)
         if s is None or ctx.peer.host != s.link.peer.host:
             return None
+        if self.takeover is not None and not self.takeover.holder(s.upper.id):
+            return None  # another node of the cluster serves it (answered 503)
         if req.max_forwards is None:
             s.quirks.note("no_max_forwards", method=req.method)
         if s.link.peer.reliable and not ctx.peer.reliable:
@@ -601,6 +603,15 @@ class Uplink:
         s.quirks.note("cseq_method_mismatch", method=req.method[:20], detail=exc.detail[:60])
 
     def _refused(self, req: Request, ctx: ServerContext, what: str) -> Response:
+        if self.takeover is not None:
+            s = self.sessions.get(req.from_.uri.user or "")
+            standby = s is not None and not self.takeover.holder(s.upper.id)
+            if s is not None and standby and ctx.peer.host in s.hosts():
+                self.metrics.inc("cluster.upper_request_on_standby")
+                log.info("cluster.upper_request_on_standby", upper=s.upper.id, what=what)
+                return self.endpoint.answer(
+                    req, 503, "Service Unavailable (another node serves this platform)"
+                )
         self.metrics.inc("uplink.not_an_upper")
         log.info("uplink.not_an_upper", peer=str(ctx.peer), sender=req.from_.uri.user, what=what)
         return self.endpoint.answer(req, 403, "Forbidden (not an upper platform of this gateway)")

@@ -13,8 +13,9 @@ import pytest
 
 from conformance.peers.platform import SimPlatform
 from gateway.app import Gateway
+from gateway.manscdp import DeviceInfoQuery, encode
 from gateway.metrics import Metrics
-from gateway.sip import Endpoint, TimerConfig
+from gateway.sip import Endpoint, Peer, TimerConfig, build_request
 from tests.conftest import make_config, wait_for
 from tests.redisrig import REDIS_SERVER, RedisServer
 
@@ -86,6 +87,17 @@ async def test_lost_lease_stops_the_node_at_once(
         assert other.uplink.state_of(UP) == "standby"
         assert not other.uplink.sessions[UP].link.online
         await wait_for(lambda: upper.lowers[GW].keepalives >= 2, 5, "keepalives")
+        # A query sent to the standby node is not served there.
+        query = build_request(
+            "MESSAGE",
+            f"sip:{GW}@127.0.0.1:{other.endpoint.port}",
+            from_uri=f"sip:{UP}@{UP[:10]}",
+            to_uri=f"sip:{GW}@{GW[:10]}",
+            body=encode(DeviceInfoQuery(sn=7, device_id=GW)),
+            content_type="Application/MANSCDP+xml",
+        )
+        resp = await upper.endpoint.request(query, Peer("udp", "127.0.0.1", other.endpoint.port))
+        assert resp.status == 503, resp.status
         # Someone else's value in the lease (a split brain, an operator): the holder finds it
         # at its next renewal and stops acting for the upper then and there.
         client = holder.cluster.client
