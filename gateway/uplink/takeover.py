@@ -130,6 +130,7 @@ class UpperTakeover:
         upper_id = s.upper.id
         if upper_id in self.leases:
             return
+        s.fenced = True
         lease = self.cluster.lease(
             f"upper:{upper_id}",
             on_gained=lambda token: self._gained(upper_id, token),
@@ -179,6 +180,7 @@ class UpperTakeover:
             except (KeyError, TypeError, ValueError):
                 resume = None
         s.link.halt()
+        s.fenced = False
         s.link = up.new_link(s.upper)
         s.link.start(resume=resume)
         log.info(
@@ -229,7 +231,10 @@ class UpperTakeover:
         s = up.sessions.get(upper_id)
         if s is None:
             return
+        s.fenced = True
         s.link.halt()
+        for sub in s.subs.values():
+            sub.notifier.terminated = True  # no NOTIFY in it from here (kept for the next)
         if s.catalog_task is not None and not s.catalog_task.done():
             s.catalog_task.cancel()
         up.notifier.close([s])
