@@ -7,7 +7,8 @@ of the lease time. It is taken only when the key is absent (``SET NX PX``), with
 behalf can refuse an older holder (fencing). Acquire (the ``INCR`` and the ``SET``) is one Lua
 script so no token is spent on a failed attempt; renew and release compare the value first
 (compare-and-``PEXPIRE``, compare-and-``DEL``), so a node never extends or removes a lease
-someone else holds.
+someone else holds. A renewal that finds the key gone (Redis restarted empty) writes it back:
+nobody else can hold it, and the holder goes on acting without a gap.
 
 The holder's view is local: before each acquire or renew request it reads a monotonic clock,
 and a successful answer makes the lease its own until that reading plus the lease time (less a
@@ -56,12 +57,20 @@ local t = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. t, 'PX', ARGV[2])
 return t
 """
-# ARGV: the value held, lease ms. 1 when renewed, 0 when the lease is not ours.
+# KEYS: the lease, its fence counter. ARGV: the value held, lease ms, its token. 1 when
+# renewed, 0 when the lease is someone else's. 2 when the key was gone (Redis restarted empty,
+# or a replica without it took over): nobody else holds it, so it is written back, and the
+# fence counter is raised to the token if it fell behind, so later grants stay above it.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return 0
+if v then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local f = tonumber(redis.call('GET', KEYS[2]) or '0')
+if f < tonumber(ARGV[3]) then redis.call('SET', KEYS[2], ARGV[3]) end
+return 2
 """
 # ARGV: the value held. 1 when released, 0 when it was not ours.
 _RELEASE = """
@@ -251,7 +260,10 @@ class Lease:
             try:
                 renewed = int(
                     await asyncio.wait_for(
-                        self._renew(keys=[self.key], args=[value, self.ms]), left
+                        self._renew(
+                            keys=[self.key, self.fence_key], args=[value, self.ms, self._token]
+                        ),
+                        left,
                     )
                 )
             except (RedisError, OSError, TimeoutError) as exc:
@@ -264,6 +276,9 @@ class Lease:
                 return  # lost while the answer was on its way: not ours to extend
             if renewed:
                 self._extend(sent)
+                if renewed == 2:
+                    self.metrics.inc("cluster.lease_restored")
+                    self.log.warning("cluster.lease_restored", token=self._token)
             else:
                 self._lose("taken by another node")
             return

@@ -18,6 +18,8 @@ Redis, for whoever comes next (:class:`gateway.cluster.UpperState`, fenced write
   catalog subscription, then the changes as usual), its CSeqs :data:`NOTIFY_CSEQ_GAP` above
   the last one kept. What changed in the last third of a lease before a crash can be missed:
   a dialog made then is not ended by the next holder (the upper ends it when its media stops).
+  Every :data:`FULL_SYNC_EVERY` rounds everything is written again, so what a Redis restarted
+  empty lost is back within a few lease times.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ log = structlog.get_logger("gateway.uplink.takeover")
 
 NOTIFY_CSEQ_GAP = 100  # NOTIFYs or INFOs sent after the last sync (a third of a lease)
 BYE_CSEQ_GAP = 100
+FULL_SYNC_EVERY = 10  # rounds (a third of a lease each)
 
 
 def dialog_record(d: Dialog) -> dict[str, Any]:
@@ -300,8 +303,17 @@ class UpperTakeover:
                 self._written[upper_id] = {k: v for k, v in state.items() if k != "reg"}
             except Exception as exc:
                 log.info("cluster.upper_sync_failed", upper=upper_id, error=str(exc)[:200])
+        rounds = 0
         while self.holder(upper_id):
             await asyncio.sleep(self.cluster.lease_seconds / 3)
+            rounds += 1
+            if rounds % FULL_SYNC_EVERY == 0:
+                # Now and then everything again: Redis may have restarted empty meanwhile
+                # (the lease survives that, see gateway.cluster.leases).
+                self._written[upper_id] = {}
+                s = self.uplink.sessions.get(upper_id)
+                if s is not None:
+                    self.registration_saved(s.link)
             try:
                 await self.sync(upper_id)
             except Exception as exc:  # Redis unreachable: the lease will say so

@@ -240,3 +240,32 @@ async def test_single_node_form_holds_everything() -> None:
     assert lease.holder and gained == [1]
     await cluster.close()
     assert cluster.healthy()
+
+
+@pytest.mark.timeout(60)
+async def test_redis_restarted_empty_keeps_the_holder(redis_server: RedisServer) -> None:
+    """Redis comes back empty: the holder's next renewal writes its lease back (nobody else
+    can hold it), it never stops acting, and the fence counter is raised to its token so a
+    later grant is still above it."""
+    ca, cb = client(redis_server.port), client(redis_server.port)
+    a = Holder(ca, "a")
+    a.lease.start()
+    await wait_for(lambda: a.lease.holder, 5, "a holds")
+    token = a.lease.token
+    redis_server.wipe()
+    await wait_for(
+        lambda: a.lease.metrics.get("cluster.lease_restored") == 1, 5 * LEASE, "restored"
+    )
+    assert a.lease.holder and a.lease.token == token
+    assert [kind for kind, *_ in a.events] == ["gained"]
+    assert await cb.get("t:lease:upper:1") == f"a:{token}".encode()
+    assert int(await cb.get("t:fence:upper:1") or 0) >= (token or 0)
+    # Given back: the next grant's token is above the old holder's.
+    b = Holder(cb, "b")
+    b.lease.start()
+    await a.lease.close()
+    await wait_for(lambda: b.lease.holder, 3 * LEASE, "b holds")
+    assert b.tokens()[0] > (token or 0)
+    await b.lease.close()
+    await ca.aclose()
+    await cb.aclose()
