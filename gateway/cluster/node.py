@@ -55,14 +55,16 @@ class Cluster:
         self.membership: Membership | None = None
         self.uppers: UpperState | None = None
         if url is not None:
-            # No retries inside the client: the lease keeps its own deadline, and a request
-            # that hangs on a dead server must fail within a third of the lease time.
+            # One immediate retry inside the client (a pooled connection that died with a
+            # restarted server is replaced at once, not reported as an outage); the lease keeps
+            # its own deadline, and a request that hangs on a dead server fails within a
+            # third of the lease time.
             timeout = max(0.2, lease_seconds / 3)
             self.client = aioredis.Redis.from_url(
                 url,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
+                retry=Retry(NoBackoff(), 1),
                 health_check_interval=0,
             )
             self.membership = Membership(

@@ -83,7 +83,8 @@ async def test_lost_lease_stops_the_node_at_once(
         nodes = {a.endpoint.port: a, b.endpoint.port: b}
         holder = nodes[upper.lowers[GW].peer.port]
         other = b if holder is a else a
-        assert holder.uplink.state_of(UP) == "registered"
+        # (The upper records the registration as it answers; the node when the answer lands.)
+        await wait_for(lambda: holder.uplink.state_of(UP) == "registered", 5, "holder online")
         assert other.uplink.state_of(UP) == "standby"
         assert not other.uplink.sessions[UP].link.online
         await wait_for(lambda: upper.lowers[GW].keepalives >= 2, 5, "keepalives")
@@ -159,4 +160,37 @@ async def test_clean_shutdown_hands_over_at_once(
         assert upper.lowers[GW].call_id == call_id
         assert not [r for r in upper.registers if r.get_header("Expires") == "0"]
     finally:
+        await b.close()
+
+
+@pytest.mark.timeout(90)
+async def test_redis_down_nobody_acts_then_one_resumes(
+    tmp_path: Path, redis_server: RedisServer, upper: SimPlatform
+) -> None:
+    """Redis unreachable for every node: the holder stops at its lease's deadline (nobody
+    serves the upper meanwhile) and Redis is reported down; Redis back: one node registers
+    again with the same Call-ID, by itself."""
+    a = Gateway(node_config(tmp_path, "a", redis_server, upper))
+    b = Gateway(node_config(tmp_path, "b", redis_server, upper))
+    await a.start()
+    await b.start()
+    try:
+        await wait_for(lambda: GW in upper.lowers and upper.lowers[GW].registered, 10, "reg")
+        call_id = upper.lowers[GW].call_id
+
+        def states() -> tuple[str, str]:
+            return a.uplink.state_of(UP), b.uplink.state_of(UP)
+
+        await wait_for(lambda: sorted(states()) == ["registered", "standby"], 5, "one holder")
+        redis_server.kill()
+        await wait_for(lambda: states() == ("standby", "standby"), 5, "nobody holds")
+        await wait_for(lambda: not a.cluster.healthy() and not b.cluster.healthy(), 5, "down")
+        assert a.metrics.get("cluster.redis_down") == 1
+        redis_server.start()
+        await wait_for(lambda: sorted(states()) == ["registered", "standby"], 15, "resumed")
+        await wait_for(lambda: a.cluster.healthy() and b.cluster.healthy(), 5, "Redis back")
+        assert a.metrics.get("cluster.redis_down") == 1, "one outage, told once"
+        assert upper.lowers[GW].call_id == call_id
+    finally:
+        await a.close()
         await b.close()
