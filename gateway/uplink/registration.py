@@ -25,6 +25,10 @@ same Call-ID). A new registration (after losing the upper, or after a redirect) 
 Call-ID; should the upper answer that ``500`` (a platform that refuses a second Call-ID while it
 holds the first, issue 15), the gateway backs off as after any failure and tries again with the
 Call-ID of its last accepted registration, which the upper takes as a refresh.
+In a cluster the same continuation moves between nodes: each accepted registration is also told
+to ``on_saved`` (kept in Redis), and the node that takes the upper's lease over starts with it
+(``start(resume=...)``); a node that loses the lease stops at once without unregistering
+(:meth:`UpperLink.halt`).
 """
 
 from __future__ import annotations
