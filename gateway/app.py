@@ -449,6 +449,7 @@ class Gateway:
         await self.calls.close()
         await self.media.close()
         await self.uplink.close()
+        self.floating.close()
         await self.cluster.close()
         await self.sync.close()
         await self.subscriptions.close()

@@ -12,8 +12,12 @@ on with their keepalives without registering again, TCP devices reconnect and re
 
 The owner holds ``addr:{host}`` itself while alive, so nobody can be granted it before the
 owner's lease has run out. A survivor that loses the lease (Redis unreachable) gives the
-address back (stops listening); one that cannot bind it (its owner is back) gives the lease
-back.
+address back (stops listening); one that cannot bind it (its owner is back, or in production
+the address is on another machine) gives the lease back and tries again a lease time later,
+:data:`BIND_TRIES` times at most while the owner stays away. With keepalived, either give each
+floating address one backup machine (only its gateway can bind the address, the others give
+the lease back), or set ``net.ipv4.ip_nonlocal_bind = 1`` and let keepalived follow the
+lease holder (a ``track_script`` that checks the holder, ``gb:lease:addr:{host}``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from gateway.sip import Endpoint
 log = structlog.get_logger("gateway.cluster.floating")
 
 OnTaken = Callable[[str, NodeInfo], Awaitable[None]]
+BIND_TRIES = 30  # lease times a survivor keeps trying for an address it cannot bind
 
 
 class FloatingAddresses:
@@ -46,6 +51,7 @@ class FloatingAddresses:
         self.taken: dict[str, int] = {}  # host -> port listened on for a dead node
         self._leases: dict[str, LeaseLike] = {}
         self._dropping: set[asyncio.Future[None]] = set()
+        self._closed = False
 
     def start(self) -> None:
         if self.cluster.membership is None:
@@ -58,7 +64,11 @@ class FloatingAddresses:
             lease.start()
         self.cluster.membership.on_node_lost(self._node_lost)
 
-    def _node_lost(self, node_id: str, info: NodeInfo) -> None:
+    def close(self) -> None:
+        """No more attempts (the leases themselves close with the cluster)."""
+        self._closed = True
+
+    def _node_lost(self, node_id: str, info: NodeInfo, tries: int = 0) -> None:
         host = str(info.get("floating_host") or "")
         port = info.get("sip_port")
         if not host or host == self.own_host or host in self._leases:
@@ -68,7 +78,7 @@ class FloatingAddresses:
             return
 
         async def gained(token: int) -> None:
-            await self._take(node_id, info, host, port)
+            await self._take(node_id, info, host, port, tries)
 
         def lost(reason: str) -> None:
             if self.taken.pop(host, None) is not None:
@@ -79,15 +89,28 @@ class FloatingAddresses:
         self._leases[host] = lease
         lease.start()
 
-    async def _take(self, node_id: str, info: NodeInfo, host: str, port: int) -> None:
+    def _retry(self, node_id: str, info: NodeInfo, tries: int) -> None:
+        membership = self.cluster.membership
+        if membership is None or node_id in membership.alive() or self._closed:
+            return
+        self._node_lost(node_id, info, tries)
+
+    async def _take(self, node_id: str, info: NodeInfo, host: str, port: int, tries: int) -> None:
         try:
             await self.endpoint.listen_also(host, port)
         except OSError as exc:
+            # In use (its owner is back) or not on this machine (keepalived moved it to
+            # another survivor, or has not moved it yet): give the lease back, so the
+            # survivor that can bind it gets it, and try again a lease time later while the
+            # owner stays away.
             log.warning("cluster.address_busy", host=host, port=port, error=str(exc))
             self._leases.pop(host, None)
             task = asyncio.ensure_future(self.cluster.drop_lease(f"addr:{host}"))
             self._dropping.add(task)
             task.add_done_callback(self._dropping.discard)
+            if tries + 1 < BIND_TRIES:
+                loop = asyncio.get_running_loop()
+                loop.call_later(self.cluster.lease_seconds, self._retry, node_id, info, tries + 1)
             return
         self.taken[host] = port
         self.cluster.metrics.inc("cluster.address_taken_over")
