@@ -17,6 +17,7 @@ import structlog
 from gateway import logs
 from gateway.api import ApiContext, ApiServer
 from gateway.catalog import Catalog
+from gateway.cluster import Cluster, FloatingAddresses, NodeInfo
 from gateway.directory import ACCOUNT_ADDED, ACCOUNT_REVOKED, POLICY_CHANGED, Directory
 from gateway.downlink import (
     CatalogSync,
@@ -74,6 +75,20 @@ def open_store(config: Config, metrics: Metrics | None = None) -> Store:
     )
 
 
+def open_cluster(config: Config, metrics: Metrics | None = None) -> Cluster:
+    """This node's part in a cluster: active iff the store is Redis (``[store] backend =
+    "redis"``; its ``url`` and ``prefix``), else the single-node form (every lease held)."""
+    url = config.store.url if config.store.backend == "redis" else None
+    return Cluster(
+        url=url,
+        prefix=config.store.prefix,
+        node_id=config.cluster.effective_node_id(),
+        lease_seconds=config.cluster.lease_seconds,
+        info={"floating_host": config.cluster.floating_host},
+        metrics=metrics,
+    )
+
+
 class Gateway:
     """Everything running together: built at once (nothing opens a socket until :meth:`start`),
     then ``await start()`` and ``await close()``."""
@@ -90,6 +105,7 @@ class Gateway:
         self.metrics = Metrics()
         self.events = EventBus()
         self.store = store if store is not None else open_store(config, self.metrics)
+        self.cluster = open_cluster(config, self.metrics)
         identity = config.gateway
         sip = config.sip
         over = config.overload
@@ -187,6 +203,7 @@ class Gateway:
             metrics=self.metrics,
             clock=clock,
             directory=self.directory,
+            cluster=self.cluster,
         )
         media = config.media
         relay = make_relay(
@@ -239,6 +256,15 @@ class Gateway:
             broadcast=self.broadcast,
             events=self.events,
             metrics=self.metrics,
+        )
+        if self.uplink.takeover is not None:
+            self.uplink.takeover.dialogs_of = self._upper_dialogs
+        # A dead node's floating SIP address, taken over with its devices (in a cluster).
+        self.floating = FloatingAddresses(
+            self.cluster,
+            self.endpoint,
+            own_host=config.cluster.floating_host,
+            on_taken=self._adopt_devices,
         )
         self.previews = Previews(
             settings=config.preview,
@@ -321,6 +347,31 @@ class Gateway:
             (MediaStatusReceived, self.calls.on_media_status),
         ]
 
+    def _upper_dialogs(self, upper_id: str) -> list[Dialog]:
+        """The live media dialogs with an upper (kept in Redis for the next holder of it)."""
+        return [
+            out.dialog
+            for out in list(self.media.outputs_by_call.values())
+            if out.upper_id == upper_id and out.dialog is not None
+        ]
+
+    async def _adopt_devices(self, node_id: str, info: NodeInfo) -> None:
+        """This node took over ``node_id``'s floating address: the devices that registered
+        through it (read fresh from the shared store) are served here from now on."""
+        reload = getattr(self.store, "reload", None)
+        if reload is not None:
+            await reload()
+        device_nodes = getattr(self.store, "device_nodes", None)
+        owners: dict[str, str] = device_nodes() if device_nodes is not None else {}
+        known = self.registrar.devices
+        adopted = [
+            dev
+            for dev in self.store.load_devices()
+            if owners.get(dev.device_id) == node_id or dev.device_id not in known
+        ]
+        self.registrar.adopt(adopted)
+        log.info("cluster.devices_adopted", dead_node=node_id, devices=len(adopted))
+
     def _known_sender(self, user: str, peer: Peer) -> bool:
         """Under overload, new requests from these are served, not shed: a device registered
         from that host (its keepalives, its answers to our queries, its refreshes) and a
@@ -353,6 +404,12 @@ class Gateway:
         await self.endpoint.start(cfg.sip.host, cfg.sip.port)
         await self.registrar.start()
         self.sync.start()
+        if self.cluster.membership is not None:
+            self.cluster.membership.info.update(
+                sip_host=cfg.sip.advertised_host or cfg.sip.host, sip_port=self.endpoint.port
+            )
+        self.cluster.start()
+        self.floating.start()
         self.uplink.start()
         await self.previews.start()
         if self.api is not None:
@@ -366,6 +423,7 @@ class Gateway:
             port=self.endpoint.port,
             store=cfg.store.backend,
             http_port=self.api.port if self.api is not None else None,
+            node=self.cluster.node_id if self.cluster.active else None,
         )
 
     @property
@@ -391,6 +449,8 @@ class Gateway:
         await self.calls.close()
         await self.media.close()
         await self.uplink.close()
+        self.floating.close()
+        await self.cluster.close()
         await self.sync.close()
         await self.subscriptions.close()
         await self.downlink.close()

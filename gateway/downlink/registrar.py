@@ -211,8 +211,18 @@ class Registrar:
         """Take back the devices the store knows. UDP devices whose registration has not
         expired are online again, with a full keepalive period of grace; TCP devices lost their
         connection with the restart, so they are offline until they register again."""
+        self.adopt(self.store.load_devices())
+        log.info(
+            "registrar.loaded",
+            devices=len(self.devices),
+            online=sum(1 for d in self.devices.values() if d.online),
+        )
+
+    def adopt(self, devices: Iterable[Device]) -> None:
+        """Serve ``devices`` (as read from the store) as after a restart (:meth:`load`): at
+        start, or when this node of a cluster takes over a dead node's address."""
         now = self.clock()
-        for dev in self.store.load_devices():
+        for dev in devices:
             self.devices[dev.device_id] = dev
             if not dev.online:
                 continue
@@ -224,11 +234,6 @@ class Registrar:
                 dev.last_seen = now
                 self._by_last_seen[dev.device_id] = now
                 self._push_expiry(dev)
-        log.info(
-            "registrar.loaded",
-            devices=len(self.devices),
-            online=sum(1 for d in self.devices.values() if d.online),
-        )
 
     async def start(self) -> None:
         self._check_task = asyncio.create_task(self._check_loop())

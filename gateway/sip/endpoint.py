@@ -196,6 +196,13 @@ class Endpoint:
     def port(self) -> int:
         return self.transports.port
 
+    async def listen_also(self, host: str, port: int) -> None:
+        """SIP on one more address (:meth:`Transports.listen_also`)."""
+        await self.transports.listen_also(host, port)
+
+    def stop_listening(self, host: str, port: int) -> None:
+        self.transports.stop_listening(host, port)
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()

@@ -75,6 +75,9 @@ _ERRQUEUE_BATCH = 64
 # bytes of IP packet, an IPv6 one at most 1280; the branch is in the first few hundred bytes.
 _QUOTE_MAX = 2048
 UDP_MAX = 65536
+# UDP peers remembered per extra address (which socket answers them): a bound on what
+# strangers sending from many ports can make us hold.
+UDP_ROUTES = 100_000
 UDP_BUFFER = 4 * 1024 * 1024
 
 FD_RESERVE = 256
@@ -122,12 +125,22 @@ def fatal_icmp(origin: int, icmp_type: int, code: int) -> bool:
 class _Udp:
     """The SIP UDP socket, read on the loop; on Linux with ICMP errors (see the module doc)."""
 
-    __slots__ = ("_fd", "_poller", "_wakes", "_watched", "loop", "owner", "sock")
+    __slots__ = ("_fd", "_poller", "_wakes", "_watched", "extra", "loop", "owner", "sock")
 
-    def __init__(self, owner: Transports, sock: socket.socket, loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self,
+        owner: Transports,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        extra: bool = False,
+    ):
         self.owner = owner
         self.sock = sock
         self.loop = loop
+        # One more address (:meth:`Transports.listen_also`): answers to those heard here
+        # leave from here.
+        self.extra = extra
         self._fd = sock.fileno()
         self._poller: Any = None
         self._wakes = 0
@@ -168,6 +181,8 @@ class _Udp:
                 continue
             read += 1
             peer = Peer("udp", str(addr[0]), int(addr[1]))
+            if self.extra:
+                owner._heard_on(self, peer)
             try:
                 listener.message_received(data, peer)
             except Exception:
@@ -526,6 +541,10 @@ class Transports:
         self._per_ip: dict[str, int] = {}
         self._connecting: dict[Peer, asyncio.Future[_TcpConnection]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        # More addresses listened on (listen_also), and which of their UDP sockets each UDP
+        # peer was last heard on (bounded: the oldest forgotten first).
+        self._extra: dict[tuple[str, int], tuple[_Udp, asyncio.Server]] = {}
+        self._udp_route: OrderedDict[tuple[str, int], _Udp] = OrderedDict()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -570,6 +589,45 @@ class Transports:
             self.host, self.port = host, bound
             break
         self._schedule_sweep()
+
+    async def listen_also(self, host: str, port: int) -> None:
+        """Take SIP on one more address, UDP and TCP (a floating address a node of a cluster
+        takes over from a dead one). What comes in is handled as on the main address; answers
+        to a UDP peer last heard there leave from that address (RFC 3261 §18.2.2: the
+        response goes back whence the request came), as do requests to it."""
+        if (host, port) in self._extra:
+            return
+        loop = self.loop
+        sock = _bind_udp(host, port)
+        try:
+            server = await loop.create_server(
+                lambda: _TcpConnection(self), host, port, reuse_address=True, backlog=1024
+            )
+        except OSError:
+            sock.close()
+            raise
+        self._extra[(host, port)] = (_Udp(self, sock, loop, extra=True), server)
+        log.info("sip.listening_also", host=host, port=port)
+
+    def stop_listening(self, host: str, port: int) -> None:
+        """Give back an address taken with :meth:`listen_also` (its TCP connections stay)."""
+        found = self._extra.pop((host, port), None)
+        if found is None:
+            return
+        udp, server = found
+        for addr in [a for a, u in self._udp_route.items() if u is udp]:
+            del self._udp_route[addr]
+        udp.close()
+        server.close()
+        log.info("sip.stopped_listening", host=host, port=port)
+
+    def _heard_on(self, udp: _Udp, peer: Peer) -> None:
+        route = self._udp_route
+        key = (peer.host, peer.port)
+        if route.get(key) is not udp:
+            route[key] = udp
+            if len(route) > UDP_ROUTES:
+                route.popitem(last=False)
 
     def _schedule_sweep(self) -> None:
         period = max(0.05, min(self.tcp_idle_timeout / 4, 30.0))
@@ -731,6 +789,8 @@ class Transports:
         """Send now if possible (UDP, or an open TCP connection); ``False`` otherwise."""
         if peer.transport == "udp":
             udp = self._udp
+            if self._udp_route:
+                udp = self._udp_route.get((peer.host, peer.port), udp)
             if udp is None:
                 return False
             return udp.send(data, (peer.host, peer.port))
@@ -786,6 +846,8 @@ class Transports:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+        for host, port in list(self._extra):
+            self.stop_listening(host, port)
         if self._server is not None:
             await self._server.wait_closed()
 

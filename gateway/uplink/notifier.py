@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from gateway.events import AlarmReceived, CatalogChange, MobilePositionReceived
@@ -129,6 +130,23 @@ class UpperNotifier:
         self._arm_expiry(s, sub, granted)
         self.metrics.inc("uplink.subscription_refreshed")
         return self._subscribe_ok(s, req, sub, granted)
+
+    def resume(self, s: UpperSession, sub: InboundSubscription) -> None:
+        """A subscription another node of a cluster held, now served here
+        (:mod:`gateway.uplink.takeover`): its expiry armed, and a catalog subscription hears
+        the whole shared catalog (each item an ``UPDATE``), then the changes as usual."""
+        self._arm_expiry(s, sub, max(0.0, sub.notifier.expires_at - self.clock()))
+        if sub.kind == "Catalog":
+            self.spawn(self._full_catalog_notify(s, sub))
+
+    async def _full_catalog_notify(self, s: UpperSession, sub: InboundSubscription) -> None:
+        target = None if self.planner.is_gateway(sub.target) else sub.target
+        items = [replace(i, event="UPDATE") for i in await s.view.build_async(target)]
+        if items:
+            await self._send_catalog_notifies(s, sub, items)
+        else:  # nothing shared: still one NOTIFY (SumNum 0), the dialog goes on from here
+            msg = self.planner.catalog_notify(self.next_sn(), ())
+            await self.notify(s, sub, self.sender.encode(s, msg))
 
     def _arm_expiry(self, s: UpperSession, sub: InboundSubscription, seconds: float) -> None:
         if sub.timer is not None:

@@ -25,6 +25,10 @@ same Call-ID). A new registration (after losing the upper, or after a redirect) 
 Call-ID; should the upper answer that ``500`` (a platform that refuses a second Call-ID while it
 holds the first, issue 15), the gateway backs off as after any failure and tries again with the
 Call-ID of its last accepted registration, which the upper takes as a refresh.
+In a cluster the same continuation moves between nodes: each accepted registration is also told
+to ``on_saved`` (kept in Redis), and the node that takes the upper's lease over starts with it
+(``start(resume=...)``); a node that loses the lease stops at once without unregistering
+(:meth:`UpperLink.halt`).
 """
 
 from __future__ import annotations
@@ -81,9 +85,12 @@ class UpperLink:
         next_sn: Callable[[], int],
         clock: Callable[[], float] = time.time,
         store: Store | None = None,
+        on_saved: Callable[[UpperLink], None] | None = None,
     ) -> None:
         self.upper = upper
         self.store = store
+        # Told each registration the upper accepted (a cluster keeps it for the next holder).
+        self.on_saved = on_saved
         self.gateway = identity
         self.endpoint = endpoint
         self.metrics = metrics
@@ -125,16 +132,40 @@ class UpperLink:
         """The Call-ID of the REGISTERs being sent."""
         return self._registers.call_id
 
-    def start(self) -> None:
-        self._resume()
+    def start(self, resume: tuple[str, str, int] | None = None) -> None:
+        """Register and keep registered. ``resume`` (Call-ID, From tag, CSeq): the registration
+        another node of a cluster held, continued (module docstring); otherwise the one the
+        store saved, if any."""
+        if resume is not None:
+            self._resume_from(*resume)
+        else:
+            self._resume()
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def held(self) -> tuple[str, str, int] | None:
+        """Call-ID, From tag and CSeq of the last registration the upper accepted."""
+        seq = self._held
+        return None if seq is None else (seq.call_id, seq.from_tag, seq.cseq)
+
+    def halt(self) -> None:
+        """Stop at once without a word to the upper (this node no longer acts for it: another
+        node of the cluster holds its lease and goes on with the registration)."""
+        self._stopping = True
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        self.online = False
 
     def _resume(self) -> None:
         """Go on with the registration saved before a restart (module docstring)."""
         saved = self.store.load_upper_registrations().get(self.upper.id) if self.store else None
         if saved is None:
             return
-        call_id, from_tag, cseq = saved
+        self._resume_from(*saved)
+
+    def _resume_from(self, call_id: str, from_tag: str, cseq: int) -> None:
         self._registers = RequestSequence(call_id, from_tag, cseq + CSEQ_RESUME_GAP)
         self._held = self._registers
         self.log.info("uplink.register_resumed", call_id=call_id, cseq=cseq)
@@ -394,6 +425,8 @@ class UpperLink:
             self.store.save_upper_registration(
                 self.upper.id, seq.call_id, seq.from_tag, seq.cseq, self.clock()
             )
+        if self.on_saved is not None:
+            self.on_saved(self)
         if expires == 0:
             self.online = False
             return True

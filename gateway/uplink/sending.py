@@ -139,7 +139,10 @@ class Sender:
         logged and counted as ``uplink.udp_oversize``, and TCP is left alone for
         ``TCP_RETRY_AFTER`` seconds. With ``split`` the caller can send the content in smaller
         requests instead: :class:`TcpFailed` says so. ``build`` makes the request afresh for
-        each attempt (fresh Call-ID, or the next CSeq)."""
+        each attempt (fresh Call-ID, or the next CSeq). Nothing goes to an upper whose lease
+        this node of a cluster does not hold (``s.fenced``): :class:`TransportError`."""
+        if s.fenced:
+            raise TransportError("not sent: another node of the cluster serves this upper")
         peer = s.link.peer
         req = build()
         size = self.wire_size(s, req)

@@ -71,6 +71,7 @@ import structlog
 from pydantic import ValidationError
 
 from gateway.catalog import Catalog
+from gateway.cluster import Cluster
 from gateway.directory import UNIT_REMOVED, Directory
 from gateway.downlink import Downlink, make_tz
 from gateway.events import (
@@ -100,6 +101,7 @@ from gateway.uplink.sending import Sender
 from gateway.uplink.session import UpperSession
 from gateway.uplink.share import Share, SharedView
 from gateway.uplink.subscriptions import InboundSubscription
+from gateway.uplink.takeover import UpperTakeover
 
 __all__ = ["InboundSubscription", "Uplink", "UpperError", "UpperSession"]
 
@@ -153,6 +155,7 @@ class Uplink:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         directory: Directory | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.cfg = settings
         self.directory = directory
@@ -189,6 +192,11 @@ class Uplink:
         self.platforms: dict[str, UpperPlatform] = {up.id: up for up in settings.platforms}
         self.shares: dict[str, Share] = {up.id: Share.seed(up.share) for up in settings.platforms}
         self._started = False
+        # In a cluster, an upper is served only while this node holds its lease
+        # (:mod:`gateway.uplink.takeover`); alone, every upper is served.
+        self.takeover: UpperTakeover | None = None
+        if cluster is not None and cluster.active:
+            self.takeover = UpperTakeover(self, cluster)
         self._units_dirty = False
         # One change to the uppers at a time: stopping a session awaits the upper (seconds),
         # and a change acting on what it read before that await would race another.
@@ -199,10 +207,9 @@ class Uplink:
         if directory is not None:
             directory.listeners.append(self._directory_changed)
 
-    def _new_session(self, upper: UpperPlatform) -> UpperSession:
-        idmap = IdMap(upper, self.store, self.gw.id, self.clock)
-        idmap.reserved |= set(self.platforms)
-        link = UpperLink(
+    def new_link(self, upper: UpperPlatform) -> UpperLink:
+        """The registration to ``upper`` (not started)."""
+        return UpperLink(
             upper,
             identity=self.gw,
             endpoint=self.endpoint,
@@ -212,7 +219,13 @@ class Uplink:
             next_sn=self.next_sn,
             clock=self.clock,
             store=self.store,
+            on_saved=self.takeover.registration_saved if self.takeover is not None else None,
         )
+
+    def _new_session(self, upper: UpperPlatform) -> UpperSession:
+        idmap = IdMap(upper, self.store, self.gw.id, self.clock)
+        idmap.reserved |= set(self.platforms)
+        link = self.new_link(upper)
         view = SharedView(
             upper,
             self.gw,
@@ -233,7 +246,7 @@ class Uplink:
         for s in self.sessions.values():
             s.idmap.reserved |= uppers
             s.idmap.load(rows)
-            s.link.start()
+            self._activate(s)
         self._started = True
         if self.sessions:
             log.info("uplink.started", uppers=list(self.sessions))
@@ -283,7 +296,14 @@ class Uplink:
             other.idmap.reserved.add(upper.id)
         self.sessions[upper.id] = s
         if self._started:
+            self._activate(s)
+
+    def _activate(self, s: UpperSession) -> None:
+        """Register to the upper now, or (in a cluster) whenever this node holds its lease."""
+        if self.takeover is None:
             s.link.start()
+        else:
+            self.takeover.hold(s)
 
     async def _stop_session(self, upper_id: str, reason: str) -> None:
         """End everything of an upper's session: its catalog answer, its subscriptions (with
@@ -296,6 +316,8 @@ class Uplink:
         await self.notifier.end_all(s, "noresource")
         self.events.publish(UpperOffline(upper_id, reason))
         await s.link.close(unregister=True)
+        if self.takeover is not None:
+            await self.takeover.release(upper_id, forget=reason == "removed")
         s.log.info("uplink.upper_stopped", reason=reason)
 
     async def add_upper(self, upper: UpperPlatform, share: Share | None = None) -> None:
@@ -457,12 +479,15 @@ class Uplink:
             await self._change_view(s, s.view.refresh)
 
     def state_of(self, upper_id: str) -> str:
-        """``disabled``, ``registered``, ``registering`` (trying, no failure yet) or
-        ``offline`` (refused or unreachable: backing off)."""
+        """``disabled``, ``registered``, ``registering`` (trying, no failure yet),
+        ``offline`` (refused or unreachable: backing off), or in a cluster ``standby``
+        (another node holds the upper's lease)."""
         upper = self._upper(upper_id)
         s = self.sessions.get(upper_id)
         if not upper.enabled or s is None:
             return "disabled"
+        if self.takeover is not None and not self.takeover.holder(upper_id):
+            return "standby"  # another node of the cluster serves it
         if s.link.online:
             return "registered"
         return "registering" if s.link.failures == 0 else "offline"
@@ -470,6 +495,9 @@ class Uplink:
     async def close(self) -> None:
         if self.directory is not None and self._directory_changed in self.directory.listeners:
             self.directory.listeners.remove(self._directory_changed)
+        if self.takeover is not None:
+            # Leases given back, the registrations left standing for the next holder.
+            await self.takeover.close()
         self._tasks.cancel_all()
         self.notifier.close(self.sessions.values())
         await asyncio.gather(*(s.link.close() for s in self.sessions.values()))
@@ -499,6 +527,8 @@ class Uplink:
 
     def _upper_online(self, link: UpperLink) -> None:
         self.events.publish(UpperOnline(link.upper.id))
+        if self.takeover is not None:
+            self.takeover.online(link)
 
     def _upper_offline(self, link: UpperLink, reason: str) -> None:
         s = self.sessions.get(link.upper.id)
@@ -543,6 +573,8 @@ class Uplink:
             s = next((x for x in self.sessions.values() if x.link.server_id == user), None)
         if s is None or ctx.peer.host != s.link.peer.host:
             return None
+        if self.takeover is not None and not self.takeover.holder(s.upper.id):
+            return None  # another node of the cluster serves it (answered 503)
         if req.max_forwards is None:
             s.quirks.note("no_max_forwards", method=req.method)
         if s.link.peer.reliable and not ctx.peer.reliable:
@@ -571,6 +603,15 @@ class Uplink:
         s.quirks.note("cseq_method_mismatch", method=req.method[:20], detail=exc.detail[:60])
 
     def _refused(self, req: Request, ctx: ServerContext, what: str) -> Response:
+        if self.takeover is not None:
+            s = self.sessions.get(req.from_.uri.user or "")
+            standby = s is not None and not self.takeover.holder(s.upper.id)
+            if s is not None and standby and ctx.peer.host in s.hosts():
+                self.metrics.inc("cluster.upper_request_on_standby")
+                log.info("cluster.upper_request_on_standby", upper=s.upper.id, what=what)
+                return self.endpoint.answer(
+                    req, 503, "Service Unavailable (another node serves this platform)"
+                )
         self.metrics.inc("uplink.not_an_upper")
         log.info("uplink.not_an_upper", peer=str(ctx.peer), sender=req.from_.uri.user, what=what)
         return self.endpoint.answer(req, 403, "Forbidden (not an upper platform of this gateway)")

@@ -31,6 +31,9 @@ class UpperSession:
         # Changes of what the upper sees (its share, the units) one at a time: each builds
         # the view before and after to tell the upper the difference.
         self.view_lock = asyncio.Lock()
+        # In a cluster: this node does not hold the upper's lease, nothing may be sent to it
+        # (gateway.uplink.takeover).
+        self.fenced = False
         self.log = log.bind(upper=upper.id)
 
     @property

@@ -1,0 +1,107 @@
+"""A dead node's floating SIP address taken over by a survivor (issue 18): the survivor that
+wins the lease ``addr:{host}`` listens on the dead node's address and port, UDP and TCP; TCP
+devices reconnect and register there; UDP devices whose registrations are in the shared store
+go on with their keepalives without registering again. Real processes on 127.0.0.2-4."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import gateway.store
+from conformance.peers.device import SimDevice
+from gateway.metrics import Metrics
+from gateway.sip import Endpoint, Peer, TimerConfig
+from tests.cluster.rig import ClusterRig, Node
+from tests.cluster.test_failover import _loopback_usable
+from tests.conftest import wait_for
+from tests.redisrig import REDIS_SERVER
+
+pytestmark = [
+    pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason="redis-server is not installed"),
+    pytest.mark.skipif(not _loopback_usable(), reason="127.0.0.2-4 cannot be bound here"),
+]
+SHARED_STORE = hasattr(gateway.store, "RedisStore")
+TCP_NVR, UDP_NVR = "34020000001180000001", "34020000001180000002"
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[ClusterRig]:
+    r = ClusterRig(tmp_path, nodes=3, lease_seconds=2.0)
+    # The first node's address is the floating one devices are given.
+    r.nodes[0].sections["cluster"] = {"floating_host": r.nodes[0].host}
+    try:
+        await r.start()
+        yield r
+    finally:
+        await r.close()
+
+
+@pytest.fixture
+async def device_endpoint() -> AsyncIterator[Endpoint]:
+    ep = Endpoint(metrics=Metrics(), timers=TimerConfig(t1=0.1, t2=0.4, t4=0.5))
+    await ep.start("127.0.0.1", 0)
+    yield ep
+    await ep.close()
+
+
+async def _taken_over(rig: ClusterRig, dead: Node) -> Node:
+    def taker() -> Node | None:
+        for n in rig.nodes:
+            if n is not dead and n.proc is not None and n.proc.named("cluster.address_taken_over"):
+                return n
+        return None
+
+    await wait_for(lambda: taker() is not None, 20, "a survivor takes the address over")
+    survivor = taker()
+    assert survivor is not None and survivor.proc is not None
+    event = survivor.proc.named("cluster.address_taken_over")[0]
+    assert (event["host"], event["port"]) == (dead.host, dead.port)
+    return survivor
+
+
+@pytest.mark.timeout(120)
+async def test_survivor_listens_on_the_dead_nodes_address(
+    rig: ClusterRig, device_endpoint: Endpoint
+) -> None:
+    dead = rig.nodes[0]
+    tcp = SimDevice(device_endpoint, TCP_NVR, Peer("tcp", dead.host, dead.port), channel_count=1)
+    tcp.install()
+    assert (await tcp.register()).status == 200
+    await dead.kill()
+    survivor = await _taken_over(rig, dead)
+    # Exactly one survivor took it.
+    others = [n for n in rig.nodes if n not in (dead, survivor)]
+    for n in others:
+        assert n.proc is not None and not n.proc.named("cluster.address_taken_over")
+    # The TCP device's connection died with the node: it reconnects to the same address and
+    # registers, and the survivor answers (over the new connection, from that address).
+    resp = await tcp.register()
+    assert resp.status == 200
+    assert (await tcp.keepalive()).status == 200
+    # UDP on that address too (a device that registers anew there).
+    udp = SimDevice(device_endpoint, UDP_NVR, Peer("udp", dead.host, dead.port), channel_count=1)
+    udp.install()
+    assert (await udp.register()).status == 200
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(
+    not SHARED_STORE, reason="needs the shared Redis store (gateway.store.RedisStore)"
+)
+async def test_udp_devices_keep_alive_without_registering_again(
+    rig: ClusterRig, device_endpoint: Endpoint
+) -> None:
+    dead = rig.nodes[0]
+    udp = SimDevice(device_endpoint, UDP_NVR, Peer("udp", dead.host, dead.port), channel_count=1)
+    udp.install()
+    assert (await udp.register()).status == 200
+    await dead.kill()
+    survivor = await _taken_over(rig, dead)
+    registers = survivor.proc.named("device.registered") if survivor.proc else []
+    resp = await udp.keepalive()
+    assert resp.status == 200
+    assert survivor.proc is not None
+    assert survivor.proc.named("device.registered") == registers  # no REGISTER was needed
