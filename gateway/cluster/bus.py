@@ -370,9 +370,7 @@ class Bus:
             raise ClusterError(f"{kind}: no such request", "unknown")
         return await handler(body)
 
-    async def _serve(
-        self, req_id: str, sender: str, kind: str, body: Any, deadline: float
-    ) -> None:
+    async def _serve(self, req_id: str, sender: str, kind: str, body: Any, deadline: float) -> None:
         async with self._handling:
             left = deadline - self.clock()
             if left <= 0:

@@ -4,7 +4,6 @@ bounded streams, events in order to every other node, gaps noticed."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -153,7 +152,9 @@ async def test_events_reach_every_other_node_in_order(make_bus: MakeBus) -> None
     c = await make_bus("c")
     heard: dict[str, list[tuple[str, int]]] = {"a": [], "b": [], "c": []}
     for name, bus in (("a", a), ("b", b), ("c", c)):
-        bus.on_event("tick", lambda sender, body, name=name: heard[name].append((sender, body["n"])))
+        bus.on_event(
+            "tick", lambda sender, body, name=name: heard[name].append((sender, body["n"]))
+        )
     for n in range(5000):  # several batches
         a.publish("tick", {"n": n})
     await a.drain()
