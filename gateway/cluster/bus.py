@@ -214,7 +214,7 @@ class Bus:
         """Start reading the inbox and the events (from now on)."""
         self._spawn(self._read_inbox())
         try:
-            last = await self.redis.xrevrange(self.events_key, count=1)
+            last: Any = await self.redis.xrevrange(self.events_key, count=1)
             self._events_from = last[0][0].decode() if last else "0-0"
         except (RedisError, OSError) as exc:
             self._redis_down(exc)
@@ -323,7 +323,7 @@ class Bus:
         delay = 0.05
         while True:
             try:
-                got = await self.redis.xread({self.inbox: last}, count=200, block=1000)
+                got: Any = await self.redis.xread({self.inbox: last}, count=200, block=1000)
                 self._redis_up()
                 delay = 0.05
             except (RedisError, OSError) as exc:
@@ -410,7 +410,7 @@ class Bus:
         delay = 0.05
         while True:
             try:
-                got = await self.redis.xread(
+                got: Any = await self.redis.xread(
                     {self.events_key: self._events_from}, count=100, block=1000
                 )
                 self._redis_up()
