@@ -210,9 +210,18 @@ class Bus:
         self._gap_handlers.append(handler)
 
     # -- lifecycle ------------------------------------------------------------------------
+    async def nodes(self) -> set[str]:
+        """The nodes that have joined (``P nodes``; the membership's leases say which live)."""
+        got: Any = await self.redis.smembers(f"{self.prefix}nodes")
+        return {n.decode() if isinstance(n, bytes) else str(n) for n in got}
+
     async def start(self) -> None:
-        """Start reading the inbox and the events (from now on)."""
+        """Start reading the inbox and the events (from now on); join ``P nodes``."""
         self._spawn(self._read_inbox())
+        try:
+            await self.redis.sadd(f"{self.prefix}nodes", self.node_id)
+        except (RedisError, OSError) as exc:
+            self._redis_down(exc)
         try:
             last: Any = await self.redis.xrevrange(self.events_key, count=1)
             self._events_from = last[0][0].decode() if last else "0-0"
