@@ -17,12 +17,14 @@ import structlog
 from gateway import logs
 from gateway.api import ApiContext, ApiServer
 from gateway.catalog import Catalog
+from gateway.cluster import Bus, ClusterDevices, Replica
 from gateway.directory import ACCOUNT_ADDED, ACCOUNT_REVOKED, POLICY_CHANGED, Directory
 from gateway.downlink import (
     CatalogSync,
     DeviceQuirks,
     Downlink,
     Registrar,
+    RemoteDevices,
     Subscriptions,
     VoiceBroadcast,
 )
@@ -38,12 +40,13 @@ from gateway.events import (
 )
 from gateway.media import SessionTable, make_relay
 from gateway.metrics import Metrics
+from gateway.model import DeviceDirectory
 from gateway.preview import Previews
 from gateway.routes import ANY, MessageDispatcher, RouteTable
 from gateway.settings import Config
 from gateway.sip import Dialog, Endpoint, LoadGuard, Peer, SipUri, TimerConfig, send_bye
 from gateway.store import Store
-from gateway.uplink import Calls, Uplink, UpperAudio
+from gateway.uplink import Calls, RelayedCalls, Uplink, UpperAudio
 
 log = structlog.get_logger("gateway.app")
 
@@ -142,11 +145,32 @@ class Gateway:
             quirks=self.quirks,
             credentials=self.directory.password,
         )
+        # In a cluster (the Redis backend): the bus to the other nodes, the replica of what they
+        # hold, and one directory of every node's devices for the parts that serve requests.
+        self.bus: Bus | None = None
+        self.replica: Replica | None = None
+        self.devices: DeviceDirectory = self.registrar
+        if config.store.backend == "redis":
+            self.bus = Bus(
+                url=config.store.url,
+                prefix=config.store.prefix,
+                node_id=config.cluster.effective_node_id(),
+                metrics=self.metrics,
+                request_timeout=config.cluster.request_timeout,
+            )
+            self.replica = Replica(
+                bus=self.bus,
+                local=self.registrar,
+                catalog=self.catalog,
+                events=self.events,
+                metrics=self.metrics,
+            )
+            self.devices = ClusterDevices(self.registrar, self.replica)
         self.downlink = Downlink(
             identity=identity,
             settings=config.downlink,
             endpoint=self.endpoint,
-            devices=self.registrar,
+            devices=self.devices,
             store=self.store,
             catalog=self.catalog,
             events=self.events,
@@ -180,7 +204,7 @@ class Gateway:
             settings=config.uplink,
             endpoint=self.endpoint,
             catalog=self.catalog,
-            devices=self.registrar,
+            devices=self.devices,
             downlink=self.downlink,
             store=self.store,
             events=self.events,
@@ -232,7 +256,7 @@ class Gateway:
             identity=identity,
             settings=media,
             endpoint=self.endpoint,
-            devices=self.registrar,
+            devices=self.devices,
             downlink=self.downlink,
             uplink=self.uplink,
             media=self.media,
@@ -240,6 +264,18 @@ class Gateway:
             events=self.events,
             metrics=self.metrics,
         )
+        if self.bus is not None and self.replica is not None:
+            self.downlink.elsewhere = RemoteDevices(
+                bus=self.bus, replica=self.replica, downlink=self.downlink
+            )
+            self.calls.relayed = RelayedCalls(
+                bus=self.bus,
+                replica=self.replica,
+                calls=self.calls,
+                endpoint=self.endpoint,
+                media=self.media,
+                metrics=self.metrics,
+            )
         self.previews = Previews(
             settings=config.preview,
             calls=self.calls,
@@ -338,13 +374,15 @@ class Gateway:
             return True
         if self.catalog.owner_of(user) is not None:
             return True
-        if user in self.registrar:
+        if user in self.devices:
             return True
         return self.uplink.knows(user)
 
     async def start(self) -> None:
         cfg = self.config
         await self.store.start()
+        if self.bus is not None:
+            await self.bus.start()
         self.directory.load()
         # The catalog first: devices found expired while loading turn their channels OFF.
         self.catalog.load()
@@ -352,6 +390,9 @@ class Gateway:
         await self.media.start()
         await self.endpoint.start(cfg.sip.host, cfg.sip.port)
         await self.registrar.start()
+        if self.replica is not None:
+            # Before the uplink: an upper registered here is served every node's catalog.
+            await self.replica.start()
         self.sync.start()
         self.uplink.start()
         await self.previews.start()
@@ -396,6 +437,10 @@ class Gateway:
         await self.downlink.close()
         await self.registrar.close()
         await self.endpoint.close()
+        if self.replica is not None:
+            await self.replica.close()
+        if self.bus is not None:
+            await self.bus.close()
         await self.store.close()
         logs.flush_suppressed()  # what the rate limit dropped is reported before the last line
         log.info("gateway.stopped", metrics=self.metrics.snapshot())

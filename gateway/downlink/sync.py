@@ -92,6 +92,8 @@ class CatalogSync:
             task.cancel()
 
     def on_online(self, event: DeviceOnline) -> None:
+        if event.node:
+            return  # held by another node, which syncs it (gateway.cluster)
         if not self.cfg.sync_on_register:
             # No catalog answer will say otherwise: the channels follow the device.
             self.catalog.set_device_status(event.device_id, "ON")
@@ -100,6 +102,8 @@ class CatalogSync:
         self.schedule(event.device_id)
 
     def on_offline(self, event: DeviceOffline) -> None:
+        if event.node:
+            return  # held by another node: its channels' OFF come from there
         task = self._running.pop(event.device_id, None)
         if task is not None:
             task.cancel()
