@@ -164,6 +164,7 @@ class Gateway:
                 catalog=self.catalog,
                 events=self.events,
                 metrics=self.metrics,
+                release=self.registrar.release,
             )
             self.devices = ClusterDevices(self.registrar, self.replica)
         self.downlink = Downlink(

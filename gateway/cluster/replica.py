@@ -88,6 +88,7 @@ class Replica:
         metrics: Metrics,
         peers: Callable[[], Awaitable[Iterable[str]]] | None = None,
         snapshot_timeout: float | None = None,
+        release: Callable[[str], object] | None = None,
     ) -> None:
         self.bus = bus
         self.node_id = bus.node_id
@@ -97,6 +98,8 @@ class Replica:
         self.metrics = metrics
         self._peers = peers if peers is not None else bus.nodes
         self.snapshot_timeout = snapshot_timeout
+        # Drops this node's binding of a device that registered at another node since.
+        self._release = release
         # device ID -> its record and the node that holds it (devices held elsewhere only).
         self.devices: dict[str, Device] = {}
         self.node_of: dict[str, str] = {}
@@ -268,12 +271,14 @@ class Replica:
             return
         device_id = dev.device_id
         mine = self.local.get(device_id)
-        if mine is not None and mine.online and node != self.node_id:
-            if dev.online and dev.registered_at > mine.registered_at:
-                # Registered there after here: that node holds it now.
-                log.info("replica.device_moved", device_id=device_id, node=node)
-            elif not dev.online:
-                return  # an older node's last word about a device that is here now
+        if mine is not None and mine.online:
+            if not dev.online or dev.registered_at < mine.registered_at:
+                return  # an older word of that node's about a device registered here since
+            # Registered there after here: that node holds it now, and judges its liveness.
+            self.metrics.inc("cluster.replica.moved")
+            log.info("replica.device_moved", device_id=device_id, node=node)
+            if self._release is not None:
+                self._release(device_id)
         old = self.devices.get(device_id)
         was_online = old is not None and old.online
         self.devices[device_id] = dev
@@ -300,6 +305,9 @@ class Replica:
             self.metrics.inc("cluster.replica.bad_event")
             log.warning("replica.bad_event", node=node, error=str(exc))
             return
+        mine = self.local.get(owner)
+        if mine is not None and mine.online and self.holder(owner) is None:
+            return  # the device is this node's now: its catalog is this node's to change
         self.node_of.setdefault(owner, node)
         if self.catalog.mirror_change(owner, item_id, event, after, node):
             self.metrics.inc("cluster.replica.changes")

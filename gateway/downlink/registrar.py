@@ -601,6 +601,23 @@ class Registrar:
         self._set_offline(dev, reason)  # saves the device
         return True
 
+    def release(self, device_id: str) -> bool:
+        """The device registered at another node of the cluster after it registered here
+        (``gateway.cluster.Replica``): that node holds it now and judges its liveness, so its
+        binding here is dropped quietly (no offline event: the device is not offline, and its
+        channels' state comes from that node). True if a live binding was dropped."""
+        dev = self.devices.get(device_id)
+        if dev is None or not dev.online:
+            return False
+        dev.online = False
+        self._lapsed.pop(device_id, None)
+        self._by_last_seen.pop(device_id, None)
+        if dev.transport == "tcp":
+            self._untrack_tcp(dev)
+        self.metrics.inc("device.moved_away")
+        log.info("device.moved_away", device_id=device_id)
+        return True
+
     def revoke_unauthorised(self, reason: str) -> int:
         """Revoke every online device that may no longer register at all (the unknown-devices
         policy turned to ``reject``); how many went offline."""
