@@ -143,6 +143,7 @@ class Replica:
         bus.on_event("synced", self._heard_synced)
         bus.on_event("alarm", self._heard_alarm)
         bus.on_event("hello", lambda node, body: self.refetch(node))
+        bus.on_event("bye", lambda node, body: self.node_lost(node, "node stopped"))
         bus.on_gap(self.refetch)
         ev = self.events
         ev.subscribe(DeviceOnline, self._device_online)
@@ -161,6 +162,10 @@ class Replica:
             self.refetch(node)
 
     async def close(self) -> None:
+        """Say goodbye (the others take this node's devices offline at once, rather than when
+        its membership runs out) and stop fetching."""
+        if self._started:
+            self.bus.publish("bye", {})
         tasks = list(self._fetching.values())
         for task in tasks:
             task.cancel()

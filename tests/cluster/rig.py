@@ -78,6 +78,7 @@ async def start_cluster(
     downlink: dict[str, Any] | None = None,
     http: bool = True,
     token: str = "",
+    request_timeout: float = 10.0,
     log_level: str = "warning",
 ) -> Cluster:
     """Three nodes; the upper (when ``upper_port``) is configured on the first only."""
@@ -89,7 +90,7 @@ async def start_cluster(
             data: dict[str, Any] = {
                 "sip": {"host": host, "port": 0},
                 "store": {"backend": "redis", "url": redis_url, "prefix": prefix},
-                "cluster": {"node_id": f"node{i + 2}", "request_timeout": 10},
+                "cluster": {"node_id": f"node{i + 2}", "request_timeout": request_timeout},
                 "log": {"level": log_level},
                 "http": {
                     "enabled": http,

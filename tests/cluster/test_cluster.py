@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conformance.peers.platform import SimPlatform
+from conformance.peers.platform import RequestFailed, SimPlatform
 from gateway.manscdp import DeviceControl
 from gateway.metrics import Metrics
 from gateway.sip import Endpoint
@@ -39,7 +39,9 @@ TOKEN = "cluster-viewer-token-0123456789"
 async def cluster(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Cluster]:
     upper_ep = Endpoint(metrics=Metrics(), timers=fast_timers())
     await upper_ep.start("127.0.0.1", 0)
-    c = await start_cluster(tmp_path, redis_server.url, upper_port=upper_ep.port, token=TOKEN)
+    c = await start_cluster(
+        tmp_path, redis_server.url, upper_port=upper_ep.port, token=TOKEN, request_timeout=2
+    )
     c.endpoints.append(upper_ep)
     c.platform = p = SimPlatform(upper_ep, platform_id=UP, domain=UP[:10]).start()
     try:
@@ -160,3 +162,43 @@ async def test_catalog_subscription_and_live_updates_hear_other_nodes(cluster: C
 def _http_port(gw: Any) -> int:
     assert gw.api is not None
     return int(gw.api.port)
+
+
+async def test_a_node_that_does_not_answer(cluster: Cluster) -> None:
+    """Z stops reading its inbox (hung, or cut from Redis): the upper's query for Z's device
+    gets Result ERROR and its INVITE 504, after the bus timeout, not never."""
+    p = cluster.platform
+    assert p is not None
+    x, _, z = cluster.nodes
+    assert z.bus is not None
+    for task in list(z.bus._tasks):
+        task.cancel()
+    nvr_z = cluster.devices[2]
+    status = await p.device_status(GW, nvr_z.channel_id(1), timeout=15)
+    assert status.responses and status.responses[0].result == "ERROR"  # type: ignore[attr-defined]
+    with pytest.raises(RequestFailed) as failed:
+        await p.invite(GW, nvr_z.channel_id(1), timeout=15)
+    assert failed.value.status == 504
+    assert x.metrics.get("cluster.bus.timeouts") == 2
+    assert x.calls.relayed is not None and not x.calls.relayed.upstream
+
+
+async def test_a_node_that_stops_takes_its_devices_offline(cluster: Cluster) -> None:
+    p = cluster.platform
+    assert p is not None
+    x, _, z = cluster.nodes
+    sub = await p.subscribe(GW, "Catalog")
+    assert sub.status == 200
+    nvr_z = cluster.devices[2]
+    await z.close()
+    cluster.nodes.remove(z)
+    await wait_for(
+        lambda: x.replica is not None and not x.replica.devices[nvr_z.device_id].online,
+        5,
+        "Z's NVR offline at X",
+    )
+    want = {("OFF", ch) for ch in nvr_z.channel_ids()}
+    await wait_for(lambda: want <= set(p.catalog_events), 5, "OFF NOTIFYs upward")
+    with pytest.raises(RequestFailed) as failed:
+        await p.invite(GW, nvr_z.channel_id(1))
+    assert failed.value.status == 480
