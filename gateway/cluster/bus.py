@@ -60,6 +60,8 @@ MAX_PENDING = 10_000
 """Requests of this node waiting for their replies."""
 MAX_HANDLING = 512
 """Requests from other nodes handled at once; the rest wait in the inbox."""
+READ_BLOCK_MS = 500
+"""How long one ``XREAD`` blocks: the readers look at ``close()`` this often."""
 
 
 class ClusterError(Exception):
@@ -231,27 +233,33 @@ class Bus:
         self._spawn(self._read_events())
 
     async def close(self) -> None:
+        """Write what is queued (2 s at most), stop the readers, fail the requests waiting.
+        The readers stop at their next wake-up (at most a second): a blocking ``XREAD`` is not
+        cancelled in the middle, since redis-py can lose a cancellation there and hang."""
         self._closing = True
         try:
             await asyncio.wait_for(self.drain(), 2.0)
         except (TimeoutError, RedisError, OSError):
             pass
         tasks = list(self._tasks)
-        if self._flushing is not None:
+        if self._flushing is not None and not self._flushing.done():
+            self._flushing.cancel()
             tasks.append(self._flushing)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=READ_BLOCK_MS / 1000 + 1.5)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(ClusterError("the node is shutting down", "closing"))
                 fut.exception()
         if self._own_client:
-            await self.redis.aclose()
+            try:
+                await asyncio.wait_for(self.redis.aclose(), 2.0)
+            except (TimeoutError, RedisError, OSError):
+                pass
 
     async def drain(self) -> None:
         """Wait until every event published so far is written (tests, snapshots)."""
@@ -330,9 +338,11 @@ class Bus:
     async def _read_inbox(self) -> None:
         last = "$"
         delay = 0.05
-        while True:
+        while not self._closing:
             try:
-                got: Any = await self.redis.xread({self.inbox: last}, count=200, block=1000)
+                got: Any = await self.redis.xread(
+                    {self.inbox: last}, count=200, block=READ_BLOCK_MS
+                )
                 self._redis_up()
                 delay = 0.05
             except (RedisError, OSError) as exc:
@@ -417,10 +427,10 @@ class Bus:
 
     async def _read_events(self) -> None:
         delay = 0.05
-        while True:
+        while not self._closing:
             try:
                 got: Any = await self.redis.xread(
-                    {self.events_key: self._events_from}, count=100, block=1000
+                    {self.events_key: self._events_from}, count=100, block=READ_BLOCK_MS
                 )
                 self._redis_up()
                 delay = 0.05

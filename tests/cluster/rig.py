@@ -26,6 +26,10 @@ HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 _prefixes = itertools.count()
 
 
+def hosts(nodes: int) -> tuple[str, ...]:
+    return tuple(f"127.0.0.{i + 2}" for i in range(nodes))
+
+
 def fast_timers() -> TimerConfig:
     return TimerConfig(t1=0.1, t2=0.4, t4=0.5)
 
@@ -45,7 +49,7 @@ class Cluster:
     synced: dict[str, list[str]] = field(default_factory=dict)
 
     def node(self, host: str) -> Gateway:
-        return self.nodes[HOSTS.index(host)]
+        return next(gw for gw in self.nodes if gw.config.sip.host == host)
 
     async def endpoint(self, host: str = "127.0.0.1") -> Endpoint:
         ep = Endpoint(metrics=Metrics(), timers=fast_timers())
@@ -80,13 +84,15 @@ async def start_cluster(
     token: str = "",
     request_timeout: float = 10.0,
     log_level: str = "warning",
+    nodes: int = 3,
 ) -> Cluster:
-    """Three nodes; the upper (when ``upper_port``) is configured on the first only."""
+    """``nodes`` nodes on 127.0.0.2, .3...; the upper (when ``upper_port``) is configured on
+    the first only."""
     prefix = f"c{next(_prefixes)}:"
-    nodes: list[Gateway] = []
-    cluster = Cluster(nodes, redis_url, prefix)
+    made: list[Gateway] = []
+    cluster = Cluster(made, redis_url, prefix)
     try:
-        for i, host in enumerate(HOSTS):
+        for i, host in enumerate(hosts(nodes)):
             data: dict[str, Any] = {
                 "sip": {"host": host, "port": 0},
                 "store": {"backend": "redis", "url": redis_url, "prefix": prefix},
@@ -134,7 +140,7 @@ async def start_cluster(
                 CatalogSynced, lambda e, s=synced: s.append(e.device_id) if not e.node else None
             )
             await gw.start()
-            nodes.append(gw)
+            made.append(gw)
     except BaseException:
         await cluster.close()
         raise
