@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -104,6 +104,12 @@ class Relayed(Protocol):
     def on_bye(self, req: Request, ctx: ServerContext) -> Response | None: ...
 
     def end_upper(self, upper_id: str, reason: str) -> None: ...
+
+    def on_info(
+        self, req: Request, ctx: ServerContext
+    ) -> Response | Awaitable[Response] | None: ...
+
+    def media_status(self, leg: Leg[Dialog], notify_type: int | None) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -644,6 +650,10 @@ class Calls:
         """MANSRTSP in an upper's playback or download dialog goes to the device in the leg's
         dialog (GB/T 28181-2022 §9.8.2, Annex B); the device's answer comes back."""
         out = self.media.outputs_by_call.get(req.call_id)
+        if out is None and self.relayed is not None:
+            relayed = self.relayed.on_info(req, ctx)
+            if relayed is not None:
+                return relayed
         if (
             out is None
             or out.dialog is None
@@ -698,6 +708,8 @@ class Calls:
         leg = self.media.legs_by_call.get(event.call_id)
         if leg is None:
             return
+        if self.relayed is not None:
+            self.relayed.media_status(leg, event.notify_type)
         for out in list(leg.outputs.values()):
             if out.dialog is not None and out.upper_id is not None:
                 self.spawn(self._send_media_status(out, event.notify_type))

@@ -17,24 +17,29 @@ them and sends the 200 (:meth:`Calls.answer_invite`). The ends cross back the sa
 * a node lost (:meth:`RelayedCalls.node_lost`): X says BYE to the upper for the sessions Y
   carried; Y ends the outputs it carried for X.
 
-What crosses the bus is signalling only (a few hundred bytes per call); MANSRTSP INFO in a
-relayed playback is not forwarded (481 from X) and is left for later.
+In a relayed playback or download, the upper's MANSRTSP INFO at X goes to Y (``calls.info``),
+which sends it to the device in the leg's dialog and returns the device's answer; the device's
+end of file (``MediaStatus`` 121) at Y goes to X (``calls.media_status``), which sends it to the
+upper in its dialog. What crosses the bus is signalling only (a few hundred bytes per call).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from gateway.cluster import Bus, ClusterError, ClusterTimeout, Replica
+from gateway.manscdp import MediaStatus
 from gateway.media import (
     DOWNLOAD,
     OPPOSITE,
     PLAY,
     PLAYBACK,
+    Leg,
     MediaError,
     Output,
     Sdp,
@@ -43,9 +48,18 @@ from gateway.media import (
     parse_sdp,
 )
 from gateway.metrics import Metrics
-from gateway.sip import Dialog, Endpoint, Peer, Request, Response, ServerContext, send_bye
+from gateway.sip import (
+    Dialog,
+    Endpoint,
+    Peer,
+    Request,
+    Response,
+    ServerContext,
+    SipError,
+    send_bye,
+)
 from gateway.tasks import TaskSet
-from gateway.uplink.calls import Calls
+from gateway.uplink.calls import MANSCDP_TYPE, Calls
 from gateway.uplink.session import UpperSession
 
 log = structlog.get_logger("gateway.uplink.relayed")
@@ -62,6 +76,7 @@ class _Upstream:
     node: str
     upper_id: str
     dialog: Dialog
+    target: str  # the channel as the upper knows it
 
 
 class RelayedCalls:
@@ -91,6 +106,8 @@ class RelayedCalls:
         bus.handle("calls.invite", self._serve_invite)
         bus.handle("calls.bye", self._serve_bye)
         bus.handle("calls.ended", self._serve_ended)
+        bus.handle("calls.info", self._serve_info)
+        bus.handle("calls.media_status", self._serve_media_status)
         media.local_ended.append(self._local_ended)
 
     def holder(self, device_id: str) -> str | None:
@@ -141,7 +158,7 @@ class RelayedCalls:
             return self.calls._fail(req, 502, "Bad Gateway (unreadable answer from node)")
         local_tag = self.endpoint.tag()
         dialog = Dialog.as_uas(req, local_tag, ctx.peer)
-        self.upstream[call_id] = _Upstream(call_id, node, s.upper.id, dialog)
+        self.upstream[call_id] = _Upstream(call_id, node, s.upper.id, dialog, upper_channel)
         self.metrics.inc(f"media.invite.relayed.{kind}")
         log.info(
             "invite.relayed",
@@ -173,6 +190,49 @@ class RelayedCalls:
         self._tell_bye(up.node, up.call_id, "BYE from the receiver")
         self.metrics.inc("media.relayed.bye")
         return self.endpoint.answer(req, 200, "OK")
+
+    def on_info(self, req: Request, ctx: ServerContext) -> Response | Awaitable[Response] | None:
+        """MANSRTSP in a relayed session's dialog: to the device's node (None: not relayed)."""
+        up = self.upstream.get(req.call_id)
+        if up is None or not self.calls._in_dialog(up.dialog, up.upper_id, req, ctx.peer):
+            return None
+        if not up.dialog.accepts(req):
+            return self.endpoint.answer(req, 500, "Server Internal Error (out-of-order CSeq)")
+        if "mansrtsp" not in (req.content_type or "").lower():
+            return self.endpoint.answer(
+                req, 415, "Unsupported Media Type (expected Application/MANSRTSP)"
+            )
+        return self._info(up, req)
+
+    async def _info(self, up: _Upstream, req: Request) -> Response:
+        body = {
+            "origin": self.bus.node_id,
+            "call_id": up.call_id,
+            "body": req.body.decode("latin-1"),
+            "content_type": req.content_type or "",
+        }
+        try:
+            reply = await self.bus.request(up.node, "calls.info", body)
+            status, reason = int(reply["status"]), str(reply["reason"])
+            answer = str(reply.get("body", "")).encode("latin-1")
+            ctype = str(reply.get("content_type", ""))
+        except (ClusterError, KeyError, TypeError, ValueError, UnicodeError):
+            self.metrics.inc("media.info.timeout")
+            return self.endpoint.answer(
+                req, 408, "Request Timeout (the device's node did not answer the INFO)"
+            )
+        self.metrics.inc("media.info.relayed")
+        headers = [("Content-Type", ctype)] if answer and ctype else []
+        return self.endpoint.answer(req, status, reason, headers=headers, body=answer)
+
+    def media_status(self, leg: Leg[Dialog], notify_type: int | None) -> None:
+        """A device's MediaStatus in a leg carried for other nodes: to each such node."""
+        for out in list(leg.outputs.values()):
+            found = self.served.get(out.output_id)
+            if found is not None:
+                origin, call_id = found
+                body = {"call_id": call_id, "notify_type": notify_type}
+                self._tasks.spawn(self._quietly(origin, "calls.media_status", body))
 
     def end_upper(self, upper_id: str, reason: str) -> None:
         for up in [u for u in self.upstream.values() if u.upper_id == upper_id]:
@@ -223,6 +283,29 @@ class RelayedCalls:
         up = self.upstream.pop(str(body.get("call_id", "")), None)
         if up is not None:
             self._hang_up(up, str(body.get("reason", "ended")))
+        return {}
+
+    async def _serve_media_status(self, body: dict[str, Any]) -> dict[str, Any]:
+        up = self.upstream.get(str(body.get("call_id", "")))
+        notify_type = body.get("notify_type")
+        if up is None:
+            return {}
+        s = self.calls.uplink.sessions.get(up.upper_id)
+        if s is None:
+            return {}
+        msg = MediaStatus(
+            sn=self.calls.uplink.next_sn(),
+            device_id=up.target,
+            notify_type=notify_type if isinstance(notify_type, int) else None,
+        )
+        req = up.dialog.request(
+            "MESSAGE", body=self.calls.uplink.encode_for(s, msg), content_type=MANSCDP_TYPE
+        )
+        try:
+            await self.endpoint.request(req, up.dialog.peer)
+            self.metrics.inc("media.media_status.forwarded")
+        except SipError as exc:
+            log.info("media.media_status_failed", upper=up.upper_id, error=str(exc))
         return {}
 
     # -- at the device's node -------------------------------------------------------------
@@ -285,6 +368,38 @@ class RelayedCalls:
             reason = str(body.get("reason", "BYE"))[:80]
             self.media.end_output(out, f"{reason} (at node {key[0]})", bye=False)
         return {}
+
+    async def _serve_info(self, body: dict[str, Any]) -> dict[str, Any]:
+        key = (str(body.get("origin", "")), str(body.get("call_id", "")))
+        out = self._by_call.get(key)
+        if out is None:
+            return {"status": 481, "reason": "Call/Transaction Does Not Exist"}
+        leg = out.leg
+        if leg.kind not in (PLAYBACK, DOWNLOAD):
+            return {
+                "status": 488,
+                "reason": "Not Acceptable Here (MANSRTSP controls playback only)",
+            }
+        dialog = leg.dialog
+        if dialog is None:
+            return {"status": 491, "reason": "Request Pending (the device has not answered yet)"}
+        fwd = dialog.request(
+            "INFO",
+            body=str(body.get("body", "")).encode("latin-1"),
+            content_type=str(body.get("content_type", "")),
+        )
+        try:
+            resp = await self.endpoint.request(fwd, dialog.peer)
+        except SipError:
+            return {"status": 408, "reason": "Request Timeout (the device did not answer the INFO)"}
+        if resp.status == 481:
+            self.media.end_leg(leg, "the device lost the dialog (481 to INFO)", bye=False)
+        return {
+            "status": resp.status,
+            "reason": resp.reason,
+            "body": resp.body.decode("latin-1"),
+            "content_type": resp.content_type or "",
+        }
 
     def _local_ended(self, output_id: str, reason: str) -> None:
         found = self.served.pop(output_id, None)

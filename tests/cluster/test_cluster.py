@@ -202,3 +202,29 @@ async def test_a_node_that_stops_takes_its_devices_offline(cluster: Cluster) -> 
     with pytest.raises(RequestFailed) as failed:
         await p.invite(GW, nvr_z.channel_id(1))
     assert failed.value.status == 480
+
+
+async def test_relayed_playback_info_and_end_of_file(cluster: Cluster) -> None:
+    """MANSRTSP INFO at the upper's node reaches the device on its node, and the device's end
+    of file (MediaStatus 121) reaches the upper in its dialog."""
+    p = cluster.platform
+    assert p is not None
+    x, y, _ = cluster.nodes
+    nvr_y = cluster.devices[1]
+    nvr_y.playback_frames = 100
+    call = await p.invite(
+        GW, nvr_y.channel_id(1), kind="Playback", start=1716163200, stop=1716163204
+    )
+    await call.receiver.wait_frames(5, timeout=15)
+    dev = next(iter(nvr_y.media_sessions.values()))
+    status, body = await call.pause()
+    assert status == 200 and "RTSP/1.0 200" in body
+    await wait_for(lambda: dev.sender.paused, 5, "paused at the device")
+    status, _ = await call.play(range="now")
+    assert status == 200
+    await wait_for(lambda: not dev.sender.paused, 5, "resumed")
+    assert [r.method for r in dev.infos] == ["PAUSE", "PLAY"]
+    await wait_for(lambda: 121 in call.media_status, 20, "MediaStatus 121 at the upper")
+    assert x.metrics.get("media.info.relayed") == 2
+    await call.bye()
+    await wait_for(lambda: not y.media.legs, 5, "Y's leg ended")
