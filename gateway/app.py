@@ -387,7 +387,15 @@ class Gateway:
         self.directory.load()
         # The catalog first: devices found expired while loading turn their channels OFF.
         self.catalog.load()
-        self.registrar.load()
+        if self.replica is not None:
+            # A shared store (RedisStore.device_nodes) says which node holds which device: the
+            # registrar takes only this node's; the others' are the replica's.
+            device_nodes = getattr(self.store, "device_nodes", None)
+            if callable(device_nodes):
+                self.replica.seed(device_nodes())
+            self.registrar.load(self.replica.held_elsewhere)
+        else:
+            self.registrar.load()
         await self.media.start()
         await self.endpoint.start(cfg.sip.host, cfg.sip.port)
         await self.registrar.start()

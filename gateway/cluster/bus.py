@@ -50,9 +50,10 @@ EventHandler = Callable[[str, dict[str, Any]], None]
 
 INBOX_MAXLEN = 10_000
 """Entries kept in each node's inbox (approximate trim)."""
-EVENTS_MAXLEN = 20_000
-"""Batches kept in the events stream (approximate trim)."""
-BATCH_EVENTS = 2_000
+EVENTS_MAXLEN = 300
+"""Batches kept in the events stream (approximate trim): about 150,000 events of a catalog
+burst (some 90 MB in Redis at its peak); a reader further behind sees a gap and re-fetches."""
+BATCH_EVENTS = 500
 """Events in one entry of the events stream at most."""
 MAX_QUEUED_EVENTS = 1_000_000
 """Events waiting to be written; beyond, they are dropped and the gap is signalled."""

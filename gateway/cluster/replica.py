@@ -121,6 +121,17 @@ class Replica:
             return None  # it registered here since: this node holds it now
         return node
 
+    def seed(self, device_nodes: dict[str, str]) -> int:
+        """Take the store's word on which node holds which device (a shared store's
+        ``device_nodes()``): those held elsewhere are not this node's, before their node's
+        snapshot comes. Returns how many."""
+        n = 0
+        for device_id, node in device_nodes.items():
+            if node and node != self.node_id:
+                self.node_of[device_id] = node
+                n += 1
+        return n
+
     def held_elsewhere(self, device_id: str) -> bool:
         return self.holder(device_id) is not None
 

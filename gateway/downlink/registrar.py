@@ -207,12 +207,16 @@ class Registrar:
     def values(self) -> Iterable[Device]:
         return self.devices.values()
 
-    def load(self) -> None:
+    def load(self, held_elsewhere: Callable[[str], bool] | None = None) -> None:
         """Take back the devices the store knows. UDP devices whose registration has not
         expired are online again, with a full keepalive period of grace; TCP devices lost their
-        connection with the restart, so they are offline until they register again."""
+        connection with the restart, so they are offline until they register again. In a
+        cluster sharing its store, the devices another node holds (``held_elsewhere``) are not
+        taken: that node judges their liveness (``gateway.cluster``)."""
         now = self.clock()
         for dev in self.store.load_devices():
+            if held_elsewhere is not None and held_elsewhere(dev.device_id):
+                continue
             self.devices[dev.device_id] = dev
             if not dev.online:
                 continue

@@ -247,3 +247,49 @@ async def test_bad_events_are_counted_not_applied(make_node) -> None:
     await wait_for(lambda: nvr(2) in b.replica.devices, 5)
     assert b.replica.metrics.get("cluster.replica.bad_event") == 3
     assert not list(b.owned())
+
+
+class SharedStore(MemoryStore):
+    """A store shared by the nodes, as RedisStore is: it knows which node holds each device."""
+
+    def __init__(self, nodes: dict[str, str]) -> None:
+        super().__init__()
+        self.nodes = nodes
+
+    def device_nodes(self) -> dict[str, str]:
+        return dict(self.nodes)
+
+
+async def test_a_shared_stores_devices_of_other_nodes_stay_theirs(
+    redis_server: RedisServer, tmp_path
+) -> None:
+    """With a shared store every node loads every device: the registrar takes only this
+    node's, so it never times out (or saves) another node's device."""
+    import time
+
+    from gateway.app import Gateway
+    from gateway.settings import config_from_dict
+
+    store = SharedStore({nvr(1): "other", nvr(2): "me"})
+    now = time.time()
+    for n in (1, 2):
+        store.save_device(
+            Device(nvr(n), host="127.0.0.1", port=5060, online=True, expires_at=now + 3600)
+        )
+    config = config_from_dict(
+        {
+            "sip": {"host": "127.0.0.1", "port": 0},
+            "http": {"enabled": False},
+            "store": {"backend": "redis", "url": redis_server.url, "prefix": "shared:"},
+            "cluster": {"node_id": "me"},
+            "log": {"level": "warning"},
+        }
+    )
+    gw = Gateway(config, store=store)
+    await gw.start()
+    try:
+        assert set(gw.registrar.devices) == {nvr(2)}
+        assert gw.replica is not None
+        assert gw.replica.holder(nvr(1)) == "other" and gw.replica.holder(nvr(2)) is None
+    finally:
+        await gw.close()
