@@ -245,6 +245,10 @@ class Replica:
     def _catalog_synced(self, event: CatalogSynced) -> None:
         if event.node:
             return
+        dev = self.local.get(event.device_id)
+        if dev is not None and self._local(event.device_id):
+            # What the sync learnt of the device itself (DeviceInfo: name, maker, model).
+            self.bus.publish("dev", {"device": device_to_wire(dev), "reason": ""})
         self.bus.publish(
             "synced",
             {
@@ -396,7 +400,8 @@ class Replica:
                 after = str(nxt)
         except ClusterError as exc:
             # Not there (dead, or not yet started): its hello or its events will bring it.
-            self._held.pop(node, None)
+            # What it published meanwhile still holds.
+            self._replay(node, self._held.pop(node, []))
             self.metrics.inc("cluster.replica.fetch_failed")
             log.info("replica.fetch_failed", node=node, error=str(exc))
             return
@@ -413,9 +418,11 @@ class Replica:
         for dev in devices:
             self._apply_device(node, {"device": device_to_wire(dev), "reason": "snapshot"})
         for owner, its in items.items():
-            self.node_of.setdefault(owner, node)
-            if self.node_of.get(owner) == node:
-                self.catalog.mirror(owner, its, node)
+            mine = self.local.get(owner)
+            if mine is not None and mine.online:
+                continue  # registered here since: this node's catalog of it is the truth
+            self.node_of[owner] = node
+            self.catalog.mirror(owner, its, node)
         for device_id in self.of_node(node):
             if device_id in now_there or device_id in items:
                 continue
@@ -425,11 +432,7 @@ class Replica:
             del self.node_of[device_id]
             if gone is not None and gone.online:
                 self.events.publish(DeviceOffline(device_id, "gone from its node", node))
-        for event, body in held:
-            if event == "dev":
-                self._apply_device(node, body)
-            else:
-                self._apply_change(node, body)
+        self._replay(node, held)
         self.metrics.inc("cluster.replica.fetched")
         log.info(
             "replica.fetched",
@@ -438,6 +441,13 @@ class Replica:
             items=sum(len(v) for v in items.values()),
             held=len(held),
         )
+
+    def _replay(self, node: str, held: list[tuple[str, dict[str, Any]]]) -> None:
+        for event, body in held:
+            if event == "dev":
+                self._apply_device(node, body)
+            else:
+                self._apply_change(node, body)
 
     async def _snapshot(self, body: dict[str, Any]) -> dict[str, Any]:
         """Everything this node holds, one page: its devices (on the first page) and the items
