@@ -149,6 +149,8 @@ async def measure_catalog_sync(
                 "replication_lag_seconds": round(complete - local, 2),
                 "events_sent": sent,
                 "batches": sum(gw.bus.seq for gw in cluster.nodes if gw.bus is not None),
+                # Gaps seen by the upper's node (each one a re-fetch of that node's state).
+                "gaps_at_upper_node": x.metrics.get("cluster.bus.gaps"),
                 "redis_used_memory_bytes": int(info.get("used_memory", 0)),
                 "note": "one process, one loop for every node and NVR: upper bounds",
             }

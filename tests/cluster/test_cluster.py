@@ -74,6 +74,8 @@ async def test_the_upper_sees_one_complete_catalog(cluster: Cluster) -> None:
     assert nvr_id(2) not in x.registrar.devices
     assert x.replica is not None and x.replica.holder(nvr_id(2)) == "node3"
     assert x.replica.holder(nvr_id(1)) is None
+    # What Y's sync learnt of its NVR (DeviceInfo) reached X's record of it.
+    await wait_for(lambda: x.replica.devices[nvr_id(2)].manufacturer == "SimVision", 5)
     # Nothing of another node's went into X's own store.
     assert {o for o, _ in x.store.load_items()} == {nvr_id(1)}
     assert y.metrics.get("cluster.bus.served") >= 1  # X's snapshot request, at least
