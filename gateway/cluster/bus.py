@@ -123,7 +123,8 @@ class Bus:
         self._last_seq: dict[str, int] = {}  # the last seq heard of each other node
         self._events_from = "$"
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._handling = asyncio.Semaphore(MAX_HANDLING)
+        self._serving = 0  # requests of other nodes being handled (at most MAX_HANDLING)
+        self._room = asyncio.Event()
         self._down = False
         self._closing = False
 
@@ -340,9 +341,16 @@ class Bus:
         last = "$"
         delay = 0.05
         while not self._closing:
+            while self._serving >= MAX_HANDLING:
+                # Every handler slot is taken: the requests wait in the inbox (bounded there),
+                # not as tasks here.
+                self._room.clear()
+                await self._room.wait()
             try:
                 got: Any = await self.redis.xread(
-                    {self.inbox: last}, count=200, block=READ_BLOCK_MS
+                    {self.inbox: last},
+                    count=min(200, MAX_HANDLING - self._serving),
+                    block=READ_BLOCK_MS,
                 )
                 self._redis_up()
                 delay = 0.05
@@ -382,6 +390,7 @@ class Bus:
             self.metrics.inc("cluster.bus.expired")
             log.info("cluster.request_expired", kind=kind, sender=sender)
             return
+        self._serving += 1
         self._spawn(self._serve(req_id, sender, kind, body, deadline))
 
     async def _serve_here(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -391,40 +400,48 @@ class Bus:
         return await handler(body)
 
     async def _serve(self, req_id: str, sender: str, kind: str, body: Any, deadline: float) -> None:
-        async with self._handling:
-            left = deadline - self.clock()
-            if left <= 0:
-                self.metrics.inc("cluster.bus.expired")
-                return
-            status, reply = "ok", {}
-            try:
-                if not isinstance(body, dict):
-                    raise ClusterError("the body is not an object", "bad")
-                reply = await asyncio.wait_for(self._serve_here(kind, body), left)
-                self.metrics.inc("cluster.bus.served")
-            except TimeoutError:
-                self.metrics.inc("cluster.bus.expired")
-                return
-            except ClusterError as exc:
-                status, reply = "error", {"error": str(exc), "code": exc.code}
-            except Exception as exc:
-                log.exception("cluster.handler_failed", kind=kind, sender=sender)
-                status, reply = "error", {"error": str(exc) or type(exc).__name__}
-            fields = {
-                "id": _new_id(),
-                "reply_to": req_id,
-                "status": status,
-                "body": json.dumps(reply, separators=(",", ":")),
-            }
-            try:
-                await self.redis.xadd(
-                    f"{self.prefix}inbox:{sender}",
-                    fields,  # type: ignore[arg-type]
-                    maxlen=INBOX_MAXLEN,
-                    approximate=True,
-                )
-            except (RedisError, OSError) as exc:
-                self._redis_down(exc)
+        try:
+            await self._handle(req_id, sender, kind, body, deadline)
+        finally:
+            self._serving -= 1
+            self._room.set()
+
+    async def _handle(
+        self, req_id: str, sender: str, kind: str, body: Any, deadline: float
+    ) -> None:
+        left = deadline - self.clock()
+        if left <= 0:
+            self.metrics.inc("cluster.bus.expired")
+            return
+        status, reply = "ok", {}
+        try:
+            if not isinstance(body, dict):
+                raise ClusterError("the body is not an object", "bad")
+            reply = await asyncio.wait_for(self._serve_here(kind, body), left)
+            self.metrics.inc("cluster.bus.served")
+        except TimeoutError:
+            self.metrics.inc("cluster.bus.expired")
+            return
+        except ClusterError as exc:
+            status, reply = "error", {"error": str(exc), "code": exc.code}
+        except Exception as exc:
+            log.exception("cluster.handler_failed", kind=kind, sender=sender)
+            status, reply = "error", {"error": str(exc) or type(exc).__name__}
+        fields = {
+            "id": _new_id(),
+            "reply_to": req_id,
+            "status": status,
+            "body": json.dumps(reply, separators=(",", ":")),
+        }
+        try:
+            await self.redis.xadd(
+                f"{self.prefix}inbox:{sender}",
+                fields,  # type: ignore[arg-type]
+                maxlen=INBOX_MAXLEN,
+                approximate=True,
+            )
+        except (RedisError, OSError) as exc:
+            self._redis_down(exc)
 
     async def _read_events(self) -> None:
         delay = 0.05

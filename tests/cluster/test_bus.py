@@ -4,6 +4,7 @@ bounded streams, events in order to every other node, gaps noticed."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -215,3 +216,32 @@ async def test_redis_away_and_back(make_bus: MakeBus, redis_server: RedisServer)
     await wait_for(lambda: a.healthy and b.healthy)
     assert a.metrics.get("cluster.redis_down") >= 1
     assert "a" in gaps  # b may have missed something of a's while away: it fetches again
+
+
+async def test_requests_beyond_the_handler_limit_wait_in_the_inbox(
+    make_bus: MakeBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only MAX_HANDLING requests of other nodes are taken at once: the rest stay in the
+    (bounded) inbox stream rather than piling up as tasks; all are served in the end."""
+    monkeypatch.setattr(bus_module, "MAX_HANDLING", 2)
+    a = await make_bus("a")
+    b = await make_bus("b")
+    gate = asyncio.Event()
+    running: list[int] = []
+    peak = 0
+
+    async def slow(body: dict[str, Any]) -> dict[str, Any]:
+        nonlocal peak
+        running.append(body["n"])
+        peak = max(peak, b._serving)
+        await gate.wait()
+        return {"n": body["n"]}
+
+    b.handle("slow", slow)
+    calls = [asyncio.ensure_future(a.request("b", "slow", {"n": n}, timeout=10)) for n in range(6)]
+    await wait_for(lambda: len(running) == 2, 5, "two handlers running")
+    await a.drain()
+    assert b._serving == 2  # the other four were not read from the inbox
+    gate.set()
+    assert [r["n"] for r in await asyncio.gather(*calls)] == list(range(6))
+    assert peak == 2 and len(running) == 6
