@@ -26,6 +26,7 @@ upper in its dialog. What crosses the bus is signalling only (a few hundred byte
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,8 @@ log = structlog.get_logger("gateway.uplink.relayed")
 
 MARGIN = 2.0
 """Seconds the bus request waits beyond the device INVITE's own timeout."""
+CALLED_OFF_KEPT = 1024
+"""Calls ended before they were set up, remembered (the newest)."""
 
 
 @dataclass(slots=True)
@@ -102,6 +105,8 @@ class RelayedCalls:
         # At Y: the outputs carried for other nodes, by output ID and by (node, Call-ID).
         self.served: dict[str, tuple[str, str]] = {}
         self._by_call: dict[tuple[str, str], Output[Dialog]] = {}
+        # Calls ended by their node while still being set up here (a CANCEL, a timeout).
+        self._called_off: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._tasks = TaskSet(log, "relayed.task_failed")
         bus.handle("calls.invite", self._serve_invite)
         bus.handle("calls.bye", self._serve_bye)
@@ -338,6 +343,9 @@ class RelayedCalls:
             )
         except MediaError as exc:
             raise ClusterError(f"{exc.status} {exc.reason}", f"media:{exc.status}") from None
+        if self._called_off.pop((origin, call_id), "no") is None:
+            self.media.end_output(out, "called off while being set up", bye=False)
+            raise ClusterError("487 Request Terminated", "media:487")
         out.target_id = target
         self.media.local[out.output_id] = out  # its end, whoever ends it, is heard
         self.served[out.output_id] = (origin, call_id)
@@ -367,6 +375,11 @@ class RelayedCalls:
             self.served.pop(out.output_id, None)
             reason = str(body.get("reason", "BYE"))[:80]
             self.media.end_output(out, f"{reason} (at node {key[0]})", bye=False)
+        else:
+            # Still being set up (its INVITE cancelled at the upper's node): ended once ready.
+            self._called_off[key] = None
+            while len(self._called_off) > CALLED_OFF_KEPT:
+                self._called_off.popitem(last=False)
         return {}
 
     async def _serve_info(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -230,3 +230,25 @@ async def test_relayed_playback_info_and_end_of_file(cluster: Cluster) -> None:
     assert x.metrics.get("media.info.relayed") == 2
     await call.bye()
     await wait_for(lambda: not y.media.legs, 5, "Y's leg ended")
+
+
+async def test_cancel_while_the_devices_node_sets_up(cluster: Cluster) -> None:
+    """The upper CANCELs before the device (on another node) answered: nothing is left
+    streaming on the device's node."""
+    p = cluster.platform
+    assert p is not None
+    _, y, _ = cluster.nodes
+    nvr_y = cluster.devices[1]
+    nvr_y.invite_delay = 1.0
+    status = await p.invite_cancel(GW, nvr_y.channel_id(4), delay=0.2)
+    assert status == 487
+    await wait_for(lambda: bool(nvr_y.media_sessions), 5, "the device was INVITEd")
+    dev = next(iter(nvr_y.media_sessions.values()))
+    await wait_for(lambda: dev.cancelled or dev.ended, 10, "the device's session ended")
+    # Called off as soon as it was set up, never handed out as a relayed session.
+    assert y.metrics.get("media.relayed.served") == 0
+    await wait_for(
+        lambda: not y.media.legs and not y.media.local and not y.calls.relayed.served,  # type: ignore[union-attr]
+        10,
+        "nothing left on Y",
+    )
