@@ -157,7 +157,8 @@ class RelayedCalls:
         try:
             port, ssrc = int(reply["port"]), str(reply["ssrc"])
             host = str(reply["host"])
-            device_answer = parse_sdp(str(reply.get("answer", "")).encode())
+            raw = str(reply.get("answer") or "")
+            device_answer = parse_sdp(raw.encode()) if raw else Sdp()
         except (KeyError, TypeError, ValueError, SdpError):
             self._tell_bye(node, call_id, "unreadable answer")
             return self.calls._fail(req, 502, "Bad Gateway (unreadable answer from node)")
