@@ -778,6 +778,9 @@ class Calls:
             raise MediaError(404, "Not Found (no such channel)")
         if not owner.online:
             raise MediaError(480, "Temporarily Unavailable (device offline)")
+        if self.relayed is not None and (node := self.relayed.holder(owner.device_id)):
+            # Local sessions are not relayed across nodes: the device's node serves them.
+            raise MediaError(503, f"Service Unavailable (the device is held by node {node})"[:120])
         if transport != "tcp-passive" and remote is None:
             raise MediaError(400, "Bad Request (a remote address is needed)")
         offer = Sdp(session=PLAY)

@@ -22,6 +22,7 @@ import pytest
 
 from conformance.peers.platform import RequestFailed, SimPlatform
 from gateway.manscdp import DeviceControl
+from gateway.media import MediaError
 from gateway.metrics import Metrics
 from gateway.sip import Endpoint
 from tests.api.test_live import next_of, read_events
@@ -252,3 +253,13 @@ async def test_cancel_while_the_devices_node_sets_up(cluster: Cluster) -> None:
         10,
         "nothing left on Y",
     )
+
+
+async def test_a_local_session_for_another_nodes_device_is_refused(cluster: Cluster) -> None:
+    """A preview (local session) is not relayed across nodes: refused with the holder named,
+    rather than this node INVITing a device that keeps alive to another."""
+    x, _, _ = cluster.nodes
+    with pytest.raises(MediaError) as refused:
+        await x.calls.start_local(cluster.devices[1].channel_id(1), ("127.0.0.1", 9))
+    assert refused.value.status == 503 and "node3" in refused.value.reason
+    assert not x.media.legs
