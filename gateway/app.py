@@ -266,9 +266,9 @@ class Gateway:
             metrics=self.metrics,
         )
         if self.bus is not None and self.replica is not None:
-            self.downlink.elsewhere = RemoteDevices(
-                bus=self.bus, replica=self.replica, downlink=self.downlink
-            )
+            remote = RemoteDevices(bus=self.bus, replica=self.replica, downlink=self.downlink)
+            remote.schedule_sync = self.sync.schedule
+            self.downlink.elsewhere = remote
             self.calls.relayed = RelayedCalls(
                 bus=self.bus,
                 replica=self.replica,

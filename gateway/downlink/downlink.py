@@ -142,6 +142,8 @@ class Elsewhere(Protocol):
         self, node: str, target_id: str, c: DeviceControl
     ) -> DeviceControlResponse | None: ...
 
+    async def sync(self, node: str, device_id: str) -> None: ...
+
 
 class _Lane:
     """One request at a time to a device (see :meth:`Downlink.request`)."""

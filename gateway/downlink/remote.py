@@ -11,6 +11,7 @@ SIP status) back into what a local request gives, so the callers above cannot te
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import structlog
@@ -107,6 +108,10 @@ class RemoteDevices:
         self.downlink = downlink
         bus.handle("downlink.query", self._serve_query)
         bus.handle("downlink.control", self._serve_control)
+        bus.handle("downlink.sync", self._serve_sync)
+        # Starts a catalog sync of a device of this node's (CatalogSync.schedule), set by the
+        # composition root.
+        self.schedule_sync: Callable[[str], object] | None = None
 
     def holder(self, device_id: str) -> str | None:
         return self.replica.holder(device_id)
@@ -156,6 +161,14 @@ class RemoteDevices:
         except ClusterError as exc:
             raise _query_error(exc) from None
 
+    async def sync(self, node: str, device_id: str) -> None:
+        """Ask the holding node to sync ``device_id``'s catalog (its changes come back as
+        events)."""
+        try:
+            await self.bus.request(node, "downlink.sync", {"target": device_id})
+        except ClusterError as exc:
+            log.info("sync.remote_failed", device_id=device_id, node=node, error=str(exc))
+
     # -- serving the other nodes -------------------------------------------------------------
     def _target(self, body: dict[str, Any]) -> str:
         target = body.get("target")
@@ -184,6 +197,13 @@ class RemoteDevices:
         except QueryError as exc:
             raise _error(exc) from None
         return result_to_wire(res)
+
+    async def _serve_sync(self, body: dict[str, Any]) -> dict[str, Any]:
+        target = self._target(body)
+        if self.schedule_sync is None:
+            raise ClusterError("catalog sync is not served here", "unknown")
+        self.schedule_sync(target)
+        return {"scheduled": True}
 
     async def _serve_control(self, body: dict[str, Any]) -> dict[str, Any]:
         target = self._target(body)

@@ -118,6 +118,10 @@ class CatalogSync:
             log.info("catalog.device_offline", device_id=event.device_id, channels_off=changed)
 
     def schedule(self, device_id: str, delay: float = 0.0) -> asyncio.Task[None]:
+        elsewhere = self.downlink.elsewhere
+        if elsewhere is not None and (node := elsewhere.holder(device_id)) is not None:
+            # Another node holds it: that node syncs it (and stores what it reports).
+            return self.downlink.spawn(elsewhere.sync(node, device_id))
         old = self._running.pop(device_id, None)
         if old is not None:
             old.cancel()

@@ -263,3 +263,17 @@ async def test_a_local_session_for_another_nodes_device_is_refused(cluster: Clus
         await x.calls.start_local(cluster.devices[1].channel_id(1), ("127.0.0.1", 9))
     assert refused.value.status == 503 and "node3" in refused.value.reason
     assert not x.media.legs
+
+
+async def test_a_sync_asked_at_another_node_runs_at_the_devices_node(cluster: Cluster) -> None:
+    """``POST /devices/{id}/sync`` (CatalogSync.schedule) at X for Y's NVR: Y syncs it and
+    stores it; X never writes Y's device or items into its own store."""
+    x, y, _ = cluster.nodes
+    nvr_y = cluster.devices[1]
+    synced_at_y = cluster.synced[HOSTS[1]]
+    before = synced_at_y.count(nvr_y.device_id)
+    await x.sync.schedule(nvr_y.device_id)
+    await wait_for(lambda: synced_at_y.count(nvr_y.device_id) == before + 1, 10, "synced at Y")
+    assert {o for o, _ in x.store.load_items()} == {nvr_id(1)}
+    assert {d.device_id for d in x.store.load_devices()} == {nvr_id(1)}
+    assert y.metrics.get("cluster.bus.served") >= 1
