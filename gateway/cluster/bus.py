@@ -85,6 +85,20 @@ def _new_id() -> str:
     return os.urandom(8).hex()
 
 
+async def _bounded(coro: Awaitable[Any], seconds: float) -> None:
+    """Run ``coro`` for at most ``seconds``; never wait on its cancellation (see
+    :meth:`Bus.close`), never raise."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if done:
+        try:
+            task.result()
+        except (RedisError, OSError, RuntimeError):
+            pass
+    else:
+        task.cancel()
+
+
 class Bus:
     """This node's end of the bus: its inbox reader, its pending requests, its handlers, the
     events it publishes (batched) and the events of the others it hears."""
@@ -236,8 +250,10 @@ class Bus:
 
     async def close(self) -> None:
         """Write what is queued (2 s at most), stop the readers, fail the requests waiting.
-        The readers stop at their next wake-up (at most a second): a blocking ``XREAD`` is not
-        cancelled in the middle, since redis-py can lose a cancellation there and hang."""
+
+        The readers are stopped by closing the client's connections under them, not by
+        cancelling them: redis-py can lose a cancellation that lands in a blocking ``XREAD``,
+        and a task that never ends hangs the loop's shutdown. Nothing here waits unbounded."""
         self._closing = True
         try:
             await asyncio.wait_for(self.drain(), 2.0)
@@ -245,8 +261,9 @@ class Bus:
             pass
         tasks = list(self._tasks)
         if self._flushing is not None and not self._flushing.done():
-            self._flushing.cancel()
             tasks.append(self._flushing)
+        if self._own_client:
+            await _bounded(self.redis.connection_pool.disconnect(), 2.0)
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=READ_BLOCK_MS / 1000 + 1.5)
             for task in late:
@@ -258,10 +275,7 @@ class Bus:
                 fut.set_exception(ClusterError("the node is shutting down", "closing"))
                 fut.exception()
         if self._own_client:
-            try:
-                await asyncio.wait_for(self.redis.aclose(), 2.0)
-            except (TimeoutError, RedisError, OSError):
-                pass
+            await _bounded(self.redis.aclose(), 2.0)
 
     async def drain(self) -> None:
         """Wait until every event published so far is written (tests, snapshots)."""
@@ -328,6 +342,10 @@ class Bus:
                         self._redis_up()
                         break
                     except (RedisError, OSError) as exc:
+                        if self._closing:
+                            self.metrics.inc("cluster.bus.events_dropped", len(batch))
+                            self._outgoing.clear()
+                            return
                         self._redis_down(exc)
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 1.0)
@@ -355,6 +373,8 @@ class Bus:
                 self._redis_up()
                 delay = 0.05
             except (RedisError, OSError) as exc:
+                if self._closing:
+                    return
                 self._redis_down(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -453,12 +473,16 @@ class Bus:
                 self._redis_up()
                 delay = 0.05
             except (RedisError, OSError) as exc:
+                if self._closing:
+                    return
                 self._redis_down(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
             for _stream, entries in got or ():
                 for entry_id, fields in entries:
+                    if self._closing:
+                        return
                     self._events_from = entry_id.decode()
                     self._heard(fields)
 
