@@ -245,3 +245,18 @@ async def test_requests_beyond_the_handler_limit_wait_in_the_inbox(
     gate.set()
     assert [r["n"] for r in await asyncio.gather(*calls)] == list(range(6))
     assert peak == 2 and len(running) == 6
+
+
+async def test_close_ends_the_readers_without_cancelling_them(redis_server: RedisServer) -> None:
+    """A cancellation that lands in a blocking XREAD can be lost in redis-py, and a task that
+    never ends hangs the loop's shutdown: close() breaks the reads by closing the connections,
+    and the readers end by themselves."""
+    bus = Bus(url=redis_server.url, prefix="close:", node_id="a")
+    await bus.start()
+    readers = list(bus._tasks)
+    assert len(readers) == 2
+    bus.publish("e", {"n": 1})
+    await bus.close()
+    assert all(t.done() and not t.cancelled() for t in readers)
+    with pytest.raises(ClusterError):
+        await bus.request("b", "x", {}, timeout=1)
