@@ -1,6 +1,6 @@
 """Failover time of an upper platform's registration in a cluster (issue 18).
 
-Three gateway processes on 127.0.0.2-4 share one redis-server (``tests/cluster/rig.py``), with
+Three gateway processes on 127.0.0.2-4 share one redis-server (``tests/cluster/procrig.py``), with
 a lease time of 2 s; a simulated upper (SimPlatform) in this process. Each round: find the node
 the upper's registration comes from, SIGKILL it (its whole process group), and time from the
 kill until the upper's next query (DeviceInfo about the gateway) is answered by the node that
@@ -26,7 +26,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from tests.cluster.rig import GW, ClusterRig  # noqa: E402
+from tests.cluster.procrig import GW, ClusterRig  # noqa: E402
 
 LEASE_SECONDS = 2.0
 

@@ -17,13 +17,14 @@ import structlog
 from gateway import logs
 from gateway.api import ApiContext, ApiServer
 from gateway.catalog import Catalog
-from gateway.cluster import Cluster, FloatingAddresses, NodeInfo
+from gateway.cluster import Bus, Cluster, ClusterDevices, FloatingAddresses, NodeInfo, Replica
 from gateway.directory import ACCOUNT_ADDED, ACCOUNT_REVOKED, POLICY_CHANGED, Directory
 from gateway.downlink import (
     CatalogSync,
     DeviceQuirks,
     Downlink,
     Registrar,
+    RemoteDevices,
     Subscriptions,
     VoiceBroadcast,
 )
@@ -39,12 +40,13 @@ from gateway.events import (
 )
 from gateway.media import SessionTable, make_relay
 from gateway.metrics import Metrics
+from gateway.model import DeviceDirectory
 from gateway.preview import Previews
 from gateway.routes import ANY, MessageDispatcher, RouteTable
 from gateway.settings import Config
 from gateway.sip import Dialog, Endpoint, LoadGuard, Peer, SipUri, TimerConfig, send_bye
 from gateway.store import Store
-from gateway.uplink import Calls, Uplink, UpperAudio
+from gateway.uplink import Calls, RelayedCalls, Uplink, UpperAudio
 
 log = structlog.get_logger("gateway.app")
 
@@ -158,11 +160,33 @@ class Gateway:
             quirks=self.quirks,
             credentials=self.directory.password,
         )
+        # In a cluster (the Redis backend): the bus to the other nodes, the replica of what they
+        # hold, and one directory of every node's devices for the parts that serve requests.
+        self.bus: Bus | None = None
+        self.replica: Replica | None = None
+        self.devices: DeviceDirectory = self.registrar
+        if config.store.backend == "redis":
+            self.bus = Bus(
+                url=config.store.url,
+                prefix=config.store.prefix,
+                node_id=config.cluster.effective_node_id(),
+                metrics=self.metrics,
+                request_timeout=config.cluster.request_timeout,
+            )
+            self.replica = Replica(
+                bus=self.bus,
+                local=self.registrar,
+                catalog=self.catalog,
+                events=self.events,
+                metrics=self.metrics,
+                release=self.registrar.release,
+            )
+            self.devices = ClusterDevices(self.registrar, self.replica)
         self.downlink = Downlink(
             identity=identity,
             settings=config.downlink,
             endpoint=self.endpoint,
-            devices=self.registrar,
+            devices=self.devices,
             store=self.store,
             catalog=self.catalog,
             events=self.events,
@@ -196,7 +220,7 @@ class Gateway:
             settings=config.uplink,
             endpoint=self.endpoint,
             catalog=self.catalog,
-            devices=self.registrar,
+            devices=self.devices,
             downlink=self.downlink,
             store=self.store,
             events=self.events,
@@ -249,7 +273,7 @@ class Gateway:
             identity=identity,
             settings=media,
             endpoint=self.endpoint,
-            devices=self.registrar,
+            devices=self.devices,
             downlink=self.downlink,
             uplink=self.uplink,
             media=self.media,
@@ -266,6 +290,22 @@ class Gateway:
             own_host=config.cluster.floating_host,
             on_taken=self._adopt_devices,
         )
+        if self.bus is not None and self.replica is not None:
+            remote = RemoteDevices(bus=self.bus, replica=self.replica, downlink=self.downlink)
+            remote.schedule_sync = self.sync.schedule
+            self.downlink.elsewhere = remote
+            self.calls.relayed = RelayedCalls(
+                bus=self.bus,
+                replica=self.replica,
+                calls=self.calls,
+                endpoint=self.endpoint,
+                media=self.media,
+                metrics=self.metrics,
+            )
+            if self.cluster.membership is not None:
+                # A node's membership ran out: its devices go offline here (until a survivor
+                # adopts them), and the calls relayed through it end on the upper's side.
+                self.cluster.membership.on_node_lost(self._node_lost)
         self.previews = Previews(
             settings=config.preview,
             calls=self.calls,
@@ -355,6 +395,12 @@ class Gateway:
             if out.upper_id == upper_id and out.dialog is not None
         ]
 
+    def _node_lost(self, node_id: str, info: NodeInfo) -> None:
+        if self.replica is not None:
+            self.replica.node_lost(node_id)
+        if self.calls.relayed is not None:
+            self.calls.relayed.node_lost(node_id)
+
     async def _adopt_devices(self, node_id: str, info: NodeInfo) -> None:
         """This node took over ``node_id``'s floating address: the devices that registered
         through it (read fresh from the shared store) are served here from now on."""
@@ -370,6 +416,13 @@ class Gateway:
             if owners.get(dev.device_id) == node_id or dev.device_id not in known
         ]
         self.registrar.adopt(adopted)
+        # Said as registrations: the other nodes' replicas move them here, the uplink sends ON,
+        # and the catalog of each is synced here (their items were the dead node's).
+        for dev in adopted:
+            if dev.online:
+                self.events.publish(
+                    DeviceOnline(dev.device_id, dev.transport, dev.host, dev.port, False)
+                )
         log.info("cluster.devices_adopted", dead_node=node_id, devices=len(adopted))
 
     def _known_sender(self, user: str, peer: Peer) -> bool:
@@ -389,20 +442,33 @@ class Gateway:
             return True
         if self.catalog.owner_of(user) is not None:
             return True
-        if user in self.registrar:
+        if user in self.devices:
             return True
         return self.uplink.knows(user)
 
     async def start(self) -> None:
         cfg = self.config
         await self.store.start()
+        if self.bus is not None:
+            await self.bus.start()
         self.directory.load()
         # The catalog first: devices found expired while loading turn their channels OFF.
         self.catalog.load()
-        self.registrar.load()
+        if self.replica is not None:
+            # A shared store (RedisStore.device_nodes) says which node holds which device: the
+            # registrar takes only this node's; the others' are the replica's.
+            device_nodes = getattr(self.store, "device_nodes", None)
+            if callable(device_nodes):
+                self.replica.seed(device_nodes())
+            self.registrar.load(self.replica.held_elsewhere)
+        else:
+            self.registrar.load()
         await self.media.start()
         await self.endpoint.start(cfg.sip.host, cfg.sip.port)
         await self.registrar.start()
+        if self.replica is not None:
+            # Before the uplink: an upper registered here is served every node's catalog.
+            await self.replica.start()
         self.sync.start()
         if self.cluster.membership is not None:
             self.cluster.membership.info.update(
@@ -456,6 +522,10 @@ class Gateway:
         await self.downlink.close()
         await self.registrar.close()
         await self.endpoint.close()
+        if self.replica is not None:
+            await self.replica.close()
+        if self.bus is not None:
+            await self.bus.close()
         await self.store.close()
         logs.flush_suppressed()  # what the rate limit dropped is reported before the last line
         log.info("gateway.stopped", metrics=self.metrics.snapshot())

@@ -3,6 +3,11 @@
 Publishing is synchronous: subscribers run in the publisher's turn of the event loop and must be
 quick (schedule a task for slow work). A subscriber that raises is logged and skipped; the others
 still hear the event.
+
+In a cluster (``gateway.cluster``) the device and catalog events of the other nodes are published
+here too, marked with the ``node`` that holds the device (empty for this node's own): the
+uplink and the console hear every node's changes, and whatever acts on the device itself (its
+catalog sync, its subscriptions) leaves a marked event to the node that holds it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class DeviceOnline:
     host: str
     port: int
     first_time: bool
+    node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +49,7 @@ class DeviceOffline:
 
     device_id: str
     reason: str
+    node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +67,7 @@ class CatalogChange:
     event: str
     before: CatalogItem | None
     after: CatalogItem | None
+    node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +78,13 @@ class CatalogSynced:
     removed: int
     changed: int
     partial: bool
+    node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class AlarmReceived:
     alarm: Alarm
+    node: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -240,15 +240,20 @@ class Catalog:
         before: CatalogItem | None,
         after: CatalogItem | None,
         now: float,
+        node: str = "",
     ) -> None:
         if after is None:
             self._drop(owner, item_id)
-            self.store.delete_item(owner, item_id)
+            if not node:
+                self.store.delete_item(owner, item_id)
         else:
             self._put(owner, after)
-            self.store.save_item(owner, after, now)
-        self.metrics.inc(f"catalog.{event.lower()}")
-        self.events.publish(CatalogChange(owner, item_id, event, before, after))
+            if not node:
+                self.store.save_item(owner, after, now)
+        self.metrics.inc(
+            f"catalog.mirrored.{event.lower()}" if node else f"catalog.{event.lower()}"
+        )
+        self.events.publish(CatalogChange(owner, item_id, event, before, after, node))
 
     def apply_sync(self, owner: str, items: Iterable[CatalogItem], *, partial: bool) -> SyncDiff:
         """Make ``owner``'s items what a catalog query returned. A partial answer only adds
@@ -328,6 +333,42 @@ class Catalog:
         if orphans or deleted:
             self._parental(owner, now)
         return count
+
+    # -- another node's devices (gateway.cluster.Replica) -------------------------------------
+    def mirror(self, owner: str, items: Iterable[CatalogItem], node: str) -> SyncDiff:
+        """Make ``owner``'s items exactly ``items``, as ``node`` (the node that holds the
+        device, which stored them) has them: one change event per difference, marked with
+        ``node``, nothing written to this node's store. The items come normalised already."""
+        now = self.clock()
+        old = self._by_owner.get(owner, {})
+        seen: set[str] = set()
+        added = changed = removed = 0
+        for item in items:
+            item_id = item.device_id
+            seen.add(item_id)
+            before = old.get(item_id)
+            if before is None:
+                added += 1
+                self._changed(owner, item_id, "ADD", None, item, now, node)
+            elif before != item:
+                changed += 1
+                self._changed(owner, item_id, _diff_event(before, item), before, item, now, node)
+        for item_id in [i for i in old if i not in seen]:
+            removed += 1
+            self._changed(owner, item_id, "DEL", old[item_id], None, now, node)
+        return SyncDiff(added, removed, changed, len(self._by_owner.get(owner, {})))
+
+    def mirror_change(
+        self, owner: str, item_id: str, event: str, after: CatalogItem | None, node: str
+    ) -> bool:
+        """One change of an item ``node`` holds (its :class:`CatalogChange` as that node
+        published it): kept in memory, published here marked with ``node``. False when it
+        changes nothing (heard twice: after a re-fetch of that node's state)."""
+        before = self._by_owner.get(owner, {}).get(item_id)
+        if before == after or not valid_item_id(item_id):
+            return False
+        self._changed(owner, item_id, event, before, after, self.clock(), node)
+        return True
 
     def set_device_status(self, owner: str, status: str) -> int:
         """Channel status follows the device: every channel it reported goes ``status``

@@ -4,10 +4,11 @@ and the device's part of voice broadcast. It never imports the uplink."""
 
 from gateway.downlink.broadcast import AudioSource, PendingBroadcast, VoiceBroadcast
 from gateway.downlink.collector import Collector, Outcome, QueryResult
-from gateway.downlink.downlink import Downlink
+from gateway.downlink.downlink import Downlink, Elsewhere
 from gateway.downlink.queries import DeviceUnavailable, QueryError, QueryRejected, QueryTimeout
 from gateway.downlink.quirks import QUIRKS, DeviceQuirks
 from gateway.downlink.registrar import Registrar, gb_date, make_tz
+from gateway.downlink.remote import RemoteDevices
 from gateway.downlink.subscriptions import Subscriptions
 from gateway.downlink.sync import CatalogSync
 
@@ -19,6 +20,7 @@ __all__ = [
     "DeviceQuirks",
     "DeviceUnavailable",
     "Downlink",
+    "Elsewhere",
     "Outcome",
     "PendingBroadcast",
     "QueryError",
@@ -26,6 +28,7 @@ __all__ = [
     "QueryResult",
     "QueryTimeout",
     "Registrar",
+    "RemoteDevices",
     "Subscriptions",
     "VoiceBroadcast",
     "gb_date",

@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import structlog
 
@@ -121,6 +121,30 @@ ANSWERLESS_KEPT = 1024  # answerless controls remembered (ptz_response quirk)
 R = TypeVar("R", bound=Message)
 
 
+class Elsewhere(Protocol):
+    """Devices another node holds, in a cluster (:class:`gateway.downlink.RemoteDevices`):
+    their queries and controls go to that node, which talks to the device."""
+
+    def holder(self, device_id: str) -> str | None: ...
+
+    async def query(
+        self,
+        node: str,
+        device_id: str,
+        q: Message,
+        *,
+        timeout: float | None,
+        expected_parts: int,
+        config_types: tuple[str, ...],
+    ) -> QueryResult: ...
+
+    async def control(
+        self, node: str, target_id: str, c: DeviceControl
+    ) -> DeviceControlResponse | None: ...
+
+    async def sync(self, node: str, device_id: str) -> None: ...
+
+
 class _Lane:
     """One request at a time to a device (see :meth:`Downlink.request`)."""
 
@@ -180,6 +204,8 @@ class Downlink:
         # known to drop pipelined requests (both only while something is in flight).
         self._in_flight: dict[str, int] = {}
         self._lanes: dict[str, _Lane] = {}
+        # In a cluster: the devices other nodes hold (set by the composition root).
+        self.elsewhere: Elsewhere | None = None
 
     async def close(self) -> None:
         self._closing = True
@@ -359,6 +385,16 @@ class Downlink:
         dev = self._online(device_id)
         if self._closing:
             raise DeviceUnavailable("the gateway is shutting down")
+        elsewhere = self.elsewhere
+        if elsewhere is not None and (node := elsewhere.holder(dev.device_id)) is not None:
+            return await elsewhere.query(
+                node,
+                device_id,
+                q,
+                timeout=timeout,
+                expected_parts=expected_parts,
+                config_types=config_types,
+            )
         async with self._limits.slot(dev.device_id):
             return await self._query(dev, q, timeout, expected_parts, config_types)
 
@@ -501,6 +537,10 @@ class Downlink:
         answer (RecordCmd, GuardCmd, AlarmCmd, HomePosition, DeviceUpgrade) wait for it; the
         others end with the device's 200 OK (reference §4.1)."""
         c = replace(c, device_id=target_id)
+        if self.elsewhere is not None:
+            node = self.elsewhere.holder(self._online(target_id).device_id)
+            if node is not None:
+                return await self.elsewhere.control(node, target_id, c)
         self.metrics.inc("control.sent")
         if c.expects_response:
             res = await self.query(target_id, c)

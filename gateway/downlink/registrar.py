@@ -207,11 +207,16 @@ class Registrar:
     def values(self) -> Iterable[Device]:
         return self.devices.values()
 
-    def load(self) -> None:
+    def load(self, held_elsewhere: Callable[[str], bool] | None = None) -> None:
         """Take back the devices the store knows. UDP devices whose registration has not
         expired are online again, with a full keepalive period of grace; TCP devices lost their
-        connection with the restart, so they are offline until they register again."""
-        self.adopt(self.store.load_devices())
+        connection with the restart, so they are offline until they register again. In a
+        cluster sharing its store, the devices another node holds (``held_elsewhere``) are not
+        taken: that node judges their liveness (``gateway.cluster``)."""
+        devices = self.store.load_devices()
+        if held_elsewhere is not None:
+            devices = [d for d in devices if not held_elsewhere(d.device_id)]
+        self.adopt(devices)
         log.info(
             "registrar.loaded",
             devices=len(self.devices),
@@ -604,6 +609,23 @@ class Registrar:
         self.metrics.inc("register.revoked")
         log.info("device.revoked", device_id=device_id, reason=reason)
         self._set_offline(dev, reason)  # saves the device
+        return True
+
+    def release(self, device_id: str) -> bool:
+        """The device registered at another node of the cluster after it registered here
+        (``gateway.cluster.Replica``): that node holds it now and judges its liveness, so its
+        binding here is dropped quietly (no offline event: the device is not offline, and its
+        channels' state comes from that node). True if a live binding was dropped."""
+        dev = self.devices.get(device_id)
+        if dev is None or not dev.online:
+            return False
+        dev.online = False
+        self._lapsed.pop(device_id, None)
+        self._by_last_seen.pop(device_id, None)
+        if dev.transport == "tcp":
+            self._untrack_tcp(dev)
+        self.metrics.inc("device.moved_away")
+        log.info("device.moved_away", device_id=device_id)
         return True
 
     def revoke_unauthorised(self, reason: str) -> int:

@@ -92,6 +92,8 @@ class CatalogSync:
             task.cancel()
 
     def on_online(self, event: DeviceOnline) -> None:
+        if event.node:
+            return  # held by another node, which syncs it (gateway.cluster)
         if not self.cfg.sync_on_register:
             # No catalog answer will say otherwise: the channels follow the device.
             self.catalog.set_device_status(event.device_id, "ON")
@@ -100,6 +102,8 @@ class CatalogSync:
         self.schedule(event.device_id)
 
     def on_offline(self, event: DeviceOffline) -> None:
+        if event.node:
+            return  # held by another node: its channels' OFF come from there
         task = self._running.pop(event.device_id, None)
         if task is not None:
             task.cancel()
@@ -114,6 +118,10 @@ class CatalogSync:
             log.info("catalog.device_offline", device_id=event.device_id, channels_off=changed)
 
     def schedule(self, device_id: str, delay: float = 0.0) -> asyncio.Task[None]:
+        elsewhere = self.downlink.elsewhere
+        if elsewhere is not None and (node := elsewhere.holder(device_id)) is not None:
+            # Another node holds it: that node syncs it (and stores what it reports).
+            return self.downlink.spawn(elsewhere.sync(node, device_id))
         old = self._running.pop(device_id, None)
         if old is not None:
             old.cancel()

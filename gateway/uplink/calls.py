@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -79,6 +79,41 @@ class _Pending:
 
     task: asyncio.Task[None]
     upper_id: str | None
+
+
+class Relayed(Protocol):
+    """INVITEs for devices another node holds (:class:`gateway.uplink.RelayedCalls`): the
+    holding node sets up the device leg and the relay; this node keeps the upper's dialog."""
+
+    def holder(self, device_id: str) -> str | None: ...
+
+    def __contains__(self, call_id: object) -> bool: ...
+
+    async def invite(
+        self,
+        s: UpperSession,
+        req: Request,
+        ctx: ServerContext,
+        node: str,
+        channel: str,
+        kind: str,
+        offer: Sdp,
+        upper_channel: str,
+    ) -> Response: ...
+
+    def on_bye(self, req: Request, ctx: ServerContext) -> Response | None: ...
+
+    def end_upper(self, upper_id: str, reason: str) -> None: ...
+
+    def node_lost(self, node: str) -> None: ...
+
+    def on_info(
+        self, req: Request, ctx: ServerContext
+    ) -> Response | Awaitable[Response] | None: ...
+
+    def media_status(self, leg: Leg[Dialog], notify_type: int | None) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class UpperAudio:
@@ -193,6 +228,8 @@ class Calls:
         self.events = events
         self.metrics = metrics
         self._pending: dict[str, _Pending] = {}  # INVITEs not yet answered, by Call-ID
+        # In a cluster: INVITEs for devices another node holds (set by the composition root).
+        self.relayed: Relayed | None = None
         self._tasks = TaskSet(log, "calls.task_failed")
         self._closing = False
 
@@ -203,6 +240,8 @@ class Calls:
         for pending in list(self._pending.values()):
             pending.task.cancel()
         self._tasks.cancel_all()
+        if self.relayed is not None:
+            await self.relayed.close()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro)
@@ -223,7 +262,11 @@ class Calls:
         if req.to.tag:
             return self._reinvite(req, ctx)
         call_id = req.call_id
-        if call_id in self._pending or call_id in self.media.outputs_by_call:
+        if (
+            call_id in self._pending
+            or call_id in self.media.outputs_by_call
+            or (self.relayed is not None and call_id in self.relayed)
+        ):
             return self._fail(req, 400, "Bad Request (Call-ID already in use)")
         upper = self.uplink.upper_for(req, ctx)
         if upper is not None:
@@ -320,6 +363,10 @@ class Calls:
         dev = self.devices.get(owner)
         if dev is None or not dev.online:
             return self._fail(req, 480, "Temporarily Unavailable (device offline)", channel=channel)
+        relayed = self.relayed
+        if relayed is not None and (node := relayed.holder(owner)) is not None:
+            # Another node holds the device: its relay sends straight to the upper.
+            return await relayed.invite(s, req, ctx, node, channel, kind, offer, upper_channel)
         out_transport = OPPOSITE[offer.transport]
         try:
             out = await self._attach(
@@ -333,32 +380,6 @@ class Calls:
         out.target_id = upper_channel
         out.dialog = Dialog.as_uas(req, local_tag, ctx.peer)
         self.media.bind_output(out, req.call_id)
-        dev_answer = leg.answer or Sdp()
-        answer = Sdp(
-            origin_user=upper_channel,
-            origin_host=self.media_host(ctx.peer),
-            session=offer.session,
-            host=self.media_host(ctx.peer),
-            start=offer.start,
-            stop=offer.stop,
-            media=offer.media,
-            port=out.port,
-            proto=offer.proto,
-            formats=dev_answer.formats or [96],
-            rtpmap=dev_answer.rtpmap or {96: "PS/90000"},
-            direction="sendonly",
-            setup=answer_setup(offer),
-            ssrc=out.ssrc,
-            media_info=dev_answer.media_info,
-            file_size=dev_answer.file_size,
-        )
-        headers = [
-            ("Contact", f"<{self.endpoint.contact_uri(self.gw.id, ctx.peer)}>"),
-            ("Content-Type", SDP_TYPE),
-        ]
-        if s.upper.gb_version == "2022":
-            below = leg.answer_headers.get("x-routepath") or leg.device_id or channel
-            headers.append(("X-RoutePath", f"{self.gw.id}-{below}"))
         self.metrics.inc(f"media.invite.ok.{kind}")
         log.info(
             "invite.answered",
@@ -371,6 +392,60 @@ class Calls:
             shared=len(leg.outputs) > 1,
         )
         # For tcp-active the relay is already connecting to the upper's listening port.
+        return self.answer_invite(
+            s,
+            req,
+            ctx,
+            offer,
+            local_tag,
+            host=self.media_host(ctx.peer),
+            port=out.port,
+            ssrc=out.ssrc,
+            device_answer=leg.answer or Sdp(),
+            below=leg.answer_headers.get("x-routepath") or leg.device_id or channel,
+        )
+
+    def answer_invite(
+        self,
+        s: UpperSession,
+        req: Request,
+        ctx: ServerContext,
+        offer: Sdp,
+        local_tag: str,
+        *,
+        host: str,
+        port: int,
+        ssrc: str,
+        device_answer: Sdp,
+        below: str,
+    ) -> Response:
+        """The 200 to an upper's INVITE: our SDP answer with the relay output's address (this
+        node's, or the node's that holds the device) and what the device answered."""
+        upper_channel = req.request_uri.user or req.to.uri.user or ""
+        answer = Sdp(
+            origin_user=upper_channel,
+            origin_host=host,
+            session=offer.session,
+            host=host,
+            start=offer.start,
+            stop=offer.stop,
+            media=offer.media,
+            port=port,
+            proto=offer.proto,
+            formats=device_answer.formats or [96],
+            rtpmap=device_answer.rtpmap or {96: "PS/90000"},
+            direction="sendonly",
+            setup=answer_setup(offer),
+            ssrc=ssrc,
+            media_info=device_answer.media_info,
+            file_size=device_answer.file_size,
+        )
+        headers = [
+            ("Contact", f"<{self.endpoint.contact_uri(self.gw.id, ctx.peer)}>"),
+            ("Content-Type", SDP_TYPE),
+        ]
+        if s.upper.gb_version == "2022":
+            headers.append(("X-RoutePath", f"{self.gw.id}-{below}"))
         return self.endpoint.answer(
             req, 200, "OK", to_tag=local_tag, headers=headers, body=answer.to_bytes()
         )
@@ -526,6 +601,8 @@ class Calls:
             self._note_bye_cseq(out.dialog, out.upper_id, req)
             self.media.end_output(out, "BYE from the receiver", bye=False)
             return self.endpoint.answer(req, 200, "OK")
+        if self.relayed is not None and (done := self.relayed.on_bye(req, ctx)) is not None:
+            return done
         leg = self.media.legs_by_call.get(call_id)
         # A leg's upper_id is set only when its far end is an upper (broadcast audio, where the
         # gateway INVITEs the upper); a device leg has none, so only the device's host matches.
@@ -567,12 +644,18 @@ class Calls:
         for pending in [p for p in self._pending.values() if p.upper_id == event.upper_id]:
             pending.task.cancel()
         self.media.end_upper(event.upper_id, f"upper offline ({event.reason})")
+        if self.relayed is not None:
+            self.relayed.end_upper(event.upper_id, f"upper offline ({event.reason})")
 
     # -- playback control and end of file ---------------------------------------------------
     def on_info(self, req: Request, ctx: ServerContext) -> Response | Any:
         """MANSRTSP in an upper's playback or download dialog goes to the device in the leg's
         dialog (GB/T 28181-2022 §9.8.2, Annex B); the device's answer comes back."""
         out = self.media.outputs_by_call.get(req.call_id)
+        if out is None and self.relayed is not None:
+            relayed = self.relayed.on_info(req, ctx)
+            if relayed is not None:
+                return relayed
         if (
             out is None
             or out.dialog is None
@@ -627,6 +710,8 @@ class Calls:
         leg = self.media.legs_by_call.get(event.call_id)
         if leg is None:
             return
+        if self.relayed is not None:
+            self.relayed.media_status(leg, event.notify_type)
         for out in list(leg.outputs.values()):
             if out.dialog is not None and out.upper_id is not None:
                 self.spawn(self._send_media_status(out, event.notify_type))
@@ -695,6 +780,9 @@ class Calls:
             raise MediaError(404, "Not Found (no such channel)")
         if not owner.online:
             raise MediaError(480, "Temporarily Unavailable (device offline)")
+        if self.relayed is not None and (node := self.relayed.holder(owner.device_id)):
+            # Local sessions are not relayed across nodes: the device's node serves them.
+            raise MediaError(503, f"Service Unavailable (the device is held by node {node})"[:120])
         if transport != "tcp-passive" and remote is None:
             raise MediaError(400, "Bad Request (a remote address is needed)")
         offer = Sdp(session=PLAY)

@@ -16,7 +16,7 @@ import pytest
 from conformance.peers.device import SimDevice
 from gateway.metrics import Metrics
 from gateway.sip import Endpoint, Peer, TimerConfig
-from tests.cluster.rig import GW, HOSTS, ClusterRig
+from tests.cluster.procrig import GW, HOSTS, ClusterRig
 from tests.conftest import wait_for
 from tests.redisrig import REDIS_SERVER
 

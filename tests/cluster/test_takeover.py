@@ -14,7 +14,7 @@ import gateway.store
 from conformance.peers.device import SimDevice
 from gateway.metrics import Metrics
 from gateway.sip import Endpoint, Peer, TimerConfig
-from tests.cluster.rig import ClusterRig, Node
+from tests.cluster.procrig import ClusterRig, Node
 from tests.cluster.test_failover import _loopback_usable
 from tests.conftest import wait_for
 from tests.redisrig import REDIS_SERVER
