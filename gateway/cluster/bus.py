@@ -294,15 +294,16 @@ class Bus:
         return task
 
     def _redis_down(self, exc: BaseException) -> None:
-        self.metrics.inc("cluster.redis_down")
+        # Each failed call; the outage itself is counted once by the cluster (cluster.redis_down).
+        self.metrics.inc("cluster.bus.redis_errors")
         if not self._down:
             self._down = True
-            log.warning("cluster.redis_down", node=self.node_id, error=str(exc))
+            log.warning("cluster.bus.redis_down", node=self.node_id, error=str(exc))
 
     def _redis_up(self) -> None:
         if self._down:
             self._down = False
-            log.info("cluster.redis_back", node=self.node_id)
+            log.info("cluster.bus.redis_back", node=self.node_id)
             # What was published meanwhile may be lost: every mirror fetches again.
             for node in list(self._last_seq):
                 self._gap(node)

@@ -169,10 +169,20 @@ class UpperTakeover:
             return
         state: dict[str, Any] = {}
         if self.cluster.uppers is not None:
-            try:
-                state = await self.cluster.uppers.load(upper_id)
-            except Exception as exc:
-                log.warning("cluster.upper_state_unreadable", upper=upper_id, error=str(exc))
+            # The lease was just granted, so Redis answers; a read that fails now (a pooled
+            # connection dropped by a Redis restart) is tried again before the registration
+            # starts afresh, which the upper would see as a new Call-ID.
+            for attempt in range(4):
+                try:
+                    state = await self.cluster.uppers.load(upper_id)
+                    break
+                except Exception as exc:
+                    if attempt == 3 or not self.holder(upper_id):
+                        log.warning(
+                            "cluster.upper_state_unreadable", upper=upper_id, error=str(exc)
+                        )
+                        break
+                    await asyncio.sleep(0.1 * (attempt + 1))
         if not self.holder(upper_id):
             return
         reg = state.get("reg")

@@ -4,6 +4,7 @@ two nodes never register together; a clean shutdown hands the upper over at once
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -182,6 +183,16 @@ async def test_redis_down_nobody_acts_then_one_resumes(
             return a.uplink.state_of(UP), b.uplink.state_of(UP)
 
         await wait_for(lambda: sorted(states()) == ["registered", "standby"], 5, "one holder")
+        # The holder writes its registration to Redis after the upper's 200: what was never
+        # written cannot survive, so the outage starts once it is there.
+        holder = a if a.uplink.state_of(UP) == "registered" else b
+        assert holder.cluster.uppers is not None
+        for _ in range(500):
+            if "reg" in await holder.cluster.uppers.load(UP):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the registration never reached Redis")
         redis_server.kill()
         await wait_for(lambda: states() == ("standby", "standby"), 5, "nobody holds")
         await wait_for(lambda: not a.cluster.healthy() and not b.cluster.healthy(), 5, "down")
