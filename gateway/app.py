@@ -335,6 +335,7 @@ class Gateway:
                     directory=self.directory,
                     previews=self.previews,
                     clock=clock,
+                    extras={"cluster": self.cluster_state},
                 )
             )
         self._log_roller: asyncio.Future[None] | None = None
@@ -394,6 +395,21 @@ class Gateway:
             for out in list(self.media.outputs_by_call.values())
             if out.upper_id == upper_id and out.dialog is not None
         ]
+
+    def cluster_state(self) -> dict[str, Any] | None:
+        """This node's view of the cluster for ``/readyz``; ``None`` on a single node."""
+        if not self.cluster.active:
+            return None
+        alive = self.cluster.membership.alive() if self.cluster.membership is not None else {}
+        return {
+            "node": self.cluster.node_id,
+            "redis": self.cluster.healthy(),
+            "bus": self.bus.healthy if self.bus is not None else None,
+            "nodes": sorted(alive),
+            "uppers_held": sorted(
+                uid for uid in self.uplink.platforms if self.uplink.state_of(uid) != "standby"
+            ),
+        }
 
     def _node_lost(self, node_id: str, info: NodeInfo) -> None:
         if self.replica is not None:

@@ -1,4 +1,5 @@
-"""``/healthz`` (the process answers) and ``/readyz`` (store, SIP, uppers, event-loop lag).
+"""``/healthz`` (the process answers) and ``/readyz`` (store, SIP, uppers, event-loop lag, and
+in a cluster the node's view of it).
 
 ``/readyz`` is 503 while the store does not answer, SIP is not listening, or the event loop
 was last seen more than :data:`MAX_LAG` seconds late (everything the gateway does waits behind
@@ -37,11 +38,16 @@ async def readyz(request: Request) -> JSONResponse:
     lag = lag_monitor.last if lag_monitor is not None else 0.0
     lag_ok = lag <= MAX_LAG
     ready = sip and store_ok and lag_ok
-    body = {
+    body: dict[str, Any] = {
         "ready": ready,
         "sip": sip,
         "store": store_ok,
         "uppers": uppers,
         "loop_lag_seconds": round(lag, 4),
     }
+    cluster_state = ctx.extras.get("cluster")
+    if cluster_state is not None and (state := cluster_state()) is not None:
+        # In a cluster: this node, whether Redis and the node-to-node bus answer, the nodes
+        # alive and the uppers this node acts for. Redis down also shows as ``store``.
+        body["cluster"] = state
     return JSONResponse(body, status_code=200 if ready else 503)

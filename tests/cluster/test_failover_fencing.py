@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from conformance.peers.platform import SimPlatform
@@ -202,6 +203,50 @@ async def test_redis_down_nobody_acts_then_one_resumes(
         await wait_for(lambda: a.cluster.healthy() and b.cluster.healthy(), 5, "Redis back")
         assert a.metrics.get("cluster.redis_down") == 1, "one outage, told once"
         assert upper.lowers[GW].call_id == call_id
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.timeout(60)
+async def test_readyz_shows_the_nodes_view_of_the_cluster(
+    tmp_path: Path, redis_server: RedisServer, upper: SimPlatform
+) -> None:
+    """``/readyz`` of a node says which node it is, that Redis and the bus answer, which nodes
+    are alive and which uppers this node acts for; with Redis gone it says so."""
+    cfg_a = node_config(tmp_path, "a", redis_server, upper)
+    cfg_a = cfg_a.model_copy(update={"http": cfg_a.http.model_copy(update={"enabled": True})})
+    a = Gateway(cfg_a)
+    b = Gateway(node_config(tmp_path, "b", redis_server, upper))
+    await a.start()
+    await b.start()
+    try:
+        assert a.api is not None
+        url = f"http://127.0.0.1:{a.api.port}/readyz"
+        async with httpx.AsyncClient() as client:
+
+            async def cluster() -> dict[str, Any]:
+                body: dict[str, Any] = (await client.get(url)).json()
+                return body["cluster"]  # type: ignore[no-any-return]
+
+            await wait_for(lambda: GW in upper.lowers and upper.lowers[GW].registered, 10, "reg")
+            for _ in range(300):
+                state = await cluster()
+                if state["nodes"] == ["a", "b"]:
+                    break
+                await asyncio.sleep(0.02)
+            assert state["node"] == "a" and state["redis"] is True and state["bus"] is True
+            assert state["nodes"] == ["a", "b"]
+            held_by_a = a.uplink.state_of(UP) != "standby"
+            assert state["uppers_held"] == ([UP] if held_by_a else [])
+            redis_server.kill()
+            for _ in range(300):
+                state = await cluster()
+                if state["redis"] is False and not state["uppers_held"]:
+                    break  # the lease is given up at its deadline, after Redis went
+                await asyncio.sleep(0.02)
+            assert state["redis"] is False and state["uppers_held"] == []
+            redis_server.start()
     finally:
         await a.close()
         await b.close()
