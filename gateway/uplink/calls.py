@@ -278,6 +278,9 @@ class Calls:
         if dev is not None:
             self._answer_later(req, ctx, self.broadcast.on_invite(dev, req, ctx), None)
             return None
+        standby = self.uplink.standby_refusal(req, ctx, "INVITE")
+        if standby is not None:
+            return standby
         self.metrics.inc("media.invite.refused.403")
         log.info("invite.refused", peer=str(ctx.peer), sender=req.from_.uri.user, status=403)
         return self.endpoint.answer(

@@ -602,16 +602,25 @@ class Uplink:
             return
         s.quirks.note("cseq_method_mismatch", method=req.method[:20], detail=exc.detail[:60])
 
+    def standby_refusal(self, req: Request, ctx: ServerContext, what: str) -> Response | None:
+        """503 for a request from an upper that another node of the cluster serves (this node
+        stands by for it), so the upper retries rather than taking a 403 for an answer;
+        ``None`` when the request is not that."""
+        if self.takeover is None:
+            return None
+        s = self.sessions.get(req.from_.uri.user or "")
+        if s is None or self.takeover.holder(s.upper.id) or ctx.peer.host not in s.hosts():
+            return None
+        self.metrics.inc("cluster.upper_request_on_standby")
+        log.info("cluster.upper_request_on_standby", upper=s.upper.id, what=what)
+        return self.endpoint.answer(
+            req, 503, "Service Unavailable (another node serves this platform)"
+        )
+
     def _refused(self, req: Request, ctx: ServerContext, what: str) -> Response:
-        if self.takeover is not None:
-            s = self.sessions.get(req.from_.uri.user or "")
-            standby = s is not None and not self.takeover.holder(s.upper.id)
-            if s is not None and standby and ctx.peer.host in s.hosts():
-                self.metrics.inc("cluster.upper_request_on_standby")
-                log.info("cluster.upper_request_on_standby", upper=s.upper.id, what=what)
-                return self.endpoint.answer(
-                    req, 503, "Service Unavailable (another node serves this platform)"
-                )
+        standby = self.standby_refusal(req, ctx, what)
+        if standby is not None:
+            return standby
         self.metrics.inc("uplink.not_an_upper")
         log.info("uplink.not_an_upper", peer=str(ctx.peer), sender=req.from_.uri.user, what=what)
         return self.endpoint.answer(req, 403, "Forbidden (not an upper platform of this gateway)")

@@ -101,6 +101,22 @@ async def test_lost_lease_stops_the_node_at_once(
         )
         resp = await upper.endpoint.request(query, Peer("udp", "127.0.0.1", other.endpoint.port))
         assert resp.status == 503, resp.status
+        # So is an INVITE: 503 (retry elsewhere), not 403 (refused for good).
+        sdp = (
+            "v=0\r\no=34010000002000000001 0 0 IN IP4 127.0.0.1\r\ns=Play\r\n"
+            "c=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video 40000 RTP/AVP 96\r\n"
+            "a=recvonly\r\na=rtpmap:96 PS/90000\r\ny=0100000001\r\n"
+        )
+        invite = build_request(
+            "INVITE",
+            f"sip:{GW}@127.0.0.1:{other.endpoint.port}",
+            from_uri=f"sip:{UP}@{UP[:10]}",
+            to_uri=f"sip:34020000001310000001@{GW[:10]}",
+            body=sdp.encode(),
+            content_type="application/sdp",
+        )
+        resp = await upper.endpoint.request(invite, Peer("udp", "127.0.0.1", other.endpoint.port))
+        assert resp.status == 503, resp.status
         # Someone else's value in the lease (a split brain, an operator): the holder finds it
         # at its next renewal and stops acting for the upper then and there.
         client = holder.cluster.client
