@@ -37,11 +37,15 @@ async def readyz(request: Request) -> JSONResponse:
     lag = lag_monitor.last if lag_monitor is not None else 0.0
     lag_ok = lag <= MAX_LAG
     ready = sip and store_ok and lag_ok
-    body = {
+    body: dict[str, Any] = {
         "ready": ready,
         "sip": sip,
         "store": store_ok,
         "uppers": uppers,
         "loop_lag_seconds": round(lag, 4),
     }
+    if not store_ok:
+        trouble = getattr(ctx.store, "trouble", None)  # the Redis store says what is wrong
+        detail = trouble() if trouble is not None else ""
+        body["message"] = f"store: {detail or 'writes are failing'}"
     return JSONResponse(body, status_code=200 if ready else 503)
