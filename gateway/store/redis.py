@@ -14,8 +14,10 @@ Keys (``P`` = ``[store] prefix``; every value is compact JSON unless said):
 * ``P devices`` hash: device ID -> the device (only fields that differ from their defaults);
   ``P devnode`` hash: device ID -> ID of the node that last saved it (the node holding its
   binding and TCP connection; :meth:`node_of`).
-* ``P items:{owner}`` hash: item ID -> the catalog item as ``to_plain`` gives it (empty fields
-  left out: about 250 bytes of Redis memory a channel); ``P owners`` set of owner IDs.
+* ``P items:{owner}`` hash: item ID -> the catalog item as ``to_plain`` gives it, without its
+  ``DeviceID`` (empty fields left out; a channel as NVRs describe theirs, with ``Info``, takes
+  about 590 bytes of Redis memory (``bench/cluster.py``), 200,000 channels about 115 MB);
+  ``P owners`` set of owner IDs.
 * ``P alarms`` list, newest first, trimmed to :data:`ALARMS_MAX`; ``P audit`` sorted set,
   score = entry ID. IDs of both come in blocks from ``INCRBY P seq:alarm`` / ``P seq:audit``,
   so nodes never share one and one node counts 1, 2, 3... as SQLite does.
@@ -145,6 +147,20 @@ def device_json(d: Device) -> str:
 def device_from_json(text: str) -> Device:
     data = json.loads(text)
     return Device(**{k: v for k, v in data.items() if k == "device_id" or k in _DEVICE_DEFAULTS})
+
+
+def item_json(item: CatalogItem) -> str:
+    """The item as ``to_plain`` gives it, without its ``DeviceID`` (the hash field names it):
+    about 450 bytes for a channel as NVRs describe theirs."""
+    plain = to_plain(item)
+    plain.pop("DeviceID", None)
+    return _dumps(plain)
+
+
+def item_from_json(item_id: str, text: str) -> CatalogItem:
+    plain = json.loads(text)
+    plain["DeviceID"] = item_id
+    return from_plain(CatalogItem, plain)
 
 
 def _safe_url(url: str) -> str:
@@ -633,9 +649,7 @@ class RedisStore:
         for owner in sorted(owners):
             raw = await r.hgetall(k(f"items:{owner}"))
             if raw:
-                items[owner] = {
-                    iid: from_plain(CatalogItem, json.loads(text)) for iid, text in raw.items()
-                }
+                items[owner] = {iid: item_from_json(iid, text) for iid, text in raw.items()}
         idmaps: dict[str, dict[str, str]] = {}
         for upper in sorted(await r.smembers(k("idmaps"))):
             idmaps[upper] = await r.hgetall(k(f"idmap:{upper}"))
@@ -940,7 +954,7 @@ def _encode(batch: _Batch) -> _Args:
             if item is None:
                 a.item_deletes.setdefault(owner, []).append(iid)
             else:
-                a.items.setdefault(owner, {})[iid] = _dumps(to_plain(item))
+                a.items.setdefault(owner, {})[iid] = item_json(item)
     # LPUSH puts the last one at the head: the newest first.
     a.alarms = [_dumps(asdict(al)) for al in batch.alarms]
     a.uppers = {u: _dumps(list(v)) for u, v in batch.uppers.items()}
