@@ -64,7 +64,7 @@ def measure_register(
     out: dict[str, Any] = {"rates_tried": rates, "step_seconds": step_seconds}
     budget = Budget(budget_s)
     workdir = Path(tempfile.mkdtemp(prefix="gb28181-cluster-bench-"))
-    server = RedisServer(workdir / "redis")
+    server = RedisServer(workdir / "redis-server")
     try:
         server.start()
         for backend in ("sqlite", "redis"):

@@ -317,6 +317,7 @@ class RedisStore:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self._revived = asyncio.Event()  # the watch saw Redis answer: retry the writes now
         self._lock = asyncio.Lock()
         self._last_refresh = 0.0
 
@@ -574,9 +575,12 @@ class RedisStore:
         self._wake_soon = None
         self._wake.set()
 
-    def _went_down(self, exc: BaseException) -> None:
-        self._failures += 1
-        self.metrics.inc("store.write_failed")
+    def _went_down(self, exc: BaseException, *, writing: bool = True) -> None:
+        """A write (or the watch's check) found Redis not answering: the first time in an
+        outage, one log line and ``store.redis.down``."""
+        if writing:
+            self._failures += 1
+            self.metrics.inc("store.write_failed")
         self._down_error = f"{type(exc).__name__}: {exc}"[:200]
         if self._down_since is None:
             self._down_since = time.monotonic()
@@ -620,6 +624,7 @@ class RedisStore:
                 await asyncio.sleep(0.5)
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self._revived = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._run(), name="store.redis.writer"),
             asyncio.create_task(self._watch(), name="store.redis.watch"),
@@ -745,7 +750,8 @@ class RedisStore:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             if self._failures:
-                await self._pause(self._retry_delay(), self._stopping)
+                await self._pause(self._retry_delay(), self._revived)
+                self._revived.clear()
             else:
                 await self._pause(self.flush_interval, self._wake)
             self._wake.clear()
@@ -780,14 +786,19 @@ class RedisStore:
                         self._last_refresh = time.monotonic()
                         await self._refresh_records()
             except (RedisError, OSError) as exc:
-                self._went_down(exc)
+                self._went_down(exc, writing=False)
                 continue
             except Exception:
                 log.exception("store.redis_watch_failed")
                 continue
             if self._down_since is not None:
-                self._came_back()
-                self._wake.set()  # write what queued meanwhile
+                # Answering again: the outage ends here when nothing waits to be written,
+                # else when the queue has been written (a write refused for another reason,
+                # Redis out of memory, is not a recovery).
+                if self.queued() or self._failures:
+                    self._revived.set()
+                else:
+                    self._came_back()
 
     async def flush(self) -> None:
         async with self._lock:
@@ -913,6 +924,7 @@ class RedisStore:
             self._wake_soon = None
         self._stopping.set()
         self._wake.set()
+        self._revived.set()
         for task in self._tasks:
             await task
         self._tasks = []
