@@ -463,7 +463,10 @@ class RedisStore:
             view[holder] = wanted
         handler = self._conflict_handlers.get(upper_id)
         if handler is not None:
-            handler(local_id, wanted, stored, holder)
+            try:
+                handler(local_id, wanted, stored, holder)
+            except Exception:  # the batch is written: a failing handler must not undo that
+                log.exception("store.idmap_conflict_handler_failed", upper=upper_id)
 
     # -- the gateway's registration at each upper --------------------------------------------
     def load_upper_registrations(self) -> dict[str, tuple[str, str, int]]:
@@ -809,8 +812,6 @@ class RedisStore:
             started = time.monotonic()
             try:
                 there = await self._write(batch)
-                if not there:
-                    await self._restore()
             except Exception as exc:
                 self._writing = None
                 self._pending.merge_older(batch)
@@ -822,6 +823,11 @@ class RedisStore:
             self.metrics.observe("store.write_seconds", time.monotonic() - started)
             self._came_back()
             batch.committed()
+            if not there:
+                try:
+                    await self._restore()
+                except (RedisError, OSError) as exc:
+                    self._went_down(exc, writing=False)  # the watch tries again
 
     async def _write(self, batch: _Batch, *, restoring: bool = False) -> bool:
         """One MULTI/EXEC with the whole batch; False when ``P epoch`` was gone (Redis
@@ -881,10 +887,8 @@ class RedisStore:
         return bool(results[0])
 
     async def _restore(self) -> None:
-        """Redis came back empty: write back what this node holds (called under the lock)."""
-        epoch = f"{self.node_id}:{secrets.token_hex(8)}"
-        await self._c.set(self.key("epoch"), epoch, nx=True)
-        self._epoch = await self._c.get(self.key("epoch")) or epoch
+        """Redis came back empty: write back what this node holds (called under the lock),
+        then the epoch again (a write-back cut short is tried again by the watch)."""
         batch = self._mirror()
         log.warning(
             "store.redis_emptied",
@@ -894,8 +898,11 @@ class RedisStore:
             records=len(batch.records),
             mappings=sum(len(v) for v in batch.mappings.values()),
         )
-        self.metrics.inc("store.redis.restored")
         await self._write(batch, restoring=True)
+        epoch = f"{self.node_id}:{secrets.token_hex(8)}"
+        await self._c.set(self.key("epoch"), epoch, nx=True)
+        self._epoch = await self._c.get(self.key("epoch")) or epoch
+        self.metrics.inc("store.redis.restored")
 
     def _mirror(self) -> _Batch:
         """A batch of everything this node holds (its latest values)."""
