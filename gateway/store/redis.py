@@ -87,6 +87,8 @@ ALARMS_MAX = 100_000
 ALARMS_KEPT = 10_000
 AUDIT_KEPT = 100_000
 """Audit entries in the view (what the API's listing may scan); Redis keeps them all."""
+READ_CHUNK = 64
+"""Catalogs (owners) read in one pipeline at start."""
 START_TIMEOUT = 30.0
 """How long :meth:`RedisStore.start` waits for Redis before giving up."""
 _BLOCKS = {"alarm": 1000, "audit": 100}  # IDs taken per INCRBY
@@ -654,10 +656,15 @@ class RedisStore:
         nodes: dict[str, str] = await r.hgetall(k("devnode"))
         owners = await r.smembers(k("owners"))
         items: dict[str, dict[str, CatalogItem]] = {}
-        for owner in sorted(owners):
-            raw = await r.hgetall(k(f"items:{owner}"))
-            if raw:
-                items[owner] = {iid: item_from_json(iid, text) for iid, text in raw.items()}
+        ordered = sorted(owners)
+        for at in range(0, len(ordered), READ_CHUNK):  # a pipeline per chunk of owners
+            chunk = ordered[at : at + READ_CHUNK]
+            pipe: Any = r.pipeline(transaction=False)
+            for owner in chunk:
+                pipe.hgetall(k(f"items:{owner}"))
+            for owner, raw in zip(chunk, await pipe.execute(), strict=True):
+                if raw:
+                    items[owner] = {iid: item_from_json(iid, t) for iid, t in raw.items()}
         idmaps: dict[str, dict[str, str]] = {}
         for upper in sorted(await r.smembers(k("idmaps"))):
             idmaps[upper] = await r.hgetall(k(f"idmap:{upper}"))
