@@ -70,6 +70,18 @@ def open_store(config: Config, metrics: Metrics | None = None) -> Store:
         from gateway.store import MemoryStore
 
         return MemoryStore()
+    if config.store.backend == "redis":
+        from gateway.store import RedisStore
+
+        s = config.store
+        return RedisStore(
+            s.url,
+            prefix=s.prefix,
+            node_id=config.cluster.effective_node_id(),
+            flush_interval=s.flush_interval,
+            max_queued_writes=s.max_queued_writes,
+            metrics=metrics,
+        )
     from gateway.store import SqliteStore
 
     return SqliteStore(

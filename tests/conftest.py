@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
+import hashlib
+import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +23,7 @@ from gateway.app import Gateway, configure_logging
 from gateway.metrics import Metrics
 from gateway.settings import Config, config_from_dict
 from gateway.sip import Endpoint, Peer, TimerConfig
+from tests.redisrig import RedisServer
 
 # Logs go to stderr (pytest shows them for failing tests); stdout stays for what CLIs print.
 # Logging is configured once for the whole run, so the per-event-name rate limit is set as high
@@ -51,10 +57,57 @@ def _hang_dump() -> Any:
     timer.cancel()
 
 
+STORE_ENV = "GB_TEST_STORE"
+"""``GB_TEST_STORE=redis``: every gateway ``make_config`` builds keeps its store in Redis (one
+``redis-server`` for the whole run, a key prefix per test folder) instead of SQLite, so the
+same integration tests run on both backends (``make pytest-redis``)."""
+
+_shared_redis: list[RedisServer] = []
+
+
+def shared_redis() -> RedisServer:
+    """One ``redis-server`` for the whole test run, started when first wanted, stopped at exit
+    (tests that kill or wipe Redis start their own)."""
+    if not _shared_redis:
+        folder = Path(tempfile.mkdtemp(prefix="gb-test-redis-"))
+        server = RedisServer(folder).start()
+        _shared_redis.append(server)
+
+        def stop() -> None:
+            server.stop()
+            shutil.rmtree(folder, ignore_errors=True)
+
+        atexit.register(stop)
+    return _shared_redis[0]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> RedisServer:
+    return shared_redis()
+
+
+def redis_prefix(tmp_path: Path) -> str:
+    """A key prefix of the test's own, the same for every gateway of one test (a restarted
+    gateway finds what the first one stored), different between tests."""
+    return f"t{hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]}:"
+
+
+def store_section(tmp_path: Path) -> dict[str, Any]:
+    if os.environ.get(STORE_ENV, "sqlite") == "redis":
+        return {
+            "backend": "redis",
+            "url": shared_redis().url,
+            "prefix": redis_prefix(tmp_path),
+            "path": str(tmp_path / "gw.db"),
+            "flush_interval": 0.05,
+        }
+    return {"backend": "sqlite", "path": str(tmp_path / "gw.db"), "flush_interval": 0.05}
+
+
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     data: dict[str, Any] = {
         "sip": {"host": "127.0.0.1", "port": 0},
-        "store": {"backend": "sqlite", "path": str(tmp_path / "gw.db"), "flush_interval": 0.05},
+        "store": store_section(tmp_path),
         "log": {"level": "warning"},
         "http": {"port": 0},
     }

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.metrics import Metrics
+from gateway.store import StoreUnavailable
 
 log = structlog.get_logger("gateway.api")
 
@@ -76,6 +77,14 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
             error_body(str(exc.detail)),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        # Redis gone long enough that writes are refused: the client may try again later.
+        metrics.inc("api.status.503")
+        return JSONResponse(
+            error_body(f"store unavailable: {exc}"), status_code=503, headers={"Retry-After": "5"}
         )
 
     @app.exception_handler(Exception)

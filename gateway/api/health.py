@@ -45,6 +45,10 @@ async def readyz(request: Request) -> JSONResponse:
         "uppers": uppers,
         "loop_lag_seconds": round(lag, 4),
     }
+    if not store_ok:
+        trouble = getattr(ctx.store, "trouble", None)  # the Redis store says what is wrong
+        detail = trouble() if trouble is not None else ""
+        body["message"] = f"store: {detail or 'writes are failing'}"
     cluster_state = ctx.extras.get("cluster")
     if cluster_state is not None and (state := cluster_state()) is not None:
         # In a cluster: this node, whether Redis and the node-to-node bus answer, the nodes

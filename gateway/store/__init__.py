@@ -11,10 +11,16 @@ class would repeat every field and double the work of syncing 200,000 channels.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.manscdp import CatalogItem
 from gateway.model import Alarm, AuditEntry, Device
+
+
+class StoreUnavailable(Exception):
+    """A write refused because the store cannot take it now (Redis unreachable for long
+    enough that ``max_queued_writes`` are waiting); the message says why. The HTTP API answers
+    503 with it, the registrar no 200."""
 
 
 class Store(Protocol):
@@ -100,4 +106,27 @@ class Store(Protocol):
 from gateway.store.memory import MemoryStore  # noqa: E402
 from gateway.store.sqlite import SqliteStore, read_catalog, read_devices, read_id_map  # noqa: E402
 
-__all__ = ["MemoryStore", "SqliteStore", "Store", "read_catalog", "read_devices", "read_id_map"]
+if TYPE_CHECKING:
+    from gateway.store.redis import RedisStore
+
+
+def __getattr__(name: str) -> Any:
+    """``RedisStore`` is imported when first asked for: redis-py takes a fifth of a second to
+    import, which a SQLite gateway and the command line need not pay."""
+    if name == "RedisStore":
+        from gateway.store.redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "MemoryStore",
+    "RedisStore",
+    "SqliteStore",
+    "Store",
+    "StoreUnavailable",
+    "read_catalog",
+    "read_devices",
+    "read_id_map",
+]

@@ -45,6 +45,10 @@ class IdMap:
         self._down: dict[str, str] = {}
         self._next: dict[str, int] = {}
         self._sorted: list[tuple[str, str]] | None = None  # pairs(), until the next mapping
+        # A shared store (Redis) tells us when another node's claim won (a fencing window).
+        watch = getattr(store, "on_mapping_conflict", None)
+        if watch is not None:
+            watch(self.upper_id, self.adopt)
 
     def load(self, rows: list[tuple[str, str, str]]) -> None:
         for upper_id, local_id, mapped in rows:
@@ -58,6 +62,28 @@ class IdMap:
         prefix, serial = mapped[:14], int(mapped[14:])
         if serial >= self._next.get(prefix, 1):
             self._next[prefix] = serial + 1
+
+    def adopt(self, local_id: str, wanted: str, stored: str, holder: str) -> None:
+        """The store refused ``local_id`` -> ``wanted``: take what it holds instead (``stored``
+        for ``local_id``, ``wanted`` for ``holder``), and claim a fresh ID for ``local_id`` when
+        it has none yet."""
+        if self._up.get(local_id) == wanted:
+            del self._up[local_id]
+        if self._down.get(wanted) == local_id:
+            del self._down[wanted]
+        for loc, mapped in ((local_id, stored), (holder, wanted)):
+            if not loc or not mapped:
+                continue
+            old = self._up.pop(loc, None)
+            if old is not None and self._down.get(old) == loc:
+                del self._down[old]
+            other = self._down.get(mapped)
+            if other is not None and other != loc:
+                self._up.pop(other, None)
+            self._remember(loc, mapped)
+        self._sorted = None
+        if not stored:
+            self.to_upper(local_id)
 
     def __len__(self) -> int:
         return len(self._up)
