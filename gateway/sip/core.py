@@ -52,7 +52,14 @@ from gateway.sip.message import (
     salvage_request,
     warning_value,
 )
-from gateway.sip.overload import LoadGuard, from_user, is_initial_register, quick_response
+from gateway.sip.overload import (
+    LoadGuard,
+    from_user,
+    is_initial_register,
+    quick_response,
+    scan_register,
+    shed_response,
+)
 from gateway.sip.peer import Peer
 from gateway.sip.transaction import (
     COMPLETED,
@@ -85,6 +92,7 @@ _METHODS = (
     "SUBSCRIBE",
     "UPDATE",
 )
+_SHED_STATUS = b"SIP/2.0 503 Service Unavailable"
 _RX_REQUEST = {m: f"sip.rx.request.{m}" for m in _METHODS}
 _TX_RESPONSE = {m: f"sip.tx.response.{m}." for m in _METHODS}
 
@@ -171,6 +179,8 @@ class SipCore:
         self._invites: dict[tuple[str, int], ServerTransaction] = {}
         #: sheds new work while the gateway is behind (see :mod:`gateway.sip.overload`)
         self.guard: LoadGuard | None = None
+        # The Retry-After header lines given so far, by value (a few hundred at most).
+        self._retry_lines: dict[int, bytes] = {}
         #: whether a new out-of-dialog request comes from someone the gateway serves already:
         #: ``known_sender(from_user, peer)`` (a device registered at that host, a configured
         #: upper). Such requests are never shed, a registered device's refresh included.
@@ -244,22 +254,11 @@ class SipCore:
         """One message from ``peer`` (a datagram, or one framed off a stream)."""
         shed = False
         guard = self.guard
-        # The storm's own request, decided before it is parsed: a shed one costs a few
-        # microseconds. (Its retransmission, were its first copy taken, is shed too: the
-        # device then waits as told instead of retransmitting.)
-        if (
-            guard is not None
-            and guard.share < 1.0
-            and is_initial_register(data)
-            and not (self.known_sender is not None and self.known_sender(from_user(data), peer))
-            and guard.shed_new()
-        ):
-            answer = quick_response(data, 503, "Service Unavailable", self._retry_after())
-            if answer is not None:
-                self.counters.inc("sip.rx.shed")
-                self.network.send(peer, answer)
+        if guard is not None and guard.share < 1.0 and data.startswith(b"REGISTER "):
+            decided = self._shed_register(data, peer, guard)
+            if decided is None:
                 return
-            shed = True  # not plain enough to answer from its bytes: parse it
+            shed = decided
         try:
             self._receive(data, peer, shed)
         except Exception:
@@ -267,6 +266,37 @@ class SipCore:
             # connection would be torn down with every message queued behind it).
             self.counters.inc("sip.rx.internal_error")
             log.exception("sip.rx.internal_error", peer=str(peer), size=len(data))
+
+    def _shed_register(self, data: bytes, peer: Peer, guard: LoadGuard) -> bool | None:
+        """While shedding: the storm's own request, an initial REGISTER, decided before it is
+        parsed, from one look at its bytes (:func:`scan_register`), so that a shed one costs
+        a few microseconds. ``None``: shed and answered 503 from its bytes; ``True``: shed,
+        but not plain enough to answer from its bytes (parse it, then answer); ``False``: not
+        shed (not an initial REGISTER, a known sender's, or taken by the draw). (A
+        retransmission of a taken initial REGISTER is shed too: the device then waits as
+        told instead of retransmitting.)"""
+        known = self.known_sender
+        scan = scan_register(data)
+        if scan is False:
+            return False
+        if not isinstance(scan, tuple):  # not plain: the bytes are read the slow way
+            if (
+                not is_initial_register(data)
+                or (known is not None and known(from_user(data), peer))
+                or not guard.shed_new()
+            ):
+                return False
+            answer = quick_response(data, 503, "Service Unavailable", self._retry_after())
+        else:
+            user, lines, to = scan
+            if (known is not None and known(user, peer)) or not guard.shed_new():
+                return False
+            answer = shed_response(lines, to, _SHED_STATUS, self._retry_after())
+        if answer is None:
+            return True
+        self.counters.inc("sip.rx.shed")
+        self.network.send(peer, answer)
+        return None
 
     def _receive(self, data: bytes, peer: Peer, shed: bool = False) -> None:
         try:
@@ -474,7 +504,13 @@ class SipCore:
 
     def _retry_after(self) -> bytes:
         assert self.guard is not None
-        return b"Retry-After: %d\r\n" % self.guard.retry_after()
+        seconds = self.guard.retry_after()
+        line = self._retry_lines.get(seconds)
+        if line is None:
+            line = b"Retry-After: %d\r\n" % seconds
+            if len(self._retry_lines) < 4096:
+                self._retry_lines[seconds] = line
+        return line
 
     def _retry_headers(self) -> list[tuple[str, str]]:
         assert self.guard is not None
