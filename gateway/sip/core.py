@@ -93,6 +93,9 @@ _METHODS = (
     "UPDATE",
 )
 _SHED_STATUS = b"SIP/2.0 503 Service Unavailable"
+# Not shed: what SipCore._shed_register says of a request to serve (else the Retry-After
+# booked for a shed one, seconds >= 0).
+_SERVE = -1
 _RX_REQUEST = {m: f"sip.rx.request.{m}" for m in _METHODS}
 _TX_RESPONSE = {m: f"sip.tx.response.{m}." for m in _METHODS}
 
@@ -252,7 +255,7 @@ class SipCore:
     # -- incoming -------------------------------------------------------------------------
     def receive(self, data: bytes, peer: Peer) -> None:
         """One message from ``peer`` (a datagram, or one framed off a stream)."""
-        shed = False
+        shed = _SERVE
         guard = self.guard
         if guard is not None and guard.share < 1.0 and data.startswith(b"REGISTER "):
             decided = self._shed_register(data, peer, guard)
@@ -267,38 +270,40 @@ class SipCore:
             self.counters.inc("sip.rx.internal_error")
             log.exception("sip.rx.internal_error", peer=str(peer), size=len(data))
 
-    def _shed_register(self, data: bytes, peer: Peer, guard: LoadGuard) -> bool | None:
+    def _shed_register(self, data: bytes, peer: Peer, guard: LoadGuard) -> int | None:
         """While shedding: the storm's own request, an initial REGISTER, decided before it is
         parsed, from one look at its bytes (:func:`scan_register`), so that a shed one costs
-        a few microseconds. ``None``: shed and answered 503 from its bytes; ``True``: shed,
-        but not plain enough to answer from its bytes (parse it, then answer); ``False``: not
-        shed (not an initial REGISTER, a known sender's, or taken by the draw). (A
+        a few microseconds. ``None``: shed, and answered 503 from its bytes. ``_SERVE``: not
+        shed (not an initial REGISTER, a known sender's, or taken by the draw). Otherwise
+        shed but not plain enough to answer from its bytes: the Retry-After booked for it,
+        to answer with once it is parsed (one place in the calendar per answer sent). (A
         retransmission of a taken initial REGISTER is shed too: the device then waits as
         told instead of retransmitting.)"""
         known = self.known_sender
         scan = scan_register(data)
         if scan is False:
-            return False
+            return _SERVE
         if not isinstance(scan, tuple):  # not plain: the bytes are read the slow way
             if (
                 not is_initial_register(data)
                 or (known is not None and known(from_user(data), peer))
                 or not guard.shed_new()
             ):
-                return False
-            answer = quick_response(data, 503, "Service Unavailable", self._retry_after())
+                return _SERVE
+            seconds = guard.retry_after()
+            answer = quick_response(data, 503, "Service Unavailable", self._retry_line(seconds))
+            if answer is None:
+                return seconds
         else:
             user, lines, to = scan
             if (known is not None and known(user, peer)) or not guard.shed_new():
-                return False
-            answer = shed_response(lines, to, _SHED_STATUS, self._retry_after())
-        if answer is None:
-            return True
+                return _SERVE
+            answer = shed_response(lines, to, _SHED_STATUS, self._retry_line(guard.retry_after()))
         self.counters.inc("sip.rx.shed")
         self.network.send(peer, answer)
         return None
 
-    def _receive(self, data: bytes, peer: Peer, shed: bool = False) -> None:
+    def _receive(self, data: bytes, peer: Peer, shed: int = _SERVE) -> None:
         try:
             msg = parse(data)
         except ParseError as exc:
@@ -337,7 +342,7 @@ class SipCore:
         except Exception:
             log.debug("sip.reject_failed", peer=str(peer))
 
-    def _request_received(self, req: Request, peer: Peer, shed: bool = False) -> None:
+    def _request_received(self, req: Request, peer: Peer, shed: int = _SERVE) -> None:
         counters = self.counters
         try:
             cseq, require = check_request(req)
@@ -398,7 +403,7 @@ class SipCore:
             and req.get_header("Authorization") is not None
         ):
             guard.registered()
-        if shed or (
+        if shed != _SERVE or (
             guard is not None
             and guard.share < 1.0
             and method != "REGISTER"  # decided in receive()
@@ -409,7 +414,8 @@ class SipCore:
             and guard.shed_new()
         ):
             counters.inc("sip.rx.shed")
-            self._reject(req, peer, 503, "Service Unavailable", self._retry_headers())
+            seconds = shed if shed != _SERVE else self._booked()
+            self._reject(req, peer, 503, "Service Unavailable", [("Retry-After", str(seconds))])
             return
 
         txn = ServerTransaction(
@@ -502,19 +508,18 @@ class SipCore:
         if txn.state in ("trying", "proceeding"):
             self._server_done(txn)
 
-    def _retry_after(self) -> bytes:
+    def _booked(self) -> int:
         assert self.guard is not None
-        seconds = self.guard.retry_after()
+        return self.guard.retry_after()
+
+    def _retry_line(self, seconds: int) -> bytes:
+        """``Retry-After: <seconds>`` as a header line, made once per value."""
         line = self._retry_lines.get(seconds)
         if line is None:
             line = b"Retry-After: %d\r\n" % seconds
             if len(self._retry_lines) < 4096:
                 self._retry_lines[seconds] = line
         return line
-
-    def _retry_headers(self) -> list[tuple[str, str]]:
-        assert self.guard is not None
-        return [("Retry-After", str(self.guard.retry_after()))]
 
     def ignore(self, txn: ServerTransaction) -> None:
         """The user will never answer this request (a simulated peer playing one that ignores
