@@ -41,7 +41,7 @@ import structlog
 from gateway.sip.builder import MAGIC_COOKIE, new_tag
 from gateway.sip.counters import Counters
 from gateway.sip.errors import ParseError, TransportError
-from gateway.sip.headers import CSeq, split_commas
+from gateway.sip.headers import CSeq, Via, split_commas
 from gateway.sip.message import (
     Request,
     Response,
@@ -151,7 +151,9 @@ def stamp_via(req: Request, peer: Peer) -> None:
     if not has_rport and via.host == peer.host:
         return
     out.append(("received", peer.host))
-    req.replace_top_via(via._replace(params=tuple(out)))
+    # Built directly: NamedTuple._replace goes through keyword arguments, a few microseconds
+    # on every request.
+    req.replace_top_via(Via(via.transport, via.host, via.port, tuple(out)))
 
 
 class SipCore:
