@@ -24,9 +24,12 @@ because the gateway was busy).
 **Shedding.** The share of new work taken (:attr:`LoadGuard.share`) follows the signals in
 the manner of TCP's congestion window: down by a factor while behind, up by a step while not,
 so it settles near what the gateway can take, whatever the offered load. The decision costs a
-random draw; the answer to a shed REGISTER is built from its bytes without parsing
-(:func:`quick_response`), so a shed request costs a small fraction of a served one and
-goodput holds under several times the sustainable load.
+random draw; the answer to a shed REGISTER is built from its bytes without parsing, from one
+pass of a regular expression over its header block (:func:`scan_register`, then
+:func:`shed_response`; what is not plain enough for that goes the slow way,
+:func:`is_initial_register` and :func:`quick_response`, or the parser), so a shed request
+costs a small fraction of a served one and goodput holds under several times the sustainable
+load.
 
 **Coming back.** ``Retry-After`` values are not random: each shed request is given a second in
 a calendar of returns, filled in order up to a quota per second (90 % of the registrations the
