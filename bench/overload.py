@@ -228,7 +228,10 @@ def storm(
         out["keepalive_devices_registered"] = bg.register()
         calls = int(rate * seconds)
         tail = retry_after_max * 2 + 60  # the shed come back; SIPp gives up at -timeout
-        bg.start(seconds + tail)
+        # The keepalives outlive the storm's own deadline (seconds + tail + 30 below): were
+        # they to stop first, every keepalive device would be offline at the count, a false
+        # offline the gateway did not make. bg.stop() ends them once the storm is over.
+        bg.start(seconds + tail + 90)
         inf = write_injection_csv(wd / "storm-ids.csv", device_ids(calls, 1))
         stat = wd / "storm-stat.csv"
         logs = wd / "storm-logs.txt"

@@ -41,7 +41,7 @@ import structlog
 from gateway.sip.builder import MAGIC_COOKIE, new_tag
 from gateway.sip.counters import Counters
 from gateway.sip.errors import ParseError, TransportError
-from gateway.sip.headers import CSeq, split_commas
+from gateway.sip.headers import CSeq, Via, split_commas
 from gateway.sip.message import (
     Request,
     Response,
@@ -52,7 +52,14 @@ from gateway.sip.message import (
     salvage_request,
     warning_value,
 )
-from gateway.sip.overload import LoadGuard, from_user, is_initial_register, quick_response
+from gateway.sip.overload import (
+    LoadGuard,
+    from_user,
+    is_initial_register,
+    quick_response,
+    scan_register,
+    shed_response,
+)
 from gateway.sip.peer import Peer
 from gateway.sip.transaction import (
     COMPLETED,
@@ -85,6 +92,10 @@ _METHODS = (
     "SUBSCRIBE",
     "UPDATE",
 )
+_SHED_STATUS = b"SIP/2.0 503 Service Unavailable"
+# Not shed: what SipCore._shed_register says of a request to serve (else the Retry-After
+# booked for a shed one, seconds >= 0).
+_SERVE = -1
 _RX_REQUEST = {m: f"sip.rx.request.{m}" for m in _METHODS}
 _TX_RESPONSE = {m: f"sip.tx.response.{m}." for m in _METHODS}
 
@@ -140,7 +151,9 @@ def stamp_via(req: Request, peer: Peer) -> None:
     if not has_rport and via.host == peer.host:
         return
     out.append(("received", peer.host))
-    req.replace_top_via(via._replace(params=tuple(out)))
+    # Built directly: NamedTuple._replace goes through keyword arguments, a few microseconds
+    # on every request.
+    req.replace_top_via(Via(via.transport, via.host, via.port, tuple(out)))
 
 
 class SipCore:
@@ -171,6 +184,8 @@ class SipCore:
         self._invites: dict[tuple[str, int], ServerTransaction] = {}
         #: sheds new work while the gateway is behind (see :mod:`gateway.sip.overload`)
         self.guard: LoadGuard | None = None
+        # The Retry-After header lines given so far, by value (a few hundred at most).
+        self._retry_lines: dict[int, bytes] = {}
         #: whether a new out-of-dialog request comes from someone the gateway serves already:
         #: ``known_sender(from_user, peer)`` (a device registered at that host, a configured
         #: upper). Such requests are never shed, a registered device's refresh included.
@@ -242,24 +257,13 @@ class SipCore:
     # -- incoming -------------------------------------------------------------------------
     def receive(self, data: bytes, peer: Peer) -> None:
         """One message from ``peer`` (a datagram, or one framed off a stream)."""
-        shed = False
+        shed = _SERVE
         guard = self.guard
-        # The storm's own request, decided before it is parsed: a shed one costs a few
-        # microseconds. (Its retransmission, were its first copy taken, is shed too: the
-        # device then waits as told instead of retransmitting.)
-        if (
-            guard is not None
-            and guard.share < 1.0
-            and is_initial_register(data)
-            and not (self.known_sender is not None and self.known_sender(from_user(data), peer))
-            and guard.shed_new()
-        ):
-            answer = quick_response(data, 503, "Service Unavailable", self._retry_after())
-            if answer is not None:
-                self.counters.inc("sip.rx.shed")
-                self.network.send(peer, answer)
+        if guard is not None and guard.share < 1.0 and data.startswith(b"REGISTER "):
+            decided = self._shed_register(data, peer, guard)
+            if decided is None:
                 return
-            shed = True  # not plain enough to answer from its bytes: parse it
+            shed = decided
         try:
             self._receive(data, peer, shed)
         except Exception:
@@ -268,7 +272,40 @@ class SipCore:
             self.counters.inc("sip.rx.internal_error")
             log.exception("sip.rx.internal_error", peer=str(peer), size=len(data))
 
-    def _receive(self, data: bytes, peer: Peer, shed: bool = False) -> None:
+    def _shed_register(self, data: bytes, peer: Peer, guard: LoadGuard) -> int | None:
+        """While shedding: the storm's own request, an initial REGISTER, decided before it is
+        parsed, from one look at its bytes (:func:`scan_register`), so that a shed one costs
+        a few microseconds. ``None``: shed, and answered 503 from its bytes. ``_SERVE``: not
+        shed (not an initial REGISTER, a known sender's, or taken by the draw). Otherwise
+        shed but not plain enough to answer from its bytes: the Retry-After booked for it,
+        to answer with once it is parsed (one place in the calendar per answer sent). (A
+        retransmission of a taken initial REGISTER is shed too: the device then waits as
+        told instead of retransmitting.)"""
+        known = self.known_sender
+        scan = scan_register(data)
+        if scan is False:
+            return _SERVE
+        if not isinstance(scan, tuple):  # not plain: the bytes are read the slow way
+            if (
+                not is_initial_register(data)
+                or (known is not None and known(from_user(data), peer))
+                or not guard.shed_new()
+            ):
+                return _SERVE
+            seconds = guard.retry_after()
+            answer = quick_response(data, 503, "Service Unavailable", self._retry_line(seconds))
+            if answer is None:
+                return seconds
+        else:
+            user, lines, to = scan
+            if (known is not None and known(user, peer)) or not guard.shed_new():
+                return _SERVE
+            answer = shed_response(lines, to, _SHED_STATUS, self._retry_line(guard.retry_after()))
+        self.counters.inc("sip.rx.shed")
+        self.network.send(peer, answer)
+        return None
+
+    def _receive(self, data: bytes, peer: Peer, shed: int = _SERVE) -> None:
         try:
             msg = parse(data)
         except ParseError as exc:
@@ -307,7 +344,7 @@ class SipCore:
         except Exception:
             log.debug("sip.reject_failed", peer=str(peer))
 
-    def _request_received(self, req: Request, peer: Peer, shed: bool = False) -> None:
+    def _request_received(self, req: Request, peer: Peer, shed: int = _SERVE) -> None:
         counters = self.counters
         try:
             cseq, require = check_request(req)
@@ -368,7 +405,7 @@ class SipCore:
             and req.get_header("Authorization") is not None
         ):
             guard.registered()
-        if shed or (
+        if shed != _SERVE or (
             guard is not None
             and guard.share < 1.0
             and method != "REGISTER"  # decided in receive()
@@ -379,7 +416,8 @@ class SipCore:
             and guard.shed_new()
         ):
             counters.inc("sip.rx.shed")
-            self._reject(req, peer, 503, "Service Unavailable", self._retry_headers())
+            seconds = shed if shed != _SERVE else self._booked()
+            self._reject(req, peer, 503, "Service Unavailable", [("Retry-After", str(seconds))])
             return
 
         txn = ServerTransaction(
@@ -472,13 +510,18 @@ class SipCore:
         if txn.state in ("trying", "proceeding"):
             self._server_done(txn)
 
-    def _retry_after(self) -> bytes:
+    def _booked(self) -> int:
         assert self.guard is not None
-        return b"Retry-After: %d\r\n" % self.guard.retry_after()
+        return self.guard.retry_after()
 
-    def _retry_headers(self) -> list[tuple[str, str]]:
-        assert self.guard is not None
-        return [("Retry-After", str(self.guard.retry_after()))]
+    def _retry_line(self, seconds: int) -> bytes:
+        """``Retry-After: <seconds>`` as a header line, made once per value."""
+        line = self._retry_lines.get(seconds)
+        if line is None:
+            line = b"Retry-After: %d\r\n" % seconds
+            if len(self._retry_lines) < 4096:
+                self._retry_lines[seconds] = line
+        return line
 
     def ignore(self, txn: ServerTransaction) -> None:
         """The user will never answer this request (a simulated peer playing one that ignores

@@ -180,8 +180,10 @@ class Message:
                 break
         else:
             raise ParseError("Missing Via")
+        # The census stays true: the line is where it was, the Via lines as many, and a list
+        # of values still a list (only the top value changed). Dropping it would make every
+        # later header look-up scan the list (the core stamps every request it takes).
         self._cache.pop("via", None)
-        self._cache.pop("census", None)
         self._cache["topvia"] = via
 
     # -- typed access, parsed once ------------------------------------------------------

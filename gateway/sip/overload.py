@@ -24,9 +24,12 @@ because the gateway was busy).
 **Shedding.** The share of new work taken (:attr:`LoadGuard.share`) follows the signals in
 the manner of TCP's congestion window: down by a factor while behind, up by a step while not,
 so it settles near what the gateway can take, whatever the offered load. The decision costs a
-random draw; the answer to a shed REGISTER is built from its bytes without parsing
-(:func:`quick_response`), so a shed request costs a small fraction of a served one and
-goodput holds under several times the sustainable load.
+random draw; the answer to a shed REGISTER is built from its bytes without parsing, from one
+pass of a regular expression over its header block (:func:`scan_register`, then
+:func:`shed_response`; what is not plain enough for that goes the slow way,
+:func:`is_initial_register` and :func:`quick_response`, or the parser), so a shed request
+costs a small fraction of a served one and goodput holds under several times the sustainable
+load.
 
 **Coming back.** ``Retry-After`` values are not random: each shed request is given a second in
 a calendar of returns, filled in order up to a quota per second (90 % of the registrations the
@@ -39,6 +42,7 @@ over the whole window.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable
 
@@ -49,6 +53,91 @@ log = structlog.get_logger("gateway.sip.overload")
 _KEEP = (b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq")
 _NEEDED = {b"via", b"from", b"to", b"call-id", b"cseq"}
 _LONG = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
+
+# One pass over the header block: each line a response copies, with the LF before it and its
+# CR (``.`` stops at LF only), and the header's name (those the parser knows, in any case,
+# then the whitespace ``bytes.rstrip`` takes off a name), the colon again when the line ends
+# in a bare LF; or a folded line, or an Authorization header (a name merely starting so
+# counts, as in :func:`is_initial_register`).
+_SCAN = re.compile(
+    rb"(\n(?:(via|v|from|f|to|t|call-id|i|cseq)[ \t\r\x0b\x0c]*+(?::.*+(?<=\r)|(:).*+)"
+    rb"|(authorization|[ \t])))",
+    re.IGNORECASE,
+)
+# The order of the copied headers' names (lowered, space-separated) -> where From and To are
+# in it, or None when a header is missing or given twice. A gateway meets a handful of these
+# (one per kind of device), so each is worked out once. Bounded: at most _SHAPES_MAX shapes of
+# at most _SHAPE_LEN bytes are kept (a stranger's odd ones take the place of none; past the
+# bound, a shape is worked out each time, which costs microseconds).
+_SHAPES: dict[bytes, tuple[int, int] | None] = {}
+_SHAPES_MAX = 256
+_UNSEEN = (-1, -1)
+_SHAPE_LEN = 128
+
+
+def _shape(names: bytes) -> tuple[int, int] | None:
+    """Where From and To are among the copied headers named in ``names``; ``None`` unless
+    there is a Via and one each of From, To, Call-ID and CSeq."""
+    named = [_LONG.get(n, n) for n in names.split()]
+    if b"via" not in named or any(named.count(n) != 1 for n in _NEEDED - {b"via"}):
+        return None
+    return named.index(b"from"), named.index(b"to")
+
+
+def scan_register(data: bytes) -> tuple[str, tuple[bytes, ...], int] | bool | None:
+    """One look at a datagram for the shed path: is it an initial REGISTER (no
+    ``Authorization``), who does it say it is, and what would a response copy?
+
+    ``False``: it is not one (another request, a response, an authenticated REGISTER): serve
+    it as usual. ``None``: it may be one but is not plain enough to be read here (no end of
+    headers, a folded line, a line ending in a bare LF, a copied header missing or given twice):
+    the caller decides the slow way (:func:`is_initial_register`, :func:`quick_response`, the
+    parser). Otherwise ``(user, lines, to)``: the user part of the From URI as
+    :func:`from_user` reads it, and the Via, From, To, Call-ID and CSeq lines in their order
+    with the index of the To among them, for :func:`shed_response`.
+
+    One regular expression goes over the header block once, finding the copied lines, a folded
+    line and ``Authorization`` together; the shape of the copied headers (their names in
+    order) is then looked up, and only the From line is looked at again. What the lines say
+    is copied, not checked: the request is answered and forgotten."""
+    if not data.startswith(b"REGISTER "):
+        return False
+    head, blank, _ = data.partition(b"\r\n\r\n")
+    if not blank:
+        return None
+    found = _SCAN.findall(head + b"\r")  # so every header line ends in CR, the last too
+    if not found:
+        return None
+    lines, names, bare, special = zip(*found, strict=True)
+    if any(special) or any(bare):
+        # Authorization makes it no initial REGISTER, unless a folded line hides more.
+        return False if not any(bare) and b" " not in special and b"\t" not in special else None
+    key = b" ".join(names).lower()
+    shape = _SHAPES.get(key, _UNSEEN)
+    if shape is _UNSEEN:
+        shape = _shape(key)
+        if len(_SHAPES) < _SHAPES_MAX and len(key) <= _SHAPE_LEN:
+            _SHAPES[key] = shape
+    if shape is None:
+        return None
+    to = shape[1]
+    _, sip, rest = lines[shape[0]].partition(b"sip:")
+    user, at, _ = rest.partition(b"@")
+    if not sip or not at or len(user) > 64:
+        return "", lines, to
+    return user.decode("ascii", "replace"), lines, to
+
+
+def shed_response(lines: tuple[bytes, ...], to: int, status_line: bytes, headers: bytes) -> bytes:
+    """The response to a request whose copied lines :func:`scan_register` gave: the
+    ``status_line`` (``SIP/2.0 503 Service Unavailable``), those lines (the To with a tag
+    added when it has none, RFC 3261 §8.2.6.2), then ``headers`` (whole lines,
+    CRLF-terminated) and an empty body: what :func:`quick_response` makes of that request."""
+    line = lines[to]
+    if b";tag=" not in line.lower().replace(b" ", b""):
+        tagged = b"".join((line.rstrip(), b";tag=%08x\r" % random.getrandbits(32)))
+        lines = (*lines[:to], tagged, *lines[to + 1 :])
+    return b"".join((status_line, b"\r", *lines, b"\n", headers, b"Content-Length: 0\r\n\r\n"))
 
 
 def is_initial_register(data: bytes) -> bool:

@@ -180,7 +180,7 @@ class _Udp:
                 self.drain_errors()
                 continue
             read += 1
-            peer = Peer("udp", str(addr[0]), int(addr[1]))
+            peer = Peer("udp", addr[0], addr[1])  # (str, int) already, for IPv4 and IPv6
             if self.extra:
                 owner._heard_on(self, peer)
             try:
