@@ -44,8 +44,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy --strict gateway
 
+# The tests run in PYTEST_WORKERS processes (pytest-xdist): most of them wait on timers and
+# sockets, so even 2 cores run several at once. PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= 4
 pytest: install test-deps
-	$(BIN)/pytest --durations=25
+	$(BIN)/pytest --durations=25 -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: install test-deps lint typecheck pytest
 

@@ -105,6 +105,9 @@ async def test_a_thousand_flapping_devices_keep_notifies_ordered_complete_and_me
         auth={"nonce_ttl": 1.0},
         keepalive=KEEPALIVE,
         downlink={"sync_on_register": False, "catalog_subscription": False},
+        # Not an overload test: on a busy machine (parallel tests) the storms of 1,000
+        # REGISTERs lag the loop past the load guard's bound, which would shed some with 503.
+        overload={"enabled": False},
         uplink={
             "platforms": [
                 {
