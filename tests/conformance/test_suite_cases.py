@@ -94,7 +94,12 @@ def gateway_config(
         tmp_path,
         gateway={"id": GW, "domain": DOMAIN, "name": "测试网关", "civil_code": "340200"},
         registrar={"min_expires": 1},  # A-REG-07 asks for a 2 s registration
-        keepalive={"interval": 1.0, "timeout_count": 3, "check_interval": 0.2},
+        keepalive={
+            "interval": 1.0,
+            "timeout_count": 3,
+            "check_interval": 0.2,
+            **more.pop("keepalive", {}),
+        },
         downlink={"response_timeout": 3.0, "idle_timeout": 0.5, **more.pop("downlink", {})},
         uplink={"platforms": uppers},
         media={
