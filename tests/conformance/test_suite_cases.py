@@ -208,6 +208,10 @@ class Gateways:
 
 
 # -- a conformant gateway, device and platform pass ------------------------------------------
+# Serial: the whole suite's timing cases against 1 s keepalives; R-LARGE-01's spare device
+# sends none, so its 500 catalog MESSAGEs must all arrive within the 3 s the gateway waits,
+# which a machine loaded by the other tests of the run does not always give.
+@pytest.mark.serial
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("edition", ["2022", "2016"])
 async def test_gateway_passes_every_applicable_case(gateways: Gateways, edition: str) -> None:
