@@ -26,12 +26,15 @@ run: install
 # Debian packages the tests need: SIPp (sip-tester); redis-server (the cluster's shared store:
 # the tests start their own instances on loopback, never the system's service); chromium (the
 # conformance report and the web console are looked at in a real browser; Playwright drives this
-# binary and downloads none), with a Chinese font so the console's screenshots are readable.
+# binary and downloads none), with a Chinese font so the console's screenshots are readable;
+# buildah and debootstrap (the container image is built and run by the tests marked `image`).
 test-deps:
 	@missing=""; \
 	command -v sipp >/dev/null 2>&1 || missing="$$missing sip-tester"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v buildah >/dev/null 2>&1 || missing="$$missing buildah"; \
+	command -v debootstrap >/dev/null 2>&1 || missing="$$missing debootstrap"; \
 	test -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc || missing="$$missing fonts-wqy-microhei"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
@@ -45,8 +48,15 @@ lint: install
 typecheck: install
 	$(BIN)/mypy --strict gateway
 
+# The tests run in PYTEST_WORKERS processes (pytest-xdist): most of them wait on timers and
+# sockets, so even 2 cores run several at once. Then the few marked `serial` (storms with
+# timing-sensitive checks) run alone. Both passes run; either failing fails the target.
+PYTEST_WORKERS ?= 4
 pytest: install test-deps
-	$(BIN)/pytest --durations=25
+	@status=0; \
+	$(BIN)/pytest --durations=25 -n $(PYTEST_WORKERS) --dist loadgroup -m "not serial" || status=$$?; \
+	$(BIN)/pytest --durations=10 -m serial || status=$$?; \
+	exit $$status
 
 # The registrar, uplink, runtime-upper and API tests again with every gateway's store in Redis
 # (tests/conftest.py: GB_TEST_STORE=redis), so one node on Redis behaves as one on SQLite; about
@@ -57,7 +67,7 @@ REDIS_TESTS := tests/downlink/test_registrar.py tests/uplink/test_uplink.py \
 	--deselect tests/uplink/test_uplink.py::test_recode_ids_are_valid_in_the_uppers_namespace_and_stable_across_restart \
 	--deselect tests/api/test_users_tokens_audit.py::test_cli_user_add_then_login_over_http
 pytest-redis: install test-deps
-	GB_TEST_STORE=redis $(BIN)/pytest -q $(REDIS_TESTS)
+	GB_TEST_STORE=redis $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(REDIS_TESTS)
 
 test: install test-deps lint typecheck pytest pytest-redis
 

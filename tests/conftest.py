@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_timeout
 
 from conformance.peers.device import SimDevice
 from gateway.app import Gateway, configure_logging
@@ -193,3 +194,40 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     except ImportError:  # pragma: no cover - not on Linux
         return {"asyncio": asyncio.new_event_loop}
     return {"uvloop": uvloop.new_event_loop}
+
+
+# -- parallel runs (pytest-xdist) -------------------------------------------------------------
+# Each worker is a process of its own: it imports this file, so logging above is set up in every
+# worker, and a test's captured log comes back with its report. What a worker writes to its own
+# stdout is lost (execnet points it at /dev/null); its stderr is the run's stderr.
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: pytest_timeout.Settings) -> bool | None:
+    """In an xdist worker, pytest-timeout's thread method prints the test's captured output
+    (with the hang dump above) and every thread's stack to the terminal, which is the worker's
+    lost stdout, then ends the worker (xdist reports the test as crashed and starts another).
+    Point that stdout at stderr first, so the dump reaches the run's output."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None or settings.method != "thread":
+        return None  # pytest-timeout's own timer
+
+    def expire() -> None:
+        capman = item.config.pluginmanager.getplugin("capturemanager")
+        if capman is not None:
+            capman.suspend_global_capture(item)  # the real descriptors are back
+        os.dup2(2, 1)
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        print(f"\n{item.nodeid} timed out in worker {worker}:", flush=True)
+        pytest_timeout.timeout_timer(item, settings)  # prints, then os._exit(1)
+
+    timer = threading.Timer(settings.timeout, expire)
+    timer.name = f"timeout {item.nodeid}"
+    timer.daemon = True
+
+    def cancel() -> None:
+        timer.cancel()
+        timer.join()
+
+    item.cancel_timeout = cancel  # type: ignore[attr-defined]  # pytest-timeout's cancel hook
+    timer.start()
+    return True

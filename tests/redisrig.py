@@ -34,6 +34,9 @@ class RedisServer:
         self.folder = folder
         self.host = host
         self.port = port or free_port(host)
+        # A port picked here may be taken by another test worker before redis-server binds it:
+        # the first start then tries another one (a restart keeps its port, as a crash would).
+        self._pick_port = port is None
         self.proc: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -42,6 +45,19 @@ class RedisServer:
         return f"redis://{self.host}:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        if not self._pick_port:
+            return self._start(timeout)
+        self._pick_port = False
+        for _ in range(4):
+            try:
+                return self._start(timeout)
+            except RuntimeError as exc:
+                if "Address already in use" not in str(exc):
+                    raise
+                self.port = free_port(self.host)
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> RedisServer:
         assert self.proc is None, "already running"
         args = [
             REDIS_SERVER,
@@ -55,12 +71,15 @@ class RedisServer:
             "--daemonize", "no",
             "--logfile", str(self.folder / "redis.log"),
         ]  # fmt: skip
+        logfile = self.folder / "redis.log"
+        logged = len(logfile.read_text(errors="replace")) if logfile.exists() else 0
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                log = (self.folder / "redis.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {log}")
+                code, self.proc = self.proc.returncode, None
+                log = logfile.read_text(errors="replace")[logged:][-2000:]
+                raise RuntimeError(f"redis-server exited with {code}: {log}")
             if self.ping():
                 return self
             time.sleep(0.02)

@@ -92,7 +92,9 @@ async def test_run_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         seen: list[bytes] = []
         line = b""
         while b"gateway.started" not in line:
-            line = await asyncio.wait_for(proc.stderr.readline(), 10)
+            # Generous: a new interpreter importing the gateway on a loaded machine (the other
+            # tests of a parallel run) has taken over 10 s to start.
+            line = await asyncio.wait_for(proc.stderr.readline(), 60)
             # At the end of its output the gateway has exited: say why, do not read on forever.
             assert line, "the gateway exited before it started: " + b"".join(seen)[-2000:].decode()
             seen.append(line)

@@ -33,7 +33,8 @@ from tests.api.conftest import Api
 from tests.conftest import wait_for
 from tests.media.rig import fast_timers
 
-pytestmark = pytest.mark.timeout(90)
+# One worker of a parallel run for the browser tests (test_console_preview_browser.py).
+pytestmark = [pytest.mark.timeout(90), pytest.mark.xdist_group("browser")]
 
 try:
     from playwright.async_api import Browser, Page, async_playwright

@@ -55,7 +55,9 @@ from gateway.sip import Endpoint, TimerConfig
 from tests.api.conftest import Api
 from tests.conftest import sim, wait_for
 
-pytestmark = pytest.mark.timeout(90)
+# The browser tests share one worker of a parallel run: a Chromium decoding video is the
+# heaviest process of the suite, and two at once starve the rest of the machine.
+pytestmark = [pytest.mark.timeout(90), pytest.mark.xdist_group("browser")]
 
 try:
     from playwright.async_api import Browser, Page, async_playwright
@@ -73,7 +75,9 @@ CHROMIUM_WEBRTC_FLAGS = [
     "--allow-loopback-in-peer-connection",
     "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
-UI_WAIT = 15_000  # ms: a cold channel waits for the NVR's INVITE and its first key frame
+# ms: a cold channel waits for the NVR's INVITE and its first key frame; on a loaded machine
+# (a parallel run) ten more decoded frames have taken over 15 s
+UI_WAIT = 30_000
 MEDIA = {
     "host": "127.0.0.1",
     "port_min": 47700,

@@ -880,8 +880,17 @@ async def test_input_port_number_is_kept_for_both_protocols_until_settled(
 
 
 async def test_port_held_elsewhere_for_the_other_protocol_is_skipped(events: Events) -> None:
-    low, _ = port_range()
-    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    UDP = socket.SOCK_DGRAM
+    for _ in range(50):  # a slice whose two ports nothing else holds now (other tests run)
+        low, _ = port_range()
+        try:
+            for port, kind in ((low, UDP), (low + 2, UDP), (low + 2, socket.SOCK_STREAM)):
+                with socket.socket(socket.AF_INET, kind) as probe:
+                    probe.bind((HOST, port))
+        except OSError:
+            continue
+        break
+    squatter = socket.socket(socket.AF_INET, UDP)
     squatter.bind((HOST, low))  # UDP only: the TCP number is free, but not both
     r = LocalRelay(host=HOST, port_min=low, port_max=low + 2, on_event=events)
     await r.start()

@@ -42,7 +42,9 @@ from gateway.sip import Endpoint, Peer
 from tests.conftest import wait_for
 from tests.media.rig import GW, UP, fast_timers
 
-pytestmark = pytest.mark.reliability
+# Serial: 1,000 devices and nonces that live 1 s; on a machine other tests of the run load, a
+# device's answer to its challenge can come after its nonce expired (401 stale, not 200).
+pytestmark = [pytest.mark.reliability, pytest.mark.serial]
 
 DEVICES = 1000
 ROUNDS = 4
@@ -105,6 +107,9 @@ async def test_a_thousand_flapping_devices_keep_notifies_ordered_complete_and_me
         auth={"nonce_ttl": 1.0},
         keepalive=KEEPALIVE,
         downlink={"sync_on_register": False, "catalog_subscription": False},
+        # Not an overload test: on a busy machine (parallel tests) the storms of 1,000
+        # REGISTERs lag the loop past the load guard's bound, which would shed some with 503.
+        overload={"enabled": False},
         uplink={
             "platforms": [
                 {

@@ -154,7 +154,11 @@ async def test_a_restarted_gateway_refreshes_the_registration_the_upper_holds(
         await online_at(p)
         held = p.lowers[GW].call_id
         assert first.uplink is not None
-        await first.uplink.sessions[UP].link.close(unregister=False)  # as if killed
+        # The upper counts the gateway online when it sends its 200; the gateway saves the
+        # registration when that 200 arrives, which on a busy machine can come later.
+        link = first.uplink.sessions[UP].link
+        await wait_for(lambda: link.online, 5, "the gateway took its 200")
+        await link.close(unregister=False)  # as if killed
     finally:
         await first.close()
     assert p.lowers[GW].registered  # the upper still holds it
@@ -165,7 +169,9 @@ async def test_a_restarted_gateway_refreshes_the_registration_the_upper_holds(
     assert {req.call_id for _, req, _ in after} == {held}
     assert all(resp.status != 500 for _, _, resp in after)
     assert after[-1][1].cseq.seq > 10  # above any CSeq the first run used
-    assert gw.uplink is not None and gw.uplink.sessions[UP].link.online
+    assert gw.uplink is not None
+    again = gw.uplink.sessions[UP].link
+    await wait_for(lambda: again.online, 5, "the restarted gateway took its 200")
 
 
 async def test_the_store_keeps_one_registration_per_upper(tmp_path: Path) -> None:
