@@ -279,8 +279,9 @@ async def test_bad_input_is_answered_or_dropped_and_counted(
     assert isinstance(resp, Response) and resp.status == 400
     assert resp.reason == "Bad Request (MANSCDP body)"
     assert "empty body" in (resp.get_header("Warning") or "")
-    options = no_body.replace(b"MESSAGE", b"OPTIONS").replace(b"bad2", b"bad3")
-    raw_udp.send(options, port)
+    # A method nobody answers here (PUBLISH, RFC 3903): 405 with Allow.
+    publish = no_body.replace(b"MESSAGE", b"PUBLISH").replace(b"bad2", b"bad3")
+    raw_udp.send(publish, port)
     resp = parse(await raw_udp.recv())
     assert isinstance(resp, Response) and resp.status == 405
     assert "REGISTER" in (resp.get_header("Allow") or "")
