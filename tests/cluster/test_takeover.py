@@ -47,6 +47,14 @@ async def device_endpoint() -> AsyncIterator[Endpoint]:
     await ep.close()
 
 
+async def _registered(ep: Endpoint, device_id: str, transport: str, node: Node) -> SimDevice:
+    """A device with one channel, registered at ``node``'s address over ``transport``."""
+    dev = SimDevice(ep, device_id, Peer(transport, node.host, node.port), channel_count=1)
+    dev.install()
+    assert (await dev.register()).status == 200
+    return dev
+
+
 async def _taken_over(rig: ClusterRig, dead: Node) -> Node:
     def taker() -> Node | None:
         for n in rig.nodes:
@@ -67,9 +75,7 @@ async def test_survivor_listens_on_the_dead_nodes_address(
     rig: ClusterRig, device_endpoint: Endpoint
 ) -> None:
     dead = rig.nodes[0]
-    tcp = SimDevice(device_endpoint, TCP_NVR, Peer("tcp", dead.host, dead.port), channel_count=1)
-    tcp.install()
-    assert (await tcp.register()).status == 200
+    tcp = await _registered(device_endpoint, TCP_NVR, "tcp", dead)
     await dead.kill()
     survivor = await _taken_over(rig, dead)
     # Exactly one survivor took it.
@@ -82,9 +88,7 @@ async def test_survivor_listens_on_the_dead_nodes_address(
     assert resp.status == 200
     assert (await tcp.keepalive()).status == 200
     # UDP on that address too (a device that registers anew there).
-    udp = SimDevice(device_endpoint, UDP_NVR, Peer("udp", dead.host, dead.port), channel_count=1)
-    udp.install()
-    assert (await udp.register()).status == 200
+    await _registered(device_endpoint, UDP_NVR, "udp", dead)
 
 
 @pytest.mark.timeout(120)
@@ -95,9 +99,7 @@ async def test_udp_devices_keep_alive_without_registering_again(
     rig: ClusterRig, device_endpoint: Endpoint
 ) -> None:
     dead = rig.nodes[0]
-    udp = SimDevice(device_endpoint, UDP_NVR, Peer("udp", dead.host, dead.port), channel_count=1)
-    udp.install()
-    assert (await udp.register()).status == 200
+    udp = await _registered(device_endpoint, UDP_NVR, "udp", dead)
     await dead.kill()
     survivor = await _taken_over(rig, dead)
     registers = survivor.proc.named("device.registered") if survivor.proc else []
