@@ -268,7 +268,7 @@ class RedisStore(QueuedWriter[_Batch]):
         self.url = url
         self.prefix = prefix
         self.node_id = node_id
-        super().__init__(flush_interval, _Batch())
+        super().__init__(flush_interval, _Batch)
         self.max_queued_writes = max_queued_writes
         self.metrics = metrics if metrics is not None else Metrics()
         self._r: aioredis.Redis = aioredis.Redis.from_url(
@@ -758,31 +758,25 @@ class RedisStore(QueuedWriter[_Batch]):
                 else:
                     self._came_back()
 
-    async def flush(self) -> None:
-        async with self._lock:
-            if not self._pending:
-                return
-            batch, self._pending = self._pending, _Batch()
-            self._writing = batch
-            started = time.monotonic()
-            try:
-                there = await self._write(batch)
-            except Exception as exc:
-                self._writing = None
-                self._pending.merge_older(batch)
-                self._went_down(exc)
-                if not isinstance(exc, (RedisError, OSError)):
-                    log.exception("store.write_failed", error=str(exc))
-                raise
-            self._writing = None
-            self.metrics.observe("store.write_seconds", time.monotonic() - started)
-            self._came_back()
-            batch.committed()
-            if not there:
-                try:
-                    await self._restore()
-                except (RedisError, OSError) as exc:
-                    self._went_down(exc, writing=False)  # the watch tries again
+    # -- ``QueuedWriter.flush``'s steps ------------------------------------------------------
+    async def _write_batch(self, batch: _Batch) -> bool:
+        return await self._write(batch)
+
+    def _write_failed(self, exc: Exception) -> None:
+        self._went_down(exc)
+        if not isinstance(exc, (RedisError, OSError)):
+            log.exception("store.write_failed", error=str(exc))
+
+    def _write_recovered(self) -> None:
+        self._came_back()
+
+    async def _complete(self) -> None:
+        """``P epoch`` was gone at the write: Redis restarted empty, write back what this
+        node holds."""
+        try:
+            await self._restore()
+        except (RedisError, OSError) as exc:
+            self._went_down(exc, writing=False)  # the watch tries again
 
     async def _write(self, batch: _Batch, *, restoring: bool = False) -> bool:
         """One MULTI/EXEC with the whole batch; False when ``P epoch`` was gone (Redis

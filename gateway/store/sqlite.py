@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -305,7 +304,7 @@ class SqliteStore(QueuedWriter[_Batch]):
         max_pending_alarms: int = 10_000,
     ) -> None:
         self.path = Path(path)
-        super().__init__(flush_interval, _Batch())
+        super().__init__(flush_interval, _Batch)
         self.metrics = metrics if metrics is not None else Metrics()
         self.max_pending_alarms = max_pending_alarms
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -429,27 +428,14 @@ class SqliteStore(QueuedWriter[_Batch]):
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 
-    async def flush(self) -> None:
-        async with self._lock:
-            if not self._pending:
-                return
-            batch, self._pending = self._pending, _Batch()
-            self._writing = batch
-            started = time.monotonic()
-            try:
-                await asyncio.to_thread(self._write, batch)
-            except Exception as exc:
-                # Keep what was not written: newer saves win over the failed batch.
-                self._writing = None
-                self._pending.merge_older(batch)
-                self._write_failed(exc)
-                raise
-            self._writing = None
-            self.metrics.observe("store.write_seconds", time.monotonic() - started)
-            if self._failures:
-                log.warning("store.write_recovered", path=str(self.path), failures=self._failures)
-                self._failures = 0
-            batch.committed()
+    async def _write_batch(self, batch: _Batch) -> bool:
+        await asyncio.to_thread(self._write, batch)
+        return True
+
+    def _write_recovered(self) -> None:
+        if self._failures:
+            log.warning("store.write_recovered", path=str(self.path), failures=self._failures)
+            self._failures = 0
 
     def _write_failed(self, exc: Exception) -> None:
         self._failures += 1

@@ -1,14 +1,19 @@
 """The queued writer both persistent stores share (SQLite, Redis): saves go into a pending
 batch, a background loop writes it every ``flush_interval`` (or ``commit_delay`` after the
 first caller of :meth:`QueuedWriter.committed`), and a write that fails is retried, backing off
-from ``flush_interval`` up to :data:`MAX_RETRY_DELAY`. What is written, and how a failure is
-reported, is each store's own (``flush``)."""
+from ``flush_interval`` up to :data:`MAX_RETRY_DELAY`. How a batch is written and how a
+failure and a recovery are reported is each store's own (``_write_batch``, ``_write_failed``,
+``_write_recovered``, ``_complete``)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Self, TypeVar
+
+from gateway.metrics import Metrics
 
 MAX_RETRY_DELAY = 5.0
 """The longest wait between two attempts at a write that keeps failing."""
@@ -20,6 +25,10 @@ class Batch:
     commit: one per caller of ``committed``)."""
 
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def merge_older(self, older: Self) -> None:
+        """Put back a batch that failed to write, under anything newer queued since."""
+        raise NotImplementedError
 
     def committed(self) -> None:
         for fut in self.waiters:
@@ -33,10 +42,13 @@ B = TypeVar("B", bound=Batch)
 class QueuedWriter(Generic[B]):
     """The pending batch, the one being written, group commit and the writer loop."""
 
-    def __init__(self, flush_interval: float, pending: B) -> None:
+    metrics: Metrics
+
+    def __init__(self, flush_interval: float, new_batch: Callable[[], B]) -> None:
         self.flush_interval = flush_interval
         self.commit_delay = min(0.02, flush_interval)
-        self._pending = pending
+        self._new_batch = new_batch
+        self._pending = new_batch()
         self._writing: B | None = None
         self._failures = 0  # writes failed in a row
         self._wake_soon: asyncio.TimerHandle | None = None
@@ -45,7 +57,45 @@ class QueuedWriter(Generic[B]):
         self._lock = asyncio.Lock()  # one flush at a time
 
     async def flush(self) -> None:
+        """Write what is pending as one batch. When that fails, the batch is put back under
+        the saves made since (the newest state of a row wins), ``_write_failed`` reports it
+        and the error is raised; the futures waiting on it stay pending until it lands."""
+        async with self._lock:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, self._new_batch()
+            self._writing = batch
+            started = time.monotonic()
+            try:
+                complete = await self._write_batch(batch)
+            except Exception as exc:
+                # Keep what was not written: newer saves win over the failed batch.
+                self._writing = None
+                self._pending.merge_older(batch)
+                self._write_failed(exc)
+                raise
+            self._writing = None
+            self.metrics.observe("store.write_seconds", time.monotonic() - started)
+            self._write_recovered()
+            batch.committed()
+            if not complete:
+                await self._complete()
+
+    async def _write_batch(self, batch: B) -> bool:
+        """Write ``batch`` all or nothing; False when something must follow (``_complete``,
+        called once the batch's waiters are told it is committed, still under the lock)."""
         raise NotImplementedError
+
+    def _write_failed(self, exc: Exception) -> None:
+        """Count and log a failed write (``_failures`` grows by one)."""
+        raise NotImplementedError
+
+    def _write_recovered(self) -> None:
+        """A write went through: the end of a run of failures, if there was one."""
+        raise NotImplementedError
+
+    async def _complete(self) -> None:
+        """What must follow a write that returned False."""
 
     def _queued(self) -> list[B]:
         """What is saved but not yet committed, oldest first."""
