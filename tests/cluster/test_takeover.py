@@ -55,7 +55,10 @@ async def _registered(ep: Endpoint, device_id: str, transport: str, node: Node) 
     return dev
 
 
-async def _taken_over(rig: ClusterRig, dead: Node) -> Node:
+async def _killed_and_taken_over(rig: ClusterRig, dead: Node) -> Node:
+    """Kill ``dead``; the survivor that takes its address over (checked: that address)."""
+    await dead.kill()
+
     def taker() -> Node | None:
         for n in rig.nodes:
             if n is not dead and n.proc is not None and n.proc.named("cluster.address_taken_over"):
@@ -76,8 +79,7 @@ async def test_survivor_listens_on_the_dead_nodes_address(
 ) -> None:
     dead = rig.nodes[0]
     tcp = await _registered(device_endpoint, TCP_NVR, "tcp", dead)
-    await dead.kill()
-    survivor = await _taken_over(rig, dead)
+    survivor = await _killed_and_taken_over(rig, dead)
     # Exactly one survivor took it.
     others = [n for n in rig.nodes if n not in (dead, survivor)]
     for n in others:
@@ -100,8 +102,7 @@ async def test_udp_devices_keep_alive_without_registering_again(
 ) -> None:
     dead = rig.nodes[0]
     udp = await _registered(device_endpoint, UDP_NVR, "udp", dead)
-    await dead.kill()
-    survivor = await _taken_over(rig, dead)
+    survivor = await _killed_and_taken_over(rig, dead)
     registers = survivor.proc.named("device.registered") if survivor.proc else []
     resp = await udp.keepalive()
     assert resp.status == 200
