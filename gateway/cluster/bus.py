@@ -99,6 +99,21 @@ async def _bounded(coro: Awaitable[Any], seconds: float) -> None:
         task.cancel()
 
 
+class _Backoff:
+    """The wait between two attempts while Redis does not answer: 50 ms, doubling up to 1 s,
+    back to 50 ms once it answers."""
+
+    def __init__(self) -> None:
+        self.delay = 0.05
+
+    def reset(self) -> None:
+        self.delay = 0.05
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, 1.0)
+
+
 class Bus:
     """This node's end of the bus: its inbox reader, its pending requests, its handlers, the
     events it publishes (batched) and the events of the others it hears."""
@@ -176,12 +191,7 @@ class Bus:
         }
         try:
             try:
-                await self.redis.xadd(
-                    f"{self.prefix}inbox:{node_id}",
-                    fields,  # type: ignore[arg-type]
-                    maxlen=INBOX_MAXLEN,
-                    approximate=True,
-                )
+                await self._to_inbox(node_id, fields)
             except (RedisError, OSError) as exc:
                 self.metrics.inc("cluster.bus.send_failed")
                 raise ClusterError(f"{kind} to node {node_id}: Redis unreachable ({exc})") from None
@@ -293,6 +303,33 @@ class Bus:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def _to_inbox(self, node_id: str, fields: dict[str, str]) -> None:
+        """``XADD`` to ``node_id``'s inbox (trimmed to about :data:`INBOX_MAXLEN`)."""
+        await self.redis.xadd(
+            f"{self.prefix}inbox:{node_id}",
+            fields,  # type: ignore[arg-type]
+            maxlen=INBOX_MAXLEN,
+            approximate=True,
+        )
+
+    async def _xread(self, streams: dict[str, str], count: int, backoff: _Backoff) -> Any:
+        """One blocking ``XREAD`` of ``streams``; when Redis fails it (and the bus is not
+        closing), the outage is noted and ``backoff`` waited out; ``None`` then."""
+        try:
+            got: Any = await self.redis.xread(
+                streams,  # type: ignore[arg-type]
+                count=count,
+                block=READ_BLOCK_MS,
+            )
+        except (RedisError, OSError) as exc:
+            if not self._closing:
+                self._redis_down(exc)
+                await backoff.wait()
+            return None
+        self._redis_up()
+        backoff.reset()
+        return got
+
     def _redis_down(self, exc: BaseException) -> None:
         # Each failed call; the outage itself is counted once by the cluster (cluster.redis_down).
         self.metrics.inc("cluster.bus.redis_errors")
@@ -331,7 +368,7 @@ class Bus:
                     "seq": str(self.seq),
                     "events": json.dumps(batch, separators=(",", ":")),
                 }
-                delay = 0.05
+                backoff = _Backoff()
                 while True:
                     try:
                         await self.redis.xadd(
@@ -348,8 +385,7 @@ class Bus:
                             self._outgoing.clear()
                             return
                         self._redis_down(exc)
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 1.0)
+                        await backoff.wait()
                 self.metrics.inc("cluster.bus.events_sent", len(batch))
                 # Let the publishers add more before the next batch is cut.
                 await asyncio.sleep(0)
@@ -358,28 +394,16 @@ class Bus:
 
     async def _read_inbox(self) -> None:
         last = "$"
-        delay = 0.05
+        backoff = _Backoff()
         while not self._closing:
             while self._serving >= MAX_HANDLING:
                 # Every handler slot is taken: the requests wait in the inbox (bounded there),
                 # not as tasks here.
                 self._room.clear()
                 await self._room.wait()
-            try:
-                got: Any = await self.redis.xread(
-                    {self.inbox: last},
-                    count=min(200, MAX_HANDLING - self._serving),
-                    block=READ_BLOCK_MS,
-                )
-                self._redis_up()
-                delay = 0.05
-            except (RedisError, OSError) as exc:
-                if self._closing:
-                    return
-                self._redis_down(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                continue
+            got = await self._xread(
+                {self.inbox: last}, min(200, MAX_HANDLING - self._serving), backoff
+            )
             for _stream, entries in got or ():
                 for entry_id, fields in entries:
                     last = entry_id.decode()
@@ -455,31 +479,14 @@ class Bus:
             "body": json.dumps(reply, separators=(",", ":")),
         }
         try:
-            await self.redis.xadd(
-                f"{self.prefix}inbox:{sender}",
-                fields,  # type: ignore[arg-type]
-                maxlen=INBOX_MAXLEN,
-                approximate=True,
-            )
+            await self._to_inbox(sender, fields)
         except (RedisError, OSError) as exc:
             self._redis_down(exc)
 
     async def _read_events(self) -> None:
-        delay = 0.05
+        backoff = _Backoff()
         while not self._closing:
-            try:
-                got: Any = await self.redis.xread(
-                    {self.events_key: self._events_from}, count=100, block=READ_BLOCK_MS
-                )
-                self._redis_up()
-                delay = 0.05
-            except (RedisError, OSError) as exc:
-                if self._closing:
-                    return
-                self._redis_down(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                continue
+            got = await self._xread({self.events_key: self._events_from}, 100, backoff)
             for _stream, entries in got or ():
                 for entry_id, fields in entries:
                     if self._closing:

@@ -36,6 +36,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from gateway.metrics import Metrics
+from gateway.tasks import stop
 
 log = structlog.get_logger("gateway.cluster.leases")
 
@@ -171,12 +172,7 @@ class Lease:
         node takes over without waiting for it to expire."""
         self._closing = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop(task)
         if self.holder:
             value = self.value
             self._lose("closed")

@@ -23,6 +23,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from gateway.metrics import Metrics
+from gateway.tasks import stop
 
 log = structlog.get_logger("gateway.cluster.membership")
 
@@ -70,12 +71,7 @@ class Membership:
     async def close(self) -> None:
         """Stop renewing; the record is removed so the others see this node go at once."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop(task)
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.delete(self.key(self.node_id))

@@ -73,11 +73,10 @@ from gateway.manscdp import CatalogItem, from_plain, to_plain
 from gateway.metrics import Metrics
 from gateway.model import Alarm, AuditEntry, Device
 from gateway.store import StoreUnavailable
+from gateway.store.writer import Batch, QueuedWriter
 
 log = structlog.get_logger("gateway.store.redis")
 
-MAX_RETRY_DELAY = 5.0
-"""The longest wait between two attempts while Redis does not answer."""
 HEALTH_INTERVAL = 1.0
 """Seconds between two checks that Redis answers and still holds ``P epoch``."""
 RECORDS_REFRESH = 2.0
@@ -176,7 +175,7 @@ def _safe_url(url: str) -> str:
 
 
 @dataclass
-class _Batch:
+class _Batch(Batch):
     devices: dict[str, Device | None] = field(default_factory=dict)
     # owner -> item ID -> item, or None to delete
     items: dict[str, dict[str, CatalogItem | None]] = field(default_factory=dict)
@@ -186,7 +185,6 @@ class _Batch:
     uppers: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     records: dict[tuple[str, str], str | None] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
     size: int = 0
 
     def __bool__(self) -> bool:
@@ -220,11 +218,6 @@ class _Batch:
             + len(self.records)
             + len(self.audit)
         )
-
-    def committed(self) -> None:
-        for fut in self.waiters:
-            if not fut.done():
-                fut.set_result(None)
 
 
 class _Ids:
@@ -261,7 +254,7 @@ class _Ids:
         return self.next - 1
 
 
-class RedisStore:
+class RedisStore(QueuedWriter[_Batch]):
     def __init__(
         self,
         url: str,
@@ -275,8 +268,7 @@ class RedisStore:
         self.url = url
         self.prefix = prefix
         self.node_id = node_id
-        self.flush_interval = flush_interval
-        self.commit_delay = min(0.02, flush_interval)
+        super().__init__(flush_interval, _Batch)
         self.max_queued_writes = max_queued_writes
         self.metrics = metrics if metrics is not None else Metrics()
         self._r: aioredis.Redis = aioredis.Redis.from_url(
@@ -308,19 +300,12 @@ class RedisStore:
         self._own_audit: deque[AuditEntry] = deque(maxlen=AUDIT_KEPT)
         self._ids = {kind: _Ids(f"{prefix}seq:{kind}", n) for kind, n in _BLOCKS.items()}
         self._conflict_handlers: dict[str, MappingConflict] = {}
-        self._pending = _Batch()
-        self._writing: _Batch | None = None
         self._epoch = ""
         self._down_since: float | None = None  # monotonic time the outage was seen
         self._down_error = ""
-        self._failures = 0
         self._refused = False  # a save was refused in this outage (logged once)
-        self._wake_soon: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()
         self._revived = asyncio.Event()  # the watch saw Redis answer: retry the writes now
-        self._lock = asyncio.Lock()
         self._last_refresh = 0.0
 
     def key(self, name: str) -> str:
@@ -563,23 +548,6 @@ class RedisStore:
     def healthy(self) -> bool:
         return self._down_since is None and self._failures == 0
 
-    def committed(self) -> asyncio.Future[None] | None:
-        """As :meth:`SqliteStore.committed`: done once everything saved so far is written;
-        it waits through an outage."""
-        batch = self._pending if self._pending else self._writing
-        if batch is None:
-            return None
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        batch.waiters.append(fut)
-        if self._wake_soon is None:
-            self._wake_soon = loop.call_later(self.commit_delay, self._wake_writer)
-        return fut
-
-    def _wake_writer(self) -> None:
-        self._wake_soon = None
-        self._wake.set()
-
     def _went_down(self, exc: BaseException, *, writing: bool = True) -> None:
         """A write (or the watch's check) found Redis not answering: the first time in an
         outage, one log line and ``store.redis.down``."""
@@ -710,9 +678,6 @@ class RedisStore:
         got = await pipe.execute()
         return {kind: dict(rows) for kind, rows in zip(kinds, got, strict=True) if rows}
 
-    def _queued(self) -> list[_Batch]:
-        return [b for b in (self._writing, self._pending) if b is not None]
-
     def _apply(self, batch: _Batch) -> None:
         """Lay a queued batch over a freshly read view."""
         for did, dev in batch.devices.items():
@@ -756,29 +721,12 @@ class RedisStore:
                     records.setdefault(kind, {})[key] = text
         self._records = records
 
-    # -- the writer and the watch -----------------------------------------------------------
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            if self._failures:
-                await self._pause(self._retry_delay(), self._revived)
-                self._revived.clear()
-            else:
-                await self._pause(self.flush_interval, self._wake)
-            self._wake.clear()
-            try:
-                await self.flush()
-            except Exception:
-                pass  # reported by flush; the batch is kept for the next attempt
-
-    def _retry_delay(self) -> float:
-        return float(min(self.flush_interval * 2 ** (self._failures - 1), MAX_RETRY_DELAY))
-
-    @staticmethod
-    async def _pause(seconds: float, event: asyncio.Event) -> None:
-        try:
-            await asyncio.wait_for(event.wait(), seconds)
-        except TimeoutError:
-            pass
+    # -- the writer (``QueuedWriter``: the loop, group commit) and the watch -----------------
+    async def _wait_retry(self) -> None:
+        """While Redis does not answer: the back-off, cut short when the watch sees it answer
+        again (or by ``close``, which sets ``_revived`` too)."""
+        await self._pause(self._retry_delay(), self._revived)
+        self._revived.clear()
 
     async def _watch(self) -> None:
         """Every :data:`HEALTH_INTERVAL`: does Redis answer, does it still hold our epoch?
@@ -810,31 +758,25 @@ class RedisStore:
                 else:
                     self._came_back()
 
-    async def flush(self) -> None:
-        async with self._lock:
-            if not self._pending:
-                return
-            batch, self._pending = self._pending, _Batch()
-            self._writing = batch
-            started = time.monotonic()
-            try:
-                there = await self._write(batch)
-            except Exception as exc:
-                self._writing = None
-                self._pending.merge_older(batch)
-                self._went_down(exc)
-                if not isinstance(exc, (RedisError, OSError)):
-                    log.exception("store.write_failed", error=str(exc))
-                raise
-            self._writing = None
-            self.metrics.observe("store.write_seconds", time.monotonic() - started)
-            self._came_back()
-            batch.committed()
-            if not there:
-                try:
-                    await self._restore()
-                except (RedisError, OSError) as exc:
-                    self._went_down(exc, writing=False)  # the watch tries again
+    # -- ``QueuedWriter.flush``'s steps ------------------------------------------------------
+    async def _write_batch(self, batch: _Batch) -> bool:
+        return await self._write(batch)
+
+    def _write_failed(self, exc: Exception) -> None:
+        self._went_down(exc)
+        if not isinstance(exc, (RedisError, OSError)):
+            log.exception("store.write_failed", error=str(exc))
+
+    def _write_recovered(self) -> None:
+        self._came_back()
+
+    async def _complete(self) -> None:
+        """``P epoch`` was gone at the write: Redis restarted empty, write back what this
+        node holds."""
+        try:
+            await self._restore()
+        except (RedisError, OSError) as exc:
+            self._went_down(exc, writing=False)  # the watch tries again
 
     async def _write(self, batch: _Batch, *, restoring: bool = False) -> bool:
         """One MULTI/EXEC with the whole batch; False when ``P epoch`` was gone (Redis
@@ -933,9 +875,7 @@ class RedisStore:
 
     async def close(self) -> None:
         """Stop the writer and the watch, write what is left, close the connections."""
-        if self._wake_soon is not None:
-            self._wake_soon.cancel()
-            self._wake_soon = None
+        self._cancel_wake()
         self._stopping.set()
         self._wake.set()
         self._revived.set()

@@ -13,10 +13,11 @@ is killed the next instant; saves made meanwhile, or while a commit is being wri
 next one, so a storm of registrations costs a few dozen commits a second.
 
 A write that fails (disk full, I/O error) is reported (``store.write_failed`` in the log and
-the metrics) and retried, backing off from ``flush_interval`` up to ``MAX_RETRY_DELAY``: its
-batch is kept and merged under newer saves (a row's newest state wins; rows are keyed, so the
-merge is bounded by the model's size; pending alarms are capped at ``max_pending_alarms``, the
-oldest dropped and counted). Futures waiting on it stay pending until it lands.
+the metrics) and retried by the loop of :class:`~gateway.store.writer.QueuedWriter`, backing
+off from ``flush_interval`` up to its ``MAX_RETRY_DELAY``: its batch is kept and merged under
+newer saves (a row's newest state wins; rows are keyed, so the merge is bounded by the model's
+size; pending alarms are capped at ``max_pending_alarms``, the oldest dropped and counted).
+Futures waiting on it stay pending until it lands.
 
 Tables: ``devices`` (registrations and what devices said about themselves), ``channels`` (every
 catalog item a device reported: channels and the tree nodes above them, civil regions, business
@@ -36,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ import structlog
 from gateway.manscdp import CatalogItem, from_plain, item_kind, to_plain
 from gateway.metrics import Metrics
 from gateway.model import Alarm, AuditEntry, Device
+from gateway.store.writer import Batch, QueuedWriter
 
 log = structlog.get_logger("gateway.store.sqlite")
 
@@ -204,9 +205,6 @@ _INSERT_ALARM = (
 
 Row = tuple[Any, ...]
 
-# The longest wait between two attempts at a write that keeps failing.
-MAX_RETRY_DELAY = 5.0
-
 
 def _row(d: Device) -> Row:
     return tuple(int(getattr(d, c)) if c == "online" else getattr(d, c) for c in COLUMNS)
@@ -247,7 +245,7 @@ def alarm_from_row(row: tuple[Any, ...]) -> Alarm:
 
 
 @dataclass
-class _Batch:
+class _Batch(Batch):
     devices: dict[str, Row | None] = field(default_factory=dict)
     # (owner, item ID) -> (item, time) to write, or None to delete.
     items: dict[tuple[str, str], tuple[CatalogItem, float] | None] = field(default_factory=dict)
@@ -258,8 +256,6 @@ class _Batch:
     # (kind, key) -> the record's JSON, or None to delete.
     records: dict[tuple[str, str], str | None] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
-    # Done when this batch is committed (group commit: one per caller of ``committed``).
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -287,11 +283,6 @@ class _Batch:
         self.audit[:0] = older.audit
         self.waiters[:0] = older.waiters
 
-    def committed(self) -> None:
-        for fut in self.waiters:
-            if not fut.done():
-                fut.set_result(None)
-
 
 _AUDIT_COLUMNS = ("at", "who", "role", "action", "target", "detail", "source", "outcome")
 
@@ -303,7 +294,7 @@ def _migrate(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE devices ADD COLUMN {name} {decl}")
 
 
-class SqliteStore:
+class SqliteStore(QueuedWriter[_Batch]):
     def __init__(
         self,
         path: str | Path,
@@ -313,9 +304,7 @@ class SqliteStore:
         max_pending_alarms: int = 10_000,
     ) -> None:
         self.path = Path(path)
-        self.flush_interval = flush_interval
-        self.commit_delay = min(0.02, flush_interval)
-        self._wake_soon: asyncio.TimerHandle | None = None
+        super().__init__(flush_interval, _Batch)
         self.metrics = metrics if metrics is not None else Metrics()
         self.max_pending_alarms = max_pending_alarms
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -325,15 +314,9 @@ class SqliteStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
         _migrate(self._db)
-        self._pending = _Batch()
-        self._writing: _Batch | None = None
         last = self._db.execute("SELECT MAX(id) FROM audit").fetchone()[0]
         self._audit_ids = int(last or 0)
-        self._failures = 0  # writes failed in a row
         self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._lock = asyncio.Lock()
 
     # -- devices ----------------------------------------------------------------------------
     def load_devices(self) -> list[Device]:
@@ -388,10 +371,6 @@ class SqliteStore:
         self._pending.mappings.append((upper_id, local_id, upper_item, now))
 
     # -- the operations side: records and the audit log --------------------------------------
-    def _queued(self) -> list[_Batch]:
-        """What is saved but not yet committed, oldest first."""
-        return [b for b in (self._writing, self._pending) if b is not None]
-
     def load_records(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
         rows: dict[str, str | None] = dict(
             self._db.execute("SELECT key, data FROM records WHERE kind = ?", (kind,)).fetchall()
@@ -440,79 +419,23 @@ class SqliteStore:
     ) -> None:
         self._pending.uppers[upper_id] = (upper_id, call_id, from_tag, cseq, now)
 
-    # -- writing ----------------------------------------------------------------------------
-    def committed(self) -> asyncio.Future[None] | None:
-        """A future done once everything saved so far is committed (``None``: it is already),
-        for a caller that must not acknowledge what could still be lost. It wakes the writer
-        ``commit_delay`` (20 ms) from the first such call: whatever is saved until that write
-        starts goes in the same commit, so a storm of registrations makes a few dozen commits
-        a second, not one per REGISTER."""
-        batch = self._pending if self._pending else self._writing
-        if batch is None:
-            return None
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        batch.waiters.append(fut)
-        if self._wake_soon is None:
-            self._wake_soon = loop.call_later(self.commit_delay, self._wake_writer)
-        return fut
-
+    # -- writing (the loop and group commit: ``QueuedWriter``) -------------------------------
     def healthy(self) -> bool:
         return self._failures == 0
-
-    def _wake_writer(self) -> None:
-        self._wake_soon = None
-        self._wake.set()
 
     async def start(self) -> None:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            if self._failures:
-                # Back off while the writes fail: waiters do not hurry a full disk.
-                await self._pause(self._retry_delay(), self._stopping)
-            else:
-                await self._pause(self.flush_interval, self._wake)
-            self._wake.clear()
-            try:
-                await self.flush()
-            except Exception:
-                pass  # reported by flush; the batch is kept for the next attempt
+    async def _write_batch(self, batch: _Batch) -> bool:
+        await asyncio.to_thread(self._write, batch)
+        return True
 
-    def _retry_delay(self) -> float:
-        return float(min(self.flush_interval * 2 ** (self._failures - 1), MAX_RETRY_DELAY))
-
-    @staticmethod
-    async def _pause(seconds: float, event: asyncio.Event) -> None:
-        try:
-            await asyncio.wait_for(event.wait(), seconds)
-        except TimeoutError:
-            pass
-
-    async def flush(self) -> None:
-        async with self._lock:
-            if not self._pending:
-                return
-            batch, self._pending = self._pending, _Batch()
-            self._writing = batch
-            started = time.monotonic()
-            try:
-                await asyncio.to_thread(self._write, batch)
-            except Exception as exc:
-                # Keep what was not written: newer saves win over the failed batch.
-                self._writing = None
-                self._pending.merge_older(batch)
-                self._write_failed(exc)
-                raise
-            self._writing = None
-            self.metrics.observe("store.write_seconds", time.monotonic() - started)
-            if self._failures:
-                log.warning("store.write_recovered", path=str(self.path), failures=self._failures)
-                self._failures = 0
-            batch.committed()
+    def _write_recovered(self) -> None:
+        if self._failures:
+            log.warning("store.write_recovered", path=str(self.path), failures=self._failures)
+            self._failures = 0
 
     def _write_failed(self, exc: Exception) -> None:
         self._failures += 1
@@ -594,9 +517,7 @@ class SqliteStore:
     async def close(self) -> None:
         """Stop the writer (never cancelled mid-write: its thread would still be using the
         connection), write what is left, close."""
-        if self._wake_soon is not None:
-            self._wake_soon.cancel()
-            self._wake_soon = None
+        self._cancel_wake()
         if self._task is not None:
             self._stopping.set()
             self._wake.set()

@@ -48,6 +48,12 @@ class Cluster:
     platform: SimPlatform | None = None
     synced: dict[str, list[str]] = field(default_factory=dict)
 
+    @property
+    def upper(self) -> SimPlatform:
+        """The upper platform (the rig was started with one)."""
+        assert self.platform is not None
+        return self.platform
+
     def node(self, host: str) -> Gateway:
         return next(gw for gw in self.nodes if gw.config.sip.host == host)
 

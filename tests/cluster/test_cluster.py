@@ -62,8 +62,7 @@ async def cluster(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Cl
 
 
 async def test_the_upper_sees_one_complete_catalog(cluster: Cluster) -> None:
-    p = cluster.platform
-    assert p is not None
+    p = cluster.upper
     res = await p.catalog(GW)
     assert res.ok
     ids = {i.device_id for i in res.items}
@@ -83,8 +82,7 @@ async def test_the_upper_sees_one_complete_catalog(cluster: Cluster) -> None:
 
 
 async def test_query_and_control_for_a_device_on_another_node(cluster: Cluster) -> None:
-    p = cluster.platform
-    assert p is not None
+    p = cluster.upper
     nvr_y, nvr_z = cluster.devices[1], cluster.devices[2]
     x, y, z = cluster.nodes
     before = y.metrics.get("query.sent.DeviceInfo")
@@ -106,8 +104,7 @@ async def test_query_and_control_for_a_device_on_another_node(cluster: Cluster) 
 
 
 async def test_invite_for_a_channel_on_another_node(cluster: Cluster) -> None:
-    p = cluster.platform
-    assert p is not None
+    p = cluster.upper
     x, y, _ = cluster.nodes
     nvr_y = cluster.devices[1]
     call = await p.invite(GW, nvr_y.channel_id(2))
@@ -136,11 +133,9 @@ async def test_invite_for_a_channel_on_another_node(cluster: Cluster) -> None:
 
 
 async def test_catalog_subscription_and_live_updates_hear_other_nodes(cluster: Cluster) -> None:
-    p = cluster.platform
-    assert p is not None
+    p = cluster.upper
     x, _, z = cluster.nodes
-    sub = await p.subscribe(GW, "Catalog")
-    assert sub.status == 200
+    assert (await p.subscribe(GW, "Catalog")).status == 200
     new = nvr_id(9)
     async with httpx.AsyncClient(base_url=f"http://{HOSTS[0]}:{_http_port(x)}") as client:
         url = f"/api/v1/events?access_token={TOKEN}"
@@ -170,8 +165,7 @@ def _http_port(gw: Any) -> int:
 async def test_a_node_that_does_not_answer(cluster: Cluster) -> None:
     """Z stops reading its inbox (hung, or cut from Redis): the upper's query for Z's device
     gets Result ERROR and its INVITE 504, after the bus timeout, not never."""
-    p = cluster.platform
-    assert p is not None
+    p = cluster.upper
     x, _, z = cluster.nodes
     assert z.bus is not None
     for task in list(z.bus._tasks):
@@ -187,11 +181,9 @@ async def test_a_node_that_does_not_answer(cluster: Cluster) -> None:
 
 
 async def test_a_node_that_stops_takes_its_devices_offline(cluster: Cluster) -> None:
-    p = cluster.platform
-    assert p is not None
+    p = cluster.upper
     x, _, z = cluster.nodes
-    sub = await p.subscribe(GW, "Catalog")
-    assert sub.status == 200
+    assert (await p.subscribe(GW, "Catalog")).status == 200
     nvr_z = cluster.devices[2]
     await z.close()
     cluster.nodes.remove(z)
@@ -210,8 +202,7 @@ async def test_a_node_that_stops_takes_its_devices_offline(cluster: Cluster) -> 
 async def test_relayed_playback_info_and_end_of_file(cluster: Cluster) -> None:
     """MANSRTSP INFO at the upper's node reaches the device on its node, and the device's end
     of file (MediaStatus 121) reaches the upper in its dialog."""
-    p = cluster.platform
-    assert p is not None
+    p = cluster.upper
     x, y, _ = cluster.nodes
     nvr_y = cluster.devices[1]
     nvr_y.playback_frames = 100
@@ -236,8 +227,7 @@ async def test_relayed_playback_info_and_end_of_file(cluster: Cluster) -> None:
 async def test_cancel_while_the_devices_node_sets_up(cluster: Cluster) -> None:
     """The upper CANCELs before the device (on another node) answered: nothing is left
     streaming on the device's node."""
-    p = cluster.platform
-    assert p is not None
+    p = cluster.upper
     _, y, _ = cluster.nodes
     nvr_y = cluster.devices[1]
     nvr_y.invite_delay = 1.0

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +27,6 @@ pytestmark = pytest.mark.skipif(
 )
 GW = "34020000002000000001"
 UP = "34010000002000000001"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -72,15 +64,26 @@ def node_config(tmp_path: Path, name: str, redis: RedisServer, upper: SimPlatfor
     )
 
 
+@asynccontextmanager
+async def started(*configs: Any) -> AsyncIterator[tuple[Gateway, ...]]:
+    """The nodes of ``configs``, started in order, all closed on the way out."""
+    nodes = tuple(Gateway(cfg) for cfg in configs)
+    for node in nodes:
+        await node.start()
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.close()
+
+
 @pytest.mark.timeout(60)
 async def test_lost_lease_stops_the_node_at_once(
     tmp_path: Path, redis_server: RedisServer, upper: SimPlatform
 ) -> None:
-    a = Gateway(node_config(tmp_path, "a", redis_server, upper))
-    b = Gateway(node_config(tmp_path, "b", redis_server, upper))
-    await a.start()
-    await b.start()
-    try:
+    a_cfg = node_config(tmp_path, "a", redis_server, upper)
+    b_cfg = node_config(tmp_path, "b", redis_server, upper)
+    async with started(a_cfg, b_cfg) as (a, b):
         await wait_for(lambda: GW in upper.lowers and upper.lowers[GW].registered, 10, "reg")
         nodes = {a.endpoint.port: a, b.endpoint.port: b}
         holder = nodes[upper.lowers[GW].peer.port]
@@ -154,9 +157,6 @@ async def test_lost_lease_stops_the_node_at_once(
         ]
         assert late == []
         assert not [r for r in upper.registers if r.get_header("Expires") == "0"]
-    finally:
-        await a.close()
-        await b.close()
 
 
 @pytest.mark.timeout(60)
@@ -188,11 +188,9 @@ async def test_redis_down_nobody_acts_then_one_resumes(
     """Redis unreachable for every node: the holder stops at its lease's deadline (nobody
     serves the upper meanwhile) and Redis is reported down; Redis back: one node registers
     again with the same Call-ID, by itself."""
-    a = Gateway(node_config(tmp_path, "a", redis_server, upper))
-    b = Gateway(node_config(tmp_path, "b", redis_server, upper))
-    await a.start()
-    await b.start()
-    try:
+    a_cfg = node_config(tmp_path, "a", redis_server, upper)
+    b_cfg = node_config(tmp_path, "b", redis_server, upper)
+    async with started(a_cfg, b_cfg) as (a, b):
         await wait_for(lambda: GW in upper.lowers and upper.lowers[GW].registered, 10, "reg")
         call_id = upper.lowers[GW].call_id
 
@@ -219,9 +217,6 @@ async def test_redis_down_nobody_acts_then_one_resumes(
         await wait_for(lambda: a.cluster.healthy() and b.cluster.healthy(), 5, "Redis back")
         assert a.metrics.get("cluster.redis_down") == 1, "one outage, told once"
         assert upper.lowers[GW].call_id == call_id
-    finally:
-        await a.close()
-        await b.close()
 
 
 @pytest.mark.timeout(60)
@@ -232,11 +227,7 @@ async def test_readyz_shows_the_nodes_view_of_the_cluster(
     are alive and which uppers this node acts for; with Redis gone it says so."""
     cfg_a = node_config(tmp_path, "a", redis_server, upper)
     cfg_a = cfg_a.model_copy(update={"http": cfg_a.http.model_copy(update={"enabled": True})})
-    a = Gateway(cfg_a)
-    b = Gateway(node_config(tmp_path, "b", redis_server, upper))
-    await a.start()
-    await b.start()
-    try:
+    async with started(cfg_a, node_config(tmp_path, "b", redis_server, upper)) as (a, _):
         assert a.api is not None
         url = f"http://127.0.0.1:{a.api.port}/readyz"
         async with httpx.AsyncClient() as client:
@@ -263,6 +254,3 @@ async def test_readyz_shows_the_nodes_view_of_the_cluster(
                 await asyncio.sleep(0.02)
             assert state["redis"] is False and state["uppers_held"] == []
             redis_server.start()
-    finally:
-        await a.close()
-        await b.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 
@@ -84,6 +85,21 @@ class Node:
     def owned(self) -> Iterator[str]:
         for owner, item in self.catalog:
             yield f"{owner}/{item.device_id}/{item.status}"
+
+
+async def two_nodes(make_node: Any) -> tuple[Node, Node]:
+    """Nodes a and b, once b's replica has fetched what a holds."""
+    a = await make_node("a")
+    b = await make_node("b")
+    await wait_for(b.replica.settled, 5)
+    return a, b
+
+
+async def share_nvr(a: Node, b: Node, channels: int) -> None:
+    """a registers ``nvr(1)`` with ``channels`` channels; b's replica then holds them all."""
+    a.register(nvr(1))
+    a.catalog.apply_sync(nvr(1), items_of(nvr(1), channels), partial=False)
+    await wait_for(lambda: len(list(b.owned())) == channels, 5)
 
 
 @pytest.fixture
@@ -173,12 +189,8 @@ async def test_changes_arrive_marked_and_are_not_sent_on(make_node) -> None:
 
 
 async def test_a_gap_makes_the_replica_fetch_again(make_node) -> None:
-    a = await make_node("a")
-    b = await make_node("b")
-    await wait_for(b.replica.settled, 5)
-    a.register(nvr(1))
-    a.catalog.apply_sync(nvr(1), items_of(nvr(1), 4), partial=False)
-    await wait_for(lambda: len(list(b.owned())) == 4, 5)
+    a, b = await two_nodes(make_node)
+    await share_nvr(a, b, 4)
     # Changes a's events never carried (as if trimmed away), then a gap in a's seq.
     a.bus._outgoing.clear()
     a.catalog._by_owner[nvr(1)].pop(channel(nvr(1), 4))
@@ -192,12 +204,8 @@ async def test_a_gap_makes_the_replica_fetch_again(make_node) -> None:
 
 
 async def test_events_heard_while_fetching_are_applied_after(make_node) -> None:
-    a = await make_node("a")
-    b = await make_node("b")
-    await wait_for(b.replica.settled, 5)
-    a.register(nvr(1))
-    a.catalog.apply_sync(nvr(1), items_of(nvr(1), 2), partial=False)
-    await wait_for(lambda: len(list(b.owned())) == 2, 5)
+    a, b = await two_nodes(make_node)
+    await share_nvr(a, b, 2)
     # b starts fetching a; an event of a arrives meanwhile: held, then applied after.
     b.replica._held["a"] = []
     cam = items_of(nvr(1), 1)[0]
@@ -210,12 +218,8 @@ async def test_events_heard_while_fetching_are_applied_after(make_node) -> None:
 
 
 async def test_a_lost_node_takes_its_devices_offline(make_node) -> None:
-    a = await make_node("a")
-    b = await make_node("b")
-    await wait_for(b.replica.settled, 5)
-    a.register(nvr(1))
-    a.catalog.apply_sync(nvr(1), items_of(nvr(1), 2), partial=False)
-    await wait_for(lambda: len(list(b.owned())) == 2, 5)
+    a, b = await two_nodes(make_node)
+    await share_nvr(a, b, 2)
     b.replica.node_lost("a")
     assert not b.replica.devices[nvr(1)].online
     assert {i.status for _, i in b.catalog} == {"OFF"}
@@ -224,9 +228,7 @@ async def test_a_lost_node_takes_its_devices_offline(make_node) -> None:
 
 
 async def test_a_device_that_registers_here_is_this_nodes(make_node) -> None:
-    a = await make_node("a")
-    b = await make_node("b")
-    await wait_for(b.replica.settled, 5)
+    a, b = await two_nodes(make_node)
     a.register(nvr(1))
     await wait_for(lambda: b.replica.holder(nvr(1)) == "a", 5)
     b.register(nvr(1))  # it moved: registered at b now
@@ -237,9 +239,7 @@ async def test_a_device_that_registers_here_is_this_nodes(make_node) -> None:
 
 
 async def test_bad_events_are_counted_not_applied(make_node) -> None:
-    a = await make_node("a")
-    b = await make_node("b")
-    await wait_for(b.replica.settled, 5)
+    a, b = await two_nodes(make_node)
     a.bus.publish("dev", {"device": {"no": "id"}})
     a.bus.publish("cat", {"owner": nvr(1)})
     a.bus.publish("alarm", "not a dict")  # type: ignore[arg-type]

@@ -47,7 +47,18 @@ async def device_endpoint() -> AsyncIterator[Endpoint]:
     await ep.close()
 
 
-async def _taken_over(rig: ClusterRig, dead: Node) -> Node:
+async def _registered(ep: Endpoint, device_id: str, transport: str, node: Node) -> SimDevice:
+    """A device with one channel, registered at ``node``'s address over ``transport``."""
+    dev = SimDevice(ep, device_id, Peer(transport, node.host, node.port), channel_count=1)
+    dev.install()
+    assert (await dev.register()).status == 200
+    return dev
+
+
+async def _killed_and_taken_over(rig: ClusterRig, dead: Node) -> Node:
+    """Kill ``dead``; the survivor that takes its address over (checked: that address)."""
+    await dead.kill()
+
     def taker() -> Node | None:
         for n in rig.nodes:
             if n is not dead and n.proc is not None and n.proc.named("cluster.address_taken_over"):
@@ -67,11 +78,8 @@ async def test_survivor_listens_on_the_dead_nodes_address(
     rig: ClusterRig, device_endpoint: Endpoint
 ) -> None:
     dead = rig.nodes[0]
-    tcp = SimDevice(device_endpoint, TCP_NVR, Peer("tcp", dead.host, dead.port), channel_count=1)
-    tcp.install()
-    assert (await tcp.register()).status == 200
-    await dead.kill()
-    survivor = await _taken_over(rig, dead)
+    tcp = await _registered(device_endpoint, TCP_NVR, "tcp", dead)
+    survivor = await _killed_and_taken_over(rig, dead)
     # Exactly one survivor took it.
     others = [n for n in rig.nodes if n not in (dead, survivor)]
     for n in others:
@@ -82,9 +90,7 @@ async def test_survivor_listens_on_the_dead_nodes_address(
     assert resp.status == 200
     assert (await tcp.keepalive()).status == 200
     # UDP on that address too (a device that registers anew there).
-    udp = SimDevice(device_endpoint, UDP_NVR, Peer("udp", dead.host, dead.port), channel_count=1)
-    udp.install()
-    assert (await udp.register()).status == 200
+    await _registered(device_endpoint, UDP_NVR, "udp", dead)
 
 
 @pytest.mark.timeout(120)
@@ -95,11 +101,8 @@ async def test_udp_devices_keep_alive_without_registering_again(
     rig: ClusterRig, device_endpoint: Endpoint
 ) -> None:
     dead = rig.nodes[0]
-    udp = SimDevice(device_endpoint, UDP_NVR, Peer("udp", dead.host, dead.port), channel_count=1)
-    udp.install()
-    assert (await udp.register()).status == 200
-    await dead.kill()
-    survivor = await _taken_over(rig, dead)
+    udp = await _registered(device_endpoint, UDP_NVR, "udp", dead)
+    survivor = await _killed_and_taken_over(rig, dead)
     registers = survivor.proc.named("device.registered") if survivor.proc else []
     resp = await udp.keepalive()
     assert resp.status == 200

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +38,6 @@ OUTAGE_SECONDS = 30.0
 ADMIN = "admin-token-0123456789"
 DEVICES = [f"3402000000132000{n:04d}" for n in range(1, 6)]
 PREFIX = "outage:"
-
-
-@pytest.fixture
-async def own_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 def sections(server: RedisServer) -> dict[str, dict[str, Any]]:
