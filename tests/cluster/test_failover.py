@@ -134,3 +134,44 @@ async def test_sessions_of_the_dead_holder_are_ended_on_the_upper(rig: ClusterRi
         await wait_for(lambda: not _has_field(rig, f"dlg:{call.call_id}"), 5, "dialog dropped")
     finally:
         await ep.close()
+
+
+@pytest.mark.timeout(120)
+async def test_the_uppers_next_invite_works_after_the_holder_is_killed(rig: ClusterRig) -> None:
+    """An NVR on a node that does not hold the upper; the holder is SIGKILLed: once another
+    node registers in its place, the upper's next INVITE for the NVR's channel streams (through
+    that node, relayed to the NVR's node when they differ)."""
+    upper = rig.upper
+    holder = await rig.holder()
+    home = next(n for n in rig.nodes if n is not holder)
+    ep = Endpoint(metrics=Metrics(), timers=TimerConfig(t1=0.1, t2=0.4, t4=0.5))
+    await ep.start("127.0.0.1", 0)
+    try:
+        nvr = SimDevice(
+            ep, NVR, Peer("udp", home.host, home.port), channel_count=1, live_frames=100_000
+        )
+        nvr.install()
+        assert (await nvr.register()).status == 200
+        nvr.start_keepalive(0.5)
+        channel = nvr.channel_id(1)
+
+        async def channel_listed(timeout: float) -> None:
+            deadline = time.monotonic() + timeout
+            while True:  # the home node's sync, then the replica at the upper's node
+                result = await upper.catalog(GW, timeout=2.0, idle=0.5)
+                if any(item.device_id == channel for item in result.items):
+                    return
+                assert time.monotonic() < deadline, "the channel never reached the catalog"
+
+        await channel_listed(20)
+        await holder.kill()
+        survivor, _ = await rig.failover(holder)
+        assert survivor is not holder
+        await channel_listed(10)
+        call = await upper.invite(GW, channel, timeout=5.0)
+        assert call.status == 200, call.status
+        assert await call.receiver.wait_frames(10, timeout=15) >= 10
+        bye = await call.bye(timeout=5.0)
+        assert bye is not None and bye.status == 200
+    finally:
+        await ep.close()
