@@ -347,6 +347,7 @@ class Gateway:
                     directory=self.directory,
                     previews=self.previews,
                     clock=clock,
+                    devices=self.devices if isinstance(self.devices, ClusterDevices) else None,
                     extras={"cluster": self.cluster_state},
                 )
             )

@@ -229,6 +229,8 @@ class GatewayCollector(Collector):
         ctx = self.ctx
         known = 0
         online_ids: set[str] = set()
+        # This node's registrar only, never ``ctx.devices`` (every node's in a cluster): each
+        # node exports the devices it holds, so summing the nodes counts each device once.
         for dev in ctx.registrar.values():
             known += 1
             if dev.online:

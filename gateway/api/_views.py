@@ -221,19 +221,19 @@ class Views:
     # -- devices ------------------------------------------------------------------------------
     def device_ids(self) -> list[str]:
         """Every known device: registered ones and those with an account, sorted by ID."""
-        devices = self.ctx.registrar.devices
+        n, devices = self.ctx.device_count_and_ids()
         accounts = self.ctx.directory.accounts
-        key = (len(devices), len(accounts), self._device_changes)
+        key = (n, len(accounts), self._device_changes)
         if key != self._devices_key:
             self._devices = sorted(set(devices) | set(accounts))
             self._devices_key = key
         return self._devices
 
     def device(self, device_id: str) -> Device | None:
-        return self.ctx.registrar.devices.get(device_id)
+        return self.ctx.device(device_id)
 
     def known(self, device_id: str) -> bool:
-        return device_id in self.ctx.registrar.devices or device_id in self.ctx.directory.accounts
+        return self.ctx.has_device(device_id) or device_id in self.ctx.directory.accounts
 
     def device_name(self, device_id: str) -> str:
         acc = self.ctx.directory.accounts.get(device_id)
@@ -289,10 +289,9 @@ class Views:
     def totals(self, device_ids: Iterable[str]) -> dict[str, int]:
         """Devices and channels, total and online, over ``device_ids``."""
         devices = online = chans = chans_on = 0
-        regs = self.ctx.registrar.devices
         for d in device_ids:
             devices += 1
-            dev = regs.get(d)
+            dev = self.device(d)
             if dev is not None and dev.online:
                 online += 1
             t, o = self.counts(d)
@@ -317,11 +316,10 @@ class Views:
         out: dict[str, dict[str, int]] = {u: dict(zero) for u in units}
         out[UNASSIGNED] = dict(zero)
         out[""] = dict(zero)
-        regs = self.ctx.registrar.devices
         unit_of = self.ctx.directory.unit_of
         for d in self.device_ids():
             unit = unit_of(d)
-            dev = regs.get(d)
+            dev = self.device(d)
             on = int(dev is not None and dev.online)
             t, o = self.counts(d)
             for key in (unit.id if unit is not None else UNASSIGNED, ""):

@@ -41,7 +41,7 @@ UNASSIGNED = "_unassigned"
 
 
 def account_view(ctx: ApiContext, acc: Account, who: Principal) -> dict[str, Any]:
-    dev = ctx.registrar.get(acc.device_id)
+    dev = ctx.device(acc.device_id)
     out: dict[str, Any] = {
         "device_id": acc.device_id,
         "name": acc.name,

@@ -89,7 +89,7 @@ def ptz_command(command: str, speed: int) -> PtzCommand:
 
 def _target(ctx: ApiContext, device_id: str, channel_id: str | None = None) -> Device:
     """The online device behind the path, or 404/409."""
-    dev = ctx.registrar.devices.get(device_id)
+    dev = ctx.device(device_id)  # any node's: the downlink forwards to the holding node
     if dev is None:
         raise ApiError(404, f"no device {device_id[:40]}", None)
     if (

@@ -88,8 +88,7 @@ async def list_devices(
     else:
         ids = views.device_ids()
     if online is not None:
-        regs = ctx.registrar.devices
-        ids = [d for d in ids if ((dev := regs.get(d)) is not None and dev.online) == online]
+        ids = [d for d in ids if views.online(d) == online]
     if q:
         needle = q.lower()
         ids = [d for d in ids if needle in d or needle in views.device_name(d).lower()]

@@ -47,11 +47,11 @@ def refused() -> Iterator[None]:
 
 
 def counts(ctx: ApiContext, device_ids: Iterable[str]) -> dict[str, dict[str, int]]:
-    """Devices (registrar) and their channels (catalog), total and online."""
+    """Devices (every node's) and their channels (catalog), total and online."""
     devices = online = channels = channels_on = 0
     for device_id in device_ids:
         devices += 1
-        dev = ctx.registrar.get(device_id)
+        dev = ctx.device(device_id)
         if dev is not None and dev.online:
             online += 1
         for item in ctx.catalog.reported_by(device_id):

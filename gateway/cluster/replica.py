@@ -505,3 +505,17 @@ class ClusterDevices:
             mine = self.local.get(device_id)
             if mine is None or not mine.online:
                 yield dev
+
+    def ids(self) -> Iterator[str]:
+        """Every device ID any node knows, each once (this node's first)."""
+        remote = self.replica.devices
+        for dev in self.local.values():
+            yield dev.device_id
+        for device_id in remote:
+            if device_id not in self.local:
+                yield device_id
+
+    def __len__(self) -> int:
+        """How many devices :meth:`ids` gives (O(devices): a few thousand)."""
+        remote = self.replica.devices
+        return len(remote) + sum(1 for d in self.local.values() if d.device_id not in remote)

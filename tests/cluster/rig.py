@@ -88,6 +88,7 @@ async def start_cluster(
     downlink: dict[str, Any] | None = None,
     http: bool = True,
     token: str = "",
+    token_role: str = "viewer",
     request_timeout: float = 10.0,
     log_level: str = "warning",
     nodes: int = 3,
@@ -109,7 +110,7 @@ async def start_cluster(
                     "host": host,
                     "port": 0,
                     "sse_interval": 0.1,
-                    "tokens": [{"name": "viewer", "role": "viewer", "token": token}]
+                    "tokens": [{"name": token_role, "role": token_role, "token": token}]
                     if token
                     else [],
                 },
