@@ -63,7 +63,13 @@ async def test_a_device_registering_and_keeping_alive_is_counted(
     assert value(s, "gb_devices_registered") == 1
     assert value(s, "gb_channels") == 3 and value(s, "gb_channels_online") == 3
     # REGISTER → 401 → REGISTER → 200, one MESSAGE keepalive answered 200.
-    assert value(s, "gb_sip_requests_total", direction="rx", method="REGISTER") == 2
+    # (A busy machine's device may retransmit a REGISTER: each copy is a request received.)
+    retransmitted = api.gw.metrics.get("sip.rx.retransmission")
+    assert (
+        2
+        <= value(s, "gb_sip_requests_total", direction="rx", method="REGISTER")
+        <= 2 + (retransmitted)
+    )
     assert value(s, "gb_sip_responses_total", direction="tx", method="REGISTER", status="401") == 1
     assert value(s, "gb_sip_responses_total", direction="tx", method="REGISTER", status="200") == 1
     assert value(s, "gb_sip_requests_total", direction="rx", method="MESSAGE") >= 1
