@@ -45,7 +45,7 @@ from gateway.preview import Previews
 from gateway.routes import ANY, MessageDispatcher, RouteTable
 from gateway.settings import Config
 from gateway.sip import Dialog, Endpoint, LoadGuard, Peer, SipUri, TimerConfig, send_bye
-from gateway.store import Store
+from gateway.store import Store, StoreUnavailable
 from gateway.uplink import Calls, RelayedCalls, Uplink, UpperAudio
 
 log = structlog.get_logger("gateway.app")
@@ -432,19 +432,23 @@ class Gateway:
 
     async def _adopt_devices(self, node_id: str, info: NodeInfo) -> None:
         """This node took over ``node_id``'s floating address: the devices that registered
-        through it (read fresh from the shared store) are served here from now on."""
+        through it (read fresh from the shared store, whose ``devnode`` names the dead node)
+        are served here from now on, and saved so ``devnode`` names this node. The devices the
+        other live nodes hold stay theirs."""
         reload = getattr(self.store, "reload", None)
         if reload is not None:
             await reload()
         device_nodes = getattr(self.store, "device_nodes", None)
         owners: dict[str, str] = device_nodes() if device_nodes is not None else {}
-        known = self.registrar.devices
-        adopted = [
-            dev
-            for dev in self.store.load_devices()
-            if owners.get(dev.device_id) == node_id or dev.device_id not in known
-        ]
+        adopted = [dev for dev in self.store.load_devices() if owners.get(dev.device_id) == node_id]
         self.registrar.adopt(adopted)
+        for dev in adopted:
+            try:
+                self.store.save_device(dev)
+            except StoreUnavailable as exc:
+                # Redis gone too long: ``devnode`` still names the dead node until this node
+                # saves the device again (its next registration or state change).
+                log.warning("cluster.adopt_not_saved", device=dev.device_id, error=str(exc))
         # Said as registrations: the other nodes' replicas move them here, the uplink sends ON,
         # and the catalog of each is synced here (their items were the dead node's).
         for dev in adopted:

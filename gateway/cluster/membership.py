@@ -6,8 +6,10 @@ every third of that, and lists itself in the set ``{prefix}nodes``. A node whose
 expired is lost: every survivor that polls sees it (within a third of the lease time of the
 expiry) and calls the ``on_node_lost`` callbacks with the last record it read of it; who acts
 on it is decided by a lease (a floating address: ``addr:{host}``). The first survivor to see it
-takes it out of ``{prefix}nodes`` with ``SREM`` (the others' callbacks still run: each
-node keeps its own view, and leases settle who acts).
+takes it out of ``{prefix}nodes`` with ``SREM``; the others, no longer finding it listed,
+count it lost because it was in their own view (``known``) and its record is gone, so every
+survivor's callbacks run, once each (leases settle who acts). A node that closes (its record
+deleted) is lost to the others the same way.
 """
 
 from __future__ import annotations
@@ -88,8 +90,10 @@ class Membership:
             pipe.sadd(self.nodes_key, self.node_id)
             pipe.smembers(self.nodes_key)
             results = await pipe.execute()
-        members = sorted(_text(m) for m in results[2])
-        others = [m for m in members if m != self.node_id]
+        listed = {_text(m) for m in results[2]}
+        # The listed nodes, and those of this view another survivor unlisted already (their
+        # record gone, it was the first to see it): both are lost here if their record is gone.
+        others = sorted((listed | self.known.keys()) - {self.node_id})
         values = await self.client.mget([self.key(m) for m in others]) if others else []
         seen: dict[str, NodeInfo] = {}
         gone: list[str] = []
@@ -103,8 +107,9 @@ class Membership:
                 data = None
             seen[node_id] = data if isinstance(data, dict) else {"node_id": node_id}
         lost = [(n, self.known.get(n, {"node_id": n})) for n in gone]
-        if gone:
-            await self.client.srem(self.nodes_key, *gone)
+        unlist = [n for n in gone if n in listed]
+        if unlist:
+            await self.client.srem(self.nodes_key, *unlist)
         for node_id in seen.keys() - self.known.keys():
             log.info("cluster.node_joined", node=node_id)
         self.known = seen

@@ -5,10 +5,12 @@ go on with their keepalives without registering again. Real processes on 127.0.0
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 import gateway.store
 from conformance.peers.device import SimDevice
@@ -108,3 +110,45 @@ async def test_udp_devices_keep_alive_without_registering_again(
     assert resp.status == 200
     assert survivor.proc is not None
     assert survivor.proc.named("device.registered") == registers  # no REGISTER was needed
+
+
+async def _devnode_becomes(r: aioredis.Redis, expected: dict[str, str]) -> None:
+    """Wait (the stores flush every 0.05 s) until ``P devnode`` is ``expected``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while (nodes := await r.hgetall("gb:devnode")) != expected:
+        assert loop.time() < deadline, f"devnode is {nodes}, not {expected}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(
+    not SHARED_STORE, reason="needs the shared Redis store (gateway.store.RedisStore)"
+)
+async def test_taker_adopts_only_the_dead_nodes_devices(
+    rig: ClusterRig, device_endpoint: Endpoint
+) -> None:
+    """The survivor that takes the dead node's address adopts the devices ``devnode`` gives
+    to the dead node, and saves them (``devnode`` names it from now on); a device registered
+    at a surviving node stays that node's."""
+    dead = rig.nodes[0]
+    ids = {node.name: f"3402000000118000001{i}" for i, node in enumerate(rig.nodes)}
+    devices = {n.name: await _registered(device_endpoint, ids[n.name], "udp", n) for n in rig.nodes}
+    r = aioredis.Redis.from_url(rig.redis.url, decode_responses=True)
+    try:
+        expected = {ids[n.name]: n.name for n in rig.nodes}
+        await _devnode_becomes(r, expected)
+        survivor = await _killed_and_taken_over(rig, dead)
+        other = next(n for n in rig.nodes if n is not dead and n is not survivor)
+        assert survivor.proc is not None and other.proc is not None
+        event = await survivor.proc.wait_event("cluster.devices_adopted")
+        assert event["devices"] == 1
+        await _devnode_becomes(r, {**expected, ids[dead.name]: survivor.name})
+        # The other survivor's device is still served there: its keepalive is answered and
+        # it was never set offline.
+        assert (await devices[other.name].keepalive()).status == 200
+        offline = [e.get("device_id") for e in other.proc.named("device.offline")]
+        assert ids[other.name] not in offline
+        assert await r.hget("gb:devnode", ids[other.name]) == other.name
+    finally:
+        await r.aclose()
