@@ -29,7 +29,8 @@ Keys (``P`` = ``[store] prefix``; every value is compact JSON unless said):
 * ``P upreg`` hash: upper ID -> [Call-ID, From tag, CSeq] of the gateway's registration there.
 * ``P rec:{kind}`` hash: key -> the record; ``P reckinds`` set; ``P recby`` hash
   ``{kind}/{key}`` -> node that wrote it.
-* ``P epoch``: a token written at start; its absence means Redis restarted empty.
+* ``P epoch``: a token written at start (and by the first write-back); its absence, or a
+  value other than the one this node read, means Redis restarted empty since.
 
 Credentials, as the directory and the API hand them over (the same as in SQLite): device
 account passwords in clear in ``rec:account`` (the registrar's digest check,
@@ -47,7 +48,12 @@ saves keep queuing (the view serves loads) until ``max_queued_writes`` are waiti
 200 for a binding not written. Redis found empty (``P epoch`` gone): the node writes back what
 it holds (its own devices and their catalogs, its records, every ID mapping it knows, its
 registrations at uppers and the newest of its alarms and audit entries): other nodes' data is
-theirs to write back.
+theirs to write back. Each node writes back once per emptying: the first sets a new ``P
+epoch``, the others see it differ from the one they hold. A device is written back only where
+Redis holds no copy of it with the same or a later ``registered_at`` (:data:`RESTORE_DEVICES`:
+it moved to another node, which wrote it back or saved it since); the node then stops writing
+it (and its catalog) back. The nodes' sets of what they hold drop a device, catalog or record
+that :meth:`RedisStore.reload` finds saved since by another node.
 """
 
 from __future__ import annotations
@@ -122,6 +128,37 @@ return out
 """Claim recoded IDs of one upper (KEYS: its ``idmap`` and ``idmapr``), ARGV local/upper pairs;
 returns per pair the upper ID stored for the local ID ('' if none) and the local ID holding the
 wanted upper ID ('' if none)."""
+
+RESTORE_DEVICES = """
+local out = {}
+for i = 2, #ARGV, 3 do
+  local id, text, at = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]) or 0
+  local cur = redis.call('HGET', KEYS[1], id)
+  local newer = true
+  if cur and redis.call('HGET', KEYS[2], id) ~= ARGV[1] then
+    local ok, old = pcall(cjson.decode, cur)
+    newer = ok and type(old) == 'table' and (tonumber(old['registered_at']) or 0) < at
+  end
+  if newer then
+    redis.call('HSET', KEYS[1], id, text)
+    redis.call('HSET', KEYS[2], id, ARGV[1])
+    out[#out + 1] = ''
+    out[#out + 1] = ''
+  else
+    out[#out + 1] = cur
+    out[#out + 1] = redis.call('HGET', KEYS[2], id) or ''
+  end
+end
+return out
+"""
+"""Write back devices after Redis came back empty (KEYS: ``devices``, ``devnode``; ARGV: this
+node, then ID, JSON, ``registered_at`` per device): a device Redis already holds for another
+node with the same or a later ``registered_at`` (that node's write-back or save: the device
+moved there) is kept. Returns two values per device: '' and '' (written), or the copy kept
+and the node holding it."""
+
+_RESTORE_CHUNK = 1000
+"""Devices written back per :data:`RESTORE_DEVICES` call (Redis runs a script alone)."""
 
 _RAISE_SEQ = """
 local c = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -657,10 +694,19 @@ class RedisStore(QueuedWriter[_Batch]):
         entries = sorted((AuditEntry(**json.loads(t)) for t in audit_raw), key=_audit_id)
         self._audit = entries
         self._audit_ids = [e.id or 0 for e in entries]
+        # What this node holds: what Redis says it saved last, plus what it held and no other
+        # node saved since (a device Redis lacks stays: Redis may have been emptied); what is
+        # queued here is added back by _apply.
         me = self.node_id
-        self._own_devices |= {i for i, n in self._nodes.items() if n == me}
-        self._own_owners |= {o for o in items if self._nodes.get(o) == me}
-        self._own_records |= {
+        self._own_devices = {i for i in self._own_devices if nodes.get(i, me) == me} | {
+            i for i, n in nodes.items() if n == me
+        }
+        self._own_owners = {o for o in self._own_owners if nodes.get(o, me) == me} | {
+            o for o in items if nodes.get(o) == me
+        }
+        self._own_records = {
+            (kind, key) for kind, key in self._own_records if recby.get(f"{kind}/{key}", me) == me
+        } | {
             (kind, key)
             for kind, rows in records.items()
             for key in rows
@@ -684,10 +730,13 @@ class RedisStore(QueuedWriter[_Batch]):
             if dev is None:
                 self._devices.pop(did, None)
                 self._nodes.pop(did, None)
+                self._own_devices.discard(did)
             else:
                 self._devices[did] = dev
                 self._nodes[did] = self.node_id
+                self._own_devices.add(did)
         for owner, its in batch.items.items():
+            self._own_owners.add(owner)
             view = self._items.setdefault(owner, {})
             for iid, item in its.items():
                 if item is None:
@@ -702,6 +751,7 @@ class RedisStore(QueuedWriter[_Batch]):
                 idmap.setdefault(loc, mapped)
         self._uppers.update(batch.uppers)
         for (kind, key), text in batch.records.items():
+            self._own_records.add((kind, key))
             if text is None:
                 self._records.get(kind, {}).pop(key, None)
             else:
@@ -729,16 +779,16 @@ class RedisStore(QueuedWriter[_Batch]):
         self._revived.clear()
 
     async def _watch(self) -> None:
-        """Every :data:`HEALTH_INTERVAL`: does Redis answer, does it still hold our epoch?
-        An outage is seen (and its end) even when nothing is being written."""
+        """Every :data:`HEALTH_INTERVAL`: does Redis answer, does it still hold our epoch (gone,
+        or another node's new one after it wrote back first: Redis was emptied)? An outage is
+        seen (and its end) even when nothing is being written."""
         while not self._stopping.is_set():
             await self._pause(HEALTH_INTERVAL, self._stopping)
             if self._stopping.is_set():
                 return
             try:
                 async with self._lock:
-                    there = await self._c.exists(self.key("epoch"))
-                    if not there:
+                    if await self._c.get(self.key("epoch")) != self._epoch:
                         await self._restore()
                     if time.monotonic() - self._last_refresh >= RECORDS_REFRESH:
                         self._last_refresh = time.monotonic()
@@ -771,20 +821,25 @@ class RedisStore(QueuedWriter[_Batch]):
         self._came_back()
 
     async def _complete(self) -> None:
-        """``P epoch`` was gone at the write: Redis restarted empty, write back what this
-        node holds."""
+        """``P epoch`` was gone or not ours at the write: Redis restarted empty, write back
+        what this node holds."""
         try:
             await self._restore()
         except (RedisError, OSError) as exc:
             self._went_down(exc, writing=False)  # the watch tries again
 
-    async def _write(self, batch: _Batch, *, restoring: bool = False) -> bool:
-        """One MULTI/EXEC with the whole batch; False when ``P epoch`` was gone (Redis
-        restarted empty: the caller writes back what this node holds)."""
+    async def _write(
+        self, batch: _Batch, *, restoring: bool = False, whole: frozenset[str] = frozenset()
+    ) -> bool:
+        """One MULTI/EXEC with the whole batch; False when ``P epoch`` was gone or another
+        than ours (Redis restarted empty: the caller writes back what this node holds).
+        ``whole``: owners whose catalog the batch holds whole (what Redis has is dropped)."""
         k, me = self.key, self.node_id
         args = await asyncio.to_thread(_encode, batch)
         pipe: Any = self._c.pipeline(transaction=True)
-        pipe.exists(k("epoch"))
+        pipe.get(k("epoch"))
+        for owner in sorted(whole):
+            pipe.delete(k(f"items:{owner}"))
         if args.devices:
             pipe.hset(k("devices"), mapping=args.devices)
             pipe.hset(k("devnode"), mapping=dict.fromkeys(args.devices, me))
@@ -833,11 +888,13 @@ class RedisStore(QueuedWriter[_Batch]):
             got = results[at]
             for n, (loc, wanted) in enumerate(claimed):
                 self._settle_claim(upper, loc, wanted, str(got[2 * n]), str(got[2 * n + 1]))
-        return bool(results[0])
+        return bool(results[0] == self._epoch)
 
     async def _restore(self) -> None:
         """Redis came back empty: write back what this node holds (called under the lock),
-        then the epoch again (a write-back cut short is tried again by the watch)."""
+        then the epoch again (a write-back cut short is tried again by the watch). Devices
+        first (:data:`RESTORE_DEVICES`): one Redis kept for another node is dropped from what
+        this node holds, with its catalog; the catalog of one written back replaces Redis's."""
         batch = self._mirror()
         log.warning(
             "store.redis_emptied",
@@ -847,11 +904,45 @@ class RedisStore(QueuedWriter[_Batch]):
             records=len(batch.records),
             mappings=sum(len(v) for v in batch.mappings.values()),
         )
-        await self._write(batch, restoring=True)
+        kept = await self._restore_devices(batch.devices)
+        queued = {did for b in self._queued() for did in b.devices}
+        for did, (holder, text) in kept.items():
+            if did in queued:  # saved here since: that save is written next, and wins
+                continue
+            self._own_devices.discard(did)
+            self._own_owners.discard(did)
+            batch.items.pop(did, None)
+            self._devices[did] = device_from_json(text)
+            if holder:
+                self._nodes[did] = holder
+        whole = frozenset(batch.devices) - set(kept)
+        batch.devices = {}
+        await self._write(batch, restoring=True, whole=whole)
         epoch = f"{self.node_id}:{secrets.token_hex(8)}"
         await self._c.set(self.key("epoch"), epoch, nx=True)
         self._epoch = await self._c.get(self.key("epoch")) or epoch
         self.metrics.inc("store.redis.restored")
+
+    async def _restore_devices(
+        self, devices: dict[str, Device | None]
+    ) -> dict[str, tuple[str, str]]:
+        """Write back ``devices`` where Redis holds no copy as recent (:data:`RESTORE_DEVICES`);
+        returns the kept ones: device ID -> (the node holding it, Redis's copy)."""
+        flat: list[str] = []
+        for did, dev in devices.items():
+            if dev is not None:
+                flat += [did, device_json(dev), repr(float(dev.registered_at))]
+        kept: dict[str, tuple[str, str]] = {}
+        keys = (self.key("devices"), self.key("devnode"))
+        step = 3 * _RESTORE_CHUNK
+        for at in range(0, len(flat), step):
+            chunk = flat[at : at + step]
+            got = await self._c.eval(RESTORE_DEVICES, 2, *keys, self.node_id, *chunk)
+            for n, did in enumerate(chunk[::3]):
+                text, holder = str(got[2 * n]), str(got[2 * n + 1])
+                if text:
+                    kept[did] = (holder, text)
+        return kept
 
     def _mirror(self) -> _Batch:
         """A batch of everything this node holds (its latest values)."""

@@ -7,6 +7,7 @@ restarted empty (the node writes back what it holds, not other nodes' data). Rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -229,3 +230,123 @@ async def test_redis_restarted_empty_gets_back_what_this_node_holds(
         assert c.device_nodes() == {NVR1: "a"}
     finally:
         await c.close()
+
+
+def _redis_devices(server: RedisServer, prefix: str) -> dict[str, tuple[str, str]]:
+    """Device ID -> (its ``host`` as Redis holds it, the node ``devnode`` names)."""
+    r = raw(server)
+    nodes = r.hgetall(f"{prefix}devnode")
+    return {
+        did: (redis_module.device_from_json(text).host, nodes.get(did, ""))
+        for did, text in r.hgetall(f"{prefix}devices").items()
+    }
+
+
+@pytest.mark.timeout(60)
+async def test_redis_emptied_under_two_running_nodes_gets_back_both_nodes_data(
+    own_redis: RedisServer,
+) -> None:
+    """Redis wiped while both nodes run: the first to notice writes its data back and sets a
+    new epoch; the other sees an epoch that is not its own and writes back its data too."""
+    prefix = "e:"
+    a = await started(own_redis, prefix, "a")
+    b = await started(own_redis, prefix, "b")
+    cam1, cam2 = "34020000001310000001", "34020000001310000002"
+    try:
+        a.save_device(Device(NVR1, online=True, host="10.0.0.1"))
+        a.save_item(NVR1, CatalogItem(device_id=cam1, name="gate", parent_id=NVR1), 1.0)
+        a.save_record("unit", "ua", {"name": "school"})
+        b.save_device(Device(NVR2, online=True, host="10.0.0.2"))
+        b.save_item(NVR2, CatalogItem(device_id=cam2, name="yard", parent_id=NVR2), 1.0)
+        b.save_record("unit", "ub", {"name": "hospital"})
+        await asyncio.gather(a.flush(), b.flush())
+        own_redis.wipe()
+        for node in (a, b):
+            await wait_for(
+                lambda s=node: s.metrics.get("store.redis.restored") >= 1, 15, "both write back"
+            )
+        assert _redis_devices(own_redis, prefix) == {
+            NVR1: ("10.0.0.1", "a"),
+            NVR2: ("10.0.0.2", "b"),
+        }
+        r = raw(own_redis)
+        assert set(r.hgetall(f"{prefix}items:{NVR1}")) == {cam1}
+        assert set(r.hgetall(f"{prefix}items:{NVR2}")) == {cam2}
+        assert set(r.hgetall(f"{prefix}rec:unit")) == {"ua", "ub"}
+        # Each node took the new epoch: neither writes back again and again.
+        assert a._epoch == b._epoch == r.get(f"{prefix}epoch")
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("first", ["a", "b"])
+async def test_write_back_never_puts_a_moved_device_back_on_its_old_node(
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch, first: str
+) -> None:
+    """A device saved by a, then re-registered at b (it moved): a still holds its old copy.
+    Redis wiped; whichever node writes back first, Redis ends with b's copy, held by b, and
+    each node's other devices back."""
+    monkeypatch.setattr(redis_module, "HEALTH_INTERVAL", 3600.0)  # the writes find the wipe
+    prefix = "m:"
+    a = await started(own_redis, prefix, "a")
+    b = await started(own_redis, prefix, "b")
+    moved, only_a, only_b = "34020000001180000009", NVR1, NVR2
+    try:
+        a.save_device(Device(moved, online=True, host="10.0.0.1", registered_at=100.0))
+        a.save_item(moved, CatalogItem(device_id="34020000001310000001", name="old"), 1.0)
+        a.save_device(Device(only_a, online=True, host="10.0.0.3"))
+        await a.flush()
+        b.save_device(Device(moved, online=True, host="10.0.0.2", registered_at=200.0))
+        b.save_item(moved, CatalogItem(device_id="34020000001310000002", name="new"), 2.0)
+        b.save_device(Device(only_b, online=True, host="10.0.0.4"))
+        await b.flush()
+        own_redis.wipe()
+        order = (a, b) if first == "a" else (b, a)
+        for n, node in enumerate(order):
+            node.save_record("unit", f"u{n}", {"name": str(n)})  # a write finds the wipe
+            with contextlib.suppress(Exception):  # the first may meet a dropped connection
+                await node.flush()
+            await wait_for(
+                lambda s=node: s.metrics.get("store.redis.restored") >= 1, 15, "the write-back"
+            )
+        assert _redis_devices(own_redis, prefix) == {
+            moved: ("10.0.0.2", "b"),
+            only_a: ("10.0.0.3", "a"),
+            only_b: ("10.0.0.4", "b"),
+        }
+        r = raw(own_redis)
+        assert set(r.hgetall(f"{prefix}items:{moved}")) == {"34020000001310000002"}
+        assert set(r.hgetall(f"{prefix}rec:unit")) == {"u0", "u1"}
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_node_that_reloads_stops_holding_a_device_another_node_saved_since(
+    own_redis: RedisServer,
+) -> None:
+    """a saved a device and its catalog; b saved it since (it moved) and is gone. a's reload
+    sees that: when Redis comes back empty, a writes back its other device, not that one."""
+    prefix = "r:"
+    a = await started(own_redis, prefix, "a")
+    b = await started(own_redis, prefix, "b")
+    moved, cam = "34020000001180000009", "34020000001310000001"
+    try:
+        a.save_device(Device(moved, online=True, host="10.0.0.1", registered_at=100.0))
+        a.save_item(moved, CatalogItem(device_id=cam, name="old"), 1.0)
+        a.save_device(Device(NVR1, online=True, host="10.0.0.3"))
+        await a.flush()
+        b.save_device(Device(moved, online=True, host="10.0.0.2", registered_at=200.0))
+        await b.flush()
+        await b.close()
+        await a.reload()
+        assert a.device_nodes()[moved] == "b"
+        own_redis.wipe()
+        await wait_for(lambda: a.metrics.get("store.redis.restored") >= 1, 15, "the write-back")
+        assert _redis_devices(own_redis, prefix) == {NVR1: ("10.0.0.3", "a")}
+        assert not raw(own_redis).exists(f"{prefix}items:{moved}")
+    finally:
+        await a.close()
