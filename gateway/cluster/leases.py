@@ -8,7 +8,9 @@ behalf can refuse an older holder (fencing). Acquire (the ``INCR`` and the ``SET
 script so no token is spent on a failed attempt; renew and release compare the value first
 (compare-and-``PEXPIRE``, compare-and-``DEL``), so a node never extends or removes a lease
 someone else holds. A renewal that finds the key gone (Redis restarted empty) writes it back:
-nobody else can hold it, and the holder goes on acting without a gap.
+nobody else can hold it (with the fence counter gone too, acquire grants nothing for one lease
+time, the longest a holder can go on acting without renewing), and the holder goes on acting
+without a gap.
 
 The holder's view is local: before each acquire or renew request it reads a monotonic clock,
 and a successful answer makes the lease its own until that reading plus the lease time (less a
@@ -40,28 +42,44 @@ from gateway.tasks import stop
 
 log = structlog.get_logger("gateway.cluster.leases")
 
-# ARGV: node_id, lease ms. Returns the new token, or minus the time left (ms) of the holder's
-# lease (at most -1). A lease this node holds by value already (it lost track of it, e.g.
+# KEYS: the lease, its fence counter, its grace key. ARGV: node_id, lease ms. Returns the new
+# token, or minus the time (ms) to wait before trying again (at least 1): the holder's lease
+# left, or the grace left. A lease this node holds by value already (it lost track of it, e.g.
 # after Redis was unreachable, or it restarted with the same node ID) is granted afresh with a
-# new token: nobody else can be acting for it.
+# new token: nobody else can be acting for it. A missing fence counter means Redis lost its
+# data (restarted empty, a replica without it took over) or the lease was never granted: a
+# holder may still be acting, its lease gone with the rest, and its next renewal (within a
+# lease time, or it stops at its deadline) writes it back. So nothing is granted for one lease
+# time (the grace key); the counter is created at 0 to mark that the grace was started, and
+# the holder's restore raises it to its token, so tokens never go backwards.
 _ACQUIRE = """
 local v = redis.call('GET', KEYS[1])
 if v then
-  local node = string.match(v, '^(.*):%d+$')
+  local node, tok = string.match(v, '^(.*):(%d+)$')
   if node ~= ARGV[1] then
     local left = redis.call('PTTL', KEYS[1])
     if left < 1 then left = 1 end
     return -left
   end
+  local f = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if f < tonumber(tok) then redis.call('SET', KEYS[2], tok) end
+elseif redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SET', KEYS[2], 0)
+  redis.call('SET', KEYS[3], 1, 'PX', ARGV[2])
+  return -tonumber(ARGV[2])
+else
+  local g = redis.call('PTTL', KEYS[3])
+  if g > 0 then return -g end
 end
 local t = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. t, 'PX', ARGV[2])
 return t
 """
-# KEYS: the lease, its fence counter. ARGV: the value held, lease ms, its token. 1 when
-# renewed, 0 when the lease is someone else's. 2 when the key was gone (Redis restarted empty,
-# or a replica without it took over): nobody else holds it, so it is written back, and the
-# fence counter is raised to the token if it fell behind, so later grants stay above it.
+# KEYS: the lease, its fence counter, its grace key. ARGV: the value held, lease ms, its token.
+# 1 when renewed, 0 when the lease is someone else's. 2 when the key was gone (Redis restarted
+# empty, or a replica without it took over): nobody else holds it (acquire grants nothing for
+# a lease time after losing the counter), so it is written back, the fence counter is raised
+# to the token if it fell behind, so later grants stay above it, and the grace is over.
 _RENEW = """
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then
@@ -71,6 +89,7 @@ if v then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local f = tonumber(redis.call('GET', KEYS[2]) or '0')
 if f < tonumber(ARGV[3]) then redis.call('SET', KEYS[2], ARGV[3]) end
+redis.call('DEL', KEYS[3])
 return 2
 """
 # ARGV: the value held. 1 when released, 0 when it was not ours.
@@ -137,6 +156,7 @@ class Lease:
         self.on_redis = on_redis
         self.key = f"{prefix}lease:{name}"
         self.fence_key = f"{prefix}fence:{name}"
+        self.grace_key = f"{prefix}lease-grace:{name}"
         self.ms = max(1, int(seconds * 1000))
         self._token: int | None = None
         self.deadline = 0.0  # local (``clock``) time until which the lease is ours
@@ -145,10 +165,15 @@ class Lease:
         self._wake = asyncio.Event()
         self._closing = False
         self._gaining: asyncio.Future[None] | None = None
+        self._give_back: str | None = None  # the value of a grant given up, to release
         self.log = log.bind(lease=name, node=node_id)
         self._acquire: Any = client.register_script(_ACQUIRE)
         self._renew: Any = client.register_script(_RENEW)
         self._release: Any = client.register_script(_RELEASE)
+
+    @property
+    def _keys(self) -> list[str]:
+        return [self.key, self.fence_key, self.grace_key]
 
     @property
     def holder(self) -> bool:
@@ -174,21 +199,25 @@ class Lease:
         task, self._task = self._task, None
         await stop(task)
         if self.holder:
-            value = self.value
+            self._give_back = self.value
             self._lose("closed")
-            if release:
-                try:
-                    await asyncio.wait_for(
-                        self._release(keys=[self.key], args=[value]), self.seconds / 3
-                    )
-                except (RedisError, OSError, TimeoutError):
-                    pass
+        value, self._give_back = self._give_back, None
+        if release and value is not None:
+            await self._release_value(value)
+
+    async def _release_value(self, value: str) -> None:
+        try:
+            await asyncio.wait_for(self._release(keys=[self.key], args=[value]), self.seconds / 3)
+        except (RedisError, OSError, TimeoutError):
+            pass
 
     # -- the loop ---------------------------------------------------------------------------
     async def _run(self) -> None:
         while not self._closing:
             try:
-                if self.holder:
+                if self._give_back is not None:
+                    await self._gave_up()
+                elif self.holder:
                     await self._keep()
                 else:
                     await self._try()
@@ -206,7 +235,7 @@ class Lease:
         try:
             got = int(
                 await asyncio.wait_for(
-                    self._acquire(keys=[self.key, self.fence_key], args=[self.node_id, self.ms]),
+                    self._acquire(keys=self._keys, args=[self.node_id, self.ms]),
                     self.seconds / 3,
                 )
             )
@@ -230,6 +259,7 @@ class Lease:
             result = self.on_gained(token)
         except Exception:
             self.log.exception("cluster.lease_gained_failed")
+            self._give_up()
             return
         if inspect.isawaitable(result):
             # Run beside the renewals (taking over may take a round trip or more); cancelled
@@ -238,10 +268,31 @@ class Lease:
             self._gaining.add_done_callback(self._gain_done)
 
     def _gain_done(self, task: asyncio.Future[None]) -> None:
-        if self._gaining is task:
+        current = self._gaining is task
+        if current:
             self._gaining = None
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("cluster.lease_gained_failed", error=repr(task.exception())[:200])
+        if task.cancelled() or task.exception() is None:
+            return
+        self.log.error("cluster.lease_gained_failed", error=repr(task.exception())[:200])
+        if current:
+            self._give_up()
+
+    def _give_up(self) -> None:
+        """Taking over failed (``on_gained`` raised): nobody would serve under the lease, so it
+        is lost at once and given back (by the loop, :meth:`_gave_up`) for another node."""
+        if not self.holder:
+            return
+        self.metrics.inc("cluster.lease_gain_failed")
+        self._give_back = self.value
+        self._lose("gain failed")
+
+    async def _gave_up(self) -> None:
+        """Release a grant given up, then wait a lease time before trying again, so a standby
+        (retrying every third of it) takes it first."""
+        value, self._give_back = self._give_back, None
+        if value is not None:
+            await self._release_value(value)
+        await self._sleep(self.seconds)
 
     async def _keep(self) -> None:
         """Sleep a third of the lease, then renew; retried (quickly) while Redis does not
@@ -256,9 +307,7 @@ class Lease:
             try:
                 renewed = int(
                     await asyncio.wait_for(
-                        self._renew(
-                            keys=[self.key, self.fence_key], args=[value, self.ms, self._token]
-                        ),
+                        self._renew(keys=self._keys, args=[value, self.ms, self._token]),
                         left,
                     )
                 )

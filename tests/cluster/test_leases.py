@@ -61,14 +61,21 @@ class Proxy:
 class Holder:
     """A lease with a record of what happened to it (local monotonic times)."""
 
-    def __init__(self, client: aioredis.Redis, node: str, name: str = "upper:1") -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        node: str,
+        name: str = "upper:1",
+        *,
+        seconds: float = LEASE,
+    ) -> None:
         self.events: list[tuple[str, float, int | str]] = []
         self.lease = Lease(
             client,
             prefix="t:",
             name=name,
             node_id=node,
-            seconds=LEASE,
+            seconds=seconds,
             on_gained=lambda token: self.events.append(("gained", time.monotonic(), token)),
             on_lost=lambda why: self.events.append(("lost", time.monotonic(), why)),
             metrics=Metrics(),
@@ -256,6 +263,107 @@ async def test_redis_restarted_empty_keeps_the_holder(redis_server: RedisServer)
     await a.lease.close()
     await wait_for(lambda: b.lease.holder, 3 * LEASE, "b holds")
     assert b.tokens()[0] > (token or 0)
+    await b.lease.close()
+    await ca.aclose()
+    await cb.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_redis_restarted_empty_grants_nobody_else_meanwhile(
+    redis_server: RedisServer,
+) -> None:
+    """Redis comes back empty just after the holder renewed, and the standby retries at once
+    and then as fast as it can (its sleep cut short), before the holder's next renewal: it is
+    refused (the fence counter is gone: a lease time of grace), the holder's renewal writes
+    the lease back, there is never a moment with two holders, and tokens never go back."""
+    seconds = 2.0  # a third of it (the holder's next renewal) is well above a wipe's time
+    ca, cb = client(redis_server.port), client(redis_server.port)
+    a, b = Holder(ca, "a", seconds=seconds), Holder(cb, "b", seconds=seconds)
+    a.lease.start()
+    await wait_for(lambda: a.lease.holder, 5, "a holds")
+    token = a.lease.token
+    assert token is not None
+    b.lease.start()
+    both: list[float] = []
+    running = True
+
+    async def watch() -> None:
+        while running:
+            if a.lease.holder and b.lease.holder:
+                both.append(time.monotonic())
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.ensure_future(watch())
+    renewed = a.lease.deadline
+    await wait_for(lambda: a.lease.deadline != renewed, seconds, "a renewed")
+    redis_server.wipe()  # blocks the loop: nobody acts until Redis answers again, empty
+    poke_until = time.monotonic() + seconds
+    while time.monotonic() < poke_until and not both:
+        b.lease._wake.set()  # the standby retries at once, again and again
+        await asyncio.sleep(0.02)
+    await wait_for(
+        lambda: a.lease.metrics.get("cluster.lease_restored") == 1 or not a.lease.holder,
+        3 * seconds,
+        "restored or lost",
+    )
+    await asyncio.sleep(0.1)
+    running = False
+    await watcher
+    assert both == [], "two holders at once after Redis came back empty"
+    assert a.lease.metrics.get("cluster.lease_restored") == 1
+    assert [kind for kind, *_ in a.events] == ["gained"], "the holder kept it throughout"
+    assert a.lease.holder and a.lease.token == token
+    assert b.tokens() == []
+    assert int(await cb.get("t:fence:upper:1") or 0) >= token
+    await a.lease.close()
+    await wait_for(lambda: b.lease.holder, 3 * seconds, "b holds")
+    assert b.tokens()[0] > token, "tokens never go backwards"
+    await b.lease.close()
+    await ca.aclose()
+    await cb.aclose()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("awaited", [False, True])
+async def test_a_failed_takeover_gives_the_lease_back(
+    redis_server: RedisServer, awaited: bool
+) -> None:
+    """``on_gained`` raises (or what it returns fails): nobody would serve, so the lease is
+    lost at once and released, and a standby takes it (with a higher token)."""
+    ca, cb = client(redis_server.port), client(redis_server.port)
+    lost: list[str] = []
+    tried: list[int] = []
+
+    async def fail_later(token: int) -> None:
+        tried.append(token)
+        await asyncio.sleep(0)
+        raise RuntimeError("takeover failed")
+
+    def fail(token: int) -> None:
+        tried.append(token)
+        raise RuntimeError("takeover failed")
+
+    a = Lease(
+        ca,
+        prefix="t:",
+        name="upper:1",
+        node_id="a",
+        seconds=LEASE,
+        on_gained=fail_later if awaited else fail,
+        on_lost=lost.append,
+        metrics=Metrics(),
+    )
+    a.start()
+    await wait_for(lambda: bool(tried), 5, "a granted")
+    b = Holder(cb, "b")
+    b.lease.start()
+    # a gave it back: b has it (a retries only after a lease time), a renewing it would not.
+    await wait_for(lambda: b.lease.holder, 2 * LEASE, "b takes over")
+    assert not a.holder and lost == ["gain failed"]
+    assert a.metrics.get("cluster.lease_gain_failed") == 1
+    assert b.tokens()[0] > tried[0]
+    assert await cb.get("t:lease:upper:1") == f"b:{b.tokens()[0]}".encode()
+    await a.close()
     await b.lease.close()
     await ca.aclose()
     await cb.aclose()
