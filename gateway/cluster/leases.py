@@ -42,7 +42,8 @@ from gateway.tasks import stop
 
 log = structlog.get_logger("gateway.cluster.leases")
 
-# KEYS: the lease, its fence counter, its grace key. ARGV: node_id, lease ms. Returns the new
+# KEYS: the lease, its fence counter, its grace key. ARGV: node_id, lease ms, whether this node
+# has seen the lease in use ('1': it held it or was refused it). Returns the new
 # token, or minus the time (ms) to wait before trying again (at least 1): the holder's lease
 # left, or the grace left. A lease this node holds by value already (it lost track of it, e.g.
 # after Redis was unreachable, or it restarted with the same node ID) is granted afresh with a
@@ -51,7 +52,9 @@ log = structlog.get_logger("gateway.cluster.leases")
 # holder may still be acting, its lease gone with the rest, and its next renewal (within a
 # lease time, or it stops at its deadline) writes it back. So nothing is granted for one lease
 # time (the grace key); the counter is created at 0 to mark that the grace was started, and
-# the holder's restore raises it to its token, so tokens never go backwards.
+# the holder's restore raises it to its token, so tokens never go backwards. The grace is kept
+# for nodes that have seen the lease in use: a node that never has (a fresh cluster, a newly
+# configured upper) is granted at once, as a single node would be.
 _ACQUIRE = """
 local v = redis.call('GET', KEYS[1])
 if v then
@@ -63,7 +66,7 @@ if v then
   end
   local f = tonumber(redis.call('GET', KEYS[2]) or '0')
   if f < tonumber(tok) then redis.call('SET', KEYS[2], tok) end
-elseif redis.call('EXISTS', KEYS[2]) == 0 then
+elseif redis.call('EXISTS', KEYS[2]) == 0 and ARGV[3] == '1' then
   redis.call('SET', KEYS[2], 0)
   redis.call('SET', KEYS[3], 1, 'PX', ARGV[2])
   return -tonumber(ARGV[2])
@@ -168,6 +171,8 @@ class Lease:
         self._give_back: str | None = None  # the value of a grant given up, to release
         self.log = log.bind(lease=name, node=node_id)
         self._acquire: Any = client.register_script(_ACQUIRE)
+        # Whether this node has seen the lease in use (see _ACQUIRE's grace).
+        self._seen_in_use = False
         self._renew: Any = client.register_script(_RENEW)
         self._release: Any = client.register_script(_RELEASE)
 
@@ -235,7 +240,10 @@ class Lease:
         try:
             got = int(
                 await asyncio.wait_for(
-                    self._acquire(keys=self._keys, args=[self.node_id, self.ms]),
+                    self._acquire(
+                        keys=self._keys,
+                        args=[self.node_id, self.ms, "1" if self._seen_in_use else "0"],
+                    ),
                     self.seconds / 3,
                 )
             )
@@ -244,6 +252,7 @@ class Lease:
             await self._sleep(self.seconds / 3)
             return
         self._redis(True)
+        self._seen_in_use = True  # held now, or refused: the lease exists in this cluster
         if got > 0:
             self._gained(got, sent)
             return

@@ -367,3 +367,20 @@ async def test_a_failed_takeover_gives_the_lease_back(
     await b.lease.close()
     await ca.aclose()
     await cb.aclose()
+
+
+@pytest.mark.timeout(30)
+async def test_a_lease_never_seen_in_use_is_granted_at_once(redis_server: RedisServer) -> None:
+    """On a fresh Redis a node that has never seen the lease is granted it at once (a single
+    node on Redis registers to its upper as soon as one on SQLite would); the grace after an
+    emptied Redis is for nodes that saw it in use."""
+    ca = client(redis_server.port)
+    a = Holder(ca, "a", seconds=10.0)
+    started = time.monotonic()
+    a.lease.start()
+    await wait_for(lambda: a.lease.holder, 5, "a holds")
+    # Well under the 10 s grace an emptied Redis would impose.
+    assert time.monotonic() - started < 5.0
+    assert a.tokens() == [1]
+    await a.lease.close()
+    await ca.aclose()
