@@ -298,7 +298,7 @@ async def test_garbage_in_the_streams_does_not_stop_the_readers(
         {"from": "z", "seq": "1", "events": "not json"},
         {"from": "z", "seq": "2", "events": '{"e": 1}'},  # not a list
         {"from": "z", "seq": "3", "events": "7"},
-        {"from": "z", "seq": "4", "events": '[["e", {"n": 1}], 5, ["e"], [1, {}], ["e", 3]]'},
+        {"from": "z", "seq": "4", "events": '[["e", {"n": 1}], 5, ["e"], [1, {}], ["e", {}, 4]]'},
         {"from": b"\xff", "seq": "5", "events": "[]"},
     ]
     try:
