@@ -10,7 +10,14 @@ was behind, or Redis was away) is dropped unanswered and counted, since its send
 A handler's failure comes back as :class:`ClusterError` with the handler's message and a
 ``code`` the caller may act on. Streams, not pub/sub, for requests: an entry waits in the
 inbox while its node reads something else or reconnects, so a request is not lost to a
-reconnection; and the trimming keeps every inbox bounded.
+reconnection; and the trimming keeps every inbox bounded. The timeout covers the whole request,
+its ``XADD`` included: a Redis that stops answering costs the caller its timeout, not the
+client's socket timeout.
+
+An entry a node cannot read (a peer on another version, a stray ``XADD``), in its inbox or in
+the events stream, is logged (``cluster.bad_entry``), counted (``cluster.bus.bad_entries``) and
+skipped: the readers go on; a reader task that still ends on an exception is logged
+(``cluster.bus.task_failed``) rather than lost.
 
 **Events** (devices going on or offline, catalog changes, alarms: what the replicas and the
 console's live updates of other nodes need) go on one stream, ``P events``, in batches: each
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -83,6 +91,13 @@ class ClusterTimeout(ClusterError):
 
 def _new_id() -> str:
     return os.urandom(8).hex()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Done callback of a task nobody may await any more: take its outcome, so that asyncio
+    does not report an exception "never retrieved"."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _bounded(coro: Awaitable[Any], seconds: float) -> None:
@@ -189,20 +204,29 @@ class Bus:
             "body": json.dumps(body, separators=(",", ":")),
             "deadline": repr(self.clock() + wait),
         }
+        # One deadline for the XADD and the reply: a Redis that stops answering (without
+        # closing the connection) must not hold the caller for the client's socket timeout.
+        # The XADD runs as a task of its own that is abandoned, not awaited, past the deadline
+        # (see _bounded); if it lands late, the request's deadline makes the other node drop it.
+        expires = asyncio.get_running_loop().time() + wait
+        sending = asyncio.ensure_future(self._to_inbox(node_id, fields))
+        sending.add_done_callback(_retrieve)
         try:
+            done, _ = await asyncio.wait({sending}, timeout=wait)
+            if not done:
+                sending.cancel()
+                raise self._timed_out(kind, node_id, wait)
             try:
-                await self._to_inbox(node_id, fields)
+                sending.result()
             except (RedisError, OSError) as exc:
                 self.metrics.inc("cluster.bus.send_failed")
                 raise ClusterError(f"{kind} to node {node_id}: Redis unreachable ({exc})") from None
             self.metrics.inc("cluster.bus.requests")
+            left = max(0.0, expires - asyncio.get_running_loop().time())
             try:
-                reply = await asyncio.wait_for(fut, wait)
+                reply = await asyncio.wait_for(fut, left)
             except TimeoutError:
-                self.metrics.inc("cluster.bus.timeouts")
-                raise ClusterTimeout(
-                    f"{kind} to node {node_id}: no answer within {wait:g} s"
-                ) from None
+                raise self._timed_out(kind, node_id, wait) from None
         finally:
             self._pending.pop(req_id, None)
         status = reply.get("status")
@@ -214,6 +238,10 @@ class Bus:
                 str(detail.get("code", "error")),
             )
         return data if isinstance(data, dict) else {}
+
+    def _timed_out(self, kind: str, node_id: str, wait: float) -> ClusterTimeout:
+        self.metrics.inc("cluster.bus.timeouts")
+        return ClusterTimeout(f"{kind} to node {node_id}: no answer within {wait:g} s")
 
     def publish(self, event: str, body: dict[str, Any]) -> None:
         """Send ``event`` to every other node (batched: written within the loop's next turns).
@@ -300,8 +328,36 @@ class Bus:
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._ended)
         return task
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        """A reader or a handler ended: an exception here is a bug (each entry is handled on
+        its own), logged rather than lost with the task."""
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.metrics.inc("cluster.bus.task_failed")
+            log.error(
+                "cluster.bus.task_failed",
+                node=self.node_id,
+                task=getattr(task.get_coro(), "__qualname__", "?"),
+                error=repr(exc),
+                exc_info=exc,
+            )
+
+    def _bad_entry(self, stream: str, exc: BaseException | None = None) -> None:
+        """An entry (or an item of an events batch) this node cannot read: another version of
+        the gateway, or a stray ``XADD``. Counted, logged and skipped; the reader goes on."""
+        self.metrics.inc("cluster.bus.bad_entries")
+        log.warning(
+            "cluster.bad_entry",
+            stream=stream,
+            # A stranger's field can be long (float() quotes it): the first 200 characters.
+            error=None if exc is None else f"{type(exc).__name__}: {exc}"[:200],
+        )
 
     async def _to_inbox(self, node_id: str, fields: dict[str, str]) -> None:
         """``XADD`` to ``node_id``'s inbox (trimmed to about :data:`INBOX_MAXLEN`)."""
@@ -407,10 +463,17 @@ class Bus:
             for _stream, entries in got or ():
                 for entry_id, fields in entries:
                     last = entry_id.decode()
-                    self._take(fields)
+                    try:
+                        self._take(fields)
+                    except Exception as exc:  # one bad entry must not end the reader
+                        self._bad_entry(self.inbox, exc)
 
     def _take(self, raw: dict[bytes, bytes]) -> None:
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        try:
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+        except UnicodeDecodeError as exc:
+            self._bad_entry(self.inbox, exc)
+            return
         if "reply_to" in fields:
             fut = self._pending.get(fields["reply_to"])
             if fut is None or fut.done():
@@ -425,11 +488,12 @@ class Bus:
             return
         try:
             deadline = float(fields["deadline"])
+            if not math.isfinite(deadline):
+                raise ValueError(f"deadline {fields['deadline']!r}")
             req_id, sender, kind = fields["id"], fields["from"], fields["kind"]
             body = json.loads(fields["body"])
-        except (KeyError, ValueError):
-            self.metrics.inc("cluster.bus.bad_entries")
-            log.warning("cluster.bad_entry", stream=self.inbox)
+        except (KeyError, ValueError) as exc:
+            self._bad_entry(self.inbox, exc)
             return
         if deadline < self.clock():
             self.metrics.inc("cluster.bus.expired")
@@ -492,16 +556,23 @@ class Bus:
                     if self._closing:
                         return
                     self._events_from = entry_id.decode()
-                    self._heard(fields)
+                    try:
+                        self._heard(fields)
+                    except Exception as exc:  # one bad entry must not end the reader
+                        self._bad_entry(self.events_key, exc)
 
     def _heard(self, raw: dict[bytes, bytes]) -> None:
+        """One batch of another node's events. An unreadable batch is skipped without taking
+        its ``seq``, so that the node's next batch shows the loss as a gap; an unreadable item
+        of a readable batch is skipped, and the batch then signals a gap itself."""
         try:
             sender = raw[b"from"].decode()
             seq = int(raw[b"seq"])
             events = json.loads(raw[b"events"])
-        except (KeyError, ValueError):
-            self.metrics.inc("cluster.bus.bad_entries")
-            log.warning("cluster.bad_entry", stream=self.events_key)
+            if not isinstance(events, list):
+                raise ValueError(f"events are a {type(events).__name__}, not a list")
+        except (KeyError, ValueError) as exc:
+            self._bad_entry(self.events_key, exc)
             return
         if sender == self.node_id:
             return
@@ -510,9 +581,18 @@ class Bus:
         if last is not None and seq != last + 1:
             self._gap(sender)
         self.metrics.inc("cluster.bus.events_heard", len(events))
-        for event, body in events:
+        lost = False
+        for item in events:
+            # The shape only: a body is the listeners' to judge (the replica counts its own).
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+                self._bad_entry(self.events_key, ValueError(f"event {str(item)[:80]}"))
+                lost = True
+                continue
+            event, body = item
             for hear in self._event_handlers.get(event, ()):
                 try:
                     hear(sender, body)
                 except Exception:
                     log.exception("cluster.event_handler_failed", event=event, sender=sender)
+        if lost:
+            self._gap(sender)

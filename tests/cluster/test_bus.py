@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -260,3 +262,84 @@ async def test_close_ends_the_readers_without_cancelling_them(redis_server: Redi
     assert all(t.done() and not t.cancelled() for t in readers)
     with pytest.raises(ClusterError):
         await bus.request("b", "x", {}, timeout=1)
+
+
+@pytest.mark.timeout(60)
+async def test_garbage_in_the_streams_does_not_stop_the_readers(
+    make_bus: MakeBus, redis_server: RedisServer
+) -> None:
+    """A peer on another version or any stray XADD must not end a node's readers: each bad
+    entry (or bad item of an events batch) is counted and skipped, and the node still answers
+    requests and still applies the good events that follow."""
+    a = await make_bus("a")
+    b = await make_bus("b")
+    readers = list(b._tasks)
+
+    async def echo(body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+    b.handle("echo", echo)
+    heard: list[tuple[str, Any]] = []
+    b.on_event("e", lambda sender, body: heard.append((sender, body.get("n"))))
+    client = aioredis.Redis.from_url(redis_server.url)
+    request = {"id": "x", "from": "ghost", "kind": "echo", "body": "{}", "deadline": "9e9"}
+    bad_inbox: list[dict[str, Any]] = [
+        {"junk": "1"},  # no field the bus knows
+        {**request, "body": "not json"},
+        {**request, "deadline": "soon"},
+        {**request, "deadline": "nan"},
+        {k: v for k, v in request.items() if k != "kind"},
+        {**request, "kind": b"\xff\xfe"},  # not UTF-8
+        {"reply_to": b"\xff", "status": "ok", "body": "{}"},
+    ]
+    bad_events: list[dict[str, Any]] = [
+        {"junk": "1"},
+        {"from": "z", "seq": "one", "events": "[]"},
+        {"from": "z", "seq": "1", "events": "not json"},
+        {"from": "z", "seq": "2", "events": '{"e": 1}'},  # not a list
+        {"from": "z", "seq": "3", "events": "7"},
+        {"from": "z", "seq": "4", "events": '[["e", {"n": 1}], 5, ["e"], [1, {}], ["e", {}, 4]]'},
+        {"from": b"\xff", "seq": "5", "events": "[]"},
+    ]
+    try:
+        for fields in bad_inbox:
+            await client.xadd(b.inbox, fields)
+        for fields in bad_events:
+            await client.xadd(b.events_key, fields)
+        # The good item of the mixed batch is heard; the four bad ones are counted.
+        want_bad = len(bad_inbox) + len(bad_events) - 1 + 4
+        await wait_for(
+            lambda: b.metrics.get("cluster.bus.bad_entries") == want_bad,
+            what="every bad entry counted",
+        )
+        assert await a.request("b", "echo", {"still": "here"}, timeout=5) == {"still": "here"}
+        a.publish("e", {"n": 2})
+        await a.drain()
+        await wait_for(lambda: ("a", 2) in heard, what="a good event after the bad ones")
+        assert heard == [("z", 1), ("a", 2)]
+        assert len(readers) == 2 and not any(t.done() for t in readers)
+        assert b.metrics.get("cluster.bus.task_failed") == 0
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_a_request_keeps_its_timeout_when_redis_stops_answering(
+    make_bus: MakeBus, redis_server: RedisServer
+) -> None:
+    """Redis stops answering without closing its connections (SIGSTOP): the XADD of the
+    request is under the request's deadline too, so the caller hears ClusterTimeout after
+    about its timeout, not after the client's 30 s socket timeout."""
+    a = await make_bus("a")
+    await make_bus("b")
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ClusterTimeout, match=r"echo to node b: no answer within 1 s"):
+            await a.request("b", "echo", {}, timeout=1)
+        assert time.monotonic() - started < 10  # not the 30 s socket timeout
+        assert a.metrics.get("cluster.bus.timeouts") == 1
+        assert not a._pending
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
