@@ -72,6 +72,9 @@ async def _killed_and_taken_over(rig: ClusterRig, dead: Node) -> Node:
     assert survivor is not None and survivor.proc is not None
     event = survivor.proc.named("cluster.address_taken_over")[0]
     assert (event["host"], event["port"]) == (dead.host, dead.port)
+    # The address is bound first, then the dead node's devices are adopted from the store:
+    # a device's next request is served once that is done.
+    await survivor.proc.wait_event("cluster.devices_adopted")
     return survivor
 
 
