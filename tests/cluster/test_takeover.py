@@ -14,8 +14,7 @@ import redis.asyncio as aioredis
 
 import gateway.store
 from conformance.peers.device import SimDevice
-from gateway.metrics import Metrics
-from gateway.sip import Endpoint, Peer, TimerConfig
+from gateway.sip import Endpoint, Peer
 from tests.cluster.procrig import ClusterRig, Node
 from tests.cluster.test_failover import _loopback_usable
 from tests.conftest import wait_for
@@ -39,14 +38,6 @@ async def rig(tmp_path: Path) -> AsyncIterator[ClusterRig]:
         yield r
     finally:
         await r.close()
-
-
-@pytest.fixture
-async def device_endpoint() -> AsyncIterator[Endpoint]:
-    ep = Endpoint(metrics=Metrics(), timers=TimerConfig(t1=0.1, t2=0.4, t4=0.5))
-    await ep.start("127.0.0.1", 0)
-    yield ep
-    await ep.close()
 
 
 async def _registered(ep: Endpoint, device_id: str, transport: str, node: Node) -> SimDevice:
