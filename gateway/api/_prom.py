@@ -461,13 +461,13 @@ class GatewayCollector(Collector):
         )
         state = GaugeMetricFamily(
             "gb_upper_state",
-            "1 for the upper's current registration state.",
+            "1 for the upper's registration state (standby: another cluster node serves it).",
             labels=["upper", "state"],
         )
         for uid in list(self.ctx.uplink.platforms):
             now = self.ctx.uplink.state_of(uid)
             registered.add_metric([uid], 1 if now == "registered" else 0)
-            for s in ("registered", "registering", "offline", "disabled"):
+            for s in ("registered", "registering", "offline", "disabled", "standby"):
                 state.add_metric([uid, s], 1 if s == now else 0)
         yield registered
         yield state

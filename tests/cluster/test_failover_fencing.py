@@ -227,7 +227,9 @@ async def test_readyz_shows_the_nodes_view_of_the_cluster(
     are alive and which uppers this node acts for; with Redis gone it says so."""
     cfg_a = node_config(tmp_path, "a", redis_server, upper)
     cfg_a = cfg_a.model_copy(update={"http": cfg_a.http.model_copy(update={"enabled": True})})
-    async with started(cfg_a, node_config(tmp_path, "b", redis_server, upper)) as (a, _):
+    cfg_b = node_config(tmp_path, "b", redis_server, upper)
+    cfg_b = cfg_b.model_copy(update={"http": cfg_b.http.model_copy(update={"enabled": True})})
+    async with started(cfg_a, cfg_b) as (a, b):
         assert a.api is not None
         url = f"http://127.0.0.1:{a.api.port}/readyz"
         async with httpx.AsyncClient() as client:
@@ -246,6 +248,12 @@ async def test_readyz_shows_the_nodes_view_of_the_cluster(
             assert state["nodes"] == ["a", "b"]
             held_by_a = a.uplink.state_of(UP) != "standby"
             assert state["uppers_held"] == ([UP] if held_by_a else [])
+            # /metrics says the same: the holder's upper is registered, the other's standby.
+            for node, holds in ((a, held_by_a), (b, not held_by_a)):
+                assert node.api is not None
+                text = (await client.get(f"http://127.0.0.1:{node.api.port}/metrics")).text
+                want = "registered" if holds else "standby"
+                assert f'gb_upper_state{{state="{want}",upper="{UP}"}} 1.0' in text, want
             redis_server.kill()
             for _ in range(300):
                 state = await cluster()
